@@ -1,0 +1,264 @@
+"""Typed configuration: the composed ``params.yaml`` loaded into checked dataclasses.
+
+DVC composes ``conf/`` (Hydra) into ``params.yaml``; every stage loads that file through
+:func:`load_params`, so an unknown key, a wrong type or an out-of-range value fails at load
+time with one line that names the key and says what to do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PARAMS_FILE = Path("params.yaml")
+CONF_DIR = PROJECT_ROOT / "conf"
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message says which key and how to fix it."""
+
+
+MODEL_SOURCES = ("hub", "local", "tiny")
+WEIGHT_FORMATS = ("int4", "int8", "fp16")
+BACKUP_PRECISIONS = ("none", "int8_sym", "int8_asym")
+SENSITIVITY_METRICS = (
+    "weight_quantization_error",
+    "hessian_input_activation",
+    "mean_activation_variance",
+    "max_activation_variance",
+    "mean_activation_magnitude",
+)
+GROUP_SIZE_FALLBACKS = ("error", "ignore", "adjust")
+# Datasets that work offline: text shipped inside this package.
+OFFLINE_DATASETS = ("heldout",)
+
+
+@dataclass
+class ModelConfig:
+    """Which checkpoint to convert and where it comes from."""
+
+    name: str = "tiny-phi3"
+    source: str = "tiny"
+    repo_id: str | None = None
+    revision: str | None = None
+    local_path: str | None = None
+    allow_patterns: list[str] = field(default_factory=list)
+    license: str | None = None
+    trust_remote_code: bool = False
+    notes: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_choice("model.source", self.source, MODEL_SOURCES)
+        if self.source == "hub":
+            if not self.repo_id or "/" not in self.repo_id:
+                raise ConfigError("model.repo_id must be 'owner/name' for source=hub")
+            if not self.revision:
+                raise ConfigError("model.revision must pin a commit for source=hub (reproducible downloads)")
+        if self.source == "local" and not self.local_path:
+            raise ConfigError("model.local_path is required for source=local: point it at a model folder")
+
+
+@dataclass
+class OpenVinoVariantConfig:
+    """One OpenVINO IR to export: weight format plus NNCF weight-compression parameters."""
+
+    weight_format: str = "int4"
+    group_size: int = 128
+    ratio: float = 1.0
+    sym: bool = False
+    backup_precision: str = "int8_asym"
+    all_layers: bool = False
+    awq: bool = False
+    scale_estimation: bool = False
+    gptq: bool = False
+    dataset: str | None = None
+    num_samples: int | None = None
+    sensitivity_metric: str | None = None
+    group_size_fallback: str = "error"
+
+    def __post_init__(self) -> None:
+        _check_choice("weight_format", self.weight_format, WEIGHT_FORMATS)
+        _check_choice("backup_precision", self.backup_precision, BACKUP_PRECISIONS)
+        _check_choice("group_size_fallback", self.group_size_fallback, GROUP_SIZE_FALLBACKS)
+        if self.sensitivity_metric is not None:
+            _check_choice("sensitivity_metric", self.sensitivity_metric, SENSITIVITY_METRICS)
+        if not 0.0 < self.ratio <= 1.0:
+            raise ConfigError(f"ratio must be in (0, 1], got {self.ratio}: it is the share of layers kept at 4 bits")
+        if self.group_size != -1 and self.group_size <= 0:
+            raise ConfigError(f"group_size must be positive or -1 (per channel), got {self.group_size}")
+        if self.num_samples is not None and self.num_samples <= 0:
+            raise ConfigError(f"num_samples must be positive, got {self.num_samples}")
+        needs_data = self.awq or self.scale_estimation or self.gptq
+        if needs_data and self.dataset is None:
+            raise ConfigError("awq/scale_estimation/gptq need data: set dataset=heldout (offline) or a dataset name")
+        if self.dataset is not None and self.weight_format != "int4":
+            raise ConfigError("dataset is only used by int4 data-aware compression; remove it for int8/fp16")
+
+    @property
+    def compressed(self) -> bool:
+        """True when NNCF weight compression applies (int4/int8)."""
+        return self.weight_format in ("int4", "int8")
+
+
+@dataclass
+class ValidateConfig:
+    """How exported models are run and compared with the PyTorch original."""
+
+    device: str = "CPU"
+    prompts: list[str] = field(default_factory=list)
+    max_new_tokens: int = 32
+    eval_tokens: int = 512
+    eval_window: int = 128
+    warmup: int = 1
+    repeats: int = 3
+    reference_dtype: str = "float32"
+    min_top1_agreement: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.prompts:
+            raise ConfigError("validate.prompts must list at least one prompt")
+        for key, value in {"max_new_tokens": self.max_new_tokens, "eval_tokens": self.eval_tokens,
+                           "eval_window": self.eval_window, "repeats": self.repeats}.items():
+            if value <= 0:
+                raise ConfigError(f"validate.{key} must be positive, got {value}")
+        if self.warmup < 0:
+            raise ConfigError(f"validate.warmup must be >= 0, got {self.warmup}")
+        _check_choice("validate.reference_dtype", self.reference_dtype, ("float32", "bfloat16", "float16"))
+        for fmt, threshold in self.min_top1_agreement.items():
+            _check_choice("validate.min_top1_agreement key", fmt, WEIGHT_FORMATS)
+            if not 0.0 <= threshold <= 1.0:
+                raise ConfigError(f"validate.min_top1_agreement.{fmt} must be in [0, 1], got {threshold}")
+
+
+@dataclass
+class PipelineConfig:
+    """The whole composed configuration (one ``params.yaml``)."""
+
+    model: ModelConfig
+    openvino: dict[str, OpenVinoVariantConfig]
+    validate: ValidateConfig
+
+
+def _check_choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    """Convert ``value`` to type ``tp`` strictly, recursing into dataclasses, lists and dicts."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(args[0], value, where)
+    if dataclasses.is_dataclass(tp):
+        return build(tp, value, where)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        (item_tp,) = typing.get_args(tp)
+        return [_coerce(item_tp, v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a mapping, got {value!r}")
+        _, val_tp = typing.get_args(tp)
+        return {str(k): _coerce(val_tp, v, f"{where}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string, got {value!r}")
+        return value
+    return value
+
+
+def build(cls: type, data: Any, where: str = "") -> Any:
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types.
+
+    Args:
+        cls: The dataclass type.
+        data: A mapping (from YAML).
+        where: Dotted key prefix used in error messages.
+
+    Returns:
+        An instance of ``cls``; its ``__post_init__`` range checks have run.
+
+    Raises:
+        ConfigError: On an unknown key, a wrong type or a value out of range.
+    """
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        key = f"{where}.{unknown[0]}" if where else unknown[0]
+        raise ConfigError(f"unknown config key '{key}'; valid keys here: {', '.join(sorted(names))}")
+    kwargs = {k: _coerce(hints[k], v, f"{where}.{k}" if where else k) for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}" if where and not str(err).startswith(where) else str(err)) from None
+    except TypeError as err:  # a required key is missing
+        raise ConfigError(f"{where or 'config'}: {err}") from None
+
+
+def load_params(path: Path | str = PARAMS_FILE) -> PipelineConfig:
+    """Load and check ``params.yaml`` (written by DVC's Hydra composition or ``aipc compose``)."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path} not found: run `aipc compose` (or `dvc exp run`) in the project root")
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    return build(PipelineConfig, data)
+
+
+def compose(overrides: list[str] | None = None, conf_dir: Path = CONF_DIR) -> dict:
+    """Compose ``conf/config.yaml`` with Hydra overrides, as ``dvc exp run -S`` does.
+
+    Args:
+        overrides: Hydra overrides such as ``["model=tiny", "openvino.int4.group_size=64"]``.
+        conf_dir: The Hydra config directory.
+
+    Returns:
+        The composed configuration as plain containers (already type-checked).
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        with initialize_config_dir(config_dir=str(Path(conf_dir).resolve()), version_base="1.3"):
+            cfg = hydra_compose(config_name="config", overrides=list(overrides or []))
+    except (HydraException, OmegaConfBaseException) as err:
+        raise ConfigError(f"cannot compose conf/: {str(err).splitlines()[0]}") from None
+    data = OmegaConf.to_container(cfg, resolve=True)
+    build(PipelineConfig, data)
+    return data
+
+
+def dump_yaml(data: dict) -> str:
+    """Render ``data`` as YAML the way ``params.yaml`` is committed (key order kept)."""
+    import yaml
+
+    header = "# Generated from conf/ by `aipc compose` (DVC's Hydra composition writes the same file).\n"
+    return header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True)

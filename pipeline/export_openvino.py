@@ -1,0 +1,155 @@
+"""Stage ``export_openvino@<variant>``: export the downloaded model to OpenVINO IR (int4 / int8 / fp16).
+
+Thin wrapper over optimum-intel's own export path (the one ``optimum-cli export openvino`` takes):
+``main_export`` writes the float IR and the tokenizer/detokenizer IR, then weight compression with
+NNCF runs on it. The IR is inspected afterwards and the stage fails if it does not match the request.
+Output: ``artifacts/openvino/<variant>`` with ``manifest.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from pipeline.artifacts import ARTIFACTS, folder_bytes, read_manifest, staged_dir, write_manifest
+from pipeline.config import ConfigError, OpenVinoVariantConfig, load_params
+from pipeline.errors import fail, run_main
+from pipeline.ir_inspect import check_matches_request, inspect_ir
+from pipeline.log import say, step
+
+MODEL_DIR = ARTIFACTS / "model"
+OUT_ROOT = ARTIFACTS / "openvino"
+HELDOUT_TEXT = Path(__file__).parent / "assets" / "tiny_phi3" / "heldout.txt"
+TOKENIZER_FILES = ("openvino_tokenizer.xml", "openvino_tokenizer.bin",
+                   "openvino_detokenizer.xml", "openvino_detokenizer.bin")
+
+
+def check_group_size(cfg: OpenVinoVariantConfig, model_config: dict) -> None:
+    """Fail early when the int4 group size does not divide the model's layer widths."""
+    if cfg.weight_format != "int4" or cfg.group_size == -1 or cfg.group_size_fallback != "error":
+        return
+    widths = {"hidden_size": model_config.get("hidden_size"),
+              "intermediate_size": model_config.get("intermediate_size")}
+    for name, width in widths.items():
+        if width and width % cfg.group_size:
+            divisors = [g for g in (32, 64, 128) if width % g == 0]
+            raise ConfigError(
+                f"group_size {cfg.group_size} does not divide {name} {width}: use one of "
+                f"{divisors or [-1]} or set group_size_fallback=adjust")
+
+
+def calibration_texts(num_samples: int | None) -> list[str]:
+    """Offline calibration data: paragraphs of the held-out text shipped with the package."""
+    paragraphs = [p.strip() for p in HELDOUT_TEXT.read_text(encoding="utf-8").split("\n\n") if len(p.strip()) > 80]
+    return paragraphs[: num_samples or 64]
+
+
+def quantization_dict(cfg: OpenVinoVariantConfig) -> dict[str, Any]:
+    """The weight-compression config exactly as ``optimum-cli`` builds it (``prepare_wc_config``)."""
+    is_int8 = cfg.weight_format == "int8"
+    dataset: Any = cfg.dataset
+    if dataset == "heldout":
+        dataset = calibration_texts(cfg.num_samples)
+    return {
+        "bits": 8 if is_int8 else 4,
+        "ratio": 1.0 if is_int8 else cfg.ratio,
+        "sym": cfg.sym,
+        "group_size": -1 if is_int8 else cfg.group_size,
+        "all_layers": None if is_int8 else cfg.all_layers,
+        "dataset": dataset,
+        "num_samples": cfg.num_samples,
+        "quant_method": "awq" if cfg.awq else "default",
+        "sensitivity_metric": cfg.sensitivity_metric,
+        "scale_estimation": cfg.scale_estimation or None,
+        "gptq": cfg.gptq or None,
+        "lora_correction": None,
+        "dtype": cfg.weight_format,
+        "backup_precision": None if is_int8 else cfg.backup_precision,
+        "statistics_path": None,
+        "group_size_fallback": cfg.group_size_fallback,
+    }
+
+
+def export_float(model_dir: Path, out: Path, ov_config: Any) -> None:
+    """Export model + tokenizer IR with optimum-intel's ``main_export`` (no remote code)."""
+    from optimum.exporters.openvino import main_export
+
+    main_export(model_name_or_path=str(model_dir), output=out, task="text-generation-with-past",
+                ov_config=ov_config, stateful=True, convert_tokenizer=True, library_name="transformers",
+                trust_remote_code=False)
+
+
+def compress_like_optimum_cli(model_dir: Path, out: Path, quantization_config: Any) -> None:
+    """Compress the IR in ``out`` in place, as ``optimum-cli`` does after ``main_export``.
+
+    ``main_export(ov_config=OVConfig(quantization_config=...))`` exports but does not quantize;
+    the CLI applies the config in a second step (optimum/commands/export/openvino.py, ``_main_quantize``).
+    """
+    from optimum.exporters.openvino.__main__ import _main_quantize
+
+    _main_quantize(model_name_or_path=str(model_dir), task="text-generation-with-past",
+                   library_name="transformers", quantization_config=quantization_config,
+                   output=out, cache_dir=None, trust_remote_code=False)
+
+
+def run(name: str, cfg: OpenVinoVariantConfig, model_dir: Path = MODEL_DIR, out_root: Path = OUT_ROOT) -> dict:
+    """Export variant ``name`` of the model in ``model_dir`` to ``out_root/name``.
+
+    Args:
+        name: Variant name (the key under ``openvino`` in params.yaml).
+        cfg: Its weight format and compression parameters.
+        model_dir: The ``download`` stage output.
+        out_root: Parent folder of the IR folders.
+
+    Returns:
+        The manifest written next to the IR.
+    """
+    source = read_manifest(model_dir)
+    model_config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    check_group_size(cfg, model_config)
+    from optimum.intel import OVConfig
+
+    qdict = quantization_dict(cfg) if cfg.compressed else None
+    ov_config = OVConfig(quantization_config=qdict) if qdict else OVConfig(dtype=cfg.weight_format)
+    with staged_dir(out_root / name) as tmp:
+        with step(f"[{name}] exporting {source.get('model')} to OpenVINO IR") as t_export:
+            export_float(model_dir, tmp, ov_config)
+        t_compress: dict = {"seconds": 0.0}
+        if qdict:
+            with step(f"[{name}] compressing weights to {cfg.weight_format} with NNCF") as t_compress:
+                compress_like_optimum_cli(model_dir, tmp, ov_config.quantization_config)
+        missing = [f for f in TOKENIZER_FILES if not (tmp / f).is_file()]
+        if missing:
+            fail(f"tokenizer conversion produced no {', '.join(missing)}: check openvino-tokenizers matches openvino")
+        summary = inspect_ir(tmp / "openvino_model.xml")
+        problems = check_matches_request(summary, cfg.weight_format, cfg.ratio)
+        if problems:
+            fail(f"[{name}] exported IR does not match the request: {'; '.join(problems)}")
+        say(f"[{name}] weight layers: {summary['weight_layers']}")
+        manifest = write_manifest(
+            tmp, stage="export_openvino", variant=name, format="openvino-ir",
+            source={k: source.get(k) for k in ("model", "source", "repo_id", "revision", "license")},
+            source_files_sha256={k: v["sha256"] for k, v in source["files"].items()},
+            parameters=vars(cfg).copy(), weight_layers=summary["weight_layers"], nncf_rt_info=summary["nncf"],
+            layers=summary["layers"], timings={"export_s": t_export["seconds"], "compress_s": t_compress["seconds"]},
+            size_bytes=folder_bytes(tmp), verified={"structure": "weight precisions and rt_info match request"},
+        )
+    say(f"[{name}] IR ready in {out_root / name}")
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> None:
+    """DVC entry point: ``python -m pipeline.export_openvino <variant>``."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("variant", help="key under `openvino` in params.yaml, e.g. int4")
+    args = parser.parse_args(argv)
+    variants = load_params().openvino
+    if args.variant not in variants:
+        raise ConfigError(f"unknown OpenVINO variant '{args.variant}': configured ones are {', '.join(variants)}")
+    run(args.variant, variants[args.variant])
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,118 @@
+"""Structural checks on an exported OpenVINO IR: weight precision per layer and NNCF rt_info."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+# Ops that carry the weight of a linear or embedding layer.
+WEIGHT_CONSUMERS = {"MatMul", "Gather"}
+# Ops between a stored weight constant and its consumer (decompression subgraph).
+DECOMPRESSION_OPS = {"Convert", "Subtract", "Multiply", "Reshape", "Unsqueeze", "Transpose"}
+PRECISION_OF = {"u4": "int4", "i4": "int4", "nf4": "int4", "u8": "int8", "i8": "int8",
+                "f16": "float", "bf16": "float", "f32": "float"}
+
+
+def _weight_constant(node: Any, depth: int = 0) -> Any | None:
+    """Follow a weight input back through the decompression subgraph to its largest constant."""
+    kind = node.get_type_name()
+    if kind == "Constant":
+        return node
+    if kind not in DECOMPRESSION_OPS or depth > 6:
+        return None
+    best = None
+    for value in node.input_values():
+        const = _weight_constant(value.get_node(), depth + 1)
+        if const is not None and (best is None or _size(const) > _size(best)):
+            best = const
+    return best
+
+
+def _size(const: Any) -> int:
+    size = 1
+    for dim in const.get_output_shape(0):
+        size *= int(dim)
+    return size
+
+
+def weight_layers(model: Any) -> list[dict[str, Any]]:
+    """List every weight layer (MatMul / Gather fed by a constant of rank >= 2) with its precision."""
+    layers, seen = [], set()
+    for op in model.get_ordered_ops():
+        if op.get_type_name() not in WEIGHT_CONSUMERS:
+            continue
+        inputs = [0] if op.get_type_name() == "Gather" else [0, 1]
+        for index in inputs:
+            const = _weight_constant(op.input_value(index).get_node())
+            if const is None or len(const.get_output_shape(0)) < 2 or _size(const) < 64:
+                continue
+            etype = const.get_output_element_type(0).get_type_name()
+            key = (const.get_friendly_name(), op.get_friendly_name())
+            if key in seen:
+                continue
+            seen.add(key)
+            layers.append({"layer": op.get_friendly_name(), "op": op.get_type_name(),
+                           "element_type": etype, "precision": PRECISION_OF.get(etype, etype),
+                           "shape": [int(d) for d in const.get_output_shape(0)]})
+    return layers
+
+
+def _rt_to_plain(value: Any) -> Any:
+    """Convert an OpenVINO rt_info node into plain Python values."""
+    if hasattr(value, "astype") and hasattr(value, "value"):
+        return _parse_scalar(str(value.value))
+    try:
+        items = value.items()
+    except AttributeError:
+        return _parse_scalar(str(value))
+    return {str(k): _rt_to_plain(v) for k, v in items}
+
+
+def _parse_scalar(text: str) -> Any:
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"True": True, "False": False, "None": None}.get(text, text)
+
+
+def nncf_rt_info(model: Any) -> dict[str, Any]:
+    """Return NNCF's ``rt_info['nncf']`` as a plain dict (empty when NNCF did not touch the IR)."""
+    if not model.has_rt_info(["nncf"]):
+        return {}
+    return _rt_to_plain(model.get_rt_info()["nncf"])
+
+
+def inspect_ir(xml_path: Path) -> dict[str, Any]:
+    """Summarise an IR: layer counts by precision, NNCF rt_info, per-layer list."""
+    import openvino as ov
+
+    model = ov.Core().read_model(str(xml_path))
+    layers = weight_layers(model)
+    counts = Counter(layer["precision"] for layer in layers)
+    return {
+        "weight_layers": {"int4": counts.get("int4", 0), "int8": counts.get("int8", 0),
+                          "float": counts.get("float", 0), "total": len(layers)},
+        "nncf": nncf_rt_info(model),
+        "layers": layers,
+    }
+
+
+def check_matches_request(summary: dict[str, Any], weight_format: str, ratio: float = 1.0) -> list[str]:
+    """Return the ways an IR summary contradicts the requested weight format (empty when it matches)."""
+    counts = summary["weight_layers"]
+    problems = []
+    if counts["total"] == 0:
+        problems.append("no weight layers found in the IR")
+    if weight_format == "fp16" and (counts["int4"] or counts["int8"]):
+        problems.append(f"fp16 IR holds {counts['int4']} int4 and {counts['int8']} int8 layers")
+    if weight_format == "int8" and (counts["int4"] or counts["int8"] == 0 or counts["float"]):
+        problems.append(f"int8 IR should be all int8, found {counts}")
+    if weight_format == "int4":
+        if counts["int4"] == 0:
+            problems.append("int4 requested but the IR has no 4-bit weight layer (quantization was skipped)")
+        if "weight_compression" not in summary["nncf"]:
+            problems.append("int4 IR has no NNCF weight_compression rt_info")
+    return problems

@@ -1,0 +1,97 @@
+"""Stage ``reference``: run the original PyTorch model once and record what every export must match.
+
+Records, for the validation prompts, the greedy continuation token ids, and for a held-out text,
+the teacher-forced top-1 next-token ids (with their logit margins). Validation stages compare each
+exported model against this file, so the PyTorch model is loaded once per pipeline, not per export.
+Output: ``artifacts/reference/reference.json`` with ``manifest.json``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pipeline.artifacts import ARTIFACTS, read_manifest, staged_dir, write_json_atomic, write_manifest
+from pipeline.config import ValidateConfig, load_params
+from pipeline.errors import run_main
+from pipeline.log import say, step
+
+MODEL_DIR = ARTIFACTS / "model"
+OUT_DIR = ARTIFACTS / "reference"
+HELDOUT_TEXT = Path(__file__).parent / "assets" / "tiny_phi3" / "heldout.txt"
+
+
+def eval_windows(tokenizer: Any, cfg: ValidateConfig) -> list[list[int]]:
+    """Token windows of the held-out text used for teacher-forced comparison."""
+    ids = tokenizer(HELDOUT_TEXT.read_text(encoding="utf-8"), add_special_tokens=False)["input_ids"]
+    ids = ids[: cfg.eval_tokens]
+    return [ids[i: i + cfg.eval_window] for i in range(0, len(ids), cfg.eval_window) if len(ids[i: i + cfg.eval_window]) > 1]
+
+
+def teacher_forced(model: Any, windows: list[list[int]]) -> list[dict[str, Any]]:
+    """Top-1 next-token ids and top-1/top-2 logit margins for each window."""
+    import torch
+
+    out = []
+    with torch.inference_mode():
+        for window in windows:
+            logits = model(torch.tensor([window])).logits[0].float()
+            top2 = logits.topk(2, dim=-1)
+            out.append({"input_ids": window, "top1": top2.indices[:, 0].tolist(),
+                        "margin": (top2.values[:, 0] - top2.values[:, 1]).tolist()})
+    return out
+
+
+def greedy(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int) -> list[dict[str, Any]]:
+    """Greedy continuations (token ids and text) for each prompt."""
+    import torch
+
+    out = []
+    with torch.inference_mode():
+        for prompt in prompts:
+            ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            generated = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                       max_new_tokens=max_new_tokens, do_sample=False)
+            new = generated[0, len(ids):].tolist()
+            out.append({"prompt": prompt, "prompt_ids": ids, "output_ids": new,
+                        "text": tokenizer.decode(new, skip_special_tokens=True)})
+    return out
+
+
+def run(cfg: ValidateConfig, model_dir: Path = MODEL_DIR, out_dir: Path = OUT_DIR) -> dict:
+    """Compute the PyTorch reference for ``cfg`` from the model in ``model_dir``."""
+    import statistics
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = read_manifest(model_dir)
+    with step(f"loading PyTorch model {source.get('model')} ({cfg.reference_dtype})"):
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, cfg.reference_dtype))
+        model.eval()
+    with step("teacher-forced pass over held-out text"):
+        forced = teacher_forced(model, eval_windows(tokenizer, cfg))
+    with step(f"greedy generation for {len(cfg.prompts)} prompts"):
+        generations = greedy(model, tokenizer, cfg.prompts, cfg.max_new_tokens)
+    margins = sorted(m for w in forced for m in w["margin"])
+    result = {"model": source.get("model"), "dtype": cfg.reference_dtype, "teacher_forced": forced,
+              "greedy": generations,
+              "margin_stats": {"median": statistics.median(margins), "p10": margins[len(margins) // 10],
+                               "positions": len(margins)}}
+    with staged_dir(out_dir) as tmp:
+        write_json_atomic(tmp / "reference.json", result)
+        write_manifest(tmp, stage="reference", source_model=source.get("model"),
+                       source_files_sha256={k: v["sha256"] for k, v in source["files"].items()})
+    say(f"reference ready: {result['margin_stats']['positions']} positions, median top-1 margin "
+        f"{result['margin_stats']['median']:.2f}; sample: {generations[0]['text'][:60]!r}")
+    return result
+
+
+def main() -> None:
+    """DVC entry point: compute the reference from ``params.yaml``'s ``validate`` section."""
+    run(load_params().validate)
+
+
+if __name__ == "__main__":
+    run_main(main)
