@@ -1,0 +1,63 @@
+"""Set up the project environment and run the demo or the tests: ``python bootstrap.py demo|test``.
+
+Creates ``.venv`` next to this file (once), installs the package with the pinned known-good
+versions from ``constraints.txt``, removes the torchvision that optimum-intel drags in (it breaks
+imports with the CPU torch), then runs ``aipc demo`` or ``pytest``. Standard library only, so it
+runs on a fresh Windows or Linux machine with Python 3.10+.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+STAMP = VENV / "aipc-install.sha256"
+
+
+def venv_python() -> Path:
+    """Path of the virtual environment's interpreter on this platform."""
+    return VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+
+
+def install() -> None:
+    """Create the venv and install pinned dependencies, unless the same set is already installed."""
+    wanted = hashlib.sha256((ROOT / "constraints.txt").read_bytes() + (ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    if STAMP.is_file() and STAMP.read_text().strip() == wanted and venv_python().is_file():
+        print("[bootstrap] environment up to date", flush=True)
+        return
+    if not venv_python().is_file():
+        print(f"[bootstrap] creating {VENV}", flush=True)
+        venv.EnvBuilder(with_pip=True).create(VENV)
+    py = str(venv_python())
+    print("[bootstrap] installing pinned packages (constraints.txt); first run takes a few minutes", flush=True)
+    # torch first and pinned, so no resolver step can pull a CUDA build.
+    subprocess.run([py, "-m", "pip", "install", "-q", "-c", "constraints.txt", "torch"], cwd=ROOT, check=True)
+    subprocess.run([py, "-m", "pip", "install", "-q", "-c", "constraints.txt", "-e", ".[dev]"], cwd=ROOT, check=True)
+    subprocess.run([py, "-m", "pip", "uninstall", "-q", "-y", "torchvision"], cwd=ROOT, check=False)
+    STAMP.write_text(wanted)
+
+
+def main() -> int:
+    """Install, then run the requested action (``demo`` or ``test``, extra arguments go to pytest)."""
+    action = sys.argv[1] if len(sys.argv) > 1 else "test"
+    if action not in ("demo", "test", "install"):
+        print("usage: python bootstrap.py demo|test|install [pytest args]", file=sys.stderr)
+        return 2
+    install()
+    py = str(venv_python())
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PATH": os.pathsep.join([str(venv_python().parent), os.environ.get("PATH", "")])}
+    if action == "demo":
+        return subprocess.run([py, "-m", "pipeline.cli", "demo"], cwd=ROOT, env=env).returncode
+    if action == "test":
+        return subprocess.run([py, "-m", "pytest", *sys.argv[2:]], cwd=ROOT, env=env).returncode
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

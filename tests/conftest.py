@@ -1,0 +1,52 @@
+"""Shared fixtures. The hub is never reached: offline mode is set before transformers is imported."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY_DIR = ROOT / "pipeline" / "assets" / "tiny_phi3"
+PROJECT_FILES = ["pipeline", "conf", "dvc.yaml", "pyproject.toml"]
+
+
+def run_cmd(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a command with this interpreter's environment first on PATH; return its output."""
+    env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])}
+    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and done.returncode:
+        raise AssertionError(f"{args} failed ({done.returncode}):\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}")
+    return done
+
+
+def make_project(dest: Path) -> Path:
+    """Copy the project into ``dest`` as a fresh git + DVC repository (like a fresh clone)."""
+    for name in PROJECT_FILES:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, dest / name)
+    shutil.copytree(ROOT / ".dvc", dest / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache"))
+    shutil.copy2(ROOT / "params.yaml", dest / "params.yaml")
+    run_cmd(["git", "init", "-q"], dest)
+    run_cmd(["git", "add", "-A"], dest)
+    run_cmd(["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid", "commit", "-qm", "init"], dest)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def demo_project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    """A fresh project copy on which the README's demo (`aipc demo`) has run once."""
+    project = make_project(tmp_path_factory.mktemp("project"))
+    done = run_cmd([sys.executable, "-m", "pipeline.cli", "demo"], project)
+    return project, done

@@ -1,0 +1,42 @@
+"""export_openvino: early refusal of bad requests, and the IR/request consistency check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline import download, export_openvino
+from pipeline.config import ConfigError, ModelConfig, OpenVinoVariantConfig
+from pipeline.ir_inspect import check_matches_request
+
+
+def test_group_size_100_on_hidden_256_fails_before_writing_anything(tmp_path: Path) -> None:
+    model_dir = tmp_path / "artifacts" / "model"
+    download.run(ModelConfig(source="tiny"), model_dir)
+    out_root = tmp_path / "artifacts" / "openvino"
+    with pytest.raises(ConfigError) as exc:
+        export_openvino.run("int4", OpenVinoVariantConfig(group_size=100, ratio=1.0), model_dir, out_root)
+    assert "does not divide hidden_size 256" in str(exc.value) and "\n" not in str(exc.value)
+    assert not out_root.exists() or not any(out_root.iterdir())
+
+
+def _summary(int4: int, int8: int, fp: int, nncf: dict | None = None) -> dict:
+    return {"weight_layers": {"int4": int4, "int8": int8, "float": fp, "total": int4 + int8 + fp},
+            "nncf": nncf or {}}
+
+
+def test_request_check_catches_skipped_quantization() -> None:
+    assert check_matches_request(_summary(0, 0, 10), "int4")
+    assert check_matches_request(_summary(4, 6, 0), "int4"), "int4 without NNCF rt_info must be flagged"
+    assert not check_matches_request(_summary(4, 6, 0, {"weight_compression": {"mode": "int4_sym"}}), "int4")
+    assert check_matches_request(_summary(2, 0, 8), "fp16")
+    assert not check_matches_request(_summary(0, 0, 10), "fp16")
+    assert check_matches_request(_summary(0, 5, 5), "int8")
+
+
+def test_calibration_dataset_is_offline_text() -> None:
+    cfg = OpenVinoVariantConfig(awq=True, dataset="heldout", num_samples=8)
+    qdict = export_openvino.quantization_dict(cfg)
+    assert isinstance(qdict["dataset"], list) and len(qdict["dataset"]) == 8
+    assert qdict["quant_method"] == "awq" and qdict["bits"] == 4

@@ -1,0 +1,77 @@
+"""End to end: the README demo in a fresh repo, DVC incrementality, and the exported IR themselves."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.ir_inspect import inspect_ir
+
+from conftest import run_cmd
+
+pytestmark = pytest.mark.slow
+VARIANTS = ("int4", "int8", "fp16")
+
+
+def ran_stages(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+def test_demo_builds_and_validates_every_variant(demo_project) -> None:
+    project, done = demo_project
+    assert {"download", "reference", *(f"export_openvino@{v}" for v in VARIANTS),
+            *(f"validate@{v}" for v in VARIANTS)} <= ran_stages(done.stdout + done.stderr)
+    for variant in VARIANTS:
+        metrics = json.loads((project / "artifacts" / "metrics" / f"openvino-{variant}.json").read_text())
+        assert metrics["passed"], metrics["problems"]
+        assert metrics["device_executed"] == "CPU" and metrics["tokenizer_matches_reference"]
+        assert metrics["sample"].strip(), "the IR generated no text"
+        assert metrics["tokens_per_s"] > 0 and metrics["peak_rss_mb"] > 0
+    assert "| openvino-int4 |" in done.stdout
+
+
+def test_int4_ir_has_4bit_layers_and_fp16_has_none(demo_project) -> None:
+    project, _ = demo_project
+    int4 = inspect_ir(project / "artifacts" / "openvino" / "int4" / "openvino_model.xml")
+    fp16 = inspect_ir(project / "artifacts" / "openvino" / "fp16" / "openvino_model.xml")
+    assert int4["weight_layers"]["int4"] >= 4
+    assert int4["nncf"]["weight_compression"]["mode"] == "int4_sym"
+    assert int4["nncf"]["weight_compression"]["group_size"] == 128
+    assert int4["nncf"]["weight_compression"]["ratio"] == 0.6
+    assert fp16["weight_layers"]["int4"] == 0 and fp16["weight_layers"]["int8"] == 0
+    assert fp16["weight_layers"]["float"] == fp16["weight_layers"]["total"] > 0
+
+
+def test_manifest_records_source_hashes_and_ir_structure(demo_project) -> None:
+    project, _ = demo_project
+    model = json.loads((project / "artifacts" / "model" / "manifest.json").read_text())
+    ir = json.loads((project / "artifacts" / "openvino" / "int4" / "manifest.json").read_text())
+    assert ir["source_files_sha256"]["model.safetensors"] == model["files"]["model.safetensors"]["sha256"]
+    assert ir["weight_layers"]["int4"] > 0 and ir["nncf_rt_info"]["weight_compression"]["group_size"] == 128
+    assert "openvino_tokenizer.xml" in ir["files"] and "openvino_detokenizer.xml" in ir["files"]
+
+
+def test_ir_loads_in_openvino_genai_and_generates(demo_project) -> None:
+    import openvino_genai as ov_genai
+
+    project, _ = demo_project
+    for variant in ("int4", "fp16"):
+        pipe = ov_genai.LLMPipeline(str(project / "artifacts" / "openvino" / variant), "CPU")
+        text = pipe.generate("<|user|>Can you introduce yourself?<|end|><|assistant|>", max_new_tokens=16,
+                             apply_chat_template=False)
+        assert len(str(text).strip()) > 0
+
+
+def test_second_repro_is_a_noop_and_group_size_change_reruns_only_int4(demo_project) -> None:
+    project, _ = demo_project
+    again = run_cmd([sys.executable, "-m", "dvc", "repro"], project)
+    assert ran_stages(again.stdout + again.stderr) == set()
+    run_cmd([sys.executable, "-m", "pipeline.cli", "compose", "model=tiny", "openvino.int4.group_size=64"], project)
+    changed = run_cmd([sys.executable, "-m", "dvc", "repro"], project)
+    assert ran_stages(changed.stdout + changed.stderr) == {"export_openvino@int4", "validate@int4"}
+    int4 = json.loads((project / "artifacts" / "openvino" / "int4" / "manifest.json").read_text())
+    assert int4["nncf_rt_info"]["weight_compression"]["group_size"] == 64

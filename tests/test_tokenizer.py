@@ -1,0 +1,38 @@
+"""The embedded tokenizer is the exact Phi-3 tokenizer: llama.cpp's vectors from the real one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from transformers import AutoTokenizer
+
+from conftest import ROOT, TINY_DIR
+
+VECTORS = ROOT / "pipeline" / "assets" / "phi3_vocab_tests" / "ggml-vocab-phi-3.gguf"
+
+
+def load_vectors() -> list[tuple[str, list[int]]]:
+    inputs = VECTORS.with_suffix(".gguf.inp").read_text(encoding="utf-8").split("\n__ggml_vocab_test__\n")
+    outputs = VECTORS.with_suffix(".gguf.out").read_text(encoding="utf-8").strip("\n").split("\n")
+    assert len(inputs) == len(outputs), "test vector files out of step"
+    return [(text, [int(t) for t in ids.split()]) for text, ids in zip(inputs, outputs)]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return AutoTokenizer.from_pretrained(TINY_DIR)
+
+
+def test_tokenizer_matches_every_llama_cpp_vector(tokenizer) -> None:
+    vectors = load_vectors()
+    assert len(vectors) > 30
+    mismatches = [(text, want, tokenizer.encode(text, add_special_tokens=False))
+                  for text, want in vectors if tokenizer.encode(text, add_special_tokens=False) != want]
+    assert not mismatches, mismatches[:3]
+
+
+def test_chat_markers_are_single_special_tokens(tokenizer) -> None:
+    ids = tokenizer.encode("<|user|>Hi<|end|><|assistant|>", add_special_tokens=False)
+    assert ids[0] == 32010 and 32007 in ids and ids[-1] == 32001
+    assert tokenizer.eos_token_id == 32000
