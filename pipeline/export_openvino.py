@@ -74,8 +74,12 @@ def quantization_dict(cfg: OpenVinoVariantConfig) -> dict[str, Any]:
 
 def export_float(model_dir: Path, out: Path, ov_config: Any) -> None:
     """Export model + tokenizer IR with optimum-intel's ``main_export`` (no remote code)."""
+    import warnings
+
     from optimum.exporters.openvino import main_export
 
+    # torch.jit tracing warns about every Python branch in the model; none of them matter for export.
+    warnings.filterwarnings("ignore", message=".*TracerWarning.*|.*Converting a tensor to a Python.*|.*torch.tensor results.*")
     main_export(model_name_or_path=str(model_dir), output=out, task="text-generation-with-past",
                 ov_config=ov_config, stateful=True, convert_tokenizer=True, library_name="transformers",
                 trust_remote_code=False)

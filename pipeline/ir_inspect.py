@@ -42,8 +42,8 @@ def weight_layers(model: Any) -> list[dict[str, Any]]:
     for op in model.get_ordered_ops():
         if op.get_type_name() not in WEIGHT_CONSUMERS:
             continue
-        inputs = [0] if op.get_type_name() == "Gather" else [0, 1]
-        for index in inputs:
+        # Gather(weight, indices) for embeddings; MatMul(activation, weight) for linear layers.
+        for index in ([0] if op.get_type_name() == "Gather" else [1]):
             const = _weight_constant(op.input_value(index).get_node())
             if const is None or len(const.get_output_shape(0)) < 2 or _size(const) < 64:
                 continue
