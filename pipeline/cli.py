@@ -44,6 +44,37 @@ def cmd_validate(variant: str) -> None:
     validate.main([variant])
 
 
+def cmd_export_npu(variant: str) -> None:
+    """Export an NPU-ready IR (int4 sym, ratio 1.0) and, where an NPU exists, its compiled blob."""
+    from pipeline import export_npu
+
+    export_npu.main([variant])
+
+
+def cmd_validate_npu(variant: str) -> None:
+    """Validate an NPU-ready IR on the NPU, or on CPU (labelled so) where there is none."""
+    from pipeline import validate
+
+    validate.main(["--npu", variant])
+
+
+def cmd_compile_npu_blob(artifact: str) -> None:
+    """On the NPU machine: compile a deferred NPU artifact folder into a blob (weights included)."""
+    from pipeline import export_npu
+
+    facts = export_npu.compile_deferred(Path(artifact))
+    print(json.dumps(facts, indent=2))
+
+
+def cmd_devices() -> None:
+    """List CPU/GPU/NPU as OpenVINO sees them here, with versions or the reason a device is absent."""
+    from pipeline import devices
+
+    for name, status in devices.detect().items():
+        detail = status.full_name if status.available else status.reason
+        print(f"{name:4} {'yes' if status.available else 'no ':3} {detail}")
+
+
 def cmd_compose(overrides: list[str]) -> None:
     """Compose conf/ (with Hydra overrides such as model=tiny) into params.yaml."""
     data = compose(overrides)
@@ -100,6 +131,10 @@ COMMANDS = {
     "reference": (cmd_reference, []),
     "export-openvino": (cmd_export_openvino, ["variant"]),
     "validate": (cmd_validate, ["variant"]),
+    "export-npu": (cmd_export_npu, ["variant"]),
+    "validate-npu": (cmd_validate_npu, ["variant"]),
+    "compile-npu-blob": (cmd_compile_npu_blob, ["artifact"]),
+    "devices": (cmd_devices, []),
     "compose": (cmd_compose, ["overrides*"]),
     "check-config": (cmd_check_config, ["overrides*"]),
     "demo": (cmd_demo, []),

@@ -105,6 +105,59 @@ class OpenVinoVariantConfig:
         return self.weight_format in ("int4", "int8")
 
 
+NPU_GENERATE_HINTS = ("FAST_COMPILE", "BEST_PERF")
+NPU_PREFILL_HINTS = ("DYNAMIC", "STATIC")
+NPU_CACHE_MODES = ("OPTIMIZE_SPEED", "OPTIMIZE_SIZE")
+
+
+@dataclass
+class NpuVariantConfig:
+    """An NPU-ready OpenVINO IR: int4 symmetric, ratio 1.0, group 128 or channel-wise, plus NPU run settings.
+
+    Source of the layout rules: OpenVINO GenAI "on NPU" guide (docs.openvino.ai, inference-with-genai-on-npu).
+    """
+
+    group_size: int = 128
+    ratio: float = 1.0
+    sym: bool = True
+    awq: bool = False
+    scale_estimation: bool = False
+    gptq: bool = False
+    dataset: str | None = None
+    num_samples: int | None = None
+    max_prompt_len: int = 1024
+    min_response_len: int = 128
+    generate_hint: str = "FAST_COMPILE"
+    prefill_hint: str = "DYNAMIC"
+    cache_mode: str = "OPTIMIZE_SPEED"
+
+    def __post_init__(self) -> None:
+        if not self.sym or self.ratio != 1.0 or self.group_size not in (128, -1):
+            raise ConfigError(
+                f"the NPU needs int4 symmetric weights, ratio 1.0 and group_size 128 or -1 (channel-wise); "
+                f"got sym={self.sym}, ratio={self.ratio}, group_size={self.group_size}")
+        if (self.awq or self.scale_estimation or self.gptq) and self.dataset is None:
+            raise ConfigError("awq/scale_estimation/gptq need data: set dataset=heldout (offline) or a dataset name")
+        for key in ("max_prompt_len", "min_response_len"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"{key} must be positive, got {getattr(self, key)}")
+        _check_choice("generate_hint", self.generate_hint, NPU_GENERATE_HINTS)
+        _check_choice("prefill_hint", self.prefill_hint, NPU_PREFILL_HINTS)
+        _check_choice("cache_mode", self.cache_mode, NPU_CACHE_MODES)
+
+    def as_openvino(self) -> OpenVinoVariantConfig:
+        """The equivalent weight-compression request for the OpenVINO exporter."""
+        return OpenVinoVariantConfig(
+            weight_format="int4", group_size=self.group_size, ratio=self.ratio, sym=self.sym,
+            backup_precision="int8_asym", awq=self.awq, scale_estimation=self.scale_estimation, gptq=self.gptq,
+            dataset=self.dataset, num_samples=self.num_samples)
+
+    def run_settings(self) -> dict[str, Any]:
+        """The ``LLMPipeline(..., "NPU", **settings)`` properties stored beside the model."""
+        return {"MAX_PROMPT_LEN": self.max_prompt_len, "MIN_RESPONSE_LEN": self.min_response_len,
+                "GENERATE_HINT": self.generate_hint, "PREFILL_HINT": self.prefill_hint, "CACHE_MODE": self.cache_mode}
+
+
 @dataclass
 class ValidateConfig:
     """How exported models are run and compared with the PyTorch original."""
@@ -141,6 +194,7 @@ class PipelineConfig:
 
     model: ModelConfig
     openvino: dict[str, OpenVinoVariantConfig]
+    npu: dict[str, NpuVariantConfig]
     validate: ValidateConfig
 
 

@@ -98,6 +98,46 @@ def compress_like_optimum_cli(model_dir: Path, out: Path, quantization_config: A
                    output=out, cache_dir=None, trust_remote_code=False)
 
 
+def export_into(tmp: Path, name: str, cfg: OpenVinoVariantConfig, model_dir: Path) -> dict[str, Any]:
+    """Export and compress into the (temporary) folder ``tmp``; return the IR summary and timings.
+
+    Raises:
+        StageError: When tokenizer conversion failed or the IR does not match the request.
+    """
+    from optimum.intel import OVConfig
+
+    model_config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    check_group_size(cfg, model_config)
+    qdict = quantization_dict(cfg) if cfg.compressed else None
+    ov_config = OVConfig(quantization_config=qdict) if qdict else OVConfig(dtype=cfg.weight_format)
+    with step(f"[{name}] exporting {model_dir} to OpenVINO IR") as t_export:
+        export_float(model_dir, tmp, ov_config)
+    t_compress: dict = {"seconds": 0.0}
+    if qdict:
+        with step(f"[{name}] compressing weights to {cfg.weight_format} with NNCF") as t_compress:
+            compress_like_optimum_cli(model_dir, tmp, ov_config.quantization_config)
+    missing = [f for f in TOKENIZER_FILES if not (tmp / f).is_file()]
+    if missing:
+        fail(f"tokenizer conversion produced no {', '.join(missing)}: check openvino-tokenizers matches openvino")
+    summary = inspect_ir(tmp / "openvino_model.xml")
+    problems = check_matches_request(summary, cfg.weight_format, cfg.ratio)
+    if problems:
+        fail(f"[{name}] exported IR does not match the request: {'; '.join(problems)}")
+    say(f"[{name}] weight layers: {summary['weight_layers']}")
+    summary["timings"] = {"export_s": t_export["seconds"], "compress_s": t_compress["seconds"]}
+    return summary
+
+
+def manifest_fields(source: dict, cfg: Any, summary: dict) -> dict[str, Any]:
+    """Manifest entries shared by every OpenVINO IR artifact (source, parameters, structure)."""
+    return {
+        "source": {k: source.get(k) for k in ("model", "source", "repo_id", "revision", "license")},
+        "source_files_sha256": {k: v["sha256"] for k, v in source["files"].items()},
+        "parameters": vars(cfg).copy(), "weight_layers": summary["weight_layers"],
+        "nncf_rt_info": summary["nncf"], "layers": summary["layers"], "timings": summary["timings"],
+    }
+
+
 def run(name: str, cfg: OpenVinoVariantConfig, model_dir: Path = MODEL_DIR, out_root: Path = OUT_ROOT) -> dict:
     """Export variant ``name`` of the model in ``model_dir`` to ``out_root/name``.
 
@@ -112,34 +152,12 @@ def run(name: str, cfg: OpenVinoVariantConfig, model_dir: Path = MODEL_DIR, out_
     """
     source = read_manifest(model_dir)
     model_config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
-    check_group_size(cfg, model_config)
-    from optimum.intel import OVConfig
-
-    qdict = quantization_dict(cfg) if cfg.compressed else None
-    ov_config = OVConfig(quantization_config=qdict) if qdict else OVConfig(dtype=cfg.weight_format)
+    check_group_size(cfg, model_config)  # before any folder is created
     with staged_dir(out_root / name) as tmp:
-        with step(f"[{name}] exporting {source.get('model')} to OpenVINO IR") as t_export:
-            export_float(model_dir, tmp, ov_config)
-        t_compress: dict = {"seconds": 0.0}
-        if qdict:
-            with step(f"[{name}] compressing weights to {cfg.weight_format} with NNCF") as t_compress:
-                compress_like_optimum_cli(model_dir, tmp, ov_config.quantization_config)
-        missing = [f for f in TOKENIZER_FILES if not (tmp / f).is_file()]
-        if missing:
-            fail(f"tokenizer conversion produced no {', '.join(missing)}: check openvino-tokenizers matches openvino")
-        summary = inspect_ir(tmp / "openvino_model.xml")
-        problems = check_matches_request(summary, cfg.weight_format, cfg.ratio)
-        if problems:
-            fail(f"[{name}] exported IR does not match the request: {'; '.join(problems)}")
-        say(f"[{name}] weight layers: {summary['weight_layers']}")
+        summary = export_into(tmp, name, cfg, model_dir)
         manifest = write_manifest(
-            tmp, stage="export_openvino", variant=name, format="openvino-ir",
-            source={k: source.get(k) for k in ("model", "source", "repo_id", "revision", "license")},
-            source_files_sha256={k: v["sha256"] for k, v in source["files"].items()},
-            parameters=vars(cfg).copy(), weight_layers=summary["weight_layers"], nncf_rt_info=summary["nncf"],
-            layers=summary["layers"], timings={"export_s": t_export["seconds"], "compress_s": t_compress["seconds"]},
-            size_bytes=folder_bytes(tmp), verified={"structure": "weight precisions and rt_info match request"},
-        )
+            tmp, stage="export_openvino", variant=name, format="openvino-ir", **manifest_fields(source, cfg, summary),
+            size_bytes=folder_bytes(tmp), verified={"structure": "weight precisions and rt_info match request"})
     say(f"[{name}] IR ready in {out_root / name}")
     return manifest
 

@@ -13,27 +13,42 @@ import argparse
 import json
 import statistics
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pipeline.artifacts import ARTIFACTS, folder_bytes, peak_rss_bytes, read_manifest, write_json_atomic
 from pipeline.config import ConfigError, ValidateConfig, load_params
+from pipeline.devices import executed_device
 from pipeline.errors import fail, run_main
 from pipeline.log import say, step
 
 IR_ROOT = ARTIFACTS / "openvino"
+NPU_ROOT = ARTIFACTS / "npu"
 REFERENCE = ARTIFACTS / "reference" / "reference.json"
 METRICS_DIR = ARTIFACTS / "metrics"
 
 
-def measure_generation(ir_dir: Path, cfg: ValidateConfig, reference: dict) -> dict[str, Any]:
+@dataclass
+class Target:
+    """One artifact on one device: what to load, where, with which properties, and how to label it."""
+
+    artifact: str
+    ir_dir: Path
+    device: str
+    properties: dict[str, Any] = field(default_factory=dict)
+    kind: str = "OpenVINO IR"
+    note: str | None = None
+
+
+def measure_generation(target: Target, cfg: ValidateConfig, reference: dict) -> dict[str, Any]:
     """Load the IR in ``LLMPipeline``, generate greedily and time it; returns metrics and outputs."""
     import numpy as np
     import openvino as ov
     import openvino_genai as ov_genai
 
     start = time.perf_counter()
-    pipe = ov_genai.LLMPipeline(str(ir_dir), cfg.device)
+    pipe = ov_genai.LLMPipeline(str(target.ir_dir), target.device, **target.properties)
     load_s = time.perf_counter() - start
     gen_cfg = pipe.get_generation_config()
     gen_cfg.max_new_tokens, gen_cfg.do_sample = cfg.max_new_tokens, False
@@ -94,54 +109,80 @@ def greedy_match(outputs: list[list[int]], reference: dict) -> tuple[float, list
     return sum(d is None for d in divergence) / len(divergence), divergence
 
 
-def run(name: str, cfg: ValidateConfig, ir_root: Path = IR_ROOT, reference_path: Path = REFERENCE,
-        metrics_dir: Path = METRICS_DIR) -> dict:
-    """Validate IR variant ``name``; write its metrics; fail if fidelity or device checks fail."""
-    ir_dir = ir_root / name
-    manifest = read_manifest(ir_dir)
+def openvino_target(name: str, cfg: ValidateConfig, root: Path = IR_ROOT) -> Target:
+    """An OpenVINO IR variant on the configured device."""
+    return Target(f"openvino-{name}", root / name, cfg.device)
+
+
+def npu_target(name: str, root: Path = NPU_ROOT, status: dict | None = None) -> Target:
+    """An NPU-ready IR: on the NPU with its stored run settings where one exists, else honestly on CPU."""
+    from pipeline import devices
+
+    ir_dir = root / name
+    npu = (status if status is not None else devices.detect())["NPU"]
+    if not npu.available:
+        return Target(f"npu-{name}", ir_dir, "CPU", kind="NPU-ready IR", note=f"no NPU: {npu.reason}")
+    settings = json.loads((ir_dir / "npu_config.json").read_text(encoding="utf-8"))
+    blob = ir_dir / "openvino_model.npu.blob"
+    if blob.is_file():
+        settings["BLOB_PATH"] = str(blob)
+    return Target(f"npu-{name}", ir_dir, "NPU", settings, kind="NPU-ready IR")
+
+
+def run(target: Target, cfg: ValidateConfig, reference_path: Path = REFERENCE, metrics_dir: Path = METRICS_DIR) -> dict:
+    """Validate one target; write its metrics; fail if fidelity or device checks fail."""
+    manifest = read_manifest(target.ir_dir)
     reference = json.loads(Path(reference_path).read_text(encoding="utf-8"))
-    weight_format = manifest["parameters"]["weight_format"]
-    with step(f"[{name}] generating on {cfg.device} with openvino_genai"):
-        gen = measure_generation(ir_dir, cfg, reference)
+    weight_format = manifest["parameters"].get("weight_format", "int4")
+    with step(f"[{target.artifact}] generating on {target.device} with openvino_genai"):
+        gen = measure_generation(target, cfg, reference)
     peak_rss = peak_rss_bytes()
-    with step(f"[{name}] teacher-forced comparison with PyTorch"):
-        top1, executed = teacher_forced_agreement(ir_dir, cfg.device, reference)
+    # The NPU compiles LLMs only through GenAI's pipeline; teacher forcing then runs the same IR on CPU.
+    forced_device = "CPU" if target.device == "NPU" else target.device
+    with step(f"[{target.artifact}] teacher-forced comparison with PyTorch on {forced_device}"):
+        top1, executed = teacher_forced_agreement(target.ir_dir, forced_device, reference)
+    if target.device == "NPU":
+        executed = "NPU"  # LLMPipeline(..., "NPU") raises rather than falling back
     exact, divergence = greedy_match(gen["outputs"], reference)
     threshold = cfg.min_top1_agreement.get(weight_format, 0.0)
     problems = []
     if top1 < threshold:
         problems.append(f"top-1 agreement {top1:.3f} below the {weight_format} threshold {threshold}")
-    if cfg.device.split(".")[0] not in executed:
-        problems.append(f"asked for {cfg.device} but ran on {executed}")
+    device_ok, executed = executed_device(target.device, executed)
+    if not device_ok:
+        problems.append(f"asked for {target.device} but ran on {executed} (silent fallback)")
     if not gen["tokenizer_matches_reference"]:
         problems.append("OpenVINO tokenizer IR tokenizes the prompt differently from the original tokenizer")
     metrics = {
-        "artifact": f"openvino-{name}", "weight_format": weight_format, "device_requested": cfg.device,
-        "device_executed": executed, "label": f"OpenVINO IR, validated on {executed}",
+        "artifact": target.artifact, "weight_format": weight_format, "device_requested": target.device,
+        "device_executed": executed, "label": f"{target.kind}, validated on {executed}",
         "load_s": gen["load_s"], "ttft_ms": gen["ttft_ms"], "tpot_ms": gen["tpot_ms"],
         "tokens_per_s": gen["tokens_per_s"], "peak_rss_mb": round(peak_rss / 2**20, 1),
-        "size_mb": round(folder_bytes(ir_dir) / 2**20, 3), "top1_agreement": round(top1, 4),
-        "greedy_exact_match": round(exact, 4), "first_divergence": divergence,
+        "size_mb": round(folder_bytes(target.ir_dir) / 2**20, 3), "top1_agreement": round(top1, 4),
+        "fidelity_device": forced_device, "greedy_exact_match": round(exact, 4), "first_divergence": divergence,
         "min_top1_agreement": threshold, "tokenizer_matches_reference": gen["tokenizer_matches_reference"],
-        "sample": gen["text"][:200], "passed": not problems, "problems": problems,
+        "note": target.note, "sample": gen["text"][:200], "passed": not problems, "problems": problems,
     }
-    write_json_atomic(Path(metrics_dir) / f"openvino-{name}.json", metrics)
-    say(f"[{name}] top-1 {top1:.3f}, exact {exact:.2f}, {gen['tokens_per_s']} tok/s on {executed}, "
-        f"peak RSS {metrics['peak_rss_mb']} MB")
+    write_json_atomic(Path(metrics_dir) / f"{target.artifact}.json", metrics)
+    say(f"[{target.artifact}] {metrics['label']}: top-1 {top1:.3f}, exact {exact:.2f}, "
+        f"{gen['tokens_per_s']} tok/s, peak RSS {metrics['peak_rss_mb']} MB")
     if problems:
-        fail(f"[{name}] validation failed: {'; '.join(problems)}")
+        fail(f"[{target.artifact}] validation failed: {'; '.join(problems)}")
     return metrics
 
 
 def main(argv: list[str] | None = None) -> None:
-    """DVC entry point: ``python -m pipeline.validate <variant>``."""
+    """DVC entry point: ``python -m pipeline.validate [--npu] <variant>``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("variant", help="key under `openvino` in params.yaml, e.g. int4")
+    parser.add_argument("variant", help="key under `openvino` (or `npu` with --npu) in params.yaml, e.g. int4")
+    parser.add_argument("--npu", action="store_true", help="validate artifacts/npu/<variant>")
     args = parser.parse_args(argv)
     params = load_params()
-    if args.variant not in params.openvino:
-        raise ConfigError(f"unknown OpenVINO variant '{args.variant}': configured ones are {', '.join(params.openvino)}")
-    run(args.variant, params.validate)
+    section = params.npu if args.npu else params.openvino
+    if args.variant not in section:
+        raise ConfigError(f"unknown variant '{args.variant}': configured ones are {', '.join(section)}")
+    target = npu_target(args.variant) if args.npu else openvino_target(args.variant, params.validate)
+    run(target, params.validate)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,8 @@ def ran_stages(output: str) -> set[str]:
 def test_demo_builds_and_validates_every_variant(demo_project) -> None:
     project, done = demo_project
     assert {"download", "reference", *(f"export_openvino@{v}" for v in VARIANTS),
-            *(f"validate@{v}" for v in VARIANTS)} <= ran_stages(done.stdout + done.stderr)
+            *(f"validate@{v}" for v in VARIANTS), "export_npu@int4", "validate_npu@int4"} <= ran_stages(
+        done.stdout + done.stderr)
     for variant in VARIANTS:
         metrics = json.loads((project / "artifacts" / "metrics" / f"openvino-{variant}.json").read_text())
         assert metrics["passed"], metrics["problems"]
@@ -32,6 +33,8 @@ def test_demo_builds_and_validates_every_variant(demo_project) -> None:
         assert metrics["sample"].strip(), "the IR generated no text"
         assert metrics["tokens_per_s"] > 0 and metrics["peak_rss_mb"] > 0
     assert "| openvino-int4 |" in done.stdout
+    npu = json.loads((project / "artifacts" / "metrics" / "npu-int4.json").read_text())
+    assert npu["passed"] and npu["label"] == "NPU-ready IR, validated on CPU" and npu["note"].startswith("no NPU")
 
 
 def test_int4_ir_has_4bit_layers_and_fp16_has_none(demo_project) -> None:

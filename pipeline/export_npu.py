@@ -1,0 +1,147 @@
+"""Stage ``export_npu@<variant>``: an OpenVINO IR laid out for the NPU, plus its compiled blob where an NPU exists.
+
+The NPU runs LLMs through OpenVINO GenAI and needs 4-bit symmetric weights, ratio 1.0, group size
+128 or channel-wise (-1). Its run settings (MAX_PROMPT_LEN, MIN_RESPONSE_LEN, hints, cache mode)
+are stored in ``npu_config.json`` beside the model. Compiling for the NPU takes minutes on first
+load; where an NPU is present the stage compiles once and ships the blob (weights included), and
+proves that loading from it skips compilation. Without an NPU the manifest says the blob is deferred.
+Output: ``artifacts/npu/<variant>`` with ``manifest.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from pipeline import devices
+from pipeline.artifacts import (ARTIFACTS, file_hashes, folder_bytes, read_manifest, staged_dir, write_json_atomic,
+                                write_manifest)
+from pipeline.config import ConfigError, NpuVariantConfig, load_params
+from pipeline.errors import fail, run_main
+from pipeline.export_openvino import check_group_size, export_into, manifest_fields
+from pipeline.log import say, step
+
+MODEL_DIR = ARTIFACTS / "model"
+OUT_ROOT = ARTIFACTS / "npu"
+NPU_CONFIG = "npu_config.json"
+BLOB = "openvino_model.npu.blob"
+DEFERRED = "deferred - no NPU device; compiled on first load on the target"
+
+
+def load_llm_pipeline(model_dir: Path, device: str, properties: dict[str, Any]) -> Any:
+    """Create an ``openvino_genai.LLMPipeline`` (separate function so tests can observe the call)."""
+    import openvino_genai as ov_genai
+
+    return ov_genai.LLMPipeline(str(model_dir), device, **properties)
+
+
+def compile_blob(model_dir: Path, settings: dict[str, Any]) -> dict[str, Any]:
+    """Compile for the NPU, export the blob into ``model_dir``, and time a load from that blob.
+
+    Returns:
+        Blob facts for the manifest: file name, compile and blob-load seconds.
+    """
+    blob_path = model_dir / BLOB
+    start = time.perf_counter()
+    pipe = load_llm_pipeline(model_dir, "NPU", {**settings, "EXPORT_BLOB": "YES", "BLOB_PATH": str(blob_path)})
+    compile_s = time.perf_counter() - start
+    del pipe
+    if not blob_path.is_file():
+        fail(f"NPU compile finished but wrote no blob at {blob_path}: update the NPU driver and OpenVINO")
+    start = time.perf_counter()
+    pipe = load_llm_pipeline(model_dir, "NPU", {**settings, "BLOB_PATH": str(blob_path)})
+    load_s = time.perf_counter() - start
+    del pipe
+    return {"blob": BLOB, "compile_s": round(compile_s, 2), "load_from_blob_s": round(load_s, 2),
+            "skips_compilation": load_s < compile_s}
+
+
+def blob_step(folder: Path, settings: dict[str, Any], status: dict[str, devices.DeviceStatus]) -> dict[str, Any]:
+    """Build the blob where an NPU exists; otherwise record honestly that it is deferred."""
+    npu = status["NPU"]
+    if not npu.available:
+        say(f"no NPU here ({npu.reason}): blob deferred to the target machine")
+        return {"blob": DEFERRED, "npu_absent_reason": npu.reason}
+    with step(f"compiling for the NPU ({npu.full_name}, driver {npu.driver}) and exporting the blob"):
+        facts = compile_blob(folder, settings)
+    import openvino as ov
+
+    return {**facts, "npu_driver": npu.driver, "npu_compiler": npu.compiler, "openvino": ov.get_version()}
+
+
+def run(name: str, cfg: NpuVariantConfig, model_dir: Path = MODEL_DIR, out_root: Path = OUT_ROOT,
+        status: dict[str, devices.DeviceStatus] | None = None) -> dict:
+    """Export NPU variant ``name`` from ``model_dir`` to ``out_root/name`` (with a blob where an NPU exists).
+
+    Args:
+        name: Variant name (key under ``npu`` in params.yaml).
+        cfg: NPU layout and run settings.
+        model_dir: The ``download`` stage output.
+        out_root: Parent folder of the NPU artifacts.
+        status: Device status (detected when omitted; tests pass a fake).
+
+    Returns:
+        The manifest written next to the IR.
+    """
+    source = read_manifest(model_dir)
+    ov_cfg = cfg.as_openvino()
+    check_group_size(ov_cfg, json.loads((model_dir / "config.json").read_text(encoding="utf-8")))
+    status = status if status is not None else devices.detect()
+    with staged_dir(out_root / name) as tmp:
+        summary = export_into(tmp, f"npu-{name}", ov_cfg, model_dir)
+        check_npu_layout(summary)
+        write_json_atomic(tmp / NPU_CONFIG, cfg.run_settings())
+        blob = blob_step(tmp, cfg.run_settings(), status)
+        manifest = write_manifest(
+            tmp, stage="export_npu", variant=name, format="openvino-ir-npu", **manifest_fields(source, cfg, summary),
+            npu_run_settings=cfg.run_settings(), npu_blob=blob,
+            devices={k: v.as_dict() for k, v in status.items()}, size_bytes=folder_bytes(tmp),
+            verified={"structure": "int4 symmetric in every layer but embeddings/lm_head (int8 backup)"})
+    say(f"[npu-{name}] NPU-ready IR in {out_root / name} (blob: {blob['blob']})")
+    return manifest
+
+
+def check_npu_layout(summary: dict[str, Any]) -> None:
+    """Fail unless every weight layer is int4, except embeddings and lm_head kept at 8 bits."""
+    mode = summary["nncf"].get("weight_compression", {}).get("mode")
+    if mode != "int4_sym":
+        fail(f"NPU IR must be int4_sym, NNCF recorded mode {mode!r}")
+    stray = [layer["layer"] for layer in summary["layers"] if layer["precision"] != "int4"
+             and not ("embed" in layer["layer"] or "lm_head" in layer["layer"])]
+    if stray:
+        fail(f"NPU IR has non-int4 weight layers besides embeddings/lm_head: {', '.join(stray[:3])}")
+
+
+def compile_deferred(artifact: Path) -> dict:
+    """On the target machine: turn a deferred NPU artifact into one with a compiled blob (in place)."""
+    status = devices.detect()
+    if not status["NPU"].available:
+        fail(f"no NPU on this machine ({status['NPU'].reason}); run this on the NPU machine")
+    manifest = read_manifest(artifact)
+    settings = json.loads((artifact / NPU_CONFIG).read_text(encoding="utf-8"))
+    with staged_dir(artifact) as tmp:  # never edit the (DVC-tracked) folder in place
+        shutil.copytree(artifact, tmp, dirs_exist_ok=True)
+        facts = blob_step(tmp, settings, status)
+        manifest["npu_blob"] = facts
+        manifest["files"] = file_hashes(tmp)
+        write_json_atomic(tmp / "manifest.json", manifest)
+    return facts
+
+
+def main(argv: list[str] | None = None) -> None:
+    """DVC entry point: ``python -m pipeline.export_npu <variant>``."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("variant", help="key under `npu` in params.yaml, e.g. int4")
+    args = parser.parse_args(argv)
+    variants = load_params().npu
+    if args.variant not in variants:
+        raise ConfigError(f"unknown NPU variant '{args.variant}': configured ones are {', '.join(variants)}")
+    run(args.variant, variants[args.variant])
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,125 @@
+"""NPU target: layout rules, honest deferral without an NPU, the blob branch with a faked NPU."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pipeline import devices, download, export_npu, validate
+from pipeline.config import ConfigError, ModelConfig, NpuVariantConfig, compose
+from pipeline.ir_inspect import inspect_ir
+
+
+class FakeCore:
+    """Stands in for openvino.Core: a fixed device list and properties."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.available_devices = names
+
+    def get_property(self, device: str, name: str) -> str:
+        return {"FULL_DEVICE_NAME": f"Intel(R) AI Boost ({device})", "NPU_DRIVER_VERSION": "1.10.0",
+                "NPU_COMPILER_VERSION": "7.4"}[name]
+
+
+def no_npu() -> dict[str, devices.DeviceStatus]:
+    return devices.detect(FakeCore(["CPU"]))
+
+
+def with_npu() -> dict[str, devices.DeviceStatus]:
+    return devices.detect(FakeCore(["CPU", "NPU"]))
+
+
+@pytest.mark.parametrize("override", ["npu.int4.sym=false", "npu.int4.ratio=0.6", "npu.int4.group_size=64"])
+def test_requests_the_npu_cannot_run_fail_with_one_line(override: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        compose([override])
+    assert "the NPU needs int4 symmetric weights, ratio 1.0 and group_size 128 or -1" in str(exc.value)
+    assert "\n" not in str(exc.value)
+
+
+def test_device_detection_gives_versions_or_reasons() -> None:
+    present = with_npu()["NPU"]
+    assert present.available and present.driver == "1.10.0" and present.compiler == "7.4"
+    absent = no_npu()
+    assert not absent["NPU"].available and absent["NPU"].reason
+    assert not absent["GPU"].available and absent["GPU"].reason
+    assert absent["CPU"].available
+
+
+def test_silent_fallback_is_not_a_pass() -> None:
+    assert devices.executed_device("NPU", "CPU") == (False, "CPU")
+    assert devices.executed_device("CPU", "CPU")[0]
+    assert devices.executed_device("AUTO", "CPU")[0]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("npu") / "model"
+    download.run(ModelConfig(source="tiny"), out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def deferred(tiny_model: Path) -> tuple[Path, dict]:
+    out_root = tiny_model.parent / "npu"
+    manifest = export_npu.run("int4", NpuVariantConfig(), tiny_model, out_root, status=no_npu())
+    return out_root / "int4", manifest
+
+
+def test_npu_layout_is_int4_sym_everywhere_but_embeddings_and_head(deferred) -> None:
+    folder, manifest = deferred
+    summary = inspect_ir(folder / "openvino_model.xml")
+    assert summary["nncf"]["weight_compression"]["mode"] == "int4_sym"
+    assert summary["nncf"]["weight_compression"]["ratio"] == 1.0
+    for layer in summary["layers"]:
+        kept_8bit = "embed" in layer["layer"] or "lm_head" in layer["layer"]
+        assert layer["precision"] == ("int8" if kept_8bit else "int4"), layer
+    assert summary["weight_layers"]["int4"] == 8  # 2 layers x (qkv, o, gate_up, down)
+    assert json.loads((folder / "npu_config.json").read_text())["MAX_PROMPT_LEN"] == 1024
+
+
+def test_without_npu_the_blob_is_deferred_not_claimed(deferred) -> None:
+    folder, manifest = deferred
+    assert manifest["npu_blob"]["blob"] == export_npu.DEFERRED
+    assert not (folder / export_npu.BLOB).exists()
+    assert manifest["devices"]["NPU"]["available"] is False
+
+
+def test_with_an_npu_the_stage_compiles_a_blob_and_times_the_reload(
+        tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+
+    def fake_pipeline(model_dir: Path, device: str, properties: dict) -> object:
+        calls.append((device, dict(properties)))
+        if properties.get("EXPORT_BLOB") == "YES":
+            Path(properties["BLOB_PATH"]).write_bytes(b"compiled")
+        return object()
+
+    monkeypatch.setattr(export_npu, "load_llm_pipeline", fake_pipeline)
+    manifest = export_npu.run("int4", NpuVariantConfig(), tiny_model, tmp_path / "npu", status=with_npu())
+    (device, first), (_, second) = calls
+    assert device == "NPU" and first["EXPORT_BLOB"] == "YES" and first["CACHE_MODE"] == "OPTIMIZE_SPEED"
+    assert first["MAX_PROMPT_LEN"] == 1024 and "EXPORT_BLOB" not in second and second["BLOB_PATH"] == first["BLOB_PATH"]
+    blob = manifest["npu_blob"]
+    assert blob["blob"] == export_npu.BLOB and blob["npu_driver"] == "1.10.0"
+    assert {"compile_s", "load_from_blob_s", "skips_compilation"} <= set(blob)
+    assert export_npu.BLOB in manifest["files"]
+
+
+def test_validation_without_npu_runs_on_cpu_and_says_so(deferred) -> None:
+    folder, _ = deferred
+    target = validate.npu_target("int4", folder.parent, status=no_npu())
+    assert target.device == "CPU" and target.kind == "NPU-ready IR" and "no NPU" in target.note
+    target = validate.npu_target("int4", folder.parent, status=with_npu())
+    assert target.device == "NPU" and target.properties["GENERATE_HINT"] == "FAST_COMPILE"
+
+
+def test_compiling_a_deferred_artifact_needs_an_npu(deferred, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.errors import StageError
+
+    folder, _ = deferred
+    monkeypatch.setattr(devices, "detect", lambda core=None: no_npu())
+    with pytest.raises(StageError, match="no NPU on this machine"):
+        export_npu.compile_deferred(folder)
