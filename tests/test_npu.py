@@ -120,6 +120,7 @@ def test_compiling_a_deferred_artifact_needs_an_npu(deferred, monkeypatch: pytes
     from pipeline.errors import StageError
 
     folder, _ = deferred
-    monkeypatch.setattr(devices, "detect", lambda core=None: no_npu())
+    absent = no_npu()
+    monkeypatch.setattr(devices, "detect", lambda core=None: absent)
     with pytest.raises(StageError, match="no NPU on this machine"):
         export_npu.compile_deferred(folder)

@@ -13,8 +13,11 @@ VECTORS = ROOT / "pipeline" / "assets" / "phi3_vocab_tests" / "ggml-vocab-phi-3.
 
 
 def load_vectors() -> list[tuple[str, list[int]]]:
+    # Every .inp text is followed by the separator and every .out line by a newline: drop the empty tails.
     inputs = VECTORS.with_suffix(".gguf.inp").read_text(encoding="utf-8").split("\n__ggml_vocab_test__\n")
-    outputs = VECTORS.with_suffix(".gguf.out").read_text(encoding="utf-8").strip("\n").split("\n")
+    outputs = VECTORS.with_suffix(".gguf.out").read_text(encoding="utf-8").split("\n")
+    assert inputs[-1] == "" and outputs[-1] == "", "test vector files lost their final separator"
+    inputs, outputs = inputs[:-1], outputs[:-1]
     assert len(inputs) == len(outputs), "test vector files out of step"
     return [(text, [int(t) for t in ids.split()]) for text, ids in zip(inputs, outputs)]
 
