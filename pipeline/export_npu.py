@@ -22,7 +22,7 @@ from pipeline.artifacts import (ARTIFACTS, file_hashes, folder_bytes, read_manif
                                 write_manifest)
 from pipeline.config import ConfigError, NpuVariantConfig, load_params
 from pipeline.errors import fail, run_main
-from pipeline.export_openvino import check_group_size, export_into, manifest_fields
+from pipeline.export_openvino import BASE_DIR, check_group_size, export_into, manifest_fields
 from pipeline.log import say, step
 
 MODEL_DIR = ARTIFACTS / "model"
@@ -74,7 +74,7 @@ def blob_step(folder: Path, settings: dict[str, Any], status: dict[str, devices.
 
 
 def run(name: str, cfg: NpuVariantConfig, model_dir: Path = MODEL_DIR, out_root: Path = OUT_ROOT,
-        status: dict[str, devices.DeviceStatus] | None = None) -> dict:
+        status: dict[str, devices.DeviceStatus] | None = None, base_dir: Path | None = BASE_DIR) -> dict:
     """Export NPU variant ``name`` from ``model_dir`` to ``out_root/name`` (with a blob where an NPU exists).
 
     Args:
@@ -83,6 +83,7 @@ def run(name: str, cfg: NpuVariantConfig, model_dir: Path = MODEL_DIR, out_root:
         model_dir: The ``download`` stage output.
         out_root: Parent folder of the NPU artifacts.
         status: Device status (detected when omitted; tests pass a fake).
+        base_dir: Uncompressed base IR to compress from (``None`` or missing: export from PyTorch).
 
     Returns:
         The manifest written next to the IR.
@@ -92,7 +93,7 @@ def run(name: str, cfg: NpuVariantConfig, model_dir: Path = MODEL_DIR, out_root:
     check_group_size(ov_cfg, json.loads((model_dir / "config.json").read_text(encoding="utf-8")))
     status = status if status is not None else devices.detect()
     with staged_dir(out_root / name) as tmp:
-        summary = export_into(tmp, f"npu-{name}", ov_cfg, model_dir)
+        summary = export_into(tmp, f"npu-{name}", ov_cfg, model_dir, base_dir if base_dir and base_dir.is_dir() else None)
         check_npu_layout(summary)
         write_json_atomic(tmp / NPU_CONFIG, cfg.run_settings())
         blob = blob_step(tmp, cfg.run_settings(), status)

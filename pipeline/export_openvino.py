@@ -21,6 +21,7 @@ from pipeline.log import say, step
 
 MODEL_DIR = ARTIFACTS / "model"
 OUT_ROOT = ARTIFACTS / "openvino"
+BASE_DIR = ARTIFACTS / "openvino_base"
 HELDOUT_TEXT = Path(__file__).parent / "assets" / "tiny_phi3" / "heldout.txt"
 TOKENIZER_FILES = ("openvino_tokenizer.xml", "openvino_tokenizer.bin",
                    "openvino_detokenizer.xml", "openvino_detokenizer.bin")
@@ -98,24 +99,37 @@ def compress_like_optimum_cli(model_dir: Path, out: Path, quantization_config: A
                    output=out, cache_dir=None, trust_remote_code=False)
 
 
-def export_into(tmp: Path, name: str, cfg: OpenVinoVariantConfig, model_dir: Path) -> dict[str, Any]:
+def export_into(tmp: Path, name: str, cfg: OpenVinoVariantConfig, model_dir: Path,
+                base_dir: Path | None = None) -> dict[str, Any]:
     """Export and compress into the (temporary) folder ``tmp``; return the IR summary and timings.
+
+    With ``base_dir`` (the ``export_openvino_base`` output), int4/int8 variants compress that IR
+    instead of re-exporting from PyTorch; the result is the same as the from-scratch path.
 
     Raises:
         StageError: When tokenizer conversion failed or the IR does not match the request.
     """
     from optimum.intel import OVConfig
 
+    from pipeline.export_openvino_base import compress_from_base, statistics_path
+
     model_config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
     check_group_size(cfg, model_config)
     qdict = quantization_dict(cfg) if cfg.compressed else None
+    if qdict and qdict["dataset"] is not None:
+        qdict["statistics_path"] = statistics_path(read_manifest(model_dir), cfg.dataset, cfg.num_samples)
     ov_config = OVConfig(quantization_config=qdict) if qdict else OVConfig(dtype=cfg.weight_format)
-    with step(f"[{name}] exporting {model_dir} to OpenVINO IR") as t_export:
-        export_float(model_dir, tmp, ov_config)
+    t_export: dict = {"seconds": 0.0}
     t_compress: dict = {"seconds": 0.0}
-    if qdict:
-        with step(f"[{name}] compressing weights to {cfg.weight_format} with NNCF") as t_compress:
-            compress_like_optimum_cli(model_dir, tmp, ov_config.quantization_config)
+    if qdict and base_dir is not None:
+        with step(f"[{name}] compressing the base IR to {cfg.weight_format} with NNCF") as t_compress:
+            compress_from_base(base_dir, model_dir, tmp, ov_config.quantization_config)
+    else:
+        with step(f"[{name}] exporting {model_dir} to OpenVINO IR") as t_export:
+            export_float(model_dir, tmp, ov_config)
+        if qdict:
+            with step(f"[{name}] compressing weights to {cfg.weight_format} with NNCF") as t_compress:
+                compress_like_optimum_cli(model_dir, tmp, ov_config.quantization_config)
     missing = [f for f in TOKENIZER_FILES if not (tmp / f).is_file()]
     if missing:
         fail(f"tokenizer conversion produced no {', '.join(missing)}: check openvino-tokenizers matches openvino")
@@ -138,7 +152,8 @@ def manifest_fields(source: dict, cfg: Any, summary: dict) -> dict[str, Any]:
     }
 
 
-def run(name: str, cfg: OpenVinoVariantConfig, model_dir: Path = MODEL_DIR, out_root: Path = OUT_ROOT) -> dict:
+def run(name: str, cfg: OpenVinoVariantConfig, model_dir: Path = MODEL_DIR, out_root: Path = OUT_ROOT,
+        base_dir: Path | None = BASE_DIR) -> dict:
     """Export variant ``name`` of the model in ``model_dir`` to ``out_root/name``.
 
     Args:
@@ -146,6 +161,7 @@ def run(name: str, cfg: OpenVinoVariantConfig, model_dir: Path = MODEL_DIR, out_
         cfg: Its weight format and compression parameters.
         model_dir: The ``download`` stage output.
         out_root: Parent folder of the IR folders.
+        base_dir: Uncompressed base IR to compress from (``None``: export from PyTorch).
 
     Returns:
         The manifest written next to the IR.
@@ -154,9 +170,10 @@ def run(name: str, cfg: OpenVinoVariantConfig, model_dir: Path = MODEL_DIR, out_
     model_config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
     check_group_size(cfg, model_config)  # before any folder is created
     with staged_dir(out_root / name) as tmp:
-        summary = export_into(tmp, name, cfg, model_dir)
+        summary = export_into(tmp, name, cfg, model_dir, base_dir if base_dir and base_dir.is_dir() else None)
         manifest = write_manifest(
             tmp, stage="export_openvino", variant=name, format="openvino-ir", **manifest_fields(source, cfg, summary),
+            compressed_from="openvino_base" if base_dir and base_dir.is_dir() and cfg.compressed else "pytorch",
             size_bytes=folder_bytes(tmp), verified={"structure": "weight precisions and rt_info match request"})
     say(f"[{name}] IR ready in {out_root / name}")
     return manifest

@@ -23,7 +23,7 @@ def ran_stages(output: str) -> set[str]:
 
 def test_demo_builds_and_validates_every_variant(demo_project) -> None:
     project, done = demo_project
-    assert {"download", "reference", *(f"export_openvino@{v}" for v in VARIANTS),
+    assert {"download", "reference", "export_openvino_base", *(f"export_openvino@{v}" for v in VARIANTS),
             *(f"validate@{v}" for v in VARIANTS), "export_npu@int4", "validate_npu@int4"} <= ran_stages(
         done.stdout + done.stderr)
     for variant in VARIANTS:
@@ -78,3 +78,4 @@ def test_second_repro_is_a_noop_and_group_size_change_reruns_only_int4(demo_proj
     assert ran_stages(changed.stdout + changed.stderr) == {"export_openvino@int4", "validate@int4"}
     int4 = json.loads((project / "artifacts" / "openvino" / "int4" / "manifest.json").read_text())
     assert int4["nncf_rt_info"]["weight_compression"]["group_size"] == 64
+    assert int4["compressed_from"] == "openvino_base", "a sweep point must not re-export from PyTorch"

@@ -1,0 +1,102 @@
+"""Stage ``export_openvino_base``: the uncompressed OpenVINO IR that every int4/int8 variant compresses.
+
+Tracing PyTorch to IR is the slow, memory-hungry half of an export. It is done once here, with
+exactly the call ``optimum-cli`` makes on its way to int4/int8 (``main_export`` with a weight
+quantization request, which keeps the checkpoint's 16-bit weights uncompressed). Each variant then
+reads this IR (memory-mapped) and compresses it with NNCF, so a group-size or ratio sweep never
+re-exports the model. Output: ``artifacts/openvino_base`` with ``manifest.json``.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from pipeline.artifacts import ARTIFACTS, folder_bytes, read_manifest, staged_dir, write_manifest
+from pipeline.config import OpenVinoVariantConfig
+from pipeline.errors import run_main
+from pipeline.ir_inspect import inspect_ir
+from pipeline.log import say, step
+
+MODEL_DIR = ARTIFACTS / "model"
+OUT_DIR = ARTIFACTS / "openvino_base"
+MODEL_FILES = ("openvino_model.xml", "openvino_model.bin")
+STATISTICS_CACHE = Path(".aipc") / "nncf_statistics"
+
+
+def base_ov_config() -> Any:
+    """An ``OVConfig`` that makes ``main_export`` write the uncompressed IR the int4/int8 path starts from."""
+    from optimum.intel import OVConfig
+
+    from pipeline.export_openvino import quantization_dict
+
+    return OVConfig(quantization_config=quantization_dict(OpenVinoVariantConfig()))
+
+
+def compress_from_base(base_dir: Path, model_dir: Path, out: Path, quantization_config: Any) -> None:
+    """Compress the IR in ``base_dir`` into ``out`` (base left untouched), as ``_main_quantize`` would.
+
+    Same steps as optimum-intel's ``_main_quantize`` (load with ``compile=False``, ``_apply_quantization``,
+    immediate save), but reading from the shared base folder and saving into a new one.
+    """
+    import os
+
+    from optimum.intel import OVModelForCausalLM
+
+    # optimum's immediate save unlinks the files it replaces: links to the base files keep the base intact.
+    for name in MODEL_FILES:
+        try:
+            os.link(base_dir / name, out / name)
+        except OSError:
+            shutil.copy2(base_dir / name, out / name)
+    model = OVModelForCausalLM.from_pretrained(base_dir, compile=False, use_cache=True)
+    model._apply_quantization(quantization_config, compile_only=False, compile_model=False,
+                              model_name_or_path=str(model_dir), trust_remote_code=False,
+                              save_directory=out, immediate_save=True)
+    del model
+    for path in Path(base_dir).iterdir():  # tokenizer IR, configs, chat template
+        if path.is_file() and path.name not in (*MODEL_FILES, "manifest.json") and not (out / path.name).exists():
+            shutil.copy2(path, out / path.name)
+
+
+def statistics_path(model_manifest: dict, dataset: Any, num_samples: int | None) -> str:
+    """A per-model, per-dataset cache folder for NNCF's data-aware statistics (reused across a sweep)."""
+    import hashlib
+    import json
+
+    key = json.dumps([sorted((k, v["sha256"]) for k, v in model_manifest["files"].items()), dataset, num_samples])
+    return str(STATISTICS_CACHE / hashlib.sha256(key.encode()).hexdigest()[:16])
+
+
+def run(model_dir: Path = MODEL_DIR, out_dir: Path = OUT_DIR) -> dict:
+    """Export the uncompressed IR (plus tokenizer IR) of the model in ``model_dir`` to ``out_dir``."""
+    from pipeline.export_openvino import TOKENIZER_FILES, export_float
+
+    source = read_manifest(model_dir)
+    with staged_dir(out_dir) as tmp:
+        with step(f"exporting {source.get('model')} to the uncompressed base IR") as timing:
+            export_float(model_dir, tmp, base_ov_config())
+        summary = inspect_ir(tmp / "openvino_model.xml")
+        missing = [f for f in TOKENIZER_FILES if not (tmp / f).is_file()]
+        if missing or summary["weight_layers"]["int4"] or summary["weight_layers"]["int8"]:
+            from pipeline.errors import fail
+
+            fail(f"base IR is not an uncompressed IR with tokenizers: layers {summary['weight_layers']}, missing {missing}")
+        manifest = write_manifest(
+            tmp, stage="export_openvino_base", format="openvino-ir-uncompressed",
+            source={k: source.get(k) for k in ("model", "source", "repo_id", "revision", "license")},
+            source_files_sha256={k: v["sha256"] for k, v in source["files"].items()},
+            weight_layers=summary["weight_layers"], timings={"export_s": timing["seconds"]},
+            size_bytes=folder_bytes(tmp))
+    say(f"base IR ready in {out_dir} ({manifest['size_bytes'] / 2**20:.1f} MiB)")
+    return manifest
+
+
+def main() -> None:
+    """DVC entry point: ``python -m pipeline.export_openvino_base``."""
+    run()
+
+
+if __name__ == "__main__":
+    run_main(main)

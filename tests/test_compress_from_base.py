@@ -1,0 +1,35 @@
+"""Compressing the cached uncompressed IR gives the same IR as exporting that point from scratch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline import download, export_openvino, export_openvino_base
+from pipeline.artifacts import sha256_file
+from pipeline.config import ModelConfig, OpenVinoVariantConfig
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize("cfg", [
+    OpenVinoVariantConfig(weight_format="int4", group_size=64, ratio=0.8, sym=False),
+    OpenVinoVariantConfig(weight_format="int8", group_size=-1, ratio=1.0),
+], ids=["int4-g64-r0.8-asym", "int8"])
+def test_compress_from_base_ir_equals_export_from_scratch(tmp_path: Path, cfg: OpenVinoVariantConfig) -> None:
+    model = tmp_path / "model"
+    download.run(ModelConfig(source="tiny"), model)
+    base = tmp_path / "base"
+    export_openvino_base.run(model, base)
+    base_bin = sha256_file(base / "openvino_model.bin")
+    fast = export_openvino.run("fast", cfg, model, tmp_path / "out", base_dir=base)
+    slow = export_openvino.run("slow", cfg, model, tmp_path / "out", base_dir=None)
+    assert fast["compressed_from"] == "openvino_base" and slow["compressed_from"] == "pytorch"
+    assert fast["timings"]["export_s"] == 0.0 < slow["timings"]["export_s"]
+    assert fast["weight_layers"] == slow["weight_layers"] and fast["layers"] == slow["layers"]
+    assert fast["nncf_rt_info"] == slow["nncf_rt_info"]
+    assert sha256_file(tmp_path / "out" / "fast" / "openvino_model.bin") == \
+        sha256_file(tmp_path / "out" / "slow" / "openvino_model.bin")
+    assert set(fast["files"]) == set(slow["files"])
+    assert sha256_file(base / "openvino_model.bin") == base_bin, "the shared base IR must stay untouched"
