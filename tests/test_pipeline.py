@@ -69,6 +69,13 @@ def test_ir_loads_in_openvino_genai_and_generates(demo_project) -> None:
         assert len(str(text).strip()) > 0
 
 
+def test_chat_streams_an_answer_from_the_int4_ir(demo_project) -> None:
+    project, _ = demo_project
+    done = run_cmd([sys.executable, "-m", "pipeline.cli", "chat", "artifacts/openvino/int4",
+                    "--prompt", "Can you introduce yourself?"], project)
+    assert len(done.stdout.strip()) > 10
+
+
 def test_second_repro_is_a_noop_and_group_size_change_reruns_only_int4(demo_project) -> None:
     project, _ = demo_project
     again = run_cmd([sys.executable, "-m", "dvc", "repro"], project)
