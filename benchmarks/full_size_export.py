@@ -28,6 +28,9 @@ PHI3_MINI_4K = {  # config.json of microsoft/Phi-3-mini-4k-instruct (shapes only
     "sliding_window": 2047, "tie_word_embeddings": False, "torch_dtype": "bfloat16", "use_cache": True,
 }
 INT4_ARGS = ["--weight-format", "int4", "--group-size", "128", "--ratio", "0.6", "--sym"]
+# What export_onnx passes to the builder for dml_int4 (export_onnx.builder_options), for the bare builder run.
+ONNX_DML_INT4_OPTIONS = ["hf_token=false", "hf_remote=false", "block_size=128", "is_symmetric=true",
+                         "algo_config=default", "enable_dml_graph=true"]
 
 
 def build_checkpoint(dest: Path) -> Path:
@@ -97,6 +100,10 @@ def commands(model: Path, work: Path) -> dict[str, list[str]]:
             "from pathlib import Path; fmt = sys.argv[1];"
             "cfg = C(weight_format='int4', group_size=128, ratio=0.6, sym=True) if fmt == 'int4' else C(weight_format=fmt);"
             f"run(fmt, cfg, Path(r'{model}'), Path(r'{work / 'aipc'}'))")
+    onnx_ours = ("from pathlib import Path; from pipeline.export_onnx import run; from pipeline.config import "
+                 "OnnxVariantConfig as C; cfg = C(execution_provider='dml', precision='int4', block_size=128, "
+                 "is_symmetric=True, algo_config='default', enable_dml_graph=True);"
+                 f"run('onnx-dml-int4', cfg, Path(r'{model}'), Path(r'{work / 'aipc'}'))")
     return {
         "aipc-int4": [py, "-c", ours, "int4"],
         "optimum-cli-int4": [py, "-m", "optimum.commands.optimum_cli", "export", "openvino", "-m", str(model),
@@ -104,6 +111,11 @@ def commands(model: Path, work: Path) -> dict[str, list[str]]:
         "aipc-fp16": [py, "-c", ours, "fp16"],
         "optimum-cli-fp16": [py, "-m", "optimum.commands.optimum_cli", "export", "openvino", "-m", str(model),
                              "--task", "text-generation-with-past", "--weight-format", "fp16", str(work / "cli-fp16")],
+        # ONNX Runtime GenAI for DirectML, int4 block 128 (conf/onnx/default.yaml dml_int4), beside the bare builder.
+        "aipc-onnx-dml-int4": [py, "-c", onnx_ours],
+        "builder-onnx-dml-int4": [py, "-m", "onnxruntime_genai.models.builder", "-i", str(model), "-o",
+                                  str(work / "builder-onnx-dml-int4"), "-p", "int4", "-e", "dml", "-c",
+                                  str(work / "builder-onnx-cache"), "--extra_options", *ONNX_DML_INT4_OPTIONS],
     }
 
 
