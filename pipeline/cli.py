@@ -44,6 +44,27 @@ def cmd_validate(variant: str) -> None:
     validate.main([variant])
 
 
+def cmd_export_onnx(variant: str) -> None:
+    """Build one ONNX Runtime GenAI variant (dml_int4, dml_fp16, cpu_int4, ...) from artifacts/model."""
+    from pipeline import export_onnx
+
+    export_onnx.main([variant])
+
+
+def cmd_validate_onnx(variant: str) -> None:
+    """Run one ONNX variant with onnxruntime-genai and compare it with the PyTorch reference."""
+    from pipeline import validate_onnx
+
+    validate_onnx.main([variant])
+
+
+def cmd_onnx_compat(target: str) -> None:
+    """Check an ONNX variant (or folder) loads and runs in onnxruntime-genai 0.13.1, what Windows DML users get."""
+    from pipeline import onnx_compat
+
+    onnx_compat.main([target])
+
+
 def cmd_export_npu(variant: str) -> None:
     """Export an NPU-ready IR (int4 sym, ratio 1.0) and, where an NPU exists, its compiled blob."""
     from pipeline import export_npu
@@ -66,6 +87,31 @@ def cmd_compile_npu_blob(artifact: str) -> None:
     print(json.dumps(facts, indent=2))
 
 
+def cmd_export_npu_lib(variant: str) -> None:
+    """Compile the original NPU recipe (intel-npu-acceleration-library int4/int8/fp16) in its own environment."""
+    from pipeline import export_npu_lib
+
+    export_npu_lib.main([variant])
+
+
+def cmd_validate_npu_lib(variant: str) -> None:
+    """Load an intel-npu-acceleration-library model (after its hash check), generate and compare with PyTorch."""
+    from pipeline import export_npu_lib
+
+    export_npu_lib.main(["--validate", variant])
+
+
+def cmd_npu_lib_env() -> None:
+    """Create (first use) or show the isolated intel-npu-acceleration-library environment."""
+    from pipeline import npu_lib_env
+
+    try:
+        env = npu_lib_env.ensure()
+    except npu_lib_env.EnvUnavailable as err:
+        fail(f"the isolated environment cannot be built here: {err}")
+    print(json.dumps({"path": str(env.path), "python": str(env.python), **env.info}, indent=2))
+
+
 def cmd_devices() -> None:
     """List CPU/GPU/NPU as OpenVINO sees them here, with versions or the reason a device is absent."""
     from pipeline import devices
@@ -73,6 +119,29 @@ def cmd_devices() -> None:
     for name, status in devices.detect().items():
         detail = status.full_name if status.available else status.reason
         print(f"{name:4} {'yes' if status.available else 'no ':3} {detail}")
+
+
+def cmd_sweep(overrides: list[str]) -> None:
+    """Queue the sweep grid from params.yaml as DVC experiments, run them, and write the sweep report."""
+    from pipeline import sweep
+
+    cfg = load_params().sweep
+    sweep.queue_and_run(cfg, overrides)
+    sweep.report(cfg)
+
+
+def cmd_sweep_report() -> None:
+    """Rebuild artifacts/sweep/ (table, Pareto plot, recommended point) from `dvc exp show`."""
+    from pipeline import sweep
+
+    sweep.report(load_params().sweep)
+
+
+def cmd_chat(artifact: str, device: str = "CPU", prompt: str | None = None) -> None:
+    """Chat with an exported IR (Phi-3 chat template, streamed); one-shot with --prompt."""
+    from pipeline import chat
+
+    chat.chat(Path(artifact), device, prompt)
 
 
 def cmd_compose(overrides: list[str]) -> None:
@@ -131,10 +200,19 @@ COMMANDS = {
     "reference": (cmd_reference, []),
     "export-openvino": (cmd_export_openvino, ["variant"]),
     "validate": (cmd_validate, ["variant"]),
+    "export-onnx": (cmd_export_onnx, ["variant"]),
+    "validate-onnx": (cmd_validate_onnx, ["variant"]),
+    "onnx-compat": (cmd_onnx_compat, ["target"]),
     "export-npu": (cmd_export_npu, ["variant"]),
     "validate-npu": (cmd_validate_npu, ["variant"]),
     "compile-npu-blob": (cmd_compile_npu_blob, ["artifact"]),
+    "export-npu-lib": (cmd_export_npu_lib, ["variant"]),
+    "validate-npu-lib": (cmd_validate_npu_lib, ["variant"]),
+    "npu-lib-env": (cmd_npu_lib_env, []),
     "devices": (cmd_devices, []),
+    "sweep": (cmd_sweep, ["overrides*"]),
+    "sweep-report": (cmd_sweep_report, []),
+    "chat": (cmd_chat, ["artifact", "--device", "--prompt"]),
     "compose": (cmd_compose, ["overrides*"]),
     "check-config": (cmd_check_config, ["overrides*"]),
     "demo": (cmd_demo, []),
@@ -151,16 +229,19 @@ def build_parser() -> argparse.ArgumentParser:
         for arg in args:
             if arg.endswith("*"):
                 p.add_argument(arg[:-1], nargs="*", help="Hydra overrides, e.g. model=tiny openvino.int4.ratio=0.8")
+            elif arg.startswith("--"):
+                p.add_argument(arg, default=None)
             else:
                 p.add_argument(arg)
-        p.set_defaults(func=func, argnames=[a.rstrip("*") for a in args])
+        p.set_defaults(func=func, argnames=[a.rstrip("*").lstrip("-") for a in args])
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``aipc`` console script."""
     args = build_parser().parse_args(argv)
-    run_main(lambda: args.func(*(getattr(args, a) for a in args.argnames)))
+    values = {a: getattr(args, a) for a in args.argnames}
+    run_main(lambda: args.func(**{k: v for k, v in values.items() if v is not None}))
 
 
 if __name__ == "__main__":

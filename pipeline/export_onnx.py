@@ -1,0 +1,163 @@
+"""Stage ``export_onnx@<variant>``: build an ONNX Runtime GenAI model (DirectML by default; CPU, CUDA, WebGPU).
+
+Thin wrapper over onnxruntime-genai's model builder Python API (``parse_extra_options`` + ``create_model``,
+as Olive's ModelBuilder pass calls it). The tokenizer files are then made loadable by onnxruntime-genai
+0.13.1 (what ``pip install onnxruntime-genai-directml`` gives Windows users), and the folder is checked
+structurally: the stage fails if it does not match the request.
+Output: ``artifacts/onnx/<variant>`` with ``manifest.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from pipeline.artifacts import ARTIFACTS, folder_bytes, read_manifest, staged_dir, write_json_atomic, write_manifest
+from pipeline.config import ConfigError, OnnxVariantConfig, load_params
+from pipeline.errors import fail, run_main
+from pipeline.log import say, step
+from pipeline.onnx_inspect import check_matches_request, inspect_onnx
+
+MODEL_DIR = ARTIFACTS / "model"
+OUT_ROOT = ARTIFACTS / "onnx"
+LIST_SEPARATOR = {"op_types_to_quantize": "/", "nodes_to_exclude": ","}  # how the builder splits list options
+# tokenizer_class values written by transformers 5 that onnxruntime-genai 0.13.1 refuses ("Unsupported tokenizer
+# class"), plus PreTrainedTokenizerFast, which 0.13.1 loads but tokenizes wrongly (below).
+REWRITTEN_TOKENIZER_CLASSES = ("TokenizersBackend", "SentencePieceBackend", "PythonBackend", "MistralCommonBackend",
+                               "PreTrainedTokenizerFast")
+# The class written for ONNX Runtime GenAI, per model_type: the one Phi-3's own tokenizer_config.json names.
+# Measured with 0.13.1: LlamaTokenizer reproduces all 46 llama.cpp Phi-3 vectors and the prompts; with
+# PreTrainedTokenizerFast it inserts an extra "▁" (29871) after special tokens (10 vectors, every prompt differ).
+ORT_TOKENIZER_CLASS = {"phi3": "LlamaTokenizer"}
+
+
+def _text(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def builder_options(cfg: OnnxVariantConfig) -> dict[str, str]:
+    """The builder's ``--extra_options`` for ``cfg`` (current option names only)."""
+    options = {"hf_token": "false", "hf_remote": "false"}  # a local folder: no hub token, never remote code
+    for key in ("block_size", "accuracy_level", "is_symmetric", "algo_config", "enable_dml_graph"):
+        if getattr(cfg, key) is not None:
+            options[key] = _text(getattr(cfg, key))
+    for key in ("exclude_embeds", "exclude_lm_head"):
+        if getattr(cfg, key):
+            options[key] = "true"
+    for key, value in cfg.extra_options.items():
+        options[key] = LIST_SEPARATOR.get(key, ",").join(value) if isinstance(value, list) else _text(value)
+    return options
+
+
+def check_model_request(cfg: OnnxVariantConfig, model_config: dict) -> None:
+    """Refuse requests that the builder turns into graphs ONNX Runtime cannot load, before writing anything."""
+    tied = cfg.extra_options.get("shared_embeddings", bool(model_config.get("tie_word_embeddings")))
+    if cfg.precision == "int4" and cfg.is_symmetric is False and tied:
+        raise ConfigError("is_symmetric false with tied (shared) embeddings gives a graph ONNX Runtime refuses "
+                          "(uint8 Reshape feeding GatherBlockQuantized): set is_symmetric true or "
+                          "extra_options.shared_embeddings false")
+    if model_config.get("model_type") not in ORT_TOKENIZER_CLASS:
+        raise ConfigError(f"model_type {model_config.get('model_type')!r} has no known ONNX Runtime GenAI "
+                          f"tokenizer class; supported: {', '.join(ORT_TOKENIZER_CLASS)}")
+
+
+def build(model_dir: Path, out: Path, cfg: OnnxVariantConfig, options: dict[str, str]) -> None:
+    """Run the builder's Python API into ``out`` (its scratch cache lives in ``out`` and is removed)."""
+    import logging
+
+    try:
+        from onnxruntime_genai.models.builder import create_model, parse_extra_options
+    except ImportError as err:  # the builder imports onnx_ir without declaring it
+        fail(f"cannot import the onnxruntime-genai model builder ({err}): run `pip install -e .` "
+             "(it needs onnxruntime-genai and onnx-ir)")
+    logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)  # one INFO line per layer otherwise
+    cache = out / ".builder-cache"
+    args = (None, str(model_dir), str(out), cfg.precision, cfg.execution_provider, str(cache))
+    try:
+        parsed = parse_extra_options(*args, [f"{k}={v}" for k, v in options.items()])
+        create_model(*args, **parsed)
+    except (ValueError, RuntimeError, NotImplementedError, KeyError, OSError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        fail(f"the onnxruntime-genai model builder failed: {first}")
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+
+
+def make_tokenizer_loadable_by_ort_genai_0_13(folder: Path, model_type: str) -> dict[str, Any]:
+    """Workaround: rewrite the ``tokenizer_class`` that transformers 5 saves, which onnxruntime-genai 0.13.1 refuses.
+
+    Upstream: https://github.com/microsoft/onnxruntime-genai/issues/1987 ("Unsupported tokenizer class:
+    TokenizersBackend"); onnxruntime-extensions added the transformers 5 names later
+    (https://github.com/microsoft/onnxruntime-extensions/pull/1044), too late for 0.13.1.
+
+    Returns:
+        What was changed (empty when nothing was), for the manifest.
+    """
+    path = folder / "tokenizer_config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    old, new = config.get("tokenizer_class"), ORT_TOKENIZER_CLASS[model_type]
+    if old not in REWRITTEN_TOKENIZER_CLASSES:
+        return {}
+    config["tokenizer_class"] = new
+    write_json_atomic(path, config)
+    return {"tokenizer_class": {"written_by_builder": old, "now": new}}
+
+
+def run(name: str, cfg: OnnxVariantConfig, model_dir: Path = MODEL_DIR, out_root: Path = OUT_ROOT) -> dict:
+    """Build variant ``name`` of the model in ``model_dir`` into ``out_root/name``.
+
+    Args:
+        name: Variant name (the key under ``onnx`` in params.yaml).
+        cfg: Execution provider, precision and builder options.
+        model_dir: The ``download`` stage output.
+        out_root: Parent folder of the ONNX folders.
+
+    Returns:
+        The manifest written next to the model.
+    """
+    source = read_manifest(model_dir)
+    model_config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    check_model_request(cfg, model_config)
+    options = builder_options(cfg)
+    with staged_dir(out_root / name) as tmp:
+        with step(f"[{name}] building {cfg.precision} ONNX for {cfg.execution_provider} with the onnxruntime-genai "
+                  f"builder") as t_build:
+            build(model_dir, tmp, cfg, options)
+        tokenizer_fix = make_tokenizer_loadable_by_ort_genai_0_13(tmp, model_config["model_type"])
+        summary = inspect_onnx(tmp)
+        problems = check_matches_request(summary, cfg, model_config["num_hidden_layers"])
+        if problems:
+            fail(f"[{name}] the built ONNX model does not match the request: {'; '.join(problems)}")
+        say(f"[{name}] {summary['quantization']['matmul_nbits']} MatMulNBits (bits {summary['quantization']['bits']}, "
+            f"blocks {summary['quantization']['block_sizes']}), I/O {sorted(set(summary['outputs'].values()))}")
+        manifest = write_manifest(
+            tmp, stage="export_onnx", variant=name, format="onnxruntime-genai",
+            source={k: source.get(k) for k in ("model", "source", "repo_id", "revision", "license")},
+            source_files_sha256={k: v["sha256"] for k, v in source["files"].items()},
+            parameters=dataclasses.asdict(cfg), builder_options=options, structure=summary,
+            tokenizer_fix=tokenizer_fix, timings={"build_s": t_build["seconds"]}, size_bytes=folder_bytes(tmp),
+            verified={"structure": "provider entry, graph inputs/outputs and dtypes, MatMulNBits bits/block size, "
+                                   "every graph output produced, external data in range (onnx.checker rejects "
+                                   "every builder output, so it is not used)"},
+        )
+    say(f"[{name}] ONNX Runtime GenAI model ready in {out_root / name}")
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> None:
+    """DVC entry point: ``python -m pipeline.export_onnx <variant>``."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("variant", help="key under `onnx` in params.yaml, e.g. dml_int4")
+    args = parser.parse_args(argv)
+    variants = load_params().onnx
+    if args.variant not in variants:
+        raise ConfigError(f"unknown ONNX variant '{args.variant}': configured ones are {', '.join(variants)}")
+    run(args.variant, variants[args.variant])
+
+
+if __name__ == "__main__":
+    run_main(main)

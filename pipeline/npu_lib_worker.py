@@ -1,0 +1,268 @@
+"""Runs INSIDE the isolated intel-npu-acceleration-library environment: probe, compile, or load + validate.
+
+Started by :mod:`pipeline.export_npu_lib` as ``<env python> -I npu_lib_worker.py <command> --result FILE ...``
+(``-I``: neither this folder nor ``PYTHONPATH`` is on ``sys.path``, so nothing of the main environment leaks
+in). It imports only the standard library at module level and the isolated environment's packages (torch,
+transformers, the library) inside functions; it never imports ``pipeline``. Each call handles ONE dtype in
+its own process: compiling int4 after int8 in one process segfaults (the library caches its compiled
+kernels under a key without the weight dtype, so an int4 layer can reuse an int8 kernel of the same shape).
+
+Commands:
+    probe     import the library; report versions and whether it sees an NPU
+    compile   NPUModelForCausalLM-style compile of one dtype; save the library's pickle to --out
+    validate  check the pickle's sha256 (refuse and exit 3 on mismatch, before anything is unpickled),
+              load it, generate greedily, time it, and compute teacher-forced top-1 agreement
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+PACKAGES = ("intel-npu-acceleration-library", "torch", "numpy", "openvino", "transformers", "neural-compressor")
+REFUSED = 3  # exit code: the model file failed its hash check and was not loaded
+
+
+class HashMismatch(Exception):
+    """The model file is not the one the manifest recorded."""
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_hash(path: Path, expected: str) -> None:
+    """Raise :class:`HashMismatch` unless ``path`` hashes to ``expected`` (runs before any unpickling)."""
+    actual = sha256_file(path)
+    if actual != expected:
+        raise HashMismatch(f"refusing to load {path.name}: its sha256 {actual[:16]}... is not the recorded "
+                           f"{expected[:16]}...; the pickle was modified, so it is not unpickled (rebuild it)")
+
+
+def versions() -> dict[str, str]:
+    """Versions of the isolated environment's packages that shape the model."""
+    from importlib import metadata
+
+    out = {"python": sys.version.split()[0]}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def import_library() -> dict[str, Any]:
+    """Import the library, recording the warnings it gives (its NPU fallback is only a warning)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        import intel_npu_acceleration_library  # noqa: F401
+        from intel_npu_acceleration_library.backend import npu_available
+    messages = sorted({str(w.message).strip() for w in caught if "NPU" in str(w.message)})
+    for message in messages:
+        print(f"[npu-lib worker] library warning: {message}", file=sys.stderr, flush=True)
+    # Without an NPU the library compiles every kernel for CPU (inference.h: compile_model).
+    available = bool(npu_available())
+    return {"npu_available": available, "device_executed": "NPU" if available else "CPU", "warnings": messages}
+
+
+class UntiedCausalLM:
+    """``AutoModelForCausalLM`` whose lm_head no longer shares its tensor with the input embeddings.
+
+    The library quantizes lm_head in place (neural-compressor RTN), which with tied embeddings also
+    overwrites the embedding table with integer codes (top-1 agreement 0.05 on the tiny model).
+    Phi-3-mini has untied embeddings, so this changes nothing there. Upstream (archived, no fix):
+    https://github.com/intel/intel-npu-acceleration-library
+    """
+
+    @staticmethod
+    def from_pretrained(*args: Any, **kwargs: Any) -> Any:
+        """Load like ``AutoModelForCausalLM.from_pretrained``, then give lm_head its own weight copy."""
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(*args, **kwargs)
+        head, embeddings = model.get_output_embeddings(), model.get_input_embeddings()
+        if head is not None and head.weight is embeddings.weight:
+            head.weight = torch.nn.Parameter(head.weight.detach().clone(), requires_grad=False)
+            model.config.tie_word_embeddings = False
+        return model
+
+
+def compile_model(args: argparse.Namespace) -> dict[str, Any]:
+    """Compile ``args.model`` with ``CompilerConfig(dtype=args.dtype)`` and move the library's pickle to ``args.out``.
+
+    This is ``NPUModelForCausalLM.from_pretrained(model, use_cache=True, config=CompilerConfig(dtype=...))``
+    (the library's own export path, which ``torch.save``s into ``./cache/models``) with the untied loader.
+    """
+    import torch
+
+    device = import_library()
+    import intel_npu_acceleration_library as npu_lib
+    from intel_npu_acceleration_library.compiler import CompilerConfig
+    from intel_npu_acceleration_library.modelling import NPUModel
+
+    dtype = {"int4": npu_lib.int4, "int8": npu_lib.int8, "fp16": torch.float16}[args.dtype]
+    start = time.perf_counter()
+    model = NPUModel.from_pretrained(args.model, CompilerConfig(dtype=dtype), UntiedCausalLM, True,
+                                     use_cache=True, dtype=getattr(torch, args.load_dtype))
+    compile_s = time.perf_counter() - start
+    saved = sorted(Path("cache", "models").glob("*/pytorch_npu_model.pt"))
+    if len(saved) != 1:
+        raise RuntimeError(f"expected one pytorch_npu_model.pt under ./cache/models, found {len(saved)}")
+    os.replace(saved[0], args.out)
+    kinds: dict[str, int] = {}
+    for module in model.modules():
+        if "Linear" in type(module).__name__:
+            name = f"{type(module).__module__.split('.')[0]}.{type(module).__name__}"
+            kinds[name] = kinds.get(name, 0) + 1
+    return {**device, "compile_s": round(compile_s, 3), "linear_layers": kinds, "versions": versions(),
+            "sha256": sha256_file(Path(args.out)), "bytes": Path(args.out).stat().st_size}
+
+
+class TokenTimes:
+    """A ``generate`` streamer that only records when each chunk of tokens arrives."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def put(self, value: Any) -> None:
+        """Called with the prompt first, then with every new token."""
+        self.times.append(time.perf_counter())
+
+    def end(self) -> None:
+        """Called once generation stops."""
+
+
+def generate(model: Any, prompt_ids: list[int], max_new_tokens: int, streamer: Any = None) -> list[int]:
+    """Greedy continuation of ``prompt_ids`` (new token ids only)."""
+    import torch
+
+    ids = torch.tensor([prompt_ids])
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                         do_sample=False, streamer=streamer)
+    return out[0, ids.shape[1]:].tolist()
+
+
+def timings(model: Any, prompt_ids: list[int], args: argparse.Namespace) -> dict[str, float]:
+    """TTFT, TPOT and tokens/s of greedy generation (warm-up runs excluded, median of repeats)."""
+    ttft, tpot, tps = [], [], []
+    for i in range(args.warmup + args.repeats):
+        timer = TokenTimes()
+        start = time.perf_counter()
+        generate(model, prompt_ids, args.max_new_tokens, timer)
+        total = time.perf_counter() - start
+        if i < args.warmup:
+            continue
+        new = timer.times[1:]  # times[0] is the prompt
+        ttft.append((new[0] - start) * 1000)
+        tpot.append((new[-1] - new[0]) / max(len(new) - 1, 1) * 1000)
+        tps.append(len(new) / total)
+    return {"ttft_ms": round(statistics.median(ttft), 3), "tpot_ms": round(statistics.median(tpot), 3),
+            "tokens_per_s": round(statistics.median(tps), 2)}
+
+
+def teacher_forced(model: Any, windows: list[dict]) -> float:
+    """Share of held-out positions where the model's top-1 next token equals PyTorch's."""
+    import torch
+
+    agree = total = 0
+    with torch.inference_mode():
+        for window in windows:
+            top1 = model(torch.tensor([window["input_ids"]])).logits[0].argmax(-1).tolist()
+            agree += sum(int(a == b) for a, b in zip(top1, window["top1"]))
+            total += len(window["top1"])
+    return agree / total
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this worker process."""
+    try:
+        import resource
+
+        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    except ImportError:  # Windows
+        import psutil
+
+        return round(psutil.Process().memory_info().peak_wset / 2**20, 1)
+
+
+def validate_model(args: argparse.Namespace) -> dict[str, Any]:
+    """Check the hash, load the pickle, then measure speed and fidelity against the reference."""
+    check_hash(Path(args.model_file), args.sha256)  # before torch or the library is even imported
+    import torch
+    from transformers import AutoTokenizer
+
+    device = import_library()
+    start = time.perf_counter()
+    # The library's own reload (torch.load without weights_only) fails on torch >= 2.6; the hash is checked.
+    model = torch.load(args.model_file, weights_only=False)
+    load_s = time.perf_counter() - start
+    model.eval()
+    reference = json.loads(Path(args.reference).read_text(encoding="utf-8"))
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    with torch.inference_mode():
+        outputs = [generate(model, case["prompt_ids"], args.max_new_tokens) for case in reference["greedy"]]
+        speed = timings(model, reference["greedy"][0]["prompt_ids"], args)
+    first = reference["greedy"][0]
+    return {**device, **speed, "load_s": round(load_s, 4), "outputs": outputs,
+            "top1_agreement": teacher_forced(model, reference["teacher_forced"]),
+            "text": tokenizer.decode(outputs[0], skip_special_tokens=True),
+            "tokenizer_matches_reference": tokenizer(first["prompt"], add_special_tokens=False)["input_ids"]
+            == first["prompt_ids"], "peak_rss_mb": peak_rss_mb(), "versions": versions()}
+
+
+def probe(args: argparse.Namespace) -> dict[str, Any]:
+    """Import the library and report versions and the device it would use."""
+    return {**import_library(), "versions": versions()}
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    """Command-line arguments of the three commands."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in ("probe", "compile", "validate"):
+        p = sub.add_parser(name)
+        p.add_argument("--result", required=True, help="JSON file to write the result to")
+    sub.choices["compile"].add_argument("--model", required=True)
+    sub.choices["compile"].add_argument("--dtype", required=True, choices=("int4", "int8", "fp16"))
+    sub.choices["compile"].add_argument("--load-dtype", default="float32")
+    sub.choices["compile"].add_argument("--out", required=True)
+    check = sub.choices["validate"]
+    for name in ("--model-file", "--sha256", "--tokenizer", "--reference"):
+        check.add_argument(name, required=True)
+    for name, default in (("--max-new-tokens", 32), ("--warmup", 1), ("--repeats", 3)):
+        check.add_argument(name, type=int, default=default)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; write its result JSON. Exit 3 (one line on stderr) when a hash check refuses a file."""
+    args = parse(argv)
+    command = {"probe": probe, "compile": compile_model, "validate": validate_model}[args.command]
+    try:
+        result = command(args)
+    except HashMismatch as err:
+        print(f"error: {err}", file=sys.stderr)
+        return REFUSED
+    tmp = Path(f"{args.result}.tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, args.result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""``aipc onnx-compat``: prove an exported ONNX folder loads in the runtime Windows DirectML users get.
+
+``pip install onnxruntime-genai-directml`` resolves to onnxruntime-genai 0.13.1 with onnxruntime-directml
+1.24.4. This check runs the exact folder with the CPU builds of those versions (from PyPI) in a separate
+virtual environment the project creates once under ``.aipc/envs/ortgenai-0.13.1`` beside the ``.venv``
+(``AIPC_ENVS_DIR`` moves it; about 100 MB downloaded, then reused offline). It loads the model and the tokenizer, checks the
+prompts tokenize exactly as the original tokenizer did, and generates from every prompt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+import venv
+from pathlib import Path
+
+from pipeline.artifacts import ARTIFACTS, replace_dir, write_json_atomic
+from pipeline.config import PROJECT_ROOT
+from pipeline.errors import fail, run_main
+from pipeline.log import say, step
+from pipeline.validate import greedy_match
+
+COMPAT_PACKAGES = ("onnxruntime-genai==0.13.1", "onnxruntime==1.24.4")
+ENV_NAME = "ortgenai-0.13.1"
+STAMP = "aipc-compat-env.json"
+RESULT_MARK = "AIPC_COMPAT_RESULT "
+ONNX_ROOT = ARTIFACTS / "onnx"
+REFERENCE = ARTIFACTS / "reference" / "reference.json"
+
+
+def env_dir() -> Path:
+    """Where the compat environment lives: beside the other isolated environments (``.aipc/envs``)."""
+    from pipeline.npu_lib_env import envs_root  # one rule for every isolated environment
+
+    return envs_root() / ENV_NAME
+
+
+def env_python(env: Path) -> Path:
+    """The interpreter of a virtual environment on this platform."""
+    return env / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+
+
+def _pip_constraints(folder: Path) -> list[str]:
+    """``-c`` arguments pinning the compat env's other dependencies (numpy, protobuf, ...) as the project does."""
+    src = PROJECT_ROOT / "constraints.txt"
+    if not src.is_file():
+        return []
+    lines = [line for line in src.read_text(encoding="utf-8").splitlines()
+             if line.strip() and not line.lower().startswith("onnx")]
+    (folder / "constraints.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return ["-c", str(folder / "constraints.txt")]
+
+
+def ensure_env(env: Path | None = None) -> Path:
+    """Create the compat environment once (atomically) and return its interpreter; reuse it afterwards."""
+    env = Path(env or env_dir())
+    wanted = {"packages": list(COMPAT_PACKAGES), "python": f"{sys.version_info[0]}.{sys.version_info[1]}"}
+    if env_python(env).is_file() and (env / STAMP).is_file() and json.loads((env / STAMP).read_text()) == wanted:
+        say(f"using the compat environment {env}")
+        return env_python(env)
+    if sys.version_info < (3, 11):
+        fail("onnxruntime 1.24.4 has wheels for Python >= 3.11 only: run the compat check with Python 3.11 or newer")
+    env.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{env.name}.tmp-", dir=env.parent))
+    try:
+        with step(f"creating {env} once: {' + '.join(COMPAT_PACKAGES)} from PyPI (about 100 MB)"):
+            venv.EnvBuilder(with_pip=True, symlinks=os.name != "nt").create(tmp)
+            cmd = [str(env_python(tmp)), "-m", "pip", "install", "--disable-pip-version-check", "--no-input",
+                   "--only-binary=:all:", *_pip_constraints(tmp), *COMPAT_PACKAGES]
+            done = subprocess.run(cmd, stdout=2, check=False)  # pip's progress lines go to stderr with ours
+            if done.returncode:
+                fail(f"pip could not install {' '.join(COMPAT_PACKAGES)} (exit {done.returncode}): the compat check "
+                     "needs PyPI once; check the network or PIP_INDEX_URL")
+            write_json_atomic(tmp / STAMP, wanted)
+        replace_dir(tmp, env)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return env_python(env)
+
+
+def _probe() -> None:
+    """Runs inside the compat environment (standard library + onnxruntime_genai only); prints one result line."""
+    import json
+    import sys
+    from importlib import metadata
+
+    request = json.loads(sys.stdin.read())
+    result = {"versions": {p: metadata.version(p) for p in ("onnxruntime-genai", "onnxruntime")}, "step": "load the model"}
+    try:
+        import onnxruntime_genai as og
+
+        config = og.Config(request["folder"])
+        config.clear_providers()  # the CPU build of the same runtime; the DML entry would be refused
+        model = og.Model(config)
+        result["device"], result["step"], result["cases"] = str(model.device_type), "load the tokenizer", []
+        tokenizer = og.Tokenizer(model)
+        result["step"] = "generate"
+        for prompt, max_new in zip(request["prompts"], request["max_new_tokens"]):
+            ids = [int(t) for t in tokenizer.encode(prompt)]
+            params = og.GeneratorParams(model)
+            params.set_search_options(max_length=len(ids) + max_new, do_sample=False)
+            generator = og.Generator(model, params)
+            generator.append_tokens(ids)
+            out = []
+            while not generator.is_done():
+                generator.generate_next_token()
+                out.append(int(generator.get_next_tokens()[0]))
+            result["cases"].append({"prompt_ids": ids, "output_ids": out, "text": tokenizer.decode(out)})
+        result["step"] = "done"
+    except Exception as err:  # report any failure as data; the caller turns it into one line
+        result["error"] = f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0]}"
+    print("AIPC_COMPAT_RESULT " + json.dumps(result))
+
+
+def probe(folder: Path, reference: dict, python: Path | str = sys.executable) -> dict:
+    """Run :func:`_probe` on ``folder`` with interpreter ``python`` (isolated mode); return its result."""
+    request = {"folder": str(Path(folder).resolve()), "prompts": [c["prompt"] for c in reference["greedy"]],
+               "max_new_tokens": [max(len(c["output_ids"]), 1) for c in reference["greedy"]]}
+    code = textwrap.dedent(inspect.getsource(_probe)) + "\n_probe()\n"
+    done = subprocess.run([str(python), "-I", "-c", code], input=json.dumps(request), capture_output=True,
+                          text=True, check=False)
+    line = next((x for x in reversed(done.stdout.splitlines()) if x.startswith(RESULT_MARK)), None)
+    if line is None:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        fail(f"the compat probe crashed (exit {done.returncode}) under {python}: {last}")
+    return json.loads(line[len(RESULT_MARK):])
+
+
+def check(folder: Path, reference: dict, python: Path | str) -> dict:
+    """Fail with one line unless ``folder`` loads, tokenizes like the reference and generates under ``python``."""
+    result = probe(folder, reference, python)
+    who = (f"onnxruntime-genai {result['versions']['onnxruntime-genai']} + onnxruntime "
+           f"{result['versions']['onnxruntime']} (what Windows DirectML users get)")
+    if "error" in result:
+        hint = ""
+        config = Path(folder) / "tokenizer_config.json"
+        if "tokenizer class" in result["error"] and config.is_file():
+            cls = json.loads(config.read_text(encoding="utf-8")).get("tokenizer_class")
+            hint = (f"; its tokenizer_config.json says tokenizer_class {cls} (written by transformers 5): rebuild "
+                    "with `dvc repro export_onnx@<variant>`, which writes one this runtime reads")
+        fail(f"{who} cannot {result['step']} of {folder}: {result['error']}{hint}")
+    for i, (case, got) in enumerate(zip(reference["greedy"], result["cases"])):
+        if got["prompt_ids"] != case["prompt_ids"]:
+            at = next((j for j, (a, b) in enumerate(zip(got["prompt_ids"], case["prompt_ids"])) if a != b),
+                      min(len(got["prompt_ids"]), len(case["prompt_ids"])))
+            fail(f"{who} tokenizes prompt {i} of {folder} differently from the original tokenizer from token {at} "
+                 f"({got['prompt_ids'][at:at + 3]} instead of {case['prompt_ids'][at:at + 3]})")
+        if not got["output_ids"]:
+            fail(f"{who} loads {folder} but generates nothing for prompt {i}")
+    exact, divergence = greedy_match([c["output_ids"] for c in result["cases"]], reference)
+    return {"runtime": result["versions"], "device": result["device"], "prompts": len(result["cases"]),
+            "tokenizer_matches_reference": True, "greedy_exact_match": exact, "first_divergence": divergence,
+            "sample": result["cases"][0]["text"][:200]}
+
+
+def run(target: str, reference_path: Path = REFERENCE, env: Path | None = None) -> dict:
+    """Check ONNX variant ``target`` (a name under artifacts/onnx, or a folder) in the 0.13.1 environment."""
+    folder = Path(target) if Path(target).is_dir() else ONNX_ROOT / target
+    if not (folder / "genai_config.json").is_file():
+        todo = f"run `dvc repro export_onnx@{target}`" if folder == ONNX_ROOT / target else "pass a builder output"
+        fail(f"{folder} is not an exported ONNX folder (no genai_config.json): {todo}")
+    if not Path(reference_path).is_file():
+        fail(f"{reference_path} missing: run `dvc repro reference` first")
+    reference = json.loads(Path(reference_path).read_text(encoding="utf-8"))
+    python = ensure_env(env)
+    with step(f"running {folder} with {' + '.join(COMPAT_PACKAGES)} on CPU"):
+        report = check(folder, reference, python)
+    say(f"ok: {folder} loads in onnxruntime-genai {report['runtime']['onnxruntime-genai']} (device "
+        f"{report['device']}), tokenizes all {report['prompts']} prompts exactly, greedy exact match "
+        f"{report['greedy_exact_match']:.2f}; sample {report['sample'][:60]!r}")
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: ``python -m pipeline.onnx_compat <variant-or-folder>``."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("target", help="ONNX variant under artifacts/onnx (e.g. dml_int4) or a folder")
+    run(parser.parse_args(argv).target)
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,242 @@
+"""intel-npu-acceleration-library target: config, build recipe, hash refusal, skipped targets, and the real thing.
+
+The tests marked ``slow`` build the isolated environment from PyPI when this machine has none yet
+(``.aipc/envs/`` beside ``.venv``; ~5 minutes from scratch, then reused) and run the library on the
+tiny model. They run in CI (``.ci/run``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline import devices, download, export_npu_lib, npu_lib_env, reference
+from pipeline.artifacts import write_manifest
+from pipeline.config import (ConfigError, ModelConfig, NpuLibVariantConfig, PipelineConfig, ValidateConfig, build,
+                             compose)
+from pipeline.errors import StageError
+
+from conftest import ROOT, make_project, run_cmd
+
+
+class FakeCore:
+    """Stands in for openvino.Core on a machine without an NPU."""
+
+    available_devices = ["CPU"]
+
+    def get_property(self, device: str, name: str) -> str:
+        return "Intel CPU"
+
+
+def no_npu() -> dict[str, devices.DeviceStatus]:
+    return devices.detect(FakeCore())
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("npu_lib") / "model"
+    download.run(ModelConfig(source="tiny"), out)
+    return out
+
+
+def test_variants_are_the_recipes_dtypes() -> None:
+    variants = build(PipelineConfig, compose([])).npu_lib
+    assert {k: v.dtype for k, v in variants.items()} == {"int4": "int4", "int8": "int8", "fp16": "fp16"}
+    assert all(v.load_dtype == "float32" for v in variants.values())
+
+
+def test_bad_dtype_fails_at_load_time_with_one_line() -> None:
+    with pytest.raises(ConfigError) as exc:
+        compose(["npu_lib.int4.dtype=int3"])
+    assert "dtype must be one of int4, int8, fp16" in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_stages_do_not_depend_on_openvino_params() -> None:
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for name in ("export_npu_lib", "validate_npu_lib"):
+        params = stages[name]["do"]["params"]
+        assert params and not any(str(p).startswith(("openvino", "npu.")) for p in params), params
+    assert "pipeline/npu_lib_worker.py" in stages["export_npu_lib"]["do"]["deps"]
+
+
+def test_env_is_keyed_by_its_pins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIPC_ENVS_DIR", str(tmp_path))
+    before = npu_lib_env.env_path()
+    assert before.parent == tmp_path and before.name.startswith("npu-lib-1.4.0-")
+    pins = tmp_path / "constraints.txt"
+    pins.write_text(npu_lib_env.CONSTRAINTS.read_text().replace("numpy==1.26.4", "numpy==1.26.3"))
+    monkeypatch.setattr(npu_lib_env, "CONSTRAINTS", pins)
+    assert npu_lib_env.env_path() != before
+    assert npu_lib_env.load() is None  # nothing built there
+
+
+def test_cmake_patch_refuses_a_cmakelists_it_does_not_know() -> None:
+    with pytest.raises(StageError, match="does not look like the 1.4.0 sdist's"):
+        npu_lib_env.patch_cmakelists("cmake_minimum_required(VERSION 3.16)\n")
+
+
+def test_unsupported_platform_and_missing_compiler_are_reasons(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(npu_lib_env.platform, "system", lambda: "Darwin")
+    assert "supports Windows and Linux only, not Darwin" in npu_lib_env.unavailable_reason()
+    monkeypatch.setattr(npu_lib_env.platform, "system", lambda: "Linux")
+    monkeypatch.setattr(npu_lib_env.platform, "machine", lambda: "x86_64")
+    monkeypatch.setenv("CXX", "/nonexistent/aipc-no-compiler")
+    reason = npu_lib_env.linux_build_reason()
+    assert reason.startswith("no C++ compiler ('/nonexistent/aipc-no-compiler' not found)") and "\n" not in reason
+
+
+def evil_pickle(marker: Path) -> bytes:
+    """A pickle that creates ``marker`` when it is loaded: what a tampered model file can do."""
+
+    class Touch:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    return pickle.dumps(Touch())
+
+
+def test_worker_refuses_a_tampered_pickle_without_unpickling_it(tmp_path: Path) -> None:
+    proof = tmp_path / "proof-this-pickle-runs-code"
+    pickle.loads(evil_pickle(proof))
+    assert proof.exists(), "the test pickle must really run code when loaded"
+    marker = tmp_path / "unpickled"
+    model = tmp_path / "pytorch_npu_model.pt"
+    model.write_bytes(evil_pickle(marker))
+    done = subprocess.run([sys.executable, "-I", str(npu_lib_env.WORKER), "validate", "--result", str(tmp_path / "r.json"),
+                           "--model-file", str(model), "--sha256", "0" * 64, "--tokenizer", str(tmp_path),
+                           "--reference", str(tmp_path / "none.json")], capture_output=True, text=True)
+    assert done.returncode == 3, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: refusing to load pytorch_npu_model.pt")
+    assert not marker.exists() and not (tmp_path / "r.json").exists()
+
+
+def fake_artifact(folder: Path, payload: bytes) -> None:
+    """An export_npu_lib output folder whose manifest records the hash of ``payload``."""
+    folder.mkdir(parents=True)
+    (folder / export_npu_lib.MODEL_FILE).write_bytes(payload)
+    write_manifest(folder, stage="export_npu_lib", status="compiled", model_file=export_npu_lib.MODEL_FILE,
+                   model_sha256=hashlib.sha256(payload).hexdigest(), parameters={"dtype": "int4"})
+
+
+def test_stage_refuses_a_tampered_model_before_any_worker_starts(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    marker = tmp_path / "unpickled"
+    fake_artifact(tmp_path / "npu_lib" / "int4", evil_pickle(tmp_path / "other"))
+    (tmp_path / "npu_lib" / "int4" / export_npu_lib.MODEL_FILE).write_bytes(evil_pickle(marker))  # tampered
+    monkeypatch.setattr(npu_lib_env, "run_worker", lambda *a, **k: pytest.fail("a worker was started"))
+    monkeypatch.setattr(npu_lib_env, "ensure", lambda *a, **k: pytest.fail("the environment was asked for"))
+    cfg = build(ValidateConfig, compose(["model=tiny"])["validate"])
+    with pytest.raises(StageError) as exc:
+        export_npu_lib.validate("int4", cfg, tmp_path / "npu_lib", tmp_path / "ref.json", tmp_path / "metrics")
+    message = str(exc.value)
+    assert message.startswith("refusing to load") and "not unpickled" in message and "\n" not in message
+    assert not marker.exists() and not (tmp_path / "metrics").exists()
+
+
+def test_without_a_buildable_env_both_stages_record_a_skipped_target(
+        tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIPC_ENVS_DIR", str(tmp_path / "envs"))  # no environment built there
+    monkeypatch.setattr(npu_lib_env, "unavailable_reason", lambda: "no C++ compiler ('c++' not found) (simulated)")
+    manifest = export_npu_lib.run("int4", NpuLibVariantConfig(), tiny_model, tmp_path / "npu_lib")
+    assert manifest["status"] == "skipped" and "no C++ compiler" in manifest["reason"]
+    assert json.loads((tmp_path / "npu_lib" / "int4" / "manifest.json").read_text())["status"] == "skipped"
+    cfg = build(ValidateConfig, compose(["model=tiny"])["validate"])
+    metrics = export_npu_lib.validate("int4", cfg, tmp_path / "npu_lib", tmp_path / "ref.json", tmp_path / "metrics")
+    written = json.loads((tmp_path / "metrics" / "npu_lib-int4.json").read_text())
+    assert written == metrics and metrics["status"] == "skipped" and metrics["passed"] is None
+    assert set(export_npu_lib.METRIC_KEYS) <= set(metrics) and "no C++ compiler" in metrics["note"]
+    assert not (tmp_path / "envs").exists()
+
+
+# --- the real library, in its isolated environment (built here once per machine; runs in CI) -----------------
+
+
+@pytest.fixture(scope="module")
+def npu_env() -> npu_lib_env.NpuLibEnv:
+    """The isolated environment, built from PyPI if this machine has none yet (timed)."""
+    start = time.perf_counter()
+    env = npu_lib_env.ensure()
+    print(f"\nnpu-lib environment: {env.path} (ready after {time.perf_counter() - start:.0f} s; "
+          f"recorded build time {env.info.get('build_s')} s)")
+    return env
+
+
+@pytest.fixture(scope="module")
+def int4_artifact(npu_env, tiny_model: Path) -> tuple[Path, dict, Path]:
+    """The tiny model compiled to int4 by the library, plus its PyTorch reference."""
+    cfg = build(ValidateConfig, compose(["model=tiny"])["validate"])
+    ref_dir = tiny_model.parent / "reference"
+    reference.run(cfg, tiny_model, ref_dir)
+    manifest = export_npu_lib.run("int4", NpuLibVariantConfig(), tiny_model, tiny_model.parent / "npu_lib")
+    return tiny_model.parent / "npu_lib", manifest, ref_dir / "reference.json"
+
+
+@pytest.mark.slow
+def test_isolated_env_builds_with_the_pinned_library(npu_env) -> None:
+    versions = npu_env.info["versions"]
+    assert versions["intel-npu-acceleration-library"] == "1.4.0" and versions["openvino"] == "2024.4.0"
+    assert versions["numpy"].startswith("1.") and versions["torch"].startswith("2.13.0")
+    main_versions = subprocess.run([sys.executable, "-c", "import numpy, openvino; print(numpy.__version__)"],
+                                   capture_output=True, text=True, check=True).stdout
+    assert not main_versions.startswith("1."), "the main environment must keep its own numpy"
+
+
+@pytest.mark.slow
+def test_tiny_model_compiles_to_int4_with_a_manifest(int4_artifact) -> None:
+    root, manifest, _ = int4_artifact
+    assert manifest["status"] == "compiled" and manifest["parameters"]["dtype"] == "int4"
+    assert manifest["recipe"].endswith("CompilerConfig(dtype=int4))")
+    assert manifest["files"][export_npu_lib.MODEL_FILE]["sha256"] == manifest["model_sha256"]
+    assert manifest["npu_lib_env"]["versions"]["openvino"] == "2024.4.0"
+    assert manifest["linear_layers"] == {"intel_npu_acceleration_library.QuantizedLinear": 9}  # 2 x 4 + lm_head
+    assert "tokenizer.json" in manifest["files"]
+
+
+@pytest.mark.slow
+def test_int4_model_loads_after_the_hash_check_generates_and_matches(int4_artifact, tmp_path: Path) -> None:
+    root, _, ref = int4_artifact
+    cfg = build(ValidateConfig, compose(["model=tiny"])["validate"])
+    metrics = export_npu_lib.validate("int4", cfg, root, ref, tmp_path, status=no_npu())
+    assert set(export_npu_lib.METRIC_KEYS) <= set(metrics) and metrics["status"] == "validated"
+    assert metrics["passed"], metrics["problems"]
+    assert metrics["label"] == "NPU library model, validated on CPU fallback"
+    assert metrics["device_executed"] == "CPU" and metrics["note"].startswith("no NPU")
+    assert metrics["top1_agreement"] >= 0.85 and metrics["tokenizer_matches_reference"]
+    assert metrics["sample"].strip() and metrics["tokens_per_s"] > 0
+
+
+@pytest.mark.slow
+def test_tampered_library_model_is_refused(int4_artifact, tmp_path: Path) -> None:
+    root, _, ref = int4_artifact
+    copy = tmp_path / "npu_lib"
+    shutil.copytree(root / "int4", copy / "int4")
+    model = copy / "int4" / export_npu_lib.MODEL_FILE
+    data = bytearray(model.read_bytes())
+    data[-10] ^= 0xFF
+    model.write_bytes(bytes(data))
+    cfg = build(ValidateConfig, compose(["model=tiny"])["validate"])
+    with pytest.raises(StageError, match=r"^refusing to load .*not unpickled"):
+        export_npu_lib.validate("int4", cfg, copy, ref, tmp_path / "metrics", status=no_npu())
+
+
+@pytest.mark.slow
+def test_dvc_repro_completes_when_the_env_cannot_be_built(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    project = make_project(tmp_path / "project")
+    monkeypatch.setenv("AIPC_ENVS_DIR", str(tmp_path / "no-envs"))
+    monkeypatch.setenv("CXX", "/nonexistent/aipc-no-compiler")  # as on a machine without a C++ compiler
+    run_cmd([sys.executable, "-m", "pipeline.cli", "compose", "model=tiny"], project)
+    done = run_cmd([sys.executable, "-m", "dvc", "repro", "validate_npu_lib@int4", "validate@fp16"], project)
+    skipped = json.loads((project / "artifacts" / "metrics" / "npu_lib-int4.json").read_text())
+    assert skipped["status"] == "skipped" and skipped["passed"] is None and "no C++ compiler" in skipped["note"]
+    assert json.loads((project / "artifacts" / "metrics" / "openvino-fp16.json").read_text())["passed"]
+    assert "skipped: no C++ compiler" in done.stderr
