@@ -60,6 +60,6 @@ def test_two_by_two_sweep_through_the_dvc_queue(tmp_path: Path) -> None:
     assert f"openvino.int4.group_size: {winner['openvino.int4.group_size']}" in winner_yaml
     # Cheap points: the model is traced to IR once; every point only compresses the cached base IR.
     logs = "".join(p.read_text(errors="replace") for p in (project / ".dvc" / "tmp" / "exps" / "run").glob("*/*.out"))
-    assert logs.count("compressing the base IR to int4") == 4
+    assert logs.count("compressing the base IR to int4 with NNCF: done") == 4
     assert logs.count("Running stage 'export_openvino_base'") <= 1
     assert "exporting tiny-phi3 to OpenVINO IR" not in logs
