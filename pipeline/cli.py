@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipeline.config import PARAMS_FILE, ConfigError, build, compose, dump_yaml, load_params
+from pipeline.config import PARAMS_FILE, build, compose, dump_yaml, load_params
 from pipeline.errors import fail, run_main
 
 

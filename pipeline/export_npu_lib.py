@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import npu_lib_env
+from pipeline.validate import greedy_match, publish_metrics
 from pipeline.artifacts import (ARTIFACTS, folder_bytes, read_manifest, sha256_file, staged_dir, write_json_atomic,
                                 write_manifest)
 from pipeline.config import ConfigError, NpuLibVariantConfig, ValidateConfig, load_params
@@ -127,8 +128,6 @@ def skipped_metrics(name: str, weight_format: str | None, reason: str) -> dict[s
 def judge(name: str, manifest: dict, folder: Path, result: dict, cfg: ValidateConfig,
           reference: dict, npu: Any) -> dict[str, Any]:
     """Turn the worker's measurements into the metrics every validation stage writes."""
-    from pipeline.validate import greedy_match
-
     weight_format = manifest["parameters"]["dtype"]
     exact, divergence = greedy_match(result["outputs"], reference)
     threshold = cfg.min_top1_agreement.get(weight_format, 0.0)
@@ -201,12 +200,7 @@ def validate(name: str, cfg: ValidateConfig, artifact_root: Path = OUT_ROOT, ref
         status = devices.detect()
     reference = json.loads(Path(reference_path).read_text(encoding="utf-8"))
     metrics = judge(name, manifest, folder, result, cfg, reference, status["NPU"])
-    write_json_atomic(out, metrics)
-    say(f"[npu_lib-{name}] {metrics['label']}: top-1 {metrics['top1_agreement']:.3f}, exact "
-        f"{metrics['greedy_exact_match']:.2f}, {metrics['tokens_per_s']} tok/s, peak RSS {metrics['peak_rss_mb']} MB")
-    if metrics["problems"]:
-        fail(f"[npu_lib-{name}] validation failed: {'; '.join(metrics['problems'])}")
-    return metrics
+    return publish_metrics(metrics, out)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -163,11 +163,16 @@ def run(target: Target, cfg: ValidateConfig, reference_path: Path = REFERENCE, m
         "min_top1_agreement": threshold, "tokenizer_matches_reference": gen["tokenizer_matches_reference"],
         "note": target.note, "sample": gen["text"][:200], "passed": not problems, "problems": problems,
     }
-    write_json_atomic(Path(metrics_dir) / f"{target.artifact}.json", metrics)
-    say(f"[{target.artifact}] {metrics['label']}: top-1 {top1:.3f}, exact {exact:.2f}, "
-        f"{gen['tokens_per_s']} tok/s, peak RSS {metrics['peak_rss_mb']} MB")
-    if problems:
-        fail(f"[{target.artifact}] validation failed: {'; '.join(problems)}")
+    return publish_metrics(metrics, Path(metrics_dir) / f"{target.artifact}.json")
+
+
+def publish_metrics(metrics: dict, path: Path) -> dict:
+    """Write one validation record (every validator's format), report it, and fail if it has problems."""
+    write_json_atomic(path, metrics)
+    say(f"[{metrics['artifact']}] {metrics['label']}: top-1 {metrics['top1_agreement']:.3f}, exact "
+        f"{metrics['greedy_exact_match']:.2f}, {metrics['tokens_per_s']} tok/s, peak RSS {metrics['peak_rss_mb']} MB")
+    if metrics["problems"]:
+        fail(f"[{metrics['artifact']}] validation failed: {'; '.join(metrics['problems'])}")
     return metrics
 
 

@@ -16,11 +16,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.artifacts import ARTIFACTS, folder_bytes, peak_rss_bytes, read_manifest, write_json_atomic
+from pipeline.artifacts import ARTIFACTS, folder_bytes, peak_rss_bytes, read_manifest
 from pipeline.config import ConfigError, ValidateConfig, load_params
 from pipeline.errors import fail, run_main
-from pipeline.log import say, step
-from pipeline.validate import greedy_match
+from pipeline.log import step
+from pipeline.validate import greedy_match, publish_metrics
 
 ONNX_ROOT = ARTIFACTS / "onnx"
 REFERENCE = ARTIFACTS / "reference" / "reference.json"
@@ -145,12 +145,7 @@ def run(name: str, cfg: ValidateConfig, onnx_root: Path = ONNX_ROOT, reference_p
         "min_top1_agreement": threshold, "tokenizer_matches_reference": gen["tokenizer_matches_reference"],
         "note": note, "sample": gen["text"][:200], "passed": not problems, "problems": problems,
     }
-    write_json_atomic(Path(metrics_dir) / f"onnx-{name}.json", metrics)
-    say(f"[{name}] top-1 {top1:.3f}, exact {exact:.2f}, {gen['tokens_per_s']} tok/s, {label}, "
-        f"peak RSS {metrics['peak_rss_mb']} MB")
-    if problems:
-        fail(f"[{name}] validation failed: {'; '.join(problems)}")
-    return metrics
+    return publish_metrics(metrics, Path(metrics_dir) / f"onnx-{name}.json")
 
 
 def main(argv: list[str] | None = None) -> None:
