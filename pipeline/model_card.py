@@ -1,0 +1,203 @@
+"""Model cards for published artifacts, built only from manifests and validation records.
+
+The card's metadata goes through ``huggingface_hub.ModelCardData``/``ModelCard`` (the same parser the Hub
+client uses); :func:`metadata_problems` adds the checks the Hub's ``/api/validate-yaml`` makes that
+``huggingface_hub`` 1.21 cannot make offline (``RepoCard.validate`` needs the network): a known licence id,
+a ``pipeline_tag``, a well-formed ``base_model`` and ``base_model_relation``. ``HfApi.create_commit``
+still sends the card to the real Hub's validator before any upload.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+# https://huggingface.co/docs/hub/repositories-licenses (license identifiers the Hub accepts)
+HUB_LICENSES = frozenset("""
+apache-2.0 mit openrail bigscience-openrail-m creativeml-openrail-m bigscience-bloom-rail-1.0 bigcode-openrail-m
+afl-3.0 artistic-2.0 bsl-1.0 bsd bsd-2-clause bsd-3-clause bsd-3-clause-clear c-uda cc cc0-1.0 cc-by-2.0 cc-by-2.5
+cc-by-3.0 cc-by-4.0 cc-by-sa-3.0 cc-by-sa-4.0 cc-by-nc-2.0 cc-by-nc-3.0 cc-by-nc-4.0 cc-by-nd-4.0 cc-by-nc-nd-3.0
+cc-by-nc-nd-4.0 cc-by-nc-sa-2.0 cc-by-nc-sa-3.0 cc-by-nc-sa-4.0 cdla-sharing-1.0 cdla-permissive-1.0
+cdla-permissive-2.0 wtfpl ecl-2.0 epl-1.0 epl-2.0 etalab-2.0 eupl-1.1 eupl-1.2 agpl-3.0 gfdl gpl gpl-2.0 gpl-3.0 lgpl
+lgpl-2.1 lgpl-3.0 isc h-research intel-research lppl-1.3c ms-pl apple-ascl apple-amlr mpl-2.0 odc-by odbl openrail++
+osl-3.0 postgresql ofl-1.1 ncsa unlicense zlib pddl lgpl-lr deepfloyd-if-license llama2 llama3 llama3.1 llama3.2
+llama3.3 llama4 gemma unknown other
+""".split())
+BASE_MODEL_RELATIONS = ("adapter", "merge", "quantized", "finetune")
+REPO_ID_RE = re.compile(r"^[\w.-]{1,96}/[\w.-]{1,96}$")
+FORMATS = {  # artifact kind -> (library_name, format tags, device tags)
+    "openvino": ("openvino", ["openvino"], ["cpu", "gpu"]),
+    "npu": ("openvino", ["openvino"], ["npu"]),
+    "onnx": ("onnxruntime-genai", ["onnx", "onnxruntime-genai"], []),
+}
+ONNX_DEVICE_TAGS = {"dml": "directml", "cpu": "cpu", "cuda": "cuda", "webgpu": "webgpu"}
+PROMPT = "<|user|>Can you introduce yourself?<|end|>\\n<|assistant|>\\n"
+
+
+@dataclass
+class CardFacts:
+    """Everything a card states, taken from the artifact's manifest, its metrics and the source model."""
+
+    repo_id: str
+    revision: str  # what users pin in the snippet: the tag if one is published, else the branch
+    kind: str  # openvino | npu | onnx
+    artifact: str  # e.g. openvino-int4
+    manifest: dict[str, Any]
+    metrics: dict[str, Any]
+    license: str
+    license_source: str
+    lock: dict[str, Any] = field(default_factory=dict)  # dvc.lock entries of the export and validate stages
+
+
+def weight_format(facts: CardFacts) -> str:
+    """int4 / int8 / fp16 ... from the artifact's parameters."""
+    params = facts.manifest.get("parameters", {})
+    return str(params.get("weight_format") or params.get("precision") or facts.metrics.get("weight_format") or "fp16")
+
+
+def card_metadata(facts: CardFacts) -> dict[str, Any]:
+    """The YAML metadata of the card (license, base_model, tags, library, pipeline tag)."""
+    library, format_tags, devices = FORMATS[facts.kind]
+    if facts.kind == "onnx":
+        devices = [ONNX_DEVICE_TAGS.get(facts.manifest["parameters"].get("execution_provider"), "cpu")]
+    fmt = weight_format(facts)
+    compressed = fmt in ("int4", "int8") and facts.kind != "onnx"
+    source = facts.manifest.get("source", {})
+    meta: dict[str, Any] = {
+        "license": facts.license if facts.license in HUB_LICENSES else "other",
+        "library_name": library, "pipeline_tag": "text-generation",
+        "tags": [*format_tags, *(["nncf"] if compressed else []), fmt, "phi3", "text-generation", *devices, "aipc-pipeline"],
+    }
+    if meta["license"] == "other":
+        meta.update(license_name=facts.license, license_link=f"https://huggingface.co/{source.get('repo_id')}")
+    if source.get("repo_id"):
+        meta["base_model"] = source["repo_id"]
+        if fmt in ("int4", "int8"):
+            meta["base_model_relation"] = "quantized"
+    return meta
+
+
+def build_card(facts: CardFacts):
+    """A ``huggingface_hub.ModelCard`` for the artifact; raises ``ValueError`` if its metadata is invalid."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    data = ModelCardData(**card_metadata(facts))
+    body = "\n\n".join([_summary(facts), _parameters(facts), _validation(facts), _usage(facts), _files(facts),
+                        _provenance(facts)])
+    card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}\n")
+    problems = metadata_problems(str(card))
+    if problems:
+        raise ValueError(f"model card metadata is invalid: {'; '.join(problems)}")
+    return card
+
+
+def metadata_problems(content: str) -> list[str]:
+    """What the Hub's metadata validation would reject in a README's YAML header (empty list: valid)."""
+    from huggingface_hub import ModelCard
+
+    try:
+        data = ModelCard(content).data.to_dict()
+    except (ValueError, TypeError) as err:  # YAML that is not a mapping, a malformed model-index
+        return [str(err).splitlines()[0]]
+    problems = []
+    licence = data.get("license")
+    if licence not in HUB_LICENSES:
+        problems.append(f"license '{licence}' is not a Hub licence identifier (use 'other' with license_name/license_link)")
+    if licence == "other" and not (data.get("license_name") and data.get("license_link")):
+        problems.append("license 'other' needs license_name and license_link")
+    if not isinstance(data.get("tags", []), list) or not all(isinstance(t, str) for t in data.get("tags", [])):
+        problems.append("tags must be a list of strings")
+    if data.get("pipeline_tag") is None:
+        problems.append("pipeline_tag is missing")
+    bases = data.get("base_model")
+    bases = [bases] if isinstance(bases, str) else (bases or [])
+    problems += [f"base_model '{b}' is not a repo id (namespace/name)" for b in bases if not REPO_ID_RE.match(str(b))]
+    relation = data.get("base_model_relation")
+    if relation is not None and (relation not in BASE_MODEL_RELATIONS or not bases):
+        problems.append(f"base_model_relation '{relation}' needs a base_model and one of {', '.join(BASE_MODEL_RELATIONS)}")
+    return problems
+
+
+def _summary(facts: CardFacts) -> str:
+    source = facts.manifest.get("source", {})
+    fmt, kind = weight_format(facts), {"openvino": "OpenVINO IR", "npu": "NPU-ready OpenVINO IR",
+                                       "onnx": "ONNX Runtime GenAI model"}[facts.kind]
+    if source.get("repo_id"):
+        origin = (f"[{source['repo_id']}](https://huggingface.co/{source['repo_id']}) at revision "
+                  f"`{source.get('revision')}`")
+    else:
+        origin = f"the `{source.get('model')}` checkpoint (source: {source.get('source')}, not on the Hub)"
+    passed = facts.metrics.get("passed")
+    verdict = "passed" if passed else "**FAILED** (published with --force)"
+    return (f"# {facts.repo_id.split('/')[-1]}\n\n{fmt} {kind} of {origin}, built and validated by aipc-pipeline "
+            f"(`{facts.manifest.get('stage')}@{facts.manifest.get('variant')}`). Validation {verdict}: "
+            f"**{facts.metrics.get('label')}**.\n\nLicence: `{facts.license}`, inherited from the source model "
+            f"({facts.license_source}).")
+
+
+def _parameters(facts: CardFacts) -> str:
+    rows = [f"| `{k}` | `{v}` |" for k, v in facts.manifest.get("parameters", {}).items()]
+    text = "## Quantization parameters\n\n| parameter | value |\n|---|---|\n" + "\n".join(rows)
+    if facts.manifest.get("weight_layers"):
+        text += f"\n\nWeight layers by precision (read back from the IR): `{facts.manifest['weight_layers']}`."
+    mode = facts.manifest.get("nncf_rt_info", {}).get("weight_compression", {}).get("mode")
+    if mode:
+        text += f" NNCF `{facts.manifest['nncf_rt_info'].get('version')}` mode `{mode}`."
+    if facts.manifest.get("npu_blob"):
+        text += f"\n\nNPU blob: {facts.manifest['npu_blob'].get('blob')}."
+    return text
+
+
+def _validation(facts: CardFacts) -> str:
+    m = facts.metrics
+    cols = ["device requested", "device that ran", "label", "tokens/s", "TTFT ms", "TPOT ms", "top-1 agreement",
+            "greedy exact match", "passed"]
+    vals = [m.get("device_requested"), m.get("device_executed"), m.get("label"), m.get("tokens_per_s"), m.get("ttft_ms"),
+            m.get("tpot_ms"), m.get("top1_agreement"), m.get("greedy_exact_match"), m.get("passed")]
+    table = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n| " + " | ".join(map(str, vals)) + " |"
+    notes = [f"Top-1 agreement: teacher-forced next-token agreement with the original PyTorch model on held-out "
+             f"text (computed on {m.get('fidelity_device')}; threshold {m.get('min_top1_agreement')}). Greedy exact "
+             "match: share of the validation prompts whose whole greedy continuation equals PyTorch's. Speed was "
+             "measured on the build machine and says little about yours."]
+    if m.get("note"):
+        notes.append(f"Note: {m['note']}.")
+    if m.get("problems"):
+        notes.append(f"Problems: {'; '.join(m['problems'])}.")
+    return "## Validation\n\n" + table + "\n\n" + " ".join(notes)
+
+
+def _usage(facts: CardFacts) -> str:
+    pin = f'path = snapshot_download("{facts.repo_id}", revision="{facts.revision}")\n'
+    if facts.kind == "onnx":
+        code = ("import onnxruntime_genai as og\nfrom huggingface_hub import snapshot_download\n\n" + pin +
+                "model = og.Model(path)\ntokenizer = og.Tokenizer(model)\nparams = og.GeneratorParams(model)\n"
+                f"params.set_search_options(max_length=256)\ngenerator = og.Generator(model, params)\n"
+                f'generator.append_tokens(tokenizer.encode("{PROMPT}"))\n'
+                "while not generator.is_done():\n    generator.generate_next_token()\n"
+                "print(tokenizer.decode(generator.get_sequence(0)))")
+        install = "pip install onnxruntime-genai huggingface_hub   # Windows DirectML: onnxruntime-genai-directml"
+    elif facts.kind == "npu":
+        code = ("import json, os\nimport openvino_genai as ov_genai\nfrom huggingface_hub import snapshot_download\n\n"
+                + pin + 'settings = json.load(open(os.path.join(path, "npu_config.json")))\n'
+                'blob = os.path.join(path, "openvino_model.npu.blob")\nif os.path.exists(blob):\n'
+                '    settings["BLOB_PATH"] = blob\npipe = ov_genai.LLMPipeline(path, "NPU", **settings)\n'
+                f'print(pipe.generate("{PROMPT}", max_new_tokens=64))')
+        install = "pip install openvino-genai huggingface_hub"
+    else:
+        code = ("import openvino_genai as ov_genai\nfrom huggingface_hub import snapshot_download\n\n" + pin +
+                f'pipe = ov_genai.LLMPipeline(path, "CPU")   # or "GPU"\nprint(pipe.generate("{PROMPT}", max_new_tokens=64))')
+        install = "pip install openvino-genai huggingface_hub"
+    return f"## Use it\n\n```bash\n{install}\n```\n\n```python\n{code}\n```"
+
+
+def _files(facts: CardFacts) -> str:
+    rows = [f"| `{name}` | {info['bytes']} | `{info['sha256']}` |" for name, info in facts.manifest.get("files", {}).items()]
+    return ("## Files\n\nEvery file with its sha256, as recorded in `manifest.json` when the artifact was built:\n\n"
+            "| file | bytes | sha256 |\n|---|---:|---|\n" + "\n".join(rows))
+
+
+def _provenance(facts: CardFacts) -> str:
+    versions = ", ".join(f"{k} {v}" for k, v in facts.manifest.get("versions", {}).items() if k != "platform")
+    stages = "; ".join(f"`{name}`: {info}" for name, info in facts.lock.items())
+    return (f"## Provenance\n\nBuilt with {versions}.\n\nDVC stages (from `dvc.lock`): {stages or 'not recorded'}.")

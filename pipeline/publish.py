@@ -1,0 +1,268 @@
+"""``aipc publish``: push validated artifacts to the Hugging Face Hub (``HfApi``) or any git + git-lfs remote.
+
+Outside the ``dvc repro`` graph: it reads what the pipeline recorded (each artifact folder's
+``manifest.json``, ``artifacts/metrics/<artifact>.json`` and ``dvc.lock``), refuses artifacts that failed
+validation (unless ``--force``) or changed since ``dvc.lock``, copies the files into a staging folder under
+``.aipc/publish/`` (checking every sha256 against the manifest; DVC outputs are only read), writes the
+model card (:mod:`pipeline.model_card`) and makes one commit per artifact with its parameters in the
+message. Unchanged files are not uploaded; an unchanged artifact makes no commit at all.
+
+The token comes from ``HF_TOKEN`` or ``hf auth login`` (``huggingface_hub.get_token``). It is sent in
+HTTP headers only, never printed, never written into the card, the manifest or ``.git/config``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.artifacts import MANIFEST, read_manifest, sha256_file
+from pipeline.errors import fail, run_main
+from pipeline.log import say, step
+from pipeline.model_card import CardFacts, build_card, weight_format
+
+KINDS = {  # artifacts/<kind>/<variant>: export stage, validate stage, metrics file prefix
+    "openvino": ("export_openvino", "validate", "openvino"),
+    "npu": ("export_npu", "validate_npu", "npu"),
+    "onnx": ("export_onnx", "validate_onnx", "onnx"),
+}
+DEFAULT_REPO = "{namespace}/{model}-{kind}-{variant}"
+
+
+@dataclass
+class PublishOptions:
+    """What ``aipc publish`` was asked to do (its command-line flags)."""
+
+    backend: str = "hf"  # hf: HfApi; git: plain git + git-lfs
+    repo: str = DEFAULT_REPO  # hf: repo id template; git: remote URL or path template
+    endpoint: str | None = None  # hf: Hub endpoint (default HF_ENDPOINT or huggingface.co)
+    branch: str = "main"
+    tag: str | None = None
+    private: bool = True
+    create: bool = True
+    force: bool = False
+    dry_run: bool = False
+
+
+@dataclass
+class Artifact:
+    """One pipeline output to publish, with the records that vouch for it."""
+
+    kind: str
+    variant: str
+    folder: Path
+    manifest: dict[str, Any]
+    metrics: dict[str, Any]
+    lock: dict[str, Any]
+    license: str
+    license_source: str
+    license_file: Path | None = None
+
+    @property
+    def name(self) -> str:
+        """The artifact's name in metrics and cards, e.g. ``openvino-int4``."""
+        return f"{KINDS[self.kind][2]}-{self.variant}"
+
+
+@dataclass
+class PublishResult:
+    """What happened (or, with ``--dry-run``, would happen) for one artifact."""
+
+    artifact: str
+    repo: str
+    changed: list[str] = field(default_factory=list)  # files new or different on the remote
+    unchanged: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)  # remote files the artifact no longer has
+    commit: str | None = None
+    card: str = ""
+
+
+def load_artifact(root: Path, spec: str) -> Artifact:
+    """Read ``artifacts/<kind>/<variant>`` (spec ``openvino/int4`` or ``openvino-int4``) and its records."""
+    kind, sep, variant = spec.partition("/")
+    if not sep:
+        kind, _, variant = spec.partition("-")
+    if kind not in KINDS or not variant:
+        fail(f"cannot publish '{spec}': name an artifact as <kind>/<variant> with kind one of {', '.join(KINDS)}")
+    folder = root / "artifacts" / kind / variant
+    export_stage, validate_stage, prefix = KINDS[kind]
+    if not (folder / MANIFEST).is_file():
+        fail(f"{folder} has no {MANIFEST}: build it first with `dvc repro {export_stage}@{variant}`")
+    metrics_path = root / "artifacts" / "metrics" / f"{prefix}-{variant}.json"
+    if not metrics_path.is_file():
+        fail(f"{spec} was never validated ({metrics_path} missing): run `dvc repro {validate_stage}@{variant}`")
+    lock = check_lock(root, folder, metrics_path, f"{export_stage}@{variant}", f"{validate_stage}@{variant}")
+    licence, licence_source, licence_file = source_license(root)
+    return Artifact(kind, variant, folder, read_manifest(folder), json.loads(metrics_path.read_text(encoding="utf-8")),
+                    lock, licence, licence_source, licence_file)
+
+
+def check_lock(root: Path, folder: Path, metrics_path: Path, export: str, validate: str) -> dict[str, Any]:
+    """Fail unless ``dvc.lock`` records this exact folder and metrics file; return the stages' hashes."""
+    import yaml
+
+    lock_path = root / "dvc.lock"
+    stages = yaml.safe_load(lock_path.read_text(encoding="utf-8"))["stages"] if lock_path.is_file() else {}
+    if export not in stages or validate not in stages:
+        fail(f"dvc.lock has no {export} / {validate}: run `dvc repro {validate}` so the artifact is recorded")
+    out = next(o for o in stages[export]["outs"] if Path(o["path"]) == folder.relative_to(root))
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    if (len(files), sum(p.stat().st_size for p in files)) != (out.get("nfiles"), out.get("size")):
+        fail(f"{folder.relative_to(root)} changed since dvc.lock: run `dvc repro {validate}` before publishing")
+    validated = next((d["md5"] for d in stages[validate]["deps"] if d["path"] == out["path"]), None)
+    metrics_md5 = hashlib.md5(metrics_path.read_bytes()).hexdigest()
+    if validated != out["md5"] or metrics_md5 != stages[validate]["outs"][0]["md5"]:
+        fail(f"{metrics_path.name} does not belong to this artifact per dvc.lock: run `dvc repro {validate}`")
+    return {export: out["md5"], validate: metrics_md5}
+
+
+def source_license(root: Path) -> tuple[str, str, Path | None]:
+    """The source model's licence: its model card's ``license``, else the model config's; and its LICENSE file."""
+    from huggingface_hub import ModelCard
+
+    model_dir = root / "artifacts" / "model"
+    manifest = read_manifest(model_dir)
+    licence_file = model_dir / "LICENSE" if (model_dir / "LICENSE").is_file() else None
+    if (model_dir / "README.md").is_file():
+        card_licence = ModelCard.load(model_dir / "README.md", ignore_metadata_errors=True).data.license
+        if card_licence:
+            return str(card_licence), f"the source model card of {manifest.get('repo_id')}", licence_file
+    if manifest.get("license"):
+        return str(manifest["license"]), f"model.license of the `{manifest.get('model')}` preset", licence_file
+    fail("the source model's licence is unknown: set model.license (e.g. mit) and `dvc repro download`")
+
+
+def check_publishable(art: Artifact, force: bool) -> None:
+    """Refuse an artifact whose validation failed or did not run, unless ``force``."""
+    if art.metrics.get("passed") is True:
+        return
+    reason = "; ".join(art.metrics.get("problems") or []) or art.metrics.get("note") or "not validated"
+    if not force:
+        fail(f"{art.name} failed validation ({reason}): fix it and `dvc repro`, or pass --force to publish it "
+             "with a card that says so")
+    say(f"[{art.name}] publishing despite failed validation (--force): {reason}")
+
+
+def stage_files(art: Artifact, dest: Path) -> dict[str, str]:
+    """Copy the manifest's files (checked against their sha256), the manifest and LICENSE into ``dest``."""
+    hashes = {}
+    for rel, info in art.manifest["files"].items():
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(art.folder / rel, target)
+        hashes[rel] = sha256_file(target)
+        if hashes[rel] != info["sha256"]:
+            fail(f"{art.folder / rel} does not match its manifest sha256: rebuild with `dvc repro` before publishing")
+    for src, rel in ((art.folder / MANIFEST, MANIFEST), (art.license_file, "LICENSE")):
+        if src is not None:
+            shutil.copy2(src, dest / rel)
+            hashes[rel] = sha256_file(dest / rel)
+    return hashes
+
+
+def render_card(art: Artifact, repo_id: str, opts: PublishOptions) -> str:
+    """The model card text for ``art`` published as ``repo_id``."""
+    facts = CardFacts(repo_id=repo_id, revision=opts.tag or opts.branch, kind=art.kind, artifact=art.name,
+                      manifest=art.manifest, metrics=art.metrics, license=art.license,
+                      license_source=art.license_source, lock=art.lock)
+    try:
+        return str(build_card(facts))
+    except ValueError as err:
+        fail(f"[{art.name}] {err}")
+
+
+def commit_message(art: Artifact) -> tuple[str, str]:
+    """One-line summary with the key parameters, and a description with all of them and the provenance."""
+    params = art.manifest.get("parameters", {})
+    short = " ".join(f"{k}={v}" for k, v in params.items() if v not in (None, False, {}) and k != "weight_format")
+    source = art.manifest.get("source", {})
+    summary = f"{art.name}: {weight_format_of(art)} {short}".strip()[:200]
+    description = json.dumps({"parameters": params, "source": source, "validation": {
+        k: art.metrics.get(k) for k in ("label", "passed", "top1_agreement", "greedy_exact_match", "tokens_per_s")},
+        "dvc.lock": art.lock}, indent=1, default=str)
+    return summary, description
+
+
+def weight_format_of(art: Artifact) -> str:
+    """int4 / int8 / fp16 of an artifact."""
+    return weight_format(CardFacts("", "", art.kind, art.name, art.manifest, art.metrics, art.license, ""))
+
+
+def resolve_token() -> str | None:
+    """``HF_TOKEN`` or the token of ``hf auth login``; never printed."""
+    from huggingface_hub import get_token
+
+    return get_token()
+
+
+def repo_name(template: str, art: Artifact, namespace: str | None) -> str:
+    """Fill ``{namespace} {model} {kind} {variant} {artifact}`` in a repo id or remote template."""
+    if "{namespace}" in template and not namespace:
+        fail("no namespace for the repo id: log in (`hf auth login` / HF_TOKEN) or pass --repo owner/name")
+    model = str(art.manifest.get("source", {}).get("model") or "model")
+    return template.format(namespace=namespace, model=model, kind=art.kind, variant=art.variant, artifact=art.name)
+
+
+def publish(root: Path, specs: list[str], opts: PublishOptions) -> list[PublishResult]:
+    """Publish each artifact in ``specs`` (e.g. ``openvino/int4``) from the project at ``root``."""
+    from pipeline import publish_backends
+
+    arts = [load_artifact(root, spec) for spec in specs]
+    for art in arts:
+        check_publishable(art, opts.force)
+    backend = publish_backends.make_backend(opts, resolve_token())
+    results = []
+    staging_root = root / ".aipc" / "publish"
+    staging_root.mkdir(parents=True, exist_ok=True)
+    for art in arts:
+        repo = repo_name(opts.repo, art, backend.namespace())
+        with tempfile.TemporaryDirectory(prefix="stage-", dir=staging_root) as tmp:
+            with step(f"[{art.name}] {'checking' if opts.dry_run else 'publishing'} {repo} ({opts.backend})"):
+                results.append(backend.publish(art, repo, Path(tmp), opts))
+    return results
+
+
+def report(result: PublishResult, dry_run: bool) -> None:
+    """Print what was (or would be) uploaded."""
+    verb = "would upload" if dry_run else "uploaded"
+    print(f"{result.artifact} -> {result.repo}: {verb} {len(result.changed)} file(s), {len(result.unchanged)} "
+          f"unchanged, {len(result.removed)} removed; {f'commit {result.commit}' if result.commit else 'no commit'}")
+    for path in result.changed:
+        print(f"  {verb}: {path}")
+    for path in result.removed:
+        print(f"  {'would remove' if dry_run else 'removed'}: {path}")
+    if dry_run:
+        print(f"--- README.md (model card) ---\n{result.card}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``aipc publish [options] ARTIFACT...``."""
+    parser = argparse.ArgumentParser(prog="aipc publish", description=__doc__.splitlines()[0])
+    parser.add_argument("artifacts", nargs="+", help="e.g. openvino/int4 npu/int4 onnx/dml_int4")
+    parser.add_argument("--backend", choices=["hf", "git"], default="hf")
+    parser.add_argument("--repo", default=None, help=f"hf: repo id (default {DEFAULT_REPO}); git: remote URL or path; "
+                        "{namespace} {model} {kind} {variant} {artifact} are filled in")
+    parser.add_argument("--endpoint", help="Hub endpoint (default: HF_ENDPOINT or https://huggingface.co)")
+    parser.add_argument("--branch", default="main", help="branch to commit to (created if missing)")
+    parser.add_argument("--tag", help="tag the published commit (e.g. v1)")
+    parser.add_argument("--public", action="store_true", help="create the repo public (default private)")
+    parser.add_argument("--no-create", action="store_true", help="fail instead of creating a missing repo")
+    parser.add_argument("--force", action="store_true", help="publish even if validation failed (the card says so)")
+    parser.add_argument("--dry-run", action="store_true", help="list what would be uploaded and print the card")
+    args = parser.parse_args(argv)
+    if args.backend == "git" and not args.repo:
+        parser.error("--backend git needs --repo (a remote URL or a bare repository path)")
+    opts = PublishOptions(args.backend, args.repo or DEFAULT_REPO, args.endpoint, args.branch, args.tag,
+                          not args.public, not args.no_create, args.force, args.dry_run)
+    for result in publish(Path.cwd(), args.artifacts, opts):
+        report(result, opts.dry_run)
+
+
+if __name__ == "__main__":
+    run_main(main)
