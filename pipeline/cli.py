@@ -181,7 +181,15 @@ def cmd_demo() -> None:
     done = subprocess.run([sys.executable, "-m", "dvc", "repro"], env=env, check=False)
     if done.returncode:
         fail(f"dvc repro failed (exit {done.returncode}); the lines above say which stage and why")
-    print(summary_table(Path("artifacts/metrics")))
+    report = Path("artifacts/report/report.md")
+    print(report.read_text(encoding="utf-8") if report.is_file() else summary_table(Path("artifacts/metrics")))
+
+
+def cmd_report() -> None:
+    """Write artifacts/report/ (artifact x device table, plots) from artifacts/metrics, as the `report` stage does."""
+    from pipeline import report
+
+    report.run(load_params())
 
 
 def summary_table(metrics_dir: Path) -> str:
@@ -216,6 +224,7 @@ COMMANDS = {
     "compose": (cmd_compose, ["overrides*"]),
     "check-config": (cmd_check_config, ["overrides*"]),
     "demo": (cmd_demo, []),
+    "report": (cmd_report, []),
 }
 
 

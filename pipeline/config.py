@@ -261,23 +261,33 @@ def _check_builder_options(options: dict[str, Any], provider: str) -> None:
 class ValidateConfig:
     """How exported models are run and compared with the PyTorch original."""
 
-    device: str = "CPU"
+    devices: dict[str, list[str]] = field(default_factory=lambda: dict(DEFAULT_TARGET_DEVICES))
+    cpu_stand_in: bool = True
     prompts: list[str] = field(default_factory=list)
     max_new_tokens: int = 32
     eval_tokens: int = 512
     eval_window: int = 128
+    kl_top_k: int = 1024
+    perf_prompt_tokens: dict[str, int] = field(default_factory=lambda: {"short": 32, "long": 1024})
+    perf_new_tokens: int = 32
     warmup: int = 1
     repeats: int = 3
     reference_dtype: str = "float32"
     min_top1_agreement: dict[str, float] = field(default_factory=dict)
+    max_mean_kl: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.prompts:
             raise ConfigError("validate.prompts must list at least one prompt")
         for key, value in {"max_new_tokens": self.max_new_tokens, "eval_tokens": self.eval_tokens,
-                           "eval_window": self.eval_window, "repeats": self.repeats}.items():
+                           "eval_window": self.eval_window, "repeats": self.repeats, "kl_top_k": self.kl_top_k,
+                           "perf_new_tokens": self.perf_new_tokens, **{f"perf_prompt_tokens.{k}": v for k, v in
+                                                                      self.perf_prompt_tokens.items()}}.items():
             if value <= 0:
                 raise ConfigError(f"validate.{key} must be positive, got {value}")
+        if not self.perf_prompt_tokens:
+            raise ConfigError("validate.perf_prompt_tokens must name at least one prompt length, e.g. {short: 32}")
+        _check_target_devices(self.devices)
         if self.warmup < 0:
             raise ConfigError(f"validate.warmup must be >= 0, got {self.warmup}")
         _check_choice("validate.reference_dtype", self.reference_dtype, ("float32", "bfloat16", "float16"))
@@ -285,6 +295,33 @@ class ValidateConfig:
             _check_choice("validate.min_top1_agreement key", fmt, WEIGHT_FORMATS)
             if not 0.0 <= threshold <= 1.0:
                 raise ConfigError(f"validate.min_top1_agreement.{fmt} must be in [0, 1], got {threshold}")
+        for fmt, threshold in self.max_mean_kl.items():
+            _check_choice("validate.max_mean_kl key", fmt, WEIGHT_FORMATS)
+            if threshold <= 0:
+                raise ConfigError(f"validate.max_mean_kl.{fmt} must be positive (nats), got {threshold}")
+
+    def thresholds(self, precision: str) -> dict[str, float | None]:
+        """The fidelity thresholds of ``precision`` (fp32 is held to the fp16 ones)."""
+        key = "fp16" if precision == "fp32" else precision
+        return {"min_top1_agreement": self.min_top1_agreement.get(key), "max_mean_kl": self.max_mean_kl.get(key)}
+
+
+# Target devices per artifact family (validate.devices); ONNX variants target their execution_provider.
+DEFAULT_TARGET_DEVICES = {"openvino": ["CPU", "GPU"], "npu": ["NPU"], "npu_lib": ["NPU"]}
+TARGET_DEVICE_CHOICES = {"openvino": ("CPU", "GPU", "NPU"), "npu": ("CPU", "GPU", "NPU"), "npu_lib": ("NPU",)}
+
+
+def _check_target_devices(devices: dict[str, list[str]]) -> None:
+    """Every artifact family named, with at least one device it can target."""
+    for family, choices in TARGET_DEVICE_CHOICES.items():
+        if not devices.get(family):
+            raise ConfigError(f"validate.devices.{family} must list the devices it targets, e.g. [{choices[0]}]")
+        for device in devices[family]:
+            _check_choice(f"validate.devices.{family} entry", device, choices)
+    for family in devices:
+        if family not in TARGET_DEVICE_CHOICES:
+            raise ConfigError(f"validate.devices.{family}: unknown family; valid: {', '.join(TARGET_DEVICE_CHOICES)} "
+                              f"(ONNX variants target their execution_provider)")
 
 
 @dataclass

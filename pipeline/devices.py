@@ -92,3 +92,26 @@ def executed_device(requested: str, executed: str) -> tuple[bool, str]:
     if wanted in ("AUTO", "HETERO", "MULTI"):
         return bool(ran), executed
     return ran == {wanted}, executed
+
+
+# onnxruntime-genai execution providers -> matrix column, and the package that brings each one.
+ONNX_PROVIDER_DEVICES = {"cpu": "CPU", "dml": "DML", "cuda": "CUDA", "webgpu": "WEBGPU"}
+ONNX_PROVIDER_PACKAGES = {"dml": "onnxruntime-genai-directml", "cuda": "onnxruntime-genai-cuda",
+                          "webgpu": "onnxruntime-genai-webgpu"}
+
+
+def onnx_provider_status(provider: str) -> DeviceStatus:
+    """Whether the installed onnxruntime-genai can run ``provider`` here, or the reason it cannot."""
+    import onnxruntime_genai as og
+
+    checks = {"cpu": lambda: True, "dml": og.is_dml_available, "cuda": og.is_cuda_available,
+              "webgpu": og.is_webgpu_available}
+    name = ONNX_PROVIDER_DEVICES[provider]
+    if checks[provider]():
+        return DeviceStatus(name, True, full_name=f"onnxruntime-genai {provider} provider")
+    package = ONNX_PROVIDER_PACKAGES[provider]
+    if provider == "dml" and platform.system() != "Windows":
+        reason = f"DirectML exists only on Windows ({package}); the onnxruntime-genai here has no DML provider"
+    else:
+        reason = f"the installed onnxruntime-genai has no {name} provider: install {package} on a machine with the device"
+    return DeviceStatus(name, False, reason=reason)

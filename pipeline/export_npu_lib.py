@@ -4,9 +4,10 @@ The recipe is ``NPUModelForCausalLM.from_pretrained(model_id, use_cache=True, co
 The library (1.4.0, archived) cannot share the main environment: it runs in its own
 (:mod:`pipeline.npu_lib_env`) through :mod:`pipeline.npu_lib_worker`, one process per dtype. Its model file
 is a pickle, loaded only after its sha256 matches the manifest. Without an NPU the library runs on CPU with
-only a warning: the device that really ran is recorded and the result labelled so. Where the environment
-cannot be built here, both stages record a skipped target with the reason and exit 0, so the rest of
-``dvc repro`` completes.
+only a warning: the device that really ran is recorded, and a run on CPU counts as the NPU cell only where
+no NPU exists (then it is the labelled CPU stand-in of :mod:`pipeline.matrix`); with an NPU present it is a
+silent fallback and fails. Where the environment cannot be built here, both stages record a skipped target
+with the reason and exit 0, so the rest of ``dvc repro`` completes.
 Outputs: ``artifacts/npu_lib/<variant>`` (pickle, tokenizer, manifest), ``artifacts/metrics/npu_lib-<variant>.json``.
 """
 
@@ -19,10 +20,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from pipeline import npu_lib_env
-from pipeline.validate import greedy_match, publish_metrics
-from pipeline.artifacts import (ARTIFACTS, folder_bytes, read_manifest, sha256_file, staged_dir, write_json_atomic,
-                                write_manifest)
+from pipeline import fidelity, matrix, npu_lib_env
+from pipeline.artifacts import ARTIFACTS, folder_bytes, read_manifest, sha256_file, staged_dir, write_manifest
 from pipeline.config import ConfigError, NpuLibVariantConfig, ValidateConfig, load_params
 from pipeline.errors import fail, run_main
 from pipeline.log import say, step
@@ -35,11 +34,7 @@ MODEL_FILE = "pytorch_npu_model.pt"  # the name the library's own export gives i
 MODEL_SIDE_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
                     "tokenizer.model", "special_tokens_map.json", "added_tokens.json")
 RECIPE = "NPUModelForCausalLM.from_pretrained(model, use_cache=True, config=CompilerConfig(dtype={dtype}))"
-LABELS = {"CPU": "NPU library model, validated on CPU fallback", "NPU": "NPU library model, validated on NPU"}
-METRIC_KEYS = ("artifact", "weight_format", "device_requested", "device_executed", "label", "load_s", "ttft_ms",
-               "tpot_ms", "tokens_per_s", "peak_rss_mb", "size_mb", "top1_agreement", "fidelity_device",
-               "greedy_exact_match", "first_divergence", "min_top1_agreement", "tokenizer_matches_reference",
-               "note", "sample", "passed", "problems")
+KIND = "NPU library model"
 
 
 def write_skipped(name: str, cfg: NpuLibVariantConfig, source: dict, out_root: Path, reason: str) -> dict:
@@ -117,43 +112,58 @@ def checked_model_file(folder: Path, manifest: dict) -> Path:
     return path
 
 
-def skipped_metrics(name: str, weight_format: str | None, reason: str) -> dict[str, Any]:
-    """Metrics of a target that was not built here: every key present, ``passed`` null, the reason as note."""
-    metrics: dict[str, Any] = dict.fromkeys(METRIC_KEYS)
-    metrics.update(artifact=f"npu_lib-{name}", weight_format=weight_format, device_requested="NPU",
-                   label="NPU library model, skipped", note=reason, problems=[], status="skipped")
-    return metrics
+def skipped_record(name: str, weight_format: str | None, reason: str, cfg: ValidateConfig) -> matrix.MetricsRecord:
+    """Metrics of a target that was not built (or cannot run) here: every target device ``skipped`` with the reason."""
+    cells = {d: matrix.Cell(d, d, "skipped", f"{KIND}, skipped", reason=reason) for d in cfg.devices["npu_lib"]}
+    return matrix.MetricsRecord(f"npu_lib-{name}", "npu_lib", weight_format, None,
+                                cfg.thresholds(weight_format or "int4"), cells)
 
 
-def judge(name: str, manifest: dict, folder: Path, result: dict, cfg: ValidateConfig,
-          reference: dict, npu: Any) -> dict[str, Any]:
-    """Turn the worker's measurements into the metrics every validation stage writes."""
-    weight_format = manifest["parameters"]["dtype"]
-    exact, divergence = greedy_match(result["outputs"], reference)
-    threshold = cfg.min_top1_agreement.get(weight_format, 0.0)
-    executed, top1 = result["device_executed"], result["top1_agreement"]
-    problems = []
-    if top1 < threshold:
-        problems.append(f"top-1 agreement {top1:.3f} below the {weight_format} threshold {threshold}")
-    if npu.available and executed != "NPU":
-        problems.append(f"an NPU is present but the library ran on {executed} (silent fallback)")
-    if not result["tokenizer_matches_reference"]:
-        problems.append("the tokenizer shipped with the model tokenizes the prompt differently from the reference")
+def measurement(result: dict[str, Any], logits_file: Path,
+                ref_logprobs: fidelity.ReferenceLogprobs) -> matrix.Measurement:
+    """The worker's result and saved logits as a matrix measurement (fidelity computed here, not in the worker)."""
+    perf = {k: matrix.Perf.from_runs(v["prompt_tokens"], v["new_tokens"], v["ttft_ms"], v["tpot_ms"])
+            for k, v in result["perf"].items()}
     note = None
-    if executed != "NPU":
-        note = (f"no NPU: {npu.reason}; the library fell back to {executed} with only a warning "
+    if result["device_executed"] != "NPU":
+        note = (f"the library ran on {result['device_executed']} with only a warning "
                 f"({'; '.join(result['warnings']) or 'none recorded'})")
-    return {
-        "artifact": f"npu_lib-{name}", "weight_format": weight_format, "device_requested": "NPU",
-        "device_executed": executed, "label": LABELS.get(executed, f"NPU library model, validated on {executed}"),
-        "load_s": result["load_s"], "ttft_ms": result["ttft_ms"], "tpot_ms": result["tpot_ms"],
-        "tokens_per_s": result["tokens_per_s"], "peak_rss_mb": result["peak_rss_mb"],
-        "size_mb": round(folder_bytes(folder) / 2**20, 3), "top1_agreement": round(top1, 4),
-        "fidelity_device": executed, "greedy_exact_match": round(exact, 4), "first_divergence": divergence,
-        "min_top1_agreement": threshold, "tokenizer_matches_reference": result["tokenizer_matches_reference"],
-        "note": note, "sample": result["text"][:200], "passed": not problems, "problems": problems,
-        "status": "validated",
-    }
+    return matrix.Measurement(
+        executed=result["device_executed"], load_s=result["load_s"], peak_rss_mb=result["peak_rss_mb"], perf=perf,
+        fidelity=fidelity.compare(ref_logprobs, fidelity.load_npz_logits(logits_file)).as_dict(),
+        outputs=result["outputs"], tokenizer_matches_reference=result["tokenizer_matches_reference"],
+        sample=result["text"], note=note)
+
+
+def worker_args(model_file: Path, manifest: dict, folder: Path, reference_path: Path, cfg: ValidateConfig,
+                logits_file: Path) -> list[str]:
+    """Command-line arguments of the worker's ``validate`` command."""
+    return ["--model-file", str(model_file.resolve()), "--sha256", manifest["model_sha256"],
+            "--tokenizer", str(folder.resolve()), "--reference", str(Path(reference_path).resolve()),
+            "--logits", str(logits_file.resolve()), "--max-new-tokens", str(cfg.max_new_tokens),
+            "--new-tokens", str(cfg.perf_new_tokens), "--warmup", str(cfg.warmup), "--repeats", str(cfg.repeats)]
+
+
+def run_cells(name: str, env: npu_lib_env.NpuLibEnv, model_file: Path, manifest: dict, folder: Path,
+              reference_path: Path, cfg: ValidateConfig, status: dict) -> dict[str, matrix.Cell]:
+    """Fill every cell: the library picks its device itself, so one worker run serves the cell that runs."""
+    reference = json.loads(Path(reference_path).read_text(encoding="utf-8"))
+    ref_logprobs = fidelity.ReferenceLogprobs.load(Path(reference_path).parent / fidelity.LOGPROBS_FILE)
+    weight_format = manifest["parameters"]["dtype"]
+    thresholds = matrix.Thresholds(weight_format, **cfg.thresholds(weight_format))
+    cells = {}
+    for plan in matrix.plan_cells(cfg.devices["npu_lib"], status, cfg.cpu_stand_in):
+        if plan.skip_reason:
+            cells[plan.column] = matrix.skipped_cell(plan, KIND)
+            continue
+        with tempfile.TemporaryDirectory(prefix="npu-lib-") as scratch, \
+                step(f"[npu_lib-{name} @ {plan.column}] loading (hash checked) and generating in the isolated environment"):
+            logits_file = Path(scratch) / "logits.npz"
+            result = call_worker(name, env, "validate", worker_args(model_file, manifest, folder, reference_path, cfg,
+                                                                    logits_file), Path(scratch))
+            got = measurement(result, logits_file, ref_logprobs)
+        cells[plan.column] = matrix.judge(plan, got, reference, thresholds, KIND)
+    return cells
 
 
 def validate(name: str, cfg: ValidateConfig, artifact_root: Path = OUT_ROOT, reference_path: Path = REFERENCE,
@@ -162,45 +172,36 @@ def validate(name: str, cfg: ValidateConfig, artifact_root: Path = OUT_ROOT, ref
 
     Args:
         name: Variant name (key under ``npu_lib``).
-        cfg: The ``validate`` section (prompts, lengths, repeats, thresholds).
+        cfg: The ``validate`` section (prompts, lengths, repeats, thresholds, target devices).
         artifact_root: Parent folder of the library's model folders.
-        reference_path: The ``reference`` stage's JSON.
+        reference_path: The ``reference`` stage's JSON (``logprobs.npz`` beside it).
         metrics_dir: Where ``npu_lib-<name>.json`` is written.
         envs_root: Where the isolated environment lives (default: :func:`npu_lib_env.envs_root`).
         status: Device status (detected when omitted; tests pass a fake).
 
     Returns:
-        The metrics written; ``status`` is ``validated`` or ``skipped`` (then ``passed`` is null).
+        The metrics written; ``status`` is ``passed``, ``failed`` or ``skipped`` (then ``passed`` is null).
     """
     folder = Path(artifact_root) / name
     manifest = read_manifest(folder)
     out = Path(metrics_dir) / f"npu_lib-{name}.json"
+    dtype = manifest["parameters"].get("dtype")
     if manifest.get("status") == "skipped":
-        metrics = skipped_metrics(name, manifest["parameters"].get("dtype"), manifest["reason"])
-        write_json_atomic(out, metrics)
-        say(f"[npu_lib-{name}] skipped: {manifest['reason']}")
-        return metrics
+        return matrix.publish(skipped_record(name, dtype, manifest["reason"], cfg), out)
     model_file = checked_model_file(folder, manifest)
     try:
         env = npu_lib_env.ensure(envs_root)
     except npu_lib_env.EnvUnavailable as err:
-        metrics = skipped_metrics(name, manifest["parameters"].get("dtype"), str(err))
-        write_json_atomic(out, metrics)
-        say(f"[npu_lib-{name}] skipped: {err}")
-        return metrics
-    args = ["--model-file", str(model_file.resolve()), "--sha256", manifest["model_sha256"],
-            "--tokenizer", str(folder.resolve()), "--reference", str(Path(reference_path).resolve()),
-            "--max-new-tokens", str(cfg.max_new_tokens), "--warmup", str(cfg.warmup), "--repeats", str(cfg.repeats)]
-    with tempfile.TemporaryDirectory(prefix="npu-lib-") as scratch, \
-            step(f"[npu_lib-{name}] loading (hash checked) and generating in the isolated environment"):
-        result = call_worker(name, env, "validate", args, Path(scratch))
+        return matrix.publish(skipped_record(name, dtype, str(err), cfg), out)
     if status is None:
         from pipeline import devices
 
         status = devices.detect()
-    reference = json.loads(Path(reference_path).read_text(encoding="utf-8"))
-    metrics = judge(name, manifest, folder, result, cfg, reference, status["NPU"])
-    return publish_metrics(metrics, out)
+    cells = run_cells(name, env, model_file, manifest, folder, reference_path, cfg, status)
+    thresholds = cfg.thresholds(dtype)
+    record = matrix.MetricsRecord(f"npu_lib-{name}", "npu_lib", dtype, round(folder_bytes(folder) / 2**20, 3),
+                                  thresholds, cells)
+    return matrix.publish(record, out)
 
 
 def main(argv: list[str] | None = None) -> None:

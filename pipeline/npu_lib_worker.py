@@ -11,7 +11,8 @@ Commands:
     probe     import the library; report versions and whether it sees an NPU
     compile   NPUModelForCausalLM-style compile of one dtype; save the library's pickle to --out
     validate  check the pickle's sha256 (refuse and exit 3 on mismatch, before anything is unpickled),
-              load it, generate greedily, time it, and compute teacher-forced top-1 agreement
+              load it, generate greedily, time every speed prompt, and save its teacher-forced logits
+              (``--logits``, an ``.npz`` of plain arrays) for the main environment to compare with PyTorch
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import argparse
 import hashlib
 import json
 import os
-import statistics
 import sys
 import time
 import warnings
@@ -147,45 +147,40 @@ class TokenTimes:
         """Called once generation stops."""
 
 
-def generate(model: Any, prompt_ids: list[int], max_new_tokens: int, streamer: Any = None) -> list[int]:
-    """Greedy continuation of ``prompt_ids`` (new token ids only)."""
+def generate(model: Any, prompt_ids: list[int], max_new_tokens: int, streamer: Any = None,
+             exact: bool = False) -> list[int]:
+    """Greedy continuation of ``prompt_ids`` (new token ids only; ``exact``: ignore EOS)."""
     import torch
 
     ids = torch.tensor([prompt_ids])
     out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                         do_sample=False, streamer=streamer)
+                         min_new_tokens=max_new_tokens if exact else None, do_sample=False, streamer=streamer)
     return out[0, ids.shape[1]:].tolist()
 
 
-def timings(model: Any, prompt_ids: list[int], args: argparse.Namespace) -> dict[str, float]:
-    """TTFT, TPOT and tokens/s of greedy generation (warm-up runs excluded, median of repeats)."""
-    ttft, tpot, tps = [], [], []
+def timings(model: Any, prompt_ids: list[int], args: argparse.Namespace) -> dict[str, list[float]]:
+    """TTFT and TPOT (ms) of each measured run of exactly ``--new-tokens`` tokens (warm-up runs dropped)."""
+    ttft, tpot = [], []
     for i in range(args.warmup + args.repeats):
         timer = TokenTimes()
         start = time.perf_counter()
-        generate(model, prompt_ids, args.max_new_tokens, timer)
-        total = time.perf_counter() - start
+        generate(model, prompt_ids, args.new_tokens, timer, exact=True)
         if i < args.warmup:
             continue
         new = timer.times[1:]  # times[0] is the prompt
         ttft.append((new[0] - start) * 1000)
         tpot.append((new[-1] - new[0]) / max(len(new) - 1, 1) * 1000)
-        tps.append(len(new) / total)
-    return {"ttft_ms": round(statistics.median(ttft), 3), "tpot_ms": round(statistics.median(tpot), 3),
-            "tokens_per_s": round(statistics.median(tps), 2)}
+    return {"prompt_tokens": len(prompt_ids), "new_tokens": args.new_tokens, "ttft_ms": ttft, "tpot_ms": tpot}
 
 
-def teacher_forced(model: Any, windows: list[dict]) -> float:
-    """Share of held-out positions where the model's top-1 next token equals PyTorch's."""
+def save_teacher_forced_logits(model: Any, windows: list[dict], path: Path) -> None:
+    """Save the model's logits over each held-out window as ``w0, w1, ...`` in an ``.npz`` (float32, no pickles)."""
+    import numpy as np
     import torch
 
-    agree = total = 0
     with torch.inference_mode():
-        for window in windows:
-            top1 = model(torch.tensor([window["input_ids"]])).logits[0].argmax(-1).tolist()
-            agree += sum(int(a == b) for a, b in zip(top1, window["top1"]))
-            total += len(window["top1"])
-    return agree / total
+        logits = {f"w{i}": model(torch.tensor([w["input_ids"]])).logits[0].float().numpy() for i, w in enumerate(windows)}
+    np.savez(path, **logits)
 
 
 def peak_rss_mb() -> float:
@@ -216,10 +211,10 @@ def validate_model(args: argparse.Namespace) -> dict[str, Any]:
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
     with torch.inference_mode():
         outputs = [generate(model, case["prompt_ids"], args.max_new_tokens) for case in reference["greedy"]]
-        speed = timings(model, reference["greedy"][0]["prompt_ids"], args)
+        perf = {name: timings(model, ids, args) for name, ids in reference["perf_prompts"].items()}
+    save_teacher_forced_logits(model, reference["teacher_forced"], Path(args.logits))
     first = reference["greedy"][0]
-    return {**device, **speed, "load_s": round(load_s, 4), "outputs": outputs,
-            "top1_agreement": teacher_forced(model, reference["teacher_forced"]),
+    return {**device, "perf": perf, "load_s": round(load_s, 4), "outputs": outputs,
             "text": tokenizer.decode(outputs[0], skip_special_tokens=True),
             "tokenizer_matches_reference": tokenizer(first["prompt"], add_special_tokens=False)["input_ids"]
             == first["prompt_ids"], "peak_rss_mb": peak_rss_mb(), "versions": versions()}
@@ -242,9 +237,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     sub.choices["compile"].add_argument("--load-dtype", default="float32")
     sub.choices["compile"].add_argument("--out", required=True)
     check = sub.choices["validate"]
-    for name in ("--model-file", "--sha256", "--tokenizer", "--reference"):
+    for name in ("--model-file", "--sha256", "--tokenizer", "--reference", "--logits"):
         check.add_argument(name, required=True)
-    for name, default in (("--max-new-tokens", 32), ("--warmup", 1), ("--repeats", 3)):
+    for name, default in (("--max-new-tokens", 32), ("--new-tokens", 32), ("--warmup", 1), ("--repeats", 3)):
         check.add_argument(name, type=int, default=default)
     return parser.parse_args(argv)
 

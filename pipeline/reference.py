@@ -1,9 +1,12 @@
 """Stage ``reference``: run the original PyTorch model once and record what every export must match.
 
-Records, for the validation prompts, the greedy continuation token ids, and for a held-out text,
-the teacher-forced top-1 next-token ids (with their logit margins). Validation stages compare each
-exported model against this file, so the PyTorch model is loaded once per pipeline, not per export.
-Output: ``artifacts/reference/reference.json`` with ``manifest.json``.
+Records, for the validation prompts, the greedy continuation token ids; for a held-out text, the
+teacher-forced top-1 next-token ids (with their logit margins) and the next-token log-probs every
+validator needs for KL divergence and perplexity (:mod:`pipeline.fidelity`); and the token ids of the
+speed-test prompts (``validate.perf_prompt_tokens``), cut from the held-out text after the evaluated part.
+Validation stages compare each exported model against these files, so the PyTorch model is loaded once
+per pipeline, not per export.
+Output: ``artifacts/reference/reference.json`` and ``logprobs.npz`` (plain arrays) with ``manifest.json``.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ from typing import Any
 
 from pipeline.artifacts import ARTIFACTS, read_manifest, staged_dir, write_json_atomic, write_manifest
 from pipeline.config import ValidateConfig, load_params
-from pipeline.errors import run_main
+from pipeline.errors import fail, run_main
+from pipeline.fidelity import LOGPROBS_FILE, reference_from_logits
 from pipeline.log import say, step
 
 MODEL_DIR = ARTIFACTS / "model"
@@ -21,25 +25,40 @@ OUT_DIR = ARTIFACTS / "reference"
 HELDOUT_TEXT = Path(__file__).parent / "assets" / "tiny_phi3" / "heldout.txt"
 
 
+def heldout_ids(tokenizer: Any) -> list[int]:
+    """The held-out text shipped in the package, tokenized."""
+    return tokenizer(HELDOUT_TEXT.read_text(encoding="utf-8"), add_special_tokens=False)["input_ids"]
+
+
 def eval_windows(tokenizer: Any, cfg: ValidateConfig) -> list[list[int]]:
     """Token windows of the held-out text used for teacher-forced comparison."""
-    ids = tokenizer(HELDOUT_TEXT.read_text(encoding="utf-8"), add_special_tokens=False)["input_ids"]
-    ids = ids[: cfg.eval_tokens]
+    ids = heldout_ids(tokenizer)[: cfg.eval_tokens]
     return [ids[i: i + cfg.eval_window] for i in range(0, len(ids), cfg.eval_window) if len(ids[i: i + cfg.eval_window]) > 1]
 
 
-def teacher_forced(model: Any, windows: list[list[int]]) -> list[dict[str, Any]]:
-    """Top-1 next-token ids and top-1/top-2 logit margins for each window."""
+def perf_prompts(tokenizer: Any, cfg: ValidateConfig) -> dict[str, list[int]]:
+    """Speed-test prompts of exactly the configured lengths, cut from held-out text the evaluation does not use."""
+    rest = heldout_ids(tokenizer)[cfg.eval_tokens:]
+    longest = max(cfg.perf_prompt_tokens.values())
+    if longest > len(rest):
+        fail(f"validate.perf_prompt_tokens asks for {longest} tokens but the held-out text has {len(rest)} after "
+             f"the {cfg.eval_tokens} evaluated ones: lower it")
+    return {name: rest[:length] for name, length in cfg.perf_prompt_tokens.items()}
+
+
+def teacher_forced(model: Any, windows: list[list[int]]) -> tuple[list[dict[str, Any]], list[Any]]:
+    """Top-1 next-token ids and top-1/top-2 logit margins for each window, and the windows' logits."""
     import torch
 
-    out = []
+    out, logits_out = [], []
     with torch.inference_mode():
         for window in windows:
             logits = model(torch.tensor([window])).logits[0].float()
             top2 = logits.topk(2, dim=-1)
             out.append({"input_ids": window, "top1": top2.indices[:, 0].tolist(),
                         "margin": (top2.values[:, 0] - top2.values[:, 1]).tolist()})
-    return out
+            logits_out.append(logits.numpy())
+    return out, logits_out
 
 
 def greedy(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int) -> list[dict[str, Any]]:
@@ -62,6 +81,7 @@ def run(cfg: ValidateConfig, model_dir: Path = MODEL_DIR, out_dir: Path = OUT_DI
     """Compute the PyTorch reference for ``cfg`` from the model in ``model_dir``."""
     import statistics
 
+    import numpy as np
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -71,20 +91,26 @@ def run(cfg: ValidateConfig, model_dir: Path = MODEL_DIR, out_dir: Path = OUT_DI
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, cfg.reference_dtype))
         model.eval()
     with step("teacher-forced pass over held-out text"):
-        forced = teacher_forced(model, eval_windows(tokenizer, cfg))
+        windows = eval_windows(tokenizer, cfg)
+        forced, logits = teacher_forced(model, windows)
+        logprobs = reference_from_logits(windows, logits, cfg.kl_top_k)
     with step(f"greedy generation for {len(cfg.prompts)} prompts"):
         generations = greedy(model, tokenizer, cfg.prompts, cfg.max_new_tokens)
     margins = sorted(m for w in forced for m in w["margin"])
     result = {"model": source.get("model"), "dtype": cfg.reference_dtype, "teacher_forced": forced,
-              "greedy": generations,
+              "greedy": generations, "perf_prompts": perf_prompts(tokenizer, cfg),
+              "perplexity": logprobs.perplexity, "kl_top_k": cfg.kl_top_k,
+              "kl_top_k_mass": float(np.exp(logprobs.topk_logprobs.astype(np.float64)).sum(-1).mean()),
               "margin_stats": {"median": statistics.median(margins), "p10": margins[len(margins) // 10],
                                "positions": len(margins)}}
     with staged_dir(out_dir) as tmp:
         write_json_atomic(tmp / "reference.json", result)
+        logprobs.save(tmp / LOGPROBS_FILE)
         write_manifest(tmp, stage="reference", source_model=source.get("model"),
                        source_files_sha256={k: v["sha256"] for k, v in source["files"].items()})
     say(f"reference ready: {result['margin_stats']['positions']} positions, median top-1 margin "
-        f"{result['margin_stats']['median']:.2f}; sample: {generations[0]['text'][:60]!r}")
+        f"{result['margin_stats']['median']:.2f}, perplexity {logprobs.perplexity:.2f}, top-{cfg.kl_top_k} mass "
+        f"{result['kl_top_k_mass']:.3f}; sample: {generations[0]['text'][:60]!r}")
     return result
 
 

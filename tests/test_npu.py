@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import devices, download, export_npu, validate
+from pipeline import devices, download, export_npu, matrix, validate
 from pipeline.config import ConfigError, ModelConfig, NpuVariantConfig, compose
 from pipeline.ir_inspect import inspect_ir
 
@@ -108,12 +108,18 @@ def test_with_an_npu_the_stage_compiles_a_blob_and_times_the_reload(
     assert export_npu.BLOB in manifest["files"]
 
 
-def test_validation_without_npu_runs_on_cpu_and_says_so(deferred) -> None:
+def test_validation_without_npu_skips_the_npu_cell_and_runs_a_labelled_cpu_stand_in(deferred) -> None:
     folder, _ = deferred
-    target = validate.npu_target("int4", folder.parent, status=no_npu())
-    assert target.device == "CPU" and target.kind == "NPU-ready IR" and "no NPU" in target.note
-    target = validate.npu_target("int4", folder.parent, status=with_npu())
-    assert target.device == "NPU" and target.properties["GENERATE_HINT"] == "FAST_COMPILE"
+    skipped, stand_in = matrix.plan_cells(["NPU"], no_npu(), cpu_stand_in=True)
+    assert skipped.column == "NPU" and skipped.skip_reason == no_npu()["NPU"].reason
+    assert stand_in.column == matrix.STAND_IN and stand_in.device == "CPU" and stand_in.stand_in_for == "NPU"
+    assert stand_in.note.startswith("no NPU: ")
+    assert matrix.plan_cells(["NPU"], no_npu(), cpu_stand_in=False) == [skipped]
+    (on_npu,) = matrix.plan_cells(["NPU"], with_npu(), cpu_stand_in=True)
+    assert on_npu.device == "NPU" and on_npu.skip_reason is None
+    settings = validate.device_properties(folder, "NPU")
+    assert settings["GENERATE_HINT"] == "FAST_COMPILE" and settings["MAX_PROMPT_LEN"] == 1024
+    assert "GENERATE_HINT" not in validate.device_properties(folder, "CPU")
 
 
 def test_compiling_a_deferred_artifact_needs_an_npu(deferred, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -113,7 +113,8 @@ def test_worker_refuses_a_tampered_pickle_without_unpickling_it(tmp_path: Path) 
     model.write_bytes(evil_pickle(marker))
     done = subprocess.run([sys.executable, "-I", str(npu_lib_env.WORKER), "validate", "--result", str(tmp_path / "r.json"),
                            "--model-file", str(model), "--sha256", "0" * 64, "--tokenizer", str(tmp_path),
-                           "--reference", str(tmp_path / "none.json")], capture_output=True, text=True)
+                           "--reference", str(tmp_path / "none.json"), "--logits", str(tmp_path / "l.npz")],
+                          capture_output=True, text=True)
     assert done.returncode == 3, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: refusing to load pytorch_npu_model.pt")
@@ -154,7 +155,7 @@ def test_without_a_buildable_env_both_stages_record_a_skipped_target(
     metrics = export_npu_lib.validate("int4", cfg, tmp_path / "npu_lib", tmp_path / "ref.json", tmp_path / "metrics")
     written = json.loads((tmp_path / "metrics" / "npu_lib-int4.json").read_text())
     assert written == metrics and metrics["status"] == "skipped" and metrics["passed"] is None
-    assert set(export_npu_lib.METRIC_KEYS) <= set(metrics) and "no C++ compiler" in metrics["note"]
+    assert metrics["cells"]["NPU"]["status"] == "skipped" and "no C++ compiler" in metrics["cells"]["NPU"]["reason"]
     assert not (tmp_path / "envs").exists()
 
 
@@ -207,11 +208,13 @@ def test_int4_model_loads_after_the_hash_check_generates_and_matches(int4_artifa
     root, _, ref = int4_artifact
     cfg = build(ValidateConfig, compose(["model=tiny"])["validate"])
     metrics = export_npu_lib.validate("int4", cfg, root, ref, tmp_path, status=no_npu())
-    assert set(export_npu_lib.METRIC_KEYS) <= set(metrics) and metrics["status"] == "validated"
-    assert metrics["passed"], metrics["problems"]
-    assert metrics["label"] == "NPU library model, validated on CPU fallback"
-    assert metrics["device_executed"] == "CPU" and metrics["note"].startswith("no NPU")
+    assert metrics["status"] == "passed" and metrics["passed"], metrics["problems"]
+    assert metrics["cells"]["NPU"]["status"] == "skipped" and metrics["headline_cell"] == "CPU stand-in"
+    assert metrics["label"] == "NPU library model, validated on CPU (stand-in: no NPU here)"
+    assert metrics["device_executed"] == "CPU" and metrics["reason"].startswith("no NPU")
+    assert "with only a warning" in metrics["note"]
     assert metrics["top1_agreement"] >= 0.85 and metrics["tokenizer_matches_reference"]
+    assert 0 < metrics["mean_kl"] <= cfg.max_mean_kl["int4"] and metrics["perplexity"] > 0
     assert metrics["sample"].strip() and metrics["tokens_per_s"] > 0
 
 

@@ -1,0 +1,264 @@
+"""The validation matrix: every artifact x every device it targets, one :class:`Cell` each.
+
+A validator asks :func:`plan_cells` which of its target devices exist here. A present device becomes a
+cell that runs; an absent one a ``skipped`` cell with the reason :mod:`pipeline.devices` gives. When no
+target device is present, one more cell runs the same files on CPU and is labelled as a stand-in for the
+absent device (``validate.cpu_stand_in``): it proves the artifact loads and matches the original, never
+that it runs on its device. :func:`judge` turns a cell's measurements into ``passed``/``failed``: fidelity
+below its precision's thresholds, a different tokenization, or a device other than the one asked for
+(a silent fallback) fails it. :class:`MetricsRecord` is the one metrics-file format of every validator.
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.artifacts import peak_rss_bytes, write_json_atomic
+from pipeline.devices import DeviceStatus, executed_device
+from pipeline.errors import fail
+from pipeline.log import say
+
+STAND_IN = "CPU stand-in"  # column of the cell that runs on CPU because no target device is present
+
+
+@dataclass
+class CellPlan:
+    """One cell to fill: the column it belongs to, the device to run on, or why it is skipped."""
+
+    column: str
+    device: str
+    stand_in_for: str | None = None
+    skip_reason: str | None = None
+    note: str | None = None
+
+
+def plan_cells(targets: list[str], status: dict[str, DeviceStatus], cpu_stand_in: bool) -> list[CellPlan]:
+    """Cells for an artifact that targets ``targets``, given which devices are present here.
+
+    Args:
+        targets: Target devices in config order, e.g. ``["CPU", "GPU"]`` or ``["NPU"]``.
+        status: Device name -> status (absent names count as absent, with a generic reason).
+        cpu_stand_in: Add a labelled CPU cell when none of the targets is present.
+
+    Returns:
+        One plan per target (skipped ones carry the reason), plus the stand-in when it applies.
+    """
+    plans = []
+    for device in targets:
+        state = status.get(device) or DeviceStatus(device, False, reason=f"no {device} runtime known here")
+        plans.append(CellPlan(device, device) if state.available else CellPlan(device, device, skip_reason=state.reason))
+    absent = [p for p in plans if p.skip_reason]
+    if cpu_stand_in and len(absent) == len(plans) and "CPU" not in targets:
+        note = "; ".join(f"no {p.column}: {p.skip_reason}" for p in absent)
+        plans.append(CellPlan(STAND_IN, "CPU", stand_in_for=", ".join(p.column for p in absent), note=note))
+    return plans
+
+
+@dataclass
+class Perf:
+    """Generation speed for one prompt length: warm-up runs excluded, median of the repeats."""
+
+    prompt_tokens: int
+    new_tokens: int
+    ttft_ms: float
+    tpot_ms: float
+    tokens_per_s: float
+
+    @classmethod
+    def from_runs(cls, prompt_tokens: int, new_tokens: int, ttft_ms: list[float], tpot_ms: list[float]) -> Perf:
+        """Medians of repeated runs; tokens/s is the decode rate, 1000 / TPOT, for every backend alike."""
+        tpot = statistics.median(tpot_ms)
+        return cls(prompt_tokens, new_tokens, round(statistics.median(ttft_ms), 3), round(tpot, 3),
+                   round(1000.0 / tpot, 2) if tpot > 0 else 0.0)
+
+
+@dataclass
+class Measurement:
+    """What a backend measured for one cell, before judging."""
+
+    executed: str
+    load_s: float
+    peak_rss_mb: float
+    perf: dict[str, Perf]
+    fidelity: dict[str, float]
+    outputs: list[list[int]]
+    tokenizer_matches_reference: bool
+    sample: str
+    fidelity_device: str | None = None
+    note: str | None = None
+
+
+@dataclass
+class Cell:
+    """One artifact on one device: ``passed``, ``failed`` (with the problems) or ``skipped`` (with the reason).
+
+    ``reason`` says why a cell was skipped, or, for a CPU stand-in, why its target device did not run.
+    """
+
+    column: str
+    device_requested: str
+    status: str
+    label: str
+    device_executed: str | None = None
+    stand_in_for: str | None = None
+    reason: str | None = None
+    problems: list[str] = field(default_factory=list)
+    load_s: float | None = None
+    peak_rss_mb: float | None = None
+    ttft_ms: float | None = None
+    tpot_ms: float | None = None
+    tokens_per_s: float | None = None
+    perf: dict[str, dict[str, Any]] = field(default_factory=dict)
+    top1_agreement: float | None = None
+    mean_kl: float | None = None
+    max_kl: float | None = None
+    perplexity: float | None = None
+    reference_perplexity: float | None = None
+    perplexity_delta_pct: float | None = None
+    greedy_exact_match: float | None = None
+    first_divergence: list[int | None] = field(default_factory=list)
+    tokenizer_matches_reference: bool | None = None
+    fidelity_device: str | None = None
+    note: str | None = None
+    sample: str | None = None
+
+
+def skipped_cell(plan: CellPlan, kind: str) -> Cell:
+    """A cell whose device is absent here."""
+    return Cell(plan.column, plan.device, "skipped", f"{kind}, skipped: no {plan.device} here", reason=plan.skip_reason)
+
+
+def greedy_match(outputs: list[list[int]], reference: dict) -> tuple[float, list[int | None]]:
+    """Share of prompts whose greedy output equals the reference, and each first divergent index."""
+    divergence = []
+    for got, case in zip(outputs, reference["greedy"]):
+        want = case["output_ids"]
+        index = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), None)
+        if index is None and len(got) != len(want):
+            index = min(len(got), len(want))
+        divergence.append(index)
+    return sum(d is None for d in divergence) / len(divergence), divergence
+
+
+@dataclass
+class Thresholds:
+    """The fidelity a cell must reach for its precision (``validate.min_top1_agreement``, ``validate.max_mean_kl``)."""
+
+    precision: str
+    min_top1_agreement: float | None
+    max_mean_kl: float | None
+
+    def problems(self, fidelity: dict[str, float]) -> list[str]:
+        """One line per threshold the fidelity misses."""
+        out = []
+        top1, kl = fidelity.get("top1_agreement"), fidelity.get("mean_kl")
+        if self.min_top1_agreement is not None and top1 < self.min_top1_agreement:
+            out.append(f"top-1 agreement {top1:.3f} below the {self.precision} threshold {self.min_top1_agreement}")
+        if self.max_mean_kl is not None and kl > self.max_mean_kl:
+            out.append(f"mean KL {kl:.4g} above the {self.precision} threshold {self.max_mean_kl}")
+        return out
+
+
+def judge(plan: CellPlan, got: Measurement, reference: dict, thresholds: Thresholds, kind: str) -> Cell:
+    """Turn one cell's measurements into a passed or failed :class:`Cell`."""
+    exact, divergence = greedy_match(got.outputs, reference)
+    problems = thresholds.problems(got.fidelity)
+    ok, executed = executed_device(plan.device, got.executed)
+    if not ok:
+        problems.append(f"asked for {plan.device} but ran on {executed} (silent fallback)")
+    if not got.tokenizer_matches_reference:
+        problems.append("the artifact's tokenizer tokenizes the prompts differently from the original tokenizer")
+    label = f"{kind}, validated on {executed}"
+    if plan.stand_in_for:
+        label = f"{kind}, validated on {executed} (stand-in: no {plan.stand_in_for} here)"
+    short = next(iter(got.perf.values()))
+    return Cell(plan.column, plan.device, "failed" if problems else "passed", label, executed, plan.stand_in_for,
+                reason=plan.note, problems=problems, load_s=round(got.load_s, 4), peak_rss_mb=got.peak_rss_mb, ttft_ms=short.ttft_ms,
+                tpot_ms=short.tpot_ms, tokens_per_s=short.tokens_per_s,
+                perf={k: asdict(v) for k, v in got.perf.items()}, **got.fidelity, greedy_exact_match=round(exact, 4),
+                first_divergence=divergence, tokenizer_matches_reference=got.tokenizer_matches_reference,
+                fidelity_device=got.fidelity_device or executed, note=got.note, sample=got.sample[:200])
+
+
+@dataclass
+class MetricsRecord:
+    """One artifact's metrics file: its cells, plus the first cell that ran copied to the top level.
+
+    The top-level copy (``headline``) is what ``dvc metrics diff``, ``dvc exp show`` and ``aipc sweep`` compare
+    between runs; ``cells`` holds every device, keyed by column (``CPU``, ``GPU``, ``NPU``, ``DML``, ``CPU stand-in``).
+    """
+
+    artifact: str
+    family: str
+    weight_format: str | None
+    size_mb: float | None
+    thresholds: dict[str, float | None]
+    cells: dict[str, Cell]
+
+    @property
+    def headline(self) -> Cell | None:
+        """The first cell that ran (config order, stand-in last); ``None`` when every cell was skipped."""
+        return next((c for c in self.cells.values() if c.status != "skipped"), None)
+
+    @property
+    def status(self) -> str:
+        """``failed`` if any cell failed, ``passed`` if one passed, else ``skipped``."""
+        states = {c.status for c in self.cells.values()}
+        return "failed" if "failed" in states else "passed" if "passed" in states else "skipped"
+
+    @property
+    def problems(self) -> list[str]:
+        """Every failed cell's problems, prefixed with its column."""
+        return [f"{c.column}: {p}" for c in self.cells.values() for p in c.problems]
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON written to ``artifacts/metrics/<artifact>.json``."""
+        head = self.headline
+        top = {k: v for k, v in asdict(head).items() if k not in ("column", "status", "perf")} if head else {
+            "device_requested": next(iter(self.cells.values())).device_requested if self.cells else None,
+            "label": "; ".join(c.label for c in self.cells.values()),
+            "note": "; ".join(c.reason or "" for c in self.cells.values())}
+        status = self.status
+        return {"artifact": self.artifact, "family": self.family, "weight_format": self.weight_format,
+                "size_mb": self.size_mb, **top, "headline_cell": head.column if head else None,
+                "status": status, "passed": None if status == "skipped" else status == "passed",
+                "problems": self.problems, "thresholds": self.thresholds,
+                "cells": {k: asdict(c) for k, c in self.cells.items()}}
+
+
+def publish(record: MetricsRecord, path: Path) -> dict[str, Any]:
+    """Write one artifact's metrics, say one line per cell, and fail (one line) if any cell failed."""
+    data = record.as_dict()
+    write_json_atomic(path, data)
+    for cell in record.cells.values():
+        if cell.status == "skipped":
+            say(f"[{record.artifact} @ {cell.column}] skipped: {cell.reason}")
+        else:
+            say(f"[{record.artifact} @ {cell.column}] {cell.status}: {cell.label}: top-1 {cell.top1_agreement:.3f}, "
+                f"KL {cell.mean_kl:.2g}, ppl {cell.perplexity_delta_pct:+.2f}%, exact {cell.greedy_exact_match:.2f}, "
+                f"{cell.tokens_per_s} tok/s, peak RSS {cell.peak_rss_mb} MB")
+    if record.problems:
+        fail(f"[{record.artifact}] validation failed: {'; '.join(record.problems)}")
+    return data
+
+
+def reset_peak_rss() -> bool:
+    """Restart this process's peak-RSS count (Linux ``clear_refs``), so the next cell is measured alone."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:  # not Linux, or not allowed: peak RSS is then the process's so far
+        return False
+
+
+def peak_rss_mb() -> float:
+    """Peak RSS since :func:`reset_peak_rss` (Linux ``VmHWM``), else of the whole process so far."""
+    try:
+        status = Path("/proc/self/status").read_text()
+        return round(int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024, 1)
+    except (OSError, AttributeError):
+        return round(peak_rss_bytes() / 2**20, 1)

@@ -1,0 +1,195 @@
+"""Stage ``report``: one table of every artifact x device, and plots, from ``artifacts/metrics/*.json``.
+
+Reads the metrics file of every artifact configured in ``params.yaml`` (OpenVINO, NPU IR, ONNX, NPU
+library) and writes ``artifacts/report/``: ``report.md`` (a row per matrix cell: status, the device
+that ran, size, load time, TTFT per prompt length, TPOT, tokens/s, peak RSS, top-1 agreement, mean KL,
+perplexity change, greedy exact match, and the reason or the problems), ``cells.json`` (the same rows
+for ``dvc plots show``), ``summary.json`` (cell counts, a DVC metric), ``size_vs_fidelity.png`` and
+``tokens_per_s.png``. An artifact without a metrics file gets a ``missing`` row saying what to run.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.artifacts import ARTIFACTS, staged_dir, write_json_atomic
+from pipeline.config import PipelineConfig, load_params
+from pipeline.errors import run_main
+from pipeline.log import say
+
+METRICS_DIR = ARTIFACTS / "metrics"
+OUT_DIR = ARTIFACTS / "report"
+STAGES = {"openvino": "validate", "npu": "validate_npu", "onnx": "validate_onnx", "npu_lib": "validate_npu_lib"}
+
+
+@dataclass
+class Row:
+    """One matrix cell as the report shows it."""
+
+    artifact: str
+    cell: str
+    status: str
+    data: dict[str, Any]
+    size_mb: float | None = None
+
+    @property
+    def ran(self) -> bool:
+        """Whether this cell executed (passed or failed), i.e. has numbers."""
+        return self.status in ("passed", "failed")
+
+    def flat(self) -> dict[str, Any]:
+        """The row for ``cells.json`` (``dvc plots``): identifiers and the numbers."""
+        keys = ("device_executed", "load_s", "ttft_ms", "tpot_ms", "tokens_per_s", "peak_rss_mb", "top1_agreement",
+                "mean_kl", "perplexity_delta_pct", "greedy_exact_match")
+        return {"cell": f"{self.artifact} @ {self.cell}", "artifact": self.artifact, "device": self.cell,
+                "status": self.status, "size_mb": self.size_mb, **{k: self.data.get(k) for k in keys}}
+
+
+def configured_artifacts(params: PipelineConfig) -> list[tuple[str, str]]:
+    """(artifact name, DVC stage) for every configured variant, in pipeline order."""
+    sections = {"openvino": params.openvino, "npu": params.npu, "onnx": params.onnx, "npu_lib": params.npu_lib}
+    return [(f"{family}-{variant}", f"{STAGES[family]}@{variant}")
+            for family, variants in sections.items() for variant in variants]
+
+
+def collect_rows(artifacts: list[tuple[str, str]], metrics_dir: Path) -> list[Row]:
+    """One row per cell of every configured artifact (a ``missing`` row where no metrics file exists)."""
+    rows = []
+    for artifact, stage in artifacts:
+        path = Path(metrics_dir) / f"{artifact}.json"
+        if not path.is_file():
+            rows.append(Row(artifact, "-", "missing", {"note": f"no {path}: run `dvc repro {stage}`"}))
+            continue
+        record = json.loads(path.read_text(encoding="utf-8"))
+        if "cells" not in record:
+            rows.append(Row(artifact, "-", "missing", {"note": f"{path} predates the matrix: run `dvc repro {stage}`"}))
+            continue
+        for column, cell in record["cells"].items():
+            rows.append(Row(artifact, column, cell["status"], cell, record.get("size_mb")))
+    return rows
+
+
+def _num(value: Any, fmt: str) -> str:
+    return "–" if value is None else format(value, fmt)
+
+
+def row_note(row: Row) -> str:
+    """Why a cell was skipped or failed, or what it stands in for."""
+    if row.status == "skipped":
+        return row.data.get("reason") or ""
+    parts = [f"stands in for the absent {row.data['stand_in_for']}"] if row.data.get("stand_in_for") else []
+    if row.status == "failed":
+        parts += row.data.get("problems") or []
+    return "; ".join(parts + [row.data.get("note") or ""]).strip("; ")
+
+
+def markdown_table(rows: list[Row]) -> str:
+    """The artifact x device table (Markdown); one TTFT column per configured prompt length."""
+    prompts = next((r.data["perf"] for r in rows if r.ran and r.data.get("perf")), {})
+    ttft_cols = [f"TTFT ms ({p['prompt_tokens']} tok)" for p in prompts.values()]
+    head = ["artifact", "device", "status", "ran on", "size MB", "load s", *ttft_cols, "TPOT ms", "tokens/s",
+            "peak RSS MB", "top-1", "mean KL", "ppl Δ %", "exact match", "note"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        d = row.data
+        ttft = [_num((d.get("perf") or {}).get(name, {}).get("ttft_ms"), ".1f") for name in prompts]
+        cells = [row.artifact, row.cell, f"**{row.status}**" if row.status == "failed" else row.status,
+                 d.get("device_executed") or "–", _num(row.size_mb, ".1f"), _num(d.get("load_s"), ".2f"), *ttft,
+                 _num(d.get("tpot_ms"), ".2f"), _num(d.get("tokens_per_s"), ".0f"), _num(d.get("peak_rss_mb"), ".0f"),
+                 _num(d.get("top1_agreement"), ".3f"), _num(d.get("mean_kl"), ".2g"),
+                 _num(d.get("perplexity_delta_pct"), "+.2f"), _num(d.get("greedy_exact_match"), ".2f"),
+                 row_note(row).replace("|", "/")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_size_vs_fidelity(rows: list[Row], path: Path) -> None:
+    """Size on disk against mean KL (log) and top-1 agreement, one point per cell that ran."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ran = [r for r in rows if r.ran]
+    fig, (kl_ax, top1_ax) = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
+    for row in ran:
+        color = "tab:red" if row.status == "failed" else "tab:blue"
+        kl = max(row.data["mean_kl"], 1e-7)  # fp16 reaches 0 on CPU: drawn at the axis floor
+        kl_ax.scatter(row.size_mb, kl, color=color)
+        top1_ax.scatter(row.size_mb, row.data["top1_agreement"], color=color)
+        for ax, y in ((kl_ax, kl), (top1_ax, row.data["top1_agreement"])):
+            ax.annotate(f"{row.artifact} @ {row.cell}", (row.size_mb, y), fontsize=6)
+    kl_ax.set_yscale("log")
+    kl_ax.set_ylabel("mean KL vs PyTorch (nats, log)")
+    top1_ax.set_ylabel("teacher-forced top-1 agreement")
+    for ax in (kl_ax, top1_ax):
+        ax.set_xlabel("size on disk (MB)")
+    fig.suptitle("Size vs fidelity (red: failed cell)")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_tokens_per_s(rows: list[Row], path: Path) -> None:
+    """Decode tokens/s of every cell that ran, one bar per configured prompt length."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ran = [r for r in rows if r.ran]
+    prompts = list(ran[0].data["perf"]) if ran else []
+    fig, ax = plt.subplots(figsize=(8, 0.45 * max(len(ran), 1) + 1.2), dpi=110)
+    height = 0.8 / max(len(prompts), 1)
+    for i, name in enumerate(prompts):
+        values = [r.data["perf"].get(name, {}).get("tokens_per_s") or 0 for r in ran]
+        tokens = ran[0].data["perf"][name]["prompt_tokens"]
+        ax.barh([y + i * height for y in range(len(ran))], values, height=height, label=f"{tokens}-token prompt")
+    ax.set_yticks([y + height * (len(prompts) - 1) / 2 for y in range(len(ran))])
+    ax.set_yticklabels([f"{r.artifact} @ {r.cell}" for r in ran], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("tokens/s (decode, median of repeats)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def summary(rows: list[Row]) -> dict[str, int]:
+    """Cell counts by status (a DVC metric: a change shows in `dvc metrics diff`)."""
+    counts = {s: 0 for s in ("passed", "failed", "skipped", "missing")}
+    for row in rows:
+        counts[row.status] += 1
+    return counts
+
+
+def run(params: PipelineConfig, metrics_dir: Path = METRICS_DIR, out_dir: Path = OUT_DIR) -> dict[str, int]:
+    """Write ``out_dir`` (report.md, cells.json, summary.json, two PNGs) from the metrics of the configured artifacts."""
+    rows = collect_rows(configured_artifacts(params), metrics_dir)
+    counts = summary(rows)
+    with staged_dir(out_dir) as tmp:
+        text = ["# Validation report", "",
+                f"{counts['passed']} cells passed, {counts['failed']} failed, {counts['skipped']} skipped "
+                f"(device absent), {counts['missing']} missing. Speed: warm-up excluded, median of repeats; "
+                "fidelity against the PyTorch original on held-out text.", "", markdown_table(rows), "",
+                "![size vs fidelity](size_vs_fidelity.png)", "", "![tokens per second](tokens_per_s.png)", ""]
+        (tmp / "report.md").write_text("\n".join(text), encoding="utf-8")
+        write_json_atomic(tmp / "cells.json", [r.flat() for r in rows if r.ran])
+        write_json_atomic(tmp / "summary.json", {"cells": counts})
+        plot_size_vs_fidelity(rows, tmp / "size_vs_fidelity.png")
+        plot_tokens_per_s(rows, tmp / "tokens_per_s.png")
+    say(f"report: {out_dir / 'report.md'} ({len(rows)} cells: {counts['passed']} passed, {counts['failed']} failed, "
+        f"{counts['skipped']} skipped, {counts['missing']} missing)")
+    return counts
+
+
+def main() -> None:
+    """DVC entry point: ``python -m pipeline.report``."""
+    run(load_params())
+
+
+if __name__ == "__main__":
+    run_main(main)
