@@ -171,6 +171,13 @@ def cmd_check_config(overrides: list[str]) -> None:
     print(f"ok: params.yaml matches conf/ (overrides: {' '.join(overrides) or 'none'})")
 
 
+def cmd_publish(argv: list[str]) -> None:
+    """Publish validated artifacts (with a model card) to the Hugging Face Hub or a git remote; see `aipc publish --help`."""
+    from pipeline import publish
+
+    publish.main(argv)
+
+
 def cmd_demo() -> None:
     """Run the whole pipeline offline on the embedded tiny Phi-3 (compose model=tiny, dvc repro)."""
     if not Path("dvc.yaml").is_file() or not Path(".dvc").is_dir():
@@ -225,6 +232,7 @@ COMMANDS = {
     "check-config": (cmd_check_config, ["overrides*"]),
     "demo": (cmd_demo, []),
     "report": (cmd_report, []),
+    "publish": (cmd_publish, ["argv..."]),
 }
 
 
@@ -234,15 +242,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (func, args) in COMMANDS.items():
         doc = (func.__doc__ or "").strip().splitlines()[0]
-        p = sub.add_parser(name, help=doc, description=doc)
+        own_flags = any(a.endswith("...") for a in args)  # the command parses its own flags (and --help)
+        p = sub.add_parser(name, help=doc, description=doc, **({"add_help": False, "prefix_chars": "+"} if own_flags else {}))
         for arg in args:
-            if arg.endswith("*"):
+            if arg.endswith("..."):
+                p.add_argument(arg[:-3], nargs="*")
+            elif arg.endswith("*"):
                 p.add_argument(arg[:-1], nargs="*", help="Hydra overrides, e.g. model=tiny openvino.int4.ratio=0.8")
             elif arg.startswith("--"):
                 p.add_argument(arg, default=None)
             else:
                 p.add_argument(arg)
-        p.set_defaults(func=func, argnames=[a.rstrip("*").lstrip("-") for a in args])
+        p.set_defaults(func=func, argnames=[a.rstrip("*.").lstrip("-") for a in args])
     return parser
 
 

@@ -23,7 +23,7 @@ import hashlib
 import json
 import os
 import re
-import subprocess
+import secrets
 import tempfile
 import threading
 from dataclasses import dataclass, field
@@ -50,6 +50,8 @@ ROUTES = [  # (method, pattern, handler name); revisions arrive URL-quoted (refs
     ("HEAD", rf"/{REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)", "resolve"),
     ("GET", rf"/{REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)", "resolve"),
 ]
+DEFAULT_GITATTRIBUTES = "".join(f"{p} filter=lfs diff=lfs merge=lfs -text\n" for p in (
+    "*.bin", "*.onnx", "*.onnx.data", "*.safetensors", "*.blob", "*.model", "*.pt", "*.pth", "*.h5", "*.zip"))
 
 
 class HubHTTPError(Exception):
@@ -68,6 +70,7 @@ class HubServer:
     tokens: dict[str, str] = field(default_factory=dict)  # token -> user name
     calls: list[tuple[str, str]] = field(default_factory=list)
     uploads: list[tuple[str, int]] = field(default_factory=list)  # (sha256, bytes received)
+    grants: set[tuple[str, str, str, str]] = field(default_factory=set)  # upload URLs handed out by the LFS batch
     url: str = ""
 
     def repo_dir(self, ns: str, name: str) -> Path:
@@ -180,6 +183,11 @@ def create_repo(h, hub: HubServer, user: str | None, query: dict) -> None:
         raise HubHTTPError(409, "You already created this model repo")
     hub_git.git(["init", "-q", "--bare", "--initial-branch=main", str(path)])
     (path / "aipc-hub.json").write_text(json.dumps({"private": data.get("visibility", "public") != "public"}))
+    # Like the Hub, a new repo starts with a commit holding the default .gitattributes.
+    attributes = {"key": "file", "value": {"path": ".gitattributes", "encoding": "base64",
+                                           "content": base64.b64encode(DEFAULT_GITATTRIBUTES.encode()).decode()}}
+    first = _write_commit(path, None, [attributes], {"summary": "initial commit"})
+    hub_git.git(["update-ref", "refs/heads/main", first], cwd=path)
     h.reply(200, {"url": f"{hub.url}/{ns}/{data['name']}", "name": f"{ns}/{data['name']}"})
 
 
@@ -231,13 +239,18 @@ def lfs_batch(h, hub: HubServer, user: str | None, query: dict, ns: str, name: s
     for obj in json.loads(h.body())["objects"]:
         entry = {"oid": obj["oid"], "size": obj["size"]}
         if not hub_git.lfs_object_path(path, obj["oid"]).is_file():
-            entry["actions"] = {"upload": {"href": f"{hub.url}/lfs-upload/{ns}/{name}/{obj['oid']}"}}
+            grant = secrets.token_hex(16)  # like the Hub's pre-signed storage URLs: the PUT carries no token
+            hub.grants.add((ns, name, obj["oid"], grant))
+            entry["actions"] = {"upload": {"href": f"{hub.url}/lfs-upload/{ns}/{name}/{obj['oid']}?sig={grant}"}}
         objects.append(entry)
     h.reply(200, {"transfer": "basic", "objects": objects})
 
 
 def lfs_upload(h, hub: HubServer, user: str | None, query: dict, ns: str, name: str, oid: str) -> None:
-    path = _repo(hub, ns, name, user, write=True)
+    grant = (ns, name, oid, query.get("sig", [""])[0])
+    if grant not in hub.grants:
+        raise HubHTTPError(403, "upload URL not granted by the LFS batch endpoint")
+    path = hub.repo_dir(ns, name)
     data = h.body()
     if hashlib.sha256(data).hexdigest() != oid:
         raise HubHTTPError(400, "uploaded content does not match its sha256")

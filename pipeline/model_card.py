@@ -149,22 +149,34 @@ def _parameters(facts: CardFacts) -> str:
     return text
 
 
+VALIDATION_COLUMNS = [  # (header, metrics key): one row per device cell of the validation record
+    ("target", "column"), ("result", "status"), ("device that ran", "device_executed"), ("label", "label"),
+    ("tokens/s", "tokens_per_s"), ("TTFT ms", "ttft_ms"), ("TPOT ms", "tpot_ms"), ("top-1 agreement", "top1_agreement"),
+    ("mean KL", "mean_kl"), ("perplexity delta %", "perplexity_delta_pct"), ("greedy exact match", "greedy_exact_match"),
+]
+
+
 def _validation(facts: CardFacts) -> str:
     m = facts.metrics
-    cols = ["device requested", "device that ran", "label", "tokens/s", "TTFT ms", "TPOT ms", "top-1 agreement",
-            "greedy exact match", "passed"]
-    vals = [m.get("device_requested"), m.get("device_executed"), m.get("label"), m.get("tokens_per_s"), m.get("ttft_ms"),
-            m.get("tpot_ms"), m.get("top1_agreement"), m.get("greedy_exact_match"), m.get("passed")]
-    table = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n| " + " | ".join(map(str, vals)) + " |"
-    notes = [f"Top-1 agreement: teacher-forced next-token agreement with the original PyTorch model on held-out "
-             f"text (computed on {m.get('fidelity_device')}; threshold {m.get('min_top1_agreement')}). Greedy exact "
-             "match: share of the validation prompts whose whole greedy continuation equals PyTorch's. Speed was "
-             "measured on the build machine and says little about yours."]
+    cells = m.get("cells") or {m.get("device_requested") or "-": {**m, "column": m.get("device_requested"),
+                                                                  "status": "passed" if m.get("passed") else "failed"}}
+    rows = []
+    for cell in cells.values():
+        values = [cell.get(key) for _, key in VALIDATION_COLUMNS]
+        if cell.get("status") == "skipped":
+            values[3] = f"skipped: {cell.get('reason')}"
+        rows.append("| " + " | ".join("-" if v is None else str(v) for v in values) + " |")
+    header = "| " + " | ".join(h for h, _ in VALIDATION_COLUMNS) + " |\n|" + "---|" * len(VALIDATION_COLUMNS)
+    thresholds = m.get("thresholds") or {"min_top1_agreement": m.get("min_top1_agreement")}
+    notes = [f"Top-1 agreement and mean KL: teacher-forced next-token comparison with the original PyTorch model on "
+             f"held-out text (thresholds {thresholds}). Greedy exact match: share of the validation prompts whose "
+             "whole greedy continuation equals PyTorch's. \"Device that ran\" is read back from the runtime; a CPU "
+             "stand-in is labelled so. Speed was measured on the build machine and says little about yours."]
     if m.get("note"):
         notes.append(f"Note: {m['note']}.")
     if m.get("problems"):
         notes.append(f"Problems: {'; '.join(m['problems'])}.")
-    return "## Validation\n\n" + table + "\n\n" + " ".join(notes)
+    return "## Validation\n\n" + header + "\n" + "\n".join(rows) + "\n\n" + " ".join(notes)
 
 
 def _usage(facts: CardFacts) -> str:

@@ -83,8 +83,12 @@ class PublishResult:
     card: str = ""
 
 
-def load_artifact(root: Path, spec: str) -> Artifact:
-    """Read ``artifacts/<kind>/<variant>`` (spec ``openvino/int4`` or ``openvino-int4``) and its records."""
+def load_artifact(root: Path, spec: str, force: bool = False) -> Artifact:
+    """Read ``artifacts/<kind>/<variant>`` (spec ``openvino/int4`` or ``openvino-int4``) and its records.
+
+    An artifact whose validation failed is refused unless ``force``; a failed ``validate`` stage is not
+    recorded in ``dvc.lock``, so its metrics file is then not checked against the lock.
+    """
     kind, sep, variant = spec.partition("/")
     if not sep:
         kind, _, variant = spec.partition("-")
@@ -97,24 +101,28 @@ def load_artifact(root: Path, spec: str) -> Artifact:
     metrics_path = root / "artifacts" / "metrics" / f"{prefix}-{variant}.json"
     if not metrics_path.is_file():
         fail(f"{spec} was never validated ({metrics_path} missing): run `dvc repro {validate_stage}@{variant}`")
-    lock = check_lock(root, folder, metrics_path, f"{export_stage}@{variant}", f"{validate_stage}@{variant}")
+    metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+    passed = check_publishable(f"{prefix}-{variant}", metrics, force)
+    lock = check_lock(root, folder, metrics_path if passed else None, f"{export_stage}@{variant}",
+                      f"{validate_stage}@{variant}")
     licence, licence_source, licence_file = source_license(root)
-    return Artifact(kind, variant, folder, read_manifest(folder), json.loads(metrics_path.read_text(encoding="utf-8")),
-                    lock, licence, licence_source, licence_file)
+    return Artifact(kind, variant, folder, read_manifest(folder), metrics, lock, licence, licence_source, licence_file)
 
 
-def check_lock(root: Path, folder: Path, metrics_path: Path, export: str, validate: str) -> dict[str, Any]:
-    """Fail unless ``dvc.lock`` records this exact folder and metrics file; return the stages' hashes."""
+def check_lock(root: Path, folder: Path, metrics_path: Path | None, export: str, validate: str) -> dict[str, Any]:
+    """Fail unless ``dvc.lock`` records this exact folder (and metrics file, if given); return the stages' hashes."""
     import yaml
 
     lock_path = root / "dvc.lock"
     stages = yaml.safe_load(lock_path.read_text(encoding="utf-8"))["stages"] if lock_path.is_file() else {}
-    if export not in stages or validate not in stages:
+    if export not in stages or (metrics_path is not None and validate not in stages):
         fail(f"dvc.lock has no {export} / {validate}: run `dvc repro {validate}` so the artifact is recorded")
     out = next(o for o in stages[export]["outs"] if Path(o["path"]) == folder.relative_to(root))
     files = [p for p in folder.rglob("*") if p.is_file()]
     if (len(files), sum(p.stat().st_size for p in files)) != (out.get("nfiles"), out.get("size")):
         fail(f"{folder.relative_to(root)} changed since dvc.lock: run `dvc repro {validate}` before publishing")
+    if metrics_path is None:
+        return {export: out["md5"], validate: "failed, not recorded"}
     validated = next((d["md5"] for d in stages[validate]["deps"] if d["path"] == out["path"]), None)
     metrics_md5 = hashlib.md5(metrics_path.read_bytes()).hexdigest()
     if validated != out["md5"] or metrics_md5 != stages[validate]["outs"][0]["md5"]:
@@ -138,15 +146,16 @@ def source_license(root: Path) -> tuple[str, str, Path | None]:
     fail("the source model's licence is unknown: set model.license (e.g. mit) and `dvc repro download`")
 
 
-def check_publishable(art: Artifact, force: bool) -> None:
-    """Refuse an artifact whose validation failed or did not run, unless ``force``."""
-    if art.metrics.get("passed") is True:
-        return
-    reason = "; ".join(art.metrics.get("problems") or []) or art.metrics.get("note") or "not validated"
+def check_publishable(name: str, metrics: dict[str, Any], force: bool) -> bool:
+    """Whether validation passed; refuse an artifact whose validation failed or did not run, unless ``force``."""
+    if metrics.get("passed") is True:
+        return True
+    reason = "; ".join(metrics.get("problems") or []) or metrics.get("note") or "not validated"
     if not force:
-        fail(f"{art.name} failed validation ({reason}): fix it and `dvc repro`, or pass --force to publish it "
+        fail(f"{name} failed validation ({reason}): fix it and `dvc repro`, or pass --force to publish it "
              "with a card that says so")
-    say(f"[{art.name}] publishing despite failed validation (--force): {reason}")
+    say(f"[{name}] publishing despite failed validation (--force): {reason}")
+    return False
 
 
 def stage_files(art: Artifact, dest: Path) -> dict[str, str]:
@@ -213,9 +222,7 @@ def publish(root: Path, specs: list[str], opts: PublishOptions) -> list[PublishR
     """Publish each artifact in ``specs`` (e.g. ``openvino/int4``) from the project at ``root``."""
     from pipeline import publish_backends
 
-    arts = [load_artifact(root, spec) for spec in specs]
-    for art in arts:
-        check_publishable(art, opts.force)
+    arts = [load_artifact(root, spec, opts.force) for spec in specs]
     backend = publish_backends.make_backend(opts, resolve_token())
     results = []
     staging_root = root / ".aipc" / "publish"
@@ -226,6 +233,26 @@ def publish(root: Path, specs: list[str], opts: PublishOptions) -> list[PublishR
             with step(f"[{art.name}] {'checking' if opts.dry_run else 'publishing'} {repo} ({opts.backend})"):
                 results.append(backend.publish(art, repo, Path(tmp), opts))
     return results
+
+
+def pull(repo_id: str, revision: str, dest: Path, endpoint: str | None = None) -> dict[str, Any]:
+    """Download a published artifact at a pinned ``revision`` and check every file against its manifest.
+
+    What a user does to get the model (``snapshot_download``), plus the hash check. The pipeline's
+    ``download`` stage cannot take this role: it refuses every ``*.bin`` (pickles), which includes
+    OpenVINO's ``openvino_model.bin``. Returns the published manifest with the resolved ``commit``.
+    """
+    from huggingface_hub import HfApi, snapshot_download
+
+    with step(f"pulling {repo_id}@{revision}"):
+        snapshot_download(repo_id, revision=revision, local_dir=dest, endpoint=endpoint)
+        commit = HfApi(endpoint=endpoint).model_info(repo_id, revision=revision).sha
+    shutil.rmtree(Path(dest) / ".cache", ignore_errors=True)  # huggingface_hub's download metadata
+    manifest = read_manifest(dest)
+    for rel, info in manifest["files"].items():
+        if sha256_file(Path(dest) / rel) != info["sha256"]:
+            fail(f"{repo_id}@{revision}: {rel} does not match the published manifest's sha256")
+    return {**manifest, "commit": commit}
 
 
 def report(result: PublishResult, dry_run: bool) -> None:

@@ -119,7 +119,7 @@ class HfBackend:
         local = {p.relative_to(staging).as_posix(): p for p in sorted(staging.rglob("*")) if p.is_file()}
         changed = [p for p in local if (remote or {}).get(p) not in file_ids(local[p])]
         result = PublishResult(art.name, repo, changed, sorted(set(local) - set(changed)),
-                               sorted(set(remote or {}) - set(local)), card=card)
+                               sorted(set(remote or {}) - set(local) - {".gitattributes"}), card=card)
         if opts.dry_run:
             return result
         if remote is None:

@@ -1,0 +1,244 @@
+"""aipc publish: HfApi against a local Hub-compatible server, git + git-lfs to a bare repo, the round trip.
+
+Nothing reaches the internet: :class:`pipeline.hub_server.HubServer` runs in this process on 127.0.0.1,
+stores repos as bare git + LFS repositories, and records every call and every uploaded byte. Xet is
+disabled (``huggingface_hub`` 1.21 would otherwise upload through ``hf_xet`` without asking the server).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline import hub_git
+from pipeline.errors import StageError
+from pipeline.hub_server import HubServer
+from pipeline.model_card import metadata_problems
+from pipeline.publish import PublishOptions, publish
+
+from conftest import ROOT, make_project, run_cmd
+
+TOKEN = "hf_alice" + "Wr1te" * 6
+USER = "alice"
+REPO = f"{USER}/tiny-phi3-openvino-int4"
+PROJECT_PARTS = ["dvc.lock", "params.yaml", "artifacts/model", "artifacts/reference", "artifacts/metrics",
+                 "artifacts/openvino/int4"]
+
+pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="git is needed")
+
+
+@pytest.fixture(scope="session")
+def int4_source(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project with a validated tiny int4 IR: the shared demo project when this session builds it anyway,
+    otherwise a cheaper build of just ``validate@int4``."""
+    others = [i for i in request.session.items if getattr(i, "module", None) is not None
+              and i.module.__name__ != __name__ and "demo_project" in getattr(i, "fixturenames", ())]
+    if others:
+        return request.getfixturevalue("demo_project")[0]
+    project = make_project(tmp_path_factory.mktemp("publish_project"))
+    run_cmd([sys.executable, "-m", "pipeline.cli", "compose", "model=tiny"], project)
+    run_cmd([sys.executable, "-m", "dvc", "repro", "validate@int4"], project)
+    return project
+
+
+@pytest.fixture
+def project(int4_source: Path, tmp_path: Path) -> Path:
+    """A private copy of what publish reads (the shared project is never written to)."""
+    dest = tmp_path / "project"
+    for part in PROJECT_PARTS:
+        src, target = int4_source / part, dest / part
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(src, target) if src.is_dir() else shutil.copy2(src, target)
+    return dest
+
+
+@pytest.fixture
+def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A Hub-compatible server in this process; huggingface_hub pointed at it, online, without Xet."""
+    import huggingface_hub.constants as hf_constants
+
+    server = HubServer(tmp_path / "hub", {TOKEN: USER}).start()
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hf_constants, "HF_HUB_DISABLE_XET", True)
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    yield server
+    server.stop()
+
+
+def options(hub: HubServer, backend: str, **kw) -> PublishOptions:
+    """Publish options for ``backend``: the server's endpoint (hf) or a bare repo it serves (git)."""
+    repo = REPO if backend == "hf" else str(hub.repo_dir(USER, "tiny-phi3-openvino-int4"))
+    return PublishOptions(backend=backend, repo=repo, endpoint=hub.url, **kw)
+
+
+def pull_in_fresh_process(hub: HubServer, revision: str, dest: Path) -> dict:
+    """Download like a user would: a new process configured only through HF_ENDPOINT / HF_TOKEN."""
+    env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_XET": "1", "HF_TOKEN": TOKEN}
+    code = ("import json, sys; from pathlib import Path; from pipeline.publish import pull; "
+            f"print(json.dumps(pull({REPO!r}, {revision!r}, Path(sys.argv[1]))))")
+    done = subprocess.run([sys.executable, "-c", code, str(dest)], env=env, capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def validate_pulled(project: Path, folder: Path, tmp_path: Path) -> dict:
+    """Run the pipeline's own validation on the downloaded IR against the project's PyTorch reference."""
+    from pipeline import validate
+    from pipeline.config import load_params
+
+    cfg = load_params(project / "params.yaml").validate
+    target = validate.Target("openvino-int4-pulled", "openvino", folder, ["CPU"])
+    return validate.run(target, cfg, project / "artifacts/reference/reference.json", tmp_path / "metrics")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["hf", "git"])
+def test_round_trip_publish_twice_pull_pinned_and_validate(backend: str, project: Path, hub: HubServer,
+                                                          tmp_path: Path) -> None:
+    manifest = json.loads((project / "artifacts/openvino/int4/manifest.json").read_text())
+    first = publish(project, ["openvino/int4"], options(hub, backend, tag="v1"))[0]
+    assert first.commit and "openvino_model.bin" in first.changed and "README.md" in first.changed
+    if backend == "hf":  # the calls and the bytes: every LFS object uploaded once, with the manifest's content
+        big = {i["sha256"]: i["bytes"] for i in manifest["files"].values() if i["bytes"] >= hub_git.LFS_MIN_BYTES}
+        assert {oid: n for oid, n in hub.uploads if oid in big} == big
+        assert ("POST", "/api/repos/create") in hub.calls
+        assert json.loads((hub.repo_dir(USER, REPO.split("/")[1]) / "aipc-hub.json").read_text())["private"] is True
+    calls, uploads, objects = len(hub.calls), list(hub.uploads), _lfs_objects(hub)
+    head = hub_git.resolve(hub.repo_dir(USER, REPO.split("/")[1]), "main")
+
+    second = publish(project, ["openvino/int4"], options(hub, backend, tag="v1"))[0]
+    assert second.commit is None and second.changed == [] and second.removed == []
+    assert hub.uploads == uploads and _lfs_objects(hub) == objects
+    assert hub_git.resolve(hub.repo_dir(USER, REPO.split("/")[1]), "main") == head
+    assert not any("/commit/" in path or "/lfs-upload/" in path for _, path in hub.calls[calls:])
+
+    pulled = pull_in_fresh_process(hub, "v1", tmp_path / "pulled")
+    assert pulled["commit"] == head
+    for rel, info in manifest["files"].items():
+        assert _sha256(tmp_path / "pulled" / rel) == info["sha256"], rel
+    assert metadata_problems((tmp_path / "pulled" / "README.md").read_text()) == []
+    metrics = validate_pulled(project, tmp_path / "pulled", tmp_path)
+    original = json.loads((project / "artifacts/metrics/openvino-int4.json").read_text())
+    assert metrics["passed"] and metrics["top1_agreement"] == original["top1_agreement"]
+
+
+def _lfs_objects(hub: HubServer) -> set[str]:
+    return {p.name for p in hub.root.rglob("lfs/objects/*/*/*")}
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_bad_token_gives_one_line_and_is_never_printed(project: Path, hub: HubServer, monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    from pipeline import cli
+
+    wrong = "hf_" + "wrongtoken" * 4
+    monkeypatch.setenv("HF_TOKEN", wrong)
+    monkeypatch.chdir(project)
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["publish", "--endpoint", hub.url, "--repo", REPO, "openvino/int4"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and len(err) == 1 and "HTTP 401" in err[0] and "HF_TOKEN" in err[0]
+    assert wrong not in err[0] and not hub.repo_dir(USER, REPO.split("/")[1]).exists()
+
+
+@pytest.mark.parametrize("backend", ["hf", "git"])
+def test_missing_repo_with_creation_disabled_gives_one_line(backend: str, project: Path, hub: HubServer) -> None:
+    with pytest.raises(StageError, match="--no-create") as exc:
+        publish(project, ["openvino/int4"], options(hub, backend, create=False))
+    assert "\n" not in str(exc.value)
+    assert not hub.repo_dir(USER, REPO.split("/")[1]).exists()
+    assert not any(method in ("POST", "PUT") for method, _ in hub.calls)
+
+
+def test_failed_validation_is_refused_unless_forced(project: Path, hub: HubServer) -> None:
+    path = project / "artifacts/metrics/openvino-int4.json"
+    metrics = json.loads(path.read_text())
+    metrics.update(passed=False, problems=["top-1 agreement 0.412 below the int4 threshold 0.85"])
+    path.write_text(json.dumps(metrics))  # what a failed validate stage leaves (dvc.lock does not record it)
+    with pytest.raises(StageError, match="failed validation") as exc:
+        publish(project, ["openvino/int4"], options(hub, "hf"))
+    assert "\n" not in str(exc.value) and "--force" in str(exc.value) and "0.412" in str(exc.value)
+    assert hub.calls == []
+    result = publish(project, ["openvino/int4"], options(hub, "hf", force=True))[0]
+    assert result.commit and "**FAILED**" in result.card and "0.412 below the int4 threshold" in result.card
+
+
+def test_dry_run_lists_the_upload_and_the_card_and_writes_nothing(project: Path, hub: HubServer,
+                                                                  monkeypatch: pytest.MonkeyPatch,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    from pipeline import cli
+
+    monkeypatch.chdir(project)
+    cli.main(["publish", "--dry-run", "--endpoint", hub.url, "--repo", REPO, "openvino/int4"])
+    out = capsys.readouterr().out
+    assert "would upload: openvino_model.bin" in out and "would upload: README.md" in out
+    assert "license: mit" in out and "OpenVINO IR, validated on CPU" in out and "ov_genai.LLMPipeline" in out
+    assert not any(method in ("POST", "PUT") for method, _ in hub.calls)
+    assert not hub.repo_dir(USER, REPO.split("/")[1]).exists()
+
+
+def test_token_never_lands_in_output_cards_manifests_or_repos(project: Path, hub: HubServer,
+                                                              capfd: pytest.CaptureFixture) -> None:
+    for backend in ("hf", "git"):
+        opts = options(hub, backend)
+        if backend == "git":
+            opts.repo = str(hub.repo_dir(USER, "git-copy"))
+        publish(project, ["openvino/int4"], opts)
+    captured = capfd.readouterr()
+    assert TOKEN not in captured.out + captured.err
+    written = [p for root in (hub.root, project) for p in root.rglob("*") if p.is_file()]
+    assert written and not [p for p in written if TOKEN.encode() in p.read_bytes()]
+
+
+def test_card_metadata_is_valid_and_says_what_ran(project: Path) -> None:
+    from huggingface_hub import ModelCard
+
+    from pipeline.publish import load_artifact, render_card
+
+    art = load_artifact(project, "openvino/int4")
+    card = ModelCard(render_card(art, REPO, PublishOptions(tag="v1")))
+    data = card.data.to_dict()
+    assert data["license"] == "mit" and data["pipeline_tag"] == "text-generation"
+    assert {"openvino", "nncf", "int4", "phi3", "text-generation", "cpu"} <= set(data["tags"])
+    assert "base_model" not in data  # the tiny model is not on the Hub: no made-up base model
+    assert "| CPU | passed | CPU | OpenVINO IR, validated on CPU |" in card.text
+    assert f'snapshot_download("{REPO}", revision="v1")' in card.text and "`group_size` | `" in card.text
+    assert metadata_problems(str(card)) == []
+
+
+def test_card_for_hub_sources_npu_and_onnx(project: Path) -> None:
+    from huggingface_hub import ModelCard
+
+    from pipeline.model_card import CardFacts, build_card
+
+    manifest = json.loads((project / "artifacts/openvino/int4/manifest.json").read_text())
+    manifest["source"] = {"model": "phi3-mini-4k", "source": "hub", "repo_id": "microsoft/Phi-3-mini-4k-instruct",
+                          "revision": "f39ac1d28e925b323eae81227eaba4464caced4e", "license": "mit"}
+    metrics = {"label": "NPU-ready IR, validated on CPU", "device_requested": "CPU", "device_executed": "CPU",
+               "passed": True, "note": "no NPU: no NPU driver"}
+    npu = build_card(CardFacts(REPO, "main", "npu", "npu-int4", manifest, metrics, "mit", "source card"))
+    assert npu.data.base_model == "microsoft/Phi-3-mini-4k-instruct" and npu.data.base_model_relation == "quantized"
+    assert "npu" in npu.data.tags and "NPU-ready IR, validated on CPU" in npu.text and '"NPU", **settings' in npu.text
+    onnx_manifest = {**manifest, "parameters": {"execution_provider": "dml", "precision": "int4", "block_size": 128}}
+    onnx = build_card(CardFacts(REPO, "main", "onnx", "onnx-dml_int4", onnx_manifest,
+                                {**metrics, "label": "DML graph, validated on CPU provider"}, "mit", "source card"))
+    assert {"onnx", "directml", "int4"} <= set(onnx.data.tags) and "nncf" not in onnx.data.tags
+    assert "og.Model(path)" in onnx.text and metadata_problems(str(onnx)) == []
+    assert ModelCard(str(onnx)).data.library_name == "onnxruntime-genai"
+
+
+def test_metadata_problems_catches_what_the_hub_rejects() -> None:
+    assert metadata_problems("---\nlicense: mit\npipeline_tag: text-generation\n---\nok") == []
+    assert "not a Hub licence" in metadata_problems("---\nlicense: my-own\npipeline_tag: text-generation\n---\n")[0]
+    assert metadata_problems("---\nlicense: mit\npipeline_tag: text-generation\nbase_model_relation: quantized\n---\n")
+    assert metadata_problems("---\n- a list\n---\n")  # metadata must be a mapping (ModelCard raises)
