@@ -1,13 +1,17 @@
-"""``aipc chat``: talk to an exported OpenVINO IR with the Phi-3 chat template, streaming tokens.
+"""``aipc chat``: talk to an exported model with the Phi-3 chat template, streaming tokens.
 
-One-shot with ``--prompt``, interactive otherwise (empty line or Ctrl-D ends). NPU artifacts use
-their stored ``npu_config.json`` settings (and blob) when run on the NPU.
+OpenVINO IR folders (``artifacts/openvino/<v>``, ``artifacts/npu/<v>``) run with ``openvino_genai`` on any
+OpenVINO device; NPU artifacts use their stored ``npu_config.json`` settings (and blob) on the NPU. ONNX
+Runtime GenAI folders (``artifacts/onnx/<v>``) run with onnxruntime-genai on their provider, or with
+``--device CPU`` on the CPU provider. One-shot with ``--prompt``, interactive otherwise (empty line or
+Ctrl-D ends).
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from pipeline.errors import fail
@@ -23,12 +27,55 @@ def phi3_prompt(history: list[tuple[str, str]], user: str, system: str = SYSTEM)
     return text + f"<|user|>\n{user}<|end|>\n<|assistant|>\n"
 
 
+class OnnxChat:
+    """The slice of ``LLMPipeline`` that :func:`chat` uses, over an onnxruntime-genai model."""
+
+    def __init__(self, folder: Path, device: str) -> None:
+        import onnxruntime_genai as og
+
+        from pipeline.devices import onnx_provider_status
+
+        genai = json.loads((folder / "genai_config.json").read_text(encoding="utf-8"))
+        options = genai["model"]["decoder"]["session_options"].get("provider_options") or [{}]
+        status = onnx_provider_status(next(iter(options[0]), "cpu"))  # no provider entry: the CPU provider
+        if device.upper() not in ("CPU", status.name):
+            fail(f"{folder} was built for {status.name}: chat with --device {status.name} or --device CPU")
+        if device.upper() != "CPU" and not status.available:
+            fail(f"no {status.name} here ({status.reason}): chat with --device CPU")
+        config = og.Config(str(folder))
+        if device.upper() == "CPU":
+            config.clear_providers()  # the same files on the CPU provider
+        self.og, self.model = og, og.Model(config)
+        self.tokenizer = og.Tokenizer(self.model)
+
+    def generate(self, prompt: str, max_new_tokens: int, stream: Callable[[str], bool]) -> str:
+        """Greedy generation of at most ``max_new_tokens``, each piece passed to ``stream``."""
+        ids = self.tokenizer.encode(prompt)
+        params = self.og.GeneratorParams(self.model)
+        params.set_search_options(max_length=len(ids) + max_new_tokens, do_sample=False)
+        generator = self.og.Generator(self.model, params)
+        generator.append_tokens(ids)
+        pieces, decoder = [], self.tokenizer.create_stream()
+        while not generator.is_done():
+            generator.generate_next_token()
+            piece = decoder.decode(int(generator.get_next_tokens()[0]))
+            pieces.append(piece)
+            stream(piece)
+        return "".join(pieces)
+
+
 def open_pipeline(artifact: Path, device: str):
     """Load ``artifact`` (an OpenVINO IR folder) on ``device`` with its NPU settings where relevant."""
     import openvino_genai as ov_genai
 
     if not (artifact / "openvino_model.xml").is_file():
-        fail(f"{artifact} is not an OpenVINO IR folder (no openvino_model.xml): pass e.g. artifacts/openvino/int4")
+        fail(f"{artifact} is neither an OpenVINO IR folder (openvino_model.xml) nor an ONNX Runtime GenAI folder "
+             f"(genai_config.json): pass e.g. artifacts/openvino/int4 or artifacts/onnx/cpu_int4")
+    from pipeline import devices
+
+    state = devices.detect().get(device.split(":")[0].split(".")[0])
+    if state is not None and not state.available:
+        fail(f"no {device} here ({state.reason}): chat with --device CPU")
     properties = {}
     if device == "NPU" and (artifact / "npu_config.json").is_file():
         properties = json.loads((artifact / "npu_config.json").read_text(encoding="utf-8"))
@@ -39,9 +86,13 @@ def open_pipeline(artifact: Path, device: str):
 
 def chat(artifact: Path, device: str = "CPU", prompt: str | None = None, max_new_tokens: int = 256) -> str:
     """Stream answers from ``artifact``; returns the last answer (one-shot when ``prompt`` is given)."""
-    pipe = open_pipeline(Path(artifact), device)
-    config = pipe.get_generation_config()
-    config.max_new_tokens, config.do_sample, config.apply_chat_template = max_new_tokens, False, False
+    onnx = (Path(artifact) / "genai_config.json").is_file()
+    pipe = OnnxChat(Path(artifact), device) if onnx else open_pipeline(Path(artifact), device)
+    if onnx:
+        config = max_new_tokens
+    else:
+        config = pipe.get_generation_config()
+        config.max_new_tokens, config.do_sample, config.apply_chat_template = max_new_tokens, False, False
     history: list[tuple[str, str]] = []
     answer = ""
     while True:

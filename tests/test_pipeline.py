@@ -24,7 +24,7 @@ def ran_stages(output: str) -> set[str]:
 def test_demo_builds_and_validates_every_variant(demo_project) -> None:
     project, done = demo_project
     assert {"download", "reference", "export_openvino_base", *(f"export_openvino@{v}" for v in VARIANTS),
-            *(f"validate@{v}" for v in VARIANTS), "export_npu@int4", "validate_npu@int4"} <= ran_stages(
+            *(f"validate@{v}" for v in VARIANTS), "export_npu@int4", "validate_npu@int4", "report"} <= ran_stages(
         done.stdout + done.stderr)
     for variant in VARIANTS:
         metrics = json.loads((project / "artifacts" / "metrics" / f"openvino-{variant}.json").read_text())
@@ -34,7 +34,8 @@ def test_demo_builds_and_validates_every_variant(demo_project) -> None:
         assert metrics["tokens_per_s"] > 0 and metrics["peak_rss_mb"] > 0
     assert "| openvino-int4 |" in done.stdout
     npu = json.loads((project / "artifacts" / "metrics" / "npu-int4.json").read_text())
-    assert npu["passed"] and npu["label"] == "NPU-ready IR, validated on CPU" and npu["note"].startswith("no NPU")
+    assert npu["passed"] and npu["label"] == "NPU-ready IR, validated on CPU (stand-in: no NPU here)"
+    assert npu["reason"].startswith("no NPU") and npu["cells"]["NPU"]["status"] == "skipped"
 
 
 def test_int4_ir_has_4bit_layers_and_fp16_has_none(demo_project) -> None:
@@ -69,20 +70,37 @@ def test_ir_loads_in_openvino_genai_and_generates(demo_project) -> None:
         assert len(str(text).strip()) > 0
 
 
-def test_chat_streams_an_answer_from_the_int4_ir(demo_project) -> None:
+@pytest.mark.parametrize("artifact", ["artifacts/openvino/int4", "artifacts/npu/int4", "artifacts/onnx/dml_int4"])
+def test_chat_streams_an_answer_from_an_ir_or_onnx_folder(demo_project, artifact: str) -> None:
     project, _ = demo_project
-    done = run_cmd([sys.executable, "-m", "pipeline.cli", "chat", "artifacts/openvino/int4",
-                    "--prompt", "Can you introduce yourself?"], project)
+    done = run_cmd([sys.executable, "-m", "pipeline.cli", "chat", artifact, "--prompt", "Can you introduce yourself?"],
+                   project)
     assert len(done.stdout.strip()) > 10
+
+
+def test_chat_on_an_absent_device_says_so_in_one_line(demo_project) -> None:
+    project, _ = demo_project
+    done = run_cmd([sys.executable, "-m", "pipeline.cli", "chat", "artifacts/onnx/dml_int4", "--device", "DML",
+                    "--prompt", "Hi"], project, check=False)
+    assert done.returncode == 2 and done.stderr.strip().startswith("error: no DML here (")
+    assert len(done.stderr.strip().splitlines()) == 1
 
 
 def test_second_repro_is_a_noop_and_group_size_change_reruns_only_int4(demo_project) -> None:
     project, _ = demo_project
     again = run_cmd([sys.executable, "-m", "dvc", "repro"], project)
     assert ran_stages(again.stdout + again.stderr) == set()
+    run_cmd(["git", "add", "-A"], project)  # dvc.lock, params and the (uncached) metrics: the baseline to diff
+    run_cmd(["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid", "commit", "-qm", "demo"], project)
     run_cmd([sys.executable, "-m", "pipeline.cli", "compose", "model=tiny", "openvino.int4.group_size=64"], project)
     changed = run_cmd([sys.executable, "-m", "dvc", "repro"], project)
-    assert ran_stages(changed.stdout + changed.stderr) == {"export_openvino@int4", "validate@int4"}
+    assert ran_stages(changed.stdout + changed.stderr) == {"export_openvino@int4", "validate@int4", "report"}
+    diff = json.loads(run_cmd([sys.executable, "-m", "dvc", "metrics", "diff", "--json"], project).stdout)
+    int4 = diff["artifacts/metrics/openvino-int4.json"]
+    for key in ("size_mb", "mean_kl", "top1_agreement", "perplexity"):
+        assert int4[key]["old"] is not None and int4[key]["new"] is not None, key
+    assert int4["size_mb"]["diff"] != 0 and int4["mean_kl"]["diff"] != 0
+    assert "artifacts/metrics/openvino-fp16.json" not in diff, "untouched artifacts show no change"
     int4 = json.loads((project / "artifacts" / "openvino" / "int4" / "manifest.json").read_text())
     assert int4["nncf_rt_info"]["weight_compression"]["group_size"] == 64
     assert int4["compressed_from"] == "openvino_base", "a sweep point must not re-export from PyTorch"

@@ -1,0 +1,249 @@
+"""Validation matrix and report: cells per device, fallbacks that fail, fidelity thresholds that bite, the report.
+
+Fast tests build cells and metrics files directly. The ``slow`` ones use the demo project (``aipc demo``
+already built and validated every artifact there): its report, an IR with one layer zeroed, the NPU
+library run while the device report claims an NPU, and ``dvc plots show``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline import devices, export_npu_lib, fidelity, matrix, report, validate
+from pipeline.config import ConfigError, PipelineConfig, ValidateConfig, build, compose
+from pipeline.errors import StageError
+
+from conftest import run_cmd
+
+
+class FakeCore:
+    """Stands in for openvino.Core: a fixed device list."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.available_devices = names
+
+    def get_property(self, device: str, name: str) -> str:
+        return f"fake {device} {name}"
+
+
+def status(*present: str) -> dict[str, devices.DeviceStatus]:
+    return devices.detect(FakeCore(["CPU", *present]))
+
+
+def tiny_cfg(*overrides: str) -> ValidateConfig:
+    return build(ValidateConfig, compose(["model=tiny", *overrides])["validate"])
+
+
+REFERENCE = {"greedy": [{"output_ids": [5, 6, 7]}, {"output_ids": [8, 9]}]}
+
+
+def measurement(executed: str = "CPU", kl: float = 0.001, top1: float = 0.97) -> matrix.Measurement:
+    perf = {"short": matrix.Perf.from_runs(32, 16, [3.0, 2.0, 4.0], [1.0, 1.25, 2.0]),
+            "long": matrix.Perf.from_runs(1024, 16, [90.0, 80.0, 70.0], [1.5, 1.5, 1.5])}
+    fid = {"top1_agreement": top1, "mean_kl": kl, "max_kl": 10 * kl, "perplexity": 85.0,
+           "reference_perplexity": 84.0, "perplexity_delta_pct": 1.19}
+    return matrix.Measurement(executed, 0.5, 200.0, perf, fid, [[5, 6, 7], [8, 1]], True, "Hello")
+
+
+# --- cells, fallbacks, thresholds -------------------------------------------------------------------------------
+
+
+def test_absent_devices_are_skipped_with_the_reason_devices_gives() -> None:
+    plans = matrix.plan_cells(["CPU", "GPU"], status(), cpu_stand_in=True)
+    assert [(p.column, p.skip_reason is None) for p in plans] == [("CPU", True), ("GPU", False)]
+    assert plans[1].skip_reason == status()["GPU"].reason and plans[1].skip_reason
+    with_gpu = matrix.plan_cells(["CPU", "GPU"], status("GPU"), cpu_stand_in=True)
+    assert [p.skip_reason for p in with_gpu] == [None, None]
+
+
+def test_a_silent_fallback_is_a_failed_cell_with_one_line() -> None:
+    (on_npu,) = matrix.plan_cells(["NPU"], status("NPU"), cpu_stand_in=True)
+    thresholds = matrix.Thresholds("int4", 0.85, 0.1)
+    cell = matrix.judge(on_npu, measurement(executed="CPU"), REFERENCE, thresholds, "NPU-ready IR")
+    assert cell.status == "failed" and cell.device_requested == "NPU" and cell.device_executed == "CPU"
+    assert cell.problems == ["asked for NPU but ran on CPU (silent fallback)"]
+    record = matrix.MetricsRecord("npu-int4", "npu", "int4", 14.5, {}, {"NPU": cell})
+    assert record.as_dict()["passed"] is False and record.status == "failed"
+    honest = matrix.judge(on_npu, measurement(executed="NPU"), REFERENCE, thresholds, "NPU-ready IR")
+    assert honest.status == "passed" and honest.greedy_exact_match == 0.5 and honest.first_divergence == [None, 1]
+
+
+def test_fidelity_thresholds_fail_the_cell_and_the_stage(tmp_path: Path) -> None:
+    (cpu,) = matrix.plan_cells(["CPU"], status(), cpu_stand_in=True)
+    thresholds = matrix.Thresholds("fp16", 0.99, 0.001)
+    cell = matrix.judge(cpu, measurement(kl=0.24, top1=0.70), REFERENCE, thresholds, "OpenVINO IR")
+    assert cell.status == "failed" and len(cell.problems) == 2
+    assert "mean KL 0.24 above the fp16 threshold 0.001" in cell.problems[1]
+    record = matrix.MetricsRecord("openvino-fp16", "openvino", "fp16", 24.0, vars(thresholds), {"CPU": cell})
+    with pytest.raises(StageError) as exc:
+        matrix.publish(record, tmp_path / "openvino-fp16.json")
+    assert "\n" not in str(exc.value) and str(exc.value).startswith("[openvino-fp16] validation failed: CPU: top-1")
+    written = json.loads((tmp_path / "openvino-fp16.json").read_text())
+    assert written["status"] == "failed" and written["cells"]["CPU"]["mean_kl"] == 0.24, "metrics are kept for the report"
+
+
+def test_speed_is_the_median_of_repeats_and_tokens_per_s_is_the_decode_rate() -> None:
+    perf = matrix.Perf.from_runs(32, 16, [3.0, 2.0, 40.0], [1.0, 1.25, 2.0])
+    assert (perf.ttft_ms, perf.tpot_ms, perf.tokens_per_s) == (3.0, 1.25, 800.0)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("validate.max_mean_kl.int4=-1", "validate.max_mean_kl.int4 must be positive"),
+    ("validate.devices.npu_lib=[GPU]", "validate.devices.npu_lib entry must be one of NPU"),
+    ("+validate.devices.onnx=[DML]", "validate.devices.onnx: unknown family"),
+    ("validate.perf_prompt_tokens.long=0", "validate.perf_prompt_tokens.long must be positive"),
+])
+def test_bad_validation_settings_fail_at_load_time_with_one_line(override: str, message: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        compose(["model=tiny", override])
+    assert message in str(exc.value) and "\n" not in str(exc.value)
+
+
+# --- fidelity arithmetic ----------------------------------------------------------------------------------------
+
+
+def synthetic(seed: int = 0, vocab: int = 300) -> tuple[list[list[int]], list[np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    windows = [list(rng.integers(0, vocab, 12)), list(rng.integers(0, vocab, 9))]
+    return windows, [rng.normal(0, 3, (len(w), vocab)).astype(np.float32) for w in windows]
+
+
+def test_kl_is_zero_for_the_reference_itself_and_a_lower_bound_of_the_full_kl(tmp_path: Path) -> None:
+    windows, logits = synthetic()
+    ref = fidelity.reference_from_logits(windows, logits, top_k=16)
+    ref.save(tmp_path / "logprobs.npz")
+    ref = fidelity.ReferenceLogprobs.load(tmp_path / "logprobs.npz")
+    same = fidelity.compare(ref, logits)
+    assert same.top1_agreement == 1.0 and same.mean_kl < 1e-9 and abs(same.perplexity_delta_pct) < 1e-4
+    noisy = [x + np.random.default_rng(1).normal(0, 1, x.shape).astype(np.float32) for x in logits]
+    got = fidelity.compare(ref, noisy)
+    p = np.concatenate([fidelity.log_softmax(x) for x in logits])
+    q = np.concatenate([fidelity.log_softmax(x) for x in noisy])
+    full_kl = float((np.exp(p) * (p - q)).sum(-1).mean())
+    assert 0 < got.mean_kl <= full_kl and got.perplexity != same.perplexity
+    exact = fidelity.compare(fidelity.reference_from_logits(windows, logits, top_k=300), noisy)
+    assert exact.mean_kl == pytest.approx(full_kl, rel=1e-4)  # float32 storage
+
+
+def test_reference_logprobs_refuse_pickled_objects(tmp_path: Path) -> None:
+    windows, logits = synthetic()
+    arrays = fidelity.reference_from_logits(windows, logits, top_k=4).__dict__
+    np.savez(tmp_path / "evil.npz", **{**arrays, "next_ids": np.array([object()], dtype=object)})
+    with pytest.raises(ValueError, match="allow_pickle"):
+        fidelity.ReferenceLogprobs.load(tmp_path / "evil.npz")
+
+
+# --- the report from metrics files ------------------------------------------------------------------------------
+
+
+def test_report_has_a_row_per_cell_with_reasons_and_missing_artifacts(tmp_path: Path) -> None:
+    params = build(PipelineConfig, compose(["model=tiny"]))
+    thresholds = matrix.Thresholds("int4", 0.85, 0.1)
+    plans = matrix.plan_cells(["CPU", "GPU"], status(), cpu_stand_in=True)
+    cells = {"CPU": matrix.judge(plans[0], measurement(), REFERENCE, thresholds, "OpenVINO IR"),
+             "GPU": matrix.skipped_cell(plans[1], "OpenVINO IR")}
+    record = matrix.MetricsRecord("openvino-int4", "openvino", "int4", 14.8, vars(thresholds), cells)
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "openvino-int4.json").write_text(json.dumps(record.as_dict()))
+    counts = report.run(params, tmp_path / "metrics", tmp_path / "report")
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert counts == {"passed": 1, "failed": 0, "skipped": 1, "missing": len(report.configured_artifacts(params)) - 1}
+    assert "| openvino-int4 | CPU | passed | CPU | 14.8 |" in text and "TTFT ms (1024 tok)" in text
+    assert f"| openvino-int4 | GPU | skipped | – |" in text and status()["GPU"].reason in text
+    assert "| openvino-fp16 | - | missing |" in text and "dvc repro validate@fp16" in text
+    assert json.loads((tmp_path / "report" / "cells.json").read_text())[0]["cell"] == "openvino-int4 @ CPU"
+    for png in ("size_vs_fidelity.png", "tokens_per_s.png"):
+        assert (tmp_path / "report" / png).read_bytes()[:4] == b"\x89PNG"
+
+
+# --- on the demo project ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_demo_report_has_every_artifact_on_every_configured_device(demo_project) -> None:
+    project, done = demo_project
+    params = build(PipelineConfig, compose(["model=tiny"]))
+    text = (project / "artifacts" / "report" / "report.md").read_text()
+    absent = status()
+    onnx_devices = {"dml": "DML", "cpu": "CPU"}
+    expected = [(f"openvino-{v}", d) for v in params.openvino for d in params.validate.devices["openvino"]]
+    expected += [(f"npu-{v}", d) for v in params.npu for d in params.validate.devices["npu"]]
+    expected += [(f"onnx-{v}", onnx_devices[c.execution_provider]) for v, c in params.onnx.items()]
+    expected += [(f"npu_lib-{v}", d) for v in params.npu_lib for d in params.validate.devices["npu_lib"]]
+    for artifact, device in expected:
+        row = next((line for line in text.splitlines() if line.startswith(f"| {artifact} | {device} |")), None)
+        assert row, f"no cell for {artifact} on {device}"
+        if device in ("GPU", "NPU"):
+            assert f"| {device} | skipped |" in row and absent[device].reason in row, row
+        elif device == "DML":
+            assert "| skipped |" in row and "no DML provider" in row, row
+        else:
+            assert "| passed |" in row, row
+    stand_ins = [line for line in text.splitlines() if "| CPU stand-in | passed | CPU |" in line]
+    assert len(stand_ins) == len(params.npu) + 2 + len(params.npu_lib)  # NPU IR, two DML graphs, library
+    metrics = json.loads((project / "artifacts" / "metrics" / "openvino-int4.json").read_text())
+    assert 0 < metrics["mean_kl"] <= metrics["thresholds"]["max_mean_kl"] and metrics["perplexity"] > 0
+    assert set(metrics["cells"]["CPU"]["perf"]) == {"short", "long"}
+    assert metrics["cells"]["CPU"]["perf"]["long"]["prompt_tokens"] == 1024
+    assert "| openvino-int4 | CPU | passed |" in done.stdout, "aipc demo prints the report"
+    assert (project / "artifacts" / "reference" / fidelity.LOGPROBS_FILE).is_file()
+
+
+def zero_layer(src: Path, dest: Path, layer: str) -> None:
+    """Copy the IR folder ``src`` to ``dest`` with the weights of ``layer`` set to zero (a new IR, not an edit)."""
+    import openvino as ov
+    from openvino import opset13 as ops
+
+    shutil.copytree(src, dest)
+    core = ov.Core()
+    model = core.read_model(str(src / "openvino_model.xml"))
+    hits = [op for op in model.get_ops() if op.get_type_name() == "Constant"
+            and op.get_friendly_name().endswith(f"{layer}._openvino_orig_weight")]
+    assert len(hits) == 1, f"expected one weight constant for {layer}"
+    zero = ops.constant(np.zeros_like(hits[0].get_data()), dtype=hits[0].get_element_type())
+    hits[0].output(0).replace(zero.output(0))
+    for name in ("openvino_model.xml", "openvino_model.bin"):
+        (dest / name).unlink()
+    ov.save_model(model, str(dest / "openvino_model.xml"), compress_to_fp16=False)
+
+
+@pytest.mark.slow
+def test_an_ir_with_one_zeroed_layer_fails_validation_with_one_line(demo_project, tmp_path: Path) -> None:
+    project, _ = demo_project
+    zero_layer(project / "artifacts" / "openvino" / "fp16", tmp_path / "openvino" / "fp16", "layers.1.mlp.down_proj")
+    cfg = tiny_cfg("validate.repeats=1", "validate.warmup=0")
+    target = validate.Target("openvino-fp16", "openvino", tmp_path / "openvino" / "fp16", ["CPU"])
+    with pytest.raises(StageError) as exc:
+        validate.run(target, cfg, project / "artifacts" / "reference" / "reference.json", tmp_path / "metrics")
+    message = str(exc.value)
+    assert "\n" not in message and message.startswith("[openvino-fp16] validation failed: CPU: ")
+    assert "above the fp16 threshold" in message
+    broken = json.loads((tmp_path / "metrics" / "openvino-fp16.json").read_text())
+    healthy = json.loads((project / "artifacts" / "metrics" / "openvino-fp16.json").read_text())
+    assert broken["mean_kl"] > 100 * max(healthy["mean_kl"], 1e-6) and broken["passed"] is False
+
+
+@pytest.mark.slow
+def test_npu_library_running_on_cpu_while_an_npu_is_reported_fails(demo_project, tmp_path: Path) -> None:
+    project, _ = demo_project
+    cfg = tiny_cfg("validate.repeats=1", "validate.warmup=0", "validate.perf_prompt_tokens={short: 32}")
+    with pytest.raises(StageError, match=r"NPU: asked for NPU but ran on CPU \(silent fallback\)"):
+        export_npu_lib.validate("int8", cfg, project / "artifacts" / "npu_lib",
+                                project / "artifacts" / "reference" / "reference.json", tmp_path, status=status("NPU"))
+    metrics = json.loads((tmp_path / "npu_lib-int8.json").read_text())
+    assert list(metrics["cells"]) == ["NPU"], "with an NPU reported there is no stand-in"
+    assert metrics["cells"]["NPU"]["status"] == "failed" and metrics["device_executed"] == "CPU"
+
+
+@pytest.mark.slow
+def test_dvc_plots_show_renders_the_report(demo_project, tmp_path: Path) -> None:
+    project, _ = demo_project
+    run_cmd([sys.executable, "-m", "dvc", "plots", "show", "-o", str(tmp_path / "plots")], project)
+    html = (tmp_path / "plots" / "index.html").read_text()
+    assert "Size vs mean KL" in html and "openvino-int4 @ CPU" in html and "size_vs_fidelity.png" in html
