@@ -168,12 +168,14 @@ def _commit(path: Path, rev: str) -> str:
 
 
 def whoami(h, hub: HubServer, user: str | None, query: dict) -> None:
+    """The token's user (401 without a valid token)."""
     if user is None:
         raise HubHTTPError(401, "Invalid credentials in Authorization header")
     h.reply(200, {"type": "user", "name": user, "orgs": [], "auth": {"accessToken": {"role": "write"}}})
 
 
 def create_repo(h, hub: HubServer, user: str | None, query: dict) -> None:
+    """Create ``<ns>/<name>.git`` (bare) with the Hub's initial commit; 409 if it exists."""
     data = json.loads(h.body())
     ns = data.get("organization") or user
     if user is None or ns != user:
@@ -192,6 +194,7 @@ def create_repo(h, hub: HubServer, user: str | None, query: dict) -> None:
 
 
 def validate_yaml(h, hub: HubServer, user: str | None, query: dict) -> None:
+    """The Hub's README metadata check, with :func:`pipeline.model_card.metadata_problems`."""
     from pipeline.model_card import metadata_problems
 
     problems = metadata_problems(json.loads(h.body())["content"])
@@ -199,6 +202,7 @@ def validate_yaml(h, hub: HubServer, user: str | None, query: dict) -> None:
 
 
 def repo_info(h, hub: HubServer, user: str | None, query: dict, ns: str, name: str, rev: str = "main") -> None:
+    """``model_info``/``repo_info``: the resolved commit and the file list (siblings)."""
     path = _repo(hub, ns, name, user)
     sha = _commit(path, rev)
     files = hub_git.tree_files(path, sha)
@@ -207,6 +211,7 @@ def repo_info(h, hub: HubServer, user: str | None, query: dict, ns: str, name: s
 
 
 def tree(h, hub: HubServer, user: str | None, query: dict, ns: str, name: str, rev: str, path: str = "") -> None:
+    """``list_repo_tree``: files with blob ids, and LFS sha256/size for LFS files."""
     repo = _repo(hub, ns, name, user)
     files = hub_git.tree_files(repo, _commit(repo, rev))
     prefix = path.rstrip("/") + "/" if path else ""
@@ -221,6 +226,7 @@ def _tree_entry(f: hub_git.RepoFile) -> dict:
 
 
 def preupload(h, hub: HubServer, user: str | None, query: dict, ns: str, name: str, rev: str) -> None:
+    """Per file: regular or LFS upload, and the remote oid (so unchanged files are skipped)."""
     path = _repo(hub, ns, name, user, write=True)
     sha = hub_git.resolve(path, rev)
     existing = hub_git.tree_files(path, sha) if sha else {}
@@ -234,6 +240,7 @@ def preupload(h, hub: HubServer, user: str | None, query: dict, ns: str, name: s
 
 
 def lfs_batch(h, hub: HubServer, user: str | None, query: dict, ns: str, name: str) -> None:
+    """LFS batch API: an upload action only for objects the repo does not hold yet."""
     path = _repo(hub, ns, name, user, write=True)
     objects = []
     for obj in json.loads(h.body())["objects"]:
@@ -247,6 +254,7 @@ def lfs_batch(h, hub: HubServer, user: str | None, query: dict, ns: str, name: s
 
 
 def lfs_upload(h, hub: HubServer, user: str | None, query: dict, ns: str, name: str, oid: str) -> None:
+    """Receive one LFS object at a granted URL; its sha256 must match."""
     grant = (ns, name, oid, query.get("sig", [""])[0])
     if grant not in hub.grants:
         raise HubHTTPError(403, "upload URL not granted by the LFS batch endpoint")
@@ -262,6 +270,7 @@ def lfs_upload(h, hub: HubServer, user: str | None, query: dict, ns: str, name: 
 
 
 def commit(h, hub: HubServer, user: str | None, query: dict, ns: str, name: str, rev: str) -> None:
+    """NDJSON commit: apply the file operations on the branch and move it."""
     path = _repo(hub, ns, name, user, write=True)
     lines = [json.loads(line) for line in h.body().splitlines() if line.strip()]
     header = next(item["value"] for item in lines if item["key"] == "header")
@@ -312,6 +321,7 @@ def refs(h, hub: HubServer, user: str | None, query: dict, ns: str, name: str) -
 
 
 def tag(h, hub: HubServer, user: str | None, query: dict, ns: str, name: str, rev: str) -> None:
+    """Create a tag at a revision; 409 if it exists."""
     path = _repo(hub, ns, name, user, write=True)
     data = json.loads(h.body())
     if hub_git.resolve(path, f"refs/tags/{data['tag']}"):
@@ -321,6 +331,7 @@ def tag(h, hub: HubServer, user: str | None, query: dict, ns: str, name: str, re
 
 
 def branch(h, hub: HubServer, user: str | None, query: dict, ns: str, name: str, branch: str) -> None:
+    """Create a branch from ``startingPoint`` (default main); 409 if it exists."""
     path = _repo(hub, ns, name, user, write=True)
     if hub_git.resolve(path, f"refs/heads/{branch}"):
         raise HubHTTPError(409, f"Branch {branch} already exists")
@@ -330,6 +341,7 @@ def branch(h, hub: HubServer, user: str | None, query: dict, ns: str, name: str,
 
 
 def resolve(h, hub: HubServer, user: str | None, query: dict, ns: str, name: str, rev: str, path: str) -> None:
+    """HEAD/GET a file: ``X-Repo-Commit``, ``ETag`` (git blob id) and, for LFS, ``X-Linked-Etag``/``X-Linked-Size``."""
     repo = _repo(hub, ns, name, user)
     sha = _commit(repo, rev)
     entry = hub_git.tree_files(repo, sha).get(path)

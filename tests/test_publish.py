@@ -32,6 +32,8 @@ PROJECT_PARTS = ["dvc.lock", "params.yaml", "artifacts/model", "artifacts/refere
                  "artifacts/openvino/int4"]
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="git is needed")
+HAS_LFS = subprocess.run(["git", "lfs", "version"], capture_output=True).returncode == 0 if shutil.which("git") else False
+needs_lfs = pytest.mark.skipif(not HAS_LFS, reason="git-lfs is not installed (.ci/run installs it)")
 
 
 @pytest.fixture(scope="session")
@@ -99,7 +101,7 @@ def validate_pulled(project: Path, folder: Path, tmp_path: Path) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", ["hf", "git"])
+@pytest.mark.parametrize("backend", ["hf", pytest.param("git", marks=needs_lfs)])
 def test_round_trip_publish_twice_pull_pinned_and_validate(backend: str, project: Path, hub: HubServer,
                                                           tmp_path: Path) -> None:
     manifest = json.loads((project / "artifacts/openvino/int4/manifest.json").read_text())
@@ -151,7 +153,7 @@ def test_bad_token_gives_one_line_and_is_never_printed(project: Path, hub: HubSe
     assert wrong not in err[0] and not hub.repo_dir(USER, REPO.split("/")[1]).exists()
 
 
-@pytest.mark.parametrize("backend", ["hf", "git"])
+@pytest.mark.parametrize("backend", ["hf", pytest.param("git", marks=needs_lfs)])
 def test_missing_repo_with_creation_disabled_gives_one_line(backend: str, project: Path, hub: HubServer) -> None:
     with pytest.raises(StageError, match="--no-create") as exc:
         publish(project, ["openvino/int4"], options(hub, backend, create=False))
@@ -187,6 +189,7 @@ def test_dry_run_lists_the_upload_and_the_card_and_writes_nothing(project: Path,
     assert not hub.repo_dir(USER, REPO.split("/")[1]).exists()
 
 
+@needs_lfs
 def test_token_never_lands_in_output_cards_manifests_or_repos(project: Path, hub: HubServer,
                                                               capfd: pytest.CaptureFixture) -> None:
     for backend in ("hf", "git"):
