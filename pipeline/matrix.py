@@ -177,8 +177,8 @@ def judge(plan: CellPlan, got: Measurement, reference: dict, thresholds: Thresho
         label = f"{kind}, validated on {executed} (stand-in: no {plan.stand_in_for} here)"
     short = next(iter(got.perf.values()))
     return Cell(plan.column, plan.device, "failed" if problems else "passed", label, executed, plan.stand_in_for,
-                reason=plan.note, problems=problems, load_s=round(got.load_s, 4), peak_rss_mb=got.peak_rss_mb, ttft_ms=short.ttft_ms,
-                tpot_ms=short.tpot_ms, tokens_per_s=short.tokens_per_s,
+                reason=plan.note, problems=problems, load_s=round(got.load_s, 4), peak_rss_mb=got.peak_rss_mb,
+                ttft_ms=short.ttft_ms, tpot_ms=short.tpot_ms, tokens_per_s=short.tokens_per_s,
                 perf={k: asdict(v) for k, v in got.perf.items()}, **got.fidelity, greedy_exact_match=round(exact, 4),
                 first_divergence=divergence, tokenizer_matches_reference=got.tokenizer_matches_reference,
                 fidelity_device=got.fidelity_device or executed, note=got.note, sample=got.sample[:200])

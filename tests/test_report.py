@@ -155,7 +155,7 @@ def test_report_has_a_row_per_cell_with_reasons_and_missing_artifacts(tmp_path: 
     text = (tmp_path / "report" / "report.md").read_text()
     assert counts == {"passed": 1, "failed": 0, "skipped": 1, "missing": len(report.configured_artifacts(params)) - 1}
     assert "| openvino-int4 | CPU | passed | CPU | 14.8 |" in text and "TTFT ms (1024 tok)" in text
-    assert f"| openvino-int4 | GPU | skipped | – |" in text and status()["GPU"].reason in text
+    assert "| openvino-int4 | GPU | skipped | – |" in text and status()["GPU"].reason in text
     assert "| openvino-fp16 | - | missing |" in text and "dvc repro validate@fp16" in text
     assert json.loads((tmp_path / "report" / "cells.json").read_text())[0]["cell"] == "openvino-int4 @ CPU"
     for png in ("size_vs_fidelity.png", "tokens_per_s.png"):
@@ -247,3 +247,20 @@ def test_dvc_plots_show_renders_the_report(demo_project, tmp_path: Path) -> None
     run_cmd([sys.executable, "-m", "dvc", "plots", "show", "-o", str(tmp_path / "plots")], project)
     html = (tmp_path / "plots" / "index.html").read_text()
     assert "Size vs mean KL" in html and "openvino-int4 @ CPU" in html and "size_vs_fidelity.png" in html
+
+
+def test_speed_prompts_have_the_configured_lengths_and_never_overlap_the_evaluated_text() -> None:
+    from transformers import AutoTokenizer
+
+    from conftest import TINY_DIR
+    from pipeline import reference
+
+    tokenizer = AutoTokenizer.from_pretrained(TINY_DIR)
+    cfg = tiny_cfg()
+    prompts = reference.perf_prompts(tokenizer, cfg)
+    assert {k: len(v) for k, v in prompts.items()} == cfg.perf_prompt_tokens
+    evaluated = reference.eval_windows(tokenizer, cfg)
+    heldout = reference.heldout_ids(tokenizer)
+    assert sum(map(len, evaluated)) == cfg.eval_tokens and prompts["long"] == heldout[cfg.eval_tokens:][:1024]
+    with pytest.raises(StageError, match="validate.perf_prompt_tokens asks for 99999 tokens"):
+        reference.perf_prompts(tokenizer, tiny_cfg("validate.perf_prompt_tokens.long=99999"))
