@@ -4,6 +4,10 @@ Builds (once) a random-weight bf16 checkpoint with Phi-3-mini-4k-instruct's exac
 parameters, 7.1 GiB) and the embedded Phi-3 tokenizer, then runs each export in its own process and
 samples the resident memory of the whole process tree. Prints a table and writes JSON.
 
+Entries: aipc-int4 (the pipeline's two stages: base IR, then int4), aipc-fp16, aipc-npu-int4,
+aipc-onnx-dml-int4, aipc-sweep-6 (one base IR + six group-size x ratio compressions), each beside
+the bare tool with the same settings (optimum-cli, the onnxruntime-genai builder, six optimum-cli runs).
+
 Usage:
     python benchmarks/full_size_export.py [--work DIR] [--only aipc-int4 optimum-cli-int4 ...]
 """
@@ -12,9 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -27,6 +33,7 @@ PHI3_MINI_4K = {  # config.json of microsoft/Phi-3-mini-4k-instruct (shapes only
     "rms_norm_eps": 1e-05, "hidden_act": "silu", "bos_token_id": 1, "eos_token_id": 32000, "pad_token_id": 32000,
     "sliding_window": 2047, "tie_word_embeddings": False, "torch_dtype": "bfloat16", "use_cache": True,
 }
+SWEEP = [(g, r) for g in (128, 64) for r in (0.6, 0.8, 1.0)]  # the 6 points of the sweep benchmark
 INT4_ARGS = ["--weight-format", "int4", "--group-size", "128", "--ratio", "0.6", "--sym"]
 # What export_onnx passes to the builder for dml_int4 (export_onnx.builder_options), for the bare builder run.
 ONNX_DML_INT4_OPTIONS = ["hf_token=false", "hf_remote=false", "block_size=128", "is_symmetric=true",
@@ -73,75 +80,116 @@ def build_checkpoint(dest: Path) -> Path:
     return dest
 
 
-def measure(cmd: list[str], cwd: Path) -> dict:
-    """Run ``cmd``; return wall time and peak RSS of its process tree (sampled every 0.1 s)."""
+def measure(cmds: list[list[str]], cwd: Path, timeout: float) -> dict:
+    """Run ``cmds`` one after another (like DVC stages); wall time each, peak RSS of the process tree."""
     import psutil
 
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    root, peak = psutil.Process(proc.pid), 0
-    while proc.poll() is None:
-        try:
-            procs = [root, *root.children(recursive=True)]
-            peak = max(peak, sum(p.memory_info().rss for p in procs if p.is_running()))
-        except psutil.Error:
-            pass
-        time.sleep(0.1)
-    wall = time.perf_counter() - start
-    err = proc.stderr.read() if proc.stderr else ""
-    return {"wall_s": round(wall, 1), "peak_rss_gib": round(peak / 2**30, 2), "returncode": proc.returncode,
-            "error": err.strip().splitlines()[-1] if proc.returncode and err.strip() else None}
+    walls, peak, err, code = [], 0, "", 0
+    for cmd in cmds:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        drain = threading.Thread(target=lambda p=proc: setattr(p, "err_text", p.stderr.read()), daemon=True)
+        drain.start()
+        root = psutil.Process(proc.pid)
+        while proc.poll() is None:
+            try:
+                procs = [root, *root.children(recursive=True)]
+                peak = max(peak, sum(p.memory_info().rss for p in procs if p.is_running()))
+            except psutil.Error:
+                pass
+            if time.perf_counter() - start > timeout:
+                proc.kill()
+            time.sleep(0.1)
+        drain.join()
+        walls.append(round(time.perf_counter() - start, 1))
+        code, err = proc.returncode, getattr(proc, "err_text", "")
+        if code:
+            break
+    return {"wall_s": round(sum(walls), 1), "steps_s": walls, "peak_rss_gib": round(peak / 2**30, 2),
+            "returncode": code, "error": err.strip().splitlines()[-1] if code and err.strip() else None}
 
 
-def commands(model: Path, work: Path) -> dict[str, list[str]]:
-    """Every export to compare: ours (the pipeline stage) and the bare tool, same settings."""
-    py = sys.executable
-    ours = ("import sys; from pipeline.export_openvino import run; from pipeline.config import OpenVinoVariantConfig as C;"
-            "from pathlib import Path; fmt = sys.argv[1];"
-            "cfg = C(weight_format='int4', group_size=128, ratio=0.6, sym=True) if fmt == 'int4' else C(weight_format=fmt);"
-            f"run(fmt, cfg, Path(r'{model}'), Path(r'{work / 'aipc'}'))")
-    onnx_ours = ("from pathlib import Path; from pipeline.export_onnx import run; from pipeline.config import "
-                 "OnnxVariantConfig as C; cfg = C(execution_provider='dml', precision='int4', block_size=128, "
-                 "is_symmetric=True, algo_config='default', enable_dml_graph=True);"
-                 f"run('onnx-dml-int4', cfg, Path(r'{model}'), Path(r'{work / 'aipc'}'))")
-    return {
-        "aipc-int4": [py, "-c", ours, "int4"],
-        "optimum-cli-int4": [py, "-m", "optimum.commands.optimum_cli", "export", "openvino", "-m", str(model),
-                             "--task", "text-generation-with-past", *INT4_ARGS, str(work / "cli-int4")],
-        "aipc-fp16": [py, "-c", ours, "fp16"],
-        "optimum-cli-fp16": [py, "-m", "optimum.commands.optimum_cli", "export", "openvino", "-m", str(model),
-                             "--task", "text-generation-with-past", "--weight-format", "fp16", str(work / "cli-fp16")],
+def ours(code: str) -> list[str]:
+    """A Python command running pipeline code in a fresh process (as a DVC stage would)."""
+    return [sys.executable, "-c", "from pathlib import Path; from pipeline.config import OpenVinoVariantConfig as C; "
+            "from pipeline import export_openvino as eo, export_openvino_base as eb; " + code]
+
+
+def optimum_cli(model: Path, out: Path, *args: str) -> list[str]:
+    """Bare ``optimum-cli export openvino`` with the given weight options."""
+    return [sys.executable, "-m", "optimum.commands.optimum_cli", "export", "openvino", "-m", str(model),
+            "--task", "text-generation-with-past", *args, str(out)]
+
+
+def int4_args(group_size: int, ratio: float) -> str:
+    return f"C(weight_format='int4', group_size={group_size}, ratio={ratio}, sym=True)"
+
+
+def commands(model: Path, work: Path) -> dict[str, list[list[str]]]:
+    """Every export to compare: ours (the pipeline's stages) and the bare tool, same settings."""
+    base = work / "aipc" / "base"
+    base_cmd = ours(f"eb.run(Path(r'{model}'), Path(r'{base}'))")
+
+    def compress(name: str, cfg: str) -> list[str]:
+        return ours(f"eo.run('{name}', {cfg}, Path(r'{model}'), Path(r'{work / 'aipc'}'), base_dir=Path(r'{base}'))")
+
+    onnx_ours = [sys.executable, "-c", "from pathlib import Path; from pipeline.export_onnx import run; from "
+                 "pipeline.config import OnnxVariantConfig as C; cfg = C(execution_provider='dml', precision='int4', "
+                 "block_size=128, is_symmetric=True, algo_config='default', enable_dml_graph=True);"
+                 f"run('onnx-dml-int4', cfg, Path(r'{model}'), Path(r'{work / 'aipc'}'))"]
+    npu = ours(f"from pipeline.config import NpuVariantConfig as N; from pipeline import export_npu; export_npu.run("
+               f"'npu-int4', N(), Path(r'{model}'), Path(r'{work / 'aipc'}'), base_dir=Path(r'{base}'))")
+    table = {
+        # the pipeline's int4: export_openvino_base then export_openvino@int4 (two stages, two processes)
+        "aipc-int4": [base_cmd, compress("int4", int4_args(128, 0.6))],
+        "optimum-cli-int4": [optimum_cli(model, work / "cli" / "int4", *INT4_ARGS)],
+        "aipc-fp16": [ours(f"eo.run('fp16', C(weight_format='fp16'), Path(r'{model}'), Path(r'{work / 'aipc'}'), "
+                           "base_dir=None)")],
+        "optimum-cli-fp16": [optimum_cli(model, work / "cli" / "fp16", "--weight-format", "fp16")],
+        "aipc-npu-int4": [base_cmd, npu],  # export_npu@int4 compresses the same base IR
         # ONNX Runtime GenAI for DirectML, int4 block 128 (conf/onnx/default.yaml dml_int4), beside the bare builder.
-        "aipc-onnx-dml-int4": [py, "-c", onnx_ours],
-        "builder-onnx-dml-int4": [py, "-m", "onnxruntime_genai.models.builder", "-i", str(model), "-o",
-                                  str(work / "builder-onnx-dml-int4"), "-p", "int4", "-e", "dml", "-c",
-                                  str(work / "builder-onnx-cache"), "--extra_options", *ONNX_DML_INT4_OPTIONS],
+        "aipc-onnx-dml-int4": [onnx_ours],
+        "builder-onnx-dml-int4": [[sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(model), "-o",
+                                   str(work / "cli" / "onnx-dml-int4"), "-p", "int4", "-e", "dml", "-c",
+                                   str(work / "cli" / "onnx-cache"), "--extra_options", *ONNX_DML_INT4_OPTIONS]],
+        # 6-point group-size x ratio sweep: one base IR + 6 compressions, against 6 separate optimum-cli exports
+        "aipc-sweep-6": [base_cmd] + [compress(f"g{g}-r{r}", int4_args(g, r)) for g, r in SWEEP],
+        "optimum-cli-sweep-6": [optimum_cli(model, work / "cli" / f"g{g}-r{r}", "--weight-format", "int4",
+                                            "--group-size", str(g), "--ratio", str(r), "--sym") for g, r in SWEEP],
     }
+    return table
 
 
 def main() -> None:
-    """Build the checkpoint, run every export, print a Markdown table and write JSON."""
+    """Build the checkpoint, run every export, print a Markdown table and merge the results into the JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path.home() / ".cache" / "aipc-bench")
     parser.add_argument("--only", nargs="*", default=None)
+    parser.add_argument("--timeout", type=float, default=3600, help="seconds per step before it is killed")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "full_size_export.json")
     args = parser.parse_args()
     model = build_checkpoint(args.work / "phi3-mini-shaped")
-    results = {}
-    for name, cmd in commands(model, args.work).items():
+    previous = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    results = previous.get("results", {})
+    for name, cmds in commands(model, args.work).items():
         if args.only and name not in args.only:
             continue
-        shutil.rmtree(args.work / ("aipc" if name.startswith("aipc") else f"cli-{name.split('-')[-1]}"),
-                      ignore_errors=True)
-        print(f"running {name} ...", flush=True)
-        results[name] = measure(cmd, ROOT)
+        for folder in ("aipc", "cli"):
+            shutil.rmtree(args.work / folder, ignore_errors=True)
+        print(f"running {name} ({len(cmds)} step(s)) ...", flush=True)
+        results[name] = {**measure(cmds, ROOT, args.timeout), "load_average_before": os.getloadavg(),
+                         "date": time.strftime("%Y-%m-%d %H:%M")}
         print(f"  {results[name]}", flush=True)
     print("\n| export | wall time | peak RSS |\n|---|---|---|")
     for name, r in results.items():
         status = "" if r["returncode"] == 0 else f" (failed: {r['error']})"
         print(f"| {name} | {int(r['wall_s'] // 60)} min {r['wall_s'] % 60:.0f} s | {r['peak_rss_gib']} GiB{status} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"checkpoint": "Phi-3-mini-4k shapes, random bf16", "results": results}, indent=2))
+    import psutil
+
+    machine = f"{os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB"
+    args.out.write_text(json.dumps({"checkpoint": "Phi-3-mini-4k shapes, random bf16", "machine": machine,
+                                    "results": results}, indent=2))
 
 
 if __name__ == "__main__":

@@ -23,6 +23,10 @@ MODEL_FILES = ["*.safetensors", "*.safetensors.index.json", "config.json", "gene
                "tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
                "added_tokens.json", "*.jinja", "LICENSE"]
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+# A published artifact (aipc publish): OpenVINO IR / ONNX GenAI files, card and manifest. OpenVINO's
+# weights are raw tensors in openvino_*.bin, not pickles; any other .bin is never fetched.
+ARTIFACT_FILES = ["*.xml", "openvino_*.bin", "*.json", "*.onnx", "*.onnx.data", "*.blob", "*.jinja", "*.md",
+                  "tokenizer.model", "LICENSE"]
 
 
 def _offline_hint(repo_id: str) -> str:
@@ -30,30 +34,39 @@ def _offline_hint(repo_id: str) -> str:
             "set HF_ENDPOINT to a reachable mirror, or run the demo model with model=tiny")
 
 
-def download_hub(cfg: ModelConfig, dest: Path) -> str:
-    """Download ``cfg.repo_id`` at ``cfg.revision`` into ``dest``; return the resolved commit."""
+def fetch_snapshot(repo_id: str, revision: str, dest: Path, allow_patterns: list[str],
+                   ignore_patterns: list[str] | None = None, endpoint: str | None = None) -> str:
+    """Download ``repo_id`` at ``revision`` (only ``allow_patterns``) into ``dest``; return the resolved commit.
+
+    Every hub failure becomes one line that says what to do (offline, gated, missing repo/revision, HTTP).
+    """
     from huggingface_hub import HfApi, snapshot_download
     from huggingface_hub import errors as hf_errors
 
-    patterns = [p for p in (cfg.allow_patterns or MODEL_FILES) if not p.endswith(PICKLE_SUFFIXES)]
     try:
-        with step(f"downloading {cfg.repo_id}@{cfg.revision[:12]} ({', '.join(patterns)})"):
-            snapshot_download(cfg.repo_id, revision=cfg.revision, allow_patterns=patterns,
-                              ignore_patterns=[f"*{s}" for s in PICKLE_SUFFIXES], local_dir=dest)
-        commit = HfApi().model_info(cfg.repo_id, revision=cfg.revision).sha or cfg.revision
+        with step(f"downloading {repo_id}@{revision[:12]} ({', '.join(allow_patterns)})"):
+            snapshot_download(repo_id, revision=revision, allow_patterns=allow_patterns,
+                              ignore_patterns=ignore_patterns, local_dir=dest, endpoint=endpoint)
+        commit = HfApi(endpoint=endpoint).model_info(repo_id, revision=revision).sha or revision
     except hf_errors.GatedRepoError:
-        fail(f"'{cfg.repo_id}' is gated: accept its licence on the hub page, then set HF_TOKEN or run `hf auth login`")
+        fail(f"'{repo_id}' is gated: accept its licence on the hub page, then set HF_TOKEN or run `hf auth login`")
     except hf_errors.RevisionNotFoundError:
-        fail(f"revision '{cfg.revision}' not found in '{cfg.repo_id}': fix model.revision (a commit sha or tag)")
+        fail(f"revision '{revision}' not found in '{repo_id}': fix the revision (a commit sha or tag)")
     except hf_errors.RepositoryNotFoundError:
-        fail(f"model '{cfg.repo_id}' not found or private: check model.repo_id, or set HF_TOKEN for a private repo")
+        fail(f"model '{repo_id}' not found or private: check the repo id, or set HF_TOKEN for a private repo")
     except (hf_errors.LocalEntryNotFoundError, hf_errors.OfflineModeIsEnabled):
-        fail(_offline_hint(cfg.repo_id))
+        fail(_offline_hint(repo_id))
     except hf_errors.HfHubHTTPError as err:
         status = getattr(getattr(err, "response", None), "status_code", "?")
-        fail(f"hub request for '{cfg.repo_id}' failed (HTTP {status}): check HF_TOKEN and HF_ENDPOINT")
+        fail(f"hub request for '{repo_id}' failed (HTTP {status}): check HF_TOKEN and HF_ENDPOINT")
     shutil.rmtree(dest / ".cache", ignore_errors=True)  # huggingface_hub's download metadata
     return commit
+
+
+def download_hub(cfg: ModelConfig, dest: Path) -> str:
+    """Download ``cfg.repo_id`` at ``cfg.revision`` into ``dest`` (no pickles); return the resolved commit."""
+    patterns = [p for p in (cfg.allow_patterns or MODEL_FILES) if not p.endswith(PICKLE_SUFFIXES)]
+    return fetch_snapshot(cfg.repo_id, cfg.revision, dest, patterns, [f"*{s}" for s in PICKLE_SUFFIXES])
 
 
 def copy_folder(src: Path, dest: Path) -> None:

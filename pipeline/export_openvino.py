@@ -17,6 +17,7 @@ from pipeline.artifacts import ARTIFACTS, folder_bytes, read_manifest, staged_di
 from pipeline.config import ConfigError, OpenVinoVariantConfig, load_params
 from pipeline.errors import fail, run_main
 from pipeline.ir_inspect import check_matches_request, inspect_ir
+from pipeline.lean import check_resources, needs
 from pipeline.log import say, step
 
 MODEL_DIR = ARTIFACTS / "model"
@@ -73,20 +74,36 @@ def quantization_dict(cfg: OpenVinoVariantConfig) -> dict[str, Any]:
     }
 
 
-def export_float(model_dir: Path, out: Path, ov_config: Any) -> None:
-    """Export model + tokenizer IR with optimum-intel's ``main_export`` (no remote code)."""
+def export_float(model_dir: Path, out: Path, ov_config: Any, lean: bool = True) -> None:
+    """Export model + tokenizer IR with optimum-intel's ``main_export`` (no remote code).
+
+    Lean (default): a bf16 checkpoint asked for fp16 is traced in bf16 (memory-mapped, no copy) and
+    its weights rewritten to fp16 in the IR afterwards, and read weight pages are handed back
+    (:mod:`pipeline.lean`); the IR is the same as the plain path's, which converts the whole model
+    to fp16 in PyTorch first (2x the checkpoint in memory).
+    """
     import warnings
 
     from optimum.exporters.openvino import main_export
 
+    from pipeline import lean as lean_path
+
     # torch.jit tracing warns about every Python branch in the model; none of them matter for export.
     warnings.filterwarnings("ignore", message=".*TracerWarning.*|.*Converting a tensor to a Python.*|.*torch.tensor results.*")
-    main_export(model_name_or_path=str(model_dir), output=out, task="text-generation-with-past",
-                ov_config=ov_config, stateful=True, convert_tokenizer=True, library_name="transformers",
-                trust_remote_code=False)
+    loading: dict[str, Any] = {}
+    rewrite_f16 = lean and ov_config.dtype == "fp16" and lean_path.checkpoint_dtype(model_dir) == "bfloat16"
+    if rewrite_f16:
+        loading["torch_dtype"] = "bfloat16"
+    with lean_path.MappedPageTrimmer(lean_path.weight_files(model_dir) if lean else []):
+        main_export(model_name_or_path=str(model_dir), output=out, task="text-generation-with-past",
+                    ov_config=ov_config, stateful=True, convert_tokenizer=True, library_name="transformers",
+                    trust_remote_code=False, model_loading_kwargs=loading)
+    if rewrite_f16:
+        with step("rewriting the bf16 weights of the IR as fp16 (streamed)"):
+            lean_path.bf16_ir_to_f16(out / "openvino_model.xml")
 
 
-def compress_like_optimum_cli(model_dir: Path, out: Path, quantization_config: Any) -> None:
+def compress_like_optimum_cli(model_dir: Path, out: Path, quantization_config: Any, lean: bool = True) -> None:
     """Compress the IR in ``out`` in place, as ``optimum-cli`` does after ``main_export``.
 
     ``main_export(ov_config=OVConfig(quantization_config=...))`` exports but does not quantize;
@@ -94,13 +111,16 @@ def compress_like_optimum_cli(model_dir: Path, out: Path, quantization_config: A
     """
     from optimum.exporters.openvino.__main__ import _main_quantize
 
-    _main_quantize(model_name_or_path=str(model_dir), task="text-generation-with-past",
-                   library_name="transformers", quantization_config=quantization_config,
-                   output=out, cache_dir=None, trust_remote_code=False)
+    from pipeline.lean import MappedPageTrimmer, weight_files
+
+    with MappedPageTrimmer(weight_files(out) if lean else []):
+        _main_quantize(model_name_or_path=str(model_dir), task="text-generation-with-past",
+                       library_name="transformers", quantization_config=quantization_config,
+                       output=out, cache_dir=None, trust_remote_code=False)
 
 
 def export_into(tmp: Path, name: str, cfg: OpenVinoVariantConfig, model_dir: Path,
-                base_dir: Path | None = None) -> dict[str, Any]:
+                base_dir: Path | None = None, lean: bool = True) -> dict[str, Any]:
     """Export and compress into the (temporary) folder ``tmp``; return the IR summary and timings.
 
     With ``base_dir`` (the ``export_openvino_base`` output), int4/int8 variants compress that IR
@@ -123,13 +143,13 @@ def export_into(tmp: Path, name: str, cfg: OpenVinoVariantConfig, model_dir: Pat
     t_compress: dict = {"seconds": 0.0}
     if qdict and base_dir is not None:
         with step(f"[{name}] compressing the base IR to {cfg.weight_format} with NNCF") as t_compress:
-            compress_from_base(base_dir, model_dir, tmp, ov_config.quantization_config)
+            compress_from_base(base_dir, model_dir, tmp, ov_config.quantization_config, lean)
     else:
         with step(f"[{name}] exporting {model_dir} to OpenVINO IR") as t_export:
-            export_float(model_dir, tmp, ov_config)
+            export_float(model_dir, tmp, ov_config, lean)
         if qdict:
             with step(f"[{name}] compressing weights to {cfg.weight_format} with NNCF") as t_compress:
-                compress_like_optimum_cli(model_dir, tmp, ov_config.quantization_config)
+                compress_like_optimum_cli(model_dir, tmp, ov_config.quantization_config, lean)
     missing = [f for f in TOKENIZER_FILES if not (tmp / f).is_file()]
     if missing:
         fail(f"tokenizer conversion produced no {', '.join(missing)}: check openvino-tokenizers matches openvino")
@@ -153,7 +173,7 @@ def manifest_fields(source: dict, cfg: Any, summary: dict) -> dict[str, Any]:
 
 
 def run(name: str, cfg: OpenVinoVariantConfig, model_dir: Path = MODEL_DIR, out_root: Path = OUT_ROOT,
-        base_dir: Path | None = BASE_DIR) -> dict:
+        base_dir: Path | None = BASE_DIR, lean: bool = True) -> dict:
     """Export variant ``name`` of the model in ``model_dir`` to ``out_root/name``.
 
     Args:
@@ -162,6 +182,7 @@ def run(name: str, cfg: OpenVinoVariantConfig, model_dir: Path = MODEL_DIR, out_
         model_dir: The ``download`` stage output.
         out_root: Parent folder of the IR folders.
         base_dir: Uncompressed base IR to compress from (``None``: export from PyTorch).
+        lean: Use the low-memory path (:mod:`pipeline.lean`); ``False`` runs the plain upstream calls.
 
     Returns:
         The manifest written next to the IR.
@@ -169,8 +190,12 @@ def run(name: str, cfg: OpenVinoVariantConfig, model_dir: Path = MODEL_DIR, out_
     source = read_manifest(model_dir)
     model_config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
     check_group_size(cfg, model_config)  # before any folder is created
+    base = base_dir if base_dir and base_dir.is_dir() else None
+    check_resources(f"[{name}] {'compressing' if base and cfg.compressed else 'exporting'} to {cfg.weight_format}",
+                    *needs("compress" if base and cfg.compressed else "export", cfg.weight_format, model_dir, lean),
+                    out_root)
     with staged_dir(out_root / name) as tmp:
-        summary = export_into(tmp, name, cfg, model_dir, base_dir if base_dir and base_dir.is_dir() else None)
+        summary = export_into(tmp, name, cfg, model_dir, base, lean)
         manifest = write_manifest(
             tmp, stage="export_openvino", variant=name, format="openvino-ir", **manifest_fields(source, cfg, summary),
             compressed_from="openvino_base" if base_dir and base_dir.is_dir() and cfg.compressed else "pytorch",

@@ -17,6 +17,7 @@ from pipeline.artifacts import ARTIFACTS, folder_bytes, read_manifest, staged_di
 from pipeline.config import OpenVinoVariantConfig
 from pipeline.errors import run_main
 from pipeline.ir_inspect import inspect_ir
+from pipeline.lean import MappedPageTrimmer, check_resources, needs, weight_files
 from pipeline.log import say, step
 
 MODEL_DIR = ARTIFACTS / "model"
@@ -34,11 +35,12 @@ def base_ov_config() -> Any:
     return OVConfig(quantization_config=quantization_dict(OpenVinoVariantConfig()))
 
 
-def compress_from_base(base_dir: Path, model_dir: Path, out: Path, quantization_config: Any) -> None:
+def compress_from_base(base_dir: Path, model_dir: Path, out: Path, quantization_config: Any, lean: bool = True) -> None:
     """Compress the IR in ``base_dir`` into ``out`` (base left untouched), as ``_main_quantize`` would.
 
     Same steps as optimum-intel's ``_main_quantize`` (load with ``compile=False``, ``_apply_quantization``,
-    immediate save), but reading from the shared base folder and saving into a new one.
+    immediate save), but reading from the shared base folder and saving into a new one. ``lean``
+    hands the pages of the memory-mapped base weights back while NNCF reads them.
     """
     import os
 
@@ -50,11 +52,12 @@ def compress_from_base(base_dir: Path, model_dir: Path, out: Path, quantization_
             os.link(base_dir / name, out / name)
         except OSError:
             shutil.copy2(base_dir / name, out / name)
-    model = OVModelForCausalLM.from_pretrained(base_dir, compile=False, use_cache=True)
-    model._apply_quantization(quantization_config, compile_only=False, compile_model=False,
-                              model_name_or_path=str(model_dir), trust_remote_code=False,
-                              save_directory=out, immediate_save=True)
-    del model
+    with MappedPageTrimmer(weight_files(base_dir) if lean else []):
+        model = OVModelForCausalLM.from_pretrained(base_dir, compile=False, use_cache=True)
+        model._apply_quantization(quantization_config, compile_only=False, compile_model=False,
+                                  model_name_or_path=str(model_dir), trust_remote_code=False,
+                                  save_directory=out, immediate_save=True)
+        del model
     for path in Path(base_dir).iterdir():  # tokenizer IR, configs, chat template
         if path.is_file() and path.name not in (*MODEL_FILES, "manifest.json") and not (out / path.name).exists():
             shutil.copy2(path, out / path.name)
@@ -69,14 +72,15 @@ def statistics_path(model_manifest: dict, dataset: Any, num_samples: int | None)
     return str(STATISTICS_CACHE / hashlib.sha256(key.encode()).hexdigest()[:16])
 
 
-def run(model_dir: Path = MODEL_DIR, out_dir: Path = OUT_DIR) -> dict:
+def run(model_dir: Path = MODEL_DIR, out_dir: Path = OUT_DIR, lean: bool = True) -> dict:
     """Export the uncompressed IR (plus tokenizer IR) of the model in ``model_dir`` to ``out_dir``."""
     from pipeline.export_openvino import TOKENIZER_FILES, export_float
 
     source = read_manifest(model_dir)
+    check_resources("exporting the base IR", *needs("export", "base", model_dir, lean), out_dir.parent)
     with staged_dir(out_dir) as tmp:
         with step(f"exporting {source.get('model')} to the uncompressed base IR") as timing:
-            export_float(model_dir, tmp, base_ov_config())
+            export_float(model_dir, tmp, base_ov_config(), lean)
         summary = inspect_ir(tmp / "openvino_model.xml")
         missing = [f for f in TOKENIZER_FILES if not (tmp / f).is_file()]
         if missing or summary["weight_layers"]["int4"] or summary["weight_layers"]["int8"]:

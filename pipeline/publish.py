@@ -238,20 +238,17 @@ def publish(root: Path, specs: list[str], opts: PublishOptions) -> list[PublishR
 def pull(repo_id: str, revision: str, dest: Path, endpoint: str | None = None) -> dict[str, Any]:
     """Download a published artifact at a pinned ``revision`` and check every file against its manifest.
 
-    What a user does to get the model (``snapshot_download``), plus the hash check. The pipeline's
-    ``download`` stage cannot take this role: it refuses every ``*.bin`` (pickles), which includes
-    OpenVINO's ``openvino_model.bin``. Returns the published manifest with the resolved ``commit``.
+    Uses the download stage's hub code (:func:`pipeline.download.fetch_snapshot`: pinned revision,
+    one-line errors) with the artifact file patterns (OpenVINO IR / ONNX, never a pickle). Returns
+    the published manifest with the resolved ``commit``.
     """
-    from huggingface_hub import HfApi, snapshot_download
+    from pipeline.download import ARTIFACT_FILES, fetch_snapshot
 
-    with step(f"pulling {repo_id}@{revision}"):
-        snapshot_download(repo_id, revision=revision, local_dir=dest, endpoint=endpoint)
-        commit = HfApi(endpoint=endpoint).model_info(repo_id, revision=revision).sha
-    shutil.rmtree(Path(dest) / ".cache", ignore_errors=True)  # huggingface_hub's download metadata
+    commit = fetch_snapshot(repo_id, revision, Path(dest), ARTIFACT_FILES, endpoint=endpoint)
     manifest = read_manifest(dest)
     for rel, info in manifest["files"].items():
-        if sha256_file(Path(dest) / rel) != info["sha256"]:
-            fail(f"{repo_id}@{revision}: {rel} does not match the published manifest's sha256")
+        if not (Path(dest) / rel).is_file() or sha256_file(Path(dest) / rel) != info["sha256"]:
+            fail(f"{repo_id}@{revision}: {rel} is missing or does not match the published manifest's sha256")
     return {**manifest, "commit": commit}
 
 

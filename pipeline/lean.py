@@ -1,0 +1,208 @@
+"""Lean exports: keep peak memory near the checkpoint size instead of twice it.
+
+Measured on a Phi-3-mini-shaped checkpoint (``benchmarks/memory_breakdown.py``): the bare fp16 export
+peaks at 2x the checkpoint because transformers converts the bf16 weights to fp16 in new memory while
+every shard is still mapped; the int4 path peaks when NNCF compresses an IR whose 16-bit weights are
+all mapped at once. Three measures, each keeping the output identical to the plain path:
+
+* The model is loaded in the checkpoint's own dtype, so transformers hands out memory-mapped
+  weights (no copy); an fp16 IR is then written from the bf16 trace by :func:`bf16_ir_to_f16`, a
+  streaming rewrite of the IR's weight file, instead of converting in PyTorch.
+* :class:`MappedPageTrimmer` hands pages of memory-mapped weight files (checkpoint shards, the base
+  IR's ``.bin``) back to the kernel while an export reads them: an export reads each weight once
+  or twice, and keeping every page it has read mapped holds a checkpoint's worth of RAM for nothing.
+* :func:`check_resources` stops a heavy export before it starts when RAM or disk is short.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import sys
+import threading
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Iterable
+
+from pipeline.errors import fail
+
+MADV_DONTNEED = 4  # unmap: the page stays in the page cache; used only on read-only mappings (nothing to lose)
+MADV_PAGEOUT = 21  # Linux >= 5.4: reclaim now; a request, never a discard (pages a program wrote stay)
+CHUNK_ELEMENTS = 1 << 24  # 32 MiB of bf16 per conversion step
+
+
+class MappedPageTrimmer:
+    """Context manager: every ``interval`` seconds hand back the resident pages of the mappings of ``files``.
+
+    Linux only (elsewhere a no-op). Read-only mappings (OpenVINO's IR mmap) are unmapped with
+    ``MADV_DONTNEED``: the data stays in the page cache and a page touched again is mapped again.
+    Writable copy-on-write mappings (safetensors' mmap) get ``MADV_PAGEOUT``, which can never drop
+    a page a program has written. It also returns freed heap to the system (``malloc_trim``). It
+    runs in a thread, so it cannot act while a call holds the GIL (OpenVINO's ``save_model`` does).
+    """
+
+    def __init__(self, files: Iterable[Path], interval: float = 0.5) -> None:
+        self.inodes = {(os.stat(f).st_dev, os.stat(f).st_ino) for f in files if Path(f).is_file()}
+        self.interval = interval
+        self.enabled = sys.platform.startswith("linux") and bool(self.inodes)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="aipc-page-trimmer", daemon=True)
+        self.trimmed_bytes = 0
+
+    def _mappings(self) -> list[tuple[int, int, bool]]:
+        """(start, length, writable) of this process's mappings of the tracked files."""
+        found = []
+        for line in Path("/proc/self/maps").read_text().splitlines():
+            parts = line.split(maxsplit=5)
+            if len(parts) < 6:
+                continue
+            major, minor = (int(x, 16) for x in parts[3].split(":"))
+            if (os.makedev(major, minor), int(parts[4])) in self.inodes:
+                start, end = (int(x, 16) for x in parts[0].split("-"))
+                found.append((start, end - start, "w" in parts[1]))
+        return found
+
+    def trim(self) -> None:
+        """Hand back the resident pages of the tracked mappings once."""
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        for start, length, writable in self._mappings():
+            advice = MADV_PAGEOUT if writable else MADV_DONTNEED
+            if libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(length), advice) == 0:
+                self.trimmed_bytes += length
+        if hasattr(libc, "malloc_trim"):  # glibc
+            libc.malloc_trim(0)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.trim()
+
+    def __enter__(self) -> "MappedPageTrimmer":
+        if self.enabled:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._thread.is_alive():
+            self._stop.set()
+            self._thread.join()
+        if self.enabled:
+            self.trim()
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """The weight files of a checkpoint or IR folder (what an export memory-maps)."""
+    folder = Path(folder)
+    return sorted([*folder.glob("*.safetensors"), *folder.glob("openvino_model.bin")])
+
+
+def checkpoint_dtype(model_dir: Path) -> str | None:
+    """The dtype the checkpoint's weights are stored in, from ``config.json`` (e.g. ``bfloat16``)."""
+    import json
+
+    config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+    return config.get("torch_dtype") or config.get("dtype")
+
+
+def _bf16_to_f16(raw: memoryview, out) -> None:  # noqa: ANN001 - a binary file
+    """Convert bf16 bytes to fp16 bytes in chunks, with PyTorch's own conversion (the plain path's)."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given buffer is not writable")  # it is only read
+        for start in range(0, len(raw), 2 * CHUNK_ELEMENTS):
+            chunk = torch.frombuffer(raw[start:start + 2 * CHUNK_ELEMENTS], dtype=torch.bfloat16)
+            out.write(chunk.to(torch.float16).numpy().tobytes())
+
+
+def bf16_ir_to_f16(xml_path: Path) -> int:
+    """Rewrite the bf16 constants of an IR as fp16, streaming its ``.bin``; returns how many were rewritten.
+
+    A bf16 checkpoint exported with ``compress_to_fp16`` keeps its bf16 weights (OpenVINO only
+    compresses f32 constants); the plain path avoids that by converting the whole PyTorch model to
+    fp16 first, in new memory. This writes the same fp16 values constant by constant instead.
+    """
+    import mmap
+
+    xml_path = Path(xml_path)
+    bin_path, tree = xml_path.with_suffix(".bin"), ET.parse(xml_path)
+    layers = tree.getroot().find("layers")
+    consts = [(layer, layer.find("data")) for layer in layers if layer.get("type") == "Const"]
+    rewritten = {layer.get("id") for layer, data in consts if data.get("element_type") == "bf16"}
+    if not rewritten:
+        return 0
+    new_bin, moved = bin_path.with_suffix(".bin.f16"), {}
+    with open(bin_path, "rb") as src, open(new_bin, "wb") as out, MappedPageTrimmer([bin_path]):
+        view = memoryview(mmap.mmap(src.fileno(), 0, access=mmap.ACCESS_READ))
+        for _, data in sorted(consts, key=lambda c: int(c[1].get("offset"))):
+            key = (data.get("offset"), data.get("size"), data.get("element_type"))
+            if key not in moved:  # the serializer stores identical constants once
+                begin, size, offset = int(key[0]), int(key[1]), out.tell()
+                if key[2] == "bf16":
+                    _bf16_to_f16(view[begin:begin + size], out)
+                else:
+                    out.write(view[begin:begin + size])
+                moved[key] = (offset, out.tell() - offset)
+            data.set("offset", str(moved[key][0]))
+            data.set("size", str(moved[key][1]))
+            if key[2] == "bf16":
+                data.set("element_type", "f16")
+        view.release()
+    _retype_ports(tree.getroot(), rewritten)
+    tree.write(xml_path.with_suffix(".xml.f16"), encoding="utf-8", xml_declaration=True)
+    os.replace(new_bin, bin_path)
+    os.replace(xml_path.with_suffix(".xml.f16"), xml_path)
+    return len(rewritten)
+
+
+def _retype_ports(root: ET.Element, const_ids: set[str]) -> None:
+    """Mark the outputs of the rewritten constants, and the inputs they feed, as FP16."""
+    layers = {layer.get("id"): layer for layer in root.find("layers")}
+    for const_id in const_ids:
+        for port in layers[const_id].find("output"):
+            port.set("precision", "FP16")
+    for edge in root.find("edges"):
+        if edge.get("from-layer") in const_ids:
+            target = layers[edge.get("to-layer")].find("input")
+            for port in target:
+                if port.get("id") == edge.get("to-port"):
+                    port.set("precision", "FP16")
+
+
+def check_resources(what: str, ram_bytes: int, disk_bytes: int, disk_at: Path) -> None:
+    """Stop with one line when available RAM or free disk is below what ``what`` needs."""
+    import psutil
+
+    if os.environ.get("AIPC_SKIP_RESOURCE_CHECK") == "1":
+        return
+    gib = 2**30
+    available = psutil.virtual_memory().available
+    if available < ram_bytes:
+        fail(f"{what} needs about {ram_bytes / gib:.1f} GiB of RAM but {available / gib:.1f} GiB is available: "
+             f"free {(ram_bytes - available) / gib:.1f} GiB (close other programs) or set AIPC_SKIP_RESOURCE_CHECK=1")
+    disk_at = Path(disk_at)
+    while not disk_at.exists():
+        disk_at = disk_at.parent
+    free = shutil.disk_usage(disk_at).free
+    if free < disk_bytes:
+        fail(f"{what} needs about {disk_bytes / gib:.1f} GiB of disk under {disk_at} but {free / gib:.1f} GiB is free: "
+             f"free {(disk_bytes - free) / gib:.1f} GiB or set AIPC_SKIP_RESOURCE_CHECK=1")
+
+
+# Peak RAM and disk of each export, as (share of the checkpoint, fixed GiB), from
+# benchmarks/memory_breakdown.py on the Phi-3-mini-shaped checkpoint (7.1 GiB of bf16), plus margin.
+RAM_NEEDS = {("export", True): (0.25, 1.0), ("export", False): (2.1, 0.5),
+             ("compress", True): (0.5, 1.0), ("compress", False): (1.5, 0.5)}
+DISK_NEEDS = {"base": 1.05, "fp16": 2.1, "fp32": 2.1, "int8": 1.6, "int4": 1.45}  # staged output (+ rewrite / float IR)
+COMPRESSED_DISK = {"int8": 0.55, "int4": 0.45}
+
+
+def needs(kind: str, weight_format: str, model_dir: Path, lean: bool = True) -> tuple[int, int]:
+    """(RAM, disk) in bytes that an export of ``model_dir`` needs: ``kind`` is ``export`` or ``compress``."""
+    size = sum(f.stat().st_size for f in weight_files(model_dir)) or 1
+    share, fixed = RAM_NEEDS[(kind, lean)]
+    disk = COMPRESSED_DISK.get(weight_format, 1.05) if kind == "compress" else DISK_NEEDS.get(weight_format, 1.05)
+    return int(share * size + fixed * 2**30), int(disk * size)

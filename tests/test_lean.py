@@ -1,0 +1,150 @@
+"""Lean exports (pipeline/lean.py): same IR as the plain path, pages handed back, early RAM/disk check."""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from pipeline import download, export_openvino, export_openvino_base, lean
+from pipeline.artifacts import sha256_file
+from pipeline.config import ModelConfig, OpenVinoVariantConfig
+from pipeline.errors import StageError
+
+
+def bf16_tiny(dest: Path) -> Path:
+    """The embedded tiny Phi-3 stored in bf16, like the real Phi-3 checkpoints."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    download.run(ModelConfig(source="tiny"), dest)
+    weights = dest / "model.safetensors"
+    save_file({k: v.to(torch.bfloat16) for k, v in load_file(weights).items()}, weights, metadata={"format": "pt"})
+    config = json.loads((dest / "config.json").read_text())
+    config.pop("dtype", None)
+    config["torch_dtype"] = "bfloat16"
+    (dest / "config.json").write_text(json.dumps(config))
+    return dest
+
+
+@pytest.mark.slow
+def test_lean_fp16_export_of_bf16_checkpoint_equals_plain(tmp_path: Path) -> None:
+    model = bf16_tiny(tmp_path / "model")
+    assert lean.checkpoint_dtype(model) == "bfloat16"
+    cfg = OpenVinoVariantConfig(weight_format="fp16")
+    plain = export_openvino.run("plain", cfg, model, tmp_path / "out", base_dir=None, lean=False)
+    fast = export_openvino.run("lean", cfg, model, tmp_path / "out", base_dir=None, lean=True)
+    assert fast["weight_layers"] == plain["weight_layers"] and fast["layers"] == plain["layers"]
+    xml = (tmp_path / "out" / "lean" / "openvino_model.xml").read_text()
+    assert 'element_type="bf16"' not in xml and 'precision="BF16"' not in xml
+    assert sha256_file(tmp_path / "out" / "lean" / "openvino_model.bin") == \
+        sha256_file(tmp_path / "out" / "plain" / "openvino_model.bin"), "fp16 weights must be bit-identical"
+    assert logits(tmp_path / "out" / "lean") == pytest.approx(logits(tmp_path / "out" / "plain"), abs=1e-3)
+
+
+def logits(ir_dir: Path) -> list[float]:
+    """Last-position logits of the IR for a fixed prompt (CPU)."""
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(str(ir_dir / "openvino_model.xml"), "CPU")
+    ids = np.array([[1, 450, 4996, 17354, 1701, 432]], dtype=np.int64)
+    out = compiled({"input_ids": ids, "attention_mask": np.ones_like(ids),
+                    "position_ids": np.arange(ids.shape[1])[None], "beam_idx": np.zeros(1, dtype=np.int32)})
+    return [float(x) for x in out["logits"][0, -1, :64]]
+
+
+@pytest.mark.slow
+def test_lean_compression_equals_plain(tmp_path: Path) -> None:
+    model = tmp_path / "model"
+    download.run(ModelConfig(source="tiny"), model)
+    base_plain = export_openvino_base.run(model, tmp_path / "base-plain", lean=False)
+    base_lean = export_openvino_base.run(model, tmp_path / "base-lean", lean=True)
+    assert base_lean["files"]["openvino_model.bin"] == base_plain["files"]["openvino_model.bin"]
+    cfg = OpenVinoVariantConfig(weight_format="int4", group_size=64, ratio=0.8, sym=True)
+    plain = export_openvino.run("plain", cfg, model, tmp_path / "out", base_dir=tmp_path / "base-plain", lean=False)
+    fast = export_openvino.run("lean", cfg, model, tmp_path / "out", base_dir=tmp_path / "base-lean", lean=True)
+    assert fast["weight_layers"] == plain["weight_layers"] and fast["nncf_rt_info"] == plain["nncf_rt_info"]
+    assert fast["weight_layers"]["int4"] > 0
+    assert sha256_file(tmp_path / "out" / "lean" / "openvino_model.bin") == \
+        sha256_file(tmp_path / "out" / "plain" / "openvino_model.bin")
+
+
+def test_bf16_rewrite_gives_torch_fp16_values(tmp_path: Path) -> None:
+    import openvino as ov
+    import torch
+    from openvino import opset13 as ops
+
+    weight = torch.randn(64, 48) * 3
+    weight[0, :4] = torch.tensor([1e-6, -7e-8, 70000.0, 0.1])  # fp16 subnormal, underflow, overflow, rounding
+    bits = weight.to(torch.bfloat16).view(torch.int16).numpy().view(np.float16)
+    x = ops.parameter([1, 48], ov.Type.f32, name="x")
+    const = ops.constant(ov.Tensor(bits, bits.shape, ov.Type.bf16), shared_memory=False)
+    model = ov.Model([ops.matmul(x, ops.convert(const, ov.Type.f32), False, True)], [x])
+    ov.save_model(model, tmp_path / "m.xml", compress_to_fp16=False)
+    assert lean.bf16_ir_to_f16(tmp_path / "m.xml") == 1
+    [got] = [op for op in ov.Core().read_model(tmp_path / "m.xml").get_ordered_ops() if op.get_type_name() == "Constant"]
+    assert got.get_output_element_type(0) == ov.Type.f16
+    want = weight.to(torch.bfloat16).to(torch.float16).numpy()
+    assert np.array_equal(got.get_data().view(np.uint16), want.view(np.uint16))
+    assert lean.bf16_ir_to_f16(tmp_path / "m.xml") == 0, "a second rewrite finds nothing to do"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="page trimming reads /proc (Linux)")
+def test_trimmer_hands_back_mapped_pages(tmp_path: Path) -> None:
+    path = tmp_path / "weights.bin"
+    with open(path, "wb") as f:
+        f.write(np.random.default_rng(0).bytes(64 * 2**20))
+        f.flush()
+        os.fsync(f.fileno())  # clean pages: reclaimable at once
+    with open(path, "rb") as f:
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        before = rss_file()
+        checksum = int(np.frombuffer(mapped, dtype=np.uint8).sum())  # touches every page
+        touched = rss_file()
+        trimmer = lean.MappedPageTrimmer([path])
+        trimmer.trim()
+        after = rss_file()
+        assert touched - before > 48 * 2**20 and touched - after > 48 * 2**20
+        assert int(np.frombuffer(mapped, dtype=np.uint8).sum()) == checksum, "dropped pages read back intact"
+        mapped.close()
+
+
+def rss_file() -> int:
+    """File-backed resident memory of this process, bytes."""
+    line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("RssFile"))
+    return int(line.split()[1]) * 1024
+
+
+def test_export_stops_early_when_ram_is_short(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import psutil
+
+    model = tmp_path / "model"
+    download.run(ModelConfig(source="tiny"), model)
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: SimpleNamespace(available=200 * 2**20))
+    out_root = tmp_path / "out"
+    with pytest.raises(StageError) as exc:
+        export_openvino.run("fp16", OpenVinoVariantConfig(weight_format="fp16"), model, out_root, base_dir=None)
+    message = str(exc.value)
+    assert "needs about 1.0 GiB of RAM but 0.2 GiB is available: free 0.8 GiB" in message and "\n" not in message
+    assert not out_root.exists() or not any(out_root.iterdir()), "nothing may be written"
+
+
+def test_export_stops_early_when_disk_is_short(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    model = tmp_path / "model"
+    download.run(ModelConfig(source="tiny"), model)
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=1024))
+    with pytest.raises(StageError) as exc:
+        export_openvino_base.run(model, tmp_path / "base")
+    assert "GiB of disk under" in str(exc.value) and "is free: free" in str(exc.value)
+    assert not (tmp_path / "base").exists()
+    monkeypatch.setenv("AIPC_SKIP_RESOURCE_CHECK", "1")
+    lean.check_resources("x", 2**60, 2**60, tmp_path)  # the documented escape hatch
