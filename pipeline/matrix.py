@@ -218,10 +218,8 @@ class MetricsRecord:
     def as_dict(self) -> dict[str, Any]:
         """The JSON written to ``artifacts/metrics/<artifact>.json``."""
         head = self.headline
-        top = {k: v for k, v in asdict(head).items() if k not in ("column", "status", "perf")} if head else {
-            "device_requested": next(iter(self.cells.values())).device_requested if self.cells else None,
-            "label": "; ".join(c.label for c in self.cells.values()),
-            "note": "; ".join(c.reason or "" for c in self.cells.values())}
+        shown = head or next(iter(self.cells.values()))  # all skipped: the first cell, with its reason
+        top = {k: v for k, v in asdict(shown).items() if k not in ("column", "status", "perf")}
         status = self.status
         return {"artifact": self.artifact, "family": self.family, "weight_format": self.weight_format,
                 "size_mb": self.size_mb, **top, "headline_cell": head.column if head else None,

@@ -156,6 +156,7 @@ def test_without_a_buildable_env_both_stages_record_a_skipped_target(
     written = json.loads((tmp_path / "metrics" / "npu_lib-int4.json").read_text())
     assert written == metrics and metrics["status"] == "skipped" and metrics["passed"] is None
     assert metrics["cells"]["NPU"]["status"] == "skipped" and "no C++ compiler" in metrics["cells"]["NPU"]["reason"]
+    assert "no C++ compiler" in metrics["reason"] and metrics["top1_agreement"] is None, "every key, even when skipped"
     assert not (tmp_path / "envs").exists()
 
 
