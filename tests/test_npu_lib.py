@@ -241,6 +241,6 @@ def test_dvc_repro_completes_when_the_env_cannot_be_built(tmp_path: Path, monkey
     run_cmd([sys.executable, "-m", "pipeline.cli", "compose", "model=tiny"], project)
     done = run_cmd([sys.executable, "-m", "dvc", "repro", "validate_npu_lib@int4", "validate@fp16"], project)
     skipped = json.loads((project / "artifacts" / "metrics" / "npu_lib-int4.json").read_text())
-    assert skipped["status"] == "skipped" and skipped["passed"] is None and "no C++ compiler" in skipped["note"]
+    assert skipped["status"] == "skipped" and skipped["passed"] is None and "no C++ compiler" in skipped["reason"]
     assert json.loads((project / "artifacts" / "metrics" / "openvino-fp16.json").read_text())["passed"]
     assert "skipped: no C++ compiler" in done.stderr
