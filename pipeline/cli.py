@@ -178,6 +178,14 @@ def cmd_publish(argv: list[str]) -> None:
     publish.main(argv)
 
 
+def cmd_pull(repo: str, revision: str, dest: str, endpoint: str | None = None) -> None:
+    """Download a published artifact at a pinned revision (tag, branch or commit) and check it against its manifest."""
+    from pipeline import publish
+
+    manifest = publish.pull(repo, revision, Path(dest), endpoint=endpoint)
+    print(f"{repo}@{manifest['commit']}: {len(manifest['files'])} files in {dest}, every sha256 matches the manifest")
+
+
 def cmd_demo() -> None:
     """Run the whole pipeline offline on the embedded tiny Phi-3 (compose model=tiny, dvc repro)."""
     if not Path("dvc.yaml").is_file() or not Path(".dvc").is_dir():
@@ -233,6 +241,7 @@ COMMANDS = {
     "demo": (cmd_demo, []),
     "report": (cmd_report, []),
     "publish": (cmd_publish, ["argv..."]),
+    "pull": (cmd_pull, ["repo", "revision", "dest", "--endpoint"]),
 }
 
 

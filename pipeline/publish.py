@@ -242,13 +242,15 @@ def pull(repo_id: str, revision: str, dest: Path, endpoint: str | None = None) -
     one-line errors) with the artifact file patterns (OpenVINO IR / ONNX, never a pickle). Returns
     the published manifest with the resolved ``commit``.
     """
+    from pipeline.artifacts import staged_dir
     from pipeline.download import ARTIFACT_FILES, fetch_snapshot
 
-    commit = fetch_snapshot(repo_id, revision, Path(dest), ARTIFACT_FILES, endpoint=endpoint)
-    manifest = read_manifest(dest)
-    for rel, info in manifest["files"].items():
-        if not (Path(dest) / rel).is_file() or sha256_file(Path(dest) / rel) != info["sha256"]:
-            fail(f"{repo_id}@{revision}: {rel} is missing or does not match the published manifest's sha256")
+    with staged_dir(Path(dest)) as tmp:  # ``dest`` is replaced only by a complete, checked download
+        commit = fetch_snapshot(repo_id, revision, tmp, ARTIFACT_FILES, endpoint=endpoint)
+        manifest = read_manifest(tmp)
+        for rel, info in manifest["files"].items():
+            if not (tmp / rel).is_file() or sha256_file(tmp / rel) != info["sha256"]:
+                fail(f"{repo_id}@{revision}: {rel} is missing or does not match the published manifest's sha256")
     return {**manifest, "commit": commit}
 
 

@@ -245,3 +245,13 @@ def test_metadata_problems_catches_what_the_hub_rejects() -> None:
     assert "not a Hub licence" in metadata_problems("---\nlicense: my-own\npipeline_tag: text-generation\n---\n")[0]
     assert metadata_problems("---\nlicense: mit\npipeline_tag: text-generation\nbase_model_relation: quantized\n---\n")
     assert metadata_problems("---\n- a list\n---\n")  # metadata must be a mapping (ModelCard raises)
+
+
+def test_pull_offline_is_one_line_and_writes_nothing(tmp_path: Path) -> None:
+    dest = tmp_path / "pulled"
+    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "pull", "someone/phi3-int4", "v1", str(dest)],
+                          capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 2
+    assert done.stderr.strip().startswith("error: cannot reach the model hub for 'someone/phi3-int4'")
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert not dest.exists() and not list(tmp_path.glob(".pulled.tmp-*")), "nothing half-written"
