@@ -113,6 +113,16 @@ def instrument(sampler: Sampler) -> None:
     wrap(openvino.Core, "read_model", "read IR", sampler)
 
 
+def instrument_onnx(sampler: Sampler) -> None:
+    """Hook the phases of onnxruntime-genai's model builder (it imports its builders as top-level modules)."""
+    import onnxruntime_genai.models.builder  # noqa: F401 - puts `builders` on sys.path
+
+    base = sys.modules["builders.base"]
+    wrap(base.Model, "load_weights", "load PyTorch model", sampler)
+    wrap(base.Model, "to_nbits", "quantize MatMuls to int4", sampler)
+    wrap(base.Model, "save_model", "save ONNX (quantize + write)", sampler)
+
+
 def run_export(kind: str, path: str, model: Path, work: Path) -> Path:
     """Run one export into ``work/<kind>-<path>`` the way the pipeline stage does."""
     from pipeline.config import OpenVinoVariantConfig as C
@@ -173,6 +183,8 @@ def main() -> None:
     checkpoint_gib = sum(f.stat().st_size for f in model.glob("*.safetensors")) / 2**30
     sampler = Sampler().start()
     instrument(sampler)
+    if args.export == "onnx-dml-int4":
+        instrument_onnx(sampler)
     started = time.perf_counter()
     run_export(args.export, args.path, model, args.work)
     wall = time.perf_counter() - started
