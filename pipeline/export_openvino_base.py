@@ -9,9 +9,11 @@ re-exports the model. Output: ``artifacts/openvino_base`` with ``manifest.json``
 
 from __future__ import annotations
 
+import contextlib
+import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from pipeline.artifacts import ARTIFACTS, folder_bytes, read_manifest, staged_dir, write_manifest
 from pipeline.config import OpenVinoVariantConfig
@@ -24,6 +26,7 @@ MODEL_DIR = ARTIFACTS / "model"
 OUT_DIR = ARTIFACTS / "openvino_base"
 MODEL_FILES = ("openvino_model.xml", "openvino_model.bin")
 STATISTICS_CACHE = Path(".aipc") / "nncf_statistics"
+SENSITIVITY_CACHE = Path(".aipc") / "nncf_sensitivity"
 
 
 def base_ov_config() -> Any:
@@ -52,7 +55,7 @@ def compress_from_base(base_dir: Path, model_dir: Path, out: Path, quantization_
             os.link(base_dir / name, out / name)
         except OSError:
             shutil.copy2(base_dir / name, out / name)
-    with MappedPageTrimmer(weight_files(base_dir) if lean else []):
+    with MappedPageTrimmer(weight_files(base_dir) if lean else []), reuse_data_free_sensitivity(base_dir):
         model = OVModelForCausalLM.from_pretrained(base_dir, compile=False, use_cache=True)
         model._apply_quantization(quantization_config, compile_only=False, compile_model=False,
                                   model_name_or_path=str(model_dir), trust_remote_code=False,
@@ -63,10 +66,46 @@ def compress_from_base(base_dir: Path, model_dir: Path, out: Path, quantization_
             shutil.copy2(path, out / path.name)
 
 
+@contextlib.contextmanager
+def reuse_data_free_sensitivity(base_dir: Path) -> Iterator[None]:
+    """Compute NNCF's data-free mixed-precision sensitivities once per base IR and reuse them.
+
+    With ``ratio < 1`` and no dataset, NNCF ranks layers by ``1 / int8 error`` of each weight
+    (``DataFreeCriterion``): it depends on the weights only, not on group size or ratio, yet every
+    sweep point recomputes it over the whole model. The scores are cached per base-IR hash under
+    ``.aipc/nncf_sensitivity`` and given back unchanged (same floats, same ranking), so the IR is
+    byte-identical. Data-aware criteria (subclasses) are never cached.
+    """
+    from nncf.quantization.algorithms.weight_compression import mixed_precision
+
+    from pipeline.artifacts import write_json_atomic
+
+    key = read_manifest(base_dir)["files"]["openvino_model.bin"]["sha256"][:16]
+    cache_file = SENSITIVITY_CACHE / f"{key}.json"
+    original = mixed_precision.DataFreeCriterion._calc_sensitivity
+
+    def cached(self: Any, model: Any, graph: Any, weight_params: list, statistic_points: Any = None) -> list:
+        if type(self) is not mixed_precision.DataFreeCriterion:
+            return original(self, model, graph, weight_params, statistic_points)
+        names = [f"{wp.node_with_weight.node_name}:{wp.weight_port_id}" for wp in weight_params]
+        known = json.loads(cache_file.read_text(encoding="utf-8")) if cache_file.is_file() else {}
+        if all(n in known for n in names):
+            say(f"reusing the mixed-precision sensitivities of {len(names)} weights ({cache_file})")
+            return [known[n] for n in names]
+        scores = [float(x) for x in original(self, model, graph, weight_params, statistic_points)]
+        write_json_atomic(cache_file, {**known, **dict(zip(names, scores))})
+        return scores
+
+    mixed_precision.DataFreeCriterion._calc_sensitivity = cached
+    try:
+        yield
+    finally:
+        mixed_precision.DataFreeCriterion._calc_sensitivity = original
+
+
 def statistics_path(model_manifest: dict, dataset: Any, num_samples: int | None) -> str:
     """A per-model, per-dataset cache folder for NNCF's data-aware statistics (reused across a sweep)."""
     import hashlib
-    import json
 
     key = json.dumps([sorted((k, v["sha256"]) for k, v in model_manifest["files"].items()), dataset, num_samples])
     return str(STATISTICS_CACHE / hashlib.sha256(key.encode()).hexdigest()[:16])

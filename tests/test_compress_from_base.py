@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -33,3 +34,28 @@ def test_compress_from_base_ir_equals_export_from_scratch(tmp_path: Path, cfg: O
         sha256_file(tmp_path / "out" / "slow" / "openvino_model.bin")
     assert set(fast["files"]) == set(slow["files"])
     assert sha256_file(base / "openvino_model.bin") == base_bin, "the shared base IR must stay untouched"
+
+
+def test_sweep_points_reuse_sensitivities_and_stay_identical(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from nncf.quantization.algorithms.weight_compression.mixed_precision import DataFreeCriterion
+
+    monkeypatch.setattr(export_openvino_base, "SENSITIVITY_CACHE", tmp_path / "sensitivity")
+    computed = []
+    real = DataFreeCriterion._calc_sensitivity
+    monkeypatch.setattr(DataFreeCriterion, "_calc_sensitivity", lambda *a, **k: computed.append(1) or real(*a, **k))
+    model, base = tmp_path / "model", tmp_path / "base"
+    download.run(ModelConfig(source="tiny"), model)
+    export_openvino_base.run(model, base)
+    first = OpenVinoVariantConfig(weight_format="int4", group_size=128, ratio=0.8, sym=True)
+    export_openvino.run("first", first, model, tmp_path / "out", base_dir=base)
+    [cache] = (tmp_path / "sensitivity").glob("*.json")
+    scores = json.loads(cache.read_text())
+    assert len(scores) == 8 and all(isinstance(v, float) and v > 0 for v in scores.values())  # 2 layers x 4 MatMuls
+    second = OpenVinoVariantConfig(weight_format="int4", group_size=64, ratio=0.6, sym=True)
+    reused = export_openvino.run("reused", second, model, tmp_path / "out", base_dir=base)
+    assert len(computed) == 1, "the second point must reuse the first point's sensitivities"
+    scratch = export_openvino.run("scratch", second, model, tmp_path / "out", base_dir=None)
+    assert reused["weight_layers"] == scratch["weight_layers"] and reused["weight_layers"]["int8"] > 0
+    assert sha256_file(tmp_path / "out" / "reused" / "openvino_model.bin") == \
+        sha256_file(tmp_path / "out" / "scratch" / "openvino_model.bin")
+    assert len(computed) == 2 and json.loads(cache.read_text()) == scores  # from scratch: computed, not cached
