@@ -6,8 +6,8 @@ every shard is still mapped; the int4 path peaks when NNCF compresses an IR whos
 all mapped at once. Three measures, each keeping the output identical to the plain path:
 
 * The model is loaded in the checkpoint's own dtype, so transformers hands out memory-mapped
-  weights (no copy); an fp16 IR is then written from the bf16 trace by :func:`bf16_ir_to_f16`, a
-  streaming rewrite of the IR's weight file, instead of converting in PyTorch.
+  weights (no copy); an fp16 IR is then made from the bf16 trace by :func:`bf16_ir_to_f16`, which
+  converts the weights in place in the IR's weight file, instead of converting in PyTorch.
 * :class:`MappedPageTrimmer` hands pages of memory-mapped weight files (checkpoint shards, the base
   IR's ``.bin``) back to the kernel while an export reads them: an export reads each weight once
   or twice, and keeping every page it has read mapped holds a checkpoint's worth of RAM for nothing.
@@ -105,55 +105,53 @@ def checkpoint_dtype(model_dir: Path) -> str | None:
     return config.get("torch_dtype") or config.get("dtype")
 
 
-def _bf16_to_f16(raw: memoryview, out) -> None:  # noqa: ANN001 - a binary file
-    """Convert bf16 bytes to fp16 bytes in chunks, with PyTorch's own conversion (the plain path's)."""
-    import warnings
-
+def _bf16_to_f16_in_place(buffer: memoryview) -> None:
+    """Convert bf16 values to fp16 in place (same width), with PyTorch's own conversion (the plain path's)."""
     import torch
 
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The given buffer is not writable")  # it is only read
-        for start in range(0, len(raw), 2 * CHUNK_ELEMENTS):
-            chunk = torch.frombuffer(raw[start:start + 2 * CHUNK_ELEMENTS], dtype=torch.bfloat16)
-            out.write(chunk.to(torch.float16).numpy().tobytes())
+    for start in range(0, len(buffer), 2 * CHUNK_ELEMENTS):
+        chunk = torch.frombuffer(buffer[start:start + 2 * CHUNK_ELEMENTS], dtype=torch.bfloat16)
+        chunk.view(torch.float16).copy_(chunk.to(torch.float16))
 
 
 def bf16_ir_to_f16(xml_path: Path) -> int:
-    """Rewrite the bf16 constants of an IR as fp16, streaming its ``.bin``; returns how many were rewritten.
+    """Rewrite the bf16 constants of an IR as fp16 in place; returns how many constants were rewritten.
 
     A bf16 checkpoint exported with ``compress_to_fp16`` keeps its bf16 weights (OpenVINO only
     compresses f32 constants); the plain path avoids that by converting the whole PyTorch model to
-    fp16 first, in new memory. This writes the same fp16 values constant by constant instead.
+    fp16 first, in new memory. Both types are 2 bytes wide, so each constant is converted where it
+    lies in the ``.bin`` (written back and unmapped chunk by chunk) and only the ``.xml`` types change.
     """
     import mmap
 
     xml_path = Path(xml_path)
     bin_path, tree = xml_path.with_suffix(".bin"), ET.parse(xml_path)
-    layers = tree.getroot().find("layers")
-    consts = [(layer, layer.find("data")) for layer in layers if layer.get("type") == "Const"]
-    rewritten = {layer.get("id") for layer, data in consts if data.get("element_type") == "bf16"}
-    if not rewritten:
+    consts = [(layer, layer.find("data")) for layer in tree.getroot().find("layers") if layer.get("type") == "Const"]
+    ranges = {(int(d.get("offset")), int(d.get("size"))): d.get("element_type") for _, d in consts}
+    bf16 = sorted(r for r, t in ranges.items() if t == "bf16")
+    if not bf16:
         return 0
-    new_bin, moved = bin_path.with_suffix(".bin.f16"), {}
-    with open(bin_path, "rb") as src, open(new_bin, "wb") as out, MappedPageTrimmer([bin_path]):
-        view = memoryview(mmap.mmap(src.fileno(), 0, access=mmap.ACCESS_READ))
-        for _, data in sorted(consts, key=lambda c: int(c[1].get("offset"))):
-            key = (data.get("offset"), data.get("size"), data.get("element_type"))
-            if key not in moved:  # the serializer stores identical constants once
-                begin, size, offset = int(key[0]), int(key[1]), out.tell()
-                if key[2] == "bf16":
-                    _bf16_to_f16(view[begin:begin + size], out)
-                else:
-                    out.write(view[begin:begin + size])
-                moved[key] = (offset, out.tell() - offset)
-            data.set("offset", str(moved[key][0]))
-            data.set("size", str(moved[key][1]))
-            if key[2] == "bf16":
-                data.set("element_type", "f16")
+    others = [r for r, t in ranges.items() if t != "bf16"]
+    if any(o < b + n and b < o + m for b, n in bf16 for o, m in others):  # the serializer shares equal bytes
+        fail(f"{bin_path} stores a bf16 constant's bytes shared with another type: export with lean=False")
+    step_bytes = 8 * 2 * CHUNK_ELEMENTS
+    with open(bin_path, "r+b") as f, mmap.mmap(f.fileno(), 0) as mapped:
+        view = memoryview(mapped)
+        for begin, size in bf16:
+            for start in range(begin, begin + size, step_bytes):
+                end = min(start + step_bytes, begin + size)
+                _bf16_to_f16_in_place(view[start:end])
+                aligned = start - start % mmap.ALLOCATIONGRANULARITY
+                mapped.flush(aligned, end - aligned)
+                if hasattr(mapped, "madvise"):  # written back: hand the pages back (Linux/macOS)
+                    mapped.madvise(mmap.MADV_DONTNEED, aligned, end - aligned)
         view.release()
+    rewritten = {layer.get("id") for layer, data in consts if data.get("element_type") == "bf16"}
+    for layer, data in consts:
+        if layer.get("id") in rewritten:
+            data.set("element_type", "f16")
     _retype_ports(tree.getroot(), rewritten)
     tree.write(xml_path.with_suffix(".xml.f16"), encoding="utf-8", xml_declaration=True)
-    os.replace(new_bin, bin_path)
     os.replace(xml_path.with_suffix(".xml.f16"), xml_path)
     return len(rewritten)
 
@@ -196,7 +194,7 @@ def check_resources(what: str, ram_bytes: int, disk_bytes: int, disk_at: Path) -
 # benchmarks/memory_breakdown.py on the Phi-3-mini-shaped checkpoint (7.1 GiB of bf16), plus margin.
 RAM_NEEDS = {("export", True): (0.25, 1.0), ("export", False): (2.1, 0.5),
              ("compress", True): (0.5, 1.0), ("compress", False): (1.5, 0.5)}
-DISK_NEEDS = {"base": 1.05, "fp16": 2.1, "fp32": 2.1, "int8": 1.6, "int4": 1.45}  # staged output (+ rewrite / float IR)
+DISK_NEEDS = {"base": 1.05, "fp16": 1.05, "fp32": 2.1, "int8": 1.6, "int4": 1.45}  # staged output (+ float IR)
 COMPRESSED_DISK = {"int8": 0.55, "int4": 0.45}
 
 
