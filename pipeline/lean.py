@@ -29,7 +29,7 @@ from pipeline.errors import fail
 
 MADV_DONTNEED = 4  # unmap: the page stays in the page cache; used only on read-only mappings (nothing to lose)
 MADV_PAGEOUT = 21  # Linux >= 5.4: reclaim now; a request, never a discard (pages a program wrote stay)
-CHUNK_ELEMENTS = 1 << 24  # 32 MiB of bf16 per conversion step
+CHUNK_ELEMENTS = 1 << 24  # bf16 values per conversion step (32 MiB)
 
 
 class MappedPageTrimmer:
@@ -105,24 +105,15 @@ def checkpoint_dtype(model_dir: Path) -> str | None:
     return config.get("torch_dtype") or config.get("dtype")
 
 
-def _bf16_to_f16_in_place(buffer: memoryview) -> None:
-    """Convert bf16 values to fp16 in place (same width), with PyTorch's own conversion (the plain path's)."""
-    import torch
-
-    for start in range(0, len(buffer), 2 * CHUNK_ELEMENTS):
-        chunk = torch.frombuffer(buffer[start:start + 2 * CHUNK_ELEMENTS], dtype=torch.bfloat16)
-        chunk.view(torch.float16).copy_(chunk.to(torch.float16))
-
-
 def bf16_ir_to_f16(xml_path: Path) -> int:
     """Rewrite the bf16 constants of an IR as fp16 in place; returns how many constants were rewritten.
 
     A bf16 checkpoint exported with ``compress_to_fp16`` keeps its bf16 weights (OpenVINO only
     compresses f32 constants); the plain path avoids that by converting the whole PyTorch model to
     fp16 first, in new memory. Both types are 2 bytes wide, so each constant is converted where it
-    lies in the ``.bin`` (written back and unmapped chunk by chunk) and only the ``.xml`` types change.
+    lies in the ``.bin``, 32 MiB at a time, and only the ``.xml`` types change.
     """
-    import mmap
+    import torch
 
     xml_path = Path(xml_path)
     bin_path, tree = xml_path.with_suffix(".bin"), ET.parse(xml_path)
@@ -133,19 +124,19 @@ def bf16_ir_to_f16(xml_path: Path) -> int:
         return 0
     others = [r for r, t in ranges.items() if t != "bf16"]
     if any(o < b + n and b < o + m for b, n in bf16 for o, m in others):  # the serializer shares equal bytes
-        fail(f"{bin_path} stores a bf16 constant's bytes shared with another type: export with lean=False")
-    step_bytes = 8 * 2 * CHUNK_ELEMENTS
-    with open(bin_path, "r+b") as f, mmap.mmap(f.fileno(), 0) as mapped:
-        view = memoryview(mapped)
+        fail(f"{bin_path} shares a bf16 constant's bytes with another type, so it cannot be converted in place: "
+             "convert the checkpoint to float16 first (model.local_path) and export that")
+    chunk = bytearray(2 * CHUNK_ELEMENTS)  # read, convert, write back: only the page cache holds the file
+    with open(bin_path, "r+b") as f:
         for begin, size in bf16:
-            for start in range(begin, begin + size, step_bytes):
-                end = min(start + step_bytes, begin + size)
-                _bf16_to_f16_in_place(view[start:end])
-                aligned = start - start % mmap.ALLOCATIONGRANULARITY
-                mapped.flush(aligned, end - aligned)
-                if hasattr(mapped, "madvise"):  # written back: hand the pages back (Linux/macOS)
-                    mapped.madvise(mmap.MADV_DONTNEED, aligned, end - aligned)
-        view.release()
+            for start in range(begin, begin + size, len(chunk)):
+                n = min(len(chunk), begin + size - start)
+                f.seek(start)
+                f.readinto(memoryview(chunk)[:n])
+                values = torch.frombuffer(chunk, dtype=torch.bfloat16, count=n // 2)
+                values.view(torch.float16).copy_(values.to(torch.float16))  # PyTorch's rounding, as the plain path
+                f.seek(start)
+                f.write(memoryview(chunk)[:n])
     rewritten = {layer.get("id") for layer, data in consts if data.get("element_type") == "bf16"}
     for layer, data in consts:
         if layer.get("id") in rewritten:
