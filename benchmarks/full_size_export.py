@@ -174,8 +174,8 @@ def main() -> None:
     for name, cmds in commands(model, args.work).items():
         if args.only and name not in args.only:
             continue
-        for folder in ("aipc", "cli"):
-            shutil.rmtree(args.work / folder, ignore_errors=True)
+        for folder in (args.work / "aipc", args.work / "cli", ROOT / ".aipc" / "nncf_sensitivity"):
+            shutil.rmtree(folder, ignore_errors=True)  # cold: no output, no cached sensitivities from earlier runs
         print(f"running {name} ({len(cmds)} step(s)) ...", flush=True)
         results[name] = {**measure(cmds, ROOT, args.timeout), "load_average_before": os.getloadavg(),
                          "date": time.strftime("%Y-%m-%d %H:%M")}

@@ -94,7 +94,7 @@ def export_float(model_dir: Path, out: Path, ov_config: Any, lean: bool = True) 
     rewrite_f16 = lean and ov_config.dtype == "fp16" and lean_path.checkpoint_dtype(model_dir) == "bfloat16"
     if rewrite_f16:
         loading["torch_dtype"] = "bfloat16"
-    with lean_path.MappedPageTrimmer(lean_path.weight_files(model_dir) if lean else []):
+    with lean_path.MappedPageTrimmer(lean_path.weight_files(model_dir) if lean else [], release_pages=False):
         main_export(model_name_or_path=str(model_dir), output=out, task="text-generation-with-past",
                     ov_config=ov_config, stateful=True, convert_tokenizer=True, library_name="transformers",
                     trust_remote_code=False, model_loading_kwargs=loading)

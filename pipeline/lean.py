@@ -8,9 +8,10 @@ all mapped at once. Three measures, each keeping the output identical to the pla
 * The model is loaded in the checkpoint's own dtype, so transformers hands out memory-mapped
   weights (no copy); an fp16 IR is then made from the bf16 trace by :func:`bf16_ir_to_f16`, which
   converts the weights in place in the IR's weight file, instead of converting in PyTorch.
-* :class:`MappedPageTrimmer` hands pages of memory-mapped weight files (checkpoint shards, the base
-  IR's ``.bin``) back to the kernel while an export reads them: an export reads each weight once
-  or twice, and keeping every page it has read mapped holds a checkpoint's worth of RAM for nothing.
+* :class:`MappedPageTrimmer` hands pages of memory-mapped weight files (the base IR's ``.bin`` while
+  NNCF compresses it, the checkpoint while the ONNX builder reads it) back to the kernel: an export
+  reads each weight once or twice, and keeping every page it has read mapped holds a checkpoint's
+  worth of RAM for nothing. It also returns freed heap to the system.
 * :func:`check_resources` stops a heavy export before it starts when RAM or disk is short.
 """
 
@@ -40,11 +41,14 @@ class MappedPageTrimmer:
     Writable copy-on-write mappings (safetensors' mmap) get ``MADV_PAGEOUT``, which can never drop
     a page a program has written. It also returns freed heap to the system (``malloc_trim``). It
     runs in a thread, so it cannot act while a call holds the GIL (OpenVINO's ``save_model`` does).
+    With ``release_pages=False`` it only returns freed heap: for a float export, whose peak is that
+    ``save_model``, evicting checkpoint pages early would only make the save read them from disk again.
     """
 
-    def __init__(self, files: Iterable[Path], interval: float = 0.5) -> None:
+    def __init__(self, files: Iterable[Path], interval: float = 0.5, release_pages: bool = True) -> None:
         self.inodes = {(os.stat(f).st_dev, os.stat(f).st_ino) for f in files if Path(f).is_file()}
         self.interval = interval
+        self.release_pages = release_pages
         self.enabled = sys.platform.startswith("linux") and bool(self.inodes)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="aipc-page-trimmer", daemon=True)
@@ -67,7 +71,7 @@ class MappedPageTrimmer:
         """Hand back the resident pages of the tracked mappings once."""
         libc = ctypes.CDLL(None, use_errno=True)
         libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-        for start, length, writable in self._mappings():
+        for start, length, writable in self._mappings() if self.release_pages else []:
             advice = MADV_PAGEOUT if writable else MADV_DONTNEED
             if libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(length), advice) == 0:
                 self.trimmed_bytes += length
