@@ -23,6 +23,13 @@ class ConfigError(ValueError):
     """A configuration value is wrong; the message says which key and how to fix it."""
 
 
+def pick_variant(section: dict[str, Any], name: str, what: str) -> Any:
+    """``section[name]``, or a one-line :class:`ConfigError` listing the configured ``what`` variants."""
+    if name not in section:
+        raise ConfigError(f"unknown {what} variant '{name}': configured ones are {', '.join(section)}")
+    return section[name]
+
+
 MODEL_SOURCES = ("hub", "local", "tiny")
 WEIGHT_FORMATS = ("int4", "int8", "fp16")
 BACKUP_PRECISIONS = ("none", "int8_sym", "int8_asym")

@@ -20,7 +20,7 @@ from typing import Any
 from pipeline import devices
 from pipeline.artifacts import (ARTIFACTS, file_hashes, folder_bytes, read_manifest, staged_dir, write_json_atomic,
                                 write_manifest)
-from pipeline.config import ConfigError, NpuVariantConfig, load_params
+from pipeline.config import NpuVariantConfig, load_params, pick_variant
 from pipeline.errors import fail, run_main
 from pipeline.export_openvino import BASE_DIR, check_group_size, export_into, manifest_fields
 from pipeline.log import say, step
@@ -138,10 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("variant", help="key under `npu` in params.yaml, e.g. int4")
     args = parser.parse_args(argv)
-    variants = load_params().npu
-    if args.variant not in variants:
-        raise ConfigError(f"unknown NPU variant '{args.variant}': configured ones are {', '.join(variants)}")
-    run(args.variant, variants[args.variant])
+    run(args.variant, pick_variant(load_params().npu, args.variant, "NPU"))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from typing import Any
 
 from pipeline import fidelity, matrix, npu_lib_env
 from pipeline.artifacts import ARTIFACTS, folder_bytes, read_manifest, sha256_file, staged_dir, write_manifest
-from pipeline.config import ConfigError, NpuLibVariantConfig, ValidateConfig, load_params
+from pipeline.config import NpuLibVariantConfig, ValidateConfig, load_params, pick_variant
 from pipeline.errors import fail, run_main
 from pipeline.log import say, step
 
@@ -211,8 +211,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--validate", action="store_true", help="validate artifacts/npu_lib/<variant> instead")
     args = parser.parse_args(argv)
     params = load_params()
-    if args.variant not in params.npu_lib:
-        raise ConfigError(f"unknown npu_lib variant '{args.variant}': configured ones are {', '.join(params.npu_lib)}")
+    pick_variant(params.npu_lib, args.variant, "npu_lib")
     if args.validate:
         validate(args.variant, params.validate)
     else:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.artifacts import ARTIFACTS, folder_bytes, read_manifest, staged_dir, write_json_atomic, write_manifest
-from pipeline.config import ConfigError, OnnxVariantConfig, load_params
+from pipeline.config import ConfigError, OnnxVariantConfig, load_params, pick_variant
 from pipeline.errors import fail, run_main
 from pipeline.log import say, step
 from pipeline.onnx_inspect import check_matches_request, inspect_onnx
@@ -156,10 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("variant", help="key under `onnx` in params.yaml, e.g. dml_int4")
     args = parser.parse_args(argv)
-    variants = load_params().onnx
-    if args.variant not in variants:
-        raise ConfigError(f"unknown ONNX variant '{args.variant}': configured ones are {', '.join(variants)}")
-    run(args.variant, variants[args.variant])
+    run(args.variant, pick_variant(load_params().onnx, args.variant, "ONNX"))
 
 
 if __name__ == "__main__":

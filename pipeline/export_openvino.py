@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.artifacts import ARTIFACTS, folder_bytes, read_manifest, staged_dir, write_manifest
-from pipeline.config import ConfigError, OpenVinoVariantConfig, load_params
+from pipeline.config import ConfigError, OpenVinoVariantConfig, load_params, pick_variant
 from pipeline.errors import fail, run_main
 from pipeline.ir_inspect import check_matches_request, inspect_ir
 from pipeline.lean import check_resources, needs
@@ -209,10 +209,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("variant", help="key under `openvino` in params.yaml, e.g. int4")
     args = parser.parse_args(argv)
-    variants = load_params().openvino
-    if args.variant not in variants:
-        raise ConfigError(f"unknown OpenVINO variant '{args.variant}': configured ones are {', '.join(variants)}")
-    run(args.variant, variants[args.variant])
+    run(args.variant, pick_variant(load_params().openvino, args.variant, "OpenVINO"))
 
 
 if __name__ == "__main__":

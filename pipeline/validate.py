@@ -21,7 +21,7 @@ from typing import Any
 
 from pipeline import fidelity, matrix
 from pipeline.artifacts import ARTIFACTS, folder_bytes, read_manifest
-from pipeline.config import ConfigError, ValidateConfig, load_params
+from pipeline.config import ValidateConfig, load_params, pick_variant
 from pipeline.errors import run_main
 from pipeline.log import step
 
@@ -197,9 +197,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--npu", action="store_true", help="validate artifacts/npu/<variant>")
     args = parser.parse_args(argv)
     params = load_params()
-    section = params.npu if args.npu else params.openvino
-    if args.variant not in section:
-        raise ConfigError(f"unknown variant '{args.variant}': configured ones are {', '.join(section)}")
+    pick_variant(params.npu if args.npu else params.openvino, args.variant, "NPU" if args.npu else "OpenVINO")
     make = npu_target if args.npu else openvino_target
     run(make(args.variant, params.validate), params.validate)
 

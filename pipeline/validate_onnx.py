@@ -20,7 +20,7 @@ from typing import Any
 
 from pipeline import fidelity, matrix
 from pipeline.artifacts import ARTIFACTS, folder_bytes, read_manifest
-from pipeline.config import ConfigError, ValidateConfig, load_params
+from pipeline.config import ValidateConfig, load_params, pick_variant
 from pipeline.devices import ONNX_PROVIDER_DEVICES, onnx_provider_status
 from pipeline.errors import fail, run_main
 from pipeline.log import step
@@ -157,8 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("variant", help="key under `onnx` in params.yaml, e.g. dml_int4")
     args = parser.parse_args(argv)
     params = load_params()
-    if args.variant not in params.onnx:
-        raise ConfigError(f"unknown ONNX variant '{args.variant}': configured ones are {', '.join(params.onnx)}")
+    pick_variant(params.onnx, args.variant, "ONNX")
     run(args.variant, params.validate)
 
 
