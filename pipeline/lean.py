@@ -41,18 +41,17 @@ class MappedPageTrimmer:
     Writable copy-on-write mappings (safetensors' mmap) get ``MADV_PAGEOUT``, which can never drop
     a page a program has written. It also returns freed heap to the system (``malloc_trim``). It
     runs in a thread, so it cannot act while a call holds the GIL (OpenVINO's ``save_model`` does).
-    With ``release_pages=False`` it only returns freed heap: for a float export, whose peak is that
-    ``save_model``, evicting checkpoint pages early would only make the save read them from disk again.
+    With ``release_pages=False`` (and no ``files``) it only returns freed heap.
     """
 
     def __init__(self, files: Iterable[Path], interval: float = 0.5, release_pages: bool = True) -> None:
         self.inodes = {(os.stat(f).st_dev, os.stat(f).st_ino) for f in files if Path(f).is_file()}
         self.interval = interval
         self.release_pages = release_pages
-        self.enabled = sys.platform.startswith("linux") and bool(self.inodes)
+        self.enabled = sys.platform.startswith("linux") and (bool(self.inodes) or not release_pages)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="aipc-page-trimmer", daemon=True)
-        self.trimmed_bytes = 0
+        self._libc = None
 
     def _mappings(self) -> list[tuple[int, int, bool]]:
         """(start, length, writable) of this process's mappings of the tracked files."""
@@ -68,15 +67,16 @@ class MappedPageTrimmer:
         return found
 
     def trim(self) -> None:
-        """Hand back the resident pages of the tracked mappings once."""
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-        for start, length, writable in self._mappings() if self.release_pages else []:
-            advice = MADV_PAGEOUT if writable else MADV_DONTNEED
-            if libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(length), advice) == 0:
-                self.trimmed_bytes += length
-        if hasattr(libc, "malloc_trim"):  # glibc
-            libc.malloc_trim(0)
+        """Hand back the resident pages of the tracked mappings once, then the freed heap."""
+        if self._libc is None:
+            self._libc = ctypes.CDLL(None, use_errno=True)
+            self._libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        if self.release_pages:
+            for start, length, writable in self._mappings():
+                self._libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(length),
+                                   MADV_PAGEOUT if writable else MADV_DONTNEED)
+        if hasattr(self._libc, "malloc_trim"):  # glibc
+            self._libc.malloc_trim(0)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
