@@ -44,6 +44,20 @@ def make_project(dest: Path) -> Path:
     return dest
 
 
+def previous_artifact(out: Path) -> Path:
+    """An existing output folder that a failing stage must leave exactly as it was."""
+    out.mkdir(parents=True)
+    (out / "keep.txt").write_text("previous artifact")
+    return out
+
+
+def assert_untouched(out: Path) -> None:
+    """``out`` still holds the previous artifact and no half-written temporary folder is left beside it."""
+    assert (out / "keep.txt").read_text() == "previous artifact"
+    leftovers = [p.name for p in out.parent.iterdir() if p.name.startswith(".")]
+    assert leftovers == [], f"half-written folders left behind: {leftovers}"
+
+
 @pytest.fixture(scope="session")
 def demo_project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
     """A fresh project copy on which the README's demo (`aipc demo`) has run once."""

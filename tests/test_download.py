@@ -13,7 +13,7 @@ from pipeline.artifacts import read_manifest, sha256_file
 from pipeline.config import ModelConfig
 from pipeline.errors import StageError
 
-from conftest import TINY_DIR
+from conftest import TINY_DIR, assert_untouched, previous_artifact
 
 
 def test_tiny_source_copies_model_and_records_hashes(tmp_path: Path) -> None:
@@ -26,18 +26,6 @@ def test_tiny_source_copies_model_and_records_hashes(tmp_path: Path) -> None:
     assert not any(n.endswith((".bin", ".pt")) for n in manifest["files"])
 
 
-def _previous(out: Path) -> Path:
-    out.mkdir(parents=True)
-    (out / "keep.txt").write_text("previous artifact")
-    return out
-
-
-def _assert_untouched(out: Path) -> None:
-    assert (out / "keep.txt").read_text() == "previous artifact"
-    leftovers = [p.name for p in out.parent.iterdir() if p.name.startswith(".")]
-    assert leftovers == [], f"half-written folders left behind: {leftovers}"
-
-
 @pytest.mark.parametrize("env", [{"HF_HUB_OFFLINE": "1"}, {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"}])
 def test_unknown_model_offline_gives_one_line_and_keeps_previous_output(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, env: dict) -> None:
@@ -48,13 +36,13 @@ def test_unknown_model_offline_gives_one_line_and_keeps_previous_output(
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", env["HF_HUB_OFFLINE"] == "1")
     if "HF_ENDPOINT" in env:
         monkeypatch.setattr(hf_constants, "ENDPOINT", env["HF_ENDPOINT"])
-    out = _previous(tmp_path / "artifacts" / "model")
+    out = previous_artifact(tmp_path / "artifacts" / "model")
     cfg = ModelConfig(name="x", source="hub", repo_id="nobody/no-such-model", revision="0" * 40)
     with pytest.raises(StageError) as exc:
         download.run(cfg, out)
     message = str(exc.value)
     assert "\n" not in message and "model=tiny" in message and "HF_ENDPOINT" in message
-    _assert_untouched(out)
+    assert_untouched(out)
 
 
 def test_folder_without_tokenizer_is_refused(tmp_path: Path) -> None:
@@ -62,10 +50,10 @@ def test_folder_without_tokenizer_is_refused(tmp_path: Path) -> None:
     src.mkdir()
     for name in ("config.json", "model.safetensors", "generation_config.json"):
         shutil.copy2(TINY_DIR / name, src / name)
-    out = _previous(tmp_path / "artifacts" / "model")
+    out = previous_artifact(tmp_path / "artifacts" / "model")
     with pytest.raises(StageError, match="no tokenizer"):
         download.run(ModelConfig(source="local", local_path=str(src)), out)
-    _assert_untouched(out)
+    assert_untouched(out)
 
 
 def test_pickled_weights_are_refused(tmp_path: Path) -> None:

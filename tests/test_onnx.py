@@ -20,6 +20,8 @@ from pipeline.config import ONNX_EXTRA_OPTIONS, ConfigError, ModelConfig, OnnxVa
 from pipeline.errors import StageError
 from pipeline.onnx_inspect import check_matches_request
 
+from conftest import assert_untouched, previous_artifact
+
 VARIANTS = ("dml_int4", "dml_fp16", "cpu_int4")
 # validate.min_top1_agreement: int4 0.85, fp16 0.99. Measured on three trainings of the tiny model: dml_int4
 # (block 128) 0.898-0.918, cpu_int4 (block 32) 0.908-0.932, dml_fp16 0.998-1.000 (conf/onnx/default.yaml).
@@ -67,17 +69,6 @@ def tiny_model(tmp_path: Path) -> Path:
     return model_dir
 
 
-def _previous(out: Path) -> Path:
-    out.mkdir(parents=True)
-    (out / "keep.txt").write_text("previous artifact")
-    return out
-
-
-def _assert_untouched(out: Path) -> None:
-    assert (out / "keep.txt").read_text() == "previous artifact"
-    assert [p.name for p in out.parent.iterdir() if p.name.startswith(".")] == [], "half-written folders left"
-
-
 @pytest.mark.parametrize("key, value, message", [
     ("block_size", 48, "block_size must be one of"),
     ("precision", "fp32", "precision fp32 is refused for dml"),
@@ -92,20 +83,20 @@ def test_bad_params_through_the_cli_write_nothing(tiny_model: Path, monkeypatch:
     data = compose(["model=tiny"])
     data["onnx"]["dml_int4"][key] = value
     (project / "params.yaml").write_text(yaml.safe_dump(data))
-    out = _previous(project / "artifacts" / "onnx" / "dml_int4")
+    out = previous_artifact(project / "artifacts" / "onnx" / "dml_int4")
     with pytest.raises(SystemExit) as exc:
         main(["export-onnx", "dml_int4"])
     err = capsys.readouterr().err.strip().splitlines()
     assert exc.value.code == 2 and len(err) == 1 and message in err[0]
-    _assert_untouched(out)
+    assert_untouched(out)
 
 
 def test_asymmetric_int4_with_tied_embeddings_is_refused_before_building(tiny_model: Path) -> None:
-    out = _previous(tiny_model.parent / "onnx" / "dml_int4")
+    out = previous_artifact(tiny_model.parent / "onnx" / "dml_int4")
     with pytest.raises(ConfigError, match="is_symmetric false with tied") as exc:
         export_onnx.run("dml_int4", OnnxVariantConfig(is_symmetric=False), tiny_model, out.parent)
     assert "\n" not in str(exc.value)
-    _assert_untouched(out)
+    assert_untouched(out)
 
 
 def _summary(**changes: object) -> dict:
@@ -149,11 +140,11 @@ def test_structural_check_accepts_a_correct_build_and_names_each_defect() -> Non
 
 @pytest.mark.slow
 def test_failed_structural_check_keeps_the_previous_output(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    out = _previous(tiny_model.parent / "onnx" / "dml_int4")
+    out = previous_artifact(tiny_model.parent / "onnx" / "dml_int4")
     monkeypatch.setattr(export_onnx, "check_matches_request", lambda *a: ["forced defect"])
     with pytest.raises(StageError, match="does not match the request: forced defect"):
         export_onnx.run("dml_int4", OnnxVariantConfig(block_size=128), tiny_model, out.parent)
-    _assert_untouched(out)
+    assert_untouched(out)
 
 
 @pytest.mark.slow
