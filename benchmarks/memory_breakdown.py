@@ -101,14 +101,12 @@ def instrument(sampler: Sampler) -> None:
     import openvino
     from optimum.exporters.openvino import __main__ as ov_main
     from optimum.exporters.openvino import convert
-    from optimum.intel.openvino import quantization
 
     wrap(ov_main.TasksManager, "get_model_from_task", "load PyTorch model", sampler, static=True)
     wrap(convert, "convert_model", "trace + convert to OV", sampler)
     wrap(convert, "_save_model", "save float IR", sampler)
     wrap(ov_main, "maybe_convert_tokenizers", "convert tokenizers", sampler)
     wrap(nncf, "compress_weights", "NNCF compress", sampler)
-    wrap(quantization.nncf, "compress_weights", "NNCF compress", sampler) if quantization.nncf is not nncf else None
     wrap(openvino, "save_model", "openvino.save_model", sampler)
     wrap(openvino.Core, "read_model", "read IR", sampler)
 
