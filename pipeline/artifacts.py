@@ -68,8 +68,27 @@ def write_json_atomic(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+_KNOWN_SHA256: dict[tuple[int, int, int, int], str] = {}
+
+
+def _identity(path: Path) -> tuple[int, int, int, int]:
+    """What changes when a file's content may have changed: device, inode, size, modification time."""
+    stat = os.stat(path)
+    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
+def remember_sha256(path: Path, digest: str) -> None:
+    """Record the sha256 of a file just written, so :func:`sha256_file` need not read it again.
+
+    Valid while the file keeps its inode, size and modification time (a rename keeps them).
+    """
+    _KNOWN_SHA256[_identity(path)] = digest
+
+
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """Return the hex sha256 of a file, read in chunks."""
+    """Return the hex sha256 of a file, read in chunks (or as recorded by :func:`remember_sha256`)."""
+    if (known := _KNOWN_SHA256.get(_identity(path))) is not None:
+        return known
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while block := handle.read(chunk):

@@ -95,9 +95,13 @@ def export_float(model_dir: Path, out: Path, ov_config: Any, lean: bool = True) 
     rewrite_f16 = lean and ov_config.dtype == "fp16" and lean_path.checkpoint_dtype(model_dir) == "bfloat16"
     if rewrite_f16:
         loading["torch_dtype"] = "bfloat16"
-    # The peak is save_model, which holds the GIL: evicting checkpoint pages before it would only make it
-    # read them from disk again, so this export only hands freed heap back.
-    with lean_path.MappedPageTrimmer([], release_pages=False) if lean else contextlib.nullcontext():
+    # save_model reads every checkpoint page while holding the GIL; the native trimmer hands each page
+    # back once read (without it, a Python thread could only return freed heap: nothing else runs then).
+    # Reading the weights ahead, while the model is loaded and traced, keeps save_model off the disk.
+    weights = lean_path.weight_files(model_dir)
+    if lean:
+        lean_path.prefetch(weights)
+    with lean_path.MappedPageTrimmer(weights) if lean else contextlib.nullcontext():
         main_export(model_name_or_path=str(model_dir), output=out, task="text-generation-with-past",
                     ov_config=ov_config, stateful=True, convert_tokenizer=True, library_name="transformers",
                     trust_remote_code=False, model_loading_kwargs=loading)

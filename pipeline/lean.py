@@ -17,6 +17,7 @@ all mapped at once. Three measures, each keeping the output identical to the pla
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import shutil
@@ -26,7 +27,13 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Iterable
 
+from pipeline.artifacts import remember_sha256
 from pipeline.errors import fail
+
+try:  # compiled at install on Linux (setup.py); optional
+    from pipeline import _pagetrim
+except ImportError:
+    _pagetrim = None
 
 MADV_DONTNEED = 4  # unmap: the page stays in the page cache; used only on read-only mappings (nothing to lose)
 MADV_PAGEOUT = 21  # Linux >= 5.4: reclaim now; a request, never a discard (pages a program wrote stay)
@@ -39,9 +46,13 @@ class MappedPageTrimmer:
     Linux only (elsewhere a no-op). Read-only mappings (OpenVINO's IR mmap) are unmapped with
     ``MADV_DONTNEED``: the data stays in the page cache and a page touched again is mapped again.
     Writable copy-on-write mappings (safetensors' mmap) get ``MADV_PAGEOUT``, which can never drop
-    a page a program has written. It also returns freed heap to the system (``malloc_trim``). It
-    runs in a thread, so it cannot act while a call holds the GIL (OpenVINO's ``save_model`` does).
+    a page a program has written. It also returns freed heap to the system (``malloc_trim``).
     With ``release_pages=False`` (and no ``files``) it only returns freed heap.
+
+    The loop runs in a native thread (``pipeline/_pagetrim.c``, built at install on Linux) because a
+    call that holds the GIL stops every Python thread: OpenVINO's ``save_model`` reads every weight
+    page of the model while holding it. Without the compiled module a Python thread does the same
+    between such calls (``native`` says which one runs).
     """
 
     def __init__(self, files: Iterable[Path], interval: float = 0.5, release_pages: bool = True) -> None:
@@ -49,6 +60,9 @@ class MappedPageTrimmer:
         self.interval = interval
         self.release_pages = release_pages
         self.enabled = sys.platform.startswith("linux") and (bool(self.inodes) or not release_pages)
+        self.native = self.enabled and _pagetrim is not None
+        self.passes = 0  # trimming passes the native thread made (0 for the Python thread)
+        self._handle = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="aipc-page-trimmer", daemon=True)
         self._libc = None
@@ -83,16 +97,51 @@ class MappedPageTrimmer:
             self.trim()
 
     def __enter__(self) -> "MappedPageTrimmer":
-        if self.enabled:
+        if self.native:
+            self._handle = _pagetrim.start(sorted(self.inodes), self.interval, self.release_pages)
+        elif self.enabled:
             self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self._handle is not None:
+            self.passes = _pagetrim.stop(self._handle)
+            self._handle = None
         if self._thread.is_alive():
             self._stop.set()
             self._thread.join()
         if self.enabled:
             self.trim()
+
+
+def prefetch(files: Iterable[Path], headroom: float = 1.5) -> threading.Thread | None:
+    """Start reading ``files`` into the page cache in the background; returns the thread, if started.
+
+    An export maps its checkpoint lazily and first reads the weights inside OpenVINO's ``save_model``,
+    whose time then includes the disk reads; a checkpoint read ahead while the model is loaded and
+    traced is served from the page cache instead. Skipped when available RAM is below ``headroom``
+    times the files' size (the pages would be evicted again before use).
+    """
+    import psutil
+
+    files = [Path(f) for f in files if Path(f).is_file()]
+    size = sum(f.stat().st_size for f in files)
+    if not files or psutil.virtual_memory().available < headroom * size:
+        return None
+
+    def read_ahead() -> None:
+        buffer = bytearray(16 << 20)
+        for path in files:
+            with contextlib.suppress(OSError), open(path, "rb") as handle:
+                if hasattr(os, "posix_fadvise"):  # asks the kernel to read the file; no copy
+                    os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_WILLNEED)
+                else:
+                    while handle.readinto(buffer):
+                        pass
+
+    thread = threading.Thread(target=read_ahead, name="aipc-prefetch", daemon=True)
+    thread.start()
+    return thread
 
 
 def weight_files(folder: Path) -> list[Path]:
@@ -117,8 +166,6 @@ def bf16_ir_to_f16(xml_path: Path) -> int:
     fp16 first, in new memory. Both types are 2 bytes wide, so each constant is converted where it
     lies in the ``.bin``, 32 MiB at a time, and only the ``.xml`` types change.
     """
-    import torch
-
     xml_path = Path(xml_path)
     bin_path, tree = xml_path.with_suffix(".bin"), ET.parse(xml_path)
     consts = [(layer, layer.find("data")) for layer in tree.getroot().find("layers") if layer.get("type") == "Const"]
@@ -127,20 +174,11 @@ def bf16_ir_to_f16(xml_path: Path) -> int:
     if not bf16:
         return 0
     others = [r for r, t in ranges.items() if t != "bf16"]
-    if any(o < b + n and b < o + m for b, n in bf16 for o, m in others):  # the serializer shares equal bytes
-        fail(f"{bin_path} shares a bf16 constant's bytes with another type, so it cannot be converted in place: "
+    if any(o < b + n and b < o + m for b, n in bf16 for o, m in others) or any(  # the serializer shares equal bytes
+            b2 < b1 + n1 for (b1, n1), (b2, _) in zip(bf16, bf16[1:])):
+        fail(f"{bin_path} shares a bf16 constant's bytes with another constant, so it cannot be converted in place: "
              "convert the checkpoint to float16 first (model.local_path) and export that")
-    chunk = bytearray(2 * CHUNK_ELEMENTS)  # read, convert, write back: only the page cache holds the file
-    with open(bin_path, "r+b") as f:
-        for begin, size in bf16:
-            for start in range(begin, begin + size, len(chunk)):
-                n = min(len(chunk), begin + size - start)
-                f.seek(start)
-                f.readinto(memoryview(chunk)[:n])
-                values = torch.frombuffer(chunk, dtype=torch.bfloat16, count=n // 2)
-                values.view(torch.float16).copy_(values.to(torch.float16))  # PyTorch's rounding, as the plain path
-                f.seek(start)
-                f.write(memoryview(chunk)[:n])
+    remember_sha256(bin_path, _convert_in_place(bin_path, bf16))
     rewritten = {layer.get("id") for layer, data in consts if data.get("element_type") == "bf16"}
     for layer, data in consts:
         if layer.get("id") in rewritten:
@@ -149,6 +187,37 @@ def bf16_ir_to_f16(xml_path: Path) -> int:
     tree.write(xml_path.with_suffix(".xml.f16"), encoding="utf-8", xml_declaration=True)
     os.replace(xml_path.with_suffix(".xml.f16"), xml_path)
     return len(rewritten)
+
+
+def _convert_in_place(bin_path: Path, bf16: list[tuple[int, int]]) -> str:
+    """Convert the sorted, disjoint bf16 ``(offset, size)`` ranges of ``bin_path`` to fp16 in place.
+
+    The file is read once from start to end, 32 MiB at a time (only the page cache holds it), and
+    hashed on the way: returns the sha256 of the converted file, which the manifest then reuses.
+    """
+    import hashlib
+
+    import torch
+
+    digest, chunk = hashlib.sha256(), bytearray(2 * CHUNK_ELEMENTS)
+    view, cursor = memoryview(chunk), 0
+    with open(bin_path, "r+b") as f:
+        for begin, size in [*bf16, (os.fstat(f.fileno()).st_size, 0)]:
+            f.seek(cursor)
+            while cursor < begin and (n := f.readinto(view[:min(len(chunk), begin - cursor)])):
+                digest.update(view[:n])  # bytes of other constants, as they are
+                cursor += n
+            for start in range(begin, begin + size, len(chunk)):
+                n = min(len(chunk), begin + size - start)
+                f.seek(start)
+                f.readinto(view[:n])
+                values = torch.frombuffer(chunk, dtype=torch.bfloat16, count=n // 2)
+                values.view(torch.float16).copy_(values.to(torch.float16))  # PyTorch's rounding, as the plain path
+                f.seek(start)
+                f.write(view[:n])
+                digest.update(view[:n])
+            cursor = begin + size
+    return digest.hexdigest()
 
 
 def _retype_ports(root: ET.Element, const_ids: set[str]) -> None:

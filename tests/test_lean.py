@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import mmap
 import os
@@ -85,10 +86,14 @@ def test_bf16_rewrite_gives_torch_fp16_values(tmp_path: Path) -> None:
     bits = weight.to(torch.bfloat16).view(torch.int16).numpy().view(np.float16)
     x = ops.parameter([1, 48], ov.Type.f32, name="x")
     const = ops.constant(ov.Tensor(bits, bits.shape, ov.Type.bf16), shared_memory=False)
-    model = ov.Model([ops.matmul(x, ops.convert(const, ov.Type.f32), False, True)], [x])
+    scale = ops.constant(np.linspace(0.5, 2.0, 64, dtype=np.float32))  # f32 bytes beside the bf16 ones
+    model = ov.Model([ops.multiply(ops.matmul(x, ops.convert(const, ov.Type.f32), False, True), scale)], [x])
     ov.save_model(model, tmp_path / "m.xml", compress_to_fp16=False)
     assert lean.bf16_ir_to_f16(tmp_path / "m.xml") == 1
-    [got] = [op for op in ov.Core().read_model(tmp_path / "m.xml").get_ordered_ops() if op.get_type_name() == "Constant"]
+    converted = (tmp_path / "m.bin").read_bytes()
+    assert sha256_file(tmp_path / "m.bin") == hashlib.sha256(converted).hexdigest(), "hash taken while converting"
+    [got] = [op for op in ov.Core().read_model(tmp_path / "m.xml").get_ordered_ops()
+             if op.get_type_name() == "Constant" and list(op.get_output_shape(0)) == [64, 48]]
     assert got.get_output_element_type(0) == ov.Type.f16
     want = weight.to(torch.bfloat16).to(torch.float16).numpy()
     assert np.array_equal(got.get_data().view(np.uint16), want.view(np.uint16))
@@ -113,6 +118,76 @@ def test_trimmer_hands_back_mapped_pages(tmp_path: Path) -> None:
         assert touched - before > 48 * 2**20 and touched - after > 48 * 2**20
         assert int(np.frombuffer(mapped, dtype=np.uint8).sum()) == checksum, "dropped pages read back intact"
         mapped.close()
+
+
+def mapped_weights(path: Path, mib: int, access: int = mmap.ACCESS_READ) -> tuple[mmap.mmap, np.ndarray]:
+    """A file of ``mib`` MiB of random float32 on disk, not in the page cache, memory-mapped.
+
+    ``mmap.ACCESS_COPY`` maps it the way safetensors does: private and writable (copy-on-write).
+    """
+    with open(path, "wb") as f:
+        f.write(np.random.default_rng(1).standard_normal(mib * 2**18, dtype=np.float32).tobytes())
+        f.flush()
+        os.fsync(f.fileno())
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)  # cold, like a checkpoint just opened
+    with open(path, "rb") as f:
+        mapped = mmap.mmap(f.fileno(), 0, access=access)
+    return mapped, np.frombuffer(mapped, dtype=np.float32)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="page trimming reads /proc (Linux)")
+def test_native_trimmer_acts_while_a_call_holds_the_gil(tmp_path: Path) -> None:
+    import ctypes
+
+    assert lean._pagetrim is not None, "the native trimmer was not built (setup.py; needs a C compiler)"
+    mapped, values = mapped_weights(tmp_path / "weights.bin", 64)
+    checksum = float(values.sum(dtype=np.float64))  # touches every page
+    touched = rss_file()
+    with lean.MappedPageTrimmer([tmp_path / "weights.bin"], interval=0.02, release_pages=True) as trimmer:
+        assert trimmer.native and not trimmer._thread.is_alive(), "no Python thread runs"
+        ctypes.PyDLL(None).usleep(400_000)  # a C call that keeps the GIL, like OpenVINO's save_model
+        during = rss_file()
+    assert trimmer.passes >= 3
+    assert touched - during > 48 * 2**20, "pages handed back while the GIL was held"
+    assert float(values.sum(dtype=np.float64)) == checksum, "dropped pages read back intact"
+    del values
+    mapped.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="page trimming reads /proc (Linux)")
+@pytest.mark.parametrize("native", [True, False])
+def test_save_model_peak_with_native_and_python_trimmer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         native: bool) -> None:
+    """What the native thread is for: ``save_model`` keeps the GIL while it reads every weight page."""
+    import openvino as ov
+    from openvino import opset13 as ops
+
+    if not native:
+        monkeypatch.setattr(lean, "_pagetrim", None)
+    mib = 256
+    mapped, values = mapped_weights(tmp_path / "weights.bin", mib, mmap.ACCESS_COPY)
+    weight = ops.constant(ov.Tensor(values.reshape(-1, 1024), shared_memory=True), shared_memory=True)
+    x = ops.parameter([1, 1024], ov.Type.f32, name="x")
+    model = ov.Model([ops.matmul(x, weight, False, True)], [x])
+    with lean.MappedPageTrimmer([tmp_path / "weights.bin"], interval=0.01) as trimmer:
+        Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current RSS
+        start = status_kib("VmRSS")
+        ov.save_model(model, tmp_path / "m.xml", compress_to_fp16=False)
+        growth = (status_kib("VmHWM") - start) / 1024
+    assert trimmer.native is native
+    assert (tmp_path / "m.bin").stat().st_size == mib * 2**20
+    if native:
+        assert growth < mib / 2, f"peak grew by {growth:.0f} MiB while saving {mib} MiB of mapped weights"
+    else:
+        assert growth > mib * 0.9, "without the native thread every page read by save_model stays resident"
+    del weight, model, values
+    mapped.close()
+
+
+def status_kib(field: str) -> int:
+    """A ``/proc/self/status`` field in KiB."""
+    line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith(field + ":"))
+    return int(line.split()[1])
 
 
 def rss_file() -> int:
