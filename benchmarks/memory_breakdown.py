@@ -18,8 +18,8 @@ import functools
 import json
 import os
 import shutil
+import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -29,14 +29,29 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 RESULTS = ROOT / "benchmarks" / "results" / "memory_breakdown.json"
 
 
+# Runs in a child process: a thread of the export's own process cannot sample while a C call holds
+# the GIL (OpenVINO's save_model does), which is exactly when the float exports peak.
+SAMPLER = """
+import sys, time
+status, out = f"/proc/{sys.argv[1]}/status", sys.stdout
+while True:
+    try:
+        fields = dict(l.split(":", 1) for l in open(status) if l.startswith(("RssAnon", "RssFile")))
+    except OSError:
+        break
+    out.write(f"{time.monotonic()} {int(fields['RssAnon'].split()[0]) * 1024} {int(fields['RssFile'].split()[0]) * 1024}\\n")
+    out.flush()
+    time.sleep(0.05)
+"""
+
+
 class Sampler:
-    """Samples RssAnon/RssFile every 50 ms and keeps phase markers."""
+    """Samples RssAnon/RssFile of this process every 50 ms from a child process; keeps phase markers."""
 
     def __init__(self) -> None:
         self.samples: list[tuple[float, int, int]] = []
         self.marks: list[tuple[float, str]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._child: subprocess.Popen | None = None
 
     @staticmethod
     def read() -> tuple[int, int]:
@@ -48,27 +63,24 @@ class Sampler:
                 fields[name] = int(value.split()[0]) * 1024
         return fields["RssAnon"], fields["RssFile"]
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.samples.append((time.perf_counter(), *self.read()))
-            time.sleep(0.05)
-
     def mark(self, name: str) -> None:
         """Start phase ``name`` now."""
-        self.samples.append((time.perf_counter(), *self.read()))
-        self.marks.append((time.perf_counter(), name))
+        self.samples.append((time.monotonic(), *self.read()))
+        self.marks.append((time.monotonic(), name))
         print(f"[{time.strftime('%H:%M:%S')}] {name}", flush=True)
 
     def start(self) -> "Sampler":
         self.mark("start")
-        self._thread.start()
+        self._child = subprocess.Popen([sys.executable, "-c", SAMPLER, str(os.getpid())],
+                                       stdout=subprocess.PIPE, text=True)
         return self
 
     def stop(self) -> list[dict[str, Any]]:
         """Stop sampling; return one row per phase (duration, peak total/anon/file RSS)."""
         self.mark("end")
-        self._stop.set()
-        self._thread.join()
+        self._child.terminate()
+        lines = self._child.communicate()[0].splitlines()
+        self.samples += [(float(t), int(a), int(f)) for t, a, f in (line.split() for line in lines if line.count(" ") == 2)]
         rows = []
         for (t0, name), (t1, _) in zip(self.marks, self.marks[1:]):
             window = [s for s in self.samples if t0 <= s[0] <= t1] or [min(self.samples, key=lambda s: abs(s[0] - t0))]
