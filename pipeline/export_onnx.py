@@ -74,13 +74,14 @@ def build(model_dir: Path, out: Path, cfg: OnnxVariantConfig, options: dict[str,
     except ImportError as err:  # the builder imports onnx_ir without declaring it
         fail(f"cannot import the onnxruntime-genai model builder ({err}): run `pip install -e .` "
              "(it needs onnxruntime-genai and onnx-ir)")
-    from pipeline.lean import MappedPageTrimmer, weight_files
+    from pipeline.lean import MappedPageTrimmer, prefetch, weight_files
 
     logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)  # one INFO line per layer otherwise
     cache = out / ".builder-cache"
     args = (None, str(model_dir), str(out), cfg.precision, cfg.execution_provider, str(cache))
     try:
         parsed = parse_extra_options(*args, [f"{k}={v}" for k, v in options.items()])
+        prefetch(weight_files(model_dir))  # the builder reads the weights lazily while it quantizes: read them ahead
         with MappedPageTrimmer(weight_files(model_dir)):  # hand back checkpoint pages once read (pipeline.lean)
             create_model(*args, **parsed)
     except (ValueError, RuntimeError, NotImplementedError, KeyError, OSError) as err:

@@ -134,14 +134,13 @@ def prefetch(files: Iterable[Path], headroom: float = 1.5) -> threading.Thread |
         return None
 
     def read_ahead() -> None:
+        # Plain reads (the GIL is released while they wait): POSIX_FADV_WILLNEED reads only the first
+        # few MiB of each file on Linux (capped at the device's readahead size).
         buffer = bytearray(16 << 20)
         for path in files:
-            with contextlib.suppress(OSError), open(path, "rb") as handle:
-                if hasattr(os, "posix_fadvise"):  # asks the kernel to read the file; no copy
-                    os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_WILLNEED)
-                else:
-                    while handle.readinto(buffer):
-                        pass
+            with contextlib.suppress(OSError), open(path, "rb", buffering=0) as handle:
+                while handle.readinto(buffer):
+                    pass
 
     thread = threading.Thread(target=read_ahead, name="aipc-prefetch", daemon=True)
     thread.start()

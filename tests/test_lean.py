@@ -184,6 +184,36 @@ def test_save_model_peak_with_native_and_python_trimmer(tmp_path: Path, monkeypa
     mapped.close()
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mincore and posix_fadvise (Linux)")
+def test_prefetch_reads_weights_into_the_page_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import psutil
+
+    mapped, values = mapped_weights(tmp_path / "weights.bin", 32, mmap.ACCESS_COPY)  # not in the page cache
+    assert cached_fraction(mapped) < 0.5
+    thread = lean.prefetch([tmp_path / "weights.bin"])
+    assert thread is not None
+    thread.join(timeout=60)
+    assert cached_fraction(mapped) > 0.9, "the whole file is read ahead"
+    assert rss_file() < 16 * 2**20 + values.nbytes // 2, "read into the page cache, not into this process"
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: SimpleNamespace(available=values.nbytes))
+    assert lean.prefetch([tmp_path / "weights.bin"]) is None, "no read-ahead when RAM is short"
+    del values
+    mapped.close()
+
+
+def cached_fraction(mapped: mmap.mmap) -> float:
+    """Share of a mapping's pages that are in the page cache (``mincore``), without touching them."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    page = mmap.PAGESIZE
+    pages = (len(mapped) + page - 1) // page
+    vec = (ctypes.c_ubyte * pages)()
+    address = ctypes.addressof(ctypes.c_char.from_buffer(mapped))
+    assert libc.mincore(ctypes.c_void_p(address), ctypes.c_size_t(len(mapped)), vec) == 0
+    return sum(v & 1 for v in vec) / pages
+
+
 def status_kib(field: str) -> int:
     """A ``/proc/self/status`` field in KiB."""
     line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith(field + ":"))
