@@ -18,6 +18,7 @@ pages are written back and the page cache is dropped, so every run reads the che
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -84,31 +85,29 @@ def build_checkpoint(dest: Path) -> Path:
 
 
 def measure(cmds: list[list[str]], cwd: Path, timeout: float) -> dict:
-    """Run ``cmds`` one after another (like DVC stages); wall time each, peak RSS of the process tree."""
+    """Run ``cmds`` one after another (like DVC stages); wall time and peak memory (:func:`tree_memory`) of each."""
     import psutil
 
-    walls, peak, err, code = [], 0, "", 0
+    walls, peaks, err, code = [], [], "", 0
     for cmd in cmds:
-        start = time.perf_counter()
+        start, peak = time.perf_counter(), 0
         proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         drain = threading.Thread(target=lambda p=proc: setattr(p, "err_text", p.stderr.read()), daemon=True)
         drain.start()
         root = psutil.Process(proc.pid)
         while proc.poll() is None:
-            try:
-                procs = [root, *root.children(recursive=True)]
-                peak = max(peak, sum(p.memory_info().rss for p in procs if p.is_running()))
-            except psutil.Error:
-                pass
+            with contextlib.suppress(psutil.Error):
+                peak = max(peak, tree_memory(root))
             if time.perf_counter() - start > timeout:
                 proc.kill()
             time.sleep(0.1)
         drain.join()
         walls.append(round(time.perf_counter() - start, 1))
+        peaks.append(round(peak / 2**30, 2))
         code, err = proc.returncode, getattr(proc, "err_text", "")
         if code:
             break
-    return {"wall_s": round(sum(walls), 1), "steps_s": walls, "peak_rss_gib": round(peak / 2**30, 2),
+    return {"wall_s": round(sum(walls), 1), "steps_s": walls, "peak_rss_gib": max(peaks), "steps_peak_rss_gib": peaks,
             "returncode": code, "error": err.strip().splitlines()[-1] if code and err.strip() else None}
 
 
@@ -133,6 +132,22 @@ def summarize(runs: list[dict]) -> dict:
     median = sorted(ok, key=lambda r: r["wall_s"])[(len(ok) - 1) // 2]
     return {**median, "peak_rss_gib": max(r["peak_rss_gib"] for r in ok),
             "runs_wall_s": [r["wall_s"] for r in runs], "runs": len(runs)}
+
+
+def tree_memory(root: "psutil.Process") -> int:
+    """Resident memory of a process tree: the root's RSS plus each child's unique pages (USS).
+
+    Summing RSS counts twice the pages a child shares with its parent: a process that forks to run
+    a helper (a shell-out between ``fork`` and ``exec``) would appear to double for a moment.
+    """
+    import psutil
+
+    total = root.memory_info().rss
+    for child in root.children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            info = child.memory_full_info()
+            total += getattr(info, "uss", info.rss)
+    return total
 
 
 def ours(code: str) -> list[str]:
