@@ -8,7 +8,7 @@
  * page cache; MADV_PAGEOUT on writable ones: a reclaim request that can never drop written data)
  * and returns freed heap (malloc_trim).
  *
- * API: start(files, interval, release_pages) -> handle, where files is a sequence of (st_dev, st_ino);
+ * API: start(files, interval) -> handle, where files is a sequence of (st_dev, st_ino);
  *      stop(handle) -> number of passes made.
  */
 #define PY_SSIZE_T_CLEAN
@@ -35,7 +35,6 @@ typedef struct {
     unsigned long long *inos;
     Py_ssize_t count;
     long interval_ns;
-    int release_pages;
     int stop;
     int joined;
     unsigned long long passes;
@@ -52,25 +51,23 @@ static int is_tracked(const trimmer_t *t, unsigned long long dev, unsigned long 
 }
 
 static void trim_once(trimmer_t *t) {
-    if (t->release_pages && t->count > 0) {
-        FILE *maps = fopen("/proc/self/maps", "re");
-        if (maps != NULL) {
-            char line[512];
-            while (fgets(line, sizeof line, maps) != NULL) {
-                unsigned long start, end, offset;
-                unsigned int major, minor;
-                unsigned long long ino;
-                char perms[8];
-                int parsed = sscanf(line, "%lx-%lx %7s %lx %x:%x %llu", &start, &end, perms, &offset,
-                                    &major, &minor, &ino) == 7;
-                size_t len = strlen(line);
-                while (len > 0 && line[len - 1] != '\n' && fgets(line, sizeof line, maps) != NULL)
-                    len = strlen(line); /* skip the rest of a long line (the path) */
-                if (parsed && is_tracked(t, (unsigned long long)makedev(major, minor), ino))
-                    madvise((void *)start, end - start, strchr(perms, 'w') ? MADV_PAGEOUT : MADV_DONTNEED);
-            }
-            fclose(maps);
+    FILE *maps = fopen("/proc/self/maps", "re");
+    if (maps != NULL) {
+        char line[512];
+        while (fgets(line, sizeof line, maps) != NULL) {
+            unsigned long start, end, offset;
+            unsigned int major, minor;
+            unsigned long long ino;
+            char perms[8];
+            int parsed = sscanf(line, "%lx-%lx %7s %lx %x:%x %llu", &start, &end, perms, &offset,
+                                &major, &minor, &ino) == 7;
+            size_t len = strlen(line);
+            while (len > 0 && line[len - 1] != '\n' && fgets(line, sizeof line, maps) != NULL)
+                len = strlen(line); /* skip the rest of a long line (the path) */
+            if (parsed && is_tracked(t, (unsigned long long)makedev(major, minor), ino))
+                madvise((void *)start, end - start, strchr(perms, 'w') ? MADV_PAGEOUT : MADV_DONTNEED);
         }
+        fclose(maps);
     }
     malloc_trim(0);
     t->passes++;
@@ -125,8 +122,7 @@ static void capsule_free(PyObject *capsule) {
 static PyObject *pagetrim_start(PyObject *self, PyObject *args) {
     PyObject *files;
     double interval;
-    int release_pages;
-    if (!PyArg_ParseTuple(args, "Odp", &files, &interval, &release_pages))
+    if (!PyArg_ParseTuple(args, "Od", &files, &interval))
         return NULL;
     if (!(interval > 0.0)) {
         PyErr_SetString(PyExc_ValueError, "interval must be positive");
@@ -162,7 +158,6 @@ static PyObject *pagetrim_start(PyObject *self, PyObject *args) {
     Py_DECREF(seq);
     t->count = n;
     t->interval_ns = (long)(interval * 1e9);
-    t->release_pages = release_pages;
     pthread_mutex_init(&t->lock, NULL);
     pthread_cond_init(&t->wake, NULL);
     int err = pthread_create(&t->thread, NULL, trim_loop, t);
@@ -195,7 +190,7 @@ static PyObject *pagetrim_stop(PyObject *self, PyObject *capsule) {
 
 static PyMethodDef methods[] = {
     {"start", pagetrim_start, METH_VARARGS,
-     "start(files, interval, release_pages) -> handle: trim the mappings of files ((st_dev, st_ino) pairs) "
+     "start(files, interval) -> handle: trim the mappings of files ((st_dev, st_ino) pairs) "
      "every interval seconds in a native thread."},
     {"stop", pagetrim_stop, METH_O, "stop(handle) -> passes: stop the thread and wait for it."},
     {NULL, NULL, 0, NULL},

@@ -49,7 +49,6 @@ class MappedPageTrimmer:
     ``MADV_DONTNEED``: the data stays in the page cache and a page touched again is mapped again.
     Writable copy-on-write mappings (safetensors' mmap) get ``MADV_PAGEOUT``, which can never drop
     a page a program has written. It also returns freed heap to the system (``malloc_trim``).
-    With ``release_pages=False`` (and no ``files``) it only returns freed heap.
 
     The loop runs in a native thread (``pipeline/_pagetrim.c``, built at install on Linux) because a
     call that holds the GIL stops every Python thread: OpenVINO's ``save_model`` reads every weight
@@ -57,10 +56,9 @@ class MappedPageTrimmer:
     between such calls (``native`` says which one runs).
     """
 
-    def __init__(self, files: Iterable[Path], interval: float | None = None, release_pages: bool = True) -> None:
+    def __init__(self, files: Iterable[Path], interval: float | None = None) -> None:
         self.inodes = {(os.stat(f).st_dev, os.stat(f).st_ino) for f in files if Path(f).is_file()}
-        self.release_pages = release_pages
-        self.enabled = sys.platform.startswith("linux") and (bool(self.inodes) or not release_pages)
+        self.enabled = sys.platform.startswith("linux") and bool(self.inodes)
         self.native = self.enabled and _pagetrim is not None
         # A native pass costs ~1.5 ms of CPU for a 7 GiB checkpoint; at 0.1 s a fast read from the page
         # cache leaves at most a few hundred MiB resident between passes. A Python pass also takes the GIL.
@@ -89,10 +87,9 @@ class MappedPageTrimmer:
         if self._libc is None:
             self._libc = ctypes.CDLL(None, use_errno=True)
             self._libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-        if self.release_pages:
-            for start, length, writable in self._mappings():
-                self._libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(length),
-                                   MADV_PAGEOUT if writable else MADV_DONTNEED)
+        for start, length, writable in self._mappings():
+            self._libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(length),
+                               MADV_PAGEOUT if writable else MADV_DONTNEED)
         if hasattr(self._libc, "malloc_trim"):  # glibc
             self._libc.malloc_trim(0)
 
@@ -102,7 +99,7 @@ class MappedPageTrimmer:
 
     def __enter__(self) -> "MappedPageTrimmer":
         if self.native:
-            self._handle = _pagetrim.start(sorted(self.inodes), self.interval, self.release_pages)
+            self._handle = _pagetrim.start(sorted(self.inodes), self.interval)
         elif self.enabled:
             self._thread.start()
         return self

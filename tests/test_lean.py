@@ -143,7 +143,7 @@ def test_native_trimmer_acts_while_a_call_holds_the_gil(tmp_path: Path) -> None:
     mapped, values = mapped_weights(tmp_path / "weights.bin", 64)
     checksum = float(values.sum(dtype=np.float64))  # touches every page
     touched = rss_file()
-    with lean.MappedPageTrimmer([tmp_path / "weights.bin"], interval=0.02, release_pages=True) as trimmer:
+    with lean.MappedPageTrimmer([tmp_path / "weights.bin"], interval=0.02) as trimmer:
         assert trimmer.native and not trimmer._thread.is_alive(), "no Python thread runs"
         ctypes.PyDLL(None).usleep(400_000)  # a C call that keeps the GIL, like OpenVINO's save_model
         during = rss_file()
