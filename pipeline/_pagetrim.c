@@ -94,7 +94,7 @@ static void *trim_loop(void *arg) {
     return NULL;
 }
 
-static void join_and_free(trimmer_t *t) {
+static void stop_and_join(trimmer_t *t) {
     if (!t->joined) {
         pthread_mutex_lock(&t->lock);
         t->stop = 1;
@@ -105,18 +105,23 @@ static void join_and_free(trimmer_t *t) {
     }
 }
 
-static void capsule_free(PyObject *capsule) {
-    trimmer_t *t = (trimmer_t *)PyCapsule_GetPointer(capsule, CAPSULE_NAME);
-    if (t == NULL)
-        return;
-    Py_BEGIN_ALLOW_THREADS
-    join_and_free(t);
-    Py_END_ALLOW_THREADS
+/* Frees a trimmer whose thread is not running (never started, or joined). */
+static void free_trimmer(trimmer_t *t) {
     pthread_mutex_destroy(&t->lock);
     pthread_cond_destroy(&t->wake);
     free(t->devs);
     free(t->inos);
     free(t);
+}
+
+static void capsule_free(PyObject *capsule) {
+    trimmer_t *t = (trimmer_t *)PyCapsule_GetPointer(capsule, CAPSULE_NAME);
+    if (t == NULL)
+        return;
+    Py_BEGIN_ALLOW_THREADS
+    stop_and_join(t);
+    Py_END_ALLOW_THREADS
+    free_trimmer(t);
 }
 
 static PyObject *pagetrim_start(PyObject *self, PyObject *args) {
@@ -133,46 +138,39 @@ static PyObject *pagetrim_start(PyObject *self, PyObject *args) {
         return NULL;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
     trimmer_t *t = (trimmer_t *)calloc(1, sizeof(trimmer_t));
-    if (t != NULL) {
-        t->devs = (unsigned long long *)calloc(n ? n : 1, sizeof(unsigned long long));
-        t->inos = (unsigned long long *)calloc(n ? n : 1, sizeof(unsigned long long));
-    }
-    if (t == NULL || t->devs == NULL || t->inos == NULL) {
+    if (t == NULL) {
         Py_DECREF(seq);
-        if (t != NULL) {
-            free(t->devs);
-            free(t->inos);
-            free(t);
-        }
+        return PyErr_NoMemory();
+    }
+    pthread_mutex_init(&t->lock, NULL);
+    pthread_cond_init(&t->wake, NULL);
+    t->devs = (unsigned long long *)calloc(n ? n : 1, sizeof(unsigned long long));
+    t->inos = (unsigned long long *)calloc(n ? n : 1, sizeof(unsigned long long));
+    if (t->devs == NULL || t->inos == NULL) {
+        Py_DECREF(seq);
+        free_trimmer(t);
         return PyErr_NoMemory();
     }
     for (Py_ssize_t i = 0; i < n; i++) {
         if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, i), "KK", &t->devs[i], &t->inos[i])) {
             Py_DECREF(seq);
-            free(t->devs);
-            free(t->inos);
-            free(t);
+            free_trimmer(t);
             return NULL;
         }
     }
     Py_DECREF(seq);
     t->count = n;
     t->interval_ns = (long)(interval * 1e9);
-    pthread_mutex_init(&t->lock, NULL);
-    pthread_cond_init(&t->wake, NULL);
     int err = pthread_create(&t->thread, NULL, trim_loop, t);
     if (err != 0) {
-        pthread_mutex_destroy(&t->lock);
-        pthread_cond_destroy(&t->wake);
-        free(t->devs);
-        free(t->inos);
-        free(t);
+        free_trimmer(t);
         errno = err;
         return PyErr_SetFromErrno(PyExc_OSError);
     }
     PyObject *capsule = PyCapsule_New(t, CAPSULE_NAME, capsule_free);
     if (capsule == NULL) {
-        join_and_free(t);
+        stop_and_join(t);
+        free_trimmer(t);
         return NULL;
     }
     return capsule;
@@ -183,7 +181,7 @@ static PyObject *pagetrim_stop(PyObject *self, PyObject *capsule) {
     if (t == NULL)
         return NULL;
     Py_BEGIN_ALLOW_THREADS
-    join_and_free(t);
+    stop_and_join(t);
     Py_END_ALLOW_THREADS
     return PyLong_FromUnsignedLongLong(t->passes);
 }
