@@ -81,8 +81,9 @@ def build(model_dir: Path, out: Path, cfg: OnnxVariantConfig, options: dict[str,
     args = (None, str(model_dir), str(out), cfg.precision, cfg.execution_provider, str(cache))
     try:
         parsed = parse_extra_options(*args, [f"{k}={v}" for k, v in options.items()])
-        prefetch(weight_files(model_dir))  # the builder reads the weights lazily while it quantizes: read them ahead
-        with MappedPageTrimmer(weight_files(model_dir)):  # hand back checkpoint pages once read (pipeline.lean)
+        weights = weight_files(model_dir)
+        prefetch(weights)  # the builder reads the weights lazily while it quantizes: read them ahead
+        with MappedPageTrimmer(weights):  # hand back checkpoint pages once read (pipeline.lean)
             create_model(*args, **parsed)
     except (ValueError, RuntimeError, NotImplementedError, KeyError, OSError) as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
