@@ -102,22 +102,17 @@ def test_bf16_rewrite_gives_torch_fp16_values(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="page trimming reads /proc (Linux)")
 def test_trimmer_hands_back_mapped_pages(tmp_path: Path) -> None:
-    path = tmp_path / "weights.bin"
-    with open(path, "wb") as f:
-        f.write(np.random.default_rng(0).bytes(64 * 2**20))
-        f.flush()
-        os.fsync(f.fileno())  # clean pages: reclaimable at once
-    with open(path, "rb") as f:
-        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        before = rss_file()
-        checksum = int(np.frombuffer(mapped, dtype=np.uint8).sum())  # touches every page
-        touched = rss_file()
-        trimmer = lean.MappedPageTrimmer([path])
-        trimmer.trim()
-        after = rss_file()
-        assert touched - before > 48 * 2**20 and touched - after > 48 * 2**20
-        assert int(np.frombuffer(mapped, dtype=np.uint8).sum()) == checksum, "dropped pages read back intact"
-        mapped.close()
+    mapped, values = mapped_weights(tmp_path / "weights.bin", 64)
+    before = rss_file()
+    checksum = float(values.sum(dtype=np.float64))  # touches every page
+    touched = rss_file()
+    trimmer = lean.MappedPageTrimmer([tmp_path / "weights.bin"])
+    trimmer.trim()
+    after = rss_file()
+    assert touched - before > 48 * 2**20 and touched - after > 48 * 2**20
+    assert float(values.sum(dtype=np.float64)) == checksum, "dropped pages read back intact"
+    del values
+    mapped.close()
 
 
 def mapped_weights(path: Path, mib: int, access: int = mmap.ACCESS_READ) -> tuple[mmap.mmap, np.ndarray]:
@@ -223,8 +218,7 @@ def status_kib(field: str) -> int:
 
 def rss_file() -> int:
     """File-backed resident memory of this process, bytes."""
-    line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("RssFile"))
-    return int(line.split()[1]) * 1024
+    return status_kib("RssFile") * 1024
 
 
 def test_export_stops_early_when_ram_is_short(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
