@@ -27,6 +27,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "pipeline" / "assets" / "tiny_phi3"
@@ -134,7 +135,7 @@ def summarize(runs: list[dict]) -> dict:
             "runs_wall_s": [r["wall_s"] for r in runs], "runs": len(runs)}
 
 
-def tree_memory(root: "psutil.Process") -> int:
+def tree_memory(root: Any) -> int:
     """Resident memory of a process tree: the root's RSS plus each child's unique pages (USS).
 
     Summing RSS counts twice the pages a child shares with its parent: a process that forks to run

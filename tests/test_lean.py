@@ -191,7 +191,8 @@ def test_prefetch_reads_weights_into_the_page_cache(tmp_path: Path, monkeypatch:
     thread.join(timeout=60)
     assert cached_fraction(mapped) > 0.9, "the whole file is read ahead"
     assert rss_file() - before < values.nbytes // 2, "read into the page cache, not mapped into this process"
-    monkeypatch.setattr(psutil, "virtual_memory", lambda: SimpleNamespace(available=values.nbytes))
+    size = values.nbytes
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: SimpleNamespace(available=size))
     assert lean.prefetch([tmp_path / "weights.bin"]) is None, "no read-ahead when RAM is short"
     del values
     mapped.close()
