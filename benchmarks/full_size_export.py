@@ -151,10 +151,13 @@ def tree_memory(root: Any) -> int:
     return total
 
 
+STAGE_START = "from pipeline.lean import use_huge_pages; use_huge_pages(); "  # what every export stage does first
+
+
 def ours(code: str) -> list[str]:
     """A Python command running pipeline code in a fresh process (as a DVC stage would)."""
-    return [sys.executable, "-c", "from pathlib import Path; from pipeline.config import OpenVinoVariantConfig as C; "
-            "from pipeline import export_openvino as eo, export_openvino_base as eb; " + code]
+    return [sys.executable, "-c", STAGE_START + "from pathlib import Path; from pipeline.config import "
+            "OpenVinoVariantConfig as C; from pipeline import export_openvino as eo, export_openvino_base as eb; " + code]
 
 
 def optimum_cli(model: Path, out: Path, *args: str) -> list[str]:
@@ -175,7 +178,7 @@ def commands(model: Path, work: Path) -> dict[str, list[list[str]]]:
     def compress(name: str, cfg: str) -> list[str]:
         return ours(f"eo.run('{name}', {cfg}, Path(r'{model}'), Path(r'{work / 'aipc'}'), base_dir=Path(r'{base}'))")
 
-    onnx_ours = [sys.executable, "-c", "from pathlib import Path; from pipeline.export_onnx import run; from "
+    onnx_ours = [sys.executable, "-c", STAGE_START + "from pathlib import Path; from pipeline.export_onnx import run; from "
                  "pipeline.config import OnnxVariantConfig as C; cfg = C(execution_provider='dml', precision='int4', "
                  "block_size=128, is_symmetric=True, algo_config='default', enable_dml_graph=True);"
                  f"run('onnx-dml-int4', cfg, Path(r'{model}'), Path(r'{work / 'aipc'}'))"]

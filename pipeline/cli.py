@@ -266,9 +266,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+EXPORTS = {"export-openvino", "export-onnx", "export-npu"}  # run like their DVC stages (pipeline.lean.use_huge_pages)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``aipc`` console script."""
     args = build_parser().parse_args(argv)
+    if argv is None and args.command in EXPORTS:
+        from pipeline.lean import use_huge_pages
+
+        use_huge_pages()
     values = {a: getattr(args, a) for a in args.argnames}
     run_main(lambda: args.func(**{k: v for k, v in values.items() if v is not None}))
 

@@ -23,6 +23,7 @@ from pipeline.artifacts import (ARTIFACTS, file_hashes, folder_bytes, read_manif
 from pipeline.config import NpuVariantConfig, load_params, pick_variant
 from pipeline.errors import fail, run_main
 from pipeline.export_openvino import BASE_DIR, check_group_size, export_into, manifest_fields
+from pipeline.lean import use_huge_pages
 from pipeline.log import say, step
 
 MODEL_DIR = ARTIFACTS / "model"
@@ -142,4 +143,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    use_huge_pages()  # restarts this process once, before the heavy imports (Linux)
     run_main(main)

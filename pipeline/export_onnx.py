@@ -19,6 +19,7 @@ from typing import Any
 from pipeline.artifacts import ARTIFACTS, folder_bytes, read_manifest, staged_dir, write_json_atomic, write_manifest
 from pipeline.config import ConfigError, OnnxVariantConfig, load_params, pick_variant
 from pipeline.errors import fail, run_main
+from pipeline.lean import use_huge_pages
 from pipeline.log import say, step
 from pipeline.onnx_inspect import check_matches_request, inspect_onnx
 
@@ -162,4 +163,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    use_huge_pages()  # restarts this process once, before the heavy imports (Linux)
     run_main(main)

@@ -18,7 +18,7 @@ from pipeline.artifacts import ARTIFACTS, folder_bytes, read_manifest, staged_di
 from pipeline.config import ConfigError, OpenVinoVariantConfig, load_params, pick_variant
 from pipeline.errors import fail, run_main
 from pipeline.ir_inspect import check_matches_request, inspect_ir
-from pipeline.lean import check_resources, needs
+from pipeline.lean import check_resources, needs, use_huge_pages
 from pipeline.log import say, step
 
 MODEL_DIR = ARTIFACTS / "model"
@@ -220,4 +220,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    use_huge_pages()  # restarts this process once, before the heavy imports (Linux)
     run_main(main)

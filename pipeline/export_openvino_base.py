@@ -19,7 +19,7 @@ from pipeline.artifacts import ARTIFACTS, folder_bytes, read_manifest, staged_di
 from pipeline.config import OpenVinoVariantConfig
 from pipeline.errors import run_main
 from pipeline.ir_inspect import inspect_ir
-from pipeline.lean import MappedPageTrimmer, check_resources, needs, weight_files
+from pipeline.lean import MappedPageTrimmer, check_resources, needs, use_huge_pages, weight_files
 from pipeline.log import say, step
 
 MODEL_DIR = ARTIFACTS / "model"
@@ -55,7 +55,7 @@ def compress_from_base(base_dir: Path, model_dir: Path, out: Path, quantization_
             os.link(base_dir / name, out / name)
         except OSError:
             shutil.copy2(base_dir / name, out / name)
-    with MappedPageTrimmer(weight_files(base_dir) if lean else []), reuse_data_free_sensitivity(base_dir):
+    with MappedPageTrimmer(weight_files(base_dir) if lean else []), reuse_data_free_sensitivity(base_dir, lean):
         model = OVModelForCausalLM.from_pretrained(base_dir, compile=False, use_cache=True)
         model._apply_quantization(quantization_config, compile_only=False, compile_model=False,
                                   model_name_or_path=str(model_dir), trust_remote_code=False,
@@ -67,15 +67,19 @@ def compress_from_base(base_dir: Path, model_dir: Path, out: Path, quantization_
 
 
 @contextlib.contextmanager
-def reuse_data_free_sensitivity(base_dir: Path) -> Iterator[None]:
+def reuse_data_free_sensitivity(base_dir: Path, enabled: bool = True) -> Iterator[None]:
     """Compute NNCF's data-free mixed-precision sensitivities once per base IR and reuse them.
 
     With ``ratio < 1`` and no dataset, NNCF ranks layers by ``1 / int8 error`` of each weight
     (``DataFreeCriterion``): it depends on the weights only, not on group size or ratio, yet every
     sweep point recomputes it over the whole model. The scores are cached per base-IR hash under
     ``.aipc/nncf_sensitivity`` and given back unchanged (same floats, same ranking), so the IR is
-    byte-identical. Data-aware criteria (subclasses) are never cached.
+    byte-identical. Data-aware criteria (subclasses) are never cached. ``enabled=False`` (the plain
+    path) computes them every time, as upstream does.
     """
+    if not enabled:
+        yield
+        return
     from nncf.quantization.algorithms.weight_compression import mixed_precision
 
     from pipeline.artifacts import write_json_atomic
@@ -142,4 +146,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    use_huge_pages()  # restarts this process once, before the heavy imports (Linux)
     run_main(main)

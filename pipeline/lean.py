@@ -15,6 +15,10 @@ all mapped at once. Three measures, each keeping the output identical to the pla
   (``_pagetrim.c``), since ``save_model`` holds the GIL, and also returns freed heap to the system.
   :func:`prefetch` reads the checkpoint ahead so that ``save_model`` does not wait for the disk.
 * :func:`check_resources` stops a heavy export before it starts when RAM or disk is short.
+
+And one for time: :func:`use_huge_pages` backs large allocations with transparent huge pages, since
+NNCF and OpenVINO allocate and free hundreds of MiB per weight and, in 4 KiB pages, the kernel's
+page faults took more CPU than the compression itself.
 """
 
 from __future__ import annotations
@@ -113,6 +117,47 @@ class MappedPageTrimmer:
             self._thread.join()
         if self.enabled:
             self.trim()
+
+
+HUGE_PAGES_TUNABLE = "glibc.malloc.hugetlb=1"  # glibc >= 2.35: malloc madvises its large blocks MADV_HUGEPAGE
+
+
+def use_huge_pages() -> None:
+    """Restart this process with glibc's malloc asking for transparent huge pages; call first thing.
+
+    NNCF compresses a weight by running a small OpenVINO model on it that allocates and frees its
+    buffers on every call, and glibc serves each such block with fresh 4 KiB pages: an int4
+    compression of Phi-3-mini spent as much CPU in page faults and page zeroing as in computing.
+    With ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` those blocks get 2 MiB pages (where the kernel
+    offers transparent huge pages on request) and the stage takes 35-40% less time; the output is
+    the same bytes. The tunable is read only at process start, hence the restart (``os.execv`` with
+    the same arguments). No-op where it does not apply (not Linux, not glibc >= 2.35, huge pages
+    off), when already set, or with ``AIPC_NO_HUGE_PAGES=1``.
+    """
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    if not huge_pages_available() or "glibc.malloc.hugetlb" in tunables or os.environ.get("AIPC_NO_HUGE_PAGES"):
+        return
+    os.environ["GLIBC_TUNABLES"] = ":".join(t for t in (tunables, HUGE_PAGES_TUNABLE) if t)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+    except OSError:  # could not restart: go on without
+        os.environ["GLIBC_TUNABLES"] = tunables
+
+
+def huge_pages_available() -> bool:
+    """Linux with glibc >= 2.35 (the ``hugetlb`` tunable) and transparent huge pages not ``never``."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc, version = os.confstr("CS_GNU_LIBC_VERSION").split()  # "glibc 2.36"; musl has none
+        if libc != "glibc" or tuple(int(x) for x in version.split(".")[:2]) < (2, 35):
+            return False
+        mode = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    except (OSError, ValueError, AttributeError):
+        return False
+    return "[never]" not in mode
 
 
 def prefetch(files: Iterable[Path], headroom: float = 1.5) -> threading.Thread | None:

@@ -61,19 +61,50 @@ def logits(ir_dir: Path) -> list[float]:
 
 
 @pytest.mark.slow
-def test_lean_compression_equals_plain(tmp_path: Path) -> None:
-    model = tmp_path / "model"
-    download.run(ModelConfig(source="tiny"), model)
+def test_lean_compression_equals_plain(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(export_openvino_base, "SENSITIVITY_CACHE", tmp_path / "sensitivity")
+    model = bf16_tiny(tmp_path / "model")  # bf16 weights in the base IR, as with the real Phi-3
     base_plain = export_openvino_base.run(model, tmp_path / "base-plain", lean=False)
     base_lean = export_openvino_base.run(model, tmp_path / "base-lean", lean=True)
     assert base_lean["files"]["openvino_model.bin"] == base_plain["files"]["openvino_model.bin"]
-    cfg = OpenVinoVariantConfig(weight_format="int4", group_size=64, ratio=0.8, sym=True)
+    cfg = OpenVinoVariantConfig(weight_format="int4", group_size=64, ratio=0.8, sym=True)  # mixed precision
     plain = export_openvino.run("plain", cfg, model, tmp_path / "out", base_dir=tmp_path / "base-plain", lean=False)
     fast = export_openvino.run("lean", cfg, model, tmp_path / "out", base_dir=tmp_path / "base-lean", lean=True)
+    assert len(list((tmp_path / "sensitivity").iterdir())) == 1, "only the lean path caches sensitivities"
     assert fast["weight_layers"] == plain["weight_layers"] and fast["nncf_rt_info"] == plain["nncf_rt_info"]
-    assert fast["weight_layers"]["int4"] > 0
+    assert fast["weight_layers"]["int4"] > 0 and fast["weight_layers"]["int8"] > 0
     assert sha256_file(tmp_path / "out" / "lean" / "openvino_model.bin") == \
         sha256_file(tmp_path / "out" / "plain" / "openvino_model.bin")
+
+
+@pytest.mark.skipif(not lean.huge_pages_available(), reason="needs Linux, glibc >= 2.35 and transparent huge pages")
+def test_stage_restarts_with_malloc_on_huge_pages(tmp_path: Path) -> None:
+    import subprocess
+
+    # 64 MiB through malloc, as OpenVINO allocates (numpy asks for huge pages by itself), touched
+    probe = ("import ctypes, os, sys; from pipeline.lean import use_huge_pages; "
+             "print('start', flush=True); use_huge_pages(); libc = ctypes.CDLL(None); "
+             "libc.malloc.restype = ctypes.c_void_p; block = libc.malloc(64 << 20); "
+             "libc.memset(ctypes.c_void_p(block), 1, 64 << 20); "
+             "huge = [l.split()[1] for l in open('/proc/self/smaps_rollup') if l.startswith('AnonHugePages')][0]; "
+             "print(os.environ.get('GLIBC_TUNABLES'), huge, sys.argv[1:])")
+
+    def run(**env: str) -> list[str]:
+        environment = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "AIPC_NO_HUGE_PAGES")}
+        done = subprocess.run([sys.executable, "-c", probe, "x", "--y"], capture_output=True, text=True,
+                              env={**environment, **env}, check=True, timeout=120)
+        return done.stdout.split("\n")
+
+    start, first, last, _ = run(GLIBC_TUNABLES="glibc.malloc.arena_max=2")
+    assert start == first == "start", "restarted once, output before the restart kept"
+    tunables, huge_kib, argv = last.split(" ", 2)
+    assert tunables == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1" and argv == "['x', '--y']"
+    assert int(huge_kib) >= 32 * 1024, "a 64 MiB block lands on huge pages"
+    start, last, _ = run(AIPC_NO_HUGE_PAGES="1")
+    tunables, huge_kib, _ = last.split(" ", 2)
+    assert tunables == "None", "the escape hatch leaves the process alone"
+    if "[madvise]" in Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text():
+        assert int(huge_kib) == 0, "without the tunable, malloc's blocks get 4 KiB pages"
 
 
 def test_bf16_rewrite_gives_torch_fp16_values(tmp_path: Path) -> None:
