@@ -78,7 +78,7 @@ def test_lean_compression_equals_plain(tmp_path: Path, monkeypatch: pytest.Monke
 
 
 @pytest.mark.skipif(not lean.huge_pages_available(), reason="needs Linux, glibc >= 2.35 and transparent huge pages")
-def test_stage_restarts_with_malloc_on_huge_pages(tmp_path: Path) -> None:
+def test_stage_restarts_with_malloc_on_huge_pages() -> None:
     import subprocess
 
     # 64 MiB through malloc, as OpenVINO allocates (numpy asks for huge pages by itself), touched
@@ -99,7 +99,7 @@ def test_stage_restarts_with_malloc_on_huge_pages(tmp_path: Path) -> None:
     assert start == first == "start", "restarted once, output before the restart kept"
     tunables, huge_kib, argv = last.split(" ", 2)
     assert tunables == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1" and argv == "['x', '--y']"
-    assert int(huge_kib) >= 32 * 1024, "a 64 MiB block lands on huge pages"
+    assert int(huge_kib) >= 4 * 1024, "the 64 MiB block lands on huge pages (2 MiB each)"
     start, last, _ = run(AIPC_NO_HUGE_PAGES="1")
     tunables, huge_kib, _ = last.split(" ", 2)
     assert tunables == "None", "the escape hatch leaves the process alone"
