@@ -1,7 +1,13 @@
 """Artifact folders: atomic creation, manifests with hashes and versions, fixed paths.
 
 Every stage writes into a temporary sibling folder and moves it into place only when it is
-complete, so a failure never leaves a half-written artifact or destroys the previous one.
+complete, so a failure never leaves a half-written artifact or destroys the previous one. The
+temporary names carry the writer's pid (``.<name>.tmp-<pid>-<random>``, ``.<name>.old-<pid>-<random>``):
+the next stage that writes ``<name>`` removes those whose process is gone (a kill -9 leaves them).
+
+Manifests hold only what the inputs determine, so the same inputs give the same bytes and DVC
+reruns nothing downstream. What differs from run to run (time, host, durations, absolute paths)
+goes to a run log outside every DVC output: ``.aipc/runs/<stage>.jsonl`` (``AIPC_RUNS_DIR`` overrides).
 """
 
 from __future__ import annotations
@@ -11,13 +17,19 @@ import hashlib
 import json
 import os
 import platform
+import re
+import secrets
 import shutil
-import tempfile
-from collections.abc import Iterator
+import socket
+import stat
+import sys
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from pipeline.log import say
 
 ARTIFACTS = Path("artifacts")
 MANIFEST = "manifest.json"
@@ -25,11 +37,111 @@ TRACKED_PACKAGES = (
     "aipc-pipeline", "torch", "transformers", "huggingface-hub", "optimum", "optimum-intel", "nncf",
     "openvino", "openvino-genai", "openvino-tokenizers", "onnxruntime-genai",
 )
+# Manifest fields that change from run to run with the same inputs: written to the run log instead.
+RUN_FIELDS = ("timings",)
+RUNS_DIR = Path(".aipc") / "runs"
+# A temporary sibling of an output: .<name>.tmp-<pid>[-<random>] or .<name>.old-<pid>[-<random>].
+_STAGING = re.compile(r"\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)(?:-[0-9a-z]+)?")
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs (a zombie, killed but not yet reaped, counts as gone)."""
+    try:
+        import psutil
+    except ImportError:  # POSIX without psutil; on Windows os.kill(pid, 0) would terminate the process
+        if os.name == "nt":
+            return True
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.Error:
+        return True
+
+
+def _retry_writable(func: Callable[..., Any], path: str, _exc: Any) -> None:
+    """``rmtree`` error handler: make ``path`` and its folder removable (read-only bits), then retry once.
+
+    Windows refuses to delete a read-only file (DVC's cache files are read-only, and an output may be a
+    hard link to one); POSIX refuses to empty a folder without write permission.
+    """
+    with contextlib.suppress(OSError):
+        parent = os.path.dirname(path) or "."
+        os.chmod(parent, os.stat(parent).st_mode | stat.S_IRWXU)
+        if os.path.isdir(path) and not os.path.islink(path):
+            os.chmod(path, os.stat(path).st_mode | stat.S_IRWXU)
+            if func in (os.open, os.scandir, os.listdir, os.rmdir):
+                remove_tree(Path(path), _retry=False)
+                return
+        elif os.name == "nt":
+            os.chmod(path, stat.S_IWRITE)  # clears the read-only attribute
+        func(path)
+
+
+def remove_tree(path: Path, _retry: bool = True) -> None:
+    """Remove a folder (or file) like ``rmtree(ignore_errors=True)``, but read-only entries too."""
+    path = Path(path)
+    if path.is_symlink() or path.is_file():
+        with contextlib.suppress(OSError):
+            path.unlink()
+        if path.exists() and _retry:
+            _retry_writable(os.unlink, str(path), None)
+        return
+    if not path.exists():
+        return
+    handler = _retry_writable if _retry else (lambda *a: None)
+    if sys.version_info >= (3, 12):
+        shutil.rmtree(path, onexc=handler)
+    else:
+        shutil.rmtree(path, onerror=handler)
+
+
+def sweep_stale(final: Path) -> list[str]:
+    """Remove the temporary siblings of ``final`` that a killed process left; return their names.
+
+    Only those whose pid is not a running process (nor this one) are touched. When ``final`` itself is
+    missing, a stale ``.old-*`` is the previous output, moved aside just before the kill: it is put back.
+    """
+    final = Path(final)
+    if not final.parent.is_dir():
+        return []
+    stale = []
+    for sibling in sorted(final.parent.iterdir(), key=lambda p: p.name):
+        match = _STAGING.fullmatch(sibling.name)
+        if not match or match["name"] != final.name:
+            continue
+        pid = int(match["pid"])
+        if pid == os.getpid() or pid_alive(pid):
+            continue
+        if match["kind"] == "old" and not final.exists():
+            with contextlib.suppress(OSError):
+                os.replace(sibling, final)
+                stale.append(f"{sibling.name} (restored as {final.name})")
+                continue
+        remove_tree(sibling)
+        stale.append(sibling.name)
+    if stale:
+        say(f"removed what an interrupted run left beside {final}: {', '.join(stale)}")
+    return stale
+
+
+def _sibling(final: Path, kind: str) -> Path:
+    """A new temporary name beside ``final`` that carries this process's pid."""
+    return final.with_name(f".{final.name}.{kind}-{os.getpid()}-{secrets.token_hex(4)}")
 
 
 @contextlib.contextmanager
 def staged_dir(final: Path) -> Iterator[Path]:
     """Yield an empty temporary folder that replaces ``final`` only if the block succeeds.
+
+    Temporary folders that an interrupted earlier run left beside ``final`` are removed first.
 
     Args:
         final: The artifact folder to create or replace.
@@ -39,30 +151,33 @@ def staged_dir(final: Path) -> Iterator[Path]:
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    sweep_stale(final)
+    tmp = _sibling(final, "tmp")
+    tmp.mkdir()
     try:
         yield tmp
         replace_dir(tmp, final)
     finally:
         if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+            remove_tree(tmp)
 
 
 def replace_dir(src: Path, final: Path) -> None:
     """Move folder ``src`` to ``final``, replacing an older ``final`` (never editing it in place)."""
     old = None
     if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        old = _sibling(final, "old")
         os.replace(final, old)
     os.replace(src, final)
     if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        remove_tree(old)
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON through a temporary file and rename, so readers never see a partial file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    sweep_stale(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n", encoding="utf-8")
     os.replace(tmp, path)
@@ -106,24 +221,59 @@ def file_hashes(folder: Path) -> dict[str, dict[str, Any]]:
 
 
 def package_versions() -> dict[str, str]:
-    """Versions of the packages that shape an artifact (missing ones are left out)."""
-    versions = {"python": platform.python_version(), "platform": platform.platform()}
+    """Versions of the packages that shape an artifact (missing ones are left out; no host details)."""
+    versions = {"python": platform.python_version()}
     for name in TRACKED_PACKAGES:
         with contextlib.suppress(metadata.PackageNotFoundError):
             versions[name] = metadata.version(name)
     return versions
 
 
-def write_manifest(folder: Path, **fields: Any) -> dict[str, Any]:
-    """Write ``manifest.json`` into ``folder`` with the given fields, versions and file hashes."""
+def runs_dir() -> Path:
+    """Where run logs go: ``AIPC_RUNS_DIR``, else ``.aipc/runs`` in the working directory (the project root)."""
+    return Path(os.environ["AIPC_RUNS_DIR"]) if os.environ.get("AIPC_RUNS_DIR") else RUNS_DIR
+
+
+def log_run(stage: str, record: dict[str, Any]) -> Path | None:
+    """Append one JSON line about this run (time, host, ``record``) to ``<runs_dir>/<stage>.jsonl``.
+
+    The run log is outside every DVC output, so what it holds never changes an output's hash. A log
+    that cannot be written (read-only disk) costs only the log line, never the stage.
+    """
+    entry = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "stage": stage,
+             "host": socket.gethostname(), "platform": platform.platform(), "python": sys.executable,
+             "pid": os.getpid(), "cwd": os.getcwd(), **record}
+    path = runs_dir() / f"{stage}.jsonl"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(entry, default=str) + "\n")
+    except OSError:
+        return None
+    return path
+
+
+def write_manifest(folder: Path, run_log: dict[str, Any] | None = None, **fields: Any) -> dict[str, Any]:
+    """Write ``manifest.json`` into ``folder`` with the given fields, versions and file hashes.
+
+    Fields in :data:`RUN_FIELDS` and ``run_log`` (durations, absolute paths) differ between runs with
+    the same inputs: they go to the run log (:func:`log_run`), not into the manifest.
+
+    Returns:
+        The manifest as written, plus the run-only fields.
+    """
+    run_only = {k: fields.pop(k) for k in RUN_FIELDS if k in fields}
     manifest = {
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **fields,
         "versions": package_versions(),
         "files": file_hashes(folder),
     }
-    write_json_atomic(Path(folder) / MANIFEST, manifest)
-    return manifest
+    path = Path(folder) / MANIFEST
+    write_json_atomic(path, manifest)
+    stage = str(fields.get("stage") or Path(folder).name)
+    log_run(stage, {"variant": fields.get("variant"), "manifest_sha256": sha256_file(path),
+                    **run_only, **(run_log or {})})
+    return {**manifest, **run_only}
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:
