@@ -22,7 +22,7 @@ from pipeline.artifacts import (ARTIFACTS, file_hashes, folder_bytes, read_manif
                                 write_manifest)
 from pipeline.config import NpuVariantConfig, load_params, pick_variant
 from pipeline.errors import fail, run_main
-from pipeline.export_openvino import BASE_DIR, check_group_size, export_into, manifest_fields
+from pipeline.export_openvino import BASE_DIR, ROTARY_VERIFIED, check_group_size, export_into, manifest_fields
 from pipeline.lean import use_huge_pages
 from pipeline.log import say, step
 
@@ -102,7 +102,8 @@ def run(name: str, cfg: NpuVariantConfig, model_dir: Path = MODEL_DIR, out_root:
             tmp, stage="export_npu", variant=name, format="openvino-ir-npu", **manifest_fields(source, cfg, summary),
             npu_run_settings=cfg.run_settings(), npu_blob=blob,
             devices={k: v.as_dict() for k, v in status.items()}, size_bytes=folder_bytes(tmp),
-            verified={"structure": "int4 symmetric in every layer but embeddings/lm_head (int8 backup)"})
+            verified={"structure": "int4 symmetric in every layer but embeddings/lm_head (int8 backup)",
+                      "rotary_embedding": ROTARY_VERIFIED})
     say(f"[npu-{name}] NPU-ready IR in {out_root / name} (blob: {blob['blob']})")
     return manifest
 

@@ -17,7 +17,7 @@ from typing import Any
 from pipeline.artifacts import ARTIFACTS, folder_bytes, read_manifest, staged_dir, write_manifest
 from pipeline.config import ConfigError, OpenVinoVariantConfig, load_params, pick_variant
 from pipeline.errors import fail, run_main
-from pipeline.ir_inspect import check_matches_request, inspect_ir
+from pipeline.ir_inspect import check_matches_request, check_rotary, inspect_ir
 from pipeline.lean import check_resources, needs, use_huge_pages
 from pipeline.log import say, step
 
@@ -25,6 +25,7 @@ MODEL_DIR = ARTIFACTS / "model"
 OUT_ROOT = ARTIFACTS / "openvino"
 BASE_DIR = ARTIFACTS / "openvino_base"
 HELDOUT_TEXT = Path(__file__).parent / "assets" / "tiny_phi3" / "heldout.txt"
+ROTARY_VERIFIED = "rotary constants f32; cos/sin (f32 compute) match transformers' within tolerance"
 TOKENIZER_FILES = ("openvino_tokenizer.xml", "openvino_tokenizer.bin",
                    "openvino_detokenizer.xml", "openvino_detokenizer.bin")
 
@@ -81,13 +82,15 @@ def export_float(model_dir: Path, out: Path, ov_config: Any, lean: bool = True) 
     Lean (default): a bf16 checkpoint asked for fp16 is traced in bf16 (memory-mapped, no copy) and
     its weights rewritten to fp16 in the IR afterwards, and read weight pages are handed back
     (:mod:`pipeline.lean`); the IR is the same as the plain path's, which converts the whole model
-    to fp16 in PyTorch first (2x the checkpoint in memory).
+    to fp16 in PyTorch first (2x the checkpoint in memory). Either way the rotary-embedding constants
+    stay f32 (:func:`pipeline.rotary.keep_rotary_f32_on_save`), where bare ``optimum-cli`` stores them in fp16.
     """
     import warnings
 
     from optimum.exporters.openvino import main_export
 
     from pipeline import lean as lean_path
+    from pipeline.rotary import keep_rotary_f32_on_save
 
     # torch.jit tracing warns about every Python branch in the model; none of them matter for export.
     warnings.filterwarnings("ignore", message=".*TracerWarning.*|.*Converting a tensor to a Python.*|.*torch.tensor results.*")
@@ -101,7 +104,7 @@ def export_float(model_dir: Path, out: Path, ov_config: Any, lean: bool = True) 
     weights = lean_path.weight_files(model_dir)
     if lean:
         lean_path.prefetch(weights)
-    with lean_path.MappedPageTrimmer(weights) if lean else contextlib.nullcontext():
+    with lean_path.MappedPageTrimmer(weights) if lean else contextlib.nullcontext(), keep_rotary_f32_on_save():
         main_export(model_name_or_path=str(model_dir), output=out, task="text-generation-with-past",
                     ov_config=ov_config, stateful=True, convert_tokenizer=True, library_name="transformers",
                     trust_remote_code=False, model_loading_kwargs=loading)
@@ -161,7 +164,7 @@ def export_into(tmp: Path, name: str, cfg: OpenVinoVariantConfig, model_dir: Pat
     if missing:
         fail(f"tokenizer conversion produced no {', '.join(missing)}: check openvino-tokenizers matches openvino")
     summary = inspect_ir(tmp / "openvino_model.xml")
-    problems = check_matches_request(summary, cfg.weight_format, cfg.ratio)
+    problems = check_matches_request(summary, cfg.weight_format, cfg.ratio) + check_rotary(summary)
     if problems:
         fail(f"[{name}] exported IR does not match the request: {'; '.join(problems)}")
     say(f"[{name}] weight layers: {summary['weight_layers']}")
@@ -176,6 +179,7 @@ def manifest_fields(source: dict, cfg: Any, summary: dict) -> dict[str, Any]:
         "source_files_sha256": {k: v["sha256"] for k, v in source["files"].items()},
         "parameters": vars(cfg).copy(), "weight_layers": summary["weight_layers"],
         "nncf_rt_info": summary["nncf"], "layers": summary["layers"], "timings": summary["timings"],
+        "rotary_embedding": summary.get("rotary"),
     }
 
 
@@ -206,7 +210,8 @@ def run(name: str, cfg: OpenVinoVariantConfig, model_dir: Path = MODEL_DIR, out_
         manifest = write_manifest(
             tmp, stage="export_openvino", variant=name, format="openvino-ir", **manifest_fields(source, cfg, summary),
             compressed_from="openvino_base" if from_base else "pytorch",
-            size_bytes=folder_bytes(tmp), verified={"structure": "weight precisions and rt_info match request"})
+            size_bytes=folder_bytes(tmp), verified={"structure": "weight precisions and rt_info match request",
+                                                    "rotary_embedding": ROTARY_VERIFIED})
     say(f"[{name}] IR ready in {out_root / name}")
     return manifest
 

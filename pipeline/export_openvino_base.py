@@ -17,8 +17,8 @@ from typing import Any, Iterator
 
 from pipeline.artifacts import ARTIFACTS, folder_bytes, read_manifest, staged_dir, write_manifest
 from pipeline.config import OpenVinoVariantConfig
-from pipeline.errors import run_main
-from pipeline.ir_inspect import inspect_ir
+from pipeline.errors import fail, run_main
+from pipeline.ir_inspect import check_rotary, inspect_ir
 from pipeline.lean import MappedPageTrimmer, check_resources, needs, use_huge_pages, weight_files
 from pipeline.log import say, step
 
@@ -127,14 +127,15 @@ def run(model_dir: Path = MODEL_DIR, out_dir: Path = OUT_DIR, lean: bool = True)
         summary = inspect_ir(tmp / "openvino_model.xml")
         missing = [f for f in TOKENIZER_FILES if not (tmp / f).is_file()]
         if missing or summary["weight_layers"]["int4"] or summary["weight_layers"]["int8"]:
-            from pipeline.errors import fail
-
             fail(f"base IR is not an uncompressed IR with tokenizers: layers {summary['weight_layers']}, missing {missing}")
+        if problems := check_rotary(summary):
+            fail(f"base IR: {'; '.join(problems)}")
         manifest = write_manifest(
             tmp, stage="export_openvino_base", format="openvino-ir-uncompressed",
             source={k: source.get(k) for k in ("model", "source", "repo_id", "revision", "license")},
             source_files_sha256={k: v["sha256"] for k, v in source["files"].items()},
-            weight_layers=summary["weight_layers"], timings={"export_s": timing["seconds"]},
+            weight_layers=summary["weight_layers"], rotary_embedding=summary["rotary"],
+            timings={"export_s": timing["seconds"]},
             size_bytes=folder_bytes(tmp))
     say(f"base IR ready in {out_dir} ({manifest['size_bytes'] / 2**20:.1f} MiB)")
     return manifest

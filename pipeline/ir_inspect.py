@@ -1,7 +1,8 @@
-"""Structural checks on an exported OpenVINO IR: weight precision per layer and NNCF rt_info."""
+"""Checks on an exported OpenVINO IR: weight precision per layer, NNCF rt_info, the rotary embedding."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -85,19 +86,63 @@ def nncf_rt_info(model: Any) -> dict[str, Any]:
     return _rt_to_plain(model.get_rt_info()["nncf"])
 
 
-def inspect_ir(xml_path: Path) -> dict[str, Any]:
-    """Summarise an IR: layer counts by precision, NNCF rt_info, per-layer list."""
+def inspect_rotary(model: Any, config: dict[str, Any] | None) -> dict[str, Any]:
+    """The rotary embedding of an IR: its float constants' types, and its cos/sin against transformers'.
+
+    ``config`` is the model's ``config.json`` (optimum writes it beside the IR); without it the
+    comparison is skipped. Only the cos/sin subgraph is compiled (:func:`pipeline.rotary.ir_tables`).
+    """
+    from pipeline import rotary
+
+    nodes, found = rotary.rotary_of_model(model)
+    types = {nodes[k].get_friendly_name(): rotary.element_type(nodes[k]) for k in found.constants}
+    summary: dict[str, Any] = {
+        "angle_ops": len(found.angles),
+        "float_constants": dict(sorted((n, t) for n, t in types.items() if t in rotary.FLOAT_TYPES)),
+        "low_precision_constants": rotary.low_precision_constants(model),
+    }
+    summary["vs_transformers"] = (rotary.compare_with_transformers(model, config) if config
+                                  else {"skipped": "no config.json beside the IR"})
+    return summary
+
+
+def check_rotary(summary: dict[str, Any]) -> list[str]:
+    """Return the ways the IR's rotary embedding is wrong (empty when its constants are f32 and cos/sin match)."""
+    rope = summary.get("rotary")
+    if rope is None:
+        return []
+    problems = []
+    if rope["angle_ops"] == 0:
+        problems.append("no rotary embedding (Cos/Sin ops) found in the IR")
+    if rope["low_precision_constants"]:
+        names = rope["low_precision_constants"]
+        problems.append(f"{len(names)} fp16/bf16 constant(s) feed the rotary embedding, e.g. {names[0]}: "
+                        "it must stay f32 (export through pipeline.rotary.keep_rotary_f32_on_save)")
+    for label, check in rope["vs_transformers"].get("positions", {}).items():
+        if not check["max_abs_diff"] <= check["tolerance"]:
+            problems.append(f"rotary cos/sin differ from transformers' by {check['max_abs_diff']:.3g} at positions "
+                            f"{label} (tolerance {check['tolerance']:.2g})")
+    return problems
+
+
+def inspect_ir(xml_path: Path, rotary: bool = True) -> dict[str, Any]:
+    """Summarise an IR: layer counts by precision, NNCF rt_info, per-layer list, rotary embedding."""
     import openvino as ov
 
     model = ov.Core().read_model(str(xml_path))
     layers = weight_layers(model)
     counts = Counter(layer["precision"] for layer in layers)
-    return {
+    summary = {
         "weight_layers": {"int4": counts.get("int4", 0), "int8": counts.get("int8", 0),
                           "float": counts.get("float", 0), "total": len(layers)},
         "nncf": nncf_rt_info(model),
         "layers": layers,
     }
+    if rotary:
+        config_path = Path(xml_path).parent / "config.json"
+        config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else None
+        summary["rotary"] = inspect_rotary(model, config)
+    return summary
 
 
 def check_matches_request(summary: dict[str, Any], weight_format: str, ratio: float = 1.0) -> list[str]:

@@ -209,36 +209,66 @@ def bf16_ir_to_f16(xml_path: Path) -> int:
     A bf16 checkpoint exported with ``compress_to_fp16`` keeps its bf16 weights (OpenVINO only
     compresses f32 constants); the plain path avoids that by converting the whole PyTorch model to
     fp16 first, in new memory. Both types are 2 bytes wide, so each constant is converted where it
-    lies in the ``.bin``, 32 MiB at a time, and only the ``.xml`` types change.
+    lies in the ``.bin``, 32 MiB at a time, and only the ``.xml`` types change. The rotary-embedding
+    constants are left out (:mod:`pipeline.rotary`): a bf16 one is widened to f32 instead, exactly,
+    its copy appended to the ``.bin``.
     """
+    from pipeline.rotary import find_rotary, xml_graph
+
     xml_path = Path(xml_path)
     bin_path, tree = xml_path.with_suffix(".bin"), ET.parse(xml_path)
     consts = [(layer, layer.find("data")) for layer in tree.getroot().find("layers") if layer.get("type") == "Const"]
+    rotary = find_rotary(*xml_graph(tree.getroot())[1:]).constants
+    widen = [(layer, data) for layer, data in consts if layer.get("id") in rotary and data.get("element_type") == "bf16"]
+    kept = {(int(d.get("offset")), int(d.get("size"))) for layer, d in consts if layer.get("id") in rotary}
     ranges = {(int(d.get("offset")), int(d.get("size"))): d.get("element_type") for _, d in consts}
-    bf16 = sorted(r for r, t in ranges.items() if t == "bf16")
-    if not bf16:
+    bf16 = sorted(r for r, t in ranges.items() if t == "bf16" and r not in kept)
+    if not bf16 and not widen:
         return 0
     others = [r for r, t in ranges.items() if t != "bf16"]
-    if any(o < b + n and b < o + m for b, n in bf16 for o, m in others) or any(  # the serializer shares equal bytes
+    if any(o < b + n and b < o + m for b, n in bf16 for o, m in [*others, *kept]) or any(  # the serializer shares equal bytes
             b2 < b1 + n1 for (b1, n1), (b2, _) in zip(bf16, bf16[1:])):
         fail(f"{bin_path} shares a bf16 constant's bytes with another constant, so it cannot be converted in place: "
              "convert the checkpoint to float16 first (model.local_path) and export that")
-    remember_sha256(bin_path, _convert_in_place(bin_path, bf16))
-    rewritten = {layer.get("id") for layer, data in consts if data.get("element_type") == "bf16"}
+    tail = _widen_bf16_to_f32(bin_path, [data for _, data in widen])
+    remember_sha256(bin_path, _convert_in_place(bin_path, bf16, tail))
+    rewritten = {layer.get("id") for layer, data in consts if data.get("element_type") == "bf16"} - rotary
     for layer, data in consts:
         if layer.get("id") in rewritten:
             data.set("element_type", "f16")
     _retype_ports(tree.getroot(), rewritten)
+    _retype_ports(tree.getroot(), {layer.get("id") for layer, _ in widen}, "FP32")
     tree.write(xml_path.with_suffix(".xml.f16"), encoding="utf-8", xml_declaration=True)
     os.replace(xml_path.with_suffix(".xml.f16"), xml_path)
     return len(rewritten)
 
 
-def _convert_in_place(bin_path: Path, bf16: list[tuple[int, int]]) -> str:
+def _widen_bf16_to_f32(bin_path: Path, datas: list[ET.Element]) -> bytes:
+    """The f32 bytes of the bf16 constants ``datas`` (XML ``data`` elements), to append to ``bin_path``.
+
+    Each ``data`` element is pointed at its new place past the current end of the file and retyped f32.
+    """
+    import numpy as np
+
+    tail, end = bytearray(), bin_path.stat().st_size
+    with open(bin_path, "rb") as f:
+        for data in datas:
+            f.seek(int(data.get("offset")))
+            bits = np.frombuffer(f.read(int(data.get("size"))), dtype=np.uint16)
+            widened = (bits.astype(np.uint32) << 16).tobytes()  # bf16 is the top half of an f32: exact
+            data.set("offset", str(end + len(tail)))
+            data.set("size", str(len(widened)))
+            data.set("element_type", "f32")
+            tail += widened
+    return bytes(tail)
+
+
+def _convert_in_place(bin_path: Path, bf16: list[tuple[int, int]], tail: bytes = b"") -> str:
     """Convert the sorted, disjoint bf16 ``(offset, size)`` ranges of ``bin_path`` to fp16 in place.
 
     The file is read once from start to end, 32 MiB at a time (only the page cache holds it), and
-    hashed on the way: returns the sha256 of the converted file, which the manifest then reuses.
+    hashed on the way: returns the sha256 of the converted file (with ``tail`` appended to it),
+    which the manifest then reuses.
     """
     import hashlib
 
@@ -262,21 +292,24 @@ def _convert_in_place(bin_path: Path, bf16: list[tuple[int, int]]) -> str:
                 f.write(view[:n])
                 digest.update(view[:n])
             cursor = begin + size
+        f.seek(0, os.SEEK_END)
+        f.write(tail)
+        digest.update(tail)
     return digest.hexdigest()
 
 
-def _retype_ports(root: ET.Element, const_ids: set[str]) -> None:
-    """Mark the outputs of the rewritten constants, and the inputs they feed, as FP16."""
+def _retype_ports(root: ET.Element, const_ids: set[str], precision: str = "FP16") -> None:
+    """Mark the outputs of the rewritten constants, and the inputs they feed, as ``precision``."""
     layers = {layer.get("id"): layer for layer in root.find("layers")}
     for const_id in const_ids:
         for port in layers[const_id].find("output"):
-            port.set("precision", "FP16")
+            port.set("precision", precision)
     for edge in root.find("edges"):
         if edge.get("from-layer") in const_ids:
             target = layers[edge.get("to-layer")].find("input")
             for port in target:
                 if port.get("id") == edge.get("to-port"):
-                    port.set("precision", "FP16")
+                    port.set("precision", precision)
 
 
 def check_resources(what: str, ram_bytes: int, disk_bytes: int, disk_at: Path) -> None:
