@@ -281,10 +281,18 @@ def cmd_demo() -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PATH": os.pathsep.join([str(Path(sys.executable).parent),
                                                                          os.environ.get("PATH", "")])}
     done = subprocess.run([sys.executable, "-m", "dvc", "repro"], env=env, check=False)
-    if done.returncode:
-        fail(f"dvc repro failed (exit {done.returncode}); the lines above say which stage and why")
     report = Path("artifacts/report/report.md")
-    print(report.read_text(encoding="utf-8") if report.is_file() else summary_table(Path("artifacts/metrics")))
+    if report.is_file():  # written even when a cell failed: it is the report people most need then
+        print(report.read_text(encoding="utf-8"))
+    if done.returncode:
+        from pipeline import report as report_stage
+
+        params = load_params()
+        line = report_stage.verdict_line(report_stage.collect_rows(report_stage.configured_artifacts(params),
+                                                                   report_stage.METRICS_DIR))
+        fail(line or f"dvc repro failed (exit {done.returncode}); the lines above say which stage and why")
+    if not report.is_file():
+        print(summary_table(Path("artifacts/metrics")))
 
 
 def cmd_report() -> None:

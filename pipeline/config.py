@@ -31,6 +31,11 @@ def pick_variant(section: dict[str, Any], name: str, what: str) -> Any:
 
 
 MODEL_SOURCES = ("hub", "local", "tiny")
+# Embedded test models (source=tiny): folders under pipeline/assets/, each with a README saying how it was made.
+EMBEDDED_ASSETS = (
+    "tiny_phi3",  # 4k context, sliding window 2047, MHA (scripts/make_tiny_phi3.py)
+    "tiny_phi3_128k",  # LongRoPE 128k, GQA, no sliding window (scripts/make_tiny_phi3_128k.py)
+)
 WEIGHT_FORMATS = ("int4", "int8", "fp16")
 BACKUP_PRECISIONS = ("none", "int8_sym", "int8_asym")
 SENSITIVITY_METRICS = (
@@ -51,6 +56,7 @@ class ModelConfig:
 
     name: str = "tiny-phi3"
     source: str = "tiny"
+    asset: str = "tiny_phi3"  # which embedded model source=tiny copies (EMBEDDED_ASSETS)
     repo_id: str | None = None
     revision: str | None = None
     local_path: str | None = None
@@ -61,6 +67,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _check_choice("model.source", self.source, MODEL_SOURCES)
+        _check_choice("model.asset", self.asset, EMBEDDED_ASSETS)
         if self.source == "hub":
             if not self.repo_id or "/" not in self.repo_id:
                 raise ConfigError("model.repo_id must be 'owner/name' for source=hub")
@@ -264,6 +271,55 @@ def _check_builder_options(options: dict[str, Any], provider: str) -> None:
                               f"got {value!r}")
 
 
+COMPUTE_PRECISIONS = ("f32", "bf16", "f16")
+
+
+@dataclass
+class LongContextConfig:
+    """Teacher-forced windows long enough to cross the sliding window and LongRoPE's switch of rope factors."""
+
+    lengths: list[int] = field(default_factory=lambda: [3000, 6000])  # capped at the model's context length
+    boundaries: list[int] = field(default_factory=lambda: [1024])  # plus sliding_window, original context
+    top_k: int = 64
+    min_top1_agreement: dict[str, float] = field(default_factory=dict)
+    max_mean_kl: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for key, values in {"lengths": self.lengths, "boundaries": self.boundaries}.items():
+            if any(v <= 1 for v in values):
+                raise ConfigError(f"validate.long_context.{key} must hold token counts above 1, got {values}")
+        if self.top_k <= 0:
+            raise ConfigError(f"validate.long_context.top_k must be positive, got {self.top_k}")
+        _check_thresholds("validate.long_context", self.min_top1_agreement, self.max_mean_kl, WEIGHT_FORMATS)
+
+
+@dataclass
+class DeviceNumericsConfig:
+    """Thresholds on how far a run at the device's own numerics drifts from the pinned f32 run of the artifact."""
+
+    min_top1_agreement: dict[str, float] = field(default_factory=dict)  # keyed by compute precision
+    max_mean_kl: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check_thresholds("validate.device_numerics", self.min_top1_agreement, self.max_mean_kl, COMPUTE_PRECISIONS)
+
+    def thresholds(self, compute: str) -> dict[str, float | None]:
+        """The drift thresholds of ``compute`` (``f32``, ``bf16``, ``f16``)."""
+        return {"min_top1_agreement": self.min_top1_agreement.get(compute), "max_mean_kl": self.max_mean_kl.get(compute)}
+
+
+def _check_thresholds(where: str, top1: dict[str, float], kl: dict[str, float], keys: tuple[str, ...]) -> None:
+    """Threshold tables: known keys, top-1 agreement in [0, 1], KL positive."""
+    for key, threshold in top1.items():
+        _check_choice(f"{where}.min_top1_agreement key", key, keys)
+        if not 0.0 <= threshold <= 1.0:
+            raise ConfigError(f"{where}.min_top1_agreement.{key} must be in [0, 1], got {threshold}")
+    for key, threshold in kl.items():
+        _check_choice(f"{where}.max_mean_kl key", key, keys)
+        if threshold <= 0:
+            raise ConfigError(f"{where}.max_mean_kl.{key} must be positive (nats), got {threshold}")
+
+
 @dataclass
 class ValidateConfig:
     """How exported models are run and compared with the PyTorch original."""
@@ -282,6 +338,9 @@ class ValidateConfig:
     reference_dtype: str = "float32"
     min_top1_agreement: dict[str, float] = field(default_factory=dict)
     max_mean_kl: dict[str, float] = field(default_factory=dict)
+    device_numerics: DeviceNumericsConfig = field(default_factory=DeviceNumericsConfig)
+    emulate_numerics: list[str] = field(default_factory=lambda: ["bf16", "f16"])
+    long_context: LongContextConfig = field(default_factory=LongContextConfig)
 
     def __post_init__(self) -> None:
         if not self.prompts:
@@ -298,19 +357,20 @@ class ValidateConfig:
         if self.warmup < 0:
             raise ConfigError(f"validate.warmup must be >= 0, got {self.warmup}")
         _check_choice("validate.reference_dtype", self.reference_dtype, ("float32", "bfloat16", "float16"))
-        for fmt, threshold in self.min_top1_agreement.items():
-            _check_choice("validate.min_top1_agreement key", fmt, WEIGHT_FORMATS)
-            if not 0.0 <= threshold <= 1.0:
-                raise ConfigError(f"validate.min_top1_agreement.{fmt} must be in [0, 1], got {threshold}")
-        for fmt, threshold in self.max_mean_kl.items():
-            _check_choice("validate.max_mean_kl key", fmt, WEIGHT_FORMATS)
-            if threshold <= 0:
-                raise ConfigError(f"validate.max_mean_kl.{fmt} must be positive (nats), got {threshold}")
+        _check_thresholds("validate", self.min_top1_agreement, self.max_mean_kl, WEIGHT_FORMATS)
+        for precision in self.emulate_numerics:
+            _check_choice("validate.emulate_numerics entry", precision, ("bf16", "f16"))
 
     def thresholds(self, precision: str) -> dict[str, float | None]:
         """The fidelity thresholds of ``precision`` (fp32 is held to the fp16 ones)."""
         key = "fp16" if precision == "fp32" else precision
         return {"min_top1_agreement": self.min_top1_agreement.get(key), "max_mean_kl": self.max_mean_kl.get(key)}
+
+    def long_context_thresholds(self, precision: str) -> dict[str, float | None]:
+        """The per-range long-context thresholds of weight format ``precision``."""
+        key = "fp16" if precision == "fp32" else precision
+        lc = self.long_context
+        return {"min_top1_agreement": lc.min_top1_agreement.get(key), "max_mean_kl": lc.max_mean_kl.get(key)}
 
 
 # Target devices per artifact family (validate.devices); ONNX variants target their execution_provider.

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 LOGPROBS_FILE = "logprobs.npz"
+LONG_LOGPROBS_FILE = "long_logprobs.npz"  # long-context windows, fewer top-k per position
 
 
 @dataclass
@@ -110,17 +111,113 @@ def compare(ref: ReferenceLogprobs, logits: list[np.ndarray]) -> Fidelity:
     Returns:
         Top-1 agreement, mean and max KL divergence, perplexity and its change against the reference.
     """
+    _check_lengths(ref, logits)
+    return _fidelity(ref, [_row_stats(ref, start, w) for start, w in _offsets(ref, logits)])
+
+
+def _check_lengths(ref: ReferenceLogprobs, logits: list[np.ndarray]) -> None:
     lengths = [int(np.asarray(w).shape[0]) for w in logits]
     if lengths != ref.window_lengths.tolist():
         raise ValueError(f"logits cover windows of {lengths} tokens, the reference {ref.window_lengths.tolist()}")
-    logp = np.concatenate([log_softmax(w) for w in logits])
-    kl = topk_kl(ref, logp)
-    known = ref.next_ids >= 0
-    nll = -np.take_along_axis(logp[known], ref.next_ids[known].astype(np.int64)[:, None], axis=-1)[:, 0]
-    ppl, ref_ppl = float(np.exp(nll.mean())), ref.perplexity
-    return Fidelity(top1_agreement=float((logp.argmax(-1) == ref.topk_ids[:, 0]).mean()), mean_kl=float(kl.mean()),
-                    max_kl=float(kl.max()), perplexity=ppl, reference_perplexity=ref_ppl,
-                    perplexity_delta_pct=100.0 * (ppl - ref_ppl) / ref_ppl)
+
+
+def _offsets(ref: ReferenceLogprobs, logits: list[np.ndarray]) -> list[tuple[int, np.ndarray]]:
+    """(first reference row, logits) of every window."""
+    starts = np.concatenate([[0], np.cumsum(ref.window_lengths)[:-1]]).astype(int)
+    return list(zip(starts.tolist(), logits))
+
+
+@dataclass
+class _Stats:
+    """Sums over some positions, so windows and ranges combine without holding every log-prob at once."""
+
+    positions: int = 0
+    top1_hits: int = 0
+    kl_sum: float = 0.0
+    kl_max: float = 0.0
+    nll_sum: float = 0.0
+    known: int = 0
+    ref_nll_sum: float = 0.0
+
+
+def _row_stats(ref: ReferenceLogprobs, start: int, logits: np.ndarray, rows: slice | None = None,
+               chunk: int = 512) -> _Stats:
+    """Statistics of one window's ``logits`` (``rows`` of them) against the reference rows from ``start`` on."""
+    logits = np.asarray(logits)
+    rows = rows or slice(0, logits.shape[0])
+    stats = _Stats()
+    for lo in range(rows.start, rows.stop, chunk):  # float64 log-softmax of a 6k x 32k window is 1.5 GB: chunk it
+        hi = min(lo + chunk, rows.stop)
+        logp, ref_rows = log_softmax(logits[lo:hi]), slice(start + lo, start + hi)
+        kl = topk_kl(ReferenceLogprobs(ref.topk_ids[ref_rows], ref.topk_logprobs[ref_rows], ref.next_ids[ref_rows],
+                                       ref.next_logprobs[ref_rows], ref.window_lengths), logp)
+        next_ids = ref.next_ids[ref_rows]
+        known = next_ids >= 0
+        nll = -np.take_along_axis(logp[known], next_ids[known].astype(np.int64)[:, None], axis=-1)[:, 0]
+        stats.positions += hi - lo
+        stats.top1_hits += int((logp.argmax(-1) == ref.topk_ids[ref_rows, 0]).sum())
+        stats.kl_sum += float(kl.sum())
+        stats.kl_max = max(stats.kl_max, float(kl.max()) if kl.size else 0.0)
+        stats.nll_sum += float(nll.sum())
+        stats.known += int(known.sum())
+        stats.ref_nll_sum += float(-ref.next_logprobs[ref_rows][known].astype(np.float64).sum())
+    return stats
+
+
+def _fidelity(ref: ReferenceLogprobs, parts: list[_Stats]) -> Fidelity:
+    total = _Stats()
+    for part in parts:
+        for name in ("positions", "top1_hits", "kl_sum", "nll_sum", "known", "ref_nll_sum"):
+            setattr(total, name, getattr(total, name) + getattr(part, name))
+        total.kl_max = max(total.kl_max, part.kl_max)
+    ppl = float(np.exp(total.nll_sum / max(total.known, 1)))
+    ref_ppl = float(np.exp(total.ref_nll_sum / max(total.known, 1)))
+    return Fidelity(top1_agreement=total.top1_hits / max(total.positions, 1),
+                    mean_kl=total.kl_sum / max(total.positions, 1), max_kl=total.kl_max, perplexity=ppl,
+                    reference_perplexity=ref_ppl, perplexity_delta_pct=100.0 * (ppl - ref_ppl) / ref_ppl)
+
+
+def position_ranges(length: int, boundaries: list[int]) -> list[tuple[int, int]]:
+    """Split positions ``0..length`` at the ``boundaries`` that fall inside, e.g. 6000 at [1024, 4096] -> 3 ranges."""
+    cuts = [0, *sorted({b for b in boundaries if 0 < b < length}), length]
+    return list(zip(cuts[:-1], cuts[1:]))
+
+
+def compare_ranges(ref: ReferenceLogprobs, logits: list[np.ndarray], boundaries: list[int]) -> list[dict[str, Any]]:
+    """Fidelity per window and position range (long-context checks: sliding window, LongRoPE switch).
+
+    Args:
+        ref: The stored long-context reference, one row per position of each window.
+        logits: The model's logits over each window, in the reference's order.
+        boundaries: Positions where behaviour changes (e.g. 1024, the sliding window, the original context).
+
+    Returns:
+        One dict per (window, range): window length, ``start``/``stop``, top-1 agreement, mean/max KL, perplexity change.
+    """
+    _check_lengths(ref, logits)
+    out = []
+    for first_row, window in _offsets(ref, logits):
+        length = int(np.asarray(window).shape[0])
+        for start, stop in position_ranges(length, boundaries):
+            fid = _fidelity(ref, [_row_stats(ref, first_row, window, slice(start, stop))]).as_dict()
+            out.append({"window": length, "start": start, "stop": stop, "positions": stop - start, **fid})
+    return out
+
+
+def agreement(pinned: list[np.ndarray], other: list[np.ndarray]) -> dict[str, float]:
+    """How far a run at other numerics drifts from the pinned run of the same artifact (full-vocabulary KL).
+
+    Returns:
+        ``top1_agreement`` between the two runs' argmax and ``mean_kl`` = mean KL(pinned || other), in nats.
+    """
+    hits = kl_sum = positions = 0.0
+    for a, b in zip(pinned, other):
+        for lo in range(0, len(a), 512):
+            p, q = log_softmax(a[lo:lo + 512]), log_softmax(b[lo:lo + 512])
+            hits += float((p.argmax(-1) == q.argmax(-1)).sum())
+            kl_sum += float(np.maximum((np.exp(p) * (p - q)).sum(-1), 0.0).sum())
+            positions += len(p)
+    return {"top1_agreement": round(hits / max(positions, 1), 6), "mean_kl": round(kl_sum / max(positions, 1), 9)}
 
 
 def load_npz_logits(path: Path) -> list[np.ndarray]:

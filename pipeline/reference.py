@@ -17,7 +17,7 @@ from typing import Any
 from pipeline.artifacts import ARTIFACTS, read_manifest, staged_dir, write_json_atomic, write_manifest
 from pipeline.config import ValidateConfig, load_params
 from pipeline.errors import fail, run_main
-from pipeline.fidelity import LOGPROBS_FILE, reference_from_logits
+from pipeline.fidelity import LONG_LOGPROBS_FILE, LOGPROBS_FILE, reference_from_logits
 from pipeline.log import say, step
 
 MODEL_DIR = ARTIFACTS / "model"
@@ -34,6 +34,34 @@ def eval_windows(tokenizer: Any, cfg: ValidateConfig) -> list[list[int]]:
     """Token windows of the held-out text used for teacher-forced comparison."""
     ids = heldout_ids(tokenizer)[: cfg.eval_tokens]
     return [ids[i: i + cfg.eval_window] for i in range(0, len(ids), cfg.eval_window) if len(ids[i: i + cfg.eval_window]) > 1]
+
+
+def context_limits(config: Any) -> dict[str, int | None]:
+    """Positions where a Phi-3 stops behaving like a plain transformer: its context, sliding window, LongRoPE switch."""
+    rope = getattr(config, "rope_parameters", None) or {}
+    original = getattr(config, "original_max_position_embeddings", None) or rope.get("original_max_position_embeddings")
+    longrope = rope.get("rope_type") == "longrope"
+    return {"max_position_embeddings": getattr(config, "max_position_embeddings", None),
+            "sliding_window": getattr(config, "sliding_window", None),
+            "original_max_position_embeddings": original if longrope else None}
+
+
+def long_context_plan(tokenizer: Any, cfg: ValidateConfig, limits: dict[str, int | None]) -> dict[str, Any]:
+    """Long teacher-forced windows (from the start of the held-out text) and the boundaries between their ranges.
+
+    Each configured length is capped at the model's context length; a LongRoPE model is checked on both sides of
+    ``original_max_position_embeddings`` because transformers picks its rope factors by sequence length.
+    """
+    ids = heldout_ids(tokenizer)
+    context = limits["max_position_embeddings"] or max(cfg.long_context.lengths, default=0)
+    lengths = sorted({min(length, context) for length in cfg.long_context.lengths})
+    if not limits["original_max_position_embeddings"]:
+        lengths = lengths[-1:]  # one rope for every length: a shorter window repeats the longest one's first positions
+    if lengths and lengths[-1] > len(ids):
+        fail(f"validate.long_context.lengths asks for {lengths[-1]} tokens but the held-out text has {len(ids)}: lower it")
+    model_cuts = [limits[k] for k in ("sliding_window", "original_max_position_embeddings") if limits[k]]
+    boundaries = sorted({*cfg.long_context.boundaries, *model_cuts})
+    return {"windows": [ids[:length] for length in lengths], "boundaries": boundaries, "limits": limits}
 
 
 def perf_prompts(tokenizer: Any, cfg: ValidateConfig) -> dict[str, list[int]]:
@@ -59,6 +87,14 @@ def teacher_forced(model: Any, windows: list[list[int]]) -> tuple[list[dict[str,
                         "margin": (top2.values[:, 0] - top2.values[:, 1]).tolist()})
             logits_out.append(logits.numpy())
     return out, logits_out
+
+
+def long_logits(model: Any, windows: list[list[int]]) -> list[Any]:
+    """PyTorch's logits over each long window, one forward pass each (no top-1 bookkeeping)."""
+    import torch
+
+    with torch.inference_mode():
+        return [model(torch.tensor([window])).logits[0].float().numpy() for window in windows]
 
 
 def greedy(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int) -> list[dict[str, Any]]:
@@ -94,6 +130,11 @@ def run(cfg: ValidateConfig, model_dir: Path = MODEL_DIR, out_dir: Path = OUT_DI
         windows = eval_windows(tokenizer, cfg)
         forced, logits = teacher_forced(model, windows)
         logprobs = reference_from_logits(windows, logits, cfg.kl_top_k)
+    long = long_context_plan(tokenizer, cfg, context_limits(model.config))
+    with step(f"teacher-forced long-context windows of {[len(w) for w in long['windows']]} tokens "
+              f"(boundaries {long['boundaries']})"):
+        long_logprobs = reference_from_logits(long["windows"], long_logits(model, long["windows"]),
+                                              cfg.long_context.top_k)
     with step(f"greedy generation for {len(cfg.prompts)} prompts"):
         generations = greedy(model, tokenizer, cfg.prompts, cfg.max_new_tokens)
     margins = sorted(m for w in forced for m in w["margin"])
@@ -101,11 +142,14 @@ def run(cfg: ValidateConfig, model_dir: Path = MODEL_DIR, out_dir: Path = OUT_DI
               "greedy": generations, "perf_prompts": perf_prompts(tokenizer, cfg),
               "perplexity": logprobs.perplexity, "kl_top_k": cfg.kl_top_k,
               "kl_top_k_mass": float(np.exp(logprobs.topk_logprobs.astype(np.float64)).sum(-1).mean()),
+              "long_context": {"windows": long["windows"], "boundaries": long["boundaries"],
+                               "limits": long["limits"], "top_k": cfg.long_context.top_k},
               "margin_stats": {"median": statistics.median(margins), "p10": margins[len(margins) // 10],
                                "positions": len(margins)}}
     with staged_dir(out_dir) as tmp:
         write_json_atomic(tmp / "reference.json", result)
         logprobs.save(tmp / LOGPROBS_FILE)
+        long_logprobs.save(tmp / LONG_LOGPROBS_FILE)
         write_manifest(tmp, stage="reference", source_model=source.get("model"),
                        source_files_sha256={k: v["sha256"] for k, v in source["files"].items()})
     say(f"reference ready: {result['margin_stats']['positions']} positions, median top-1 margin "

@@ -6,6 +6,8 @@ that ran, size, load time, TTFT per prompt length, TPOT, tokens/s, peak RSS, top
 perplexity change, greedy exact match, and the reason or the problems), ``cells.json`` (the same rows
 for ``dvc plots show``), ``summary.json`` (cell counts, a DVC metric), ``size_vs_fidelity.png`` and
 ``tokens_per_s.png``. An artifact without a metrics file gets a ``missing`` row saying what to run.
+Failed cells get their rows like any other; the ``verdict`` stage (``--verdict``) runs after the report and
+fails ``dvc repro`` with one line naming them.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 
 from pipeline.artifacts import ARTIFACTS, staged_dir, write_json_atomic
 from pipeline.config import PipelineConfig, load_params
-from pipeline.errors import run_main
+from pipeline.errors import fail, run_main
 from pipeline.log import say
 
 METRICS_DIR = ARTIFACTS / "metrics"
@@ -36,6 +38,12 @@ class Row:
     size_mb: float | None = None
 
     @property
+    def long_context_min_top1(self) -> float | None:
+        """The lowest top-1 agreement over the long-context position ranges (``None`` when not measured)."""
+        ranges = self.data.get("long_context") or []
+        return min(r["top1_agreement"] for r in ranges) if ranges else None
+
+    @property
     def ran(self) -> bool:
         """Whether this cell executed (passed or failed), i.e. has numbers."""
         return self.status in ("passed", "failed")
@@ -43,8 +51,11 @@ class Row:
     def flat(self) -> dict[str, Any]:
         """The row for ``cells.json`` (``dvc plots``): identifiers and the numbers."""
         keys = ("device_executed", "load_s", "ttft_ms", "tpot_ms", "tokens_per_s", "peak_rss_mb", "top1_agreement",
-                "mean_kl", "perplexity_delta_pct", "greedy_exact_match")
-        return {"cell": f"{self.artifact} @ {self.cell}", "artifact": self.artifact, "device": self.cell,
+                "mean_kl", "perplexity_delta_pct", "greedy_exact_match", "device_top1_agreement", "device_mean_kl",
+                "drift_top1_agreement", "drift_mean_kl")
+        numerics = (self.data.get("device_numerics") or {}).get("label")
+        return {"device_numerics": numerics, "long_context_min_top1": self.long_context_min_top1,
+                "cell": f"{self.artifact} @ {self.cell}", "artifact": self.artifact, "device": self.cell,
                 "status": self.status, "size_mb": self.size_mb, **{k: self.data.get(k) for k in keys}}
 
 
@@ -91,7 +102,8 @@ def markdown_table(rows: list[Row]) -> str:
     prompts = next((r.data["perf"] for r in rows if r.ran and r.data.get("perf")), {})
     ttft_cols = [f"TTFT ms ({p['prompt_tokens']} tok)" for p in prompts.values()]
     head = ["artifact", "device", "status", "ran on", "size MB", "load s", *ttft_cols, "TPOT ms", "tokens/s",
-            "peak RSS MB", "top-1", "mean KL", "ppl Δ %", "exact match", "note"]
+            "peak RSS MB", "top-1 (f32)", "mean KL (f32)", "ppl Δ %", "long ctx top-1", "device numerics",
+            "top-1 (device)", "mean KL (device)", "exact match", "note"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         d = row.data
@@ -100,7 +112,9 @@ def markdown_table(rows: list[Row]) -> str:
                  d.get("device_executed") or "–", _num(row.size_mb, ".1f"), _num(d.get("load_s"), ".2f"), *ttft,
                  _num(d.get("tpot_ms"), ".2f"), _num(d.get("tokens_per_s"), ".0f"), _num(d.get("peak_rss_mb"), ".0f"),
                  _num(d.get("top1_agreement"), ".3f"), _num(d.get("mean_kl"), ".2g"),
-                 _num(d.get("perplexity_delta_pct"), "+.2f"), _num(d.get("greedy_exact_match"), ".2f"),
+                 _num(d.get("perplexity_delta_pct"), "+.2f"), _num(row.long_context_min_top1, ".3f"),
+                 (d.get("device_numerics") or {}).get("label") or "–", _num(d.get("device_top1_agreement"), ".3f"),
+                 _num(d.get("device_mean_kl"), ".2g"), _num(d.get("greedy_exact_match"), ".2f"),
                  row_note(row).replace("|", "/")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -140,7 +154,7 @@ def plot_tokens_per_s(rows: list[Row], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ran = [r for r in rows if r.ran]
+    ran = [r for r in rows if r.ran and r.data.get("perf")]  # emulation cells only measure fidelity
     prompts = list(ran[0].data["perf"]) if ran else []
     fig, ax = plt.subplots(figsize=(8, 0.45 * max(len(ran), 1) + 1.2), dpi=110)
     height = 0.8 / max(len(prompts), 1)
@@ -166,6 +180,23 @@ def summary(rows: list[Row]) -> dict[str, int]:
     return counts
 
 
+def verdict_line(rows: list[Row]) -> str | None:
+    """One line naming every failed cell and its first problem, or ``None`` when nothing failed."""
+    failed = [r for r in rows if r.status == "failed"]
+    if not failed:
+        return None
+    names = "; ".join(f"{r.artifact} @ {r.cell} ({(r.data.get('problems') or ['failed'])[0]})" for r in failed)
+    return f"{len(failed)} of {len(rows)} validation cells failed: {names}; see artifacts/report/report.md"
+
+
+def verdict(params: PipelineConfig, metrics_dir: Path = METRICS_DIR) -> None:
+    """Fail with one line if any validation cell failed (the ``verdict`` stage, after the report is written)."""
+    line = verdict_line(collect_rows(configured_artifacts(params), metrics_dir))
+    if line:
+        fail(line)
+    say("verdict: every validation cell that ran passed")
+
+
 def run(params: PipelineConfig, metrics_dir: Path = METRICS_DIR, out_dir: Path = OUT_DIR) -> dict[str, int]:
     """Write ``out_dir`` (report.md, cells.json, summary.json, two PNGs) from the metrics of the configured artifacts."""
     rows = collect_rows(configured_artifacts(params), metrics_dir)
@@ -186,9 +217,17 @@ def run(params: PipelineConfig, metrics_dir: Path = METRICS_DIR, out_dir: Path =
     return counts
 
 
-def main() -> None:
-    """DVC entry point: ``python -m pipeline.report``."""
-    run(load_params())
+def main(argv: list[str] | None = None) -> None:
+    """DVC entry points: ``python -m pipeline.report`` (the report) and ``--verdict`` (fail if a cell failed)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--verdict", action="store_true", help="exit non-zero with one line if any cell failed")
+    args = parser.parse_args(argv)
+    if args.verdict:
+        verdict(load_params())
+    else:
+        run(load_params())
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline import fidelity, matrix
+from pipeline import fidelity, matrix, numerics
 from pipeline.artifacts import ARTIFACTS, folder_bytes, read_manifest
 from pipeline.config import ValidateConfig, load_params, pick_variant
 from pipeline.errors import run_main
@@ -108,43 +108,134 @@ def measure_generation(ir_dir: Path, device: str, cfg: ValidateConfig, reference
             "tokenizer_matches_reference": ov_ids == first["prompt_ids"]}
 
 
-def teacher_forced_logits(ir_dir: Path, device: str, reference: dict) -> tuple[list[Any], str]:
-    """The IR's logits over every held-out window (``ov.Core`` infer), and the device that executed."""
+def forced_logits(ir_dir: Path, device: str, windows: list[list[int]], compute: str | None,
+                  core: Any = None) -> tuple[list[Any], str, numerics.Numerics]:
+    """The IR's logits over ``windows`` (``ov.Core`` infer), the device that executed, and the numerics that ran.
+
+    ``compute``: ``"f32"`` pins full precision (artifact fidelity), ``"bf16"``/``"f16"`` forces a target's compute
+    precision, ``None`` keeps the device's defaults (device numerics).
+    """
     import numpy as np
     import openvino as ov
 
-    core = ov.Core()
-    compiled = core.compile_model(core.read_model(str(ir_dir / "openvino_model.xml")), device)
+    core = core or ov.Core()
+    compiled = core.compile_model(core.read_model(str(ir_dir / "openvino_model.xml")), device, numerics.settings(compute))
     executed = ",".join(compiled.get_property("EXECUTION_DEVICES"))
+    ran = numerics.read_back(compiled)
     request = compiled.create_infer_request()
     logits = []
-    for window in reference["teacher_forced"]:
-        ids = np.array([window["input_ids"]], dtype=np.int64)
+    for window in windows:
+        ids = np.array([window], dtype=np.int64)
         request.reset_state()
         request.infer({"input_ids": ids, "attention_mask": np.ones_like(ids),
                        "position_ids": np.arange(ids.shape[1], dtype=np.int64)[None],
                        "beam_idx": np.zeros(1, dtype=np.int32)})
         logits.append(np.array(request.get_tensor("logits").data[0], dtype=np.float32))
-    return logits, executed
+    return logits, executed, ran
 
 
-def measure_cell(target: Target, plan: matrix.CellPlan, cfg: ValidateConfig, reference: dict,
-                 ref_logprobs: fidelity.ReferenceLogprobs) -> matrix.Measurement:
-    """Run one cell: generation and speed with GenAI, then fidelity from the IR's own logits."""
+@dataclass
+class Evidence:
+    """What every cell of one artifact compares against: the reference and its log-probs, short and long."""
+
+    reference: dict
+    logprobs: fidelity.ReferenceLogprobs
+    long_logprobs: fidelity.ReferenceLogprobs | None
+
+    @classmethod
+    def load(cls, reference_path: Path) -> Evidence:
+        """Read the ``reference`` stage's JSON and the ``.npz`` files beside it."""
+        folder = Path(reference_path).parent
+        long_file = folder / fidelity.LONG_LOGPROBS_FILE
+        return cls(json.loads(Path(reference_path).read_text(encoding="utf-8")),
+                   fidelity.ReferenceLogprobs.load(folder / fidelity.LOGPROBS_FILE),
+                   fidelity.ReferenceLogprobs.load(long_file) if long_file.is_file() else None)
+
+    @property
+    def windows(self) -> list[list[int]]:
+        """The held-out windows the short-context fidelity is computed over."""
+        return [w["input_ids"] for w in self.reference["teacher_forced"]]
+
+    @property
+    def long_windows(self) -> list[list[int]]:
+        """The long-context windows (none when the reference has no long-context part)."""
+        return (self.reference.get("long_context") or {}).get("windows", []) if self.long_logprobs else []
+
+
+def pinned_fidelity(ir_dir: Path, device: str, evidence: Evidence) -> tuple[dict[str, Any], list[Any], str]:
+    """Artifact fidelity: the IR at f32 runtime precision, short windows and long-context ranges."""
+    windows = evidence.windows + evidence.long_windows
+    logits, executed, ran = forced_logits(ir_dir, device, windows, "f32")
+    short = logits[:len(evidence.windows)]
+    long = fidelity.compare_ranges(evidence.long_logprobs, logits[len(evidence.windows):],
+                                   evidence.reference["long_context"]["boundaries"]) if evidence.long_windows else []
+    return {"fidelity": fidelity.compare(evidence.logprobs, short).as_dict(), "numerics": ran.as_dict(),
+            "long_context": long}, short, executed
+
+
+def numerics_fidelity(ir_dir: Path, device: str, evidence: Evidence, pinned: list[Any],
+                      compute: str | None) -> dict[str, Any]:
+    """Device numerics: the IR at the device's defaults (or a forced precision), against PyTorch and the pinned run."""
+    logits, _, ran = forced_logits(ir_dir, device, evidence.windows, compute)
+    return {"device_fidelity": fidelity.compare(evidence.logprobs, logits).as_dict(),
+            "device_numerics": ran.as_dict(), "drift": fidelity.agreement(pinned, logits)}
+
+
+def measure_cell(target: Target, plan: matrix.CellPlan, cfg: ValidateConfig, evidence: Evidence,
+                 pinned_runs: dict[str, Any]) -> matrix.Measurement:
+    """Run one cell: generation and speed with GenAI at the device's defaults, then both fidelity figures."""
     matrix.reset_peak_rss()
+    reference = evidence.reference
     with step(f"[{target.artifact} @ {plan.column}] generating on {plan.device} with openvino_genai"):
         gen = measure_generation(target.ir_dir, plan.device, cfg, reference)
     # The NPU compiles LLMs only through GenAI's pipeline; teacher forcing then runs the same IR on CPU.
     forced_device = "CPU" if plan.device == "NPU" else plan.device
-    with step(f"[{target.artifact} @ {plan.column}] teacher-forced comparison with PyTorch on {forced_device}"):
-        logits, executed = teacher_forced_logits(target.ir_dir, forced_device, reference)
+    with step(f"[{target.artifact} @ {plan.column}] artifact fidelity on {forced_device} at f32 (teacher-forced)"):
+        pinned, pinned_logits, executed = pinned_fidelity(target.ir_dir, forced_device, evidence)
+    pinned_runs.setdefault(forced_device, (pinned, pinned_logits))  # the emulation cells reuse the CPU run
+    device = {}
+    if plan.device != "NPU":  # NPU numerics: the `CPU f16 compute` emulation cell, where this CPU can
+        with step(f"[{target.artifact} @ {plan.column}] device numerics on {forced_device} at its defaults"):
+            device = numerics_fidelity(target.ir_dir, forced_device, evidence, pinned_logits, None)
     if plan.device == "NPU":
         executed = "NPU"  # LLMPipeline(..., "NPU") raises rather than falling back
     return matrix.Measurement(
         executed=executed, load_s=gen["load_s"], peak_rss_mb=matrix.peak_rss_mb(), perf=gen["perf"],
-        fidelity=fidelity.compare(ref_logprobs, logits).as_dict(), outputs=gen["outputs"],
-        tokenizer_matches_reference=gen["tokenizer_matches_reference"], sample=gen["text"],
-        fidelity_device=forced_device)
+        fidelity=pinned["fidelity"], outputs=gen["outputs"], sample=gen["text"],
+        tokenizer_matches_reference=gen["tokenizer_matches_reference"], fidelity_device=forced_device,
+        artifact_numerics=pinned["numerics"], long_context=pinned["long_context"], **device)
+
+
+def emulation_cells(target: Target, cfg: ValidateConfig, evidence: Evidence, verdicts: matrix.Verdicts,
+                    pinned_runs: dict[str, Any]) -> dict[str, matrix.Cell]:
+    """CPU cells that force the targets' compute precisions (``validate.emulate_numerics``), where this CPU can."""
+    from pipeline.numerics import emulation_plans
+
+    cells: dict[str, matrix.Cell] = {}
+    for plan in emulation_plans(cfg.emulate_numerics):
+        if plan.skip_reason:
+            cells[plan.column] = matrix.Cell(plan.column, "CPU", "skipped", plan.label, reason=plan.skip_reason)
+            continue
+        matrix.reset_peak_rss()
+        with step(f"[{target.artifact} @ {plan.column}] teacher-forced at {plan.precision} compute on CPU"):
+            if "CPU" not in pinned_runs:
+                pinned_runs["CPU"] = pinned_fidelity(target.ir_dir, "CPU", evidence)[:2]
+            pinned, pinned_logits = pinned_runs["CPU"]
+            got = numerics_fidelity(target.ir_dir, "CPU", evidence, pinned_logits, plan.precision)
+        ran = got["device_numerics"]["compute"]
+        note = f"asked for {plan.precision} compute but the CPU plugin ran {ran}" if ran != plan.precision else None
+        measured = matrix.Measurement("CPU", 0.0, matrix.peak_rss_mb(), {}, pinned["fidelity"], [], True, "",
+                                      note=note, artifact_numerics=pinned["numerics"], **got)
+        cells[plan.column] = matrix.emulation_cell(plan.column, plan.label, measured, verdicts)
+    return cells
+
+
+def verdicts_for(cfg: ValidateConfig, weight_format: str) -> matrix.Verdicts:
+    """The thresholds of one artifact: its weight format's, the compute precisions', the long-context ranges'."""
+    device = {c: matrix.Thresholds(f"{c} compute", **cfg.device_numerics.thresholds(c))
+              for c in ("f32", "bf16", "f16")}
+    return matrix.Verdicts(matrix.Thresholds(weight_format, **cfg.thresholds(weight_format)), device,
+                           matrix.Thresholds(weight_format, **cfg.long_context_thresholds(weight_format)))
 
 
 def run(target: Target, cfg: ValidateConfig, reference_path: Path = REFERENCE, metrics_dir: Path = METRICS_DIR,
@@ -164,16 +255,16 @@ def run(target: Target, cfg: ValidateConfig, reference_path: Path = REFERENCE, m
     from pipeline import devices
 
     weight_format = read_manifest(target.ir_dir)["parameters"].get("weight_format", "int4")
-    reference = json.loads(Path(reference_path).read_text(encoding="utf-8"))
-    ref_logprobs = fidelity.ReferenceLogprobs.load(Path(reference_path).parent / fidelity.LOGPROBS_FILE)
-    thresholds = matrix.Thresholds(weight_format, **cfg.thresholds(weight_format))
-    cells = {}
+    evidence = Evidence.load(reference_path)
+    verdicts = verdicts_for(cfg, weight_format)
+    cells, pinned_runs = {}, {}
     for plan in matrix.plan_cells(target.devices, status or devices.detect(), cfg.cpu_stand_in):
         if plan.skip_reason:
             cells[plan.column] = matrix.skipped_cell(plan, target.kind)
             continue
-        got = measure_cell(target, plan, cfg, reference, ref_logprobs)
-        cells[plan.column] = matrix.judge(plan, got, reference, thresholds, target.kind)
+        got = measure_cell(target, plan, cfg, evidence, pinned_runs)
+        cells[plan.column] = matrix.judge(plan, got, evidence.reference, verdicts, target.kind)
+    cells.update(emulation_cells(target, cfg, evidence, verdicts, pinned_runs))
     size_mb = round(folder_bytes(target.ir_dir) / 2**20, 3)
     record = matrix.MetricsRecord(target.artifact, target.family, weight_format, size_mb,
                                   cfg.thresholds(weight_format), cells)

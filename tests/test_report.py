@@ -83,9 +83,73 @@ def test_fidelity_thresholds_fail_the_cell_and_the_stage(tmp_path: Path) -> None
     record = matrix.MetricsRecord("openvino-fp16", "openvino", "fp16", 24.0, vars(thresholds), {"CPU": cell})
     with pytest.raises(StageError) as exc:
         matrix.publish(record, tmp_path / "openvino-fp16.json")
-    assert "\n" not in str(exc.value) and str(exc.value).startswith("[openvino-fp16] validation failed: CPU: top-1")
+    assert "\n" not in str(exc.value)
+    assert str(exc.value).startswith("[openvino-fp16] validation failed: CPU: artifact fidelity (f32 runtime): top-1")
     written = json.loads((tmp_path / "openvino-fp16.json").read_text())
     assert written["status"] == "failed" and written["cells"]["CPU"]["mean_kl"] == 0.24, "metrics are kept for the report"
+
+
+def test_under_dvc_a_failed_cell_is_recorded_and_the_verdict_stage_fails_after_the_report(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (cpu,) = matrix.plan_cells(["CPU"], status(), cpu_stand_in=True)
+    cell = matrix.judge(cpu, measurement(kl=0.24, top1=0.70), REFERENCE, matrix.Thresholds("fp16", 0.99, 0.001),
+                        "OpenVINO IR")
+    record = matrix.MetricsRecord("openvino-fp16", "openvino", "fp16", 24.0, {}, {"CPU": cell})
+    monkeypatch.setenv("DVC_STAGE", "validate@fp16")
+    assert matrix.publish(record, tmp_path / "metrics" / "openvino-fp16.json")["passed"] is False  # no raise
+    params = build(PipelineConfig, compose(["model=tiny"]))
+    report.run(params, tmp_path / "metrics", tmp_path / "report")
+    assert "| openvino-fp16 | CPU | **failed** |" in (tmp_path / "report" / "report.md").read_text()
+    with pytest.raises(StageError) as exc:
+        report.verdict(params, tmp_path / "metrics")
+    assert "\n" not in str(exc.value) and str(exc.value).startswith("1 of ")
+    assert "openvino-fp16 @ CPU (artifact fidelity (f32 runtime): top-1 agreement 0.700" in str(exc.value)
+
+
+def test_device_numerics_are_judged_by_their_compute_precision_against_the_pinned_run() -> None:
+    (cpu,) = matrix.plan_cells(["CPU"], status(), cpu_stand_in=True)
+    cfg = tiny_cfg()
+    verdicts = validate.verdicts_for(cfg, "fp16")
+    got = measurement(kl=1e-6, top1=1.0)
+    for compute, drift_top1, ok in (("bf16", 0.97, True), ("f16", 0.90, False), ("f32", 0.999, True)):
+        got.device_numerics = {"compute": compute, "label": f"{compute} compute, u8 KV cache"}
+        got.device_fidelity = {"top1_agreement": drift_top1, "mean_kl": 1e-4, "perplexity_delta_pct": 0.1}
+        got.drift = {"top1_agreement": drift_top1, "mean_kl": 1e-4}
+        cell = matrix.judge(cpu, got, REFERENCE, verdicts, "OpenVINO IR")
+        assert (cell.status == "passed") is ok, (compute, cell.problems)
+        assert cell.device_numerics["compute"] == compute and cell.top1_agreement == 1.0
+        if not ok:
+            assert cell.problems == [f"device numerics ({compute} compute, u8 KV cache) against the f32 run: top-1 "
+                                     f"agreement 0.900 below the f16 compute threshold "
+                                     f"{cfg.device_numerics.min_top1_agreement['f16']}"]
+
+
+def test_long_context_ranges_are_judged_per_range() -> None:
+    (cpu,) = matrix.plan_cells(["CPU"], status(), cpu_stand_in=True)
+    got = measurement(kl=1e-6, top1=1.0)
+    good = {"window": 6000, "start": 0, "stop": 1024, "top1_agreement": 0.999, "mean_kl": 1e-6}
+    bad = {"window": 6000, "start": 4096, "stop": 6000, "top1_agreement": 0.95, "mean_kl": 1e-6}
+    got.long_context = [good, bad]
+    cell = matrix.judge(cpu, got, REFERENCE, validate.verdicts_for(tiny_cfg(), "fp16"), "OpenVINO IR")
+    assert cell.status == "failed" and len(cell.problems) == 1
+    assert cell.problems[0].startswith("long context, 6000-token window, positions 4096-6000: top-1 agreement 0.950")
+
+
+def test_position_ranges_and_range_fidelity_add_up_to_the_whole_window() -> None:
+    assert fidelity.position_ranges(6000, [1024, 2047, 4096]) == [(0, 1024), (1024, 2047), (2047, 4096), (4096, 6000)]
+    assert fidelity.position_ranges(3000, [1024, 4096, 1024]) == [(0, 1024), (1024, 3000)]
+    windows, logits = synthetic(vocab=64)
+    ref = fidelity.reference_from_logits(windows, logits, top_k=8)
+    noisy = [x + np.random.default_rng(2).normal(0, 1, x.shape).astype(np.float32) for x in logits]
+    ranges = fidelity.compare_ranges(ref, noisy, [5])
+    assert [(r["window"], r["start"], r["stop"]) for r in ranges] == [(12, 0, 5), (12, 5, 12), (9, 0, 5), (9, 5, 9)]
+    whole = fidelity.compare(ref, noisy)
+    hits = sum(r["top1_agreement"] * r["positions"] for r in ranges)
+    assert hits / 21 == pytest.approx(whole.top1_agreement)
+    assert sum(r["mean_kl"] * r["positions"] for r in ranges) / 21 == pytest.approx(whole.mean_kl, rel=1e-5)
+    assert fidelity.agreement(logits, logits) == {"top1_agreement": 1.0, "mean_kl": 0.0}
+    drift = fidelity.agreement(logits, noisy)
+    assert drift["top1_agreement"] < 1.0 and drift["mean_kl"] > 0
 
 
 def test_speed_is_the_median_of_repeats_and_tokens_per_s_is_the_decode_rate() -> None:
