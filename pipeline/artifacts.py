@@ -284,6 +284,38 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+LOCK_FILE = Path("dvc.lock")
+
+
+def dvc_dir_md5(folder: Path) -> str:
+    """The hash DVC 3 records for an output folder (``<md5>.dir``), computed from the files now there."""
+    from dvc_data.hashfile.hash_info import HashInfo
+    from dvc_data.hashfile.meta import Meta
+    from dvc_data.hashfile.tree import Tree
+
+    tree = Tree()
+    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        digest = hashlib.md5(usedforsecurity=False)
+        with open(path, "rb") as handle:
+            while block := handle.read(1 << 20):
+                digest.update(block)
+        tree.add(path.relative_to(folder).parts, Meta(size=path.stat().st_size), HashInfo("md5", digest.hexdigest()))
+    tree.digest()
+    return tree.hash_info.value
+
+
+def locked_md5(stage: str, out: Path, lock_file: Path = LOCK_FILE) -> str | None:
+    """The md5 that ``dvc.lock`` records for output ``out`` of ``stage``, or None when it records none."""
+    import yaml
+
+    lock_file = Path(lock_file)
+    if not lock_file.is_file():
+        return None
+    stages = (yaml.safe_load(lock_file.read_text(encoding="utf-8")) or {}).get("stages", {})
+    rel = Path(os.path.relpath(Path(out).resolve(), lock_file.resolve().parent)).as_posix()
+    return next((o.get("md5") for o in stages.get(stage, {}).get("outs", []) if o.get("path") == rel), None)
+
+
 def folder_bytes(folder: Path) -> int:
     """Total size of the files under ``folder``."""
     return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())

@@ -3,7 +3,10 @@
 The recipe is ``NPUModelForCausalLM.from_pretrained(model_id, use_cache=True, config=CompilerConfig(dtype=int4))``.
 The library (1.4.0, archived) cannot share the main environment: it runs in its own
 (:mod:`pipeline.npu_lib_env`) through :mod:`pipeline.npu_lib_worker`, one process per dtype. Its model file
-is a pickle, loaded only after its sha256 matches the manifest. Without an NPU the library runs on CPU with
+is a pickle. It is loaded only when the whole folder matches the hash ``dvc.lock`` recorded for
+``export_npu_lib@<variant>`` (git-tracked, outside the folder, so a swapped pickle cannot bring its own hash),
+then its sha256 matches the (so verified) manifest, and then only with ``torch.load(weights_only=True)`` and an
+allow-list of the library's classes, so that nothing in it can run code. Without an NPU the library runs on CPU with
 only a warning: the device that really ran is recorded, and a run on CPU counts as the NPU cell only where
 no NPU exists (then it is the labelled CPU stand-in of :mod:`pipeline.matrix`); with an NPU present it is a
 silent fallback and fails. Where the environment cannot be built here, both stages record a skipped target
@@ -21,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import fidelity, matrix, npu_lib_env
-from pipeline.artifacts import ARTIFACTS, folder_bytes, read_manifest, sha256_file, staged_dir, write_manifest
+from pipeline.artifacts import (ARTIFACTS, LOCK_FILE, dvc_dir_md5, folder_bytes, locked_md5, read_manifest, sha256_file,
+                                staged_dir, write_manifest)
 from pipeline.config import NpuLibVariantConfig, ValidateConfig, load_params, pick_variant
 from pipeline.errors import fail, run_main
 from pipeline.log import say, step
@@ -35,6 +39,8 @@ MODEL_SIDE_FILES = ("config.json", "generation_config.json", "tokenizer.json", "
                     "tokenizer.model", "special_tokens_map.json", "added_tokens.json")
 RECIPE = "NPUModelForCausalLM.from_pretrained(model, use_cache=True, config=CompilerConfig(dtype={dtype}))"
 KIND = "NPU library model"
+LOADING = ("pickle: loaded only when the folder matches dvc.lock's hash of export_npu_lib@<variant> and the file "
+           "model_sha256, with torch.load(weights_only=True) allowing only npu_lib_worker.SAFE_CLASSES")
 
 
 def write_skipped(name: str, cfg: NpuLibVariantConfig, source: dict, out_root: Path, reason: str) -> dict:
@@ -82,11 +88,10 @@ def run(name: str, cfg: NpuLibVariantConfig, model_dir: Path = MODEL_DIR, out_ro
             recipe=recipe, model_file=MODEL_FILE, model_sha256=result["sha256"], parameters=vars(cfg).copy(),
             source={k: source.get(k) for k in ("model", "source", "repo_id", "revision", "license")},
             source_files_sha256={k: v["sha256"] for k, v in source["files"].items()},
-            npu_lib_env={"path": str(env.path), "key": env.info.get("key"), "versions": result["versions"]},
+            npu_lib_env={"key": env.info.get("key"), "versions": result["versions"]},
             device_compiled=result["device_executed"], library_warnings=result["warnings"],
             linear_layers=result["linear_layers"], timings={"compile_s": result["compile_s"], "stage_s": timing.get("seconds")},
-            loading="pickle: load only after its sha256 matches model_sha256 (torch.load(weights_only=False))",
-            size_bytes=folder_bytes(tmp))
+            loading=LOADING, size_bytes=folder_bytes(tmp), run_log={"npu_lib_env": str(env.path)})
     say(f"[npu_lib-{name}] {cfg.dtype} model ready in {out_root / name} (compiled for {result['device_executed']})")
     return manifest
 
@@ -96,19 +101,30 @@ def call_worker(name: str, env: npu_lib_env.NpuLibEnv, command: str, args: list[
     try:
         return npu_lib_env.run_worker(env.python, command, args, cwd)
     except npu_lib_env.WorkerError as err:
+        if err.returncode == npu_lib_env.REFUSED:  # the worker refused the file before anything of it ran
+            fail(f"{str(err).removeprefix('error: ')} (rebuild it with `dvc repro -f export_npu_lib@{name}`)")
         fail(f"[npu_lib-{name}] {command} failed in the isolated environment: {err}")
 
 
-def checked_model_file(folder: Path, manifest: dict) -> Path:
-    """The model pickle, after checking its sha256 against the manifest (never unpickled on mismatch)."""
-    path = folder / manifest["model_file"]
+def checked_model_file(folder: Path, manifest: dict, lock_file: Path = LOCK_FILE) -> Path:
+    """The model pickle, once the whole folder matches the hash ``dvc.lock`` recorded for it (nothing unpickled before).
+
+    The expected hash comes from ``dvc.lock`` (git-tracked, written by DVC after the export stage ran), not
+    from the folder: a pickle swapped together with its manifest is refused here. The worker then checks
+    the pickle's sha256 against the verified manifest again, right before loading it.
+    """
+    name, path = folder.name, folder / manifest["model_file"]
+    rebuild = f"rebuild it with `dvc repro -f export_npu_lib@{name}`"
     if not path.is_file():
-        fail(f"{path} missing: rebuild it with `dvc repro -f export_npu_lib@{folder.name}`")
-    actual = sha256_file(path)
-    if actual != manifest["model_sha256"]:
-        fail(f"refusing to load {path}: sha256 {actual[:16]}... differs from the manifest's "
-             f"{manifest['model_sha256'][:16]}...; the pickle was modified, so it is not unpickled "
-             f"(rebuild it with `dvc repro -f export_npu_lib@{folder.name}`)")
+        fail(f"{path} missing: {rebuild}")
+    expected = locked_md5(f"export_npu_lib@{name}", folder, lock_file)
+    if expected is None:
+        fail(f"refusing to load {path}: {lock_file} records no export_npu_lib@{name} output for {folder}, so "
+             f"nothing vouches for the pickle and it is not unpickled (build it with `dvc repro export_npu_lib@{name}`)")
+    actual = dvc_dir_md5(folder)
+    if actual != expected:
+        fail(f"refusing to load {path}: {folder} hashes to {actual[:12]}..., not the {expected[:12]}... that {lock_file} "
+             f"recorded for export_npu_lib@{name}; a file was modified, so the pickle is not unpickled ({rebuild})")
     return path
 
 
@@ -167,8 +183,9 @@ def run_cells(name: str, env: npu_lib_env.NpuLibEnv, model_file: Path, manifest:
 
 
 def validate(name: str, cfg: ValidateConfig, artifact_root: Path = OUT_ROOT, reference_path: Path = REFERENCE,
-             metrics_dir: Path = METRICS_DIR, envs_root: Path | None = None, status: dict | None = None) -> dict:
-    """Load the library's model (after the hash check), generate, and compare it with the PyTorch reference.
+             metrics_dir: Path = METRICS_DIR, envs_root: Path | None = None, status: dict | None = None,
+             lock_file: Path = LOCK_FILE) -> dict:
+    """Load the library's model (after the hash checks, allow-listed), generate, and compare it with PyTorch.
 
     Args:
         name: Variant name (key under ``npu_lib``).
@@ -178,6 +195,7 @@ def validate(name: str, cfg: ValidateConfig, artifact_root: Path = OUT_ROOT, ref
         metrics_dir: Where ``npu_lib-<name>.json`` is written.
         envs_root: Where the isolated environment lives (default: :func:`npu_lib_env.envs_root`).
         status: Device status (detected when omitted; tests pass a fake).
+        lock_file: The ``dvc.lock`` whose record of ``export_npu_lib@<name>`` vouches for the folder.
 
     Returns:
         The metrics written; ``status`` is ``passed``, ``failed`` or ``skipped`` (then ``passed`` is null).
@@ -188,7 +206,7 @@ def validate(name: str, cfg: ValidateConfig, artifact_root: Path = OUT_ROOT, ref
     dtype = manifest["parameters"].get("dtype")
     if manifest.get("status") == "skipped":
         return matrix.publish(skipped_record(name, dtype, manifest["reason"], cfg), out)
-    model_file = checked_model_file(folder, manifest)
+    model_file = checked_model_file(folder, manifest, lock_file)
     try:
         env = npu_lib_env.ensure(envs_root)
     except npu_lib_env.EnvUnavailable as err:

@@ -76,8 +76,11 @@ class EnvUnavailable(RuntimeError):
     """The isolated environment cannot be built on this machine; the message (one line) says why."""
 
 
+REFUSED = 3  # worker exit code: it refused a model file (hash or allow-list) before anything of it ran
+
+
 class WorkerError(RuntimeError):
-    """The worker process failed; ``returncode`` 3 means a hash check refused a file."""
+    """The worker process failed; ``returncode`` :data:`REFUSED` means it refused a model file."""
 
     def __init__(self, message: str, returncode: int) -> None:
         super().__init__(message)

@@ -11,16 +11,21 @@ Commands:
     probe     import the library; report versions and whether it sees an NPU
     compile   NPUModelForCausalLM-style compile of one dtype; save the library's pickle to --out
     validate  check the pickle's sha256 (refuse and exit 3 on mismatch, before anything is unpickled),
-              load it, generate greedily, time every speed prompt, and save its teacher-forced logits
-              (``--logits``, an ``.npz`` of plain arrays) for the main environment to compare with PyTorch
+              load it with ``torch.load(weights_only=True)`` allowing only :data:`SAFE_GLOBALS` (refuse and
+              exit 3 if it needs anything else: nothing in it runs), generate greedily, time every speed
+              prompt, and save its teacher-forced logits (``--logits``, an ``.npz`` of plain arrays) for the
+              main environment to compare with PyTorch
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib
 import json
 import os
+import pickle
+import re
 import sys
 import time
 import warnings
@@ -28,11 +33,102 @@ from pathlib import Path
 from typing import Any
 
 PACKAGES = ("intel-npu-acceleration-library", "torch", "numpy", "openvino", "transformers", "neural-compressor")
-REFUSED = 3  # exit code: the model file failed its hash check and was not loaded
+REFUSED = 3  # exit code: the model file failed its hash or allow-list check; nothing of it ran
+
+
+# Every global the library's pickle refers to besides torch's own tensor rebuilders, and nothing more:
+# read with pickletools (GLOBAL opcodes) from the int4, int8 and fp16 pickles that 1.4.0 saves of Phi-3
+# with transformers 5.5.4. torch.load(weights_only=True) may create these classes and call nothing else.
+SAFE_CLASSES = (
+    "intel_npu_acceleration_library.nn.autograd.AutogradMatMul",
+    "intel_npu_acceleration_library.nn.linear.Linear",  # fp16
+    "intel_npu_acceleration_library.nn.linear.QuantizedLinear",  # int4, int8
+    "torch.nn.modules.container.ModuleList",
+    "torch.nn.modules.dropout.Dropout",
+    "torch.nn.modules.sparse.Embedding",
+    "transformers.activations.SiLUActivation",
+    "transformers.core_model_loading.WeightRenaming",
+    "transformers.generation.configuration_utils.GenerationConfig",
+    "transformers.models.phi3.configuration_phi3.Phi3Config",
+    "transformers.models.phi3.modeling_phi3.Phi3Attention",
+    "transformers.models.phi3.modeling_phi3.Phi3DecoderLayer",
+    "transformers.models.phi3.modeling_phi3.Phi3ForCausalLM",
+    "transformers.models.phi3.modeling_phi3.Phi3MLP",
+    "transformers.models.phi3.modeling_phi3.Phi3Model",
+    "transformers.models.phi3.modeling_phi3.Phi3RMSNorm",
+    "transformers.models.phi3.modeling_phi3.Phi3RotaryEmbedding",
+    "collections.defaultdict",  # WeightRenaming.collected_tensors = defaultdict(list)
+    "builtins.list",
+)
+# Attributes the pickle reads with getattr: QuantizedLinear/Linear keep ``self._mm = AutogradMatMul.apply``.
+# A free getattr would reach any function's __globals__ and so eval; this one reaches only these.
+SAFE_ATTRIBUTES = {("intel_npu_acceleration_library.nn.autograd.AutogradMatMul", "apply")}
 
 
 class HashMismatch(Exception):
     """The model file is not the one the manifest recorded."""
+
+
+class UnsafePickle(Exception):
+    """The model file needs a global outside :data:`SAFE_CLASSES` to load: it is not (only) the library's model."""
+
+
+def resolve(dotted: str) -> Any:
+    """The class or function ``module.name`` (importing only the module named)."""
+    module, name = dotted.rsplit(".", 1)
+    return getattr(importlib.import_module(module), name)
+
+
+def restricted_getattr(obj: Any, name: str) -> Any:
+    """``getattr`` for the unpickler: only the (class, attribute) pairs of :data:`SAFE_ATTRIBUTES`."""
+    owner = f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', '?')}"
+    if not isinstance(obj, type) or (owner, name) not in SAFE_ATTRIBUTES:
+        raise pickle.UnpicklingError(f"getattr({owner}, {name!r}) is not allowed")
+    return getattr(obj, name)
+
+
+def compile_regex(pattern: Any, flags: Any) -> Any:
+    """``re._compile`` for the unpickler (WeightRenaming keeps compiled patterns): a str pattern only."""
+    if not isinstance(pattern, str) or not isinstance(flags, int):
+        raise pickle.UnpicklingError("re._compile called with something other than a str pattern")
+    return re.compile(pattern, flags)
+
+
+def safe_globals() -> list[Any]:
+    """The allow-list for ``torch.serialization.safe_globals``: the classes, then the two guarded stand-ins."""
+    return [*(resolve(name) for name in SAFE_CLASSES), (restricted_getattr, "builtins.getattr"),
+            (compile_regex, "re._compile")]
+
+
+def allowed_names() -> set[str]:
+    """Dotted names the loader accepts, as torch reports the globals of a checkpoint."""
+    return {*SAFE_CLASSES, "builtins.getattr", "re._compile"}
+
+
+def load_model(path: Path) -> Any:
+    """``torch.load(path, weights_only=True)`` with only :func:`safe_globals` allowed; never runs other code.
+
+    Raises:
+        UnsafePickle: The file refers to anything else (nothing of it was run).
+    """
+    import torch
+
+    with torch.serialization.safe_globals(safe_globals()):
+        try:
+            return torch.load(path, weights_only=True, map_location="cpu")
+        except pickle.UnpicklingError as err:
+            found = re.search(r"GLOBAL (\S+)|unrecognized function (.+?)(?: which|$)|(getattr\(.*?\) is not allowed)",
+                              str(err), re.MULTILINE)
+            what = next((g for g in found.groups() if g), "") if found else str(err).splitlines()[0][:120]
+            raise UnsafePickle(f"refusing to load {path.name}: it is not only the library's model (it needs "
+                               f"{what}, outside the allow-list); nothing in it ran") from None
+
+
+def unsafe_globals(path: Path) -> list[str]:
+    """Globals of a checkpoint that :func:`load_model` would refuse (read from the pickle, nothing is loaded)."""
+    import torch
+
+    return sorted(set(torch.serialization.get_unsafe_globals_in_checkpoint(path)) - allowed_names())
 
 
 def sha256_file(path: Path) -> str:
@@ -124,6 +220,10 @@ def compile_model(args: argparse.Namespace) -> dict[str, Any]:
     if len(saved) != 1:
         raise RuntimeError(f"expected one pytorch_npu_model.pt under ./cache/models, found {len(saved)}")
     os.replace(saved[0], args.out)
+    unknown = unsafe_globals(Path(args.out))
+    if unknown:  # validate would refuse this file: a library or transformers change added a class
+        raise RuntimeError(f"the library's pickle refers to {', '.join(unknown)}, outside npu_lib_worker.SAFE_CLASSES: "
+                           "check that they run no code when unpickled, then add them")
     kinds: dict[str, int] = {}
     for module in model.modules():
         if "Linear" in type(module).__name__:
@@ -203,8 +303,7 @@ def validate_model(args: argparse.Namespace) -> dict[str, Any]:
 
     device = import_library()
     start = time.perf_counter()
-    # The library's own reload (torch.load without weights_only) fails on torch >= 2.6; the hash is checked.
-    model = torch.load(args.model_file, weights_only=False)
+    model = load_model(Path(args.model_file))
     load_s = time.perf_counter() - start
     model.eval()
     reference = json.loads(Path(args.reference).read_text(encoding="utf-8"))
@@ -245,12 +344,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one command; write its result JSON. Exit 3 (one line on stderr) when a hash check refuses a file."""
+    """Run one command; write its result JSON. Exit 3 (one line on stderr) when a file is refused."""
     args = parse(argv)
     command = {"probe": probe, "compile": compile_model, "validate": validate_model}[args.command]
     try:
         result = command(args)
-    except HashMismatch as err:
+    except (HashMismatch, UnsafePickle) as err:
         print(f"error: {err}", file=sys.stderr)
         return REFUSED
     tmp = Path(f"{args.result}.tmp")

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from pipeline import devices, download, export_npu_lib, npu_lib_env, reference
-from pipeline.artifacts import write_manifest
+from pipeline.artifacts import dvc_dir_md5, write_manifest
 from pipeline.config import (ConfigError, ModelConfig, NpuLibVariantConfig, PipelineConfig, ValidateConfig, build,
                              compose)
 from pipeline.errors import StageError
@@ -129,18 +129,31 @@ def fake_artifact(folder: Path, payload: bytes) -> None:
                    model_sha256=hashlib.sha256(payload).hexdigest(), parameters={"dtype": "int4"})
 
 
+def record_in_lock(lock: Path, folder: Path) -> Path:
+    """Record ``folder`` in ``lock`` as DVC does after ``export_npu_lib@<name>`` ran (path relative to the lock, .dir md5)."""
+    rel = folder.resolve().relative_to(lock.resolve().parent).as_posix()
+    stages = yaml.safe_load(lock.read_text())["stages"] if lock.is_file() else {}
+    stages[f"export_npu_lib@{folder.name}"] = {"cmd": "python -m pipeline.export_npu_lib " + folder.name,
+                                               "outs": [{"path": rel, "hash": "md5", "md5": dvc_dir_md5(folder)}]}
+    lock.write_text(yaml.safe_dump({"schema": "2.0", "stages": stages}))
+    return lock
+
+
 def test_stage_refuses_a_tampered_model_before_any_worker_starts(tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     marker = tmp_path / "unpickled"
     fake_artifact(tmp_path / "npu_lib" / "int4", evil_pickle(tmp_path / "other"))
+    lock = record_in_lock(tmp_path / "dvc.lock", tmp_path / "npu_lib" / "int4")
     (tmp_path / "npu_lib" / "int4" / export_npu_lib.MODEL_FILE).write_bytes(evil_pickle(marker))  # tampered
     monkeypatch.setattr(npu_lib_env, "run_worker", lambda *a, **k: pytest.fail("a worker was started"))
     monkeypatch.setattr(npu_lib_env, "ensure", lambda *a, **k: pytest.fail("the environment was asked for"))
     cfg = build(ValidateConfig, compose(["model=tiny"])["validate"])
     with pytest.raises(StageError) as exc:
-        export_npu_lib.validate("int4", cfg, tmp_path / "npu_lib", tmp_path / "ref.json", tmp_path / "metrics")
+        export_npu_lib.validate("int4", cfg, tmp_path / "npu_lib", tmp_path / "ref.json", tmp_path / "metrics",
+                                lock_file=lock)
     message = str(exc.value)
     assert message.startswith("refusing to load") and "not unpickled" in message and "\n" not in message
+    assert "export_npu_lib@int4" in message and "rebuild it with `dvc repro -f export_npu_lib@int4`" in message
     assert not marker.exists() and not (tmp_path / "metrics").exists()
 
 
@@ -180,6 +193,7 @@ def int4_artifact(npu_env, tiny_model: Path) -> tuple[Path, dict, Path]:
     ref_dir = tiny_model.parent / "reference"
     reference.run(cfg, tiny_model, ref_dir)
     manifest = export_npu_lib.run("int4", NpuLibVariantConfig(), tiny_model, tiny_model.parent / "npu_lib")
+    record_in_lock(tiny_model.parent / "dvc.lock", tiny_model.parent / "npu_lib" / "int4")
     return tiny_model.parent / "npu_lib", manifest, ref_dir / "reference.json"
 
 
@@ -208,7 +222,7 @@ def test_tiny_model_compiles_to_int4_with_a_manifest(int4_artifact) -> None:
 def test_int4_model_loads_after_the_hash_check_generates_and_matches(int4_artifact, tmp_path: Path) -> None:
     root, _, ref = int4_artifact
     cfg = build(ValidateConfig, compose(["model=tiny"])["validate"])
-    metrics = export_npu_lib.validate("int4", cfg, root, ref, tmp_path, status=no_npu())
+    metrics = export_npu_lib.validate("int4", cfg, root, ref, tmp_path, status=no_npu(), lock_file=root.parent / "dvc.lock")
     assert metrics["status"] == "passed" and metrics["passed"], metrics["problems"]
     assert metrics["cells"]["NPU"]["status"] == "skipped" and metrics["headline_cell"] == "CPU stand-in"
     assert metrics["label"] == "NPU library model, validated on CPU (stand-in: no NPU here)"
@@ -229,8 +243,9 @@ def test_tampered_library_model_is_refused(int4_artifact, tmp_path: Path) -> Non
     data[-10] ^= 0xFF
     model.write_bytes(bytes(data))
     cfg = build(ValidateConfig, compose(["model=tiny"])["validate"])
+    lock = Path(shutil.copy(root.parent / "dvc.lock", tmp_path / "dvc.lock"))  # same layout: npu_lib/int4
     with pytest.raises(StageError, match=r"^refusing to load .*not unpickled"):
-        export_npu_lib.validate("int4", cfg, copy, ref, tmp_path / "metrics", status=no_npu())
+        export_npu_lib.validate("int4", cfg, copy, ref, tmp_path / "metrics", status=no_npu(), lock_file=lock)
 
 
 @pytest.mark.slow
