@@ -1,4 +1,4 @@
-"""Stage ``download``: fetch the Phi-3 checkpoint (hub, local folder or the embedded tiny model).
+"""Stage ``download``: fetch the Phi-3 checkpoint (hub, local folder or an embedded tiny model).
 
 Only safetensors weights, configs and tokenizer files are taken, never pickled ``.bin``/``.pt``.
 The hub token comes from ``HF_TOKEN`` or the user's ``hf auth login`` and is never printed.
@@ -18,7 +18,7 @@ from pipeline.errors import fail, run_main
 from pipeline.log import say, step
 
 OUT_DIR = ARTIFACTS / "model"
-TINY_DIR = Path(__file__).parent / "assets" / "tiny_phi3"
+ASSETS_DIR = Path(__file__).parent / "assets"  # embedded models: one folder per name in config.EMBEDDED_ASSETS
 MODEL_FILES = ["*.safetensors", "*.safetensors.index.json", "config.json", "generation_config.json",
                "tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
                "added_tokens.json", "*.jinja", "LICENSE"]
@@ -112,11 +112,12 @@ def run(cfg: ModelConfig, out_dir: Path = OUT_DIR) -> dict:
             copy_folder(Path(cfg.local_path), tmp)
             revision = None
         else:
-            copy_folder(TINY_DIR, tmp)
+            copy_folder(ASSETS_DIR / cfg.asset, tmp)
             revision = None
         config = check_model_folder(tmp)
         manifest = write_manifest(
-            tmp, stage="download", model=cfg.name, source=cfg.source, repo_id=cfg.repo_id,
+            tmp, stage="download", model=cfg.name, source=cfg.source,
+            asset=cfg.asset if cfg.source == "tiny" else None, repo_id=cfg.repo_id,
             revision=revision, local_path=cfg.local_path, license=cfg.license,
             architecture=config.get("architectures"), num_hidden_layers=config.get("num_hidden_layers"),
             hidden_size=config.get("hidden_size"),

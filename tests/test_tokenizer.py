@@ -1,7 +1,8 @@
-"""The embedded tokenizer is the exact Phi-3 tokenizer: llama.cpp's vectors from the real one."""
+"""The embedded tokenizers (tiny, tiny-128k) are the exact Phi-3 tokenizer: llama.cpp's vectors from the real one."""
 
 from __future__ import annotations
 
+import json
 
 import pytest
 from transformers import AutoTokenizer
@@ -9,6 +10,7 @@ from transformers import AutoTokenizer
 from conftest import ROOT, TINY_DIR
 
 VECTORS = ROOT / "pipeline" / "assets" / "phi3_vocab_tests" / "ggml-vocab-phi-3.gguf"
+TINY_128K_DIR = ROOT / "pipeline" / "assets" / "tiny_phi3_128k"
 
 
 def load_vectors() -> list[tuple[str, list[int]]]:
@@ -21,9 +23,9 @@ def load_vectors() -> list[tuple[str, list[int]]]:
     return [(text, [int(t) for t in ids.split()]) for text, ids in zip(inputs, outputs)]
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
-    return AutoTokenizer.from_pretrained(TINY_DIR)
+@pytest.fixture(scope="module", params=[TINY_DIR, TINY_128K_DIR], ids=["tiny", "tiny-128k"])
+def tokenizer(request):
+    return AutoTokenizer.from_pretrained(request.param)
 
 
 def test_tokenizer_matches_every_llama_cpp_vector(tokenizer) -> None:
@@ -38,3 +40,10 @@ def test_chat_markers_are_single_special_tokens(tokenizer) -> None:
     ids = tokenizer.encode("<|user|>Hi<|end|><|assistant|>", add_special_tokens=False)
     assert ids[0] == 32010 and 32007 in ids and ids[-1] == 32001
     assert tokenizer.eos_token_id == 32000
+
+
+def test_tiny_128k_tokenizer_config_differs_only_in_context_length() -> None:
+    base = json.loads((TINY_DIR / "tokenizer_config.json").read_text(encoding="utf-8"))
+    long = json.loads((TINY_128K_DIR / "tokenizer_config.json").read_text(encoding="utf-8"))
+    assert long.pop("model_max_length") == 131072 and base.pop("model_max_length") == 4096
+    assert long == base
