@@ -8,7 +8,7 @@ import pytest
 
 from pipeline import download, export_openvino
 from pipeline.config import ConfigError, ModelConfig, OpenVinoVariantConfig
-from pipeline.ir_inspect import check_matches_request
+from pipeline.ir_inspect import check_matches_request, check_rotary
 
 
 def test_group_size_100_on_hidden_256_fails_before_writing_anything(tmp_path: Path) -> None:
@@ -40,3 +40,20 @@ def test_calibration_dataset_is_offline_text() -> None:
     qdict = export_openvino.quantization_dict(cfg)
     assert isinstance(qdict["dataset"], list) and len(qdict["dataset"]) == 8
     assert qdict["quant_method"] == "awq" and qdict["bits"] == 4
+
+
+def _rotary(low: list[str], diff: float, angle_ops: int = 2) -> dict:
+    check = {"max_abs_diff": diff, "tolerance": 1e-3}
+    return {"rotary": {"angle_ops": angle_ops, "low_precision_constants": low,
+                       "vs_transformers": {"positions": {"0-8191 (long factors)": check}, "max_abs_diff": diff}}}
+
+
+def test_rotary_check_names_fp16_constants_and_cos_sin_drift() -> None:
+    assert check_rotary(_rotary([], 1e-7)) == []
+    assert check_rotary({"weight_layers": {}}) == [], "an IR summary without rotary inspection passes"
+    [low] = check_rotary(_rotary(["rotary_emb/aten::to/Convert_compressed (f16)"], 1e-7))
+    assert "1 fp16/bf16 constant(s) feed the rotary embedding, e.g. rotary_emb/aten::to/Convert_compressed" in low
+    [drift] = check_rotary(_rotary([], 0.8))
+    assert drift == "rotary cos/sin differ from transformers' by 0.8 at positions 0-8191 (long factors) (tolerance 0.001)"
+    assert check_rotary(_rotary([], float("nan"))), "NaN tables fail"
+    assert check_rotary(_rotary([], 0.0, angle_ops=0)) == ["no rotary embedding (Cos/Sin ops) found in the IR"]

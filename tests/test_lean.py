@@ -131,6 +131,38 @@ def test_bf16_rewrite_gives_torch_fp16_values(tmp_path: Path) -> None:
     assert lean.bf16_ir_to_f16(tmp_path / "m.xml") == 0, "a second rewrite finds nothing to do"
 
 
+def test_bf16_rewrite_widens_rotary_constants_to_f32(tmp_path: Path) -> None:
+    """A bf16 constant feeding Cos/Sin is not rounded to fp16: it becomes f32 (exact), appended to the .bin."""
+    import openvino as ov
+    import torch
+    from openvino import opset13 as ops
+
+    weight = torch.randn(64, 48).to(torch.bfloat16)
+    inv_freq = (10000.0 ** -(torch.arange(0, 16, 2) / 16)).to(torch.bfloat16) / 1.02  # down to 1e-4: fp16 would round
+    as_bf16 = lambda t: ov.Tensor(t.view(torch.int16).numpy().view(np.float16), list(t.shape), ov.Type.bf16)  # noqa: E731
+    x = ops.parameter([1, 48], ov.Type.f32, name="x")
+    positions = ops.parameter([1, 8], ov.Type.f32, name="position_ids")
+    matmul = ops.matmul(x, ops.convert(ops.constant(as_bf16(weight), shared_memory=False), ov.Type.f32), False, True)
+    angles = ops.multiply(positions, ops.convert(ops.constant(as_bf16(inv_freq), shared_memory=False), ov.Type.f32))
+    model = ov.Model([matmul, ops.cos(angles), ops.sin(angles)], [x, positions])
+    ov.save_model(model, tmp_path / "m.xml", compress_to_fp16=False)
+    size = (tmp_path / "m.bin").stat().st_size
+    assert lean.bf16_ir_to_f16(tmp_path / "m.xml") == 1, "only the weight is rewritten to fp16"
+    assert (tmp_path / "m.bin").stat().st_size == size + 8 * 4
+    assert sha256_file(tmp_path / "m.bin") == hashlib.sha256((tmp_path / "m.bin").read_bytes()).hexdigest()
+    read = ov.Core().read_model(tmp_path / "m.xml")
+    types = sorted((op.get_output_element_type(0).to_string(), list(op.get_output_shape(0)))
+                   for op in read.get_ordered_ops() if op.get_type_name() == "Constant")
+    assert types == [("f16", [64, 48]), ("f32", [8])]
+    [widened] = [op for op in read.get_ordered_ops() if op.get_type_name() == "Constant" and op.get_output_shape(0) == [8]]
+    assert np.array_equal(widened.get_data(), inv_freq.float().numpy()), "bf16 -> f32 is exact"
+    compiled = ov.Core().compile_model(read, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    pos = np.arange(4000, 4008, dtype=np.float32)[None]
+    cos = compiled({"x": np.zeros((1, 48), np.float32), "position_ids": pos})[1]
+    np.testing.assert_allclose(cos, np.cos(pos * inv_freq.float().numpy()), atol=1e-3)
+    assert lean.bf16_ir_to_f16(tmp_path / "m.xml") == 0, "a second rewrite finds nothing to do"
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="page trimming reads /proc (Linux)")
 def test_trimmer_hands_back_mapped_pages(tmp_path: Path) -> None:
     mapped, values = mapped_weights(tmp_path / "weights.bin", 64)
