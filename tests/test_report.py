@@ -257,6 +257,19 @@ def test_demo_report_has_every_artifact_on_every_configured_device(demo_project)
     assert metrics["cells"]["CPU"]["perf"]["long"]["prompt_tokens"] == 1024
     assert "| openvino-int4 | CPU | passed |" in done.stdout, "aipc demo prints the report"
     assert (project / "artifacts" / "reference" / fidelity.LOGPROBS_FILE).is_file()
+    assert "| top-1 (f32) | mean KL (f32) |" in text and "| top-1 (device) | mean KL (device) |" in text
+    cpu = metrics["cells"]["CPU"]
+    assert cpu["artifact_numerics"]["compute"] == "f32" and cpu["artifact_numerics"]["kv_cache_precision"] == "f32"
+    assert cpu["device_numerics"]["compute"] in ("f32", "bf16", "f16") and cpu["device_numerics"]["label"] in text
+    assert cpu["long_context"] and {r["window"] for r in cpu["long_context"]} == {4096}, "4k model: one 4096 window"
+    assert [(r["start"], r["stop"]) for r in cpu["long_context"]] == [(0, 1024), (1024, 2047), (2047, 4096)]
+    emulated = {k: c for k, c in metrics["cells"].items() if "compute" in k}
+    assert set(emulated) == {"CPU bf16 compute", "CPU f16 compute"}
+    for column, cell in emulated.items():
+        if cell["status"] == "skipped":
+            assert "this CPU cannot compute in" in cell["reason"]
+        else:
+            assert cell["device_numerics"]["compute"] == column.split()[1] and cell["status"] == "passed"
 
 
 def zero_layer(src: Path, dest: Path, layer: str) -> None:
@@ -291,6 +304,43 @@ def test_an_ir_with_one_zeroed_layer_fails_validation_with_one_line(demo_project
     broken = json.loads((tmp_path / "metrics" / "openvino-fp16.json").read_text())
     healthy = json.loads((project / "artifacts" / "metrics" / "openvino-fp16.json").read_text())
     assert broken["mean_kl"] > 100 * max(healthy["mean_kl"], 1e-6) and broken["passed"] is False
+
+
+def force_cpu_defaults(monkeypatch: pytest.MonkeyPatch, compute: str) -> None:
+    """Make the "device defaults" run compute in ``compute``, as the CPU plugin does by itself on other CPUs."""
+    from pipeline import numerics
+
+    pinned = numerics.settings
+    monkeypatch.setattr(numerics, "settings", lambda c: pinned(c) if c else {"INFERENCE_PRECISION_HINT": compute})
+
+
+@pytest.mark.slow
+def test_artifact_verdicts_hold_whatever_the_cpu_computes_in(demo_project, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.numerics import emulation_plans
+
+    project, _ = demo_project
+    reduced = [p.precision for p in emulation_plans(["bf16", "f16"]) if not p.skip_reason]
+    if not reduced:
+        pytest.skip("this CPU computes only in f32: no other default to compare with")
+    cfg = tiny_cfg("validate.repeats=1", "validate.warmup=0", "validate.emulate_numerics=[]",
+                   "validate.perf_prompt_tokens={short: 32}")
+    ref = project / "artifacts" / "reference" / "reference.json"
+    seen = {}
+    for compute in ["f32", *reduced]:
+        force_cpu_defaults(monkeypatch, compute)
+        for variant in ("int4", "fp16"):
+            target = validate.Target(f"openvino-{variant}", "openvino", project / "artifacts" / "openvino" / variant,
+                                     ["CPU"])
+            cell = validate.run(target, cfg, ref, tmp_path / compute)["cells"]["CPU"]
+            seen[compute, variant] = cell
+            assert cell["device_numerics"]["compute"] == compute, "the label says what really ran"
+    for compute in reduced:
+        for variant in ("int4", "fp16"):
+            base, other = seen["f32", variant], seen[compute, variant]
+            assert (other["status"], other["top1_agreement"], other["mean_kl"]) == \
+                (base["status"], base["top1_agreement"], base["mean_kl"]), f"artifact verdict moved with {compute}"
+            assert other["drift_mean_kl"] > base["drift_mean_kl"], f"{compute} numerics must show in the device figures"
 
 
 @pytest.mark.slow
