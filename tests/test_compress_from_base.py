@@ -30,6 +30,9 @@ def test_compress_from_base_ir_equals_export_from_scratch(tmp_path: Path, cfg: O
     assert fast["timings"]["export_s"] == 0.0 < slow["timings"]["export_s"]
     assert fast["weight_layers"] == slow["weight_layers"] and fast["layers"] == slow["layers"]
     assert fast["nncf_rt_info"] == slow["nncf_rt_info"]
+    for manifest in (fast, slow):  # NNCF leaves the rotary constants alone: f32 either way
+        assert set(manifest["rotary_embedding"]["float_constants"].values()) == {"f32"}
+        assert manifest["rotary_embedding"]["vs_transformers"]["max_abs_diff"] < 1e-4
     assert sha256_file(tmp_path / "out" / "fast" / "openvino_model.bin") == \
         sha256_file(tmp_path / "out" / "slow" / "openvino_model.bin")
     assert set(fast["files"]) == set(slow["files"])
