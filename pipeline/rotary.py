@@ -231,28 +231,42 @@ def reference_tables(config: dict[str, Any], positions: list[int]) -> dict[str, 
     return {"cos": cos[0].numpy(), "sin": sin[0].numpy()}
 
 
+def tables_model(model: Any) -> tuple[Any, list[str]]:
+    """An ``ov.Model`` that computes only the IR's cos/sin tables (all inputs kept), and each output's kind."""
+    import openvino as ov
+
+    nodes, found = rotary_of_model(model)
+    ends = list(found.tables)
+    sub = ov.Model([nodes[k].output(0) for k in ends], model.get_parameters(), "rotary_tables")
+    return sub, [found.tables[k] for k in ends]
+
+
 def ir_tables(model: Any, positions: list[int], core: Any = None) -> list[tuple[str, Any]]:
     """The IR's own cos/sin tables for ``positions``: only the rotary subgraph is compiled, at f32 precision."""
     import numpy as np
     import openvino as ov
 
-    nodes, found = rotary_of_model(model)
-    ends = list(found.tables)
-    if not ends:
+    sub, kinds = tables_model(model)
+    if not kinds:
         return []
-    sub = ov.Model([nodes[k].output(0) for k in ends], model.get_parameters(), "rotary_tables")
     compiled = (core or ov.Core()).compile_model(sub, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    length = len(positions)
+    outputs = compiled(table_inputs(sub, positions))
+    return [(kind, np.asarray(outputs[i]).reshape(len(positions), -1)) for i, kind in enumerate(kinds)]
+
+
+def table_inputs(model: Any, positions: list[int]) -> dict[str, Any]:
+    """Inputs for one call over ``positions`` (batch 1): the positions, a full attention mask, zeros elsewhere."""
+    import numpy as np
+
     feed = {}
     for param in model.get_parameters():
         name = param.get_friendly_name()
         rank = param.get_output_partial_shape(0).rank.get_length()
-        shape = (1,) if rank == 1 else (1, length, *[1] * (rank - 2))
+        shape = (1,) if rank == 1 else (1, len(positions), *[1] * (rank - 2))
         values = np.array([positions]) if name == "position_ids" else (
             np.ones(shape) if name == "attention_mask" else np.zeros(shape))
         feed[name] = values.astype(param.get_output_element_type(0).to_dtype())
-    outputs = compiled(feed)
-    return [(found.tables[k], np.asarray(outputs[i]).reshape(length, -1)) for i, k in enumerate(ends)]
+    return feed
 
 
 def compare_with_transformers(model: Any, config: dict[str, Any]) -> dict[str, Any]:

@@ -109,6 +109,26 @@ def test_rotary_nodes_carry_keep_precision_mark(exports: dict[str, Path]) -> Non
         assert from_xml == {nodes[k].get_friendly_name() for k in found.constants}, "XML and ov.Model walks agree"
 
 
+def test_marked_rotary_stays_f32_through_openvinos_f16_conversion(exports: dict[str, Path]) -> None:
+    """What a plugin computing in f16 does to the graph (ConvertPrecision f32 -> f16) spares the marked subgraph."""
+    import openvino as ov
+    from openvino._pyopenvino.passes import ConvertFP32ToFP16, Manager
+
+    config = json.loads((exports["int4"] / "config.json").read_text())
+    sub, kinds = rotary.tables_model(ov.Core().read_model(exports["int4"] / "openvino_model.xml"))
+    manager = Manager()
+    manager.register_pass(ConvertFP32ToFP16())
+    manager.run_passes(sub)
+    assert {op.get_output_element_type(0).to_string() for op in sub.get_ordered_ops()
+            if op.get_type_name() in ("Cos", "Sin", "MatMul")} == {"f32"}
+    positions = list(range(128))  # long factors
+    outputs = ov.Core().compile_model(sub, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})(
+        rotary.table_inputs(sub, positions))
+    want = rotary.reference_tables(config, positions)
+    diff = max(float(np.abs(np.asarray(outputs[i]).reshape(128, -1) - want[kind]).max()) for i, kind in enumerate(kinds))
+    assert diff < 1e-5, "unmarked, the same conversion puts cos/sin 0.026 off"
+
+
 def test_workaround_changes_only_rotary_constants(exports: dict[str, Path], tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """Upstream (no mark) stores them in fp16 and fails the inspection; every other weight is bit-identical."""
