@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import download, export_openvino, export_openvino_base, rotary
-from pipeline.config import ModelConfig, OpenVinoVariantConfig
+from pipeline import devices, download, export_npu, export_openvino, export_openvino_base, rotary
+from pipeline.config import ModelConfig, NpuVariantConfig, OpenVinoVariantConfig
 from pipeline.errors import StageError
 from pipeline.ir_inspect import check_rotary, inspect_ir
 
@@ -55,7 +55,7 @@ def longrope_phi3(dest: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The LongRoPE model and its base, fp16 (lean and plain), int8 and int4 IR folders."""
+    """The LongRoPE model and its base, fp16 (lean and plain), int8, int4 and NPU IR folders."""
     root = tmp_path_factory.mktemp("rotary")
     model = longrope_phi3(root / "model")
     export_openvino_base.run(model, root / "base")
@@ -64,6 +64,12 @@ def exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         base = None if name.startswith("fp16") else root / "base"
         export_openvino.run(name, cfg, model, root / "out", base_dir=base, lean=name != "fp16-plain")
         folders[name] = root / "out" / name
+
+    class NoNpu:  # devices.detect on a machine without an NPU: the blob is deferred
+        available_devices = ["CPU"]
+
+    export_npu.run("int4", NpuVariantConfig(), model, root / "npu", status=devices.detect(NoNpu()), base_dir=root / "base")
+    folders["npu"] = root / "npu" / "int4"
     return folders
 
 
@@ -76,7 +82,7 @@ def rotary_constants(xml: Path) -> dict[str, tuple[str, np.ndarray]]:
             for k in found.constants if rotary.element_type(nodes[k]) in rotary.FLOAT_TYPES}
 
 
-@pytest.mark.parametrize("variant", ["base", *VARIANTS])
+@pytest.mark.parametrize("variant", ["base", *VARIANTS, "npu"])
 def test_rotary_constants_are_f32_and_equal_transformers(exports: dict[str, Path], variant: str) -> None:
     folder = exports[variant]
     consts = rotary_constants(folder / "openvino_model.xml")
@@ -98,7 +104,7 @@ def test_rotary_nodes_carry_keep_precision_mark(exports: dict[str, Path]) -> Non
     """The mark that made compress_to_fp16 skip them is in every IR, for the GPU/NPU plugins to read."""
     import openvino as ov
 
-    for variant in ("base", *VARIANTS):
+    for variant in ("base", *VARIANTS, "npu"):
         model = ov.Core().read_model(exports[variant] / "openvino_model.xml")
         nodes, found = rotary.rotary_of_model(model)
         unmarked = [nodes[k].get_friendly_name() for k in found.nodes | found.constants
