@@ -2,8 +2,8 @@
 
 Phi-3's rotary embedding turns positions into angles with small float constants (inverse
 frequencies, LongRoPE factors, the attention scaling). An fp16 IR that stores them in fp16 rotates
-queries and keys by slightly wrong angles, an error that grows with the position: 1.05 stored as
-1.0498 is off by 0.8 rad at position 4000. Upstream stores them in fp16 (see
+queries and keys by slightly wrong angles, an error that grows with the position: a factor 1.05
+stored as 1.0498 turns the fastest frequency 0.7 rad too far by position 4000. Upstream stores them in fp16 (see
 :func:`keep_rotary_f32_on_save`); this module keeps them in f32 and checks that it did.
 
 The rotary subgraph is found by structure, not by name: the ``Cos``/``Sin`` ops, everything
@@ -60,13 +60,7 @@ def find_rotary(kinds: dict[Hashable, str], inputs: dict[Hashable, list[Hashable
         for source in sources:
             consumers[source].append(node)
     found = RotarySubgraph(angles=[k for k, kind in kinds.items() if kind in ANGLE_OPS])
-    foldable: dict[Hashable, bool] = {}
-
-    def is_foldable(node: Hashable) -> bool:  # computed from constants only
-        if node not in foldable:
-            foldable[node] = kinds[node] in CONSTANT_OPS or (
-                kinds[node] not in SOURCE_OPS and bool(inputs[node]) and all(map(is_foldable, inputs[node])))
-        return foldable[node]
+    foldable = constant_foldable(kinds, inputs)
 
     def take_upstream(start: Hashable) -> None:
         stack = [start]
@@ -86,7 +80,7 @@ def find_rotary(kinds: dict[Hashable, str], inputs: dict[Hashable, list[Hashable
         while frontier:  # post-processing: ops whose other inputs are all constant-foldable
             node = frontier.pop()
             steps = [c for c in consumers[node] if kinds[c] not in NOT_TABLE_OPS
-                     and all(s == node or is_foldable(s) for s in inputs[c])]
+                     and all(s == node or s in foldable for s in inputs[c])]
             for step in steps:
                 take_upstream(step)
             frontier.extend(steps)
@@ -95,6 +89,25 @@ def find_rotary(kinds: dict[Hashable, str], inputs: dict[Hashable, list[Hashable
         for end in ends:
             found.tables[end] = "cos" if kinds[angle] == "Cos" else "sin"
     return found
+
+
+def constant_foldable(kinds: dict[Hashable, str], inputs: dict[Hashable, list[Hashable]]) -> set[Hashable]:
+    """The nodes computed from constants only (iterative: a 32-layer model is too deep to recurse through)."""
+    done: dict[Hashable, bool] = {}
+    for root in kinds:
+        stack = [(root, False)]
+        while stack:
+            node, expanded = stack.pop()
+            if node in done:
+                continue
+            if kinds[node] in CONSTANT_OPS or kinds[node] in SOURCE_OPS or not inputs[node]:
+                done[node] = kinds[node] in CONSTANT_OPS
+            elif expanded:
+                done[node] = all(done[s] for s in inputs[node])
+            else:
+                stack.append((node, True))
+                stack.extend((s, False) for s in inputs[node] if s not in done)
+    return {k for k, v in done.items() if v}
 
 
 def model_graph(model: Any) -> tuple[dict[int, Any], dict[int, str], dict[int, list[int]]]:

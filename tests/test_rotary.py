@@ -20,8 +20,6 @@ from pipeline.config import ModelConfig, NpuVariantConfig, OpenVinoVariantConfig
 from pipeline.errors import StageError
 from pipeline.ir_inspect import check_rotary, inspect_ir
 
-pytestmark = pytest.mark.slow
-
 TINY_ASSET = Path(rotary.__file__).parent / "assets" / "tiny_phi3"  # tokenizer files for the inline model
 HEAD_DIM = 32
 SHORT = [round(1.02 + 0.01 * i, 2) for i in range(HEAD_DIM // 2)]
@@ -82,6 +80,7 @@ def rotary_constants(xml: Path) -> dict[str, tuple[str, np.ndarray]]:
             for k in found.constants if rotary.element_type(nodes[k]) in rotary.FLOAT_TYPES}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["base", *VARIANTS, "npu"])
 def test_rotary_constants_are_f32_and_equal_transformers(exports: dict[str, Path], variant: str) -> None:
     folder = exports[variant]
@@ -100,6 +99,7 @@ def test_rotary_constants_are_f32_and_equal_transformers(exports: dict[str, Path
     assert rope["vs_transformers"]["max_abs_diff"] < 1e-5, checked
 
 
+@pytest.mark.slow
 def test_rotary_nodes_carry_keep_precision_mark(exports: dict[str, Path]) -> None:
     """The mark that made compress_to_fp16 skip them is in every IR, for the GPU/NPU plugins to read."""
     import openvino as ov
@@ -115,6 +115,7 @@ def test_rotary_nodes_carry_keep_precision_mark(exports: dict[str, Path]) -> Non
         assert from_xml == {nodes[k].get_friendly_name() for k in found.constants}, "XML and ov.Model walks agree"
 
 
+@pytest.mark.slow
 def test_marked_rotary_stays_f32_through_openvinos_f16_conversion(exports: dict[str, Path]) -> None:
     """What a plugin computing in f16 does to the graph (ConvertPrecision f32 -> f16) spares the marked subgraph."""
     import openvino as ov
@@ -135,6 +136,7 @@ def test_marked_rotary_stays_f32_through_openvinos_f16_conversion(exports: dict[
     assert diff < 1e-5, "unmarked, the same conversion puts cos/sin 0.026 off"
 
 
+@pytest.mark.slow
 def test_workaround_changes_only_rotary_constants(exports: dict[str, Path], tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """Upstream (no mark) stores them in fp16 and fails the inspection; every other weight is bit-identical."""
@@ -181,6 +183,7 @@ def other_constants(folder: Path, rotary_consts: dict[str, tuple[str, np.ndarray
                   if op.get_type_name() == "Constant" and op.get_friendly_name() not in rotary_consts)
 
 
+@pytest.mark.slow
 def test_damaged_rope_factor_is_caught(exports: dict[str, Path], tmp_path: Path) -> None:
     damaged = tmp_path / "damaged"
     shutil.copytree(exports["fp16"], damaged)
@@ -196,6 +199,7 @@ def test_damaged_rope_factor_is_caught(exports: dict[str, Path], tmp_path: Path)
     assert not check_rotary(inspect_ir(exports["fp16"] / "openvino_model.xml"))
 
 
+@pytest.mark.slow
 def test_embedded_tiny_fp16_keeps_inverse_frequencies_f32(tmp_path: Path) -> None:
     """The default-rope 4k tiny model: its fp16 IR had its inverse frequencies in fp16 before."""
     model = tmp_path / "model"
@@ -205,3 +209,45 @@ def test_embedded_tiny_fp16_keeps_inverse_frequencies_f32(tmp_path: Path) -> Non
     assert rope["float_constants"] and set(rope["float_constants"].values()) == {"f32"}
     assert set(rope["vs_transformers"]["positions"]) == {"0-4095", "4095 (decode)"}
     assert rope["vs_transformers"]["max_abs_diff"] < 1e-4
+
+
+def synthetic_rotary(depth: int) -> tuple[object, dict[str, object]]:
+    """A Phi-3-like rotary block: angles from position_ids and f32 constants, cos scaled, then applied to a
+    query that sits behind ``depth`` ops (a deep network: the walks must not recurse through it)."""
+    import openvino as ov
+    from openvino import opset13 as ops
+
+    positions = ops.parameter([1, -1], ov.Type.i64, name="position_ids")
+    hidden = ops.parameter([1, -1, 8], ov.Type.f32, name="hidden")
+    inv_freq = ops.constant(np.float32([[1.0], [0.1], [0.01], [0.001]]) / np.float32(1.02), name="inv_freq")
+    angles = ops.transpose(ops.matmul(inv_freq, ops.unsqueeze(ops.convert(positions, ov.Type.f32), 0), False, False),
+                           ops.constant(np.int64([0, 2, 1])))
+    table = ops.concat([angles, angles], -1)
+    cos = ops.multiply(ops.cos(table), ops.constant(np.float32(1.19), name="attention_scaling"))
+    sin = ops.sin(table)
+    query = hidden
+    for _ in range(depth):
+        query = ops.add(query, ops.constant(np.float32(0.5)))
+    rotated = ops.add(ops.multiply(query, cos), ops.multiply(query, sin))
+    model = ov.Model([rotated], [positions, hidden])
+    return model, {"cos_scaled": cos, "sin": sin}
+
+
+def test_rotary_subgraph_found_by_structure_in_a_deep_graph(tmp_path: Path) -> None:
+    import openvino as ov
+
+    model, named = synthetic_rotary(depth=3000)
+    nodes, found = rotary.rotary_of_model(model)
+    names = {nodes[k].get_friendly_name() for k in found.constants if rotary.element_type(nodes[k]) == "f32"}
+    assert names == {"inv_freq", "attention_scaling"}, "the 3000 constants on the query side are not rotary"
+    assert sorted(found.tables.values()) == ["cos", "sin"]
+    assert {nodes[k].get_friendly_name() for k in found.tables} == {n.get_friendly_name() for n in named.values()}
+    ov.save_model(model, tmp_path / "upstream.xml", compress_to_fp16=True)
+    assert rotary.low_precision_constants(ov.Core().read_model(tmp_path / "upstream.xml")) == ["inv_freq_compressed (f16)"]
+    assert rotary.mark_rotary_f32(model) == 2
+    ov.save_model(model, tmp_path / "m.xml", compress_to_fp16=True)
+    saved = ov.Core().read_model(tmp_path / "m.xml")
+    types = {op.get_friendly_name(): rotary.element_type(op) for op in saved.get_ordered_ops()
+             if op.get_type_name() == "Constant"}
+    assert types["inv_freq"] == types["attention_scaling"] == "f32"
+    assert rotary.low_precision_constants(saved) == []
