@@ -169,6 +169,12 @@ def step_plan(args: argparse.Namespace, rng: np.random.Generator) -> list[tuple[
     return [plan[i] for i in rng.permutation(len(plan))]
 
 
+def one_window(stream: np.ndarray, rng: np.random.Generator, seq_len: int) -> torch.Tensor:
+    """One ``(1, seq_len + 1)`` window starting anywhere in the stream (documents run across it)."""
+    offset = int(rng.integers(0, len(stream) - seq_len - 1))
+    return torch.from_numpy(stream[None, offset:offset + seq_len + 1])
+
+
 def finetune(model, stream: np.ndarray, starts: np.ndarray, args: argparse.Namespace) -> dict:
     """Fine-tune the transformer layers (embedding frozen) with AdamW on short, mid and long windows.
 
@@ -201,7 +207,7 @@ def finetune(model, stream: np.ndarray, starts: np.ndarray, args: argparse.Names
         for group in optimizer.param_groups:
             group["lr"] = tiny.lr_at(step, len(plan), args.lr, args.warmup)
         batch = tiny.sample_batch(stream, starts, rng, batch_size, seq_len) if batch_size > 1 else \
-            torch.from_numpy(stream[None, (o := int(rng.integers(0, len(stream) - seq_len - 1))):o + seq_len + 1])
+            one_window(stream, rng, seq_len)
         hidden = model.model(input_ids=batch[:, :-1]).last_hidden_state
         logits = hidden @ head.T
         logits = torch.cat([logits[..., :-1], logits[..., -1:] + log_unused], dim=-1)
@@ -284,7 +290,7 @@ def long_window(model, rounded, ids: list[int]) -> dict:
 
 
 def copy_tokenizer(out_dir: Path) -> None:
-    """Copy the exact Phi-3 tokenizer of ``tiny_phi3``; only ``model_max_length`` becomes 131072 (as the 128k model's)."""
+    """Copy the exact Phi-3 tokenizer of ``tiny_phi3``; ``model_max_length`` becomes 131072, as the 128k model's."""
     shutil.copy2(BASE_DIR / "tokenizer.json", out_dir / "tokenizer.json")
     config = json.loads((BASE_DIR / "tokenizer_config.json").read_text(encoding="utf-8"))
     config["model_max_length"] = MAX_POSITIONS
@@ -388,7 +394,9 @@ docstrings. Everything here was produced by one command (do not edit by hand; re
 ```
 
 The pipeline preset is `model=tiny-128k` (`conf/model/tiny-128k.yaml`). Held-out text for
-evaluation is `../tiny_phi3/heldout.txt` ({heldout_tokens} tokens; this model never trained on it).
+evaluation is `../tiny_phi3/heldout.txt`: {heldout_tokens} tokens with this tokenizer (this
+model never trained on it), enough for disjoint slices of 512 evaluated + 1024 perf-prompt +
+6000 long-window tokens ({budget} in all, {spare} to spare).
 
 ## Files
 
@@ -500,9 +508,12 @@ def readme_info(args, argv, config, stream, heldout_ids, result, numbers) -> dic
     factor = MAX_POSITIONS / ORIGINAL_MAX_POSITIONS
     short = numbers["short"]
     load = os.getloadavg()[1]
+    command = [".venv/bin/python", "scripts/make_tiny_phi3_128k.py", *(sys.argv[1:] if argv is None else argv)]
     return {
-        "command": " ".join([".venv/bin/python", "scripts/make_tiny_phi3_128k.py", *(sys.argv[1:] if argv is None else argv)]),
-        "heldout_tokens": len(heldout_ids), "attention_factor": math.sqrt(1 + math.log(factor) / math.log(ORIGINAL_MAX_POSITIONS)),
+        "command": " ".join(command),
+        "heldout_tokens": len(heldout_ids), "budget": 512 + 1024 + 6000,
+        "spare": len(heldout_ids) - (512 + 1024 + 6000),
+        "attention_factor": math.sqrt(1 + math.log(factor) / math.log(ORIGINAL_MAX_POSITIONS)),
         "n_inexact": sum(not fp16_exact(v) for v in factors),
         "max_fp16_err": max(abs(float(np.float16(v)) - v) for v in factors),
         "short_factor": rope["short_factor"], "long_factor": rope["long_factor"],
