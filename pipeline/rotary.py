@@ -285,11 +285,13 @@ def table_inputs(model: Any, positions: list[int]) -> dict[str, Any]:
 def compare_with_transformers(model: Any, config: dict[str, Any]) -> dict[str, Any]:
     """Max |IR - transformers| of the cos/sin tables per position set, with the tolerance each must meet.
 
-    Returns ``{"skipped": reason}`` when transformers has no reference for the model type or the
-    IR has no Cos/Sin.
+    Returns ``{"skipped": reason}`` when transformers has no reference for the model type, or the
+    IR takes no ``position_ids`` or has no Cos/Sin.
     """
     if config.get("model_type") not in REFERENCE_ROTARY:
         return {"skipped": f"no transformers reference for model_type {config.get('model_type')!r}"}
+    if "position_ids" not in {p.get_friendly_name() for p in model.get_parameters()}:
+        return {"skipped": "the IR takes no position_ids input"}
     import numpy as np
 
     result: dict[str, Any] = {"positions": {}}

@@ -66,7 +66,8 @@ def exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     class NoNpu:  # devices.detect on a machine without an NPU: the blob is deferred
         available_devices = ["CPU"]
 
-    export_npu.run("int4", NpuVariantConfig(), model, root / "npu", status=devices.detect(NoNpu()), base_dir=root / "base")
+    export_npu.run("int4", NpuVariantConfig(), model, root / "npu", status=devices.detect(NoNpu()),
+                   base_dir=root / "base")
     folders["npu"] = root / "npu" / "int4"
     return folders
 
@@ -132,7 +133,8 @@ def test_marked_rotary_stays_f32_through_openvinos_f16_conversion(exports: dict[
     outputs = ov.Core().compile_model(sub, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})(
         rotary.table_inputs(sub, positions))
     want = rotary.reference_tables(config, positions)
-    diff = max(float(np.abs(np.asarray(outputs[i]).reshape(128, -1) - want[kind]).max()) for i, kind in enumerate(kinds))
+    diff = max(float(np.abs(np.asarray(outputs[i]).reshape(128, -1) - want[kind]).max())
+               for i, kind in enumerate(kinds))
     assert diff < 1e-5, "unmarked, the same conversion puts cos/sin 0.026 off"
 
 
@@ -175,7 +177,7 @@ def test_workaround_changes_only_rotary_constants(exports: dict[str, Path], tmp_
 
 
 def other_constants(folder: Path, rotary_consts: dict[str, tuple[str, np.ndarray]]) -> list[tuple[str, bytes]]:
-    """(element type, bytes) of every constant of an IR outside its rotary subgraph, sorted (names differ per export)."""
+    """(element type, bytes) of every constant outside the rotary subgraph, sorted (names differ per export)."""
     import openvino as ov
 
     model = ov.Core().read_model(folder / "openvino_model.xml")
@@ -243,7 +245,8 @@ def test_rotary_subgraph_found_by_structure_in_a_deep_graph(tmp_path: Path) -> N
     assert sorted(found.tables.values()) == ["cos", "sin"]
     assert {nodes[k].get_friendly_name() for k in found.tables} == {n.get_friendly_name() for n in named.values()}
     ov.save_model(model, tmp_path / "upstream.xml", compress_to_fp16=True)
-    assert rotary.low_precision_constants(ov.Core().read_model(tmp_path / "upstream.xml")) == ["inv_freq_compressed (f16)"]
+    upstream = ov.Core().read_model(tmp_path / "upstream.xml")
+    assert rotary.low_precision_constants(upstream) == ["inv_freq_compressed (f16)"]
     assert rotary.mark_rotary_f32(model) == 2
     ov.save_model(model, tmp_path / "m.xml", compress_to_fp16=True)
     saved = ov.Core().read_model(tmp_path / "m.xml")
