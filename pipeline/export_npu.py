@@ -98,8 +98,12 @@ def run(name: str, cfg: NpuVariantConfig, model_dir: Path = MODEL_DIR, out_root:
         check_npu_layout(summary)
         write_json_atomic(tmp / NPU_CONFIG, cfg.run_settings())
         blob = blob_step(tmp, cfg.run_settings(), status)
+        fields = manifest_fields(source, cfg, summary)
+        # blob timings differ between runs: the run log gets them (with the export's), the manifest does not
+        fields["timings"] = {**fields["timings"], **{k: blob.pop(k) for k in ("compile_s", "load_from_blob_s")
+                                                     if k in blob}}
         manifest = write_manifest(
-            tmp, stage="export_npu", variant=name, format="openvino-ir-npu", **manifest_fields(source, cfg, summary),
+            tmp, stage="export_npu", variant=name, format="openvino-ir-npu", **fields,
             npu_run_settings=cfg.run_settings(), npu_blob=blob,
             devices={k: v.as_dict() for k, v in status.items()}, size_bytes=folder_bytes(tmp),
             verified={"structure": "int4 symmetric in every layer but embeddings/lm_head (int8 backup)",

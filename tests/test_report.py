@@ -349,7 +349,8 @@ def test_npu_library_running_on_cpu_while_an_npu_is_reported_fails(demo_project,
     cfg = tiny_cfg("validate.repeats=1", "validate.warmup=0", "validate.perf_prompt_tokens={short: 32}")
     with pytest.raises(StageError, match=r"NPU: asked for NPU but ran on CPU \(silent fallback\)"):
         export_npu_lib.validate("int8", cfg, project / "artifacts" / "npu_lib",
-                                project / "artifacts" / "reference" / "reference.json", tmp_path, status=status("NPU"))
+                                project / "artifacts" / "reference" / "reference.json", tmp_path, status=status("NPU"),
+                                lock_file=project / "dvc.lock")
     metrics = json.loads((tmp_path / "npu_lib-int8.json").read_text())
     assert list(metrics["cells"]) == ["NPU"], "with an NPU reported there is no stand-in"
     assert metrics["cells"]["NPU"]["status"] == "failed" and metrics["device_executed"] == "CPU"
