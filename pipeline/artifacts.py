@@ -23,6 +23,8 @@ import shutil
 import socket
 import stat
 import sys
+import tempfile
+import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from importlib import metadata
@@ -137,11 +139,93 @@ def _sibling(final: Path, kind: str) -> Path:
     return final.with_name(f".{final.name}.{kind}-{os.getpid()}-{secrets.token_hex(4)}")
 
 
+WRITING: set[Path] = set()  # outputs this process is writing now (staged_dir blocks), for the interrupt message
+MOVED: list[Path] = []  # outputs this process has replaced so far
+LOW_DISK = 64 * 2**20  # a stage that fails with less free space than this under its output failed on a full disk
+_DISK_NEEDS: dict[str, int] = {}  # folder -> bytes its next output needs (pipeline.lean.check_resources)
+
+
+def expect_disk(at: Path, need: int) -> None:
+    """Record that an output written under ``at`` needs about ``need`` bytes (for the disk-full message)."""
+    _DISK_NEEDS[os.path.abspath(at)] = int(need)
+
+
+def _expected_need(final: Path) -> int | None:
+    for folder in (Path(os.path.abspath(final)), *Path(os.path.abspath(final)).parents):
+        if str(folder) in _DISK_NEEDS:
+            return _DISK_NEEDS[str(folder)]
+    return None
+
+
+def _is_disk_full(err: BaseException, at: Path) -> bool:
+    """ENOSPC/EDQUOT anywhere in the exception chain, or (C++ writers say ``iostream error``) almost no space left."""
+    import errno
+
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    with contextlib.suppress(OSError):
+        return shutil.disk_usage(at).free < LOW_DISK
+    return False
+
+
+def disk_full_message(final: Path, written: int, at: Path) -> str:
+    """One line for a disk that filled while ``final`` was written (``written`` bytes had been staged)."""
+    from pipeline.errors import size_text
+
+    free = shutil.disk_usage(at).free if at.exists() else 0
+    need = _expected_need(final)
+    if need is not None and need > written + free:
+        what = f"it needs about {size_text(need)} and {size_text(written + free)} was free: free {size_text(need - written - free)} more"
+    else:
+        what = f"{size_text(written)} was written before the disk filled: free more space"
+    return (f"disk full under {at} while writing {final}: {what} (or move TMPDIR/the project to a larger drive) and rerun; "
+            f"{final} was left as it was before this run")
+
+
+@contextlib.contextmanager
+def temp_on_drive_of(folder: Path) -> Iterator[None]:
+    """Point temporary saves (``tempfile``, ``TMPDIR``) at a folder beside ``folder`` when TMPDIR is on another drive.
+
+    Upstream savers write into a temporary folder and then rename into the output (optimum-intel's
+    ``_quantize_ovbasemodel``: ``temp_model_path.rename(...)``), which fails with "Invalid cross-device link"
+    across file systems. The scratch folder carries this pid like a staged folder, so a kill -9 leftover
+    is removed by the next run (:func:`sweep_stale`).
+    """
+    folder = Path(folder)
+    try:
+        same = os.stat(tempfile.gettempdir()).st_dev == os.stat(folder.parent).st_dev
+    except OSError:
+        same = False
+    if same:
+        yield
+        return
+    scratch = _sibling(folder, "tmp")
+    scratch.mkdir()
+    saved = tempfile.tempdir, {k: os.environ.get(k) for k in ("TMPDIR", "TEMP", "TMP")}
+    tempfile.tempdir = str(scratch.resolve())
+    os.environ.update(dict.fromkeys(saved[1], tempfile.tempdir))
+    try:
+        yield
+    finally:
+        tempfile.tempdir = saved[0]
+        for key, value in saved[1].items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        remove_tree(scratch)
+
+
 @contextlib.contextmanager
 def staged_dir(final: Path) -> Iterator[Path]:
     """Yield an empty temporary folder that replaces ``final`` only if the block succeeds.
 
-    Temporary folders that an interrupted earlier run left beside ``final`` are removed first.
+    Temporary folders that an interrupted earlier run left beside ``final`` are removed first. Temporary
+    saves go to the same drive (:func:`temp_on_drive_of`). A failure on a full disk becomes one line
+    (:func:`disk_full_message`) whatever the writer raised.
 
     Args:
         final: The artifact folder to create or replace.
@@ -149,15 +233,25 @@ def staged_dir(final: Path) -> Iterator[Path]:
     Yields:
         A temporary folder on the same file system as ``final``.
     """
+    from pipeline.errors import StageError
+
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     sweep_stale(final)
     tmp = _sibling(final, "tmp")
     tmp.mkdir()
+    WRITING.add(final)
     try:
-        yield tmp
+        with temp_on_drive_of(final):
+            try:
+                yield tmp
+            except Exception as err:
+                if _is_disk_full(err, final.parent):
+                    raise StageError(disk_full_message(final, folder_bytes(tmp), final.parent)) from err
+                raise
         replace_dir(tmp, final)
     finally:
+        WRITING.discard(final)
         if tmp.exists():
             remove_tree(tmp)
 
@@ -169,6 +263,7 @@ def replace_dir(src: Path, final: Path) -> None:
         old = _sibling(final, "old")
         os.replace(final, old)
     os.replace(src, final)
+    MOVED.append(final)
     if old is not None:
         remove_tree(old)
 
@@ -183,19 +278,24 @@ def write_json_atomic(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-_KNOWN_SHA256: dict[tuple[int, int, int, int], str] = {}
+_KNOWN_SHA256: dict[tuple[int, ...], str] = {}
+# A digest is reused only while the file keeps this identity. The change time (ctime) is in it because an in-place
+# byte flip can keep size and mtime (``os.utime`` puts mtime back; DVC's hard links share the inode with the
+# cache), but every write, chmod, link or utime sets ctime to "now", and no system call sets it back.
+RACY_NS = 2_000_000_000  # a file changed this recently may change again within the same timestamp tick: not reused
+DIGEST_CACHE = Path(".aipc") / "digests.json"  # AIPC_DIGEST_CACHE overrides; outside every DVC output
 
 
-def _identity(path: Path) -> tuple[int, int, int, int]:
-    """What changes when a file's content may have changed: device, inode, size, modification time."""
-    stat = os.stat(path)
-    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
+def _identity(path: Path) -> tuple[int, ...]:
+    """What changes when a file's content may have changed: device, inode, size, modification and change time."""
+    st = os.stat(path)
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 def remember_sha256(path: Path, digest: str) -> None:
-    """Record the sha256 of a file just written, so :func:`sha256_file` need not read it again.
+    """Record the sha256 of a file just written, so :func:`sha256_file` in this process need not read it again.
 
-    Valid while the file keeps its inode, size and modification time (a rename keeps them).
+    Valid while the file keeps its inode, size, modification and change time (a rename keeps them).
     """
     _KNOWN_SHA256[_identity(path)] = digest
 
@@ -209,6 +309,54 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _digest_cache_path() -> Path:
+    return Path(os.environ["AIPC_DIGEST_CACHE"]) if os.environ.get("AIPC_DIGEST_CACHE") else DIGEST_CACHE
+
+
+def _load_digest_cache() -> dict[str, Any]:
+    try:
+        return json.loads(_digest_cache_path().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def file_digests(paths: list[Path], chunk: int = 1 << 20, remember: bool = True) -> dict[Path, tuple[str, str]]:
+    """The (md5, sha256) of each file, read once for both, or reused from the digest cache of earlier runs.
+
+    The cache (``.aipc/digests.json``) is keyed by the full identity of :func:`_identity`, so a 7 GiB IR
+    that no one touched is not read again by every validate, chat and publish. Entries are kept only for
+    files whose change time is older than :data:`RACY_NS` when they are read (git's "racily clean" rule),
+    and only on POSIX, where ctime is the change time (on Windows it is the creation time).
+    It guards against accidental and in-place modification; whoever can rewrite ``.aipc/`` can rewrite
+    the code too, so the pickle check (:mod:`pipeline.export_npu_lib`) never uses it; ``remember=False``
+    reads every byte and leaves the cache alone.
+    """
+    remember = remember and os.name == "posix"
+    cache = _load_digest_cache() if remember else {}
+    out, changed = {}, False
+    for path in paths:
+        key = ":".join(map(str, _identity(path)))
+        if isinstance(known := cache.get(key), list) and len(known) == 2:
+            out[path] = (known[0], known[1])
+            continue
+        started = time.time_ns()
+        md5, sha = hashlib.md5(usedforsecurity=False), hashlib.sha256()
+        with open(path, "rb") as handle:
+            while block := handle.read(chunk):
+                md5.update(block)
+                sha.update(block)
+        out[path] = (md5.hexdigest(), sha.hexdigest())
+        st = os.stat(path)
+        if remember and ":".join(map(str, _identity(path))) == key and max(st.st_ctime_ns, st.st_mtime_ns) < started - RACY_NS:
+            cache[key], changed = list(out[path]), True
+    if changed:
+        while len(cache) > 20000:  # oldest first: entries of files long replaced
+            cache.pop(next(iter(cache)))
+        with contextlib.suppress(OSError):
+            write_json_atomic(_digest_cache_path(), cache)
+    return out
 
 
 def file_hashes(folder: Path) -> dict[str, dict[str, Any]]:

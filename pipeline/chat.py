@@ -85,7 +85,14 @@ def open_pipeline(artifact: Path, device: str):
 
 
 def chat(artifact: Path, device: str = "CPU", prompt: str | None = None, max_new_tokens: int = 256) -> str:
-    """Stream answers from ``artifact``; returns the last answer (one-shot when ``prompt`` is given)."""
+    """Stream answers from ``artifact``; returns the last answer (one-shot when ``prompt`` is given).
+
+    The folder is verified first (:func:`pipeline.verify.verify_folder`): every file against its manifest,
+    and against ``dvc.lock`` when it is a pipeline output; a folder without a manifest is refused.
+    """
+    from pipeline.verify import verify_folder
+
+    verify_folder(Path(artifact))
     onnx = (Path(artifact) / "genai_config.json").is_file()
     pipe = OnnxChat(Path(artifact), device) if onnx else open_pipeline(Path(artifact), device)
     if onnx:

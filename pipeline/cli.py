@@ -147,6 +147,24 @@ def cmd_chat(artifact: str, device: str = "CPU", prompt: str | None = None) -> N
     chat.chat(Path(artifact), device, prompt)
 
 
+def cmd_verify(artifact: str) -> None:
+    """Check an artifact folder's files against its manifest and dvc.lock, as validate/chat/publish do first."""
+    from pipeline.verify import stage_of, verify_folder
+
+    manifest = verify_folder(Path(artifact))
+    stage = stage_of(Path(artifact))
+    print(f"ok: {artifact}: {len(manifest['files'])} files match {Path(artifact) / 'manifest.json'}"
+          + (f" and dvc.lock's record of {stage}" if stage else ""))
+
+
+def cmd_repair(stage: str) -> None:
+    """Rebuild a stage's tampered output: drop its bad DVC cache entries, `dvc repro -f -s <stage>`, verify."""
+    from pipeline.verify import repair
+
+    for folder in repair(stage):
+        print(f"repaired: {folder} matches its manifest and dvc.lock")
+
+
 DVC_TMP = Path(".dvc") / "tmp"  # DVC 3.x keeps its repository lock (`lock`) and stage lock (`rwlock`) here
 
 
@@ -337,6 +355,8 @@ COMMANDS = {
     "report": (cmd_report, []),
     "publish": (cmd_publish, ["argv..."]),
     "pull": (cmd_pull, ["repo", "revision", "dest", "--endpoint"]),
+    "verify": (cmd_verify, ["artifact"]),
+    "repair": (cmd_repair, ["stage"]),
 }
 
 

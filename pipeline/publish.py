@@ -98,6 +98,9 @@ def load_artifact(root: Path, spec: str, force: bool = False) -> Artifact:
     export_stage, validate_stage, prefix = KINDS[kind]
     if not (folder / MANIFEST).is_file():
         fail(f"{folder} has no {MANIFEST}: build it first with `dvc repro {export_stage}@{variant}`")
+    from pipeline.verify import verify_folder
+
+    verify_folder(folder, f"{export_stage}@{variant}", root / "dvc.lock")  # every file, the manifest, dvc.lock
     metrics_path = root / "artifacts" / "metrics" / f"{prefix}-{variant}.json"
     if not metrics_path.is_file():
         fail(f"{spec} was never validated ({metrics_path} missing): run `dvc repro {validate_stage}@{variant}`")
@@ -167,7 +170,8 @@ def stage_files(art: Artifact, dest: Path) -> dict[str, str]:
         shutil.copy2(art.folder / rel, target)
         hashes[rel] = sha256_file(target)
         if hashes[rel] != info["sha256"]:
-            fail(f"{art.folder / rel} does not match its manifest sha256: rebuild with `dvc repro` before publishing")
+            fail(f"{art.folder / rel} does not match its manifest sha256: repair with "
+                 f"`aipc repair {KINDS[art.kind][0]}@{art.variant}` before publishing")
     for src, rel in ((art.folder / MANIFEST, MANIFEST), (art.license_file, "LICENSE")):
         if src is not None:
             shutil.copy2(src, dest / rel)

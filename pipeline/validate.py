@@ -290,6 +290,9 @@ def main(argv: list[str] | None = None) -> None:
     params = load_params()
     pick_variant(params.npu if args.npu else params.openvino, args.variant, "NPU" if args.npu else "OpenVINO")
     make = npu_target if args.npu else openvino_target
+    from pipeline.verify import verify_for_use  # before anything is loaded: manifest sha256s and dvc.lock
+
+    verify_for_use(make(args.variant, params.validate).ir_dir, REFERENCE.parent)
     run(make(args.variant, params.validate), params.validate)
 
 

@@ -196,6 +196,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     params = load_params()
     pick_variant(params.onnx, args.variant, "ONNX")
+    from pipeline.verify import verify_for_use  # before anything is loaded: manifest sha256s and dvc.lock
+
+    verify_for_use(ONNX_ROOT / args.variant, REFERENCE.parent)
     run(args.variant, params.validate)
 
 

@@ -1,0 +1,168 @@
+"""Verify before use: every artifact file against its manifest, the folder against ``dvc.lock``; ``aipc repair``.
+
+validate, validate_onnx, the NPU-library validator, chat, publish and pull call :func:`verify_folder` before
+they load anything. A file whose sha256 differs from the manifest, a file the manifest does not list, or a
+folder (manifest included) whose DVC hash differs from what ``dvc.lock`` recorded for the stage that built
+it, is refused in one line that names the file and the repair: ``aipc repair <stage>``.
+
+Why a repair needs more than ``dvc repro -f``: with ``cache.type`` hardlink (or symlink) an output file *is*
+its cache entry, so a byte flipped in ``artifacts/`` is flipped in ``.dvc/cache`` too, and DVC, finding an
+entry under the genuine hash, links the tampered bytes back after the rebuild. :func:`repair` first drops
+the cache entries of the stage's outputs whose bytes do not hash to their names, then rebuilds with
+``dvc repro -f -s <stage>`` and verifies the result.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from pipeline.artifacts import LOCK_FILE, MANIFEST, file_digests, locked_md5, remove_tree
+from pipeline.errors import fail
+from pipeline.log import say
+
+# artifacts/<kind>[/<variant>] -> the DVC stage that builds it
+STAGES = {"model": "download", "reference": "reference", "openvino_base": "export_openvino_base",
+          "openvino": "export_openvino@{}", "npu": "export_npu@{}", "onnx": "export_onnx@{}",
+          "npu_lib": "export_npu_lib@{}"}
+
+
+def stage_of(folder: Path, root: Path | None = None) -> str | None:
+    """The stage that builds ``folder`` (``artifacts/openvino/int4`` -> ``export_openvino@int4``), or None."""
+    try:
+        rel = Path(os.path.abspath(folder)).relative_to(Path(os.path.abspath(root or Path.cwd())) / "artifacts").parts
+    except ValueError:
+        return None
+    if not rel or rel[0] not in STAGES or len(rel) != (2 if "{}" in STAGES[rel[0]] else 1):
+        return None
+    return STAGES[rel[0]].format(*rel[1:])
+
+
+def repair_hint(stage: str | None) -> str:
+    """The exact command that rebuilds an output (or, outside the pipeline, what to do)."""
+    return f"repair with `aipc repair {stage}`" if stage else "download or rebuild it again"
+
+
+def _shown(path: Path) -> Path:
+    """``path`` relative to the working directory when it is inside it (how the user named it), else as is."""
+    rel = os.path.relpath(os.path.abspath(path))
+    return Path(rel) if not rel.startswith("..") else path
+
+
+def _dir_md5(entries: dict[str, tuple[int, str]]) -> str:
+    """The hash DVC 3 records for a folder (``<md5>.dir``) from each file's (size, md5)."""
+    from dvc_data.hashfile.hash_info import HashInfo
+    from dvc_data.hashfile.meta import Meta
+    from dvc_data.hashfile.tree import Tree
+
+    tree = Tree()
+    for rel, (size, md5) in sorted(entries.items()):
+        tree.add(tuple(rel.split("/")), Meta(size=size), HashInfo("md5", md5))
+    tree.digest()
+    return tree.hash_info.value
+
+
+def verify_folder(folder: Path, stage: str | None = None, lock_file: Path = LOCK_FILE) -> dict[str, Any]:
+    """Check every file of ``folder`` against its manifest, and the whole folder against ``dvc.lock``.
+
+    Args:
+        folder: An artifact folder with ``manifest.json``.
+        stage: The stage that builds it (default: from its path, :func:`stage_of`); ``dvc.lock``'s record
+            of that stage's output is checked when there is one.
+        lock_file: The ``dvc.lock`` to check against.
+
+    Returns:
+        The manifest, now known to describe the files on disk.
+    """
+    folder = _shown(Path(folder))
+    stage = stage or stage_of(folder)
+    hint = repair_hint(stage)
+    manifest_path = folder / MANIFEST
+    if not manifest_path.is_file():
+        fail(f"{manifest_path} missing, so nothing vouches for {folder}: {hint}")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        listed = manifest["files"]
+    except (ValueError, KeyError, TypeError):
+        fail(f"{manifest_path} is not a readable manifest: {hint}")
+    present = {p.relative_to(folder).as_posix(): p for p in sorted(folder.rglob("*")) if p.is_file()}
+    for rel, info in listed.items():
+        if rel not in present or present[rel].stat().st_size != info.get("bytes", present[rel].stat().st_size):
+            fail(f"{folder / rel} is {'missing' if rel not in present else 'not the size'} {manifest_path} records: {hint}")
+    extra = sorted(set(present) - set(listed) - {MANIFEST})
+    if extra:
+        fail(f"{folder / extra[0]} is not listed in {manifest_path} (something added it): {hint}")
+    digests = file_digests(list(present.values()))
+    for rel, info in listed.items():
+        if digests[present[rel]][1] != info.get("sha256"):
+            fail(f"{folder / rel} does not match the sha256 in {manifest_path} (modified after it was built): {hint}")
+    expected = locked_md5(stage, folder, lock_file) if stage else None
+    if expected is not None:
+        actual = _dir_md5({rel: (p.stat().st_size, digests[p][0]) for rel, p in present.items()})
+        if actual != expected:
+            fail(f"{manifest_path} (with the files it lists) is not what {lock_file} recorded for {stage} "
+                 f"({actual[:12]}... != {expected[:12]}...): {hint}")
+    return manifest
+
+
+def verify_for_use(folder: Path, reference: Path | None = None, lock_file: Path = LOCK_FILE) -> dict[str, Any]:
+    """Verify an artifact folder and, when given, the reference folder it is compared with; return its manifest."""
+    manifest = verify_folder(folder, lock_file=lock_file)
+    if reference is not None:
+        verify_folder(reference, "reference", lock_file)
+    return manifest
+
+
+def _cache_objects(repo: Any, oid: str) -> list[tuple[Path, str]]:
+    """The cache files of output hash ``oid`` (a ``.dir`` listing and its files), each with the md5 it must have."""
+    if not oid.endswith(".dir"):
+        return [(Path(repo.cache.local.oid_to_path(oid)), oid)]
+    listing = Path(repo.cache.local.oid_to_path(oid))
+    objects = [(listing, oid.removesuffix(".dir"))]
+    try:
+        entries = json.loads(listing.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return objects
+    return objects + [(Path(repo.cache.local.oid_to_path(e["md5"])), e["md5"]) for e in entries if "md5" in e]
+
+
+def drop_bad_cache_entries(stage: str, root: Path = Path(".")) -> list[Path]:
+    """Remove the DVC cache files of ``stage``'s recorded outputs whose bytes do not hash to their names."""
+    import yaml
+    from dvc.repo import Repo
+
+    lock = root / LOCK_FILE
+    stages = (yaml.safe_load(lock.read_text(encoding="utf-8")) or {}).get("stages", {}) if lock.is_file() else {}
+    outs = [o["md5"] for o in stages.get(stage, {}).get("outs", []) if o.get("md5")]
+    dropped = []
+    with Repo(str(root)) as repo:
+        for oid in outs:
+            objects = [(p, md5) for p, md5 in _cache_objects(repo, oid) if p.is_file()]
+            actual = file_digests([p for p, _ in objects], remember=False)  # every byte read again
+            for path, md5 in objects:
+                if actual[path][0] != md5:
+                    remove_tree(path)
+                    dropped.append(path)
+    return dropped
+
+
+def repair(stage: str, root: Path = Path(".")) -> list[Path]:
+    """Drop ``stage``'s bad cache entries, rebuild it with ``dvc repro -f -s``, verify its outputs; return them."""
+    import yaml
+
+    dropped = drop_bad_cache_entries(stage, root)
+    say(f"dropped {len(dropped)} tampered cache file(s) of {stage}" + (f": {', '.join(p.name for p in dropped)}"
+                                                                        if dropped else ""))
+    env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+    done = subprocess.run([sys.executable, "-m", "dvc", "repro", "-f", "-s", stage], cwd=root, env=env, check=False)
+    if done.returncode:
+        fail(f"`dvc repro -f -s {stage}` failed (exit {done.returncode}): the lines above say why")
+    stages = yaml.safe_load((root / LOCK_FILE).read_text(encoding="utf-8"))["stages"]
+    folders = [root / o["path"] for o in stages.get(stage, {}).get("outs", []) if (root / o["path"] / MANIFEST).is_file()]
+    for folder in folders:
+        verify_folder(folder, stage, root / LOCK_FILE)
+    return folders

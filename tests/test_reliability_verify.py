@@ -1,0 +1,111 @@
+"""Nothing tampered is trusted, nothing failed loses the previous output, under real ``dvc repro`` (issue 17.1, 17.4).
+
+One project copy on the tiny model runs only ``dvc repro export_openvino@int4`` (download, base IR, int4 IR).
+The tests run in file order on it: DVC semantics with ``persist: true`` first, then a flipped byte in the
+int4 IR (hard-linked into ``.dvc/cache``) refused by validate, chat and publish, and ``aipc repair``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import make_project, run_cmd
+
+DVC = [sys.executable, "-m", "dvc"]
+AIPC = [sys.executable, "-m", "pipeline.cli"]
+IR = Path("artifacts/openvino/int4")
+STAGE = "export_openvino@int4"
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh project whose int4 IR was built by ``dvc repro export_openvino@int4`` on model=tiny."""
+    project = make_project(tmp_path_factory.mktemp("verify") / "project")
+    run_cmd(AIPC + ["compose", "model=tiny"], project)
+    run_cmd(DVC + ["repro", STAGE], project)
+    return project
+
+
+def locked(project: Path) -> str:
+    """The md5 dvc.lock records for the int4 IR."""
+    stages = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+    return stages[STAGE]["outs"][0]["md5"]
+
+
+def test_persist_keeps_dvc_semantics_and_a_failed_stage_keeps_the_previous_output(project: Path) -> None:
+    ir = project / IR
+    again = run_cmd(DVC + ["repro", STAGE], project)
+    assert "Running stage" not in again.stdout, again.stdout  # nothing changed: nothing runs
+    assert "up to date" in run_cmd(DVC + ["status", "--with-deps", STAGE], project).stdout
+    before, md5 = (ir / "manifest.json").read_bytes(), locked(project)
+
+    run_cmd(AIPC + ["compose", "model=tiny", "openvino.int4.group_size=96"], project)  # 96 does not divide 256
+    failed = run_cmd(DVC + ["repro", STAGE], project, check=False)
+    assert failed.returncode and "group_size 96 does not divide" in failed.stderr + failed.stdout
+    assert (ir / "manifest.json").read_bytes() == before, "DVC must not delete a persist output before the run"
+    assert (ir / "openvino_model.bin").is_file() and locked(project) == md5
+    assert not [p.name for p in ir.parent.iterdir() if p.name.startswith(".") and p.name != ".gitignore"]
+
+    run_cmd(AIPC + ["compose", "model=tiny", "openvino.int4.group_size=64"], project)
+    changed = run_cmd(DVC + ["repro", STAGE], project)
+    assert f"Running stage '{STAGE}'" in changed.stdout
+    assert json.loads((ir / "manifest.json").read_text())["parameters"]["group_size"] == 64
+    assert locked(project) != md5
+    assert "up to date" in run_cmd(DVC + ["status", "--with-deps", STAGE], project).stdout
+
+    # persist: true turns DVC's run-cache off for the stage (dvc/stage/cache.py `_can_cache`): going back to
+    # the earlier parameters reruns the export rather than restoring it; the cache still holds both outputs.
+    run_cmd(AIPC + ["compose", "model=tiny"], project)
+    back = run_cmd(DVC + ["repro", STAGE], project)
+    assert f"Running stage '{STAGE}'" in back.stdout and "checking out outputs" not in back.stdout
+    assert json.loads((ir / "manifest.json").read_text())["parameters"]["group_size"] == 128
+    assert "up to date" in run_cmd(DVC + ["status", "--with-deps", STAGE], project).stdout
+
+
+def flip_one_byte(path: Path, offset: int = 4096) -> tuple[int, int]:
+    """Flip one byte in place (same inode, so the hard-linked cache entry too) and put mtime back."""
+    st = path.stat()
+    os.chmod(path, 0o644)  # DVC made it read-only
+    with open(path, "r+b") as handle:
+        handle.seek(offset)
+        byte = handle.read(1)[0]
+        handle.seek(offset)
+        handle.write(bytes([byte ^ 0xFF]))
+    os.chmod(path, st.st_mode)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert path.stat().st_mtime_ns == st.st_mtime_ns and path.stat().st_ino == st.st_ino
+    return st.st_ino, st.st_nlink
+
+
+def test_flipped_ir_byte_is_refused_by_validate_chat_publish_and_repaired(project: Path) -> None:
+    bin_path = project / IR / "openvino_model.bin"
+    genuine = bin_path.read_bytes()
+    time.sleep(2.1)  # let the digest cache remember the genuine file (it skips files changed in the last 2 s)
+    run_cmd(AIPC + ["verify", str(IR)], project)
+    assert json.loads((project / ".aipc" / "digests.json").read_text()), "the digest cache was filled"
+    inode, links = flip_one_byte(bin_path)
+    assert links >= 2, "the IR is hard-linked into .dvc/cache (cache.type hardlink): the flip reached the cache"
+
+    expected = (f"error: {IR / 'openvino_model.bin'} does not match the sha256 in {IR / 'manifest.json'} "
+                f"(modified after it was built): repair with `aipc repair {STAGE}`")
+    for args in (["validate", "int4"], ["chat", str(IR), "--prompt", "hi"], ["publish", "--dry-run", "openvino/int4"]):
+        done = run_cmd(AIPC + args, project, check=False)
+        assert done.returncode == 2, (args, done.stderr[-2000:])
+        assert done.stderr.strip().splitlines() == [expected], (args, done.stderr[-2000:])
+    direct = run_cmd([sys.executable, "-m", "pipeline.validate", "int4"], project, check=False)
+    assert direct.stderr.strip().splitlines() == [expected]  # what `dvc repro validate@int4` runs
+
+    repaired = run_cmd(AIPC + ["repair", STAGE], project)
+    assert "dropped 1 tampered cache file(s)" in repaired.stderr + repaired.stdout
+    assert bin_path.read_bytes() == genuine and bin_path.stat().st_ino != inode
+    run_cmd(AIPC + ["verify", str(IR)], project)
+    assert "up to date" in run_cmd(DVC + ["status", "--with-deps", STAGE], project).stdout
