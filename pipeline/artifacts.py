@@ -141,6 +141,7 @@ def _sibling(final: Path, kind: str) -> Path:
 
 WRITING: set[Path] = set()  # outputs this process is writing now (staged_dir blocks), for the interrupt message
 MOVED: list[Path] = []  # outputs this process has replaced so far
+KEPT: list[Path] = []  # outputs whose writing failed or was interrupted: left as they were
 LOW_DISK = 64 * 2**20  # a stage that fails with less free space than this under its output failed on a full disk
 _DISK_NEEDS: dict[str, int] = {}  # folder -> bytes its next output needs (pipeline.lean.check_resources)
 
@@ -250,6 +251,9 @@ def staged_dir(final: Path) -> Iterator[Path]:
                     raise StageError(disk_full_message(final, folder_bytes(tmp), final.parent)) from err
                 raise
         replace_dir(tmp, final)
+    except BaseException:
+        KEPT.append(final)
+        raise
     finally:
         WRITING.discard(final)
         if tmp.exists():

@@ -78,21 +78,88 @@ def copy_folder(src: Path, dest: Path) -> None:
             shutil.copy2(path, dest / path.name)
 
 
-def check_model_folder(folder: Path) -> dict:
-    """Check that ``folder`` holds a loadable Phi-3 checkpoint; return its ``config.json``."""
+SAFETENSORS_DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "I16": 2, "F16": 2,
+                           "BF16": 2, "U32": 4, "I32": 4, "F32": 4, "U64": 8, "I64": 8, "F64": 8, "C64": 8}
+MAX_HEADER = 100 * 2**20  # the safetensors format's own limit on the JSON header
+
+
+def check_safetensors(path: Path, shown: str) -> int:
+    """Check a safetensors file's header and sizes without loading it; return its number of tensors.
+
+    The format: an 8-byte little-endian header length, a JSON header (dtype, shape, data_offsets per
+    tensor), then the data, exactly as long as the offsets say. ``shown`` names the file for the user.
+    """
+    again = "download or copy it again"
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        length = int.from_bytes(handle.read(8), "little") if size >= 8 else -1
+        if not 0 < length <= min(size - 8, MAX_HEADER):
+            fail(f"{shown} is truncated or not a safetensors file ({size} bytes, header length {length}): {again}")
+        try:
+            header = json.loads(handle.read(length))
+        except (ValueError, UnicodeDecodeError):
+            fail(f"{shown} is corrupt: its safetensors header is not valid JSON: {again}")
+    end, tensors = 0, 0
+    for name, info in header.items() if isinstance(header, dict) else [("?", None)]:
+        if name == "__metadata__":
+            continue
+        try:
+            begin, stop = info["data_offsets"]
+            count = 1
+            for dim in info["shape"]:
+                count *= int(dim)
+            width = SAFETENSORS_DTYPE_BYTES[info["dtype"]]
+        except (KeyError, TypeError, ValueError):
+            fail(f"{shown} is corrupt: tensor '{name}' has no valid dtype/shape/data_offsets in its header: {again}")
+        if not 0 <= begin <= stop or stop - begin != count * width:
+            fail(f"{shown} is corrupt: tensor '{name}' spans {stop - begin} bytes, its shape needs {count * width}: {again}")
+        end, tensors = max(end, stop), tensors + 1
+    if 8 + length + end != size:
+        state = "truncated" if size < 8 + length + end else "longer than its header says"
+        fail(f"{shown} is {state}: {size} bytes where its header describes {8 + length + end}: {again}")
+    return tensors
+
+
+def check_model_folder(folder: Path, shown: str | None = None) -> dict:
+    """Check that ``folder`` holds a loadable Phi-3 checkpoint; return its ``config.json``.
+
+    Args:
+        folder: The folder to check (the stage's temporary copy).
+        shown: How errors name it: the user's folder, the hub repo, or the embedded asset (default ``folder``).
+    """
+    shown = shown or str(folder)
     names = {p.name for p in folder.iterdir() if p.is_file()}
     if "config.json" not in names:
-        fail(f"{folder} has no config.json: it is not a Hugging Face model folder")
+        fail(f"{shown} has no config.json: it is not a Hugging Face model folder")
     if not any(n.endswith(".safetensors") for n in names):
-        fail(f"{folder} has no .safetensors weights (pickled .bin/.pt are refused): convert them to safetensors first")
+        fail(f"{shown} has no .safetensors weights (pickled .bin/.pt are refused): convert them to safetensors first")
     if not names & {"tokenizer.json", "tokenizer.model"}:
-        fail(f"{folder} has no tokenizer (tokenizer.json or tokenizer.model): copy it from the base model")
-    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        fail(f"{shown} has no tokenizer (tokenizer.json or tokenizer.model): copy it from the base model")
+    for name in sorted(n for n in names if n.endswith(".safetensors.index.json")):
+        weight_map = json.loads((folder / name).read_text(encoding="utf-8")).get("weight_map", {})
+        missing = sorted(set(weight_map.values()) - names)
+        if missing:
+            fail(f"{shown}/{missing[0]} is missing, but {name} maps weights to it: download or copy it again")
+    for name in sorted(n for n in names if n.endswith(".safetensors")):
+        check_safetensors(folder / name, f"{shown}/{name}")
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except ValueError:
+        fail(f"{shown}/config.json is not valid JSON: download or copy it again")
     if config.get("model_type") != "phi3":
         fail(f"model_type is '{config.get('model_type')}', not 'phi3': this pipeline converts Phi-3 family models")
     if config.get("auto_map"):
         say("config.json names remote code (auto_map); it is not run: transformers' built-in Phi-3 is used")
     return config
+
+
+def source_name(cfg: ModelConfig) -> str:
+    """How errors name the model's source: the user's folder, the hub repo at its revision, or the embedded asset."""
+    if cfg.source == "local":
+        return str(cfg.local_path)
+    if cfg.source == "hub":
+        return f"{cfg.repo_id}@{cfg.revision}"
+    return str(ASSETS_DIR / cfg.asset)
 
 
 def run(cfg: ModelConfig, out_dir: Path = OUT_DIR) -> dict:
@@ -105,6 +172,9 @@ def run(cfg: ModelConfig, out_dir: Path = OUT_DIR) -> dict:
     Returns:
         The manifest written to ``out_dir/manifest.json``.
     """
+    if cfg.source == "local" and (not cfg.local_path or cfg.local_path == "???"):  # "???": Hydra's unset value
+        fail("model.local_path is not set for model=local: point it at your model folder, e.g. "
+             "`aipc compose model=local model.local_path=/path/to/phi3` or `dvc exp run -S model.local_path=...`")
     with staged_dir(out_dir) as tmp:
         if cfg.source == "hub":
             revision = download_hub(cfg, tmp)
@@ -114,7 +184,7 @@ def run(cfg: ModelConfig, out_dir: Path = OUT_DIR) -> dict:
         else:
             copy_folder(ASSETS_DIR / cfg.asset, tmp)
             revision = None
-        config = check_model_folder(tmp)
+        config = check_model_folder(tmp, source_name(cfg))
         manifest = write_manifest(
             tmp, stage="download", model=cfg.name, source=cfg.source,
             asset=cfg.asset if cfg.source == "tiny" else None, repo_id=cfg.repo_id,

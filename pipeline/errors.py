@@ -28,9 +28,9 @@ def size_text(n_bytes: float) -> str:
 
 def interrupt_message() -> str:
     """What an interrupt did to ``artifacts/``, from what this process wrote (:mod:`pipeline.artifacts`)."""
-    from pipeline.artifacts import MOVED, WRITING
+    from pipeline.artifacts import KEPT, MOVED, WRITING
 
-    writing = ", ".join(sorted(p.as_posix() for p in WRITING))
+    writing = ", ".join(sorted({p.as_posix() for p in (*WRITING, *KEPT)}))
     moved = ", ".join(p.as_posix() for p in MOVED)
     if moved:
         return (f"interrupted after {moved} was replaced"

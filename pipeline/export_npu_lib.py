@@ -28,6 +28,7 @@ from pipeline.artifacts import (ARTIFACTS, LOCK_FILE, dvc_dir_md5, folder_bytes,
                                 staged_dir, write_manifest)
 from pipeline.config import NpuLibVariantConfig, ValidateConfig, load_params, pick_variant
 from pipeline.errors import fail, run_main
+from pipeline.lean import NPU_LIB_NEEDS, check_resources, needs_of
 from pipeline.log import say, step
 
 MODEL_DIR = ARTIFACTS / "model"
@@ -73,6 +74,8 @@ def run(name: str, cfg: NpuLibVariantConfig, model_dir: Path = MODEL_DIR, out_ro
     except npu_lib_env.EnvUnavailable as err:
         return write_skipped(name, cfg, source, out_root, str(err))
     recipe = RECIPE.format(dtype=cfg.dtype)
+    check_resources(f"[npu_lib-{name}] compiling {cfg.dtype} with the NPU library",
+                    *needs_of(NPU_LIB_NEEDS, cfg.dtype, model_dir), out_root)
     with staged_dir(out_root / name) as tmp, tempfile.TemporaryDirectory(prefix="npu-lib-") as scratch:
         args = ["--model", str(Path(model_dir).resolve()), "--dtype", cfg.dtype, "--load-dtype", cfg.load_dtype,
                 "--out", str((tmp / MODEL_FILE).resolve())]

@@ -19,7 +19,7 @@ from typing import Any
 from pipeline.artifacts import ARTIFACTS, folder_bytes, read_manifest, staged_dir, write_json_atomic, write_manifest
 from pipeline.config import ConfigError, OnnxVariantConfig, load_params, pick_variant
 from pipeline.errors import fail, run_main
-from pipeline.lean import use_huge_pages
+from pipeline.lean import ONNX_NEEDS, check_resources, needs_of, use_huge_pages
 from pipeline.log import say, step
 from pipeline.onnx_inspect import check_matches_request, inspect_onnx
 
@@ -129,6 +129,7 @@ def run(name: str, cfg: OnnxVariantConfig, model_dir: Path = MODEL_DIR, out_root
     model_config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
     check_model_request(cfg, model_config)
     options = builder_options(cfg)
+    check_resources(f"[{name}] building {cfg.precision} ONNX", *needs_of(ONNX_NEEDS, cfg.precision, model_dir), out_root)
     with staged_dir(out_root / name) as tmp:
         with step(f"[{name}] building {cfg.precision} ONNX for {cfg.execution_provider} with the onnxruntime-genai "
                   f"builder") as t_build:

@@ -313,23 +313,30 @@ def _retype_ports(root: ET.Element, const_ids: set[str], precision: str = "FP16"
 
 
 def check_resources(what: str, ram_bytes: int, disk_bytes: int, disk_at: Path) -> None:
-    """Stop with one line when available RAM or free disk is below what ``what`` needs."""
+    """Stop with one line when available RAM or free disk is below what ``what`` needs.
+
+    The disk need is also recorded (:func:`pipeline.artifacts.expect_disk`), so a disk that fills later
+    anyway (another writer, ``AIPC_SKIP_RESOURCE_CHECK=1``) is reported with the size needed.
+    """
     import psutil
 
+    from pipeline.artifacts import expect_disk
+    from pipeline.errors import size_text
+
+    expect_disk(Path(disk_at), disk_bytes)
     if os.environ.get("AIPC_SKIP_RESOURCE_CHECK") == "1":
         return
-    gib = 2**30
     available = psutil.virtual_memory().available
     if available < ram_bytes:
-        fail(f"{what} needs about {ram_bytes / gib:.1f} GiB of RAM but {available / gib:.1f} GiB is available: "
-             f"free {(ram_bytes - available) / gib:.1f} GiB (close other programs) or set AIPC_SKIP_RESOURCE_CHECK=1")
+        fail(f"{what} needs about {size_text(ram_bytes)} of RAM but {size_text(available)} is available: "
+             f"free {size_text(ram_bytes - available)} (close other programs) or set AIPC_SKIP_RESOURCE_CHECK=1")
     disk_at = Path(disk_at)
     while not disk_at.exists():
         disk_at = disk_at.parent
     free = shutil.disk_usage(disk_at).free
     if free < disk_bytes:
-        fail(f"{what} needs about {disk_bytes / gib:.1f} GiB of disk under {disk_at} but {free / gib:.1f} GiB is free: "
-             f"free {(disk_bytes - free) / gib:.1f} GiB or set AIPC_SKIP_RESOURCE_CHECK=1")
+        fail(f"{what} needs about {size_text(disk_bytes)} of disk under {disk_at} but {size_text(free)} is free: "
+             f"free {size_text(disk_bytes - free)} or set AIPC_SKIP_RESOURCE_CHECK=1")
 
 
 # Peak RAM and disk of each export, as (share of the checkpoint, fixed GiB), from
@@ -345,4 +352,19 @@ def needs(kind: str, weight_format: str, model_dir: Path, lean: bool = True) -> 
     size = sum(f.stat().st_size for f in weight_files(model_dir)) or 1
     share, fixed = RAM_NEEDS[(kind, lean)]
     disk = COMPRESSED_DISK.get(weight_format, 1.05) if kind == "compress" else DISK_NEEDS.get(weight_format, 1.05)
+    return int(share * size + fixed * 2**30), int(disk * size)
+
+
+# The ONNX builder and the NPU library load the checkpoint in PyTorch and quantize it layer by layer. Not measured
+# on the full model like the rows above (only the tiny one runs here): estimates, one float copy of the
+# checkpoint plus half for the quantized layers and 1 GiB of runtime; disk is the output's share of the checkpoint.
+ONNX_NEEDS = {"int4": (1.5, 1.0, 0.45), "int8": (1.5, 1.0, 0.6), "fp16": (1.5, 1.0, 1.05),
+              "bf16": (1.5, 1.0, 1.05), "fp32": (2.5, 1.0, 2.1)}  # precision: (RAM share, RAM GiB, disk share)
+NPU_LIB_NEEDS = {"int4": (1.5, 1.0, 0.45), "int8": (1.5, 1.0, 0.6), "fp16": (1.5, 1.0, 1.05)}
+
+
+def needs_of(table: dict[str, tuple[float, float, float]], key: str, model_dir: Path) -> tuple[int, int]:
+    """(RAM, disk) in bytes from a table of (RAM share of the checkpoint, fixed RAM GiB, disk share)."""
+    size = sum(f.stat().st_size for f in weight_files(model_dir)) or 1
+    share, fixed, disk = table.get(key, max(table.values()))
     return int(share * size + fixed * 2**30), int(disk * size)
