@@ -16,15 +16,17 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipeline import artifacts
+from pipeline.artifacts import dvc_dir_md5, file_digests, write_manifest
+from pipeline.errors import StageError
+from pipeline.verify import stage_of, verify_folder
+
 from conftest import make_project, run_cmd
 
 DVC = [sys.executable, "-m", "dvc"]
 AIPC = [sys.executable, "-m", "pipeline.cli"]
 IR = Path("artifacts/openvino/int4")
 STAGE = "export_openvino@int4"
-
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -41,6 +43,7 @@ def locked(project: Path) -> str:
     return stages[STAGE]["outs"][0]["md5"]
 
 
+@pytest.mark.slow
 def test_persist_keeps_dvc_semantics_and_a_failed_stage_keeps_the_previous_output(project: Path) -> None:
     ir = project / IR
     again = run_cmd(DVC + ["repro", STAGE], project)
@@ -86,6 +89,7 @@ def flip_one_byte(path: Path, offset: int = 4096) -> tuple[int, int]:
     return st.st_ino, st.st_nlink
 
 
+@pytest.mark.slow
 def test_flipped_ir_byte_is_refused_by_validate_chat_publish_and_repaired(project: Path) -> None:
     bin_path = project / IR / "openvino_model.bin"
     genuine = bin_path.read_bytes()
@@ -109,3 +113,82 @@ def test_flipped_ir_byte_is_refused_by_validate_chat_publish_and_repaired(projec
     assert bin_path.read_bytes() == genuine and bin_path.stat().st_ino != inode
     run_cmd(AIPC + ["verify", str(IR)], project)
     assert "up to date" in run_cmd(DVC + ["status", "--with-deps", STAGE], project).stdout
+
+
+def old_file(path: Path, data: bytes) -> Path:
+    """A file written, then dated 10 s back (older than the digest cache's racy window)."""
+    path.write_bytes(data)
+    os.utime(path, ns=(time.time_ns() - 10**10,) * 2)
+    return path
+
+
+def test_digest_cache_is_not_fooled_by_an_in_place_flip_that_keeps_mtime(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIPC_DIGEST_CACHE", str(tmp_path / "digests.json"))
+    monkeypatch.setattr(artifacts, "RACY_NS", 0)  # ctime is "now" (utime sets it): accept it for this test
+    path = old_file(tmp_path / "w.bin", b"genuine bytes" * 1000)
+    first = file_digests([path])[path]
+    assert len(json.loads((tmp_path / "digests.json").read_text())) == 1
+    flip_one_byte(path, offset=3)
+    assert file_digests([path])[path] != first, "same inode, size and mtime: ctime differs, so it is read again"
+
+
+def test_a_file_changed_in_the_last_two_seconds_is_not_remembered(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIPC_DIGEST_CACHE", str(tmp_path / "digests.json"))
+    path = tmp_path / "fresh.bin"
+    path.write_bytes(b"x" * 100)
+    file_digests([path])
+    assert not (tmp_path / "digests.json").exists()
+
+
+def test_stage_of_maps_artifact_folders_to_their_stages(tmp_path: Path) -> None:
+    art = tmp_path / "artifacts"
+    assert [stage_of(art / p, tmp_path) for p in ("openvino/int4", "npu/int4", "onnx/cpu_int4", "npu_lib/int8",
+                                                  "model", "reference", "openvino_base", "openvino", "elsewhere")] == [
+        "export_openvino@int4", "export_npu@int4", "export_onnx@cpu_int4", "export_npu_lib@int8", "download",
+        "reference", "export_openvino_base", None, None]
+
+
+@pytest.fixture()
+def recorded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """artifacts/openvino/int4 with a manifest, recorded in a dvc.lock as export_openvino@int4 would be."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("AIPC_RUNS_DIR", str(tmp_path / "runs"))
+    folder = tmp_path / "artifacts" / "openvino" / "int4"
+    folder.mkdir(parents=True)
+    (folder / "openvino_model.bin").write_bytes(b"weights" * 100)
+    (folder / "openvino_model.xml").write_text("<net/>")
+    write_manifest(folder, stage="export_openvino", variant="int4")
+    lock = {"schema": "2.0", "stages": {STAGE: {"cmd": "x", "outs": [
+        {"path": "artifacts/openvino/int4", "md5": dvc_dir_md5(folder), "hash": "md5"}]}}}
+    (tmp_path / "dvc.lock").write_text(yaml.safe_dump(lock))
+    return folder
+
+
+def test_verify_accepts_the_recorded_folder(recorded: Path) -> None:
+    assert verify_folder(recorded)["variant"] == "int4"
+
+
+def test_a_file_swapped_together_with_its_manifest_hash_is_refused_by_dvc_lock(recorded: Path) -> None:
+    (recorded / "openvino_model.bin").write_bytes(b"tampered" * 100)
+    manifest = json.loads((recorded / "manifest.json").read_text())
+    manifest["files"]["openvino_model.bin"] = {"bytes": 800, "sha256": artifacts.sha256_file(recorded / "openvino_model.bin")}
+    (recorded / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(StageError, match=r"^artifacts/openvino/int4/manifest.json \(with the files it lists\) is not what "
+                                         r"dvc.lock recorded for export_openvino@int4 .*: repair with `aipc repair "
+                                         r"export_openvino@int4`$"):
+        verify_folder(recorded)
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda f: (f / "extra.xml").write_text("<net/>"), "extra.xml is not listed in"),
+    (lambda f: (f / "openvino_model.xml").unlink(), "openvino_model.xml is missing"),
+    (lambda f: (f / "manifest.json").unlink(), "manifest.json missing, so nothing vouches for"),
+    (lambda f: (f / "openvino_model.xml").write_text("<net></net>"), "openvino_model.xml is not the size"),
+])
+def test_added_missing_or_resized_files_are_refused(recorded: Path, change, words: str) -> None:
+    change(recorded)
+    with pytest.raises(StageError, match=words) as err:
+        verify_folder(recorded)
+    assert str(err.value).endswith("repair with `aipc repair export_openvino@int4`")
