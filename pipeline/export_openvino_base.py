@@ -45,16 +45,9 @@ def compress_from_base(base_dir: Path, model_dir: Path, out: Path, quantization_
     immediate save), but reading from the shared base folder and saving into a new one. ``lean``
     hands the pages of the memory-mapped base weights back while NNCF reads them.
     """
-    import os
-
     from optimum.intel import OVModelForCausalLM
 
-    # optimum's immediate save unlinks the files it replaces: links to the base files keep the base intact.
-    for name in MODEL_FILES:
-        try:
-            os.link(base_dir / name, out / name)
-        except OSError:
-            shutil.copy2(base_dir / name, out / name)
+    make_placeholders(out)
     with MappedPageTrimmer(weight_files(base_dir) if lean else []), reuse_data_free_sensitivity(base_dir, lean):
         model = OVModelForCausalLM.from_pretrained(base_dir, compile=False, use_cache=True)
         model._apply_quantization(quantization_config, compile_only=False, compile_model=False,
@@ -63,7 +56,19 @@ def compress_from_base(base_dir: Path, model_dir: Path, out: Path, quantization_
         del model
     for path in Path(base_dir).iterdir():  # tokenizer IR, configs, chat template
         if path.is_file() and path.name not in (*MODEL_FILES, "manifest.json") and not (out / path.name).exists():
-            shutil.copy2(path, out / path.name)
+            shutil.copyfile(path, out / path.name)  # content only: no read-only flag from the DVC cache
+
+
+def make_placeholders(out: Path) -> None:
+    """Empty, writable stand-ins for the files optimum's immediate save replaces in ``out``.
+
+    optimum-intel's ``_weight_only_quantization`` with ``immediate_save`` expects the model files in the save
+    directory and unlinks them before moving its new ones in (``ov_model_path.unlink()``). Links to the base IR
+    would do on Linux, but DVC's cache files are read-only and on NTFS a hard link shares that flag, so
+    Windows refuses the unlink (WinError 5). New empty files are always ours to delete.
+    """
+    for name in MODEL_FILES:
+        (out / name).write_bytes(b"")
 
 
 @contextlib.contextmanager
