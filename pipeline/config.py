@@ -1,18 +1,26 @@
-"""Typed configuration: the composed ``params.yaml`` loaded into checked dataclasses.
+"""Typed configuration: the composed ``params.yaml`` loaded into checked pydantic dataclasses.
 
 DVC composes ``conf/`` (Hydra) into ``params.yaml``; every stage loads that file through
 :func:`load_params`, so an unknown key, a wrong type or an out-of-range value fails at load
-time with one line that names the key and says what to do.
+time with one line that names the key and says what to do. pydantic does the checking (strict
+types, ``extra="forbid"``, per-field checks); :func:`_one_line` turns its report into that line.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 import types
 import typing
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import AfterValidator, ConfigDict, ValidationError
+from pydantic.dataclasses import dataclass as pydantic_dataclass
+from typing_extensions import dataclass_transform
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PARAMS_FILE = Path("params.yaml")
@@ -30,33 +38,76 @@ def pick_variant(section: dict[str, Any], name: str, what: str) -> Any:
     return section[name]
 
 
-MODEL_SOURCES = ("hub", "local", "tiny")
+T = TypeVar("T")
+# Strict: no "1" -> 1, no 1 -> true. Nested sections are read from JSON (see build), where strict mode still
+# accepts a mapping for a dataclass; from Python, strict mode wants an instance.
+_STRICT = ConfigDict(extra="forbid", strict=True)
+
+
+@dataclass_transform(field_specifiers=(field,))
+def _typed(home: str = "") -> Callable[[type[T]], type[T]]:
+    """Make ``cls`` a strict pydantic dataclass whose constructor raises a one-line :class:`ConfigError`.
+
+    Args:
+        home: The dotted key the section always lives at (``"validate"``), used to name keys in messages.
+    """
+    def wrap(cls: type[T]) -> type[T]:
+        checked = pydantic_dataclass(cls, config=_STRICT)
+        init = checked.__init__
+
+        @functools.wraps(init)
+        def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+            try:
+                init(self, *args, **kwargs)
+            except ValidationError as err:
+                raise _one_line(err, checked, home) from None
+
+        checked.__init__ = __init__  # type: ignore[misc]
+        checked._home = home  # type: ignore[attr-defined]
+        return checked
+    return wrap
+
+
+def _check(test: Callable[[Any], bool], message: str) -> AfterValidator:
+    """A field check; ``message`` follows the key name and formats the bad value, e.g. ``"must be positive, got {}"``."""
+    def check(value: Any) -> Any:
+        if not test(value):
+            raise ValueError(message.format(value))
+        return value
+    return AfterValidator(check)
+
+
+Positive = Annotated[int, _check(lambda v: v > 0, "must be positive, got {}")]
+Share = Annotated[float, _check(lambda v: 0.0 <= v <= 1.0, "must be in [0, 1], got {}")]
+Nats = Annotated[float, _check(lambda v: v > 0, "must be positive (nats), got {}")]
+GroupSize = Annotated[int, _check(lambda v: v == -1 or v > 0, "must be positive or -1 (per channel), got {}")]
+
+
+ModelSource = Literal["hub", "local", "tiny"]
 # Embedded test models (source=tiny): folders under pipeline/assets/, each with a README saying how it was made.
-EMBEDDED_ASSETS = (
+EmbeddedAsset = Literal[
     "tiny_phi3",  # 4k context, sliding window 2047, MHA (scripts/make_tiny_phi3.py)
     "tiny_phi3_128k",  # LongRoPE 128k, GQA, no sliding window (scripts/make_tiny_phi3_128k.py)
-)
-WEIGHT_FORMATS = ("int4", "int8", "fp16")
-BACKUP_PRECISIONS = ("none", "int8_sym", "int8_asym")
-SENSITIVITY_METRICS = (
-    "weight_quantization_error",
-    "hessian_input_activation",
-    "mean_activation_variance",
-    "max_activation_variance",
-    "mean_activation_magnitude",
-)
-GROUP_SIZE_FALLBACKS = ("error", "ignore", "adjust")
+]
+WeightFormat = Literal["int4", "int8", "fp16"]
+BackupPrecision = Literal["none", "int8_sym", "int8_asym"]
+SensitivityMetric = Literal["weight_quantization_error", "hessian_input_activation", "mean_activation_variance",
+                            "max_activation_variance", "mean_activation_magnitude"]
+GroupSizeFallback = Literal["error", "ignore", "adjust"]
+EMBEDDED_ASSETS = typing.get_args(EmbeddedAsset)
 # Datasets that work offline: text shipped inside this package.
 OFFLINE_DATASETS = ("heldout",)
+LOCAL_PATH_REQUIRED = "model.local_path is required for source=local: pass model.local_path=C:/path/to/checkpoint"
+NEEDS_DATA = "awq/scale_estimation/gptq need data: set dataset=heldout (offline) or a dataset name"
 
 
-@dataclass
+@_typed("model")
 class ModelConfig:
     """Which checkpoint to convert and where it comes from."""
 
     name: str = "tiny-phi3"
-    source: str = "tiny"
-    asset: str = "tiny_phi3"  # which embedded model source=tiny copies (EMBEDDED_ASSETS)
+    source: ModelSource = "tiny"
+    asset: EmbeddedAsset = "tiny_phi3"  # which embedded model source=tiny copies
     repo_id: str | None = None
     revision: str | None = None
     local_path: str | None = None
@@ -66,50 +117,37 @@ class ModelConfig:
     notes: str | None = None
 
     def __post_init__(self) -> None:
-        _check_choice("model.source", self.source, MODEL_SOURCES)
-        _check_choice("model.asset", self.asset, EMBEDDED_ASSETS)
         if self.source == "hub":
             if not self.repo_id or "/" not in self.repo_id:
                 raise ConfigError("model.repo_id must be 'owner/name' for source=hub")
             if not self.revision:
                 raise ConfigError("model.revision must pin a commit for source=hub (reproducible downloads)")
         if self.source == "local" and not self.local_path:
-            raise ConfigError("model.local_path is required for source=local: point it at a model folder")
+            raise ConfigError(LOCAL_PATH_REQUIRED)
 
 
-@dataclass
+@_typed()
 class OpenVinoVariantConfig:
     """One OpenVINO IR to export: weight format plus NNCF weight-compression parameters."""
 
-    weight_format: str = "int4"
-    group_size: int = 128
-    ratio: float = 1.0
+    weight_format: WeightFormat = "int4"
+    group_size: GroupSize = 128
+    ratio: Annotated[float, _check(lambda v: 0.0 < v <= 1.0,
+                                   "must be in (0, 1], got {}: it is the share of layers kept at 4 bits")] = 1.0
     sym: bool = False
-    backup_precision: str = "int8_asym"
+    backup_precision: BackupPrecision = "int8_asym"
     all_layers: bool = False
     awq: bool = False
     scale_estimation: bool = False
     gptq: bool = False
     dataset: str | None = None
-    num_samples: int | None = None
-    sensitivity_metric: str | None = None
-    group_size_fallback: str = "error"
+    num_samples: Positive | None = None
+    sensitivity_metric: SensitivityMetric | None = None
+    group_size_fallback: GroupSizeFallback = "error"
 
     def __post_init__(self) -> None:
-        _check_choice("weight_format", self.weight_format, WEIGHT_FORMATS)
-        _check_choice("backup_precision", self.backup_precision, BACKUP_PRECISIONS)
-        _check_choice("group_size_fallback", self.group_size_fallback, GROUP_SIZE_FALLBACKS)
-        if self.sensitivity_metric is not None:
-            _check_choice("sensitivity_metric", self.sensitivity_metric, SENSITIVITY_METRICS)
-        if not 0.0 < self.ratio <= 1.0:
-            raise ConfigError(f"ratio must be in (0, 1], got {self.ratio}: it is the share of layers kept at 4 bits")
-        if self.group_size != -1 and self.group_size <= 0:
-            raise ConfigError(f"group_size must be positive or -1 (per channel), got {self.group_size}")
-        if self.num_samples is not None and self.num_samples <= 0:
-            raise ConfigError(f"num_samples must be positive, got {self.num_samples}")
-        needs_data = self.awq or self.scale_estimation or self.gptq
-        if needs_data and self.dataset is None:
-            raise ConfigError("awq/scale_estimation/gptq need data: set dataset=heldout (offline) or a dataset name")
+        if (self.awq or self.scale_estimation or self.gptq) and self.dataset is None:
+            raise ConfigError(NEEDS_DATA)
         if self.dataset is not None and self.weight_format != "int4":
             raise ConfigError("dataset is only used by int4 data-aware compression; remove it for int8/fp16")
 
@@ -119,12 +157,12 @@ class OpenVinoVariantConfig:
         return self.weight_format in ("int4", "int8")
 
 
-NPU_GENERATE_HINTS = ("FAST_COMPILE", "BEST_PERF")
-NPU_PREFILL_HINTS = ("DYNAMIC", "STATIC")
-NPU_CACHE_MODES = ("OPTIMIZE_SPEED", "OPTIMIZE_SIZE")
+NpuGenerateHint = Literal["FAST_COMPILE", "BEST_PERF"]
+NpuPrefillHint = Literal["DYNAMIC", "STATIC"]
+NpuCacheMode = Literal["OPTIMIZE_SPEED", "OPTIMIZE_SIZE"]
 
 
-@dataclass
+@_typed()
 class NpuVariantConfig:
     """An NPU-ready OpenVINO IR: int4 symmetric, ratio 1.0, group 128 or channel-wise, plus NPU run settings.
 
@@ -138,12 +176,12 @@ class NpuVariantConfig:
     scale_estimation: bool = False
     gptq: bool = False
     dataset: str | None = None
-    num_samples: int | None = None
-    max_prompt_len: int = 1024
-    min_response_len: int = 128
-    generate_hint: str = "FAST_COMPILE"
-    prefill_hint: str = "DYNAMIC"
-    cache_mode: str = "OPTIMIZE_SPEED"
+    num_samples: Positive | None = None
+    max_prompt_len: Positive = 1024
+    min_response_len: Positive = 128
+    generate_hint: NpuGenerateHint = "FAST_COMPILE"
+    prefill_hint: NpuPrefillHint = "DYNAMIC"
+    cache_mode: NpuCacheMode = "OPTIMIZE_SPEED"
 
     def __post_init__(self) -> None:
         if not self.sym or self.ratio != 1.0 or self.group_size not in (128, -1):
@@ -151,13 +189,7 @@ class NpuVariantConfig:
                 f"the NPU needs int4 symmetric weights, ratio 1.0 and group_size 128 or -1 (channel-wise); "
                 f"got sym={self.sym}, ratio={self.ratio}, group_size={self.group_size}")
         if (self.awq or self.scale_estimation or self.gptq) and self.dataset is None:
-            raise ConfigError("awq/scale_estimation/gptq need data: set dataset=heldout (offline) or a dataset name")
-        for key in ("max_prompt_len", "min_response_len"):
-            if getattr(self, key) <= 0:
-                raise ConfigError(f"{key} must be positive, got {getattr(self, key)}")
-        _check_choice("generate_hint", self.generate_hint, NPU_GENERATE_HINTS)
-        _check_choice("prefill_hint", self.prefill_hint, NPU_PREFILL_HINTS)
-        _check_choice("cache_mode", self.cache_mode, NPU_CACHE_MODES)
+            raise ConfigError(NEEDS_DATA)
 
     def as_openvino(self) -> OpenVinoVariantConfig:
         """The equivalent weight-compression request for the OpenVINO exporter."""
@@ -172,11 +204,11 @@ class NpuVariantConfig:
                 "GENERATE_HINT": self.generate_hint, "PREFILL_HINT": self.prefill_hint, "CACHE_MODE": self.cache_mode}
 
 
-NPU_LIB_DTYPES = ("int4", "int8", "fp16")  # intel_npu_acceleration_library: int4, int8, torch.float16
-NPU_LIB_LOAD_DTYPES = ("float32", "float16", "bfloat16")
+NpuLibDtype = Literal["int4", "int8", "fp16"]  # intel_npu_acceleration_library: int4, int8, torch.float16
+NpuLibLoadDtype = Literal["float32", "float16", "bfloat16"]
 
 
-@dataclass
+@_typed()
 class NpuLibVariantConfig:
     """One intel-npu-acceleration-library model: ``CompilerConfig(dtype=...)`` and the checkpoint's load dtype.
 
@@ -184,12 +216,8 @@ class NpuLibVariantConfig:
     config=CompilerConfig(dtype=int4))`` (github.com/intel/intel-npu-acceleration-library, v1.4.0).
     """
 
-    dtype: str = "int4"
-    load_dtype: str = "float32"
-
-    def __post_init__(self) -> None:
-        _check_choice("dtype", self.dtype, NPU_LIB_DTYPES)
-        _check_choice("load_dtype", self.load_dtype, NPU_LIB_LOAD_DTYPES)
+    dtype: NpuLibDtype = "int4"
+    load_dtype: NpuLibLoadDtype = "float32"
 
 
 # ONNX Runtime GenAI model builder (onnxruntime_genai.models.builder 0.18). Precisions per provider: the builder's
@@ -198,7 +226,7 @@ class NpuLibVariantConfig:
 ONNX_PRECISIONS = {"dml": ("int4", "fp16"), "cpu": ("int4", "int8", "fp32"), "cuda": ("int4", "int8", "fp16"),
                    "webgpu": ("int4", "int8")}
 ONNX_BLOCK_SIZES = (16, 32, 64, 128, 256)  # what MatMulNBits quantization accepts (MLAS)
-ONNX_ALGOS = ("default", "rtn", "k_quant", "rtn_last", "k_quant_last", "k_quant_mixed", "k_quant_linear")
+OnnxAlgo = Literal["default", "rtn", "k_quant", "rtn_last", "k_quant_last", "k_quant_mixed", "k_quant_linear"]
 # Further builder options accepted under extra_options (current names; value type; providers it applies to).
 ONNX_EXTRA_OPTIONS: dict[str, tuple[type, tuple[str, ...] | None]] = {
     "op_types_to_quantize": (list, None), "nodes_to_exclude": (list, None), "matmul_mixed_precision": (str, None),
@@ -206,26 +234,28 @@ ONNX_EXTRA_OPTIONS: dict[str, tuple[type, tuple[str, ...] | None]] = {
     "windowed_kv_cache": (bool, None), "enable_cuda_graph": (bool, ("cuda",)), "use_cuda_bf16": (bool, ("cuda",)),
     "enable_webgpu_graph": (bool, ("webgpu",)), "use_webgpu_fp32": (bool, ("webgpu",)),
 }
+BlockSize = Annotated[int, _check(lambda v: v in ONNX_BLOCK_SIZES,
+                                  f"must be one of {', '.join(map(str, ONNX_BLOCK_SIZES))} (MatMulNBits), got {{}}")]
+AccuracyLevel = Annotated[int, _check(lambda v: 0 <= v <= 4,
+                                      "must be 0-4 (0 = provider default, 4 = int8 compute), got {}")]
 
 
-@dataclass
+@_typed()
 class OnnxVariantConfig:
     """One ONNX Runtime GenAI model built by onnxruntime_genai's model builder; option names are the builder's."""
 
-    execution_provider: str = "dml"
-    precision: str = "int4"
-    block_size: int | None = None          # None = builder default (32)
-    accuracy_level: int | None = None      # None = builder default (4 on cpu/webgpu, 0 elsewhere)
-    is_symmetric: bool | None = None       # None = builder default (true)
-    algo_config: str | None = None         # None = builder default ("default", i.e. RTN)
+    execution_provider: Literal["dml", "cpu", "cuda", "webgpu"] = "dml"
+    precision: Literal["int4", "int8", "fp16", "fp32"] = "int4"
+    block_size: BlockSize | None = None          # None = builder default (32)
+    accuracy_level: AccuracyLevel | None = None  # None = builder default (4 on cpu/webgpu, 0 elsewhere)
+    is_symmetric: bool | None = None             # None = builder default (true)
+    algo_config: OnnxAlgo | None = None          # None = builder default ("default", i.e. RTN)
     exclude_embeds: bool = False
     exclude_lm_head: bool = False
-    enable_dml_graph: bool | None = None   # DML graph capture; None = builder default (on)
+    enable_dml_graph: bool | None = None         # DML graph capture; None = builder default (on)
     extra_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _check_choice("execution_provider", self.execution_provider, tuple(ONNX_PRECISIONS))
-        _check_choice("precision", self.precision, ("int4", "int8", "fp16", "fp32"))
         allowed = ONNX_PRECISIONS[self.execution_provider]
         if self.precision == "fp32" and self.execution_provider in ("dml", "cuda"):
             raise ConfigError(f"precision fp32 is refused for {self.execution_provider}: the builder writes a graph whose "
@@ -237,13 +267,6 @@ class OnnxVariantConfig:
         if self.precision not in ("int4", "int8") and any(v is not None for v in quant.values()):
             raise ConfigError(f"int4/int8-only options set for {self.precision}: "
                               f"{', '.join(k for k, v in quant.items() if v is not None)}; remove them")
-        if self.block_size is not None and self.block_size not in ONNX_BLOCK_SIZES:
-            raise ConfigError(f"block_size must be one of {', '.join(map(str, ONNX_BLOCK_SIZES))} "
-                              f"(MatMulNBits), got {self.block_size}")
-        if self.accuracy_level is not None and not 0 <= self.accuracy_level <= 4:
-            raise ConfigError(f"accuracy_level must be 0-4 (0 = provider default, 4 = int8 compute), got {self.accuracy_level}")
-        if self.algo_config is not None:
-            _check_choice("algo_config", self.algo_config, ONNX_ALGOS)
         if self.enable_dml_graph is not None and self.execution_provider != "dml":
             raise ConfigError("enable_dml_graph applies to execution_provider dml only; remove it")
         _check_builder_options(self.extra_options, self.execution_provider)
@@ -271,106 +294,34 @@ def _check_builder_options(options: dict[str, Any], provider: str) -> None:
                               f"got {value!r}")
 
 
-COMPUTE_PRECISIONS = ("f32", "bf16", "f16")
+ComputePrecision = Literal["f32", "bf16", "f16"]
 
 
-@dataclass
+TokenCounts = Annotated[list[int], _check(lambda vs: all(v > 1 for v in vs), "must hold token counts above 1, got {}")]
+
+
+@_typed("validate.long_context")
 class LongContextConfig:
     """Teacher-forced windows long enough to cross the sliding window and LongRoPE's switch of rope factors."""
 
-    lengths: list[int] = field(default_factory=lambda: [3000, 6000])  # capped at the model's context length
-    boundaries: list[int] = field(default_factory=lambda: [1024])  # plus sliding_window, original context
-    top_k: int = 64
-    min_top1_agreement: dict[str, float] = field(default_factory=dict)
-    max_mean_kl: dict[str, float] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        for key, values in {"lengths": self.lengths, "boundaries": self.boundaries}.items():
-            if any(v <= 1 for v in values):
-                raise ConfigError(f"validate.long_context.{key} must hold token counts above 1, got {values}")
-        if self.top_k <= 0:
-            raise ConfigError(f"validate.long_context.top_k must be positive, got {self.top_k}")
-        _check_thresholds("validate.long_context", self.min_top1_agreement, self.max_mean_kl, WEIGHT_FORMATS)
+    lengths: TokenCounts = field(default_factory=lambda: [3000, 6000])  # capped at the model's context length
+    boundaries: TokenCounts = field(default_factory=lambda: [1024])  # plus sliding_window, original context
+    top_k: Positive = 64
+    min_top1_agreement: dict[WeightFormat, Share] = field(default_factory=dict)
+    max_mean_kl: dict[WeightFormat, Nats] = field(default_factory=dict)
 
 
-@dataclass
+@_typed("validate.device_numerics")
 class DeviceNumericsConfig:
     """Thresholds on how far a run at the device's own numerics drifts from the pinned f32 run of the artifact."""
 
-    min_top1_agreement: dict[str, float] = field(default_factory=dict)  # keyed by compute precision
-    max_mean_kl: dict[str, float] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        _check_thresholds("validate.device_numerics", self.min_top1_agreement, self.max_mean_kl, COMPUTE_PRECISIONS)
+    min_top1_agreement: dict[ComputePrecision, Share] = field(default_factory=dict)
+    max_mean_kl: dict[ComputePrecision, Nats] = field(default_factory=dict)
 
     def thresholds(self, compute: str) -> dict[str, float | None]:
         """The drift thresholds of ``compute`` (``f32``, ``bf16``, ``f16``)."""
-        return {"min_top1_agreement": self.min_top1_agreement.get(compute), "max_mean_kl": self.max_mean_kl.get(compute)}
-
-
-def _check_thresholds(where: str, top1: dict[str, float], kl: dict[str, float], keys: tuple[str, ...]) -> None:
-    """Threshold tables: known keys, top-1 agreement in [0, 1], KL positive."""
-    for key, threshold in top1.items():
-        _check_choice(f"{where}.min_top1_agreement key", key, keys)
-        if not 0.0 <= threshold <= 1.0:
-            raise ConfigError(f"{where}.min_top1_agreement.{key} must be in [0, 1], got {threshold}")
-    for key, threshold in kl.items():
-        _check_choice(f"{where}.max_mean_kl key", key, keys)
-        if threshold <= 0:
-            raise ConfigError(f"{where}.max_mean_kl.{key} must be positive (nats), got {threshold}")
-
-
-@dataclass
-class ValidateConfig:
-    """How exported models are run and compared with the PyTorch original."""
-
-    devices: dict[str, list[str]] = field(default_factory=lambda: dict(DEFAULT_TARGET_DEVICES))
-    cpu_stand_in: bool = True
-    prompts: list[str] = field(default_factory=list)
-    max_new_tokens: int = 32
-    eval_tokens: int = 512
-    eval_window: int = 128
-    kl_top_k: int = 1024
-    perf_prompt_tokens: dict[str, int] = field(default_factory=lambda: {"short": 32, "long": 1024})
-    perf_new_tokens: int = 32
-    warmup: int = 1
-    repeats: int = 3
-    reference_dtype: str = "float32"
-    min_top1_agreement: dict[str, float] = field(default_factory=dict)
-    max_mean_kl: dict[str, float] = field(default_factory=dict)
-    device_numerics: DeviceNumericsConfig = field(default_factory=DeviceNumericsConfig)
-    emulate_numerics: list[str] = field(default_factory=lambda: ["bf16", "f16"])
-    long_context: LongContextConfig = field(default_factory=LongContextConfig)
-
-    def __post_init__(self) -> None:
-        if not self.prompts:
-            raise ConfigError("validate.prompts must list at least one prompt")
-        for key, value in {"max_new_tokens": self.max_new_tokens, "eval_tokens": self.eval_tokens,
-                           "eval_window": self.eval_window, "repeats": self.repeats, "kl_top_k": self.kl_top_k,
-                           "perf_new_tokens": self.perf_new_tokens, **{f"perf_prompt_tokens.{k}": v for k, v in
-                                                                      self.perf_prompt_tokens.items()}}.items():
-            if value <= 0:
-                raise ConfigError(f"validate.{key} must be positive, got {value}")
-        if not self.perf_prompt_tokens:
-            raise ConfigError("validate.perf_prompt_tokens must name at least one prompt length, e.g. {short: 32}")
-        _check_target_devices(self.devices)
-        if self.warmup < 0:
-            raise ConfigError(f"validate.warmup must be >= 0, got {self.warmup}")
-        _check_choice("validate.reference_dtype", self.reference_dtype, ("float32", "bfloat16", "float16"))
-        _check_thresholds("validate", self.min_top1_agreement, self.max_mean_kl, WEIGHT_FORMATS)
-        for precision in self.emulate_numerics:
-            _check_choice("validate.emulate_numerics entry", precision, ("bf16", "f16"))
-
-    def thresholds(self, precision: str) -> dict[str, float | None]:
-        """The fidelity thresholds of ``precision`` (fp32 is held to the fp16 ones)."""
-        key = "fp16" if precision == "fp32" else precision
+        key: Any = compute
         return {"min_top1_agreement": self.min_top1_agreement.get(key), "max_mean_kl": self.max_mean_kl.get(key)}
-
-    def long_context_thresholds(self, precision: str) -> dict[str, float | None]:
-        """The per-range long-context thresholds of weight format ``precision``."""
-        key = "fp16" if precision == "fp32" else precision
-        lc = self.long_context
-        return {"min_top1_agreement": lc.min_top1_agreement.get(key), "max_mean_kl": lc.max_mean_kl.get(key)}
 
 
 # Target devices per artifact family (validate.devices); ONNX variants target their execution_provider.
@@ -378,28 +329,64 @@ DEFAULT_TARGET_DEVICES = {"openvino": ["CPU", "GPU"], "npu": ["NPU"], "npu_lib":
 TARGET_DEVICE_CHOICES = {"openvino": ("CPU", "GPU", "NPU"), "npu": ("CPU", "GPU", "NPU"), "npu_lib": ("NPU",)}
 
 
-def _check_target_devices(devices: dict[str, list[str]]) -> None:
-    """Every artifact family named, with at least one device it can target."""
-    for family, choices in TARGET_DEVICE_CHOICES.items():
-        if not devices.get(family):
-            raise ConfigError(f"validate.devices.{family} must list the devices it targets, e.g. [{choices[0]}]")
-        for device in devices[family]:
-            _check_choice(f"validate.devices.{family} entry", device, choices)
-    for family in devices:
-        if family not in TARGET_DEVICE_CHOICES:
-            raise ConfigError(f"validate.devices.{family}: unknown family; valid: {', '.join(TARGET_DEVICE_CHOICES)} "
-                              f"(ONNX variants target their execution_provider)")
+@_typed("validate")
+class ValidateConfig:
+    """How exported models are run and compared with the PyTorch original."""
+
+    devices: dict[str, list[str]] = field(default_factory=lambda: dict(DEFAULT_TARGET_DEVICES))
+    cpu_stand_in: bool = True
+    prompts: list[str] = field(default_factory=list)
+    max_new_tokens: Positive = 32
+    eval_tokens: Positive = 512
+    eval_window: Positive = 128
+    kl_top_k: Positive = 1024
+    perf_prompt_tokens: dict[str, Positive] = field(default_factory=lambda: {"short": 32, "long": 1024})
+    perf_new_tokens: Positive = 32
+    warmup: Annotated[int, _check(lambda v: v >= 0, "must be >= 0, got {}")] = 1
+    repeats: Positive = 3
+    reference_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    min_top1_agreement: dict[WeightFormat, Share] = field(default_factory=dict)
+    max_mean_kl: dict[WeightFormat, Nats] = field(default_factory=dict)
+    device_numerics: DeviceNumericsConfig = field(default_factory=DeviceNumericsConfig)
+    emulate_numerics: list[Literal["bf16", "f16"]] = field(default_factory=lambda: ["bf16", "f16"])
+    long_context: LongContextConfig = field(default_factory=LongContextConfig)
+
+    def __post_init__(self) -> None:
+        if not self.prompts:
+            raise ConfigError("validate.prompts must list at least one prompt")
+        if not self.perf_prompt_tokens:
+            raise ConfigError("validate.perf_prompt_tokens must name at least one prompt length, e.g. {short: 32}")
+        for family, choices in TARGET_DEVICE_CHOICES.items():
+            if not self.devices.get(family):
+                raise ConfigError(f"validate.devices.{family} must list the devices it targets, e.g. [{choices[0]}]")
+            for device in self.devices[family]:
+                _check_choice(f"validate.devices.{family} entry", device, choices)
+        for family in self.devices:
+            if family not in TARGET_DEVICE_CHOICES:
+                raise ConfigError(f"validate.devices.{family}: unknown family; valid: "
+                                  f"{', '.join(TARGET_DEVICE_CHOICES)} (ONNX variants target their execution_provider)")
+
+    def thresholds(self, precision: str) -> dict[str, float | None]:
+        """The fidelity thresholds of ``precision`` (fp32 is held to the fp16 ones)."""
+        key: Any = "fp16" if precision == "fp32" else precision
+        return {"min_top1_agreement": self.min_top1_agreement.get(key), "max_mean_kl": self.max_mean_kl.get(key)}
+
+    def long_context_thresholds(self, precision: str) -> dict[str, float | None]:
+        """The per-range long-context thresholds of weight format ``precision``."""
+        key: Any = "fp16" if precision == "fp32" else precision
+        lc = self.long_context
+        return {"min_top1_agreement": lc.min_top1_agreement.get(key), "max_mean_kl": lc.max_mean_kl.get(key)}
 
 
-@dataclass
+@_typed("sweep")
 class SweepConfig:
     """A grid of OpenVINO compression settings run as DVC experiments, and the fidelity budget."""
 
     grid: dict[str, list[Any]] = field(default_factory=dict)
-    min_top1_agreement: float = 0.95
+    min_top1_agreement: Share = 0.95
     metrics_file: str = "artifacts/metrics/openvino-int4.json"
     targets: list[str] = field(default_factory=lambda: ["validate@int4"])
-    jobs: int = 1
+    jobs: Positive = 1
 
     def __post_init__(self) -> None:
         if not self.grid:
@@ -407,13 +394,9 @@ class SweepConfig:
         for key, values in self.grid.items():
             if not key.startswith(("openvino.", "npu.", "onnx.")) or not values:
                 raise ConfigError(f"sweep.grid key '{key}' must be an export parameter with a list of values")
-        if not 0.0 <= self.min_top1_agreement <= 1.0:
-            raise ConfigError(f"sweep.min_top1_agreement must be in [0, 1], got {self.min_top1_agreement}")
-        if self.jobs <= 0:
-            raise ConfigError(f"sweep.jobs must be positive, got {self.jobs}")
 
 
-@dataclass
+@_typed()
 class PipelineConfig:
     """The whole composed configuration (one ``params.yaml``)."""
 
@@ -425,80 +408,77 @@ class PipelineConfig:
     sweep: SweepConfig
     onnx: dict[str, OnnxVariantConfig] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # "???" is Hydra's unset value (conf/model/local.yaml). A bare ModelConfig keeps it, so download names it too.
+        if self.model.source == "local" and self.model.local_path == "???":
+            raise ConfigError(LOCAL_PATH_REQUIRED)
+
 
 def _check_choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
 
 
-def _coerce(tp: Any, value: Any, where: str) -> Any:
-    """Convert ``value`` to type ``tp`` strictly, recursing into dataclasses, lists and dicts."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None:
-            return None
-        return _coerce(args[0], value, where)
-    if dataclasses.is_dataclass(tp):
-        return build(tp, value, where)
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where} must be a list, got {value!r}")
-        (item_tp,) = typing.get_args(tp)
-        return [_coerce(item_tp, v, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where} must be a mapping, got {value!r}")
-        _, val_tp = typing.get_args(tp)
-        return {str(k): _coerce(val_tp, v, f"{where}.{k}") for k, v in value.items()}
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where} must be true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where} must be an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where} must be a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where} must be a string, got {value!r}")
-        return value
-    return value
+_KINDS = {"bool_type": "true or false", "int_type": "an integer", "float_type": "a number", "string_type": "a string",
+          "list_type": "a list", "dict_type": "a mapping", "dataclass_type": "a mapping"}
 
 
-def build(cls: type, data: Any, where: str = "") -> Any:
-    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types.
+def _one_line(err: ValidationError, cls: type, where: str) -> ConfigError:
+    """pydantic's report, first error only, as one line naming the dotted key (``openvino.int4.ratio``)."""
+    first = err.errors(include_url=False)[0]
+    kind, loc, value = first["type"], first["loc"], first["input"]
+    is_key = loc[-1:] == ("[key]",)  # a dict key outside its Literal
+    path = [where] if where else []
+    path += [f"[{p}]" if isinstance(p, int) else str(p) for p in (loc[:-2] if is_key else loc)]
+    key = ".".join(path).replace(".[", "[")
+    if kind == "unexpected_keyword_argument":
+        valid = [f.name for f in dataclasses.fields(_type_at(cls, loc[:-1]))]
+        return ConfigError(f"unknown config key '{key}'; valid keys here: {', '.join(sorted(valid))}")
+    if kind == "literal_error":  # expected: "'int4', 'int8' or 'fp16'"
+        choices = first["ctx"]["expected"].replace("'", "").replace(" or ", ", ")
+        return ConfigError(f"{key}{' key' if is_key else ''} must be one of {choices}; got {value!r}")
+    if kind in _KINDS:
+        return ConfigError(f"{key or 'config'} must be {_KINDS[kind]}, got {value!r}")
+    if kind == "missing":
+        return ConfigError(f"missing config key '{key}'")
+    error = first.get("ctx", {}).get("error")
+    if isinstance(error, ConfigError):  # from a __post_init__: the message names its key, or is relative to `key`
+        return ConfigError(f"{key}: {error}" if key and not str(error).startswith(key) else str(error))
+    return ConfigError(f"{key} {error}" if error else f"{key or 'config'}: {first['msg']}")
+
+
+def _type_at(cls: type, loc: tuple[Any, ...]) -> Any:
+    """The declared type at ``loc`` under dataclass ``cls`` (to list the valid keys there)."""
+    tp: Any = cls
+    for part in loc:  # a field's type, or the value type of a dict
+        tp = typing.get_type_hints(tp)[part] if dataclasses.is_dataclass(tp) else typing.get_args(tp)[-1]
+        if typing.get_origin(tp) in (typing.Union, types.UnionType):  # X | None
+            tp = typing.get_args(tp)[0]
+    return tp
+
+
+def build(cls: type[T], data: Any, where: str | None = None) -> T:
+    """Build config dataclass ``cls`` from a mapping, rejecting unknown keys, wrong types and bad values.
 
     Args:
-        cls: The dataclass type.
+        cls: The config class (e.g. :class:`PipelineConfig`).
         data: A mapping (from YAML).
-        where: Dotted key prefix used in error messages.
+        where: Dotted key prefix used in error messages; defaults to where ``cls`` always lives (``validate``).
 
     Returns:
-        An instance of ``cls``; its ``__post_init__`` range checks have run.
+        An instance of ``cls``; its checks have run.
 
     Raises:
-        ConfigError: On an unknown key, a wrong type or a value out of range.
+        ConfigError: On an unknown key, a wrong type or a value out of range; one line.
     """
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where or 'config'} must be a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        key = f"{where}.{unknown[0]}" if where else unknown[0]
-        raise ConfigError(f"unknown config key '{key}'; valid keys here: {', '.join(sorted(names))}")
-    kwargs = {k: _coerce(hints[k], v, f"{where}.{k}" if where else k) for k, v in data.items()}
+    where = getattr(cls, "_home", "") if where is None else where
+    # Validated as JSON: YAML values are JSON values, and pydantic's strict mode takes a mapping for a nested
+    # dataclass only from JSON. Dates and other YAML extras become their text.
+    text = json.dumps(data, default=str)
     try:
-        return cls(**kwargs)
-    except ConfigError as err:
-        raise ConfigError(f"{where}: {err}" if where and not str(err).startswith(where) else str(err)) from None
-    except TypeError as err:  # a required key is missing
-        raise ConfigError(f"{where or 'config'}: {err}") from None
+        return cls.__pydantic_validator__.validate_json(text)  # type: ignore[attr-defined,no-any-return]
+    except ValidationError as err:
+        raise _one_line(err, cls, where) from None
 
 
 def load_params(path: Path | str = PARAMS_FILE) -> PipelineConfig:

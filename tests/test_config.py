@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,11 @@ def test_check_config_command_detects_stale_params(tmp_path: Path, monkeypatch: 
     ("openvino.int4.awq=true", "need data"),
     ("openvino.int4.sym=maybe", "must be true or false"),
     ("validate.repeats=0", "validate.repeats must be positive"),
+    ("openvino.int4.group_size='64'", "openvino.int4.group_size must be an integer, got '64'"),
+    ("openvino.int4.group_size=true", "openvino.int4.group_size must be an integer, got True"),
+    ("+validate.max_mean_kl.int3=1", "validate.max_mean_kl key must be one of int4, int8, fp16; got 'int3'"),
+    ("validate.emulate_numerics=[f8]", "validate.emulate_numerics[0] must be one of bf16, f16; got 'f8'"),
+    ("model=local", "model.local_path is required for source=local: pass model.local_path="),
 ])
 def test_bad_values_fail_at_load_time_with_one_line(override: str, message: str) -> None:
     with pytest.raises(ConfigError) as exc:
@@ -75,6 +81,23 @@ def test_unknown_key_in_params_yaml_is_rejected(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(ConfigError, match=r"unknown config key 'openvino.int4.grup_size'"):
         load_params(path)
+
+
+def test_local_preset_without_local_path_fails_in_params_yaml_too(tmp_path: Path) -> None:
+    data = compose(["model=local", "model.local_path=/somewhere"])
+    data["model"]["local_path"] = "???"  # what a composition that left it unset writes
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=r"^model.local_path is required for source=local"):
+        load_params(path)
+
+
+def test_constructing_a_section_directly_checks_it_too() -> None:
+    with pytest.raises(ConfigError, match=r"^ratio must be in \(0, 1\], got 1.5"):
+        OpenVinoVariantConfig(ratio=1.5)
+    with pytest.raises(ConfigError, match=r"^validate.repeats must be positive, got 0$"):
+        build(ValidateConfig, {"prompts": ["hi"], "repeats": 0})
+    assert dataclasses.asdict(OpenVinoVariantConfig(ratio=1))["ratio"] == 1.0
 
 
 def test_missing_params_file_says_what_to_do(tmp_path: Path) -> None:
