@@ -198,6 +198,30 @@ class UntiedCausalLM:
         return model
 
 
+def short_cache_name(model_name: str, *args: Any, **kwargs: Any) -> str:
+    """A cache folder name without drive or path: ``model-<sha256 of the path and arguments>-<version>``.
+
+    Replaces the library's ``modelling.get_mangled_model_name``, which turns the whole model path into the
+    name by replacing only ``\\`` and ``/``: an absolute ``C:\\...`` path leaves ``C:_Users_...``, which
+    ``os.path.join`` treats as drive-relative, so the file lands outside ``cache\\models``; the name also
+    repeats the full path, which overflows Windows' 260-character limit. Upstream (archived, no fix):
+    https://github.com/intel/intel-npu-acceleration-library/blob/main/intel_npu_acceleration_library/modelling.py
+    """
+    import hashlib
+
+    import intel_npu_acceleration_library as npu_lib
+
+    key = repr([model_name, [str(a) for a in args], sorted(f"{k}_{v}" for k, v in kwargs.items())])
+    return f"model-{hashlib.sha256(key.encode('utf-8')).hexdigest()[:16]}-{npu_lib.__version__}"
+
+
+def use_short_cache_names() -> None:
+    """Make the library name its cache folders with :func:`short_cache_name` (drive-safe, short)."""
+    from intel_npu_acceleration_library import modelling
+
+    modelling.get_mangled_model_name = short_cache_name
+
+
 def compile_model(args: argparse.Namespace) -> dict[str, Any]:
     """Compile ``args.model`` with ``CompilerConfig(dtype=args.dtype)`` and move the library's pickle to ``args.out``.
 
@@ -212,6 +236,7 @@ def compile_model(args: argparse.Namespace) -> dict[str, Any]:
     from intel_npu_acceleration_library.modelling import NPUModel
 
     dtype = {"int4": npu_lib.int4, "int8": npu_lib.int8, "fp16": torch.float16}[args.dtype]
+    use_short_cache_names()
     start = time.perf_counter()
     model = NPUModel.from_pretrained(args.model, CompilerConfig(dtype=dtype), UntiedCausalLM, True,
                                      use_cache=True, dtype=getattr(torch, args.load_dtype))

@@ -259,3 +259,26 @@ def test_dvc_repro_completes_when_the_env_cannot_be_built(tmp_path: Path, monkey
     assert skipped["status"] == "skipped" and skipped["passed"] is None and "no C++ compiler" in skipped["reason"]
     assert json.loads((project / "artifacts" / "metrics" / "openvino-fp16.json").read_text())["passed"]
     assert "skipped: no C++ compiler" in done.stderr
+
+
+WINDOWS_CACHE_CHECK = r"""
+import ntpath, sys
+sys.path.insert(0, sys.argv[1])
+from intel_npu_acceleration_library import modelling
+from pipeline.npu_lib_worker import short_cache_name
+model = r"C:\Users\someone-with-a-name\source\repos\aipc-pipeline\artifacts\model"
+args = (("int4",), {"use_cache": True})
+old = ntpath.join("cache\\models", modelling.get_mangled_model_name(model, *args[0], **args[1]))
+new = ntpath.join("cache\\models", short_cache_name(model, *args[0], **args[1]))
+print(old); print(new); print(short_cache_name(model + "2", *args[0], **args[1]))
+"""
+
+
+@pytest.mark.slow
+def test_library_cache_folder_stays_under_cache_models_for_a_windows_drive_path(npu_env) -> None:
+    out = subprocess.run([str(npu_env.python), "-c", WINDOWS_CACHE_CHECK, str(Path(__file__).parent.parent)],
+                         capture_output=True, text=True, check=True).stdout.split()
+    old, new, other = out
+    assert old.startswith("C:_Users"), "the library's own name escapes cache\\models on a drive path (the blocker)"
+    assert new.startswith("cache\\models\\model-") and len(new) < 60 and ":" not in new
+    assert other != new.rsplit("\\", 1)[1], "different models get different folders"
