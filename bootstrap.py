@@ -3,7 +3,7 @@
 Creates ``.venv`` next to this file (once), installs the package with the pinned known-good
 versions from ``constraints.txt``, removes the torchvision that optimum-intel drags in (it breaks
 imports with the CPU torch), then runs ``aipc demo`` or ``pytest``. Standard library only, so it
-runs on a fresh Windows or Linux machine with Python 3.10+.
+runs on a fresh Windows or Linux machine with Python 3.11+ (3.12 for the NPU-library recipe too).
 """
 
 from __future__ import annotations
@@ -45,8 +45,24 @@ def install() -> None:
     STAMP.write_text(wanted)
 
 
+MIN_PYTHON = (3, 11)  # the pinned numpy 2.4 / scipy 1.17 / matplotlib 3.11 wheels need it (pyproject agrees)
+
+
+def python_problem(version: tuple[int, int] = sys.version_info[:2]) -> str | None:
+    """One line saying why this Python cannot install the pinned set, or ``None`` when it can."""
+    if tuple(version) >= MIN_PYTHON:
+        return None
+    hint = "py -3.12 bootstrap.py demo" if os.name == "nt" else "python3.12 bootstrap.py demo"
+    return (f"Python {version[0]}.{version[1]} is too old: the pinned packages need Python "
+            f"{MIN_PYTHON[0]}.{MIN_PYTHON[1]} or newer (3.12 recommended); install it and run `{hint}`")
+
+
 def main() -> int:
     """Install, then run the requested action (``demo`` or ``test``, extra arguments go to pytest)."""
+    problem = python_problem()
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     action = sys.argv[1] if len(sys.argv) > 1 else "test"
     if action not in ("demo", "test", "install"):
         print("usage: python bootstrap.py demo|test|install [pytest args]", file=sys.stderr)

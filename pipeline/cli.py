@@ -291,24 +291,53 @@ def cmd_pull(repo: str, revision: str, dest: str, endpoint: str | None = None) -
     print(f"{repo}@{manifest['commit']}: {len(manifest['files'])} files in {dest}, every sha256 matches the manifest")
 
 
+def venv_env(**extra: str) -> dict[str, str]:
+    """This environment with this interpreter's folder first on PATH, so `python -m ...` in dvc.yaml is ours.
+
+    Without it, ``.venv\\Scripts\\dvc repro`` from a shell where the venv is not active (Windows blocks
+    ``Activate.ps1`` by default) runs the stages with the Store stub or another Python.
+    """
+    return {**os.environ, **extra, "PATH": os.pathsep.join([str(Path(sys.executable).parent),
+                                                            os.environ.get("PATH", "")])}
+
+
+def run_dvc(args: list[str], **extra_env: str) -> int:
+    """Run ``dvc <args>`` with this venv first on PATH, from the project root; its exit code."""
+    if not Path("dvc.yaml").is_file() or not Path(".dvc").is_dir():
+        fail("run this from the project root (the folder with dvc.yaml and .dvc/)")
+    return subprocess.run([sys.executable, "-m", "dvc", *args], env=venv_env(**extra_env), check=False).returncode
+
+
+def cmd_repro(argv: list[str]) -> None:
+    """`dvc repro [args]` with this venv's Python for every stage, no activation needed (e.g. `aipc repro validate@int4`)."""
+    code = run_dvc(["repro", *argv])
+    if code:
+        fail(f"dvc repro failed (exit {code}); the lines above say which stage and why")
+
+
+def cmd_exp_run(argv: list[str]) -> None:
+    """`dvc exp run [args]` with this venv's Python for every stage (e.g. `aipc exp-run -S model=phi35-mini`)."""
+    code = run_dvc(["exp", "run", *argv])
+    if code:
+        fail(f"dvc exp run failed (exit {code}); the lines above say which stage and why")
+
+
 def cmd_demo() -> None:
     """Run the whole pipeline offline on the embedded tiny Phi-3 (compose model=tiny, dvc repro)."""
     if not Path("dvc.yaml").is_file() or not Path(".dvc").is_dir():
         fail("run `aipc demo` from the project root (the folder with dvc.yaml and .dvc/)")
     cmd_compose(["model=tiny"])
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PATH": os.pathsep.join([str(Path(sys.executable).parent),
-                                                                         os.environ.get("PATH", "")])}
-    done = subprocess.run([sys.executable, "-m", "dvc", "repro"], env=env, check=False)
+    code = run_dvc(["repro"], HF_HUB_OFFLINE="1")
     report = Path("artifacts/report/report.md")
     if report.is_file():  # written even when a cell failed: it is the report people most need then
         print(report.read_text(encoding="utf-8"))
-    if done.returncode:
+    if code:
         from pipeline import report as report_stage
 
         params = load_params()
         line = report_stage.verdict_line(report_stage.collect_rows(report_stage.configured_artifacts(params),
                                                                    report_stage.METRICS_DIR))
-        fail(line or f"dvc repro failed (exit {done.returncode}); the lines above say which stage and why")
+        fail(line or f"dvc repro failed (exit {code}); the lines above say which stage and why")
     if not report.is_file():
         print(summary_table(Path("artifacts/metrics")))
 
@@ -352,6 +381,8 @@ COMMANDS = {
     "compose": (cmd_compose, ["overrides*"]),
     "check-config": (cmd_check_config, ["overrides*"]),
     "demo": (cmd_demo, []),
+    "repro": (cmd_repro, ["argv..."]),
+    "exp-run": (cmd_exp_run, ["argv..."]),
     "report": (cmd_report, []),
     "publish": (cmd_publish, ["argv..."]),
     "pull": (cmd_pull, ["repo", "revision", "dest", "--endpoint"]),
@@ -386,6 +417,9 @@ EXPORTS = {"export-openvino", "export-onnx", "export-npu"}  # run like their DVC
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``aipc`` console script."""
+    from pipeline.log import console_safe
+
+    console_safe()
     args = build_parser().parse_args(argv)
     if argv is None and args.command in EXPORTS:
         from pipeline.lean import use_huge_pages

@@ -22,3 +22,12 @@ def step(message: str) -> Iterator[dict]:
     yield info
     info["seconds"] = round(time.perf_counter() - start, 3)
     say(f"{message}: done in {info['seconds']:.1f} s")
+
+
+def console_safe() -> None:
+    """Let a console that is not UTF-8 (cp1252 on Windows, output redirected) print anything: unknown
+    characters (``Δ`` in the report, model output in chat) become ``?`` instead of a ``UnicodeEncodeError``."""
+    for stream in (sys.stdout, sys.stderr):
+        encoding = (getattr(stream, "encoding", None) or "").lower().replace("-", "").replace("_", "")
+        if encoding != "utf8" and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="replace")

@@ -136,7 +136,7 @@ def unavailable_reason() -> str | None:
     low, high = PYTHONS
     if not low <= sys.version_info[:2] <= high:
         return (f"openvino 2024.4 (pinned by {LIBRARY}) has no wheels for Python "
-                f"{sys.version_info[0]}.{sys.version_info[1]}: run the pipeline with Python 3.10-3.12")
+                f"{sys.version_info[0]}.{sys.version_info[1]}: run the pipeline with Python 3.11 or 3.12")
     return linux_build_reason() if system == "Linux" else None
 
 
