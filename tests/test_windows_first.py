@@ -22,7 +22,7 @@ def test_python_version_truth_bootstrap_pyproject_and_readme_agree() -> None:
     wanted = ".".join(map(str, bootstrap["MIN_PYTHON"]))
     assert re.search(rf'requires-python = ">={re.escape(wanted)}"', pyproject)
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    assert f"Python {wanted}+" in readme and "3.10" not in readme.split("## Quick start")[1].split("##")[0]
+    assert f"Python {wanted}" in readme and "3.10" not in readme.split("## Quick start")[1].split("##")[0]
 
 
 def test_bootstrap_refuses_an_old_python_in_one_line() -> None:
