@@ -105,7 +105,8 @@ def verify_folder(folder: Path, stage: str | None = None, lock_file: Path = LOCK
         actual = _dir_md5({rel: (p.stat().st_size, digests[p][0]) for rel, p in present.items()})
         if actual != expected:
             fail(f"{manifest_path} (with the files it lists) is not what {lock_file} recorded for {stage} "
-                 f"({actual[:12]}... != {expected[:12]}...): {hint}")
+                 f"({actual[:12]}... != {expected[:12]}...): {hint}, or, if you changed it on purpose "
+                 f"(`aipc compile-npu-blob`), record it with `dvc commit {stage}`")
     return manifest
 
 

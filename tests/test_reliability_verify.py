@@ -177,6 +177,7 @@ def test_a_file_swapped_together_with_its_manifest_hash_is_refused_by_dvc_lock(r
     (recorded / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(StageError, match=r"^artifacts/openvino/int4/manifest.json \(with the files it lists\) is not what "
                                          r"dvc.lock recorded for export_openvino@int4 .*: repair with `aipc repair "
+                                         r"export_openvino@int4`, or, if you changed it on purpose .*`dvc commit "
                                          r"export_openvino@int4`$"):
         verify_folder(recorded)
 
