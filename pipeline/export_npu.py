@@ -131,7 +131,8 @@ def compile_deferred(artifact: Path) -> dict:
     manifest = read_manifest(artifact)
     settings = json.loads((artifact / NPU_CONFIG).read_text(encoding="utf-8"))
     with staged_dir(artifact) as tmp:  # never edit the (DVC-tracked) folder in place
-        shutil.copytree(artifact, tmp, dirs_exist_ok=True)
+        # content only: copy2 would carry the DVC cache's read-only flag, and Windows then refuses the manifest rewrite
+        shutil.copytree(artifact, tmp, dirs_exist_ok=True, copy_function=shutil.copyfile)
         facts = blob_step(tmp, settings, status)
         manifest["npu_blob"] = facts
         manifest["files"] = file_hashes(tmp)

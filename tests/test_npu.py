@@ -131,3 +131,27 @@ def test_compiling_a_deferred_artifact_needs_an_npu(deferred, monkeypatch: pytes
     monkeypatch.setattr(devices, "detect", lambda core=None: absent)
     with pytest.raises(StageError, match="no NPU on this machine"):
         export_npu.compile_deferred(folder)
+
+
+def test_compiling_a_read_only_deferred_artifact_writes_writable_files(
+        deferred, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+    import stat
+
+    folder = tmp_path / "npu" / "int4"
+    shutil.copytree(deferred[0], folder)
+    for path in folder.iterdir():  # as DVC's cache links leave them (read-only; NTFS hard links share the flag)
+        path.chmod(0o444)
+
+    def fake_pipeline(model_dir: Path, device: str, properties: dict) -> object:
+        if properties.get("EXPORT_BLOB") == "YES":
+            Path(properties["BLOB_PATH"]).write_bytes(b"compiled")
+        return object()
+
+    monkeypatch.setattr(export_npu, "load_llm_pipeline", fake_pipeline)
+    present = with_npu()
+    monkeypatch.setattr(devices, "detect", lambda core=None: present)
+    facts = export_npu.compile_deferred(folder)
+    assert facts["blob"] == export_npu.BLOB and (folder / export_npu.BLOB).read_bytes() == b"compiled"
+    not_writable = [p.name for p in folder.iterdir() if not p.stat().st_mode & stat.S_IWUSR]
+    assert not_writable == [], f"copied with the cache's read-only flag (Windows refuses to replace them): {not_writable}"
