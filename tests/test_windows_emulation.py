@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from conftest import make_project, run_cmd
-from winemu import WIN_ROOT, enabled, read_record, summarize, winemu_env
+from winemu import WIN_HOME, WIN_ROOT, enabled, read_record, summarize, tree_overflows, winemu_env
 
 WINDOWS_FIXES_PENDING = ("issue 18: the Windows fixes (read-only hard links in compress_from_base, folder renames "
                          "with open files, long .aipc/envs paths, cp1252 output) are not all in yet")
@@ -191,3 +191,24 @@ def test_tiny_pipeline_under_windows_semantics(tmp_path: Path) -> None:
     assert not long_paths, summarize(long_paths)
     manifest = json.loads((project / "artifacts" / "npu" / "int4" / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["npu_blob"]["blob"] == "openvino_model.blob"
+
+
+def test_tree_overflows_measures_a_venv_as_windows_lays_it_out(tmp_path: Path) -> None:
+    site = tmp_path / "env" / "lib" / "python{}.{}".format(*sys.version_info[:2]) / "site-packages"
+    (site / ("p" * 170)).mkdir(parents=True)
+    (site / ("p" * 170) / "LICENSE").write_text("x", encoding="utf-8")
+    (tmp_path / "env" / "bin").mkdir()
+    (tmp_path / "env" / "bin" / "python").write_text("", encoding="utf-8")
+    (over,) = tree_overflows(str(tmp_path / "env"), WIN_ROOT + "\\.aipc\\envs\\nl-0123456789")
+    assert over[1] == WIN_ROOT + "\\.aipc\\envs\\nl-0123456789\\Lib\\site-packages\\" + "p" * 170 + "\\LICENSE"
+    assert tree_overflows(str(tmp_path / "env"), "C:\\e") == []
+
+
+def test_installed_environments_fit_windows_paths_where_they_would_live() -> None:
+    """The project's .venv at the realistic root, the npu-lib env in %LOCALAPPDATA%\\aipc (npu_lib_env.envs_root)."""
+    venv = Path(sys.prefix)
+    assert not tree_overflows(str(venv), WIN_ROOT + "\\.venv")[:3]
+    envs = venv.resolve().parent / ".aipc" / "envs"
+    for env in sorted(envs.glob("nl-*")) if envs.is_dir() else []:
+        if env.is_dir():
+            assert not tree_overflows(str(env), WIN_HOME + "\\AppData\\Local\\aipc\\" + env.name)[:3]

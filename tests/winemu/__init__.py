@@ -24,7 +24,9 @@ from . import _aipc_winemu as core
 
 SITE_DIR = Path(__file__).resolve().parent
 WIN_ROOT = core.WIN_ROOT
+WIN_HOME = core.WIN_HOME
 windows_path = core.windows_path
+tree_overflows = core.tree_overflows
 
 
 def winemu_env(project_root: Path, record: Path | None = None, strict: bool = True, encoding: bool = True,
@@ -43,6 +45,7 @@ def winemu_env(project_root: Path, record: Path | None = None, strict: bool = Tr
     env["PYTHONPATH"] = os.pathsep.join(p for p in [str(SITE_DIR), env.get("PYTHONPATH", "")] if p)
     env["AIPC_WINEMU"] = "1"
     env["AIPC_WINEMU_ROOT"] = str(Path(project_root).resolve())
+    env["AIPC_WINEMU_ALSO_ROOT"] = str(Path(sys.prefix).resolve().parent)  # the clone that holds .venv
     env["AIPC_WINEMU_STRICT"] = "1" if strict else "0"
     env["AIPC_WINEMU_ENCODING"] = "1" if encoding else "0"
     for name in ("PYTHONIOENCODING", "PYTHONUTF8"):  # a Windows console sets neither
@@ -76,10 +79,21 @@ def read_record(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def summarize(entries: list[dict]) -> str:
+# Callers that retry a refused delete after clearing the read-only flag, as Windows code must: not failures.
+HANDLED_BY = ("dvc_objects/fs/utils.py", "pipeline/artifacts.py")
+
+
+def handled(entry: dict) -> bool:
+    """Whether a refusal was met by code that clears the read-only flag and retries (DVC, ``remove_tree``)."""
+    return entry["kind"] == "delete-readonly" and any(h in frame for frame in entry.get("stack", []) for h in HANDLED_BY)
+
+
+def summarize(entries: list[dict], include_handled: bool = False) -> str:
     """One line per distinct (kind, innermost project frame), with a count and one example path."""
     seen: dict[tuple[str, str], list[dict]] = {}
     for e in entries:
+        if handled(e) and not include_handled:
+            continue
         own = [f for f in e.get("stack", []) if f.startswith(("pipeline/", "pipeline\\"))]
         where = own[-1] if own else (e.get("stack") or ["?"])[-1]
         seen.setdefault((e["kind"], where), []).append(e)

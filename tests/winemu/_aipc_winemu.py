@@ -102,6 +102,30 @@ def windows_path(path: str) -> str | None:
     return None
 
 
+VENV_LAYOUT = (("/lib/python{}.{}/site-packages/".format(*sys.version_info[:2]), "\\Lib\\site-packages\\"),
+               ("/bin/", "\\Scripts\\"), ("/include/python{}.{}/".format(*sys.version_info[:2]), "\\Include\\"))
+
+
+def tree_overflows(folder: str, windows_folder: str, limit: int = MAX_FILE) -> list[tuple[int, str]]:
+    """(length, Windows path) of every file under ``folder`` over ``limit`` if it lived at ``windows_folder``.
+
+    A venv's POSIX layout is translated (``lib/pythonX.Y/site-packages`` -> ``Lib\\site-packages``,
+    ``bin`` -> ``Scripts``), so an installed environment can be measured as Windows would hold it.
+    """
+    found = []
+    for dirpath, _dirs, files in os.walk(folder):
+        for name in files:
+            rel = "/" + os.path.relpath(os.path.join(dirpath, name), folder)
+            for posix, win in VENV_LAYOUT:
+                if rel.startswith(posix):
+                    rel = win + rel[len(posix):]
+                    break
+            win_path = windows_folder.rstrip("\\") + rel.replace("/", "\\")
+            if len(win_path) > limit:
+                found.append((len(win_path), win_path))
+    return sorted(found, reverse=True)
+
+
 def _check_length(path: object, is_dir: bool, dir_fd: int | None = None) -> None:
     """Record or refuse a created path longer than Windows allows without long-path support."""
     if not _settings.get("prefixes"):
@@ -309,9 +333,11 @@ _MODULES = {"os": os, "builtins": builtins, "io": io}
 
 def _prefixes(root: str | None) -> list[tuple[str, str]]:
     pairs = []
-    if root:
-        pairs.append((os.path.realpath(root).rstrip("/"), WIN_ROOT))
-        pairs.append((os.path.abspath(root).rstrip("/"), WIN_ROOT))
+    # The folder holding the running venv is the user's clone too (``.venv``, ``.aipc/envs`` beside it).
+    extra = [p for p in os.environ.get("AIPC_WINEMU_ALSO_ROOT", "").split(os.pathsep) if p]
+    for real in ([root] if root else []) + extra:
+        pairs.append((os.path.realpath(real).rstrip("/"), WIN_ROOT))
+        pairs.append((os.path.abspath(real).rstrip("/"), WIN_ROOT))
     pairs.append((os.path.realpath(tempfile.gettempdir()), WIN_TEMP))
     if os.environ.get("HOME"):
         pairs.append((os.path.realpath(os.environ["HOME"]), WIN_HOME))
