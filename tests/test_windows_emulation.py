@@ -174,7 +174,7 @@ cli.main(["compile-npu-blob", "artifacts/npu/int4"])
 @pytest.mark.slow
 @pytest.mark.xfail(reason=WINDOWS_FIXES_PENDING, strict=False)
 def test_tiny_pipeline_under_windows_semantics(tmp_path: Path) -> None:
-    """``dvc repro`` of the tiny model and ``aipc compile-npu-blob`` pass with every Windows rule in force."""
+    """``dvc repro`` of the tiny model, ``aipc demo`` and ``aipc compile-npu-blob`` pass with every Windows rule in force."""
     project = make_project(tmp_path / "project")
     record = tmp_path / "winemu.jsonl"
     env = winemu_env(project, record=record, strict=False)  # long paths recorded, all reported at once below
@@ -185,6 +185,8 @@ def test_tiny_pipeline_under_windows_semantics(tmp_path: Path) -> None:
     assert repro.returncode == 0, (f"dvc repro failed under Windows semantics:\n{summarize(entries)}\n"
                                    f"{repro.stdout.decode(errors='replace')[-3000:]}\n"
                                    f"{repro.stderr.decode(errors='replace')[-3000:]}")
+    demo = _aipc(project, env, "demo")  # the README's command: a no-op repro, then the report on a cp1252 console
+    assert demo.returncode == 0, demo.stderr.decode("cp1252", errors="replace")[-3000:]
     blob = subprocess.run([sys.executable, "-c", FAKE_NPU_COMPILE], cwd=project, env=env, capture_output=True)
     assert blob.returncode == 0, f"{summarize(read_record(record))}\n{blob.stderr.decode(errors='replace')[-3000:]}"
     long_paths = [e for e in read_record(record) if e["kind"] == "long-path"]
