@@ -269,6 +269,11 @@ class _Checker(ast.NodeVisitor):
             self._report(node, "posix-only", f"{name} does not exist on Windows")
         self.generic_visit(node)
 
+    def visit_Expr(self, node: ast.Expr) -> None:
+        if isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
+            return  # a docstring: documentation, not a path the code uses
+        self.generic_visit(node)
+
     def visit_Constant(self, node: ast.Constant) -> None:
         value = node.value
         if isinstance(value, str):
@@ -277,7 +282,7 @@ class _Checker(ast.NodeVisitor):
             if value in ("bin", "bin/python", "bin/pip") or value.startswith(("bin/", ".venv/bin", "/bin/")) or \
                     "/bin/python" in value or "/bin/pip" in value or "/bin/aipc" in value or "/bin/dvc" in value:
                 if not (self.function_scripts and self.function_scripts[-1]):
-                    self._report(node, "venv-bin", f"venv path {value!r} has no Windows (Scripts) branch")
+                    self._report(node, "venv-bin", f"venv path {value[:60]!r} has no Windows (Scripts) branch")
 
     def visit_JoinedStr(self, node: ast.JoinedStr) -> None:
         text = "".join(v.value for v in node.values if isinstance(v, ast.Constant) and isinstance(v.value, str))
