@@ -109,7 +109,7 @@ def cmd_npu_lib_env() -> None:
     from pipeline import npu_lib_env
 
     try:
-        env = npu_lib_env.ensure()
+        env = npu_lib_env.ensure(retry=True)
     except npu_lib_env.EnvUnavailable as err:
         fail(f"the isolated environment cannot be built here: {err}")
     print(json.dumps({"path": str(env.path), "python": str(env.python), **env.info}, indent=2))

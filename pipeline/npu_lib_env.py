@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.artifacts import sha256_file, staged_dir, write_json_atomic
+from pipeline.artifacts import remove_tree, sha256_file, write_json_atomic
 from pipeline.config import PROJECT_ROOT
 from pipeline.errors import fail
 from pipeline.log import say, step
@@ -96,13 +96,23 @@ class NpuLibEnv:
     info: dict[str, Any]
 
 
+# Windows' MAX_PATH without long paths: 259 characters. The deepest file the env installs is in torch's wheel,
+# 173 characters below site-packages (measured on torch 2.13.0's win_amd64 wheel), which is Lib\\site-packages\\.
+MAX_PATH = 259
+DEEPEST_INSTALLED = len("\\Lib\\site-packages\\") + 173
+
+
 def envs_root() -> Path:
-    """Where isolated environments live: ``AIPC_ENVS_DIR``, else ``.aipc/envs`` beside the running ``.venv``.
+    """Where isolated environments live: ``AIPC_ENVS_DIR``, else a short per-user folder on Windows
+    (``%LOCALAPPDATA%\\aipc``: torch's deep paths would overflow 260 characters inside the project), else
+    ``.aipc/envs`` beside the running ``.venv``.
 
     Temporary project copies (tests) run the same interpreter, so they share one environment per machine.
     """
     if os.environ.get("AIPC_ENVS_DIR"):
         return Path(os.environ["AIPC_ENVS_DIR"])
+    if os.name == "nt" and os.environ.get("LOCALAPPDATA"):
+        return Path(os.environ["LOCALAPPDATA"]) / "aipc"
     if sys.prefix != sys.base_prefix:
         return Path(sys.prefix).resolve().parent / ".aipc" / "envs"
     return PROJECT_ROOT / ".aipc" / "envs"
@@ -116,9 +126,40 @@ def env_key() -> str:
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
 
 
+ENV_PREFIX = "nl-"  # short on purpose: every character counts against Windows' 260 (see DEEPEST_INSTALLED)
+
+
 def env_path(root: Path | None = None) -> Path:
-    """The environment's folder for the current recipe."""
-    return (root or envs_root()) / f"npu-lib-{LIBRARY_VERSION}-{env_key()[:12]}"
+    """The environment's folder for the current recipe: ``<root>/nl-<10 hex of the recipe>``."""
+    return (root or envs_root()) / f"{ENV_PREFIX}{env_key()[:10]}"
+
+
+def path_budget_problem(path: Path, long_paths: bool | None = None) -> str | None:
+    """One line when installing into ``path`` would overflow Windows' 260 characters, else ``None``.
+
+    ``long_paths``: whether Windows has long paths enabled (read from the registry when omitted; not Windows: True).
+    """
+    if long_paths is None:
+        long_paths = windows_long_paths_enabled()
+    deepest = len(str(path)) + DEEPEST_INSTALLED
+    if long_paths or deepest <= MAX_PATH:
+        return None
+    return (f"the {LIBRARY} environment at {path} would hold paths of {deepest} characters, over Windows' 260: "
+            f"set AIPC_ENVS_DIR to a shorter folder (e.g. C:\\aipc-envs) or enable long paths (admin: "
+            f"LongPathsEnabled=1 under HKLM\\SYSTEM\\CurrentControlSet\\Control\\FileSystem)")
+
+
+def windows_long_paths_enabled() -> bool:
+    """Whether Windows lifts the 260-character limit (``LongPathsEnabled``); True off Windows."""
+    if os.name != "nt":
+        return True
+    try:
+        import winreg
+
+        with winreg.OpenKey(winreg.HKEY_LOCAL_MACHINE, r"SYSTEM\CurrentControlSet\Control\FileSystem") as key:
+            return bool(winreg.QueryValueEx(key, "LongPathsEnabled")[0])
+    except OSError:
+        return False
 
 
 def venv_python(path: Path) -> Path:
@@ -163,8 +204,11 @@ def load(root: Path | None = None) -> NpuLibEnv | None:
     return NpuLibEnv(path, venv_python(path), json.loads(stamp.read_text(encoding="utf-8")))
 
 
-def ensure(root: Path | None = None) -> NpuLibEnv:
+def ensure(root: Path | None = None, retry: bool = False) -> NpuLibEnv:
     """Return the isolated environment, building it first if this machine has none yet.
+
+    A build that failed is not retried by every stage that needs the environment (six in the default
+    pipeline): its reason is kept beside it and given again until ``retry`` (``aipc npu-lib-env``).
 
     Raises:
         EnvUnavailable: When it cannot be built here (the message says why).
@@ -172,10 +216,26 @@ def ensure(root: Path | None = None) -> NpuLibEnv:
     found = load(root)
     if found is not None:
         return found
-    reason = unavailable_reason()
+    path = env_path(root)
+    failed = failure_marker(path)
+    if failed.is_file() and not retry:
+        raise EnvUnavailable(f"{failed.read_text(encoding='utf-8').strip()} (an earlier build failed; "
+                             "`aipc npu-lib-env` tries again)")
+    reason = unavailable_reason() or path_budget_problem(path)
     if reason:
         raise EnvUnavailable(reason)
-    return build(env_path(root))
+    try:
+        env = build(path)
+    except EnvUnavailable as err:
+        failed.write_text(str(err), encoding="utf-8")
+        raise
+    failed.unlink(missing_ok=True)
+    return env
+
+
+def failure_marker(path: Path) -> Path:
+    """Where the reason of a failed build of the environment at ``path`` is kept."""
+    return path.with_name(f"{path.name}.failed")
 
 
 def build(path: Path) -> NpuLibEnv:
@@ -185,31 +245,45 @@ def build(path: Path) -> NpuLibEnv:
     start = time.perf_counter()
     path.parent.mkdir(parents=True, exist_ok=True)
     log.write_text(f"# build of {path.name}\n", encoding="utf-8")
-    with staged_dir(path) as tmp:
-        with step("creating the venv"):
-            venv.EnvBuilder(with_pip=True).create(tmp)
-        python = venv_python(tmp)
-        with step(f"installing {TORCH}, then openvino 2024.4, numpy<2, transformers, neural-compressor (pinned)"):
-            pip(python, ["install", "-c", str(CONSTRAINTS), TORCH], log)
-            pip(python, ["install", "-c", str(CONSTRAINTS), *REQUIREMENTS], log)
-        install_library(python, log)
-        with step(f"checking that {LIBRARY} imports"), tempfile.TemporaryDirectory(prefix="npu-lib-") as scratch:
-            try:
-                info = run_worker(python, "probe", [], Path(scratch))
-            except WorkerError as err:
-                raise EnvUnavailable(f"{LIBRARY} was built but does not import: {err}") from None
-        info.update(key=env_key(), build_s=round(time.perf_counter() - start, 1))
-        write_json_atomic(tmp / STAMP, info)
+    # Built in place, not in a staged sibling: a venv records its own path, and a longer temporary name would
+    # cost the characters Windows does not have. The stamp, written last, marks it complete (see load()).
+    if path.exists():
+        remove_tree(path)  # an earlier build that did not finish
+    try:
+        env = _build_into(path, log, start)
+    except BaseException:
+        remove_tree(path)
+        raise
     prune(path)
-    say(f"isolated environment ready in {info['build_s']:.0f} s: {path}")
+    say(f"isolated environment ready in {env.info['build_s']:.0f} s: {path}")
+    return env
+
+
+def _build_into(path: Path, log: Path, start: float) -> NpuLibEnv:
+    """Create the venv at ``path``, install everything, probe it, and write the stamp last."""
+    with step("creating the venv"):
+        venv.EnvBuilder(with_pip=True).create(path)
+    python = venv_python(path)
+    with step(f"installing {TORCH}, then openvino 2024.4, numpy<2, transformers, neural-compressor (pinned)"):
+        pip(python, ["install", "-c", str(CONSTRAINTS), TORCH], log)
+        pip(python, ["install", "-c", str(CONSTRAINTS), *REQUIREMENTS], log)
+    install_library(python, log)
+    with step(f"checking that {LIBRARY} imports"), tempfile.TemporaryDirectory(prefix="npu-lib-") as scratch:
+        try:
+            info = run_worker(python, "probe", [], Path(scratch))
+        except WorkerError as err:
+            raise EnvUnavailable(f"{LIBRARY} was built but does not import: {err}") from None
+    info.update(key=env_key(), build_s=round(time.perf_counter() - start, 1))
+    write_json_atomic(path / STAMP, info)
     return load(path.parent)
 
 
 def prune(current: Path) -> None:
     """Remove environments of older recipes beside ``current`` (each holds ~2 GB)."""
-    for old in current.parent.glob(f"npu-lib-{LIBRARY_VERSION}-*"):
-        if old.is_dir() and old.name != current.name and not old.name.startswith("."):
-            shutil.rmtree(old, ignore_errors=True)
+    for pattern in (f"{ENV_PREFIX}*", f"npu-lib-{LIBRARY_VERSION}-*", f".npu-lib-{LIBRARY_VERSION}-*"):  # + old names
+        for old in current.parent.glob(pattern):
+            if old.is_dir() and old.name != current.name:
+                remove_tree(old)
 
 
 def pip(python: Path, args: list[str], log: Path, extra_env: dict[str, str] | None = None) -> None:
@@ -282,7 +356,8 @@ def package_dir(python: Path, package: str) -> Path:
 def worker_env() -> dict[str, str]:
     """Environment of a worker: offline, no progress bars, nothing of the main environment's Python paths."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-    return {**env, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+    # UTF-8 both ways: the worker prints model text, and a cp1252 console must not garble or stop it
+    return {**env, "PYTHONIOENCODING": "utf-8", "PYTHONUTF8": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
             "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TQDM_DISABLE": "1"}
 
 
@@ -296,7 +371,7 @@ def run_worker(python: Path, command: str, args: list[str], cwd: Path) -> dict[s
     cmd = [str(python), "-I", "-u", str(WORKER), command, "--result", str(result), *args]
     tail: collections.deque[str] = collections.deque(maxlen=1)
     with subprocess.Popen(cmd, cwd=cwd, env=worker_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, errors="replace") as proc:
+                          text=True, encoding="utf-8", errors="replace") as proc:
         for line in proc.stdout:
             print(f"    {line.rstrip()}", file=sys.stderr, flush=True)
             if line.strip():

@@ -71,7 +71,7 @@ def test_stages_do_not_depend_on_openvino_params() -> None:
 def test_env_is_keyed_by_its_pins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AIPC_ENVS_DIR", str(tmp_path))
     before = npu_lib_env.env_path()
-    assert before.parent == tmp_path and before.name.startswith("npu-lib-1.4.0-")
+    assert before.parent == tmp_path and before.name.startswith(npu_lib_env.ENV_PREFIX) and len(before.name) == 13
     pins = tmp_path / "constraints.txt"
     pins.write_text(npu_lib_env.CONSTRAINTS.read_text().replace("numpy==1.26.4", "numpy==1.26.3"))
     monkeypatch.setattr(npu_lib_env, "CONSTRAINTS", pins)
@@ -153,7 +153,7 @@ def test_stage_refuses_a_tampered_model_before_any_worker_starts(tmp_path: Path,
                                 lock_file=lock)
     message = str(exc.value)
     assert message.startswith("refusing to load") and "not unpickled" in message and "\n" not in message
-    assert "export_npu_lib@int4" in message and "rebuild it with `dvc repro -f export_npu_lib@int4`" in message
+    assert "export_npu_lib@int4" in message and "repair with `aipc repair export_npu_lib@int4`" in message
     assert not marker.exists() and not (tmp_path / "metrics").exists()
 
 
@@ -282,3 +282,32 @@ def test_library_cache_folder_stays_under_cache_models_for_a_windows_drive_path(
     assert old.startswith("C:_Users"), "the library's own name escapes cache\\models on a drive path (the blocker)"
     assert new.startswith("cache\\models\\model-") and len(new) < 60 and ":" not in new
     assert other != new.rsplit("\\", 1)[1], "different models get different folders"
+
+
+def test_env_path_fits_windows_260_characters_or_says_what_to_do() -> None:
+    short = Path("C:/Users/someone-with-a-name/AppData/Local/aipc") / "nl-0123456789"
+    assert npu_lib_env.path_budget_problem(short, long_paths=False) is None, "the default Windows root fits"
+    deep = Path("C:/Users/someone-with-a-name/source/repos/aipc-pipeline/.aipc/envs") / "nl-0123456789"
+    problem = npu_lib_env.path_budget_problem(deep, long_paths=False)
+    assert problem and "\n" not in problem and "AIPC_ENVS_DIR" in problem and "LongPathsEnabled" in problem
+    assert npu_lib_env.path_budget_problem(deep, long_paths=True) is None
+
+
+def test_a_failed_env_build_is_not_retried_by_every_stage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    builds = []
+
+    def failing_build(path: Path) -> None:
+        builds.append(path)
+        raise npu_lib_env.EnvUnavailable("pip install failed (exit 1): no matching distribution")
+
+    monkeypatch.setattr(npu_lib_env, "unavailable_reason", lambda: None)
+    monkeypatch.setattr(npu_lib_env, "build", failing_build)
+    for _ in range(3):  # the six stages of the default pipeline would each try
+        with pytest.raises(npu_lib_env.EnvUnavailable, match="no matching distribution"):
+            npu_lib_env.ensure(tmp_path)
+    assert len(builds) == 1, "only the first stage builds"
+    with pytest.raises(npu_lib_env.EnvUnavailable, match="an earlier build failed; `aipc npu-lib-env` tries again"):
+        npu_lib_env.ensure(tmp_path)
+    with pytest.raises(npu_lib_env.EnvUnavailable):
+        npu_lib_env.ensure(tmp_path, retry=True)
+    assert len(builds) == 2, "aipc npu-lib-env retries"
