@@ -349,6 +349,7 @@ class ValidateConfig:
     max_mean_kl: dict[WeightFormat, Nats] = field(default_factory=dict)
     device_numerics: DeviceNumericsConfig = field(default_factory=DeviceNumericsConfig)
     emulate_numerics: list[Literal["bf16", "f16"]] = field(default_factory=lambda: ["bf16", "f16"])
+    npuw_max_size_mb: Annotated[float, _check(lambda v: v >= 0, "must be >= 0 (MB), got {}")] = 1000.0
     long_context: LongContextConfig = field(default_factory=LongContextConfig)
 
     def __post_init__(self) -> None:

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline import devices
+from pipeline import devices, npu_lane
 from pipeline.artifacts import (ARTIFACTS, file_hashes, folder_bytes, read_manifest, staged_dir, write_json_atomic,
                                 write_manifest)
 from pipeline.config import NpuVariantConfig, load_params, pick_variant
@@ -61,12 +61,25 @@ def compile_blob(model_dir: Path, settings: dict[str, Any]) -> dict[str, Any]:
             "skips_compilation": load_s < compile_s}
 
 
-def blob_step(folder: Path, settings: dict[str, Any], status: dict[str, devices.DeviceStatus]) -> dict[str, Any]:
-    """Build the blob where an NPU exists; otherwise record honestly that it is deferred."""
+def blob_step(folder: Path, settings: dict[str, Any], status: dict[str, devices.DeviceStatus],
+              npuw_max_size_mb: float = 0.0) -> dict[str, Any]:
+    """Build the blob where an NPU exists; otherwise record honestly that it is deferred.
+
+    Without an NPU, a small IR (up to ``npuw_max_size_mb``) still goes through the blob round trip on NPUW's CPU
+    backend (export with weights, reload, same tokens); that blob is not shipped (:func:`npu_lane.blob_round_trip`).
+    """
     npu = status["NPU"]
     if not npu.available:
         say(f"no NPU here ({npu.reason}): blob deferred to the target machine")
-        return {"blob": DEFERRED, "npu_absent_reason": npu.reason}
+        facts: dict[str, Any] = {"blob": DEFERRED, "npu_absent_reason": npu.reason}
+        skip = npu_lane.too_large(folder, npuw_max_size_mb)
+        if skip:
+            return {**facts, "npuw_blob_check": f"not run: {skip}"}
+        with step("blob round trip through NPUW on the CPU backend (export with weights, reload, same tokens)"):
+            check = npu_lane.blob_round_trip(folder, settings, prompt_ids(folder), scratch=folder.parent)
+        if not check["same_tokens_after_reload"]:
+            fail(f"the NPUW blob of {folder.name} generated other tokens after reloading: {check['tokens']}")
+        return {**facts, "npuw_blob_check": check}
     with step(f"compiling for the NPU ({npu.full_name}, driver {npu.driver}) and exporting the blob"):
         facts = compile_blob(folder, settings)
     import openvino as ov
@@ -74,8 +87,18 @@ def blob_step(folder: Path, settings: dict[str, Any], status: dict[str, devices.
     return {**facts, "npu_driver": npu.driver, "npu_compiler": npu.compiler, "openvino": ov.get_version()}
 
 
+def prompt_ids(folder: Path) -> list[int]:
+    """A short chat prompt tokenized by the artifact's own tokenizer IR (for the blob round trip)."""
+    import openvino_genai as ov_genai
+
+    ids = ov_genai.Tokenizer(str(folder)).encode("<|user|>Can you introduce yourself?<|end|><|assistant|>",
+                                                  add_special_tokens=False).input_ids.data[0]
+    return [int(i) for i in ids]
+
+
 def run(name: str, cfg: NpuVariantConfig, model_dir: Path = MODEL_DIR, out_root: Path = OUT_ROOT,
-        status: dict[str, devices.DeviceStatus] | None = None, base_dir: Path | None = BASE_DIR) -> dict:
+        status: dict[str, devices.DeviceStatus] | None = None, base_dir: Path | None = BASE_DIR,
+        npuw_max_size_mb: float = 0.0) -> dict:
     """Export NPU variant ``name`` from ``model_dir`` to ``out_root/name`` (with a blob where an NPU exists).
 
     Args:
@@ -97,11 +120,14 @@ def run(name: str, cfg: NpuVariantConfig, model_dir: Path = MODEL_DIR, out_root:
         summary = export_into(tmp, f"npu-{name}", ov_cfg, model_dir, base_dir if base_dir and base_dir.is_dir() else None)
         check_npu_layout(summary)
         write_json_atomic(tmp / NPU_CONFIG, cfg.run_settings())
-        blob = blob_step(tmp, cfg.run_settings(), status)
+        blob = blob_step(tmp, cfg.run_settings(), status, npuw_max_size_mb)
         fields = manifest_fields(source, cfg, summary)
         # blob timings differ between runs: the run log gets them (with the export's), the manifest does not
+        check = blob.get("npuw_blob_check") if isinstance(blob.get("npuw_blob_check"), dict) else {}
         fields["timings"] = {**fields["timings"], **{k: blob.pop(k) for k in ("compile_s", "load_from_blob_s")
-                                                     if k in blob}}
+                                                     if k in blob},
+                             **{f"npuw_blob_{k}": check.pop(k) for k in ("compile_s", "load_from_blob_s", "bytes")
+                                if k in check}}  # blob bytes vary between compilations too
         manifest = write_manifest(
             tmp, stage="export_npu", variant=name, format="openvino-ir-npu", **fields,
             npu_run_settings=cfg.run_settings(), npu_blob=blob,
@@ -145,7 +171,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("variant", help="key under `npu` in params.yaml, e.g. int4")
     args = parser.parse_args(argv)
-    run(args.variant, pick_variant(load_params().npu, args.variant, "NPU"))
+    params = load_params()
+    run(args.variant, pick_variant(params.npu, args.variant, "NPU"), npuw_max_size_mb=params.validate.npuw_max_size_mb)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ class CellPlan:
     stand_in_for: str | None = None
     skip_reason: str | None = None
     note: str | None = None
+    backend: str | None = None  # NPU cell run through NPUW on this device (no NPU here): what must execute
 
 
 def plan_cells(targets: list[str], status: dict[str, DeviceStatus], cpu_stand_in: bool) -> list[CellPlan]:
@@ -206,12 +207,15 @@ def judge(plan: CellPlan, got: Measurement, reference: dict, thresholds: Thresho
     exact, divergence = greedy_match(got.outputs, reference)
     verdicts = thresholds if isinstance(thresholds, Verdicts) else Verdicts(thresholds)
     problems = verdicts.problems(got)
-    ok, executed = executed_device(plan.device, got.executed)
+    ok, executed = executed_device(plan.backend or plan.device, got.executed)
     if not ok:
-        problems.append(f"asked for {plan.device} but ran on {executed} (silent fallback)")
+        problems.append(f"asked for {plan.backend or plan.device} but ran on {executed} (silent fallback)")
     if not got.tokenizer_matches_reference:
         problems.append("the artifact's tokenizer tokenizes the prompts differently from the original tokenizer")
     label = f"{kind}, validated on {executed}"
+    if plan.backend:
+        executed = f"{executed} (NPUW)"
+        label = f"{kind}, NPU pipeline (NPUW), {plan.backend} backend: NPU compiler not exercised"
     if plan.stand_in_for:
         label = f"{kind}, validated on {executed} (stand-in: no {plan.stand_in_for} here)"
     short = next(iter(got.perf.values()))

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline import fidelity, matrix, numerics
+from pipeline import fidelity, matrix, npu_lane, numerics
 from pipeline.artifacts import ARTIFACTS, folder_bytes, read_manifest
 from pipeline.config import ValidateConfig, load_params, pick_variant
-from pipeline.errors import run_main
+from pipeline.errors import fail, run_main
 from pipeline.log import step
 
 IR_ROOT = ARTIFACTS / "openvino"
@@ -85,14 +85,34 @@ def time_prompt(pipe: Any, prompt_ids: list[int], cfg: ValidateConfig) -> matrix
     return matrix.Perf.from_runs(len(prompt_ids), cfg.perf_new_tokens, ttft, tpot)
 
 
-def measure_generation(ir_dir: Path, device: str, cfg: ValidateConfig, reference: dict) -> dict[str, Any]:
-    """Load the IR in ``LLMPipeline`` on ``device``, generate greedily for every prompt and time each prompt length."""
+def measure_generation(ir_dir: Path, device: str, cfg: ValidateConfig, reference: dict,
+                       backend: str | None = None) -> dict[str, Any]:
+    """Load the IR in ``LLMPipeline`` on ``device``, generate greedily for every prompt and time each prompt length.
+
+    ``backend="CPU"`` on the NPU runs the NPU pipeline through NPUW on the CPU (:mod:`pipeline.npu_lane`). A prompt
+    over an NPU artifact's MAX_PROMPT_LEN fails with one line instead of NPUW's multi-line error.
+    """
+    try:
+        return _measure_generation(ir_dir, device, cfg, reference, backend)
+    except RuntimeError as err:
+        line = npu_lane.as_prompt_limit_error(err) if device == "NPU" else None
+        if line:
+            fail(line)
+        raise
+
+
+def _measure_generation(ir_dir: Path, device: str, cfg: ValidateConfig, reference: dict,
+                        backend: str | None) -> dict[str, Any]:
     import numpy as np
     import openvino as ov
     import openvino_genai as ov_genai
 
+    properties = device_properties(ir_dir, device)
+    if backend:
+        properties = {k: v for k, v in properties.items() if k != "BLOB_PATH"}  # an NPU blob is not for NPUW
+        properties.update(npu_lane.NPUW_CPU)
     start = time.perf_counter()
-    pipe = ov_genai.LLMPipeline(str(ir_dir), device, **device_properties(ir_dir, device))
+    pipe = ov_genai.LLMPipeline(str(ir_dir), device, **properties)
     load_s = time.perf_counter() - start
     gen_cfg = pipe.get_generation_config()
     gen_cfg.max_new_tokens, gen_cfg.do_sample = cfg.max_new_tokens, False
@@ -186,8 +206,9 @@ def measure_cell(target: Target, plan: matrix.CellPlan, cfg: ValidateConfig, evi
     """Run one cell: generation and speed with GenAI at the device's defaults, then both fidelity figures."""
     matrix.reset_peak_rss()
     reference = evidence.reference
-    with step(f"[{target.artifact} @ {plan.column}] generating on {plan.device} with openvino_genai"):
-        gen = measure_generation(target.ir_dir, plan.device, cfg, reference)
+    where = f"{plan.device} (NPUW, {plan.backend} backend)" if plan.backend else plan.device
+    with step(f"[{target.artifact} @ {plan.column}] generating on {where} with openvino_genai"):
+        gen = measure_generation(target.ir_dir, plan.device, cfg, reference, plan.backend)
     # The NPU compiles LLMs only through GenAI's pipeline; teacher forcing then runs the same IR on CPU.
     forced_device = "CPU" if plan.device == "NPU" else plan.device
     with step(f"[{target.artifact} @ {plan.column}] artifact fidelity on {forced_device} at f32 (teacher-forced)"):
@@ -198,7 +219,8 @@ def measure_cell(target: Target, plan: matrix.CellPlan, cfg: ValidateConfig, evi
         with step(f"[{target.artifact} @ {plan.column}] device numerics on {forced_device} at its defaults"):
             device = numerics_fidelity(target.ir_dir, forced_device, evidence, pinned_logits, None)
     if plan.device == "NPU":
-        executed = "NPU"  # LLMPipeline(..., "NPU") raises rather than falling back
+        # LLMPipeline(..., "NPU") raises rather than falling back; through NPUW every subgraph ran on the backend
+        executed = plan.backend or "NPU"
     return matrix.Measurement(
         executed=executed, load_s=gen["load_s"], peak_rss_mb=matrix.peak_rss_mb(), perf=gen["perf"],
         fidelity=pinned["fidelity"], outputs=gen["outputs"], sample=gen["text"],
@@ -230,6 +252,33 @@ def emulation_cells(target: Target, cfg: ValidateConfig, evidence: Evidence, ver
     return cells
 
 
+def npu_lanes(target: Target, cfg: ValidateConfig, plans: list[matrix.CellPlan]) -> list[matrix.CellPlan]:
+    """Without an NPU, the NPU cell runs the NPU pipeline itself through NPUW on the CPU (small IRs only)."""
+    out = []
+    for plan in plans:
+        if plan.device == "NPU" and plan.skip_reason:
+            too_large = npu_lane.too_large(target.ir_dir, cfg.npuw_max_size_mb)
+            if too_large is None:
+                plan = matrix.CellPlan(plan.column, "NPU", backend="CPU",
+                                       note=f"no NPU here ({plan.skip_reason}): {npu_lane.LABEL}")
+            else:
+                plan = matrix.CellPlan(plan.column, "NPU", skip_reason=f"{plan.skip_reason}; {too_large}")
+        out.append(plan)
+    return out
+
+
+def same_tokens_as_cpu(cells: dict[str, matrix.Cell], outputs: dict[str, list[list[int]]]) -> None:
+    """The NPU pipeline through NPUW must generate the CPU pipeline's tokens: a difference fails its cell."""
+    npuw = cells.get("NPU")
+    cpu = next((c for c in (matrix.STAND_IN, "CPU") if c in outputs), None)
+    if npuw is None or "NPU" not in outputs or cpu is None or npuw.device_executed == "NPU":
+        return
+    if outputs["NPU"] != outputs[cpu]:
+        npuw.problems.append(f"the NPU pipeline through NPUW generated other tokens than the CPU pipeline "
+                             f"({cpu} cell) at the same compute precision")
+        npuw.status = "failed"
+
+
 def verdicts_for(cfg: ValidateConfig, weight_format: str) -> matrix.Verdicts:
     """The thresholds of one artifact: its weight format's, the compute precisions', the long-context ranges'."""
     device = {c: matrix.Thresholds(f"{c} compute", **cfg.device_numerics.thresholds(c))
@@ -257,13 +306,15 @@ def run(target: Target, cfg: ValidateConfig, reference_path: Path = REFERENCE, m
     weight_format = read_manifest(target.ir_dir)["parameters"].get("weight_format", "int4")
     evidence = Evidence.load(reference_path)
     verdicts = verdicts_for(cfg, weight_format)
-    cells, pinned_runs = {}, {}
-    for plan in matrix.plan_cells(target.devices, status or devices.detect(), cfg.cpu_stand_in):
+    cells, pinned_runs, outputs = {}, {}, {}
+    for plan in npu_lanes(target, cfg, matrix.plan_cells(target.devices, status or devices.detect(), cfg.cpu_stand_in)):
         if plan.skip_reason:
             cells[plan.column] = matrix.skipped_cell(plan, target.kind)
             continue
         got = measure_cell(target, plan, cfg, evidence, pinned_runs)
+        outputs[plan.column] = got.outputs
         cells[plan.column] = matrix.judge(plan, got, evidence.reference, verdicts, target.kind)
+    same_tokens_as_cpu(cells, outputs)
     cells.update(emulation_cells(target, cfg, evidence, verdicts, pinned_runs))
     size_mb = round(folder_bytes(target.ir_dir) / 2**20, 3)
     record = matrix.MetricsRecord(target.artifact, target.family, weight_format, size_mb,

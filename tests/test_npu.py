@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import devices, download, export_npu, matrix, validate
+from pipeline import devices, download, export_npu, matrix, validate, npu_lane
 from pipeline.config import ConfigError, ModelConfig, NpuVariantConfig, compose
 from pipeline.ir_inspect import inspect_ir
 
@@ -85,6 +85,41 @@ def test_without_npu_the_blob_is_deferred_not_claimed(deferred) -> None:
     assert manifest["npu_blob"]["blob"] == export_npu.DEFERRED
     assert not (folder / export_npu.BLOB).exists()
     assert manifest["devices"]["NPU"]["available"] is False
+    assert manifest["npu_blob"]["npuw_blob_check"].startswith("not run: "), "the fixture leaves the NPUW check off"
+
+
+def test_without_npu_the_blob_round_trips_through_npuw_on_cpu_and_is_not_shipped(
+        tiny_model: Path, tmp_path: Path) -> None:
+    manifest = export_npu.run("int4", NpuVariantConfig(), tiny_model, tmp_path / "npu", status=no_npu(),
+                              npuw_max_size_mb=1000)
+    check = manifest["npu_blob"]["npuw_blob_check"]
+    assert check["compiled_by"] == npu_lane.BLOB_BACKEND and "NPU blob" not in check["compiled_by"]
+    assert check["same_tokens_after_reload"] is True and len(check["tokens"]) > 0
+    assert manifest["timings"]["npuw_blob_bytes"] > folder_size_of_weights(tmp_path / "npu" / "int4"), "weights inside"
+    assert manifest["timings"]["npuw_blob_load_from_blob_s"] >= 0
+    shipped = sorted(p.name for p in (tmp_path / "npu" / "int4").iterdir())
+    assert not [n for n in shipped if n.endswith(".blob")], "a CPU-backend blob is never shipped as the NPU blob"
+    assert manifest["npu_blob"]["blob"] == export_npu.DEFERRED
+
+
+def folder_size_of_weights(folder: Path) -> int:
+    return (folder / "openvino_model.bin").stat().st_size // 2
+
+
+def test_an_over_long_prompt_on_the_npu_lane_is_one_line(deferred) -> None:
+    import openvino_genai as ov_genai
+
+    from pipeline.errors import StageError
+
+    folder, _ = deferred
+    settings = json.loads((folder / "npu_config.json").read_text())
+    pipe = ov_genai.LLMPipeline(str(folder), "NPU", **settings, **npu_lane.NPUW_CPU)
+    assert npu_lane.generate_ids(pipe, [1, 450, 4996] * 10, 4), "a prompt within the limit generates"
+    with pytest.raises(StageError) as exc:
+        npu_lane.generate_ids(pipe, [450] * (settings["MAX_PROMPT_LEN"] + 1), 4)
+    message = str(exc.value)
+    assert "\n" not in message and f"{settings['MAX_PROMPT_LEN'] + 1} tokens" in message
+    assert f"at most {settings['MAX_PROMPT_LEN']} (MAX_PROMPT_LEN)" in message and "max_prompt_len=" in message
 
 
 def test_with_an_npu_the_stage_compiles_a_blob_and_times_the_reload(
