@@ -105,7 +105,7 @@ def call_worker(name: str, env: npu_lib_env.NpuLibEnv, command: str, args: list[
         return npu_lib_env.run_worker(env.python, command, args, cwd)
     except npu_lib_env.WorkerError as err:
         if err.returncode == npu_lib_env.REFUSED:  # the worker refused the file before anything of it ran
-            fail(f"{str(err).removeprefix('error: ')} (rebuild it with `dvc repro -f export_npu_lib@{name}`)")
+            fail(f"{str(err).removeprefix('error: ')} (repair with `aipc repair export_npu_lib@{name}`)")
         fail(f"[npu_lib-{name}] {command} failed in the isolated environment: {err}")
 
 
@@ -117,7 +117,7 @@ def checked_model_file(folder: Path, manifest: dict, lock_file: Path = LOCK_FILE
     the pickle's sha256 against the verified manifest again, right before loading it.
     """
     name, path = folder.name, folder / manifest["model_file"]
-    rebuild = f"rebuild it with `dvc repro -f export_npu_lib@{name}`"
+    rebuild = f"repair with `aipc repair export_npu_lib@{name}`"
     if not path.is_file():
         fail(f"{path} missing: {rebuild}")
     expected = locked_md5(f"export_npu_lib@{name}", folder, lock_file)
@@ -234,6 +234,9 @@ def main(argv: list[str] | None = None) -> None:
     params = load_params()
     pick_variant(params.npu_lib, args.variant, "npu_lib")
     if args.validate:
+        from pipeline.verify import verify_for_use
+
+        verify_for_use(OUT_ROOT / args.variant, REFERENCE.parent)
         validate(args.variant, params.validate)
     else:
         run(args.variant, params.npu_lib[args.variant])

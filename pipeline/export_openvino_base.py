@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import shutil
 from pathlib import Path
 from typing import Any, Iterator
@@ -49,7 +50,7 @@ def compress_from_base(base_dir: Path, model_dir: Path, out: Path, quantization_
 
     make_placeholders(out)
     with MappedPageTrimmer(weight_files(base_dir) if lean else []), reuse_data_free_sensitivity(base_dir, lean):
-        model = OVModelForCausalLM.from_pretrained(base_dir, compile=False, use_cache=True)
+        model = load_base_quietly(OVModelForCausalLM, base_dir)
         model._apply_quantization(quantization_config, compile_only=False, compile_model=False,
                                   model_name_or_path=str(model_dir), trust_remote_code=False,
                                   save_directory=out, immediate_save=True)
@@ -57,6 +58,21 @@ def compress_from_base(base_dir: Path, model_dir: Path, out: Path, quantization_
     for path in Path(base_dir).iterdir():  # tokenizer IR, configs, chat template
         if path.is_file() and path.name not in (*MODEL_FILES, "manifest.json") and not (out / path.name).exists():
             shutil.copyfile(path, out / path.name)  # content only: no read-only flag from the DVC cache
+
+
+def load_base_quietly(model_class: Any, base_dir: Path) -> Any:
+    """``from_pretrained`` of the local base IR without optimum-intel's stray offline message.
+
+    In offline mode optimum-intel's ``modeling_base`` treats a local ``Path`` as a hub id first and logs
+    "Path.replace() takes 2 positional arguments but 3 were given" before loading the folder correctly.
+    """
+    quiet = logging.getLogger("optimum.intel.openvino.modeling_base")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        return model_class.from_pretrained(base_dir, export=False, compile=False, use_cache=True)
+    finally:
+        quiet.setLevel(level)
 
 
 def make_placeholders(out: Path) -> None:

@@ -123,7 +123,7 @@ def test_payload_with_matching_manifest_and_lock_is_refused_and_nothing_runs(
     message = str(exc.value)
     assert message.startswith("refusing to load pytorch_npu_model.pt: it is not only the library's model")
     assert "nothing in it ran" in message and "\n" not in message
-    assert message.endswith("(rebuild it with `dvc repro -f export_npu_lib@int4`)")
+    assert message.endswith("(repair with `aipc repair export_npu_lib@int4`)")
     assert not marker.exists() and not (tmp_path / "validate-result.json").exists()
 
 
