@@ -28,7 +28,7 @@ def venv_python() -> Path:
 def install() -> None:
     """Create the venv and install pinned dependencies, unless the same set is already installed."""
     # setup.py and the C file: the native page trimmer is compiled at install (Linux, optional)
-    inputs = ("constraints.txt", "pyproject.toml", "setup.py", "pipeline/_pagetrim.c")
+    inputs = ("constraints.txt", "pyproject.toml", "setup.py", "pipeline/core/_pagetrim.c")
     wanted = hashlib.sha256(b"".join((ROOT / name).read_bytes() for name in inputs)).hexdigest()
     if STAMP.is_file() and STAMP.read_text().strip() == wanted and venv_python().is_file():
         print("[bootstrap] environment up to date", flush=True)

@@ -78,7 +78,7 @@ def build_checkpoint(dest: Path) -> Path:
     (tmp / "config.json").write_text(json.dumps(PHI3_MINI_4K, indent=2))
     for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
         shutil.copy2(TINY / name, tmp / name)
-    from pipeline.artifacts import write_manifest
+    from pipeline.core.artifacts import write_manifest
 
     write_manifest(tmp, stage="benchmark", model="phi3-mini-shaped-random", source="local")
     tmp.rename(dest)
@@ -151,12 +151,12 @@ def tree_memory(root: Any) -> int:
     return total
 
 
-STAGE_START = "from pipeline.lean import use_huge_pages; use_huge_pages(); "  # what every export stage does first
+STAGE_START = "from pipeline.openvino.lean import use_huge_pages; use_huge_pages(); "  # what every export stage does first
 
 
 def ours(code: str) -> list[str]:
     """A Python command running pipeline code in a fresh process (as a DVC stage would)."""
-    return [sys.executable, "-c", STAGE_START + "from pathlib import Path; from pipeline.config import "
+    return [sys.executable, "-c", STAGE_START + "from pathlib import Path; from pipeline.core.config import "
             "OpenVinoVariantConfig as C; from pipeline import export_openvino as eo, export_openvino_base as eb; " + code]
 
 
@@ -178,11 +178,11 @@ def commands(model: Path, work: Path) -> dict[str, list[list[str]]]:
     def compress(name: str, cfg: str) -> list[str]:
         return ours(f"eo.run('{name}', {cfg}, Path(r'{model}'), Path(r'{work / 'aipc'}'), base_dir=Path(r'{base}'))")
 
-    onnx_ours = [sys.executable, "-c", STAGE_START + "from pathlib import Path; from pipeline.export_onnx import run; from "
-                 "pipeline.config import OnnxVariantConfig as C; cfg = C(execution_provider='dml', precision='int4', "
+    onnx_ours = [sys.executable, "-c", STAGE_START + "from pathlib import Path; from pipeline.onnx.export import run; from "
+                 "pipeline.core.config import OnnxVariantConfig as C; cfg = C(execution_provider='dml', precision='int4', "
                  "block_size=128, is_symmetric=True, algo_config='default', enable_dml_graph=True);"
                  f"run('onnx-dml-int4', cfg, Path(r'{model}'), Path(r'{work / 'aipc'}'))"]
-    npu = ours(f"from pipeline.config import NpuVariantConfig as N; from pipeline import export_npu; export_npu.run("
+    npu = ours(f"from pipeline.core.config import NpuVariantConfig as N; from pipeline import export_npu; export_npu.run("
                f"'npu-int4', N(), Path(r'{model}'), Path(r'{work / 'aipc'}'), base_dir=Path(r'{base}'))")
     table = {
         # the pipeline's int4: export_openvino_base then export_openvino@int4 (two stages, two processes)

@@ -135,34 +135,34 @@ def instrument_onnx(sampler: Sampler) -> None:
 
 def run_export(kind: str, path: str, model: Path, work: Path) -> Path:
     """Run one export into ``work/<kind>-<path>`` the way the pipeline stage does."""
-    from pipeline.config import OpenVinoVariantConfig as C
+    from pipeline.core.config import OpenVinoVariantConfig as C
 
     out, lean = work / f"{kind}-{path}", path == "lean"
     shutil.rmtree(out, ignore_errors=True)
     if kind in ("int4", "fp16", "int8"):
-        from pipeline.export_openvino import run
+        from pipeline.openvino.export import run
 
         cfg = C(weight_format="int4", group_size=128, ratio=0.6, sym=True) if kind == "int4" else C(weight_format=kind)
         run(out.name, cfg, model, work, base_dir=None, lean=lean)  # from PyTorch, as optimum-cli does
     elif kind == "base":
-        from pipeline.export_openvino_base import run
+        from pipeline.openvino.export_base import run
 
         run(model, out, lean=lean)
     elif kind == "compress-int4":
-        from pipeline.export_openvino import run
+        from pipeline.openvino.export import run
 
         base = work / f"base-{path}"
         if not base.is_dir():
             raise SystemExit(f"no base IR in {base}: run `memory_breakdown.py base --path {path}` first")
         run(out.name, C(weight_format="int4", group_size=128, ratio=0.6, sym=True), model, work, base_dir=base, lean=lean)
     elif kind == "npu-int4":
-        from pipeline.config import NpuVariantConfig
-        from pipeline.export_npu import run
+        from pipeline.core.config import NpuVariantConfig
+        from pipeline.openvino.export_npu import run
 
         run(out.name, NpuVariantConfig(), model, work, base_dir=work / f"base-{path}")
     elif kind == "onnx-dml-int4":
-        from pipeline.config import OnnxVariantConfig
-        from pipeline.export_onnx import run
+        from pipeline.core.config import OnnxVariantConfig
+        from pipeline.onnx.export import run
 
         run(out.name, OnnxVariantConfig(execution_provider="dml", precision="int4", block_size=128, is_symmetric=True,
                                         algo_config="default", enable_dml_graph=True), model, work)

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from pipeline.errors import fail
+from pipeline.core.errors import fail
 
 SYSTEM = "You are a helpful AI assistant."
 
@@ -33,7 +33,7 @@ class OnnxChat:
     def __init__(self, folder: Path, device: str) -> None:
         import onnxruntime_genai as og
 
-        from pipeline.devices import onnx_provider_status
+        from pipeline.validation.devices import onnx_provider_status
 
         genai = json.loads((folder / "genai_config.json").read_text(encoding="utf-8"))
         options = genai["model"]["decoder"]["session_options"].get("provider_options") or [{}]
@@ -71,7 +71,7 @@ def open_pipeline(artifact: Path, device: str):
     if not (artifact / "openvino_model.xml").is_file():
         fail(f"{artifact} is neither an OpenVINO IR folder (openvino_model.xml) nor an ONNX Runtime GenAI folder "
              f"(genai_config.json): pass e.g. artifacts/openvino/int4 or artifacts/onnx/cpu_int4")
-    from pipeline import devices
+    from pipeline.validation import devices
 
     state = devices.detect().get(device.split(":")[0].split(".")[0])
     if state is not None and not state.available:
@@ -87,10 +87,10 @@ def open_pipeline(artifact: Path, device: str):
 def chat(artifact: Path, device: str = "CPU", prompt: str | None = None, max_new_tokens: int = 256) -> str:
     """Stream answers from ``artifact``; returns the last answer (one-shot when ``prompt`` is given).
 
-    The folder is verified first (:func:`pipeline.verify.verify_folder`): every file against its manifest,
+    The folder is verified first (:func:`pipeline.core.verify.verify_folder`): every file against its manifest,
     and against ``dvc.lock`` when it is a pipeline output; a folder without a manifest is refused.
     """
-    from pipeline.verify import verify_folder
+    from pipeline.core.verify import verify_folder
 
     verify_folder(Path(artifact))
     onnx = (Path(artifact) / "genai_config.json").is_file()

@@ -15,76 +15,76 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import PARAMS_FILE, build, compose, dump_yaml, load_params
-from pipeline.errors import fail, run_main
+from pipeline.core.config import PARAMS_FILE, build, compose, dump_yaml, load_params
+from pipeline.core.errors import fail, run_main
 
 
 def cmd_download() -> None:
     """Download the configured model into artifacts/model (hub, local folder or tiny)."""
-    from pipeline import download
+    from pipeline.hub import download
 
     download.run(load_params().model)
 
 
 def cmd_reference() -> None:
     """Run the original PyTorch model once and record the reference outputs."""
-    from pipeline import reference
+    from pipeline.validation import reference
 
     reference.run(load_params().validate)
 
 
 def cmd_export_openvino(variant: str) -> None:
     """Export one OpenVINO IR variant (int4, int8, fp16, ...) from artifacts/model."""
-    from pipeline import export_openvino
+    from pipeline.openvino import export as export_openvino
 
     export_openvino.main([variant])
 
 
 def cmd_validate(variant: str) -> None:
     """Run one IR variant with openvino_genai and compare it with the PyTorch reference."""
-    from pipeline import validate
+    from pipeline.openvino import validate
 
     validate.main([variant])
 
 
 def cmd_export_onnx(variant: str) -> None:
     """Build one ONNX Runtime GenAI variant (dml_int4, dml_fp16, cpu_int4, ...) from artifacts/model."""
-    from pipeline import export_onnx
+    from pipeline.onnx import export as export_onnx
 
     export_onnx.main([variant])
 
 
 def cmd_validate_onnx(variant: str) -> None:
     """Run one ONNX variant with onnxruntime-genai and compare it with the PyTorch reference."""
-    from pipeline import validate_onnx
+    from pipeline.onnx import validate as validate_onnx
 
     validate_onnx.main([variant])
 
 
 def cmd_onnx_compat(target: str) -> None:
     """Check an ONNX variant (or folder) loads and runs in onnxruntime-genai 0.13.1, what Windows DML users get."""
-    from pipeline import onnx_compat
+    from pipeline.onnx import compat as onnx_compat
 
     onnx_compat.main([target])
 
 
 def cmd_export_npu(variant: str) -> None:
     """Export an NPU-ready IR (int4 sym, ratio 1.0) and, where an NPU exists, its compiled blob."""
-    from pipeline import export_npu
+    from pipeline.openvino import export_npu
 
     export_npu.main([variant])
 
 
 def cmd_validate_npu(variant: str) -> None:
     """Validate an NPU-ready IR on the NPU, or on CPU (labelled so) where there is none."""
-    from pipeline import validate
+    from pipeline.openvino import validate
 
     validate.main(["--npu", variant])
 
 
 def cmd_compile_npu_blob(artifact: str) -> None:
     """On the NPU machine: compile a deferred NPU artifact folder into a blob (weights included)."""
-    from pipeline import export_npu
+    from pipeline.openvino import export_npu
 
     facts = export_npu.compile_deferred(Path(artifact))
     print(json.dumps(facts, indent=2))
@@ -92,21 +92,21 @@ def cmd_compile_npu_blob(artifact: str) -> None:
 
 def cmd_export_npu_lib(variant: str) -> None:
     """Compile the original NPU recipe (intel-npu-acceleration-library int4/int8/fp16) in its own environment."""
-    from pipeline import export_npu_lib
+    from pipeline.npu_lib import export as export_npu_lib
 
     export_npu_lib.main([variant])
 
 
 def cmd_validate_npu_lib(variant: str) -> None:
     """Load an intel-npu-acceleration-library model (after its hash check), generate and compare with PyTorch."""
-    from pipeline import export_npu_lib
+    from pipeline.npu_lib import export as export_npu_lib
 
     export_npu_lib.main(["--validate", variant])
 
 
 def cmd_npu_lib_env() -> None:
     """Create (first use) or show the isolated intel-npu-acceleration-library environment."""
-    from pipeline import npu_lib_env
+    from pipeline.npu_lib import env as npu_lib_env
 
     try:
         env = npu_lib_env.ensure(retry=True)
@@ -117,7 +117,7 @@ def cmd_npu_lib_env() -> None:
 
 def cmd_devices() -> None:
     """List CPU/GPU/NPU as OpenVINO sees them here, with versions or the reason a device is absent."""
-    from pipeline import devices
+    from pipeline.validation import devices
 
     for name, status in devices.detect().items():
         detail = status.full_name if status.available else status.reason
@@ -149,7 +149,7 @@ def cmd_chat(artifact: str, device: str = "CPU", prompt: str | None = None) -> N
 
 def cmd_verify(artifact: str) -> None:
     """Check an artifact folder's files against its manifest and dvc.lock, as validate/chat/publish do first."""
-    from pipeline.verify import stage_of, verify_folder
+    from pipeline.core.verify import stage_of, verify_folder
 
     manifest = verify_folder(Path(artifact))
     stage = stage_of(Path(artifact))
@@ -159,7 +159,7 @@ def cmd_verify(artifact: str) -> None:
 
 def cmd_repair(stage: str) -> None:
     """Rebuild a stage's tampered output: drop its bad DVC cache entries, `dvc repro -f -s <stage>`, verify."""
-    from pipeline.verify import repair
+    from pipeline.core.verify import repair
 
     for folder in repair(stage):
         print(f"repaired: {folder} matches its manifest and dvc.lock")
@@ -205,7 +205,7 @@ def _running_dvc_stages(dvc_tmp: Path) -> list[str]:
     DVC releases its repository lock while a stage's command runs and records the stage in ``rwlock``
     instead (dvc/stage/decorators.py ``unlocked_repo``, dvc/rwlock.py); entries of dead pids are stale.
     """
-    from pipeline.artifacts import pid_alive
+    from pipeline.core.artifacts import pid_alive
 
     try:
         data = json.loads((dvc_tmp / "rwlock").read_text(encoding="utf-8") or "{}")
@@ -258,7 +258,7 @@ def cmd_compose(overrides: list[str]) -> None:
 
 def cmd_check_config(overrides: list[str]) -> None:
     """Compose and type-check every model preset, and check params.yaml is not stale."""
-    from pipeline.config import CONF_DIR, PipelineConfig
+    from pipeline.core.config import CONF_DIR, PipelineConfig
 
     for preset in sorted((CONF_DIR / "model").glob("*.yaml")):
         extra = ["model.local_path=."] if preset.stem == "local" else []
@@ -278,14 +278,14 @@ def cmd_check_config(overrides: list[str]) -> None:
 
 def cmd_publish(argv: list[str]) -> None:
     """Publish validated artifacts (with a model card) to the Hugging Face Hub or a git remote; see `aipc publish --help`."""
-    from pipeline import publish
+    from pipeline.hub import publish
 
     publish.main(argv)
 
 
 def cmd_pull(repo: str, revision: str, dest: str, endpoint: str | None = None) -> None:
     """Download a published artifact at a pinned revision (tag, branch or commit) and check it against its manifest."""
-    from pipeline import publish
+    from pipeline.hub import publish
 
     manifest = publish.pull(repo, revision, Path(dest), endpoint=endpoint)
     print(f"{repo}@{manifest['commit']}: {len(manifest['files'])} files in {dest}, every sha256 matches the manifest")
@@ -332,7 +332,7 @@ def cmd_demo() -> None:
     if report.is_file():  # written even when a cell failed: it is the report people most need then
         print(report.read_text(encoding="utf-8"))
     if code:
-        from pipeline import report as report_stage
+        from pipeline.validation import report as report_stage
 
         params = load_params()
         line = report_stage.verdict_line(report_stage.collect_rows(report_stage.configured_artifacts(params),
@@ -344,7 +344,7 @@ def cmd_demo() -> None:
 
 def cmd_report() -> None:
     """Write artifacts/report/ (artifact x device table, plots) from artifacts/metrics, as the `report` stage does."""
-    from pipeline import report
+    from pipeline.validation import report
 
     report.run(load_params())
 
@@ -412,17 +412,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-EXPORTS = {"export-openvino", "export-onnx", "export-npu"}  # run like their DVC stages (pipeline.lean.use_huge_pages)
+EXPORTS = {"export-openvino", "export-onnx", "export-npu"}  # run like their DVC stages (pipeline.openvino.lean.use_huge_pages)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``aipc`` console script."""
-    from pipeline.log import console_safe
+    from pipeline.core.log import console_safe
 
     console_safe()
     args = build_parser().parse_args(argv)
     if argv is None and args.command in EXPORTS:
-        from pipeline.lean import use_huge_pages
+        from pipeline.openvino.lean import use_huge_pages
 
         use_huge_pages()
     values = {a: getattr(args, a) for a in args.argnames}

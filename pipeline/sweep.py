@@ -17,10 +17,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipeline.artifacts import write_json_atomic
-from pipeline.config import PARAMS_FILE, SweepConfig, compose
-from pipeline.errors import fail
-from pipeline.log import say, step
+from pipeline.core.artifacts import write_json_atomic
+from pipeline.core.config import PARAMS_FILE, SweepConfig, compose
+from pipeline.core.errors import fail
+from pipeline.core.log import say, step
 
 OUT_DIR = Path("artifacts") / "sweep"
 

@@ -13,9 +13,9 @@ Rules (all from the Python AST, never from regular expressions over the text):
   ``subprocess`` with ``text=True`` without an explicit encoding (Windows uses the ANSI code page, cp1252).
 * ``rename``: ``os.rename`` (fails on Windows when the target exists), and renames or replaces of what looks
   like a folder (the name of the source says dir/folder/env/staging/tree): a folder with an open, mapped or
-  scanned file inside cannot be renamed on Windows; use ``pipeline.artifacts`` helpers.
+  scanned file inside cannot be renamed on Windows; use ``pipeline.core.artifacts`` helpers.
 * ``rmtree-ignore``: ``shutil.rmtree(..., ignore_errors=True)`` silently leaves read-only files (DVC's cache
-  files, their hard links) behind on Windows; use ``pipeline.artifacts.remove_tree``.
+  files, their hard links) behind on Windows; use ``pipeline.core.artifacts.remove_tree``.
 * ``venv-bin``: hard-coded ``bin`` venv paths (``Scripts`` on Windows) with no Windows branch.
 
 A finding is guarded, and not reported, when it sits inside an ``if``/conditional expression that tests
@@ -69,15 +69,15 @@ GUARD_ERRORS = {
 
 # Known exceptions: (path, rule, enclosing function) -> why it is fine on Windows.
 ALLOWED: dict[tuple[str, str, str], str] = {
-    ("pipeline/artifacts.py", "rename", "replace_dir"):
+    ("pipeline/core/artifacts.py", "rename", "replace_dir"):
         "the one folder-rename helper; callers handle its PermissionError (Windows refuses while a file inside is open)",
-    ("pipeline/artifacts.py", "rename", "sweep_stale"):
+    ("pipeline/core/artifacts.py", "rename", "sweep_stale"):
         "puts back a previous output moved aside by a killed run; the helper module owns folder renames",
-    ("pipeline/lean.py", "posix-path", "MappedPageTrimmer._mappings"):
+    ("pipeline/openvino/lean.py", "posix-path", "MappedPageTrimmer._mappings"):
         "called only by trim() from the trimmer thread, which starts only when enabled (sys.platform linux)",
-    ("pipeline/npu_lib_env.py", "posix-path", "linux_build_reason"):
+    ("pipeline/npu_lib/env.py", "posix-path", "linux_build_reason"):
         "checks Path('/proc/cpuinfo').is_file() first and assumes AVX2/F16C when absent",
-    ("pipeline/npu_lib_env.py", "encoding", "linux_build_reason"):
+    ("pipeline/npu_lib/env.py", "encoding", "linux_build_reason"):
         "reads /proc/cpuinfo (ASCII, errors='replace'), which exists only on Linux",
 }
 
@@ -300,7 +300,7 @@ class _Checker(ast.NodeVisitor):
             flag = kwargs.get("ignore_errors", node.args[1] if len(node.args) > 1 else None)
             if isinstance(flag, ast.Constant) and flag.value is True:
                 self._report(node, "rmtree-ignore", "shutil.rmtree(ignore_errors=True) leaves read-only files behind "
-                             "on Windows; use pipeline.artifacts.remove_tree")
+                             "on Windows; use pipeline.core.artifacts.remove_tree")
         self.generic_visit(node)
 
     def _check_encoding(self, node: ast.Call, func: str, kwargs: dict[str, ast.AST]) -> None:
@@ -338,7 +338,7 @@ class _Checker(ast.NodeVisitor):
         method = node.func.attr if isinstance(node.func, ast.Attribute) else ""
         if func == "os.rename":
             self._report(node, "rename", "os.rename fails on Windows when the target exists; use os.replace for files, "
-                         "pipeline.artifacts helpers for folders")
+                         "pipeline.core.artifacts helpers for folders")
             return
         if func in ("os.replace", "shutil.move"):
             source = node.args[0] if node.args else None
@@ -349,7 +349,7 @@ class _Checker(ast.NodeVisitor):
         words = " ".join(_names(source)).lower() if source is not None else ""
         if any(word in words for word in FOLDER_WORDS):
             self._report(node, "rename", f"{func or '.' + method}() of what looks like a folder: Windows refuses while "
-                         "a file inside is open, mapped or scanned; use pipeline.artifacts helpers")
+                         "a file inside is open, mapped or scanned; use pipeline.core.artifacts helpers")
 
 
 def _names(node: ast.AST) -> list[str]:

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import (CONF_DIR, ConfigError, OpenVinoVariantConfig, PipelineConfig, ValidateConfig, build,
+from pipeline.core.config import (CONF_DIR, ConfigError, OpenVinoVariantConfig, PipelineConfig, ValidateConfig, build,
                              compose, load_params)
-from pipeline.export_openvino import check_group_size
+from pipeline.openvino.export import check_group_size
 
 ROOT = Path(__file__).resolve().parent.parent
 PRESETS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))

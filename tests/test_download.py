@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import download
-from pipeline.artifacts import read_manifest, sha256_file
-from pipeline.config import ConfigError, ModelConfig, PipelineConfig, build, compose
-from pipeline.errors import StageError
+from pipeline.hub import download
+from pipeline.core.artifacts import read_manifest, sha256_file
+from pipeline.core.config import ConfigError, ModelConfig, PipelineConfig, build, compose
+from pipeline.core.errors import StageError
 
 from conftest import ROOT, TINY_DIR, assert_untouched, previous_artifact
 

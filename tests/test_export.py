@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import download, export_openvino
-from pipeline.config import ConfigError, ModelConfig, OpenVinoVariantConfig
-from pipeline.ir_inspect import check_matches_request, check_rotary
+from pipeline.hub import download
+from pipeline.openvino import export as export_openvino
+from pipeline.core.config import ConfigError, ModelConfig, OpenVinoVariantConfig
+from pipeline.openvino.ir_inspect import check_matches_request, check_rotary
 
 
 def test_group_size_100_on_hidden_256_fails_before_writing_anything(tmp_path: Path) -> None:

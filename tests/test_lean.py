@@ -1,4 +1,4 @@
-"""Lean exports (pipeline/lean.py): same IR as the plain path, pages handed back, early RAM/disk check."""
+"""Lean exports (pipeline/openvino/lean.py): same IR as the plain path, pages handed back, early RAM/disk check."""
 
 from __future__ import annotations
 
@@ -13,10 +13,13 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from pipeline import download, export_openvino, export_openvino_base, lean
-from pipeline.artifacts import sha256_file
-from pipeline.config import ModelConfig, OpenVinoVariantConfig
-from pipeline.errors import StageError
+from pipeline.hub import download
+from pipeline.openvino import export as export_openvino
+from pipeline.openvino import export_base as export_openvino_base
+from pipeline.openvino import lean
+from pipeline.core.artifacts import sha256_file
+from pipeline.core.config import ModelConfig, OpenVinoVariantConfig
+from pipeline.core.errors import StageError
 
 
 def bf16_tiny(dest: Path) -> Path:
@@ -82,7 +85,7 @@ def test_stage_restarts_with_malloc_on_huge_pages() -> None:
     import subprocess
 
     # 64 MiB through malloc, as OpenVINO allocates (numpy asks for huge pages by itself), touched
-    probe = ("import ctypes, os, sys; from pipeline.lean import use_huge_pages; "
+    probe = ("import ctypes, os, sys; from pipeline.openvino.lean import use_huge_pages; "
              "print('start', flush=True); use_huge_pages(); libc = ctypes.CDLL(None); "
              "libc.malloc.restype = ctypes.c_void_p; block = libc.malloc(64 << 20); "
              "libc.memset(ctypes.c_void_p(block), 1, 64 << 20); "

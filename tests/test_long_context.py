@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import validate
-from pipeline.config import ValidateConfig, build, compose
-from pipeline.errors import StageError
+from pipeline.openvino import validate
+from pipeline.core.config import ValidateConfig, build, compose
+from pipeline.core.errors import StageError
 
 from conftest import make_project, run_cmd
 
@@ -54,7 +54,7 @@ def break_long_factors(src: Path, dest: Path, scale: float) -> None:
     import openvino as ov
     from openvino import opset13 as ops
 
-    from pipeline import rotary
+    from pipeline.openvino import rotary
 
     config = json.loads((src.parent.parent / "model" / "config.json").read_text())
     long_factor = np.array(config["rope_parameters"]["long_factor"], dtype=np.float32)

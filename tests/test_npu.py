@@ -7,9 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import devices, download, export_npu, matrix, validate, npu_lane
-from pipeline.config import ConfigError, ModelConfig, NpuVariantConfig, compose
-from pipeline.ir_inspect import inspect_ir
+from pipeline.validation import devices
+from pipeline.hub import download
+from pipeline.openvino import export_npu
+from pipeline.validation import matrix
+from pipeline.openvino import validate
+from pipeline.openvino import npu_lane
+from pipeline.core.config import ConfigError, ModelConfig, NpuVariantConfig, compose
+from pipeline.openvino.ir_inspect import inspect_ir
 
 
 class FakeCore:
@@ -109,7 +114,7 @@ def folder_size_of_weights(folder: Path) -> int:
 def test_an_over_long_prompt_on_the_npu_lane_is_one_line(deferred) -> None:
     import openvino_genai as ov_genai
 
-    from pipeline.errors import StageError
+    from pipeline.core.errors import StageError
 
     folder, _ = deferred
     settings = json.loads((folder / "npu_config.json").read_text())
@@ -159,7 +164,7 @@ def test_validation_without_npu_skips_the_npu_cell_and_runs_a_labelled_cpu_stand
 
 
 def test_compiling_a_deferred_artifact_needs_an_npu(deferred, monkeypatch: pytest.MonkeyPatch) -> None:
-    from pipeline.errors import StageError
+    from pipeline.core.errors import StageError
 
     folder, _ = deferred
     absent = no_npu()

@@ -19,11 +19,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline import devices, download, export_npu_lib, npu_lib_env, reference
-from pipeline.artifacts import dvc_dir_md5, write_manifest
-from pipeline.config import (ConfigError, ModelConfig, NpuLibVariantConfig, PipelineConfig, ValidateConfig, build,
+from pipeline.validation import devices
+from pipeline.hub import download
+from pipeline.npu_lib import export as export_npu_lib
+from pipeline.npu_lib import env as npu_lib_env
+from pipeline.validation import reference
+from pipeline.core.artifacts import dvc_dir_md5, write_manifest
+from pipeline.core.config import (ConfigError, ModelConfig, NpuLibVariantConfig, PipelineConfig, ValidateConfig, build,
                              compose)
-from pipeline.errors import StageError
+from pipeline.core.errors import StageError
 
 from conftest import ROOT, make_project, run_cmd
 
@@ -65,7 +69,7 @@ def test_stages_do_not_depend_on_openvino_params() -> None:
     for name in ("export_npu_lib", "validate_npu_lib"):
         params = stages[name]["do"]["params"]
         assert params and not any(str(p).startswith(("openvino", "npu.")) for p in params), params
-    assert "pipeline/npu_lib_worker.py" in stages["export_npu_lib"]["do"]["deps"]
+    assert "pipeline/npu_lib/worker.py" in stages["export_npu_lib"]["do"]["deps"]
 
 
 def test_env_is_keyed_by_its_pins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -133,7 +137,7 @@ def record_in_lock(lock: Path, folder: Path) -> Path:
     """Record ``folder`` in ``lock`` as DVC does after ``export_npu_lib@<name>`` ran (path relative to the lock, .dir md5)."""
     rel = folder.resolve().relative_to(lock.resolve().parent).as_posix()
     stages = yaml.safe_load(lock.read_text())["stages"] if lock.is_file() else {}
-    stages[f"export_npu_lib@{folder.name}"] = {"cmd": "python -m pipeline.export_npu_lib " + folder.name,
+    stages[f"export_npu_lib@{folder.name}"] = {"cmd": "python -m pipeline.npu_lib.export " + folder.name,
                                                "outs": [{"path": rel, "hash": "md5", "md5": dvc_dir_md5(folder)}]}
     lock.write_text(yaml.safe_dump({"schema": "2.0", "stages": stages}))
     return lock
@@ -265,7 +269,7 @@ WINDOWS_CACHE_CHECK = r"""
 import ntpath, sys
 sys.path.insert(0, sys.argv[1])
 from intel_npu_acceleration_library import modelling
-from pipeline.npu_lib_worker import short_cache_name
+from pipeline.npu_lib.worker import short_cache_name
 model = r"C:\Users\someone-with-a-name\source\repos\aipc-pipeline\artifacts\model"
 args = (("int4",), {"use_cache": True})
 old = ntpath.join("cache\\models", modelling.get_mangled_model_name(model, *args[0], **args[1]))

@@ -15,10 +15,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline import download, export_onnx, onnx_compat
-from pipeline.config import ONNX_EXTRA_OPTIONS, ConfigError, ModelConfig, OnnxVariantConfig, compose
-from pipeline.errors import StageError
-from pipeline.onnx_inspect import check_matches_request
+from pipeline.hub import download
+from pipeline.onnx import export as export_onnx
+from pipeline.onnx import compat as onnx_compat
+from pipeline.core.config import ONNX_EXTRA_OPTIONS, ConfigError, ModelConfig, OnnxVariantConfig, compose
+from pipeline.core.errors import StageError
+from pipeline.onnx.inspect import check_matches_request
 
 from conftest import assert_untouched, previous_artifact
 

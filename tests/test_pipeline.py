@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from pipeline.ir_inspect import inspect_ir
+from pipeline.openvino.ir_inspect import inspect_ir
 
 from conftest import run_cmd
 
@@ -78,7 +78,7 @@ def test_chat_streams_an_answer_from_an_ir_or_onnx_folder(demo_project, artifact
 
 
 def test_chat_on_an_absent_device_says_so_in_one_line(demo_project) -> None:
-    from pipeline.devices import onnx_provider_status
+    from pipeline.validation.devices import onnx_provider_status
 
     if onnx_provider_status("dml").available:
         pytest.skip("DirectML is present here: the DML folder runs")

@@ -1,6 +1,6 @@
 """aipc publish: HfApi against a local Hub-compatible server, git + git-lfs to a bare repo, the round trip.
 
-Nothing reaches the internet: :class:`pipeline.hub_server.HubServer` runs in this process on 127.0.0.1,
+Nothing reaches the internet: :class:`pipeline.hub.server.HubServer` runs in this process on 127.0.0.1,
 stores repos as bare git + LFS repositories, and records every call and every uploaded byte. Xet is
 disabled (``huggingface_hub`` 1.21 would otherwise upload through ``hf_xet`` without asking the server).
 """
@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import hub_git
-from pipeline.errors import StageError
-from pipeline.hub_server import HubServer
-from pipeline.model_card import metadata_problems
-from pipeline.publish import PublishOptions, publish
+from pipeline.hub import git as hub_git
+from pipeline.core.errors import StageError
+from pipeline.hub.server import HubServer
+from pipeline.hub.model_card import metadata_problems
+from pipeline.hub.publish import PublishOptions, publish
 
 from conftest import ROOT, make_project, run_cmd
 
@@ -83,7 +83,7 @@ def options(hub: HubServer, backend: str, **kw) -> PublishOptions:
 def pull_in_fresh_process(hub: HubServer, revision: str, dest: Path) -> dict:
     """Download like a user would: a new process configured only through HF_ENDPOINT / HF_TOKEN."""
     env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_XET": "1", "HF_TOKEN": TOKEN}
-    code = ("import json, sys; from pathlib import Path; from pipeline.publish import pull; "
+    code = ("import json, sys; from pathlib import Path; from pipeline.hub.publish import pull; "
             f"print(json.dumps(pull({REPO!r}, {revision!r}, Path(sys.argv[1]))))")
     done = subprocess.run([sys.executable, "-c", code, str(dest)], env=env, capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -92,8 +92,8 @@ def pull_in_fresh_process(hub: HubServer, revision: str, dest: Path) -> dict:
 
 def validate_pulled(project: Path, folder: Path, tmp_path: Path) -> dict:
     """Run the pipeline's own validation on the downloaded IR against the project's PyTorch reference."""
-    from pipeline import validate
-    from pipeline.config import load_params
+    from pipeline.openvino import validate
+    from pipeline.core.config import load_params
 
     cfg = load_params(project / "params.yaml").validate
     target = validate.Target("openvino-int4-pulled", "openvino", folder, ["CPU"])
@@ -206,7 +206,7 @@ def test_token_never_lands_in_output_cards_manifests_or_repos(project: Path, hub
 def test_card_metadata_is_valid_and_says_what_ran(project: Path) -> None:
     from huggingface_hub import ModelCard
 
-    from pipeline.publish import load_artifact, render_card
+    from pipeline.hub.publish import load_artifact, render_card
 
     art = load_artifact(project, "openvino/int4")
     card = ModelCard(render_card(art, REPO, PublishOptions(tag="v1")))
@@ -222,7 +222,7 @@ def test_card_metadata_is_valid_and_says_what_ran(project: Path) -> None:
 def test_card_for_hub_sources_npu_and_onnx(project: Path) -> None:
     from huggingface_hub import ModelCard
 
-    from pipeline.model_card import CardFacts, build_card
+    from pipeline.hub.model_card import CardFacts, build_card
 
     manifest = json.loads((project / "artifacts/openvino/int4/manifest.json").read_text())
     manifest["source"] = {"model": "phi3-mini-4k", "source": "hub", "repo_id": "microsoft/Phi-3-mini-4k-instruct",

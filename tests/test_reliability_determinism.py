@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline import download, export_npu_lib
-from pipeline.artifacts import write_manifest
-from pipeline.config import ModelConfig
-from pipeline.errors import StageError
+from pipeline.hub import download
+from pipeline.npu_lib import export as export_npu_lib
+from pipeline.core.artifacts import write_manifest
+from pipeline.core.config import ModelConfig
+from pipeline.core.errors import StageError
 
 from conftest import make_project, run_cmd
 

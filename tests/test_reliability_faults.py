@@ -19,10 +19,15 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import artifacts, download, export_npu_lib, export_onnx, lean, npu_lib_env
-from pipeline.artifacts import staged_dir
-from pipeline.config import ModelConfig, NpuLibVariantConfig, OnnxVariantConfig, PipelineConfig, build, compose
-from pipeline.errors import StageError, size_text
+from pipeline.core import artifacts
+from pipeline.hub import download
+from pipeline.npu_lib import export as export_npu_lib
+from pipeline.onnx import export as export_onnx
+from pipeline.openvino import lean
+from pipeline.npu_lib import env as npu_lib_env
+from pipeline.core.artifacts import staged_dir
+from pipeline.core.config import ModelConfig, NpuLibVariantConfig, OnnxVariantConfig, PipelineConfig, build, compose
+from pipeline.core.errors import StageError, size_text
 
 from conftest import TINY_DIR
 
@@ -79,7 +84,7 @@ def test_enospc_injected_at_a_write_is_one_line_and_keeps_the_previous_output(tm
 
 @pytest.mark.slow
 def test_disk_full_during_a_real_export_is_one_line(tmpfs: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from pipeline import export_openvino
+    from pipeline.openvino import export as export_openvino
 
     cfg = build(PipelineConfig, compose(["model=tiny"])).openvino["int4"]
     previous = tmpfs / "int4"
@@ -128,7 +133,7 @@ def test_tmpdir_on_another_drive_is_moved_beside_the_output(tmp_path: Path, monk
 @pytest.mark.slow
 def test_real_int4_export_with_tmpdir_on_another_drive(tmp_path: Path, tiny_model: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    from pipeline import export_openvino
+    from pipeline.openvino import export as export_openvino
 
     other = Path("/dev/shm")
     if not other.is_dir() or os.stat(other).st_dev == os.stat(tmp_path).st_dev:
@@ -205,8 +210,8 @@ def test_npu_lib_export_checks_resources_first(tmp_path: Path, tiny_model: Path,
 INTERRUPTED = textwrap.dedent("""
     import sys, threading, time
     from pathlib import Path
-    from pipeline.artifacts import staged_dir
-    from pipeline.errors import run_main
+    from pipeline.core.artifacts import staged_dir
+    from pipeline.core.errors import run_main
 
     def telemetry():  # like OpenVINO's telemetry sender: a non-daemon thread that dies noisily at shutdown
         time.sleep(3)

@@ -18,10 +18,11 @@ import pytest
 import torch
 import yaml
 
-from pipeline import export_npu_lib, npu_lib_env
-from pipeline.artifacts import dvc_dir_md5, write_manifest
-from pipeline.config import ValidateConfig, build, compose
-from pipeline.errors import StageError
+from pipeline.npu_lib import export as export_npu_lib
+from pipeline.npu_lib import env as npu_lib_env
+from pipeline.core.artifacts import dvc_dir_md5, write_manifest
+from pipeline.core.config import ValidateConfig, build, compose
+from pipeline.core.errors import StageError
 
 from conftest import run_cmd
 from test_npu_lib import int4_artifact, npu_env, record_in_lock, tiny_model  # noqa: F401  (fixtures)

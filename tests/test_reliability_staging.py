@@ -17,14 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.artifacts import remove_tree, staged_dir, sweep_stale, write_json_atomic
+from pipeline.core.artifacts import remove_tree, staged_dir, sweep_stale, write_json_atomic
 
 from conftest import ROOT
 
 
 def writer(out: Path, body: str) -> subprocess.Popen:
     """A child process in ``staged_dir(out)`` running ``body`` (``tmp`` is the staged folder); started once it prints."""
-    code = ("import os, sys, time\nfrom pathlib import Path\nfrom pipeline.artifacts import staged_dir\n"
+    code = ("import os, sys, time\nfrom pathlib import Path\nfrom pipeline.core.artifacts import staged_dir\n"
             f"with staged_dir(Path({str(out)!r})) as tmp:\n" + textwrap.indent(textwrap.dedent(body), "    "))
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "writing"
@@ -82,7 +82,7 @@ def test_kill9_mid_write_keeps_the_previous_output_and_the_next_run_cleans_up(pr
 
 def test_kill9_between_the_two_renames_restores_the_previous_output(previous: Path) -> None:
     proc = writer(previous, """
-        import pipeline.artifacts as artifacts
+        import pipeline.core.artifacts as artifacts
         real = os.replace
         def replace(src, dst):  # stop right after the old output was moved aside
             real(src, dst)
@@ -130,7 +130,7 @@ def test_remove_tree_removes_read_only_files_and_folders() -> None:
             for p in (base, tree, tree / "sub", tree / "a.bin", tree / "sub" / "b.bin"):
                 os.chown(p, 65534, 65534)
             user = {"user": 65534, "group": 65534}
-        code = ("import shutil, sys; from pathlib import Path; from pipeline.artifacts import remove_tree; "
+        code = ("import shutil, sys; from pathlib import Path; from pipeline.core.artifacts import remove_tree; "
                 "p = Path(sys.argv[1]); shutil.rmtree(p, ignore_errors=True); print(p.exists()); remove_tree(p); "
                 "print(p.exists())")
         done = subprocess.run([sys.executable, "-c", code, str(tree)], cwd=ROOT, capture_output=True, text=True,

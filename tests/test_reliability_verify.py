@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline import artifacts
-from pipeline.artifacts import dvc_dir_md5, file_digests, write_manifest
-from pipeline.errors import StageError
-from pipeline.verify import stage_of, verify_folder
+from pipeline.core import artifacts
+from pipeline.core.artifacts import dvc_dir_md5, file_digests, write_manifest
+from pipeline.core.errors import StageError
+from pipeline.core.verify import stage_of, verify_folder
 
 from conftest import make_project, run_cmd
 
@@ -105,7 +105,7 @@ def test_flipped_ir_byte_is_refused_by_validate_chat_publish_and_repaired(projec
         done = run_cmd(AIPC + args, project, check=False)
         assert done.returncode == 2, (args, done.stderr[-2000:])
         assert done.stderr.strip().splitlines() == [expected], (args, done.stderr[-2000:])
-    direct = run_cmd([sys.executable, "-m", "pipeline.validate", "int4"], project, check=False)
+    direct = run_cmd([sys.executable, "-m", "pipeline.openvino.validate", "int4"], project, check=False)
     assert direct.stderr.strip().splitlines() == [expected]  # what `dvc repro validate@int4` runs
 
     repaired = run_cmd(AIPC + ["repair", STAGE], project)

@@ -15,9 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import devices, export_npu_lib, fidelity, matrix, report, validate
-from pipeline.config import ConfigError, PipelineConfig, ValidateConfig, build, compose
-from pipeline.errors import StageError
+from pipeline.validation import devices
+from pipeline.npu_lib import export as export_npu_lib
+from pipeline.validation import fidelity
+from pipeline.validation import matrix
+from pipeline.validation import report
+from pipeline.openvino import validate
+from pipeline.core.config import ConfigError, PipelineConfig, ValidateConfig, build, compose
+from pipeline.core.errors import StageError
 
 from conftest import run_cmd
 
@@ -310,7 +315,7 @@ def test_an_ir_with_one_zeroed_layer_fails_validation_with_one_line(demo_project
 
 def force_cpu_defaults(monkeypatch: pytest.MonkeyPatch, compute: str) -> None:
     """Make the "device defaults" run compute in ``compute``, as the CPU plugin does by itself on other CPUs."""
-    from pipeline import numerics
+    from pipeline.openvino import numerics
 
     pinned = numerics.settings
     monkeypatch.setattr(numerics, "settings", lambda c: pinned(c) if c else {"INFERENCE_PRECISION_HINT": compute})
@@ -319,7 +324,7 @@ def force_cpu_defaults(monkeypatch: pytest.MonkeyPatch, compute: str) -> None:
 @pytest.mark.slow
 def test_artifact_verdicts_hold_whatever_the_cpu_computes_in(demo_project, tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    from pipeline.numerics import emulation_plans
+    from pipeline.openvino.numerics import emulation_plans
 
     project, _ = demo_project
     reduced = [p.precision for p in emulation_plans(["bf16", "f16"]) if not p.skip_reason]
@@ -370,7 +375,7 @@ def test_speed_prompts_have_the_configured_lengths_and_never_overlap_the_evaluat
     from transformers import AutoTokenizer
 
     from conftest import TINY_DIR
-    from pipeline import reference
+    from pipeline.validation import reference
 
     tokenizer = AutoTokenizer.from_pretrained(TINY_DIR)
     cfg = tiny_cfg()

@@ -1,4 +1,4 @@
-"""Rotary-embedding constants stay f32 in every IR, and the IR's cos/sin match transformers' (pipeline/rotary.py).
+"""Rotary-embedding constants stay f32 in every IR, and the IR's cos/sin match transformers' (pipeline/openvino/rotary.py).
 
 The test model is a tiny LongRoPE + GQA Phi-3 stored in bf16 (like Phi-3-mini-128k), with rope factors
 that fp16 cannot hold exactly (1.02, 1.03, ...) and ``original_max_position_embeddings`` 64, so that
@@ -15,10 +15,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import devices, download, export_npu, export_openvino, export_openvino_base, rotary
-from pipeline.config import ModelConfig, NpuVariantConfig, OpenVinoVariantConfig
-from pipeline.errors import StageError
-from pipeline.ir_inspect import check_rotary, inspect_ir
+from pipeline.validation import devices
+from pipeline.hub import download
+from pipeline.openvino import export_npu
+from pipeline.openvino import export as export_openvino
+from pipeline.openvino import export_base as export_openvino_base
+from pipeline.openvino import rotary
+from pipeline.core.config import ModelConfig, NpuVariantConfig, OpenVinoVariantConfig
+from pipeline.core.errors import StageError
+from pipeline.openvino.ir_inspect import check_rotary, inspect_ir
 
 TINY_ASSET = Path(rotary.__file__).parent / "assets" / "tiny_phi3"  # tokenizer files for the inline model
 HEAD_DIM = 32
@@ -144,7 +149,7 @@ def test_workaround_changes_only_rotary_constants(exports: dict[str, Path], tmp_
     """Upstream (no mark) stores them in fp16 and fails the inspection; every other weight is bit-identical."""
     from optimum.intel import OVConfig
 
-    from pipeline.artifacts import sha256_file
+    from pipeline.core.artifacts import sha256_file
 
     monkeypatch.setattr(rotary, "mark_rotary_f32", lambda model: 0)  # what bare optimum-cli does
     upstream = tmp_path / "upstream-fp16"

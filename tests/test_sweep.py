@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pipeline import sweep
-from pipeline.config import ConfigError, SweepConfig
+from pipeline.core.config import ConfigError, SweepConfig
 
 from conftest import make_project, run_cmd
 

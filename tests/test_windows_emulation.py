@@ -156,7 +156,9 @@ def _aipc(project: Path, env: dict[str, str], *args: str) -> subprocess.Complete
 # so what runs for real is the folder handling (copy of read-only DVC files, manifest replace, staged rename).
 FAKE_NPU_COMPILE = """
 import dataclasses
-from pipeline import cli, devices, export_npu
+from pipeline import cli
+from pipeline.validation import devices
+from pipeline.openvino import export_npu
 real_detect = devices.detect
 def detect(core=None):
     status = real_detect(core)

@@ -51,7 +51,7 @@ def test_aipc_repro_runs_stages_with_this_venv_from_a_shell_without_it(tmp_path:
 
 def test_a_cp1252_console_prints_the_report_and_chat_text() -> None:
     code = ("import sys, io; sys.stdout = io.TextIOWrapper(io.BytesIO(), encoding='cp1252'); "
-            "from pipeline.log import console_safe; console_safe(); print('ppl Δ % and 你好'); "
+            "from pipeline.core.log import console_safe; console_safe(); print('ppl Δ % and 你好'); "
             "sys.stdout.flush(); sys.__stdout__.write(sys.stdout.buffer.getvalue().decode('cp1252'))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0 and done.stdout == "ppl ? % and ??\n", done.stderr

@@ -80,7 +80,7 @@ def read_record(path: Path) -> list[dict]:
 
 
 # Callers that retry a refused delete after clearing the read-only flag, as Windows code must: not failures.
-HANDLED_BY = ("dvc_objects/fs/utils.py", "pipeline/artifacts.py")
+HANDLED_BY = ("dvc_objects/fs/utils.py", "pipeline/core/artifacts.py")
 
 
 def handled(entry: dict) -> bool:

@@ -21,9 +21,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipeline.artifacts import LOCK_FILE, MANIFEST, file_digests, locked_md5, remove_tree
-from pipeline.errors import fail
-from pipeline.log import say
+from pipeline.core.artifacts import LOCK_FILE, MANIFEST, file_digests, locked_md5, remove_tree
+from pipeline.core.errors import fail
+from pipeline.core.log import say
 
 # artifacts/<kind>[/<variant>] -> the DVC stage that builds it
 STAGES = {"model": "download", "reference": "reference", "openvino_base": "export_openvino_base",

@@ -1,7 +1,7 @@
 """Stage ``validate_onnx@<variant>``: run the exact exported files with onnxruntime-genai and compare with PyTorch.
 
 The variant targets the execution provider it was built for (``onnx.<v>.execution_provider``: DML, CPU,
-CUDA): one matrix cell (:mod:`pipeline.matrix`). Where this machine lacks that provider the cell is
+CUDA): one matrix cell (:mod:`pipeline.validation.matrix`). Where this machine lacks that provider the cell is
 skipped with the reason, and the providers are cleared so the same files run on the CPU provider in a
 cell labelled as a stand-in ("DML graph, validated on CPU (stand-in: no DML here)"). Speed, fidelity
 (top-1 agreement, KL divergence and perplexity from the model's own prefill logits) and the metrics
@@ -18,13 +18,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline import fidelity, matrix
-from pipeline.artifacts import ARTIFACTS, folder_bytes, read_manifest
-from pipeline.config import ValidateConfig, load_params, pick_variant
-from pipeline.devices import ONNX_PROVIDER_DEVICES, onnx_provider_status
-from pipeline.errors import fail, run_main
-from pipeline.log import step
-from pipeline.validate import Evidence, verdicts_for
+from pipeline.validation import fidelity
+from pipeline.validation import matrix
+from pipeline.core.artifacts import ARTIFACTS, folder_bytes, read_manifest
+from pipeline.core.config import ValidateConfig, load_params, pick_variant
+from pipeline.validation.devices import ONNX_PROVIDER_DEVICES, onnx_provider_status
+from pipeline.core.errors import fail, run_main
+from pipeline.core.log import step
+from pipeline.openvino.validate import Evidence, verdicts_for
 
 ONNX_ROOT = ARTIFACTS / "onnx"
 REFERENCE = ARTIFACTS / "reference" / "reference.json"
@@ -190,13 +191,13 @@ def run(name: str, cfg: ValidateConfig, onnx_root: Path = ONNX_ROOT, reference_p
 
 
 def main(argv: list[str] | None = None) -> None:
-    """DVC entry point: ``python -m pipeline.validate_onnx <variant>``."""
+    """DVC entry point: ``python -m pipeline.onnx.validate <variant>``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("variant", help="key under `onnx` in params.yaml, e.g. dml_int4")
     args = parser.parse_args(argv)
     params = load_params()
     pick_variant(params.onnx, args.variant, "ONNX")
-    from pipeline.verify import verify_for_use  # before anything is loaded: manifest sha256s and dvc.lock
+    from pipeline.core.verify import verify_for_use  # before anything is loaded: manifest sha256s and dvc.lock
 
     verify_for_use(ONNX_ROOT / args.variant, REFERENCE.parent)
     run(args.variant, params.validate)

@@ -4,7 +4,7 @@ Outside the ``dvc repro`` graph: it reads what the pipeline recorded (each artif
 ``manifest.json``, ``artifacts/metrics/<artifact>.json`` and ``dvc.lock``), refuses artifacts that failed
 validation (unless ``--force``) or changed since ``dvc.lock``, copies the files into a staging folder under
 ``.aipc/publish/`` (checking every sha256 against the manifest; DVC outputs are only read), writes the
-model card (:mod:`pipeline.model_card`) and makes one commit per artifact with its parameters in the
+model card (:mod:`pipeline.hub.model_card`) and makes one commit per artifact with its parameters in the
 message. Unchanged files are not uploaded; an unchanged artifact makes no commit at all.
 
 The token comes from ``HF_TOKEN`` or ``hf auth login`` (``huggingface_hub.get_token``). It is sent in
@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.artifacts import MANIFEST, read_manifest, sha256_file
-from pipeline.errors import fail, run_main
-from pipeline.log import say, step
-from pipeline.model_card import CardFacts, build_card, weight_format
+from pipeline.core.artifacts import MANIFEST, read_manifest, sha256_file
+from pipeline.core.errors import fail, run_main
+from pipeline.core.log import say, step
+from pipeline.hub.model_card import CardFacts, build_card, weight_format
 
 KINDS = {  # artifacts/<kind>/<variant>: export stage, validate stage, metrics file prefix
     "openvino": ("export_openvino", "validate", "openvino"),
@@ -98,7 +98,7 @@ def load_artifact(root: Path, spec: str, force: bool = False) -> Artifact:
     export_stage, validate_stage, prefix = KINDS[kind]
     if not (folder / MANIFEST).is_file():
         fail(f"{folder} has no {MANIFEST}: build it first with `dvc repro {export_stage}@{variant}`")
-    from pipeline.verify import verify_folder
+    from pipeline.core.verify import verify_folder
 
     verify_folder(folder, f"{export_stage}@{variant}", root / "dvc.lock")  # every file, the manifest, dvc.lock
     metrics_path = root / "artifacts" / "metrics" / f"{prefix}-{variant}.json"
@@ -224,7 +224,7 @@ def repo_name(template: str, art: Artifact, namespace: str | None) -> str:
 
 def publish(root: Path, specs: list[str], opts: PublishOptions) -> list[PublishResult]:
     """Publish each artifact in ``specs`` (e.g. ``openvino/int4``) from the project at ``root``."""
-    from pipeline import publish_backends
+    from pipeline.hub import publish_backends
 
     arts = [load_artifact(root, spec, opts.force) for spec in specs]
     backend = publish_backends.make_backend(opts, resolve_token())
@@ -242,12 +242,12 @@ def publish(root: Path, specs: list[str], opts: PublishOptions) -> list[PublishR
 def pull(repo_id: str, revision: str, dest: Path, endpoint: str | None = None) -> dict[str, Any]:
     """Download a published artifact at a pinned ``revision`` and check every file against its manifest.
 
-    Uses the download stage's hub code (:func:`pipeline.download.fetch_snapshot`: pinned revision,
+    Uses the download stage's hub code (:func:`pipeline.hub.download.fetch_snapshot`: pinned revision,
     one-line errors) with the artifact file patterns (OpenVINO IR / ONNX, never a pickle). Returns
     the published manifest with the resolved ``commit``.
     """
-    from pipeline.artifacts import staged_dir
-    from pipeline.download import ARTIFACT_FILES, fetch_snapshot
+    from pipeline.core.artifacts import staged_dir
+    from pipeline.hub.download import ARTIFACT_FILES, fetch_snapshot
 
     with staged_dir(Path(dest)) as tmp:  # ``dest`` is replaced only by a complete, checked download
         commit = fetch_snapshot(repo_id, revision, tmp, ARTIFACT_FILES, endpoint=endpoint)

@@ -2,7 +2,7 @@
 
 Records, for the validation prompts, the greedy continuation token ids; for a held-out text, the
 teacher-forced top-1 next-token ids (with their logit margins) and the next-token log-probs every
-validator needs for KL divergence and perplexity (:mod:`pipeline.fidelity`); and the token ids of the
+validator needs for KL divergence and perplexity (:mod:`pipeline.validation.fidelity`); and the token ids of the
 speed-test prompts (``validate.perf_prompt_tokens``), cut from the held-out text after the evaluated part.
 Validation stages compare each exported model against these files, so the PyTorch model is loaded once
 per pipeline, not per export.
@@ -14,11 +14,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipeline.artifacts import ARTIFACTS, read_manifest, staged_dir, write_json_atomic, write_manifest
-from pipeline.config import ValidateConfig, load_params
-from pipeline.errors import fail, run_main
-from pipeline.fidelity import LONG_LOGPROBS_FILE, LOGPROBS_FILE, reference_from_logits
-from pipeline.log import say, step
+from pipeline.core.artifacts import ARTIFACTS, read_manifest, staged_dir, write_json_atomic, write_manifest
+from pipeline.core.config import ValidateConfig, load_params
+from pipeline.core.errors import fail, run_main
+from pipeline.validation.fidelity import LONG_LOGPROBS_FILE, LOGPROBS_FILE, reference_from_logits
+from pipeline.core.log import say, step
 
 MODEL_DIR = ARTIFACTS / "model"
 OUT_DIR = ARTIFACTS / "reference"

@@ -31,7 +31,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from pipeline.log import say
+from pipeline.core.log import say
 
 ARTIFACTS = Path("artifacts")
 MANIFEST = "manifest.json"
@@ -143,7 +143,7 @@ WRITING: set[Path] = set()  # outputs this process is writing now (staged_dir bl
 MOVED: list[Path] = []  # outputs this process has replaced so far
 KEPT: list[Path] = []  # outputs whose writing failed or was interrupted: left as they were
 LOW_DISK = 64 * 2**20  # a stage that fails with less free space than this under its output failed on a full disk
-_DISK_NEEDS: dict[str, int] = {}  # folder -> bytes its next output needs (pipeline.lean.check_resources)
+_DISK_NEEDS: dict[str, int] = {}  # folder -> bytes its next output needs (pipeline.openvino.lean.check_resources)
 
 
 def expect_disk(at: Path, need: int) -> None:
@@ -174,7 +174,7 @@ def _is_disk_full(err: BaseException, at: Path) -> bool:
 
 def disk_full_message(final: Path, written: int, at: Path) -> str:
     """One line for a disk that filled while ``final`` was written (``written`` bytes had been staged)."""
-    from pipeline.errors import size_text
+    from pipeline.core.errors import size_text
 
     free = shutil.disk_usage(at).free if at.exists() else 0
     need = _expected_need(final)
@@ -234,7 +234,7 @@ def staged_dir(final: Path) -> Iterator[Path]:
     Yields:
         A temporary folder on the same file system as ``final``.
     """
-    from pipeline.errors import StageError
+    from pipeline.core.errors import StageError
 
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -334,7 +334,7 @@ def file_digests(paths: list[Path], chunk: int = 1 << 20, remember: bool = True)
     files whose change time is older than :data:`RACY_NS` when they are read (git's "racily clean" rule),
     and only on POSIX, where ctime is the change time (on Windows it is the creation time).
     It guards against accidental and in-place modification; whoever can rewrite ``.aipc/`` can rewrite
-    the code too, so the pickle check (:mod:`pipeline.export_npu_lib`) never uses it; ``remember=False``
+    the code too, so the pickle check (:mod:`pipeline.npu_lib.export`) never uses it; ``remember=False``
     reads every byte and leaves the cache alone.
     """
     remember = remember and os.name == "posix"

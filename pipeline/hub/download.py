@@ -12,10 +12,10 @@ import json
 import shutil
 from pathlib import Path
 
-from pipeline.artifacts import ARTIFACTS, staged_dir, write_manifest
-from pipeline.config import ModelConfig, load_params
-from pipeline.errors import fail, run_main
-from pipeline.log import say, step
+from pipeline.core.artifacts import ARTIFACTS, staged_dir, write_manifest
+from pipeline.core.config import ModelConfig, load_params
+from pipeline.core.errors import fail, run_main
+from pipeline.core.log import say, step
 
 OUT_DIR = ARTIFACTS / "model"
 ASSETS_DIR = Path(__file__).parent / "assets"  # embedded models: one folder per name in config.EMBEDDED_ASSETS

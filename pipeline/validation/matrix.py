@@ -1,7 +1,7 @@
 """The validation matrix: every artifact x every device it targets, one :class:`Cell` each.
 
 A validator asks :func:`plan_cells` which of its target devices exist here. A present device becomes a
-cell that runs; an absent one a ``skipped`` cell with the reason :mod:`pipeline.devices` gives. When no
+cell that runs; an absent one a ``skipped`` cell with the reason :mod:`pipeline.validation.devices` gives. When no
 target device is present, one more cell runs the same files on CPU and is labelled as a stand-in for the
 absent device (``validate.cpu_stand_in``): it proves the artifact loads and matches the original, never
 that it runs on its device. :func:`judge` turns a cell's measurements into ``passed``/``failed``: fidelity
@@ -18,10 +18,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.artifacts import peak_rss_bytes, write_json_atomic
-from pipeline.devices import DeviceStatus, executed_device
-from pipeline.errors import fail
-from pipeline.log import say
+from pipeline.core.artifacts import peak_rss_bytes, write_json_atomic
+from pipeline.validation.devices import DeviceStatus, executed_device
+from pipeline.core.errors import fail
+from pipeline.core.log import say
 
 STAND_IN = "CPU stand-in"  # column of the cell that runs on CPU because no target device is present
 

@@ -90,9 +90,9 @@ def inspect_rotary(model: Any, config: dict[str, Any] | None) -> dict[str, Any]:
     """The rotary embedding of an IR: its float constants' types, and its cos/sin against transformers'.
 
     ``config`` is the model's ``config.json`` (optimum writes it beside the IR); without it the
-    comparison is skipped. Only the cos/sin subgraph is compiled (:func:`pipeline.rotary.ir_tables`).
+    comparison is skipped. Only the cos/sin subgraph is compiled (:func:`pipeline.openvino.rotary.ir_tables`).
     """
-    from pipeline import rotary
+    from pipeline.openvino import rotary
 
     nodes, found = rotary.rotary_of_model(model)
     types = {nodes[k].get_friendly_name(): rotary.element_type(nodes[k]) for k in found.constants}
@@ -117,7 +117,7 @@ def check_rotary(summary: dict[str, Any]) -> list[str]:
     if rope["low_precision_constants"]:
         names = rope["low_precision_constants"]
         problems.append(f"{len(names)} fp16/bf16 constant(s) feed the rotary embedding, e.g. {names[0]}: "
-                        "it must stay f32 (export through pipeline.rotary.keep_rotary_f32_on_save)")
+                        "it must stay f32 (export through pipeline.openvino.rotary.keep_rotary_f32_on_save)")
     for label, check in rope["vs_transformers"].get("positions", {}).items():
         if not check["max_abs_diff"] <= check["tolerance"]:
             problems.append(f"rotary cos/sin differ from transformers' by {check['max_abs_diff']:.3g} at positions "

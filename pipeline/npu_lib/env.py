@@ -3,7 +3,7 @@
 The library (archived upstream) pins openvino 2024.4 and numpy < 2, so it cannot share the main
 environment. This module builds a venv for it under ``.aipc/envs/`` next to the ``.venv`` that runs the
 pipeline (``AIPC_ENVS_DIR`` overrides), named after a hash of its pinned versions and build recipe, so it is
-built once per machine and rebuilt only when those change. Stages run :mod:`pipeline.npu_lib_worker` in it.
+built once per machine and rebuilt only when those change. Stages run :mod:`pipeline.npu_lib.worker` in it.
 
 Installing the library: on Windows from its PyPI wheel. On Linux PyPI has only an sdist whose CMake build
 rejects non-Ubuntu distributions, downloads an OpenVINO archive and compiles with ``-march=native``;
@@ -29,10 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.artifacts import remove_tree, sha256_file, write_json_atomic
-from pipeline.config import PROJECT_ROOT
-from pipeline.errors import fail
-from pipeline.log import say, step
+from pipeline.core.artifacts import remove_tree, sha256_file, write_json_atomic
+from pipeline.core.config import PROJECT_ROOT
+from pipeline.core.errors import fail
+from pipeline.core.log import say, step
 
 LIBRARY, LIBRARY_VERSION = "intel-npu-acceleration-library", "1.4.0"
 SDIST = "intel_npu_acceleration_library-1.4.0.tar.gz"

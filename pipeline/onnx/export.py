@@ -16,12 +16,12 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from pipeline.artifacts import ARTIFACTS, folder_bytes, read_manifest, staged_dir, write_json_atomic, write_manifest
-from pipeline.config import ConfigError, OnnxVariantConfig, load_params, pick_variant
-from pipeline.errors import fail, run_main
-from pipeline.lean import ONNX_NEEDS, check_resources, needs_of, use_huge_pages
-from pipeline.log import say, step
-from pipeline.onnx_inspect import check_matches_request, inspect_onnx
+from pipeline.core.artifacts import ARTIFACTS, folder_bytes, read_manifest, staged_dir, write_json_atomic, write_manifest
+from pipeline.core.config import ConfigError, OnnxVariantConfig, load_params, pick_variant
+from pipeline.core.errors import fail, run_main
+from pipeline.openvino.lean import ONNX_NEEDS, check_resources, needs_of, use_huge_pages
+from pipeline.core.log import say, step
+from pipeline.onnx.inspect import check_matches_request, inspect_onnx
 
 MODEL_DIR = ARTIFACTS / "model"
 OUT_ROOT = ARTIFACTS / "onnx"
@@ -75,7 +75,7 @@ def build(model_dir: Path, out: Path, cfg: OnnxVariantConfig, options: dict[str,
     except ImportError as err:  # the builder imports onnx_ir without declaring it
         fail(f"cannot import the onnxruntime-genai model builder ({err}): run `pip install -e .` "
              "(it needs onnxruntime-genai and onnx-ir)")
-    from pipeline.lean import MappedPageTrimmer, prefetch, weight_files
+    from pipeline.openvino.lean import MappedPageTrimmer, prefetch, weight_files
 
     logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)  # one INFO line per layer otherwise
     cache = out / ".builder-cache"
@@ -84,7 +84,7 @@ def build(model_dir: Path, out: Path, cfg: OnnxVariantConfig, options: dict[str,
         parsed = parse_extra_options(*args, [f"{k}={v}" for k, v in options.items()])
         weights = weight_files(model_dir)
         prefetch(weights)  # the builder reads the weights lazily while it quantizes: read them ahead
-        with MappedPageTrimmer(weights):  # hand back checkpoint pages once read (pipeline.lean)
+        with MappedPageTrimmer(weights):  # hand back checkpoint pages once read (pipeline.openvino.lean)
             create_model(*args, **parsed)
     except (ValueError, RuntimeError, NotImplementedError, KeyError, OSError) as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
@@ -156,7 +156,7 @@ def run(name: str, cfg: OnnxVariantConfig, model_dir: Path = MODEL_DIR, out_root
 
 
 def main(argv: list[str] | None = None) -> None:
-    """DVC entry point: ``python -m pipeline.export_onnx <variant>``."""
+    """DVC entry point: ``python -m pipeline.onnx.export <variant>``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("variant", help="key under `onnx` in params.yaml, e.g. dml_int4")
     args = parser.parse_args(argv)

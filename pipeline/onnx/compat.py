@@ -21,11 +21,11 @@ import textwrap
 import venv
 from pathlib import Path
 
-from pipeline.artifacts import ARTIFACTS, replace_dir, write_json_atomic
-from pipeline.config import PROJECT_ROOT
-from pipeline.errors import fail, run_main
-from pipeline.log import say, step
-from pipeline.validate import greedy_match
+from pipeline.core.artifacts import ARTIFACTS, replace_dir, write_json_atomic
+from pipeline.core.config import PROJECT_ROOT
+from pipeline.core.errors import fail, run_main
+from pipeline.core.log import say, step
+from pipeline.openvino.validate import greedy_match
 
 COMPAT_PACKAGES = ("onnxruntime-genai==0.13.1", "onnxruntime==1.24.4")
 ENV_NAME = "ortgenai-0.13.1"
@@ -37,7 +37,7 @@ REFERENCE = ARTIFACTS / "reference" / "reference.json"
 
 def env_dir() -> Path:
     """Where the compat environment lives: beside the other isolated environments (``.aipc/envs``)."""
-    from pipeline.npu_lib_env import envs_root  # one rule for every isolated environment
+    from pipeline.npu_lib.env import envs_root  # one rule for every isolated environment
 
     return envs_root() / ENV_NAME
 
@@ -179,7 +179,7 @@ def run(target: str, reference_path: Path = REFERENCE, env: Path | None = None) 
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: ``python -m pipeline.onnx_compat <variant-or-folder>``."""
+    """Entry point: ``python -m pipeline.onnx.compat <variant-or-folder>``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("target", help="ONNX variant under artifacts/onnx (e.g. dml_int4) or a folder")
     run(parser.parse_args(argv).target)

@@ -14,12 +14,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pipeline.artifacts import ARTIFACTS, folder_bytes, read_manifest, staged_dir, write_manifest
-from pipeline.config import ConfigError, OpenVinoVariantConfig, load_params, pick_variant
-from pipeline.errors import fail, run_main
-from pipeline.ir_inspect import check_matches_request, check_rotary, inspect_ir
-from pipeline.lean import check_resources, needs, use_huge_pages
-from pipeline.log import say, step
+from pipeline.core.artifacts import ARTIFACTS, folder_bytes, read_manifest, staged_dir, write_manifest
+from pipeline.core.config import ConfigError, OpenVinoVariantConfig, load_params, pick_variant
+from pipeline.core.errors import fail, run_main
+from pipeline.openvino.ir_inspect import check_matches_request, check_rotary, inspect_ir
+from pipeline.openvino.lean import check_resources, needs, use_huge_pages
+from pipeline.core.log import say, step
 
 MODEL_DIR = ARTIFACTS / "model"
 OUT_ROOT = ARTIFACTS / "openvino"
@@ -81,16 +81,16 @@ def export_float(model_dir: Path, out: Path, ov_config: Any, lean: bool = True) 
 
     Lean (default): a bf16 checkpoint asked for fp16 is traced in bf16 (memory-mapped, no copy) and
     its weights rewritten to fp16 in the IR afterwards, and read weight pages are handed back
-    (:mod:`pipeline.lean`); the IR is the same as the plain path's, which converts the whole model
+    (:mod:`pipeline.openvino.lean`); the IR is the same as the plain path's, which converts the whole model
     to fp16 in PyTorch first (2x the checkpoint in memory). Either way the rotary-embedding constants
-    stay f32 (:func:`pipeline.rotary.keep_rotary_f32_on_save`), where bare ``optimum-cli`` stores them in fp16.
+    stay f32 (:func:`pipeline.openvino.rotary.keep_rotary_f32_on_save`), where bare ``optimum-cli`` stores them in fp16.
     """
     import warnings
 
     from optimum.exporters.openvino import main_export
 
-    from pipeline import lean as lean_path
-    from pipeline.rotary import keep_rotary_f32_on_save
+    from pipeline.openvino import lean as lean_path
+    from pipeline.openvino.rotary import keep_rotary_f32_on_save
 
     # torch.jit tracing warns about every Python branch in the model; none of them matter for export.
     warnings.filterwarnings("ignore", message=".*TracerWarning.*|.*Converting a tensor to a Python.*|.*torch.tensor results.*")
@@ -121,7 +121,7 @@ def compress_like_optimum_cli(model_dir: Path, out: Path, quantization_config: A
     """
     from optimum.exporters.openvino.__main__ import _main_quantize
 
-    from pipeline.lean import MappedPageTrimmer, weight_files
+    from pipeline.openvino.lean import MappedPageTrimmer, weight_files
 
     with MappedPageTrimmer(weight_files(out) if lean else []):
         _main_quantize(model_name_or_path=str(model_dir), task="text-generation-with-past",
@@ -141,7 +141,7 @@ def export_into(tmp: Path, name: str, cfg: OpenVinoVariantConfig, model_dir: Pat
     """
     from optimum.intel import OVConfig
 
-    from pipeline.export_openvino_base import compress_from_base, statistics_path
+    from pipeline.openvino.export_base import compress_from_base, statistics_path
 
     model_config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
     check_group_size(cfg, model_config)
@@ -193,7 +193,7 @@ def run(name: str, cfg: OpenVinoVariantConfig, model_dir: Path = MODEL_DIR, out_
         model_dir: The ``download`` stage output.
         out_root: Parent folder of the IR folders.
         base_dir: Uncompressed base IR to compress from (``None``: export from PyTorch).
-        lean: Use the low-memory path (:mod:`pipeline.lean`); ``False`` runs the plain upstream calls.
+        lean: Use the low-memory path (:mod:`pipeline.openvino.lean`); ``False`` runs the plain upstream calls.
 
     Returns:
         The manifest written next to the IR.
@@ -217,7 +217,7 @@ def run(name: str, cfg: OpenVinoVariantConfig, model_dir: Path = MODEL_DIR, out_
 
 
 def main(argv: list[str] | None = None) -> None:
-    """DVC entry point: ``python -m pipeline.export_openvino <variant>``."""
+    """DVC entry point: ``python -m pipeline.openvino.export <variant>``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("variant", help="key under `openvino` in params.yaml, e.g. int4")
     args = parser.parse_args(argv)

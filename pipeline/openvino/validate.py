@@ -2,7 +2,7 @@
 
 One matrix cell per target device (``validate.devices.openvino`` / ``.npu``): absent devices are skipped
 with the reason, and when none is present the same IR runs on CPU in a cell labelled as a stand-in
-(:mod:`pipeline.matrix`). Each cell that runs measures load time, time to first token, time per output
+(:mod:`pipeline.validation.matrix`). Each cell that runs measures load time, time to first token, time per output
 token, tokens/s (warm-up excluded, median of repeats, per configured prompt length) and peak RSS with
 ``openvino_genai``, then fidelity against ``artifacts/reference``: teacher-forced top-1 agreement, KL
 divergence and perplexity from the IR's own logits (``ov.Core``), and greedy exact match on the prompts.
@@ -19,11 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline import fidelity, matrix, npu_lane, numerics
-from pipeline.artifacts import ARTIFACTS, folder_bytes, read_manifest
-from pipeline.config import ValidateConfig, load_params, pick_variant
-from pipeline.errors import fail, run_main
-from pipeline.log import step
+from pipeline.validation import fidelity
+from pipeline.validation import matrix
+from pipeline.openvino import npu_lane
+from pipeline.openvino import numerics
+from pipeline.core.artifacts import ARTIFACTS, folder_bytes, read_manifest
+from pipeline.core.config import ValidateConfig, load_params, pick_variant
+from pipeline.core.errors import fail, run_main
+from pipeline.core.log import step
 
 IR_ROOT = ARTIFACTS / "openvino"
 NPU_ROOT = ARTIFACTS / "npu"
@@ -89,7 +92,7 @@ def measure_generation(ir_dir: Path, device: str, cfg: ValidateConfig, reference
                        backend: str | None = None) -> dict[str, Any]:
     """Load the IR in ``LLMPipeline`` on ``device``, generate greedily for every prompt and time each prompt length.
 
-    ``backend="CPU"`` on the NPU runs the NPU pipeline through NPUW on the CPU (:mod:`pipeline.npu_lane`). A prompt
+    ``backend="CPU"`` on the NPU runs the NPU pipeline through NPUW on the CPU (:mod:`pipeline.openvino.npu_lane`). A prompt
     over an NPU artifact's MAX_PROMPT_LEN fails with one line instead of NPUW's multi-line error.
     """
     try:
@@ -231,7 +234,7 @@ def measure_cell(target: Target, plan: matrix.CellPlan, cfg: ValidateConfig, evi
 def emulation_cells(target: Target, cfg: ValidateConfig, evidence: Evidence, verdicts: matrix.Verdicts,
                     pinned_runs: dict[str, Any]) -> dict[str, matrix.Cell]:
     """CPU cells that force the targets' compute precisions (``validate.emulate_numerics``), where this CPU can."""
-    from pipeline.numerics import emulation_plans
+    from pipeline.openvino.numerics import emulation_plans
 
     cells: dict[str, matrix.Cell] = {}
     for plan in emulation_plans(cfg.emulate_numerics):
@@ -301,7 +304,7 @@ def run(target: Target, cfg: ValidateConfig, reference_path: Path = REFERENCE, m
     Returns:
         The metrics written.
     """
-    from pipeline import devices
+    from pipeline.validation import devices
 
     weight_format = read_manifest(target.ir_dir)["parameters"].get("weight_format", "int4")
     evidence = Evidence.load(reference_path)
@@ -333,7 +336,7 @@ def npu_target(name: str, cfg: ValidateConfig, root: Path = NPU_ROOT) -> Target:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """DVC entry point: ``python -m pipeline.validate [--npu] <variant>``."""
+    """DVC entry point: ``python -m pipeline.openvino.validate [--npu] <variant>``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("variant", help="key under `openvino` (or `npu` with --npu) in params.yaml, e.g. int4")
     parser.add_argument("--npu", action="store_true", help="validate artifacts/npu/<variant>")
@@ -341,7 +344,7 @@ def main(argv: list[str] | None = None) -> None:
     params = load_params()
     pick_variant(params.npu if args.npu else params.openvino, args.variant, "NPU" if args.npu else "OpenVINO")
     make = npu_target if args.npu else openvino_target
-    from pipeline.verify import verify_for_use  # before anything is loaded: manifest sha256s and dvc.lock
+    from pipeline.core.verify import verify_for_use  # before anything is loaded: manifest sha256s and dvc.lock
 
     verify_for_use(make(args.variant, params.validate).ir_dir, REFERENCE.parent)
     run(make(args.variant, params.validate), params.validate)

@@ -21,7 +21,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.errors import fail
+from pipeline.core.errors import fail
 
 LFS_MIN_BYTES = 1 << 20  # files from 1 MiB up, and every binary file, go through git-lfs (the Hub's rule is similar)
 POINTER_RE = re.compile(rb"^version https://git-lfs\.github\.com/spec/v1\noid sha256:([0-9a-f]{64})\nsize (\d+)\n$")

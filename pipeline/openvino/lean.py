@@ -33,11 +33,11 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Iterable
 
-from pipeline.artifacts import remember_sha256
-from pipeline.errors import fail
+from pipeline.core.artifacts import remember_sha256
+from pipeline.core.errors import fail
 
 try:  # compiled at install on Linux (setup.py); optional
-    from pipeline import _pagetrim
+    from pipeline.core import _pagetrim
 except ImportError:
     _pagetrim = None
 
@@ -54,7 +54,7 @@ class MappedPageTrimmer:
     Writable copy-on-write mappings (safetensors' mmap) get ``MADV_PAGEOUT``, which can never drop
     a page a program has written. It also returns freed heap to the system (``malloc_trim``).
 
-    The loop runs in a native thread (``pipeline/_pagetrim.c``, built at install on Linux) because a
+    The loop runs in a native thread (``pipeline/core/_pagetrim.c``, built at install on Linux) because a
     call that holds the GIL stops every Python thread: OpenVINO's ``save_model`` reads every weight
     page of the model while holding it. Without the compiled module a Python thread does the same
     between such calls (``native`` says which one runs).
@@ -210,10 +210,10 @@ def bf16_ir_to_f16(xml_path: Path) -> int:
     compresses f32 constants); the plain path avoids that by converting the whole PyTorch model to
     fp16 first, in new memory. Both types are 2 bytes wide, so each constant is converted where it
     lies in the ``.bin``, 32 MiB at a time, and only the ``.xml`` types change. The rotary-embedding
-    constants are left out (:mod:`pipeline.rotary`): a bf16 one is widened to f32 instead, exactly,
+    constants are left out (:mod:`pipeline.openvino.rotary`): a bf16 one is widened to f32 instead, exactly,
     its copy appended to the ``.bin``.
     """
-    from pipeline.rotary import find_rotary, xml_graph
+    from pipeline.openvino.rotary import find_rotary, xml_graph
 
     xml_path = Path(xml_path)
     bin_path, tree = xml_path.with_suffix(".bin"), ET.parse(xml_path)
@@ -315,13 +315,13 @@ def _retype_ports(root: ET.Element, const_ids: set[str], precision: str = "FP16"
 def check_resources(what: str, ram_bytes: int, disk_bytes: int, disk_at: Path) -> None:
     """Stop with one line when available RAM or free disk is below what ``what`` needs.
 
-    The disk need is also recorded (:func:`pipeline.artifacts.expect_disk`), so a disk that fills later
+    The disk need is also recorded (:func:`pipeline.core.artifacts.expect_disk`), so a disk that fills later
     anyway (another writer, ``AIPC_SKIP_RESOURCE_CHECK=1``) is reported with the size needed.
     """
     import psutil
 
-    from pipeline.artifacts import expect_disk
-    from pipeline.errors import size_text
+    from pipeline.core.artifacts import expect_disk
+    from pipeline.core.errors import size_text
 
     expect_disk(Path(disk_at), disk_bytes)
     if os.environ.get("AIPC_SKIP_RESOURCE_CHECK") == "1":

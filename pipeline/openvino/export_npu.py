@@ -17,14 +17,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline import devices, npu_lane
-from pipeline.artifacts import (ARTIFACTS, file_hashes, folder_bytes, read_manifest, staged_dir, write_json_atomic,
+from pipeline.validation import devices
+from pipeline.openvino import npu_lane
+from pipeline.core.artifacts import (ARTIFACTS, file_hashes, folder_bytes, read_manifest, staged_dir, write_json_atomic,
                                 write_manifest)
-from pipeline.config import NpuVariantConfig, load_params, pick_variant
-from pipeline.errors import fail, run_main
-from pipeline.export_openvino import BASE_DIR, ROTARY_VERIFIED, check_group_size, export_into, manifest_fields
-from pipeline.lean import use_huge_pages
-from pipeline.log import say, step
+from pipeline.core.config import NpuVariantConfig, load_params, pick_variant
+from pipeline.core.errors import fail, run_main
+from pipeline.openvino.export import BASE_DIR, ROTARY_VERIFIED, check_group_size, export_into, manifest_fields
+from pipeline.openvino.lean import use_huge_pages
+from pipeline.core.log import say, step
 
 MODEL_DIR = ARTIFACTS / "model"
 OUT_ROOT = ARTIFACTS / "npu"
@@ -167,7 +168,7 @@ def compile_deferred(artifact: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """DVC entry point: ``python -m pipeline.export_npu <variant>``."""
+    """DVC entry point: ``python -m pipeline.openvino.export_npu <variant>``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("variant", help="key under `npu` in params.yaml, e.g. int4")
     args = parser.parse_args(argv)

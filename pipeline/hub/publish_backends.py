@@ -3,7 +3,7 @@
 Both stage the files (checked against the manifest) plus the card, compare them with what the remote
 branch already holds, upload only what differs and make no commit when nothing does. Xet: with ``hf_xet``
 installed ``huggingface_hub`` 1.21 uploads through Xet whenever ``HF_HUB_DISABLE_XET`` is unset (it does
-not ask the server); servers without Xet (mirrors, :mod:`pipeline.hub_server`) need ``HF_HUB_DISABLE_XET=1``.
+not ask the server); servers without Xet (mirrors, :mod:`pipeline.hub.server`) need ``HF_HUB_DISABLE_XET=1``.
 """
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit
 
-from pipeline import hub_git
-from pipeline.errors import StageError, fail
-from pipeline.log import say
-from pipeline.publish import (Artifact, PublishOptions, PublishResult, commit_message, render_card, stage_files)
+from pipeline.hub import git as hub_git
+from pipeline.core.errors import StageError, fail
+from pipeline.core.log import say
+from pipeline.hub.publish import (Artifact, PublishOptions, PublishResult, commit_message, render_card, stage_files)
 
 
 class Backend(Protocol):
-    """What :func:`pipeline.publish.publish` needs from a backend."""
+    """What :func:`pipeline.hub.publish.publish` needs from a backend."""
 
     def namespace(self) -> str | None: ...
 

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.artifacts import ARTIFACTS, staged_dir, write_json_atomic
-from pipeline.config import PipelineConfig, load_params
-from pipeline.errors import fail, run_main
-from pipeline.log import say
+from pipeline.core.artifacts import ARTIFACTS, staged_dir, write_json_atomic
+from pipeline.core.config import PipelineConfig, load_params
+from pipeline.core.errors import fail, run_main
+from pipeline.core.log import say
 
 METRICS_DIR = ARTIFACTS / "metrics"
 OUT_DIR = ARTIFACTS / "report"
@@ -218,7 +218,7 @@ def run(params: PipelineConfig, metrics_dir: Path = METRICS_DIR, out_dir: Path =
 
 
 def main(argv: list[str] | None = None) -> None:
-    """DVC entry points: ``python -m pipeline.report`` (the report) and ``--verdict`` (fail if a cell failed)."""
+    """DVC entry points: ``python -m pipeline.validation.report`` (the report) and ``--verdict`` (fail if a cell failed)."""
     import argparse
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

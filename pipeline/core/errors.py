@@ -27,8 +27,8 @@ def size_text(n_bytes: float) -> str:
 
 
 def interrupt_message() -> str:
-    """What an interrupt did to ``artifacts/``, from what this process wrote (:mod:`pipeline.artifacts`)."""
-    from pipeline.artifacts import KEPT, MOVED, WRITING
+    """What an interrupt did to ``artifacts/``, from what this process wrote (:mod:`pipeline.core.artifacts`)."""
+    from pipeline.core.artifacts import KEPT, MOVED, WRITING
 
     writing = ", ".join(sorted({p.as_posix() for p in (*WRITING, *KEPT)}))
     moved = ", ".join(p.as_posix() for p in MOVED)
@@ -54,9 +54,9 @@ def run_main(entry: Callable[[], object]) -> None:
     """Run a stage's ``main``: user errors become one line on stderr and exit code 2.
 
     A full disk anywhere (ENOSPC/EDQUOT) is one line too; an interrupt says what it left in ``artifacts/``
-    (outputs are replaced only when complete: :func:`pipeline.artifacts.staged_dir`) and exits at once.
+    (outputs are replaced only when complete: :func:`pipeline.core.artifacts.staged_dir`) and exits at once.
     """
-    from pipeline.config import ConfigError
+    from pipeline.core.config import ConfigError
 
     try:
         entry()

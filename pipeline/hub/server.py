@@ -6,7 +6,7 @@ preupload, LFS batch + upload, NDJSON commit, branch, tag, validate-yaml) and to
 ``<root>/<namespace>/<name>.git``. Point ``HF_ENDPOINT`` at it to pull what ``aipc publish --backend git``
 pushed to a bare repository, with ``snapshot_download`` or ``dvc repro download``::
 
-    python -m pipeline.hub_server --root /srv/models --port 8080 --token me=hf_xxx
+    python -m pipeline.hub.server --root /srv/models --port 8080 --token me=hf_xxx
 
 Every request is recorded in :attr:`HubServer.calls` and every LFS upload in :attr:`HubServer.uploads`, so
 tests can check what a client sent. Xet storage is not offered: clients must set ``HF_HUB_DISABLE_XET=1``
@@ -31,7 +31,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from pipeline import hub_git
+from pipeline.hub import git as hub_git
 
 REPO = r"(?P<ns>[\w.-]+)/(?P<name>[\w.-]+)"
 ROUTES = [  # (method, pattern, handler name); revisions arrive URL-quoted (refs%2Fpr%2F1)
@@ -194,8 +194,8 @@ def create_repo(h, hub: HubServer, user: str | None, query: dict) -> None:
 
 
 def validate_yaml(h, hub: HubServer, user: str | None, query: dict) -> None:
-    """The Hub's README metadata check, with :func:`pipeline.model_card.metadata_problems`."""
-    from pipeline.model_card import metadata_problems
+    """The Hub's README metadata check, with :func:`pipeline.hub.model_card.metadata_problems`."""
+    from pipeline.hub.model_card import metadata_problems
 
     problems = metadata_problems(json.loads(h.body())["content"])
     h.reply(400 if problems else 200, {"errors": [{"message": p} for p in problems], "warnings": []})

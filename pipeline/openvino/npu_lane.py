@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.artifacts import folder_bytes
-from pipeline.errors import fail
+from pipeline.core.artifacts import folder_bytes
+from pipeline.core.errors import fail
 
 NPUW_CPU = {"NPUW_DEVICES": "CPU", "NPUW_ONLINE_PIPELINE": "NONE"}
 LABEL = "NPU pipeline (NPUW), CPU backend: NPU compiler not exercised"

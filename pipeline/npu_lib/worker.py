@@ -1,6 +1,6 @@
 """Runs INSIDE the isolated intel-npu-acceleration-library environment: probe, compile, or load + validate.
 
-Started by :mod:`pipeline.export_npu_lib` as ``<env python> -I npu_lib_worker.py <command> --result FILE ...``
+Started by :mod:`pipeline.npu_lib.export` as ``<env python> -I npu_lib_worker.py <command> --result FILE ...``
 (``-I``: neither this folder nor ``PYTHONPATH`` is on ``sys.path``, so nothing of the main environment leaks
 in). It imports only the standard library at module level and the isolated environment's packages (torch,
 transformers, the library) inside functions; it never imports ``pipeline``. Each call handles ONE dtype in

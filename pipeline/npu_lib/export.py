@@ -2,13 +2,13 @@
 
 The recipe is ``NPUModelForCausalLM.from_pretrained(model_id, use_cache=True, config=CompilerConfig(dtype=int4))``.
 The library (1.4.0, archived) cannot share the main environment: it runs in its own
-(:mod:`pipeline.npu_lib_env`) through :mod:`pipeline.npu_lib_worker`, one process per dtype. Its model file
+(:mod:`pipeline.npu_lib.env`) through :mod:`pipeline.npu_lib.worker`, one process per dtype. Its model file
 is a pickle. It is loaded only when the whole folder matches the hash ``dvc.lock`` recorded for
 ``export_npu_lib@<variant>`` (git-tracked, outside the folder, so a swapped pickle cannot bring its own hash),
 then its sha256 matches the (so verified) manifest, and then only with ``torch.load(weights_only=True)`` and an
 allow-list of the library's classes, so that nothing in it can run code. Without an NPU the library runs on CPU with
 only a warning: the device that really ran is recorded, and a run on CPU counts as the NPU cell only where
-no NPU exists (then it is the labelled CPU stand-in of :mod:`pipeline.matrix`); with an NPU present it is a
+no NPU exists (then it is the labelled CPU stand-in of :mod:`pipeline.validation.matrix`); with an NPU present it is a
 silent fallback and fails. Where the environment cannot be built here, both stages record a skipped target
 with the reason and exit 0, so the rest of ``dvc repro`` completes.
 Outputs: ``artifacts/npu_lib/<variant>`` (pickle, tokenizer, manifest), ``artifacts/metrics/npu_lib-<variant>.json``.
@@ -23,13 +23,15 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from pipeline import fidelity, matrix, npu_lib_env
-from pipeline.artifacts import (ARTIFACTS, LOCK_FILE, dvc_dir_md5, folder_bytes, locked_md5, read_manifest, sha256_file,
+from pipeline.validation import fidelity
+from pipeline.validation import matrix
+from pipeline.npu_lib import env as npu_lib_env
+from pipeline.core.artifacts import (ARTIFACTS, LOCK_FILE, dvc_dir_md5, folder_bytes, locked_md5, read_manifest, sha256_file,
                                 staged_dir, write_manifest)
-from pipeline.config import NpuLibVariantConfig, ValidateConfig, load_params, pick_variant
-from pipeline.errors import fail, run_main
-from pipeline.lean import NPU_LIB_NEEDS, check_resources, needs_of
-from pipeline.log import say, step
+from pipeline.core.config import NpuLibVariantConfig, ValidateConfig, load_params, pick_variant
+from pipeline.core.errors import fail, run_main
+from pipeline.openvino.lean import NPU_LIB_NEEDS, check_resources, needs_of
+from pipeline.core.log import say, step
 
 MODEL_DIR = ARTIFACTS / "model"
 OUT_ROOT = ARTIFACTS / "npu_lib"
@@ -215,7 +217,7 @@ def validate(name: str, cfg: ValidateConfig, artifact_root: Path = OUT_ROOT, ref
     except npu_lib_env.EnvUnavailable as err:
         return matrix.publish(skipped_record(name, dtype, str(err), cfg), out)
     if status is None:
-        from pipeline import devices
+        from pipeline.validation import devices
 
         status = devices.detect()
     cells = run_cells(name, env, model_file, manifest, folder, reference_path, cfg, status)
@@ -226,7 +228,7 @@ def validate(name: str, cfg: ValidateConfig, artifact_root: Path = OUT_ROOT, ref
 
 
 def main(argv: list[str] | None = None) -> None:
-    """DVC entry point: ``python -m pipeline.export_npu_lib [--validate] <variant>``."""
+    """DVC entry point: ``python -m pipeline.npu_lib.export [--validate] <variant>``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("variant", help="key under `npu_lib` in params.yaml, e.g. int4")
     parser.add_argument("--validate", action="store_true", help="validate artifacts/npu_lib/<variant> instead")
@@ -234,7 +236,7 @@ def main(argv: list[str] | None = None) -> None:
     params = load_params()
     pick_variant(params.npu_lib, args.variant, "npu_lib")
     if args.validate:
-        from pipeline.verify import verify_for_use
+        from pipeline.core.verify import verify_for_use
 
         verify_for_use(OUT_ROOT / args.variant, REFERENCE.parent)
         validate(args.variant, params.validate)

@@ -16,12 +16,12 @@ import shutil
 from pathlib import Path
 from typing import Any, Iterator
 
-from pipeline.artifacts import ARTIFACTS, folder_bytes, read_manifest, staged_dir, write_manifest
-from pipeline.config import OpenVinoVariantConfig
-from pipeline.errors import fail, run_main
-from pipeline.ir_inspect import check_rotary, inspect_ir
-from pipeline.lean import MappedPageTrimmer, check_resources, needs, use_huge_pages, weight_files
-from pipeline.log import say, step
+from pipeline.core.artifacts import ARTIFACTS, folder_bytes, read_manifest, staged_dir, write_manifest
+from pipeline.core.config import OpenVinoVariantConfig
+from pipeline.core.errors import fail, run_main
+from pipeline.openvino.ir_inspect import check_rotary, inspect_ir
+from pipeline.openvino.lean import MappedPageTrimmer, check_resources, needs, use_huge_pages, weight_files
+from pipeline.core.log import say, step
 
 MODEL_DIR = ARTIFACTS / "model"
 OUT_DIR = ARTIFACTS / "openvino_base"
@@ -34,7 +34,7 @@ def base_ov_config() -> Any:
     """An ``OVConfig`` that makes ``main_export`` write the uncompressed IR the int4/int8 path starts from."""
     from optimum.intel import OVConfig
 
-    from pipeline.export_openvino import quantization_dict
+    from pipeline.openvino.export import quantization_dict
 
     return OVConfig(quantization_config=quantization_dict(OpenVinoVariantConfig()))
 
@@ -103,7 +103,7 @@ def reuse_data_free_sensitivity(base_dir: Path, enabled: bool = True) -> Iterato
         return
     from nncf.quantization.algorithms.weight_compression import mixed_precision
 
-    from pipeline.artifacts import write_json_atomic
+    from pipeline.core.artifacts import write_json_atomic
 
     key = read_manifest(base_dir)["files"]["openvino_model.bin"]["sha256"][:16]
     cache_file = SENSITIVITY_CACHE / f"{key}.json"
@@ -138,7 +138,7 @@ def statistics_path(model_manifest: dict, dataset: Any, num_samples: int | None)
 
 def run(model_dir: Path = MODEL_DIR, out_dir: Path = OUT_DIR, lean: bool = True) -> dict:
     """Export the uncompressed IR (plus tokenizer IR) of the model in ``model_dir`` to ``out_dir``."""
-    from pipeline.export_openvino import TOKENIZER_FILES, export_float
+    from pipeline.openvino.export import TOKENIZER_FILES, export_float
 
     source = read_manifest(model_dir)
     check_resources("exporting the base IR", *needs("export", "base", model_dir, lean), out_dir.parent)
@@ -163,7 +163,7 @@ def run(model_dir: Path = MODEL_DIR, out_dir: Path = OUT_DIR, lean: bool = True)
 
 
 def main() -> None:
-    """DVC entry point: ``python -m pipeline.export_openvino_base``."""
+    """DVC entry point: ``python -m pipeline.openvino.export_base``."""
     run()
 
 
