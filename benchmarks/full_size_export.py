@@ -78,7 +78,7 @@ def build_checkpoint(dest: Path) -> Path:
     (tmp / "config.json").write_text(json.dumps(PHI3_MINI_4K, indent=2))
     for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
         shutil.copy2(TINY / name, tmp / name)
-    from pipeline.core.artifacts import write_manifest
+    from pipeline.core.manifest import write_manifest
 
     write_manifest(tmp, stage="benchmark", model="phi3-mini-shaped-random", source="local")
     tmp.rename(dest)
@@ -151,7 +151,7 @@ def tree_memory(root: Any) -> int:
     return total
 
 
-STAGE_START = "from pipeline.openvino.lean import use_huge_pages; use_huge_pages(); "  # what every export stage does first
+STAGE_START = "from pipeline.core.memory import use_huge_pages; use_huge_pages(); "  # what every export stage does first
 
 
 def ours(code: str) -> list[str]:

@@ -99,9 +99,9 @@ def cmd_export_npu_lib(variant: str) -> None:
 
 def cmd_validate_npu_lib(variant: str) -> None:
     """Load an intel-npu-acceleration-library model (after its hash check), generate and compare with PyTorch."""
-    from pipeline.npu_lib import export as export_npu_lib
+    from pipeline.npu_lib import validate as validate_npu_lib
 
-    export_npu_lib.main(["--validate", variant])
+    validate_npu_lib.main([variant])
 
 
 def cmd_npu_lib_env() -> None:
@@ -412,7 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-EXPORTS = {"export-openvino", "export-onnx", "export-npu"}  # run like their DVC stages (pipeline.openvino.lean.use_huge_pages)
+EXPORTS = {"export-openvino", "export-onnx", "export-npu"}  # run like their DVC stages (pipeline.core.memory.use_huge_pages)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -422,7 +422,7 @@ def main(argv: list[str] | None = None) -> None:
     console_safe()
     args = build_parser().parse_args(argv)
     if argv is None and args.command in EXPORTS:
-        from pipeline.openvino.lean import use_huge_pages
+        from pipeline.core.memory import use_huge_pages
 
         use_huge_pages()
     values = {a: getattr(args, a) for a in args.argnames}

@@ -73,7 +73,7 @@ ALLOWED: dict[tuple[str, str, str], str] = {
         "the one folder-rename helper; callers handle its PermissionError (Windows refuses while a file inside is open)",
     ("pipeline/core/artifacts.py", "rename", "sweep_stale"):
         "puts back a previous output moved aside by a killed run; the helper module owns folder renames",
-    ("pipeline/openvino/lean.py", "posix-path", "MappedPageTrimmer._mappings"):
+    ("pipeline/core/memory.py", "posix-path", "MappedPageTrimmer._mappings"):
         "called only by trim() from the trimmer thread, which starts only when enabled (sys.platform linux)",
     ("pipeline/npu_lib/env.py", "posix-path", "linux_build_reason"):
         "checks Path('/proc/cpuinfo').is_file() first and assumes AVX2/F16C when absent",

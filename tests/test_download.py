@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from pipeline.hub import download
-from pipeline.core.artifacts import read_manifest, sha256_file
+from pipeline.core.manifest import read_manifest
+from pipeline.core.hashes import sha256_file
 from pipeline.core.config import ConfigError, ModelConfig, PipelineConfig, build, compose
 from pipeline.core.errors import StageError
 

@@ -16,8 +16,9 @@ import pytest
 from pipeline.hub import download
 from pipeline.openvino import export as export_openvino
 from pipeline.openvino import export_base as export_openvino_base
+from pipeline.core import memory
 from pipeline.openvino import lean
-from pipeline.core.artifacts import sha256_file
+from pipeline.core.hashes import sha256_file
 from pipeline.core.config import ModelConfig, OpenVinoVariantConfig
 from pipeline.core.errors import StageError
 
@@ -80,12 +81,12 @@ def test_lean_compression_equals_plain(tmp_path: Path, monkeypatch: pytest.Monke
         sha256_file(tmp_path / "out" / "plain" / "openvino_model.bin")
 
 
-@pytest.mark.skipif(not lean.huge_pages_available(), reason="needs Linux, glibc >= 2.35 and transparent huge pages")
+@pytest.mark.skipif(not memory.huge_pages_available(), reason="needs Linux, glibc >= 2.35 and transparent huge pages")
 def test_stage_restarts_with_malloc_on_huge_pages() -> None:
     import subprocess
 
     # 64 MiB through malloc, as OpenVINO allocates (numpy asks for huge pages by itself), touched
-    probe = ("import ctypes, os, sys; from pipeline.openvino.lean import use_huge_pages; "
+    probe = ("import ctypes, os, sys; from pipeline.core.memory import use_huge_pages; "
              "print('start', flush=True); use_huge_pages(); libc = ctypes.CDLL(None); "
              "libc.malloc.restype = ctypes.c_void_p; block = libc.malloc(64 << 20); "
              "libc.memset(ctypes.c_void_p(block), 1, 64 << 20); "
@@ -172,7 +173,7 @@ def test_trimmer_hands_back_mapped_pages(tmp_path: Path) -> None:
     before = rss_file()
     checksum = float(values.sum(dtype=np.float64))  # touches every page
     touched = rss_file()
-    trimmer = lean.MappedPageTrimmer([tmp_path / "weights.bin"])
+    trimmer = memory.MappedPageTrimmer([tmp_path / "weights.bin"])
     trimmer.trim()
     after = rss_file()
     assert touched - before > 48 * 2**20 and touched - after > 48 * 2**20
@@ -200,11 +201,11 @@ def mapped_weights(path: Path, mib: int, access: int = mmap.ACCESS_READ) -> tupl
 def test_native_trimmer_acts_while_a_call_holds_the_gil(tmp_path: Path) -> None:
     import ctypes
 
-    assert lean._pagetrim is not None, "the native trimmer was not built (setup.py; needs a C compiler)"
+    assert memory._pagetrim is not None, "the native trimmer was not built (setup.py; needs a C compiler)"
     mapped, values = mapped_weights(tmp_path / "weights.bin", 64)
     checksum = float(values.sum(dtype=np.float64))  # touches every page
     touched = rss_file()
-    with lean.MappedPageTrimmer([tmp_path / "weights.bin"], interval=0.02) as trimmer:
+    with memory.MappedPageTrimmer([tmp_path / "weights.bin"], interval=0.02) as trimmer:
         assert trimmer.native and not trimmer._thread.is_alive(), "no Python thread runs"
         ctypes.PyDLL(None).usleep(400_000)  # a C call that keeps the GIL, like OpenVINO's save_model
         during = rss_file()
@@ -224,13 +225,13 @@ def test_save_model_peak_with_native_and_python_trimmer(tmp_path: Path, monkeypa
     from openvino import opset13 as ops
 
     if not native:
-        monkeypatch.setattr(lean, "_pagetrim", None)
+        monkeypatch.setattr(memory, "_pagetrim", None)
     mib = 256
     mapped, values = mapped_weights(tmp_path / "weights.bin", mib, mmap.ACCESS_COPY)
     weight = ops.constant(ov.Tensor(values.reshape(-1, 1024), shared_memory=True), shared_memory=True)
     x = ops.parameter([1, 1024], ov.Type.f32, name="x")
     model = ov.Model([ops.matmul(x, weight, False, True)], [x])
-    with lean.MappedPageTrimmer([tmp_path / "weights.bin"], interval=0.01) as trimmer:
+    with memory.MappedPageTrimmer([tmp_path / "weights.bin"], interval=0.01) as trimmer:
         Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current RSS
         start = status_kib("VmRSS")
         ov.save_model(model, tmp_path / "m.xml", compress_to_fp16=False)
@@ -252,14 +253,14 @@ def test_prefetch_reads_weights_into_the_page_cache(tmp_path: Path, monkeypatch:
     mapped, values = mapped_weights(tmp_path / "weights.bin", 32, mmap.ACCESS_COPY)  # not in the page cache
     assert cached_fraction(mapped) < 0.5
     before = rss_file()
-    thread = lean.prefetch([tmp_path / "weights.bin"])
+    thread = memory.prefetch([tmp_path / "weights.bin"])
     assert thread is not None
     thread.join(timeout=60)
     assert cached_fraction(mapped) > 0.9, "the whole file is read ahead"
     assert rss_file() - before < values.nbytes // 2, "read into the page cache, not mapped into this process"
     size = values.nbytes
     monkeypatch.setattr(psutil, "virtual_memory", lambda: SimpleNamespace(available=size))
-    assert lean.prefetch([tmp_path / "weights.bin"]) is None, "no read-ahead when RAM is short"
+    assert memory.prefetch([tmp_path / "weights.bin"]) is None, "no read-ahead when RAM is short"
     del values
     mapped.close()
 
@@ -314,4 +315,4 @@ def test_export_stops_early_when_disk_is_short(tmp_path: Path, monkeypatch: pyte
     assert "of disk under" in str(exc.value) and "is free: free" in str(exc.value)
     assert not (tmp_path / "base").exists()
     monkeypatch.setenv("AIPC_SKIP_RESOURCE_CHECK", "1")
-    lean.check_resources("x", 2**60, 2**60, tmp_path)  # the documented escape hatch
+    memory.check_resources("x", 2**60, 2**60, tmp_path)  # the documented escape hatch

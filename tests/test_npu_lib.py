@@ -22,9 +22,11 @@ import yaml
 from pipeline.validation import devices
 from pipeline.hub import download
 from pipeline.npu_lib import export as export_npu_lib
+from pipeline.npu_lib import validate as validate_npu_lib
 from pipeline.npu_lib import env as npu_lib_env
 from pipeline.validation import reference
-from pipeline.core.artifacts import dvc_dir_md5, write_manifest
+from pipeline.core.manifest import write_manifest
+from pipeline.core.hashes import dvc_dir_md5
 from pipeline.core.config import (ConfigError, ModelConfig, NpuLibVariantConfig, PipelineConfig, ValidateConfig, build,
                              compose)
 from pipeline.core.errors import StageError
@@ -153,7 +155,7 @@ def test_stage_refuses_a_tampered_model_before_any_worker_starts(tmp_path: Path,
     monkeypatch.setattr(npu_lib_env, "ensure", lambda *a, **k: pytest.fail("the environment was asked for"))
     cfg = build(ValidateConfig, compose(["model=tiny"])["validate"])
     with pytest.raises(StageError) as exc:
-        export_npu_lib.validate("int4", cfg, tmp_path / "npu_lib", tmp_path / "ref.json", tmp_path / "metrics",
+        validate_npu_lib.run("int4", cfg, tmp_path / "npu_lib", tmp_path / "ref.json", tmp_path / "metrics",
                                 lock_file=lock)
     message = str(exc.value)
     assert message.startswith("refusing to load") and "not unpickled" in message and "\n" not in message
@@ -169,7 +171,7 @@ def test_without_a_buildable_env_both_stages_record_a_skipped_target(
     assert manifest["status"] == "skipped" and "no C++ compiler" in manifest["reason"]
     assert json.loads((tmp_path / "npu_lib" / "int4" / "manifest.json").read_text())["status"] == "skipped"
     cfg = build(ValidateConfig, compose(["model=tiny"])["validate"])
-    metrics = export_npu_lib.validate("int4", cfg, tmp_path / "npu_lib", tmp_path / "ref.json", tmp_path / "metrics")
+    metrics = validate_npu_lib.run("int4", cfg, tmp_path / "npu_lib", tmp_path / "ref.json", tmp_path / "metrics")
     written = json.loads((tmp_path / "metrics" / "npu_lib-int4.json").read_text())
     assert written == metrics and metrics["status"] == "skipped" and metrics["passed"] is None
     assert metrics["cells"]["NPU"]["status"] == "skipped" and "no C++ compiler" in metrics["cells"]["NPU"]["reason"]
@@ -226,7 +228,7 @@ def test_tiny_model_compiles_to_int4_with_a_manifest(int4_artifact) -> None:
 def test_int4_model_loads_after_the_hash_check_generates_and_matches(int4_artifact, tmp_path: Path) -> None:
     root, _, ref = int4_artifact
     cfg = build(ValidateConfig, compose(["model=tiny"])["validate"])
-    metrics = export_npu_lib.validate("int4", cfg, root, ref, tmp_path, status=no_npu(), lock_file=root.parent / "dvc.lock")
+    metrics = validate_npu_lib.run("int4", cfg, root, ref, tmp_path, status=no_npu(), lock_file=root.parent / "dvc.lock")
     assert metrics["status"] == "passed" and metrics["passed"], metrics["problems"]
     assert metrics["cells"]["NPU"]["status"] == "skipped" and metrics["headline_cell"] == "CPU stand-in"
     assert metrics["label"] == "NPU library model, validated on CPU (stand-in: no NPU here)"
@@ -249,7 +251,7 @@ def test_tampered_library_model_is_refused(int4_artifact, tmp_path: Path) -> Non
     cfg = build(ValidateConfig, compose(["model=tiny"])["validate"])
     lock = Path(shutil.copy(root.parent / "dvc.lock", tmp_path / "dvc.lock"))  # same layout: npu_lib/int4
     with pytest.raises(StageError, match=r"^refusing to load .*not unpickled"):
-        export_npu_lib.validate("int4", cfg, copy, ref, tmp_path / "metrics", status=no_npu(), lock_file=lock)
+        validate_npu_lib.run("int4", cfg, copy, ref, tmp_path / "metrics", status=no_npu(), lock_file=lock)
 
 
 @pytest.mark.slow

@@ -206,7 +206,7 @@ def test_token_never_lands_in_output_cards_manifests_or_repos(project: Path, hub
 def test_card_metadata_is_valid_and_says_what_ran(project: Path) -> None:
     from huggingface_hub import ModelCard
 
-    from pipeline.hub.publish import load_artifact, render_card
+    from pipeline.hub.staging import load_artifact, render_card
 
     art = load_artifact(project, "openvino/int4")
     card = ModelCard(render_card(art, REPO, PublishOptions(tag="v1")))

@@ -16,7 +16,8 @@ import yaml
 
 from pipeline.hub import download
 from pipeline.npu_lib import export as export_npu_lib
-from pipeline.core.artifacts import write_manifest
+from pipeline.npu_lib import validate as validate_npu_lib
+from pipeline.core.manifest import write_manifest
 from pipeline.core.config import ModelConfig
 from pipeline.core.errors import StageError
 
@@ -70,7 +71,7 @@ def test_dvc_repro_force_reruns_nothing_downstream_and_dvc_lock_vouches_for_the_
     # The pickle is vouched for by DVC's own record of the folder; a swapped pickle is not.
     folder = project / "artifacts" / "npu_lib" / "int4"
     manifest = json.loads((folder / "manifest.json").read_text())
-    export_npu_lib.checked_model_file(folder, manifest, project / "dvc.lock")
+    validate_npu_lib.checked_model_file(folder, manifest, project / "dvc.lock")
     copy = tmp_path / "swapped"
     shutil.copytree(folder, copy, symlinks=False)
     (folder / export_npu_lib.MODEL_FILE).unlink()  # a hard link into DVC's cache: replace, never edit it
@@ -78,4 +79,4 @@ def test_dvc_repro_force_reruns_nothing_downstream_and_dvc_lock_vouches_for_the_
     data[len(data) // 2] ^= 0xFF  # one flipped byte in the weights
     (folder / export_npu_lib.MODEL_FILE).write_bytes(bytes(data))
     with pytest.raises(StageError, match=r"^refusing to load .*not the .* that .*dvc.lock recorded for export_npu_lib@int4"):
-        export_npu_lib.checked_model_file(folder, manifest, project / "dvc.lock")
+        validate_npu_lib.checked_model_file(folder, manifest, project / "dvc.lock")

@@ -19,8 +19,11 @@ import torch
 import yaml
 
 from pipeline.npu_lib import export as export_npu_lib
+
+from pipeline.npu_lib import validate as validate_npu_lib
 from pipeline.npu_lib import env as npu_lib_env
-from pipeline.core.artifacts import dvc_dir_md5, write_manifest
+from pipeline.core.manifest import write_manifest
+from pipeline.core.hashes import dvc_dir_md5
 from pipeline.core.config import ValidateConfig, build, compose
 from pipeline.core.errors import StageError
 
@@ -100,7 +103,7 @@ def test_an_artifact_dvc_lock_does_not_record_is_never_unpickled(tmp_path: Path,
     monkeypatch.setattr(npu_lib_env, "run_worker", lambda *a, **k: pytest.fail("a worker was started"))
     cfg = build(ValidateConfig, compose(["model=tiny"])["validate"])
     with pytest.raises(StageError) as exc:
-        export_npu_lib.validate("int4", cfg, folder.parent, tmp_path / "ref.json", tmp_path / "m",
+        validate_npu_lib.run("int4", cfg, folder.parent, tmp_path / "ref.json", tmp_path / "m",
                                 lock_file=tmp_path / "no-dvc.lock")
     assert str(exc.value).startswith("refusing to load") and "records no export_npu_lib@int4 output" in str(exc.value)
     assert not marker.exists()
@@ -116,9 +119,9 @@ def test_payload_with_matching_manifest_and_lock_is_refused_and_nothing_runs(
     marker = tmp_path / "payload-ran"
     folder, lock = tampered_artifact(tmp_path, saved(make_payload(marker), tmp_path / "payload.pt"))
     manifest = yaml.safe_load((folder / "manifest.json").read_text())
-    model_file = export_npu_lib.checked_model_file(folder, manifest, lock)  # both hashes match: only the allow-list is left
+    model_file = validate_npu_lib.checked_model_file(folder, manifest, lock)  # both hashes match: only the allow-list is left
     cfg = build(ValidateConfig, compose(["model=tiny"])["validate"])
-    args = export_npu_lib.worker_args(model_file, manifest, folder, tmp_path / "ref.json", cfg, tmp_path / "l.npz")
+    args = validate_npu_lib.worker_args(model_file, manifest, folder, tmp_path / "ref.json", cfg, tmp_path / "l.npz")
     with pytest.raises(StageError) as exc:  # the validate stage's own call of the worker
         export_npu_lib.call_worker("int4", npu_env, "validate", args, tmp_path)
     message = str(exc.value)

@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.core import artifacts
-from pipeline.core.artifacts import dvc_dir_md5, file_digests, write_manifest
+from pipeline.core import hashes
+from pipeline.core.manifest import write_manifest
+from pipeline.core.hashes import dvc_dir_md5, file_digests
 from pipeline.core.errors import StageError
 from pipeline.core.verify import stage_of, verify_folder
 
@@ -125,7 +126,7 @@ def old_file(path: Path, data: bytes) -> Path:
 def test_digest_cache_is_not_fooled_by_an_in_place_flip_that_keeps_mtime(tmp_path: Path,
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AIPC_DIGEST_CACHE", str(tmp_path / "digests.json"))
-    monkeypatch.setattr(artifacts, "RACY_NS", 0)  # ctime is "now" (utime sets it): accept it for this test
+    monkeypatch.setattr(hashes, "RACY_NS", 0)  # ctime is "now" (utime sets it): accept it for this test
     path = old_file(tmp_path / "w.bin", b"genuine bytes" * 1000)
     first = file_digests([path])[path]
     assert len(json.loads((tmp_path / "digests.json").read_text())) == 1
@@ -173,7 +174,7 @@ def test_verify_accepts_the_recorded_folder(recorded: Path) -> None:
 def test_a_file_swapped_together_with_its_manifest_hash_is_refused_by_dvc_lock(recorded: Path) -> None:
     (recorded / "openvino_model.bin").write_bytes(b"tampered" * 100)
     manifest = json.loads((recorded / "manifest.json").read_text())
-    manifest["files"]["openvino_model.bin"] = {"bytes": 800, "sha256": artifacts.sha256_file(recorded / "openvino_model.bin")}
+    manifest["files"]["openvino_model.bin"] = {"bytes": 800, "sha256": hashes.sha256_file(recorded / "openvino_model.bin")}
     (recorded / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(StageError, match=r"^artifacts/openvino/int4/manifest.json \(with the files it lists\) is not what "
                                          r"dvc.lock recorded for export_openvino@int4 .*: repair with `aipc repair "

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.validation import devices
-from pipeline.npu_lib import export as export_npu_lib
+from pipeline.validation import devices, evidence
+from pipeline.npu_lib import validate as validate_npu_lib
 from pipeline.validation import fidelity
 from pipeline.validation import matrix
 from pipeline.validation import report
@@ -114,7 +114,7 @@ def test_under_dvc_a_failed_cell_is_recorded_and_the_verdict_stage_fails_after_t
 def test_device_numerics_are_judged_by_their_compute_precision_against_the_pinned_run() -> None:
     (cpu,) = matrix.plan_cells(["CPU"], status(), cpu_stand_in=True)
     cfg = tiny_cfg()
-    verdicts = validate.verdicts_for(cfg, "fp16")
+    verdicts = evidence.verdicts_for(cfg, "fp16")
     got = measurement(kl=1e-6, top1=1.0)
     for compute, drift_top1, ok in (("bf16", 0.97, True), ("f16", 0.90, False), ("f32", 0.999, True)):
         got.device_numerics = {"compute": compute, "label": f"{compute} compute, u8 KV cache"}
@@ -135,7 +135,7 @@ def test_long_context_ranges_are_judged_per_range() -> None:
     good = {"window": 6000, "start": 0, "stop": 1024, "top1_agreement": 0.999, "mean_kl": 1e-6}
     bad = {"window": 6000, "start": 4096, "stop": 6000, "top1_agreement": 0.95, "mean_kl": 1e-6}
     got.long_context = [good, bad]
-    cell = matrix.judge(cpu, got, REFERENCE, validate.verdicts_for(tiny_cfg(), "fp16"), "OpenVINO IR")
+    cell = matrix.judge(cpu, got, REFERENCE, evidence.verdicts_for(tiny_cfg(), "fp16"), "OpenVINO IR")
     assert cell.status == "failed" and len(cell.problems) == 1
     assert cell.problems[0].startswith("long context, 6000-token window, positions 4096-6000: top-1 agreement 0.950")
 
@@ -355,7 +355,7 @@ def test_npu_library_running_on_cpu_while_an_npu_is_reported_fails(demo_project,
     project, _ = demo_project
     cfg = tiny_cfg("validate.repeats=1", "validate.warmup=0", "validate.perf_prompt_tokens={short: 32}")
     with pytest.raises(StageError, match=r"NPU: asked for NPU but ran on CPU \(silent fallback\)"):
-        export_npu_lib.validate("int8", cfg, project / "artifacts" / "npu_lib",
+        validate_npu_lib.run("int8", cfg, project / "artifacts" / "npu_lib",
                                 project / "artifacts" / "reference" / "reference.json", tmp_path, status=status("NPU"),
                                 lock_file=project / "dvc.lock")
     metrics = json.loads((tmp_path / "npu_lib-int8.json").read_text())

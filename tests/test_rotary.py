@@ -149,7 +149,7 @@ def test_workaround_changes_only_rotary_constants(exports: dict[str, Path], tmp_
     """Upstream (no mark) stores them in fp16 and fails the inspection; every other weight is bit-identical."""
     from optimum.intel import OVConfig
 
-    from pipeline.core.artifacts import sha256_file
+    from pipeline.core.hashes import sha256_file
 
     monkeypatch.setattr(rotary, "mark_rotary_f32", lambda model: 0)  # what bare optimum-cli does
     upstream = tmp_path / "upstream-fp16"

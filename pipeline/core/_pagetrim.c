@@ -1,4 +1,4 @@
-/* Native page trimmer for pipeline.lean.MappedPageTrimmer (Linux only).
+/* Native page trimmer for pipeline.core.memory.MappedPageTrimmer (Linux only).
  *
  * A Python thread cannot run while a C call holds the GIL, and OpenVINO's save_model holds it
  * while it reads every weight page of the model: the whole checkpoint ends up resident. This
@@ -195,6 +195,6 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_pagetrim",
-                                    "Native page trimmer (see pipeline.lean.MappedPageTrimmer).", -1, methods};
+                                    "Native page trimmer (see pipeline.core.memory.MappedPageTrimmer).", -1, methods};
 
 PyMODINIT_FUNC PyInit__pagetrim(void) { return PyModule_Create(&module); }

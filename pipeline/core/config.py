@@ -22,7 +22,9 @@ from pydantic import AfterValidator, ConfigDict, ValidationError
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 from typing_extensions import dataclass_transform
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PACKAGE_DIR = Path(__file__).resolve().parent.parent  # pipeline/
+PROJECT_ROOT = PACKAGE_DIR.parent
+ASSETS_DIR = PACKAGE_DIR / "assets"  # embedded models, test vectors, the NPU-library constraints
 PARAMS_FILE = Path("params.yaml")
 CONF_DIR = PROJECT_ROOT / "conf"
 

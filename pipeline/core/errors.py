@@ -6,7 +6,13 @@ import errno
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import NoReturn
+
+# What this process has done to artifacts/ (kept up to date by pipeline.core.artifacts.staged_dir), for the interrupt message.
+WRITING: set[Path] = set()  # outputs this process is writing now (staged_dir blocks)
+MOVED: list[Path] = []  # outputs this process has replaced so far
+KEPT: list[Path] = []  # outputs whose writing failed or was interrupted: left as they were
 
 
 class StageError(RuntimeError):
@@ -28,8 +34,6 @@ def size_text(n_bytes: float) -> str:
 
 def interrupt_message() -> str:
     """What an interrupt did to ``artifacts/``, from what this process wrote (:mod:`pipeline.core.artifacts`)."""
-    from pipeline.core.artifacts import KEPT, MOVED, WRITING
-
     writing = ", ".join(sorted({p.as_posix() for p in (*WRITING, *KEPT)}))
     moved = ", ".join(p.as_posix() for p in MOVED)
     if moved:

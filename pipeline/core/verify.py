@@ -21,14 +21,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.artifacts import LOCK_FILE, MANIFEST, file_digests, locked_md5, remove_tree
+from pipeline.core.artifacts import MANIFEST, remove_tree
+from pipeline.core.hashes import LOCK_FILE, file_digests, locked_md5
 from pipeline.core.errors import fail
 from pipeline.core.log import say
+from pipeline.core.registry import FAMILIES
 
 # artifacts/<kind>[/<variant>] -> the DVC stage that builds it
 STAGES = {"model": "download", "reference": "reference", "openvino_base": "export_openvino_base",
-          "openvino": "export_openvino@{}", "npu": "export_npu@{}", "onnx": "export_onnx@{}",
-          "npu_lib": "export_npu_lib@{}"}
+          **{f.name: f"{f.export_stage}@{{}}" for f in FAMILIES.values()}}
 
 
 def stage_of(folder: Path, root: Path | None = None) -> str | None:

@@ -12,13 +12,13 @@ import json
 import shutil
 from pathlib import Path
 
-from pipeline.core.artifacts import ARTIFACTS, staged_dir, write_manifest
-from pipeline.core.config import ModelConfig, load_params
+from pipeline.core.artifacts import ARTIFACTS, staged_dir
+from pipeline.core.manifest import write_manifest
+from pipeline.core.config import ASSETS_DIR, ModelConfig, load_params  # ASSETS_DIR: one folder per name in config.EMBEDDED_ASSETS
 from pipeline.core.errors import fail, run_main
 from pipeline.core.log import say, step
 
 OUT_DIR = ARTIFACTS / "model"
-ASSETS_DIR = Path(__file__).parent / "assets"  # embedded models: one folder per name in config.EMBEDDED_ASSETS
 MODEL_FILES = ["*.safetensors", "*.safetensors.index.json", "config.json", "generation_config.json",
                "tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
                "added_tokens.json", "*.jinja", "LICENSE"]

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 from pipeline.hub import git as hub_git
 from pipeline.core.errors import StageError, fail
 from pipeline.core.log import say
-from pipeline.hub.publish import (Artifact, PublishOptions, PublishResult, commit_message, render_card, stage_files)
+from pipeline.hub.staging import Artifact, PublishOptions, PublishResult, commit_message, render_card, stage_files
 
 
 class Backend(Protocol):

@@ -29,16 +29,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.artifacts import remove_tree, sha256_file, write_json_atomic
-from pipeline.core.config import PROJECT_ROOT
+from pipeline.core.artifacts import remove_tree, write_json_atomic
+from pipeline.core.hashes import sha256_file
+from pipeline.core.config import ASSETS_DIR
+from pipeline.core.envs import envs_root
 from pipeline.core.errors import fail
 from pipeline.core.log import say, step
 
 LIBRARY, LIBRARY_VERSION = "intel-npu-acceleration-library", "1.4.0"
 SDIST = "intel_npu_acceleration_library-1.4.0.tar.gz"
 SDIST_SHA256 = "85bc37169189a0bfdb536a74de454925a4750adc1000d29a6c87de1f1a3a8d7d"  # PyPI, checked on download
-CONSTRAINTS = Path(__file__).parent / "assets" / "npu_lib" / "constraints.txt"
-WORKER = Path(__file__).with_name("npu_lib_worker.py")
+CONSTRAINTS = ASSETS_DIR / "npu_lib" / "constraints.txt"
+WORKER = Path(__file__).with_name("worker.py")
 # Installed first and alone, pinned: an unpinned torch would pull GBs of CUDA packages on Linux.
 TORCH = "torch==2.13.0"
 # The library's own requirements plus what its imports need; exact versions come from CONSTRAINTS.
@@ -100,22 +102,6 @@ class NpuLibEnv:
 # 173 characters below site-packages (measured on torch 2.13.0's win_amd64 wheel), which is Lib\\site-packages\\.
 MAX_PATH = 259
 DEEPEST_INSTALLED = len("\\Lib\\site-packages\\") + 173
-
-
-def envs_root() -> Path:
-    """Where isolated environments live: ``AIPC_ENVS_DIR``, else a short per-user folder on Windows
-    (``%LOCALAPPDATA%\\aipc``: torch's deep paths would overflow 260 characters inside the project), else
-    ``.aipc/envs`` beside the running ``.venv``.
-
-    Temporary project copies (tests) run the same interpreter, so they share one environment per machine.
-    """
-    if os.environ.get("AIPC_ENVS_DIR"):
-        return Path(os.environ["AIPC_ENVS_DIR"])
-    if os.name == "nt" and os.environ.get("LOCALAPPDATA"):
-        return Path(os.environ["LOCALAPPDATA"]) / "aipc"
-    if sys.prefix != sys.base_prefix:
-        return Path(sys.prefix).resolve().parent / ".aipc" / "envs"
-    return PROJECT_ROOT / ".aipc" / "envs"
 
 
 def env_key() -> str:

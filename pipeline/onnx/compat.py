@@ -25,7 +25,7 @@ from pipeline.core.artifacts import ARTIFACTS, replace_dir, write_json_atomic
 from pipeline.core.config import PROJECT_ROOT
 from pipeline.core.errors import fail, run_main
 from pipeline.core.log import say, step
-from pipeline.openvino.validate import greedy_match
+from pipeline.validation.matrix import greedy_match
 
 COMPAT_PACKAGES = ("onnxruntime-genai==0.13.1", "onnxruntime==1.24.4")
 ENV_NAME = "ortgenai-0.13.1"
@@ -37,7 +37,7 @@ REFERENCE = ARTIFACTS / "reference" / "reference.json"
 
 def env_dir() -> Path:
     """Where the compat environment lives: beside the other isolated environments (``.aipc/envs``)."""
-    from pipeline.npu_lib.env import envs_root  # one rule for every isolated environment
+    from pipeline.core.envs import envs_root  # one rule for every isolated environment
 
     return envs_root() / ENV_NAME
 

@@ -16,12 +16,19 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.artifacts import ARTIFACTS, folder_bytes, read_manifest, staged_dir, write_json_atomic, write_manifest
+from pipeline.core.artifacts import ARTIFACTS, folder_bytes, staged_dir, write_json_atomic
+from pipeline.core.manifest import read_manifest, write_manifest
 from pipeline.core.config import ConfigError, OnnxVariantConfig, load_params, pick_variant
 from pipeline.core.errors import fail, run_main
-from pipeline.openvino.lean import ONNX_NEEDS, check_resources, needs_of, use_huge_pages
+from pipeline.core.memory import check_resources, needs_of, use_huge_pages
 from pipeline.core.log import say, step
 from pipeline.onnx.inspect import check_matches_request, inspect_onnx
+
+# The ONNX builder loads the checkpoint in PyTorch and quantizes it layer by layer. Not measured on the full
+# model like the OpenVINO rows (pipeline.openvino.lean; only the tiny one runs here): estimates, one float copy
+# of the checkpoint plus half for the quantized layers and 1 GiB of runtime; disk is the output's share of it.
+ONNX_NEEDS = {"int4": (1.5, 1.0, 0.45), "int8": (1.5, 1.0, 0.6), "fp16": (1.5, 1.0, 1.05),
+              "bf16": (1.5, 1.0, 1.05), "fp32": (2.5, 1.0, 2.1)}  # precision: (RAM share, RAM GiB, disk share)
 
 MODEL_DIR = ARTIFACTS / "model"
 OUT_ROOT = ARTIFACTS / "onnx"
@@ -75,7 +82,7 @@ def build(model_dir: Path, out: Path, cfg: OnnxVariantConfig, options: dict[str,
     except ImportError as err:  # the builder imports onnx_ir without declaring it
         fail(f"cannot import the onnxruntime-genai model builder ({err}): run `pip install -e .` "
              "(it needs onnxruntime-genai and onnx-ir)")
-    from pipeline.openvino.lean import MappedPageTrimmer, prefetch, weight_files
+    from pipeline.core.memory import MappedPageTrimmer, prefetch, weight_files
 
     logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)  # one INFO line per layer otherwise
     cache = out / ".builder-cache"
@@ -84,7 +91,7 @@ def build(model_dir: Path, out: Path, cfg: OnnxVariantConfig, options: dict[str,
         parsed = parse_extra_options(*args, [f"{k}={v}" for k, v in options.items()])
         weights = weight_files(model_dir)
         prefetch(weights)  # the builder reads the weights lazily while it quantizes: read them ahead
-        with MappedPageTrimmer(weights):  # hand back checkpoint pages once read (pipeline.openvino.lean)
+        with MappedPageTrimmer(weights):  # hand back checkpoint pages once read (pipeline.core.memory)
             create_model(*args, **parsed)
     except (ValueError, RuntimeError, NotImplementedError, KeyError, OSError) as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]

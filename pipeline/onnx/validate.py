@@ -20,12 +20,13 @@ from typing import Any
 
 from pipeline.validation import fidelity
 from pipeline.validation import matrix
-from pipeline.core.artifacts import ARTIFACTS, folder_bytes, read_manifest
+from pipeline.core.artifacts import ARTIFACTS, folder_bytes
+from pipeline.core.manifest import read_manifest
 from pipeline.core.config import ValidateConfig, load_params, pick_variant
 from pipeline.validation.devices import ONNX_PROVIDER_DEVICES, onnx_provider_status
 from pipeline.core.errors import fail, run_main
 from pipeline.core.log import step
-from pipeline.openvino.validate import Evidence, verdicts_for
+from pipeline.validation.evidence import Evidence, verdicts_for
 
 ONNX_ROOT = ARTIFACTS / "onnx"
 REFERENCE = ARTIFACTS / "reference" / "reference.json"

@@ -16,11 +16,14 @@ import shutil
 from pathlib import Path
 from typing import Any, Iterator
 
-from pipeline.core.artifacts import ARTIFACTS, folder_bytes, read_manifest, staged_dir, write_manifest
+from pipeline.core.artifacts import ARTIFACTS, folder_bytes, staged_dir
+from pipeline.core.manifest import read_manifest, write_manifest
 from pipeline.core.config import OpenVinoVariantConfig
 from pipeline.core.errors import fail, run_main
 from pipeline.openvino.ir_inspect import check_rotary, inspect_ir
-from pipeline.openvino.lean import MappedPageTrimmer, check_resources, needs, use_huge_pages, weight_files
+from pipeline.core.memory import MappedPageTrimmer, check_resources, use_huge_pages, weight_files
+from pipeline.openvino.lean import needs
+from pipeline.openvino.upstream import TOKENIZER_FILES, export_float, quantization_dict
 from pipeline.core.log import say, step
 
 MODEL_DIR = ARTIFACTS / "model"
@@ -33,8 +36,6 @@ SENSITIVITY_CACHE = Path(".aipc") / "nncf_sensitivity"
 def base_ov_config() -> Any:
     """An ``OVConfig`` that makes ``main_export`` write the uncompressed IR the int4/int8 path starts from."""
     from optimum.intel import OVConfig
-
-    from pipeline.openvino.export import quantization_dict
 
     return OVConfig(quantization_config=quantization_dict(OpenVinoVariantConfig()))
 
@@ -138,8 +139,6 @@ def statistics_path(model_manifest: dict, dataset: Any, num_samples: int | None)
 
 def run(model_dir: Path = MODEL_DIR, out_dir: Path = OUT_DIR, lean: bool = True) -> dict:
     """Export the uncompressed IR (plus tokenizer IR) of the model in ``model_dir`` to ``out_dir``."""
-    from pipeline.openvino.export import TOKENIZER_FILES, export_float
-
     source = read_manifest(model_dir)
     check_resources("exporting the base IR", *needs("export", "base", model_dir, lean), out_dir.parent)
     with staged_dir(out_dir) as tmp:

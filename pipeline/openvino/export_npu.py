@@ -19,12 +19,12 @@ from typing import Any
 
 from pipeline.validation import devices
 from pipeline.openvino import npu_lane
-from pipeline.core.artifacts import (ARTIFACTS, file_hashes, folder_bytes, read_manifest, staged_dir, write_json_atomic,
-                                write_manifest)
+from pipeline.core.artifacts import ARTIFACTS, folder_bytes, staged_dir, write_json_atomic
+from pipeline.core.manifest import file_hashes, read_manifest, write_manifest
 from pipeline.core.config import NpuVariantConfig, load_params, pick_variant
 from pipeline.core.errors import fail, run_main
 from pipeline.openvino.export import BASE_DIR, ROTARY_VERIFIED, check_group_size, export_into, manifest_fields
-from pipeline.openvino.lean import use_huge_pages
+from pipeline.core.memory import use_huge_pages
 from pipeline.core.log import say, step
 
 MODEL_DIR = ARTIFACTS / "model"

@@ -20,21 +20,21 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.validation import fidelity
+from pipeline.validation.evidence import Evidence, verdicts_for
 from pipeline.validation import matrix
 from pipeline.openvino import npu_lane
 from pipeline.openvino import numerics
-from pipeline.core.artifacts import ARTIFACTS, folder_bytes, read_manifest
+from pipeline.core.artifacts import ARTIFACTS, folder_bytes
+from pipeline.core.manifest import read_manifest
 from pipeline.core.config import ValidateConfig, load_params, pick_variant
 from pipeline.core.errors import fail, run_main
 from pipeline.core.log import step
+from pipeline.core.registry import FAMILIES
 
 IR_ROOT = ARTIFACTS / "openvino"
 NPU_ROOT = ARTIFACTS / "npu"
 REFERENCE = ARTIFACTS / "reference" / "reference.json"
 METRICS_DIR = ARTIFACTS / "metrics"
-KINDS = {"openvino": "OpenVINO IR", "npu": "NPU-ready IR"}
-# Kept for the other validators' imports: one implementation of greedy matching.
-greedy_match = matrix.greedy_match
 
 
 @dataclass
@@ -49,7 +49,7 @@ class Target:
     @property
     def kind(self) -> str:
         """Human name of the artifact family, used in labels."""
-        return KINDS[self.family]
+        return FAMILIES[self.family].kind
 
 
 def device_properties(ir_dir: Path, device: str) -> dict[str, Any]:
@@ -157,34 +157,6 @@ def forced_logits(ir_dir: Path, device: str, windows: list[list[int]], compute: 
     return logits, executed, ran
 
 
-@dataclass
-class Evidence:
-    """What every cell of one artifact compares against: the reference and its log-probs, short and long."""
-
-    reference: dict
-    logprobs: fidelity.ReferenceLogprobs
-    long_logprobs: fidelity.ReferenceLogprobs | None
-
-    @classmethod
-    def load(cls, reference_path: Path) -> Evidence:
-        """Read the ``reference`` stage's JSON and the ``.npz`` files beside it."""
-        folder = Path(reference_path).parent
-        long_file = folder / fidelity.LONG_LOGPROBS_FILE
-        return cls(json.loads(Path(reference_path).read_text(encoding="utf-8")),
-                   fidelity.ReferenceLogprobs.load(folder / fidelity.LOGPROBS_FILE),
-                   fidelity.ReferenceLogprobs.load(long_file) if long_file.is_file() else None)
-
-    @property
-    def windows(self) -> list[list[int]]:
-        """The held-out windows the short-context fidelity is computed over."""
-        return [w["input_ids"] for w in self.reference["teacher_forced"]]
-
-    @property
-    def long_windows(self) -> list[list[int]]:
-        """The long-context windows (none when the reference has no long-context part)."""
-        return (self.reference.get("long_context") or {}).get("windows", []) if self.long_logprobs else []
-
-
 def pinned_fidelity(ir_dir: Path, device: str, evidence: Evidence) -> tuple[dict[str, Any], list[Any], str]:
     """Artifact fidelity: the IR at f32 runtime precision, short windows and long-context ranges."""
     windows = evidence.windows + evidence.long_windows
@@ -282,14 +254,6 @@ def same_tokens_as_cpu(cells: dict[str, matrix.Cell], outputs: dict[str, list[li
         npuw.status = "failed"
 
 
-def verdicts_for(cfg: ValidateConfig, weight_format: str) -> matrix.Verdicts:
-    """The thresholds of one artifact: its weight format's, the compute precisions', the long-context ranges'."""
-    device = {c: matrix.Thresholds(f"{c} compute", **cfg.device_numerics.thresholds(c))
-              for c in ("f32", "bf16", "f16")}
-    return matrix.Verdicts(matrix.Thresholds(weight_format, **cfg.thresholds(weight_format)), device,
-                           matrix.Thresholds(weight_format, **cfg.long_context_thresholds(weight_format)))
-
-
 def run(target: Target, cfg: ValidateConfig, reference_path: Path = REFERENCE, metrics_dir: Path = METRICS_DIR,
         status: dict | None = None) -> dict:
     """Validate one IR on every device it targets; write its metrics; fail (one line) if a cell failed.
@@ -333,6 +297,16 @@ def openvino_target(name: str, cfg: ValidateConfig, root: Path = IR_ROOT) -> Tar
 def npu_target(name: str, cfg: ValidateConfig, root: Path = NPU_ROOT) -> Target:
     """An NPU-ready IR on its configured devices (the NPU by default)."""
     return Target(f"npu-{name}", "npu", root / name, cfg.devices["npu"])
+
+
+def run_openvino(name: str, cfg: ValidateConfig, **kwargs: Any) -> dict:
+    """Validate ``artifacts/openvino/<name>`` (the registry's entry point; ``kwargs`` go to :func:`run`)."""
+    return run(openvino_target(name, cfg), cfg, **kwargs)
+
+
+def run_npu(name: str, cfg: ValidateConfig, **kwargs: Any) -> dict:
+    """Validate ``artifacts/npu/<name>`` (the registry's entry point; ``kwargs`` go to :func:`run`)."""
+    return run(npu_target(name, cfg), cfg, **kwargs)
 
 
 def main(argv: list[str] | None = None) -> None:

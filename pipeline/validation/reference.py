@@ -14,15 +14,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.artifacts import ARTIFACTS, read_manifest, staged_dir, write_json_atomic, write_manifest
-from pipeline.core.config import ValidateConfig, load_params
+from pipeline.core.artifacts import ARTIFACTS, staged_dir, write_json_atomic
+from pipeline.core.manifest import read_manifest, write_manifest
+from pipeline.core.config import ASSETS_DIR, ValidateConfig, load_params
 from pipeline.core.errors import fail, run_main
 from pipeline.validation.fidelity import LONG_LOGPROBS_FILE, LOGPROBS_FILE, reference_from_logits
 from pipeline.core.log import say, step
 
 MODEL_DIR = ARTIFACTS / "model"
 OUT_DIR = ARTIFACTS / "reference"
-HELDOUT_TEXT = Path(__file__).parent / "assets" / "tiny_phi3" / "heldout.txt"
+HELDOUT_TEXT = ASSETS_DIR / "tiny_phi3" / "heldout.txt"
 
 
 def heldout_ids(tokenizer: Any) -> list[int]:

@@ -21,10 +21,10 @@ from pipeline.core.artifacts import ARTIFACTS, staged_dir, write_json_atomic
 from pipeline.core.config import PipelineConfig, load_params
 from pipeline.core.errors import fail, run_main
 from pipeline.core.log import say
+from pipeline.core.registry import FAMILIES
 
 METRICS_DIR = ARTIFACTS / "metrics"
 OUT_DIR = ARTIFACTS / "report"
-STAGES = {"openvino": "validate", "npu": "validate_npu", "onnx": "validate_onnx", "npu_lib": "validate_npu_lib"}
 
 
 @dataclass
@@ -61,9 +61,8 @@ class Row:
 
 def configured_artifacts(params: PipelineConfig) -> list[tuple[str, str]]:
     """(artifact name, DVC stage) for every configured variant, in pipeline order."""
-    sections = {"openvino": params.openvino, "npu": params.npu, "onnx": params.onnx, "npu_lib": params.npu_lib}
-    return [(f"{family}-{variant}", f"{STAGES[family]}@{variant}")
-            for family, variants in sections.items() for variant in variants]
+    return [(family.artifact(variant), f"{family.validate_stage}@{variant}")
+            for family in FAMILIES.values() for variant in getattr(params, family.name)]
 
 
 def collect_rows(artifacts: list[tuple[str, str]], metrics_dir: Path) -> list[Row]:

@@ -1,0 +1,74 @@
+"""The target families, one line each: what the report, verify, publish and the layout test read.
+
+A family is a conf group (``conf/<name>/default.yaml``, a key per variant), an export stage
+(``artifacts/<name>/<variant>`` + manifest) and a validate stage (``artifacts/metrics/<name>-<variant>.json``),
+both ``foreach`` stages in ``dvc.yaml`` whose ``cmd`` runs the modules named here. Entry points are written
+as ``module:function`` strings so that the core never imports a family; :func:`entry` resolves them.
+Adding a family: a subpackage with its export and validate modules, a conf group, a ``dvc.yaml`` stage
+pair, and one line in :data:`FAMILIES` (``tests/test_registry.py`` checks that the four agree).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+
+@dataclass(frozen=True)
+class Family:
+    """One target family: its conf group, its two stages and their entry points, where its outputs go."""
+
+    name: str  # conf group, params.yaml section, folder under artifacts/, metrics prefix
+    kind: str  # what its artifacts are, for people (metrics cells, model cards)
+    export_stage: str  # dvc.yaml stage (foreach over the conf group)
+    export: str  # entry point, ``module:function``; ``python -m <module> <variant>`` is the stage's cmd
+    validate_stage: str
+    validate: str
+    validate_flags: str = ""  # between ``python -m <module>`` and the variant in the validate stage's cmd
+    publishable: bool = True  # ``aipc publish`` accepts ``<name>/<variant>``
+
+    @property
+    def artifact_root(self) -> Path:
+        """Where the export stage writes ``<variant>/`` (relative to the project root)."""
+        return Path("artifacts") / self.name
+
+    @property
+    def metrics_prefix(self) -> str:
+        """The metrics file of variant ``v`` is ``artifacts/metrics/<prefix>-<v>.json``; also the artifact's name."""
+        return self.name
+
+    def module(self, which: str) -> str:
+        """The module of the ``export`` or ``validate`` entry point (``pipeline.openvino.export``)."""
+        return getattr(self, which).partition(":")[0]
+
+    def cmd(self, which: str) -> str:
+        """The ``dvc.yaml`` command of the ``export`` or ``validate`` stage (``${key}`` is the variant)."""
+        flags = self.validate_flags + " " if which == "validate" and self.validate_flags else ""
+        return f"python -m {self.module(which)} {flags}${{key}}"
+
+    def artifact(self, variant: str) -> str:
+        """The artifact's name in metrics, reports and cards: ``openvino-int4``."""
+        return f"{self.metrics_prefix}-{variant}"
+
+
+FAMILIES: dict[str, Family] = {f.name: f for f in (
+    Family("openvino", "OpenVINO IR", "export_openvino", "pipeline.openvino.export:run",
+           "validate", "pipeline.openvino.validate:run_openvino"),
+    Family("npu", "NPU-ready IR", "export_npu", "pipeline.openvino.export_npu:run",
+           "validate_npu", "pipeline.openvino.validate:run_npu", validate_flags="--npu"),
+    Family("onnx", "ONNX Runtime GenAI model", "export_onnx", "pipeline.onnx.export:run",
+           "validate_onnx", "pipeline.onnx.validate:run"),
+    Family("npu_lib", "NPU library model", "export_npu_lib", "pipeline.npu_lib.export:run",
+           "validate_npu_lib", "pipeline.npu_lib.validate:run", publishable=False),
+)}
+
+# Stages outside the families: shared inputs, the base IR the OpenVINO variants compress, and the summary.
+SHARED_STAGES = ("download", "reference", "export_openvino_base", "report", "verdict")
+
+
+def entry(family: str, which: str) -> Callable[..., Any]:
+    """The ``export`` or ``validate`` function of ``family`` (imports the family's module)."""
+    module, _, function = getattr(FAMILIES[family], which).partition(":")
+    return getattr(importlib.import_module(module), function)

@@ -1,0 +1,162 @@
+"""Stage ``validate_npu_lib@<variant>``: load the NPU library's model (hash-checked, allow-listed) and measure it.
+
+The model pickle of :mod:`pipeline.npu_lib.export` is loaded only when the whole folder matches the hash
+``dvc.lock`` recorded for ``export_npu_lib@<variant>``, then only in the library's own environment
+(:mod:`pipeline.npu_lib.env`) by :mod:`pipeline.npu_lib.worker`, with ``torch.load(weights_only=True)`` and an
+allow-list of the library's classes. The cells, verdicts and metrics format are :mod:`pipeline.validation.matrix`'s.
+Output: ``artifacts/metrics/npu_lib-<variant>.json`` (``status: skipped`` with the reason where the library cannot run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from pipeline.core.artifacts import ARTIFACTS, folder_bytes
+from pipeline.core.manifest import read_manifest
+from pipeline.core.hashes import LOCK_FILE, dvc_dir_md5, locked_md5
+from pipeline.core.config import ValidateConfig, load_params, pick_variant
+from pipeline.core.errors import fail, run_main
+from pipeline.core.log import step
+from pipeline.npu_lib import env as npu_lib_env
+from pipeline.npu_lib.export import KIND, MODEL_FILE, OUT_ROOT, call_worker  # noqa: F401 (MODEL_FILE: tests)
+from pipeline.validation import fidelity, matrix
+
+REFERENCE = ARTIFACTS / "reference" / "reference.json"
+METRICS_DIR = ARTIFACTS / "metrics"
+
+
+def checked_model_file(folder: Path, manifest: dict, lock_file: Path = LOCK_FILE) -> Path:
+    """The model pickle, once the whole folder matches the hash ``dvc.lock`` recorded for it (nothing unpickled before).
+
+    The expected hash comes from ``dvc.lock`` (git-tracked, written by DVC after the export stage ran), not
+    from the folder: a pickle swapped together with its manifest is refused here. The worker then checks
+    the pickle's sha256 against the verified manifest again, right before loading it.
+    """
+    name, path = folder.name, folder / manifest["model_file"]
+    rebuild = f"repair with `aipc repair export_npu_lib@{name}`"
+    if not path.is_file():
+        fail(f"{path} missing: {rebuild}")
+    expected = locked_md5(f"export_npu_lib@{name}", folder, lock_file)
+    if expected is None:
+        fail(f"refusing to load {path}: {lock_file} records no export_npu_lib@{name} output for {folder}, so "
+             f"nothing vouches for the pickle and it is not unpickled (build it with `dvc repro export_npu_lib@{name}`)")
+    actual = dvc_dir_md5(folder)
+    if actual != expected:
+        fail(f"refusing to load {path}: {folder} hashes to {actual[:12]}..., not the {expected[:12]}... that {lock_file} "
+             f"recorded for export_npu_lib@{name}; a file was modified, so the pickle is not unpickled ({rebuild})")
+    return path
+
+
+def skipped_record(name: str, weight_format: str | None, reason: str, cfg: ValidateConfig) -> matrix.MetricsRecord:
+    """Metrics of a target that was not built (or cannot run) here: every target device ``skipped`` with the reason."""
+    cells = {d: matrix.Cell(d, d, "skipped", f"{KIND}, skipped", reason=reason) for d in cfg.devices["npu_lib"]}
+    return matrix.MetricsRecord(f"npu_lib-{name}", "npu_lib", weight_format, None,
+                                cfg.thresholds(weight_format or "int4"), cells)
+
+
+def measurement(result: dict[str, Any], logits_file: Path,
+                ref_logprobs: fidelity.ReferenceLogprobs) -> matrix.Measurement:
+    """The worker's result and saved logits as a matrix measurement (fidelity computed here, not in the worker)."""
+    perf = {k: matrix.Perf.from_runs(v["prompt_tokens"], v["new_tokens"], v["ttft_ms"], v["tpot_ms"])
+            for k, v in result["perf"].items()}
+    note = None
+    if result["device_executed"] != "NPU":
+        note = (f"the library ran on {result['device_executed']} with only a warning "
+                f"({'; '.join(result['warnings']) or 'none recorded'})")
+    return matrix.Measurement(
+        executed=result["device_executed"], load_s=result["load_s"], peak_rss_mb=result["peak_rss_mb"], perf=perf,
+        fidelity=fidelity.compare(ref_logprobs, fidelity.load_npz_logits(logits_file)).as_dict(),
+        outputs=result["outputs"], tokenizer_matches_reference=result["tokenizer_matches_reference"],
+        sample=result["text"], note=note)
+
+
+def worker_args(model_file: Path, manifest: dict, folder: Path, reference_path: Path, cfg: ValidateConfig,
+                logits_file: Path) -> list[str]:
+    """Command-line arguments of the worker's ``validate`` command."""
+    return ["--model-file", str(model_file.resolve()), "--sha256", manifest["model_sha256"],
+            "--tokenizer", str(folder.resolve()), "--reference", str(Path(reference_path).resolve()),
+            "--logits", str(logits_file.resolve()), "--max-new-tokens", str(cfg.max_new_tokens),
+            "--new-tokens", str(cfg.perf_new_tokens), "--warmup", str(cfg.warmup), "--repeats", str(cfg.repeats)]
+
+
+def run_cells(name: str, env: npu_lib_env.NpuLibEnv, model_file: Path, manifest: dict, folder: Path,
+              reference_path: Path, cfg: ValidateConfig, status: dict) -> dict[str, matrix.Cell]:
+    """Fill every cell: the library picks its device itself, so one worker run serves the cell that runs."""
+    reference = json.loads(Path(reference_path).read_text(encoding="utf-8"))
+    ref_logprobs = fidelity.ReferenceLogprobs.load(Path(reference_path).parent / fidelity.LOGPROBS_FILE)
+    weight_format = manifest["parameters"]["dtype"]
+    thresholds = matrix.Thresholds(weight_format, **cfg.thresholds(weight_format))
+    cells = {}
+    for plan in matrix.plan_cells(cfg.devices["npu_lib"], status, cfg.cpu_stand_in):
+        if plan.skip_reason:
+            cells[plan.column] = matrix.skipped_cell(plan, KIND)
+            continue
+        with tempfile.TemporaryDirectory(prefix="npu-lib-") as scratch, \
+                step(f"[npu_lib-{name} @ {plan.column}] loading (hash checked) and generating in the isolated environment"):
+            logits_file = Path(scratch) / "logits.npz"
+            result = call_worker(name, env, "validate", worker_args(model_file, manifest, folder, reference_path, cfg,
+                                                                    logits_file), Path(scratch))
+            got = measurement(result, logits_file, ref_logprobs)
+        cells[plan.column] = matrix.judge(plan, got, reference, thresholds, KIND)
+    return cells
+
+
+def run(name: str, cfg: ValidateConfig, artifact_root: Path = OUT_ROOT, reference_path: Path = REFERENCE,
+             metrics_dir: Path = METRICS_DIR, envs_root: Path | None = None, status: dict | None = None,
+             lock_file: Path = LOCK_FILE) -> dict:
+    """Load the library's model (after the hash checks, allow-listed), generate, and compare it with PyTorch.
+
+    Args:
+        name: Variant name (key under ``npu_lib``).
+        cfg: The ``validate`` section (prompts, lengths, repeats, thresholds, target devices).
+        artifact_root: Parent folder of the library's model folders.
+        reference_path: The ``reference`` stage's JSON (``logprobs.npz`` beside it).
+        metrics_dir: Where ``npu_lib-<name>.json`` is written.
+        envs_root: Where the isolated environment lives (default: :func:`npu_lib_env.envs_root`).
+        status: Device status (detected when omitted; tests pass a fake).
+        lock_file: The ``dvc.lock`` whose record of ``export_npu_lib@<name>`` vouches for the folder.
+
+    Returns:
+        The metrics written; ``status`` is ``passed``, ``failed`` or ``skipped`` (then ``passed`` is null).
+    """
+    folder = Path(artifact_root) / name
+    manifest = read_manifest(folder)
+    out = Path(metrics_dir) / f"npu_lib-{name}.json"
+    dtype = manifest["parameters"].get("dtype")
+    if manifest.get("status") == "skipped":
+        return matrix.publish(skipped_record(name, dtype, manifest["reason"], cfg), out)
+    model_file = checked_model_file(folder, manifest, lock_file)
+    try:
+        env = npu_lib_env.ensure(envs_root)
+    except npu_lib_env.EnvUnavailable as err:
+        return matrix.publish(skipped_record(name, dtype, str(err), cfg), out)
+    if status is None:
+        from pipeline.validation import devices
+
+        status = devices.detect()
+    cells = run_cells(name, env, model_file, manifest, folder, reference_path, cfg, status)
+    thresholds = cfg.thresholds(dtype)
+    record = matrix.MetricsRecord(f"npu_lib-{name}", "npu_lib", dtype, round(folder_bytes(folder) / 2**20, 3),
+                                  thresholds, cells)
+    return matrix.publish(record, out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """DVC entry point: ``python -m pipeline.npu_lib.validate <variant>``."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("variant", help="key under `npu_lib` in params.yaml, e.g. int4")
+    args = parser.parse_args(argv)
+    params = load_params()
+    pick_variant(params.npu_lib, args.variant, "npu_lib")
+    from pipeline.core.verify import verify_for_use
+
+    verify_for_use(OUT_ROOT / args.variant, REFERENCE.parent)
+    run(args.variant, params.validate)
+
+
+if __name__ == "__main__":
+    run_main(main)

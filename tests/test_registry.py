@@ -1,0 +1,49 @@
+"""The family registry (pipeline/core/registry.py), conf/ groups and dvc.yaml agree with each other."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from pipeline.core.registry import FAMILIES, SHARED_STAGES, entry
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def dvc_stages() -> dict:
+    return yaml.safe_load((ROOT / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
+
+
+def test_every_family_has_its_conf_group_and_stages() -> None:
+    """A conf group per family, and its export and validate stages run the registry's modules over that group."""
+    stages = dvc_stages()
+    for family in FAMILIES.values():
+        assert (ROOT / "conf" / family.name / "default.yaml").is_file(), f"no conf group for {family.name}"
+        for which, stage in (("export", family.export_stage), ("validate", family.validate_stage)):
+            assert stage in stages, f"dvc.yaml has no {stage} stage for family {family.name}"
+            assert stages[stage]["foreach"] == f"${{{family.name}}}", f"{stage} does not iterate over {family.name}"
+            assert stages[stage]["do"]["cmd"] == family.cmd(which)
+            module_file = family.module(which).replace(".", "/") + ".py"
+            assert module_file in stages[stage]["do"]["deps"], f"{stage} does not list its own module {module_file}"
+            assert callable(entry(family.name, which))
+        outs = [next(iter(o)) if isinstance(o, dict) else o for o in stages[family.export_stage]["do"]["outs"]]
+        assert outs == [f"{family.artifact_root.as_posix()}/${{key}}"]
+        metrics = [next(iter(m)) for m in stages[family.validate_stage]["do"]["metrics"]]
+        assert metrics == [f"artifacts/metrics/{family.metrics_prefix}-${{key}}.json"]
+
+
+def test_dvc_yaml_has_no_stage_outside_the_registry() -> None:
+    """Every stage of dvc.yaml is a family's export/validate stage or one of the shared stages."""
+    known = set(SHARED_STAGES) | {s for f in FAMILIES.values() for s in (f.export_stage, f.validate_stage)}
+    assert set(dvc_stages()) == known
+
+
+def test_every_stage_module_in_dvc_yaml_exists() -> None:
+    """Each ``python -m`` module of dvc.yaml is a file listed in that stage's deps."""
+    for name, stage in dvc_stages().items():
+        body = stage.get("do", stage)
+        module = body["cmd"].split()[2]
+        path = module.replace(".", "/") + ".py"
+        assert (ROOT / path).is_file(), f"{name}: {path} missing"
+        assert path in body["deps"], f"{name}: {path} not in its deps"
