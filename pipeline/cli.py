@@ -17,6 +17,7 @@ from typing import Any
 
 from pipeline.core.config import PARAMS_FILE, build, compose, dump_yaml, load_params
 from pipeline.core.errors import fail, run_main
+from pipeline.core.stage import run_stage
 
 
 def cmd_download() -> None:
@@ -35,30 +36,22 @@ def cmd_reference() -> None:
 
 def cmd_export_openvino(variant: str) -> None:
     """Export one OpenVINO IR variant (int4, int8, fp16, ...) from artifacts/model."""
-    from pipeline.openvino import export as export_openvino
-
-    export_openvino.main([variant])
+    run_stage("openvino", "export", [variant])
 
 
 def cmd_validate(variant: str) -> None:
     """Run one IR variant with openvino_genai and compare it with the PyTorch reference."""
-    from pipeline.openvino import validate
-
-    validate.main([variant])
+    run_stage("openvino", "validate", [variant])
 
 
 def cmd_export_onnx(variant: str) -> None:
     """Build one ONNX Runtime GenAI variant (dml_int4, dml_fp16, cpu_int4, ...) from artifacts/model."""
-    from pipeline.onnx import export as export_onnx
-
-    export_onnx.main([variant])
+    run_stage("onnx", "export", [variant])
 
 
 def cmd_validate_onnx(variant: str) -> None:
     """Run one ONNX variant with onnxruntime-genai and compare it with the PyTorch reference."""
-    from pipeline.onnx import validate as validate_onnx
-
-    validate_onnx.main([variant])
+    run_stage("onnx", "validate", [variant])
 
 
 def cmd_onnx_compat(target: str) -> None:
@@ -70,16 +63,12 @@ def cmd_onnx_compat(target: str) -> None:
 
 def cmd_export_npu(variant: str) -> None:
     """Export an NPU-ready IR (int4 sym, ratio 1.0) and, where an NPU exists, its compiled blob."""
-    from pipeline.openvino import export_npu
-
-    export_npu.main([variant])
+    run_stage("npu", "export", [variant])
 
 
 def cmd_validate_npu(variant: str) -> None:
     """Validate an NPU-ready IR on the NPU, or on CPU (labelled so) where there is none."""
-    from pipeline.openvino import validate
-
-    validate.main(["--npu", variant])
+    run_stage("openvino", "validate", ["--npu", variant])
 
 
 def cmd_compile_npu_blob(artifact: str) -> None:
@@ -92,16 +81,12 @@ def cmd_compile_npu_blob(artifact: str) -> None:
 
 def cmd_export_npu_lib(variant: str) -> None:
     """Compile the original NPU recipe (intel-npu-acceleration-library int4/int8/fp16) in its own environment."""
-    from pipeline.npu_lib import export as export_npu_lib
-
-    export_npu_lib.main([variant])
+    run_stage("npu_lib", "export", [variant])
 
 
 def cmd_validate_npu_lib(variant: str) -> None:
     """Load an intel-npu-acceleration-library model (after its hash check), generate and compare with PyTorch."""
-    from pipeline.npu_lib import validate as validate_npu_lib
-
-    validate_npu_lib.main([variant])
+    run_stage("npu_lib", "validate", [variant])
 
 
 def cmd_npu_lib_env() -> None:

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.core.config import ModelConfig, OpenVinoVariantConfig
+from pipeline.core.hashes import sha256_file
 from pipeline.hub import download
 from pipeline.openvino import export as export_openvino
 from pipeline.openvino import export_base as export_openvino_base
-from pipeline.core.hashes import sha256_file
-from pipeline.core.config import ModelConfig, OpenVinoVariantConfig
 
 pytestmark = pytest.mark.slow
 

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.hub import download
-from pipeline.core.manifest import read_manifest
-from pipeline.core.hashes import sha256_file
 from pipeline.core.config import ConfigError, ModelConfig, PipelineConfig, build, compose
 from pipeline.core.errors import StageError
+from pipeline.core.hashes import sha256_file
+from pipeline.core.manifest import read_manifest
+from pipeline.hub import download
 
 from conftest import ROOT, TINY_DIR, assert_untouched, previous_artifact
 

@@ -13,14 +13,14 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from pipeline.core import memory
+from pipeline.core.config import ModelConfig, OpenVinoVariantConfig
+from pipeline.core.errors import StageError
+from pipeline.core.hashes import sha256_file
 from pipeline.hub import download
 from pipeline.openvino import export as export_openvino
 from pipeline.openvino import export_base as export_openvino_base
-from pipeline.core import memory
 from pipeline.openvino import lean
-from pipeline.core.hashes import sha256_file
-from pipeline.core.config import ModelConfig, OpenVinoVariantConfig
-from pipeline.core.errors import StageError
 
 
 def bf16_tiny(dest: Path) -> Path:

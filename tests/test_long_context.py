@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.openvino import validate
 from pipeline.core.config import ValidateConfig, build, compose
 from pipeline.core.errors import StageError
+from pipeline.openvino import validate
 
 from conftest import make_project, run_cmd
 

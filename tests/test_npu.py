@@ -7,14 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.validation import devices
-from pipeline.hub import download
-from pipeline.openvino import export_npu
-from pipeline.validation import matrix
-from pipeline.openvino import validate
-from pipeline.openvino import npu_lane
 from pipeline.core.config import ConfigError, ModelConfig, NpuVariantConfig, compose
+from pipeline.hub import download
+from pipeline.openvino import export_npu, npu_lane, validate
 from pipeline.openvino.ir_inspect import inspect_ir
+from pipeline.validation import devices, matrix
 
 
 class FakeCore:

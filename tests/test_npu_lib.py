@@ -19,17 +19,23 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.validation import devices
+from pipeline.core.config import (
+    ConfigError,
+    ModelConfig,
+    NpuLibVariantConfig,
+    PipelineConfig,
+    ValidateConfig,
+    build,
+    compose,
+)
+from pipeline.core.errors import StageError
+from pipeline.core.hashes import dvc_dir_md5
+from pipeline.core.manifest import write_manifest
 from pipeline.hub import download
+from pipeline.npu_lib import env as npu_lib_env
 from pipeline.npu_lib import export as export_npu_lib
 from pipeline.npu_lib import validate as validate_npu_lib
-from pipeline.npu_lib import env as npu_lib_env
-from pipeline.validation import reference
-from pipeline.core.manifest import write_manifest
-from pipeline.core.hashes import dvc_dir_md5
-from pipeline.core.config import (ConfigError, ModelConfig, NpuLibVariantConfig, PipelineConfig, ValidateConfig, build,
-                             compose)
-from pipeline.core.errors import StageError
+from pipeline.validation import devices, reference
 
 from conftest import ROOT, make_project, run_cmd
 

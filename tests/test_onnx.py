@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.hub import download
-from pipeline.onnx import export as export_onnx
-from pipeline.onnx import compat as onnx_compat
 from pipeline.core.config import ONNX_EXTRA_OPTIONS, ConfigError, ModelConfig, OnnxVariantConfig, compose
 from pipeline.core.errors import StageError
+from pipeline.hub import download
+from pipeline.onnx import compat as onnx_compat
+from pipeline.onnx import export as export_onnx
 from pipeline.onnx.inspect import check_matches_request
 
 from conftest import assert_untouched, previous_artifact

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.hub import git as hub_git
 from pipeline.core.errors import StageError
-from pipeline.hub.server import HubServer
+from pipeline.hub import git as hub_git
 from pipeline.hub.model_card import metadata_problems
 from pipeline.hub.publish import PublishOptions, publish
+from pipeline.hub.server import HubServer
 
 from conftest import ROOT, make_project, run_cmd
 
@@ -92,8 +92,8 @@ def pull_in_fresh_process(hub: HubServer, revision: str, dest: Path) -> dict:
 
 def validate_pulled(project: Path, folder: Path, tmp_path: Path) -> dict:
     """Run the pipeline's own validation on the downloaded IR against the project's PyTorch reference."""
-    from pipeline.openvino import validate
     from pipeline.core.config import load_params
+    from pipeline.openvino import validate
 
     cfg = load_params(project / "params.yaml").validate
     target = validate.Target("openvino-int4-pulled", "openvino", folder, ["CPU"])

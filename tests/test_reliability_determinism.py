@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipeline.core.config import ModelConfig
+from pipeline.core.errors import StageError
+from pipeline.core.manifest import write_manifest
 from pipeline.hub import download
 from pipeline.npu_lib import export as export_npu_lib
 from pipeline.npu_lib import validate as validate_npu_lib
-from pipeline.core.manifest import write_manifest
-from pipeline.core.config import ModelConfig
-from pipeline.core.errors import StageError
 
 from conftest import make_project, run_cmd
 

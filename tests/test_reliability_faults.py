@@ -20,14 +20,14 @@ from pathlib import Path
 import pytest
 
 from pipeline.core import artifacts
-from pipeline.hub import download
-from pipeline.npu_lib import export as export_npu_lib
-from pipeline.onnx import export as export_onnx
 from pipeline.core import memory as lean
-from pipeline.npu_lib import env as npu_lib_env
 from pipeline.core.artifacts import staged_dir
 from pipeline.core.config import ModelConfig, NpuLibVariantConfig, OnnxVariantConfig, PipelineConfig, build, compose
 from pipeline.core.errors import StageError, size_text
+from pipeline.hub import download
+from pipeline.npu_lib import env as npu_lib_env
+from pipeline.npu_lib import export as export_npu_lib
+from pipeline.onnx import export as export_onnx
 
 from conftest import TINY_DIR
 

@@ -17,18 +17,17 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from test_npu_lib import int4_artifact, npu_env, record_in_lock, tiny_model  # noqa: F401  (fixtures)
 
-from pipeline.npu_lib import export as export_npu_lib
-
-from pipeline.npu_lib import validate as validate_npu_lib
-from pipeline.npu_lib import env as npu_lib_env
-from pipeline.core.manifest import write_manifest
-from pipeline.core.hashes import dvc_dir_md5
 from pipeline.core.config import ValidateConfig, build, compose
 from pipeline.core.errors import StageError
+from pipeline.core.hashes import dvc_dir_md5
+from pipeline.core.manifest import write_manifest
+from pipeline.npu_lib import env as npu_lib_env
+from pipeline.npu_lib import export as export_npu_lib
+from pipeline.npu_lib import validate as validate_npu_lib
 
 from conftest import run_cmd
-from test_npu_lib import int4_artifact, npu_env, record_in_lock, tiny_model  # noqa: F401  (fixtures)
 
 
 class Call:

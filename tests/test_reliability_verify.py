@@ -17,9 +17,9 @@ import pytest
 import yaml
 
 from pipeline.core import hashes
-from pipeline.core.manifest import write_manifest
-from pipeline.core.hashes import dvc_dir_md5, file_digests
 from pipeline.core.errors import StageError
+from pipeline.core.hashes import dvc_dir_md5, file_digests
+from pipeline.core.manifest import write_manifest
 from pipeline.core.verify import stage_of, verify_folder
 
 from conftest import make_project, run_cmd

@@ -15,14 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.validation import devices, evidence
-from pipeline.npu_lib import validate as validate_npu_lib
-from pipeline.validation import fidelity
-from pipeline.validation import matrix
-from pipeline.validation import report
-from pipeline.openvino import validate
 from pipeline.core.config import ConfigError, PipelineConfig, ValidateConfig, build, compose
 from pipeline.core.errors import StageError
+from pipeline.npu_lib import validate as validate_npu_lib
+from pipeline.openvino import validate
+from pipeline.validation import devices, evidence, fidelity, matrix, report
 
 from conftest import run_cmd
 
@@ -374,8 +371,9 @@ def test_dvc_plots_show_renders_the_report(demo_project, tmp_path: Path) -> None
 def test_speed_prompts_have_the_configured_lengths_and_never_overlap_the_evaluated_text() -> None:
     from transformers import AutoTokenizer
 
-    from conftest import TINY_DIR
     from pipeline.validation import reference
+
+    from conftest import TINY_DIR
 
     tokenizer = AutoTokenizer.from_pretrained(TINY_DIR)
     cfg = tiny_cfg()

@@ -15,15 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.validation import devices
-from pipeline.hub import download
-from pipeline.openvino import export_npu
-from pipeline.openvino import export as export_openvino
-from pipeline.openvino import export_base as export_openvino_base
-from pipeline.openvino import rotary
 from pipeline.core.config import ModelConfig, NpuVariantConfig, OpenVinoVariantConfig
 from pipeline.core.errors import StageError
+from pipeline.hub import download
+from pipeline.openvino import export as export_openvino
+from pipeline.openvino import export_base as export_openvino_base
+from pipeline.openvino import export_npu, rotary
 from pipeline.openvino.ir_inspect import check_rotary, inspect_ir
+from pipeline.validation import devices
 
 TINY_ASSET = Path(rotary.__file__).parent / "assets" / "tiny_phi3"  # tokenizer files for the inline model
 HEAD_DIM = 32

@@ -21,6 +21,7 @@ class Family:
     """One target family: its conf group, its two stages and their entry points, where its outputs go."""
 
     name: str  # conf group, params.yaml section, folder under artifacts/, metrics prefix
+    title: str  # the family in messages ("unknown ONNX variant ...")
     kind: str  # what its artifacts are, for people (metrics cells, model cards)
     export_stage: str  # dvc.yaml stage (foreach over the conf group)
     export: str  # entry point, ``module:function``; ``python -m <module> <variant>`` is the stage's cmd
@@ -28,6 +29,7 @@ class Family:
     validate: str
     validate_flags: str = ""  # between ``python -m <module>`` and the variant in the validate stage's cmd
     publishable: bool = True  # ``aipc publish`` accepts ``<name>/<variant>``
+    export_params: tuple[str, ...] = ()  # other params the export takes, as keyword arguments named by the last part
 
     @property
     def artifact_root(self) -> Path:
@@ -54,13 +56,14 @@ class Family:
 
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (
-    Family("openvino", "OpenVINO IR", "export_openvino", "pipeline.openvino.export:run",
+    Family("openvino", "OpenVINO", "OpenVINO IR", "export_openvino", "pipeline.openvino.export:run",
            "validate", "pipeline.openvino.validate:run_openvino"),
-    Family("npu", "NPU-ready IR", "export_npu", "pipeline.openvino.export_npu:run",
-           "validate_npu", "pipeline.openvino.validate:run_npu", validate_flags="--npu"),
-    Family("onnx", "ONNX Runtime GenAI model", "export_onnx", "pipeline.onnx.export:run",
+    Family("npu", "NPU", "NPU-ready IR", "export_npu", "pipeline.openvino.export_npu:run",
+           "validate_npu", "pipeline.openvino.validate:run_npu", validate_flags="--npu",
+           export_params=("validate.npuw_max_size_mb",)),
+    Family("onnx", "ONNX", "ONNX Runtime GenAI model", "export_onnx", "pipeline.onnx.export:run",
            "validate_onnx", "pipeline.onnx.validate:run"),
-    Family("npu_lib", "NPU library model", "export_npu_lib", "pipeline.npu_lib.export:run",
+    Family("npu_lib", "npu_lib", "NPU library model", "export_npu_lib", "pipeline.npu_lib.export:run",
            "validate_npu_lib", "pipeline.npu_lib.validate:run", publishable=False),
 )}
 

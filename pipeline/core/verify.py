@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core.artifacts import MANIFEST, remove_tree
-from pipeline.core.hashes import LOCK_FILE, file_digests, locked_md5
 from pipeline.core.errors import fail
+from pipeline.core.hashes import LOCK_FILE, file_digests, locked_md5
 from pipeline.core.log import say
 from pipeline.core.registry import FAMILIES
 

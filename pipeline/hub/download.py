@@ -13,10 +13,14 @@ import shutil
 from pathlib import Path
 
 from pipeline.core.artifacts import ARTIFACTS, staged_dir
-from pipeline.core.manifest import write_manifest
-from pipeline.core.config import ASSETS_DIR, ModelConfig, load_params  # ASSETS_DIR: one folder per name in config.EMBEDDED_ASSETS
+from pipeline.core.config import (  # ASSETS_DIR: one folder per name in config.EMBEDDED_ASSETS
+    ASSETS_DIR,
+    ModelConfig,
+    load_params,
+)
 from pipeline.core.errors import fail, run_main
 from pipeline.core.log import say, step
+from pipeline.core.manifest import write_manifest
 
 OUT_DIR = ARTIFACTS / "model"
 MODEL_FILES = ["*.safetensors", "*.safetensors.index.json", "config.json", "generation_config.json",

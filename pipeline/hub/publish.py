@@ -18,10 +18,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.manifest import read_manifest
-from pipeline.core.hashes import sha256_file
 from pipeline.core.errors import fail, run_main
+from pipeline.core.hashes import sha256_file
 from pipeline.core.log import step
+from pipeline.core.manifest import read_manifest
 from pipeline.hub.staging import DEFAULT_REPO, PublishOptions, PublishResult, load_artifact, repo_name
 
 

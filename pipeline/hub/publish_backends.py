@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit
 
-from pipeline.hub import git as hub_git
 from pipeline.core.errors import StageError, fail
 from pipeline.core.log import say
+from pipeline.hub import git as hub_git
 from pipeline.hub.staging import Artifact, PublishOptions, PublishResult, commit_message, render_card, stage_files
 
 

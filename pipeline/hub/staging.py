@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core.artifacts import MANIFEST
-from pipeline.core.manifest import read_manifest
-from pipeline.core.hashes import sha256_file
 from pipeline.core.errors import fail
+from pipeline.core.hashes import sha256_file
 from pipeline.core.log import say
+from pipeline.core.manifest import read_manifest
 from pipeline.core.registry import FAMILIES
 from pipeline.hub.model_card import CardFacts, build_card, weight_format
 

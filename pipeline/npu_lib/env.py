@@ -30,10 +30,10 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core.artifacts import remove_tree, write_json_atomic
-from pipeline.core.hashes import sha256_file
 from pipeline.core.config import ASSETS_DIR
 from pipeline.core.envs import envs_root
 from pipeline.core.errors import fail
+from pipeline.core.hashes import sha256_file
 from pipeline.core.log import say, step
 
 LIBRARY, LIBRARY_VERSION = "intel-npu-acceleration-library", "1.4.0"

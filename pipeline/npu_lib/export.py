@@ -16,21 +16,21 @@ Output: ``artifacts/npu_lib/<variant>`` (pickle, tokenizer, manifest).
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from pipeline.npu_lib import env as npu_lib_env
 from pipeline.core.artifacts import ARTIFACTS, folder_bytes, staged_dir
-from pipeline.core.manifest import read_manifest, write_manifest
-from pipeline.core.hashes import sha256_file
-from pipeline.core.config import NpuLibVariantConfig, load_params, pick_variant
+from pipeline.core.config import NpuLibVariantConfig
 from pipeline.core.errors import fail, run_main
-from pipeline.core.memory import check_resources, needs_of
+from pipeline.core.hashes import sha256_file
 from pipeline.core.log import say, step
+from pipeline.core.manifest import read_manifest, write_manifest
+from pipeline.core.memory import check_resources, needs_of
 from pipeline.core.registry import FAMILIES
+from pipeline.core.stage import run_stage
+from pipeline.npu_lib import env as npu_lib_env
 
 # The NPU library loads the checkpoint in PyTorch and quantizes it layer by layer. Not measured on the full
 # model like the OpenVINO rows (pipeline.openvino.lean; only the tiny one runs here): estimates, one float copy
@@ -113,15 +113,5 @@ def call_worker(name: str, env: npu_lib_env.NpuLibEnv, command: str, args: list[
         fail(f"[npu_lib-{name}] {command} failed in the isolated environment: {err}")
 
 
-def main(argv: list[str] | None = None) -> None:
-    """DVC entry point: ``python -m pipeline.npu_lib.export <variant>``."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("variant", help="key under `npu_lib` in params.yaml, e.g. int4")
-    args = parser.parse_args(argv)
-    params = load_params()
-    pick_variant(params.npu_lib, args.variant, "npu_lib")
-    run(args.variant, params.npu_lib[args.variant])
-
-
-if __name__ == "__main__":
-    run_main(main)
+if __name__ == "__main__":  # the stage: `python -m pipeline.npu_lib.export <variant>`
+    run_main(lambda: run_stage("npu_lib", "export"))

@@ -9,18 +9,18 @@ Output: ``artifacts/metrics/npu_lib-<variant>.json`` (``status: skipped`` with t
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.artifacts import ARTIFACTS, folder_bytes
-from pipeline.core.manifest import read_manifest
-from pipeline.core.hashes import LOCK_FILE, dvc_dir_md5, locked_md5
-from pipeline.core.config import ValidateConfig, load_params, pick_variant
+from pipeline.core.artifacts import ARTIFACTS
+from pipeline.core.config import ValidateConfig
 from pipeline.core.errors import fail, run_main
+from pipeline.core.hashes import LOCK_FILE, dvc_dir_md5, locked_md5
 from pipeline.core.log import step
+from pipeline.core.manifest import read_manifest
+from pipeline.core.stage import run_stage
 from pipeline.npu_lib import env as npu_lib_env
 from pipeline.npu_lib.export import KIND, MODEL_FILE, OUT_ROOT, call_worker  # noqa: F401 (MODEL_FILE: tests)
 from pipeline.validation import fidelity, matrix
@@ -139,24 +139,8 @@ def run(name: str, cfg: ValidateConfig, artifact_root: Path = OUT_ROOT, referenc
 
         status = devices.detect()
     cells = run_cells(name, env, model_file, manifest, folder, reference_path, cfg, status)
-    thresholds = cfg.thresholds(dtype)
-    record = matrix.MetricsRecord(f"npu_lib-{name}", "npu_lib", dtype, round(folder_bytes(folder) / 2**20, 3),
-                                  thresholds, cells)
-    return matrix.publish(record, out)
+    return matrix.publish_cells(f"npu_lib-{name}", "npu_lib", dtype, folder, cfg.thresholds(dtype), cells, metrics_dir)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """DVC entry point: ``python -m pipeline.npu_lib.validate <variant>``."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("variant", help="key under `npu_lib` in params.yaml, e.g. int4")
-    args = parser.parse_args(argv)
-    params = load_params()
-    pick_variant(params.npu_lib, args.variant, "npu_lib")
-    from pipeline.core.verify import verify_for_use
-
-    verify_for_use(OUT_ROOT / args.variant, REFERENCE.parent)
-    run(args.variant, params.validate)
-
-
-if __name__ == "__main__":
-    run_main(main)
+if __name__ == "__main__":  # the stage: `python -m pipeline.npu_lib.validate <variant>`
+    run_main(lambda: run_stage("npu_lib", "validate"))

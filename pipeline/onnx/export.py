@@ -9,7 +9,6 @@ Output: ``artifacts/onnx/<variant>`` with ``manifest.json``.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import shutil
@@ -17,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core.artifacts import ARTIFACTS, folder_bytes, staged_dir, write_json_atomic
-from pipeline.core.manifest import read_manifest, write_manifest
-from pipeline.core.config import ConfigError, OnnxVariantConfig, load_params, pick_variant
+from pipeline.core.config import ConfigError, OnnxVariantConfig
 from pipeline.core.errors import fail, run_main
-from pipeline.core.memory import check_resources, needs_of, use_huge_pages
 from pipeline.core.log import say, step
+from pipeline.core.manifest import read_manifest, write_manifest
+from pipeline.core.memory import check_resources, needs_of, use_huge_pages
+from pipeline.core.stage import run_stage
 from pipeline.onnx.inspect import check_matches_request, inspect_onnx
 
 # The ONNX builder loads the checkpoint in PyTorch and quantizes it layer by layer. Not measured on the full
@@ -162,14 +162,6 @@ def run(name: str, cfg: OnnxVariantConfig, model_dir: Path = MODEL_DIR, out_root
     return manifest
 
 
-def main(argv: list[str] | None = None) -> None:
-    """DVC entry point: ``python -m pipeline.onnx.export <variant>``."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("variant", help="key under `onnx` in params.yaml, e.g. dml_int4")
-    args = parser.parse_args(argv)
-    run(args.variant, pick_variant(load_params().onnx, args.variant, "ONNX"))
-
-
-if __name__ == "__main__":
+if __name__ == "__main__":  # the stage: `python -m pipeline.onnx.export <variant>`
     use_huge_pages()  # restarts this process once, before the heavy imports (Linux)
-    run_main(main)
+    run_main(lambda: run_stage("onnx", "export"))

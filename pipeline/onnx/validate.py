@@ -11,21 +11,20 @@ Output: ``artifacts/metrics/onnx-<variant>.json`` (DVC metrics).
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.validation import fidelity
-from pipeline.validation import matrix
-from pipeline.core.artifacts import ARTIFACTS, folder_bytes
-from pipeline.core.manifest import read_manifest
-from pipeline.core.config import ValidateConfig, load_params, pick_variant
-from pipeline.validation.devices import ONNX_PROVIDER_DEVICES, onnx_provider_status
+from pipeline.core.artifacts import ARTIFACTS
+from pipeline.core.config import ValidateConfig
 from pipeline.core.errors import fail, run_main
 from pipeline.core.log import step
+from pipeline.core.manifest import read_manifest
+from pipeline.core.stage import run_stage
+from pipeline.validation import fidelity, matrix
+from pipeline.validation.devices import ONNX_PROVIDER_DEVICES, onnx_provider_status
 from pipeline.validation.evidence import Evidence, verdicts_for
 
 ONNX_ROOT = ARTIFACTS / "onnx"
@@ -186,23 +185,8 @@ def run(name: str, cfg: ValidateConfig, onnx_root: Path = ONNX_ROOT, reference_p
             continue
         got = measure_cell(folder, provider, plan, cfg, evidence)
         cells[plan.column] = matrix.judge(plan, got, evidence.reference, thresholds, kind)
-    record = matrix.MetricsRecord(f"onnx-{name}", "onnx", precision, round(folder_bytes(folder) / 2**20, 3),
-                                  cfg.thresholds(precision), cells)
-    return matrix.publish(record, Path(metrics_dir) / f"onnx-{name}.json")
+    return matrix.publish_cells(f"onnx-{name}", "onnx", precision, folder, cfg.thresholds(precision), cells, metrics_dir)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """DVC entry point: ``python -m pipeline.onnx.validate <variant>``."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("variant", help="key under `onnx` in params.yaml, e.g. dml_int4")
-    args = parser.parse_args(argv)
-    params = load_params()
-    pick_variant(params.onnx, args.variant, "ONNX")
-    from pipeline.core.verify import verify_for_use  # before anything is loaded: manifest sha256s and dvc.lock
-
-    verify_for_use(ONNX_ROOT / args.variant, REFERENCE.parent)
-    run(args.variant, params.validate)
-
-
-if __name__ == "__main__":
-    run_main(main)
+if __name__ == "__main__":  # the stage: `python -m pipeline.onnx.validate <variant>`
+    run_main(lambda: run_stage("onnx", "validate"))

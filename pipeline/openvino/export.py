@@ -8,21 +8,20 @@ Output: ``artifacts/openvino/<variant>`` with ``manifest.json``.
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Any
 
 from pipeline.core.artifacts import ARTIFACTS, folder_bytes, staged_dir
-from pipeline.core.manifest import read_manifest, write_manifest
-from pipeline.core.config import ConfigError, OpenVinoVariantConfig, load_params, pick_variant
+from pipeline.core.config import ConfigError, OpenVinoVariantConfig
 from pipeline.core.errors import fail, run_main
-from pipeline.openvino.ir_inspect import check_matches_request, check_rotary, inspect_ir
-from pipeline.core.memory import check_resources, use_huge_pages
-from pipeline.openvino.lean import needs
-from pipeline.openvino.upstream import (TOKENIZER_FILES, compress_like_optimum_cli, export_float,
-                                        quantization_dict)
 from pipeline.core.log import say, step
+from pipeline.core.manifest import read_manifest, write_manifest
+from pipeline.core.memory import check_resources, use_huge_pages
+from pipeline.core.stage import run_stage
+from pipeline.openvino.ir_inspect import check_matches_request, check_rotary, inspect_ir
+from pipeline.openvino.lean import needs
+from pipeline.openvino.upstream import TOKENIZER_FILES, compress_like_optimum_cli, export_float, quantization_dict
 
 MODEL_DIR = ARTIFACTS / "model"
 OUT_ROOT = ARTIFACTS / "openvino"
@@ -131,14 +130,6 @@ def run(name: str, cfg: OpenVinoVariantConfig, model_dir: Path = MODEL_DIR, out_
     return manifest
 
 
-def main(argv: list[str] | None = None) -> None:
-    """DVC entry point: ``python -m pipeline.openvino.export <variant>``."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("variant", help="key under `openvino` in params.yaml, e.g. int4")
-    args = parser.parse_args(argv)
-    run(args.variant, pick_variant(load_params().openvino, args.variant, "OpenVINO"))
-
-
-if __name__ == "__main__":
+if __name__ == "__main__":  # the stage: `python -m pipeline.openvino.export <variant>`
     use_huge_pages()  # restarts this process once, before the heavy imports (Linux)
-    run_main(main)
+    run_main(lambda: run_stage("openvino", "export"))

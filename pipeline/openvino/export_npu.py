@@ -10,22 +10,22 @@ Output: ``artifacts/npu/<variant>`` with ``manifest.json``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.validation import devices
-from pipeline.openvino import npu_lane
 from pipeline.core.artifacts import ARTIFACTS, folder_bytes, staged_dir, write_json_atomic
-from pipeline.core.manifest import file_hashes, read_manifest, write_manifest
-from pipeline.core.config import NpuVariantConfig, load_params, pick_variant
+from pipeline.core.config import NpuVariantConfig
 from pipeline.core.errors import fail, run_main
-from pipeline.openvino.export import BASE_DIR, ROTARY_VERIFIED, check_group_size, export_into, manifest_fields
-from pipeline.core.memory import use_huge_pages
 from pipeline.core.log import say, step
+from pipeline.core.manifest import file_hashes, read_manifest, write_manifest
+from pipeline.core.memory import use_huge_pages
+from pipeline.core.stage import run_stage
+from pipeline.openvino import npu_lane
+from pipeline.openvino.export import BASE_DIR, ROTARY_VERIFIED, check_group_size, export_into, manifest_fields
+from pipeline.validation import devices
 
 MODEL_DIR = ARTIFACTS / "model"
 OUT_ROOT = ARTIFACTS / "npu"
@@ -167,15 +167,6 @@ def compile_deferred(artifact: Path) -> dict:
     return facts
 
 
-def main(argv: list[str] | None = None) -> None:
-    """DVC entry point: ``python -m pipeline.openvino.export_npu <variant>``."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("variant", help="key under `npu` in params.yaml, e.g. int4")
-    args = parser.parse_args(argv)
-    params = load_params()
-    run(args.variant, pick_variant(params.npu, args.variant, "NPU"), npuw_max_size_mb=params.validate.npuw_max_size_mb)
-
-
-if __name__ == "__main__":
+if __name__ == "__main__":  # the stage: `python -m pipeline.openvino.export_npu <variant>`
     use_huge_pages()  # restarts this process once, before the heavy imports (Linux)
-    run_main(main)
+    run_main(lambda: run_stage("npu", "export"))

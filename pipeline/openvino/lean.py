@@ -18,8 +18,8 @@ import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from pipeline.core.hashes import remember_sha256
 from pipeline.core.errors import fail
+from pipeline.core.hashes import remember_sha256
 from pipeline.core.memory import weight_files
 
 CHUNK_ELEMENTS = 1 << 24  # bf16 values per conversion step (32 MiB)

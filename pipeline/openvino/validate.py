@@ -12,24 +12,22 @@ Output: ``artifacts/metrics/openvino-<variant>.json`` / ``npu-<variant>.json`` (
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.validation import fidelity
-from pipeline.validation.evidence import Evidence, verdicts_for
-from pipeline.validation import matrix
-from pipeline.openvino import npu_lane
-from pipeline.openvino import numerics
-from pipeline.core.artifacts import ARTIFACTS, folder_bytes
-from pipeline.core.manifest import read_manifest
-from pipeline.core.config import ValidateConfig, load_params, pick_variant
+from pipeline.core.artifacts import ARTIFACTS
+from pipeline.core.config import ValidateConfig
 from pipeline.core.errors import fail, run_main
 from pipeline.core.log import step
+from pipeline.core.manifest import read_manifest
 from pipeline.core.registry import FAMILIES
+from pipeline.core.stage import run_stage
+from pipeline.openvino import npu_lane, numerics
+from pipeline.validation import fidelity, matrix
+from pipeline.validation.evidence import Evidence, verdicts_for
 
 IR_ROOT = ARTIFACTS / "openvino"
 NPU_ROOT = ARTIFACTS / "npu"
@@ -283,10 +281,8 @@ def run(target: Target, cfg: ValidateConfig, reference_path: Path = REFERENCE, m
         cells[plan.column] = matrix.judge(plan, got, evidence.reference, verdicts, target.kind)
     same_tokens_as_cpu(cells, outputs)
     cells.update(emulation_cells(target, cfg, evidence, verdicts, pinned_runs))
-    size_mb = round(folder_bytes(target.ir_dir) / 2**20, 3)
-    record = matrix.MetricsRecord(target.artifact, target.family, weight_format, size_mb,
-                                  cfg.thresholds(weight_format), cells)
-    return matrix.publish(record, Path(metrics_dir) / f"{target.artifact}.json")
+    return matrix.publish_cells(target.artifact, target.family, weight_format, target.ir_dir,
+                                cfg.thresholds(weight_format), cells, metrics_dir)
 
 
 def openvino_target(name: str, cfg: ValidateConfig, root: Path = IR_ROOT) -> Target:
@@ -309,20 +305,5 @@ def run_npu(name: str, cfg: ValidateConfig, **kwargs: Any) -> dict:
     return run(npu_target(name, cfg), cfg, **kwargs)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """DVC entry point: ``python -m pipeline.openvino.validate [--npu] <variant>``."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("variant", help="key under `openvino` (or `npu` with --npu) in params.yaml, e.g. int4")
-    parser.add_argument("--npu", action="store_true", help="validate artifacts/npu/<variant>")
-    args = parser.parse_args(argv)
-    params = load_params()
-    pick_variant(params.npu if args.npu else params.openvino, args.variant, "NPU" if args.npu else "OpenVINO")
-    make = npu_target if args.npu else openvino_target
-    from pipeline.core.verify import verify_for_use  # before anything is loaded: manifest sha256s and dvc.lock
-
-    verify_for_use(make(args.variant, params.validate).ir_dir, REFERENCE.parent)
-    run(make(args.variant, params.validate), params.validate)
-
-
-if __name__ == "__main__":
-    run_main(main)
+if __name__ == "__main__":  # the stage: `python -m pipeline.openvino.validate [--npu] <variant>`
+    run_main(lambda: run_stage("openvino", "validate"))

@@ -18,10 +18,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.artifacts import peak_rss_bytes, write_json_atomic
-from pipeline.validation.devices import DeviceStatus, executed_device
+from pipeline.core.artifacts import folder_bytes, peak_rss_bytes, write_json_atomic
 from pipeline.core.errors import fail
 from pipeline.core.log import say
+from pipeline.validation.devices import DeviceStatus, executed_device
 
 STAND_IN = "CPU stand-in"  # column of the cell that runs on CPU because no target device is present
 
@@ -328,6 +328,14 @@ def publish(record: MetricsRecord, path: Path) -> dict[str, Any]:
         else:
             fail(message)
     return data
+
+
+def publish_cells(artifact: str, family: str, weight_format: str | None, folder: Path | None,
+                  thresholds: dict[str, float | None], cells: dict[str, Cell], metrics_dir: Path) -> dict[str, Any]:
+    """:func:`publish` the cells of one artifact to ``<metrics_dir>/<artifact>.json``, its size read from ``folder``."""
+    size_mb = round(folder_bytes(folder) / 2**20, 3) if folder is not None else None
+    record = MetricsRecord(artifact, family, weight_format, size_mb, thresholds, cells)
+    return publish(record, Path(metrics_dir) / f"{artifact}.json")
 
 
 def reset_peak_rss() -> bool:

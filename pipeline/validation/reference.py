@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core.artifacts import ARTIFACTS, staged_dir, write_json_atomic
-from pipeline.core.manifest import read_manifest, write_manifest
 from pipeline.core.config import ASSETS_DIR, ValidateConfig, load_params
 from pipeline.core.errors import fail, run_main
-from pipeline.validation.fidelity import LONG_LOGPROBS_FILE, LOGPROBS_FILE, reference_from_logits
 from pipeline.core.log import say, step
+from pipeline.core.manifest import read_manifest, write_manifest
+from pipeline.validation.fidelity import LOGPROBS_FILE, LONG_LOGPROBS_FILE, reference_from_logits
 
 MODEL_DIR = ARTIFACTS / "model"
 OUT_DIR = ARTIFACTS / "reference"

@@ -1,0 +1,76 @@
+"""The command line of every family's stage: ``python -m <module> [flag] <variant>``, one function for all.
+
+Each stage module ends with ``run_main(lambda: run_stage(<family>, "export" | "validate"))``:
+the variant is checked against params.yaml, a validate stage first verifies the artifact and the reference
+(manifest sha256s and ``dvc.lock``, before anything is loaded), then the registry's entry point runs with the
+variant's section. ``aipc export-onnx`` and friends call the same function.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from typing import Any
+
+from pipeline.core.artifacts import ARTIFACTS
+from pipeline.core.config import PipelineConfig, load_params, pick_variant
+from pipeline.core.registry import FAMILIES, Family, entry
+
+def parse_variant(argv: list[str] | None, description: str, family: str,
+                  alternative: str | None = None) -> tuple[Family, str, PipelineConfig]:
+    """The family, variant name and params of ``python -m <stage module> [flag] <variant>``.
+
+    Args:
+        argv: The command line after the module (``None``: ``sys.argv``).
+        description: The stage's one-line description (``--help``).
+        family: The family whose conf section holds the variants.
+        alternative: A second family the same module serves when its ``validate_flags`` is given
+            (``--npu``: the OpenVINO validator on ``artifacts/npu``).
+
+    Returns:
+        The chosen family, the variant (checked against params.yaml: one line naming the configured ones
+        otherwise) and the loaded params.
+    """
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("variant", help=f"key under `{family}` in params.yaml, e.g. int4")
+    if alternative:
+        other = FAMILIES[alternative]
+        parser.add_argument(other.validate_flags, dest="alternative", action="store_true",
+                            help=f"the {other.kind} variant (key under `{alternative}`) instead")
+    args = parser.parse_args(argv)
+    chosen = FAMILIES[alternative if getattr(args, "alternative", False) else family]
+    params = load_params()
+    pick_variant(getattr(params, chosen.name), args.variant, chosen.title)
+    return chosen, args.variant, params
+
+
+def run_stage(family: str, which: str, argv: list[str] | None = None) -> Any:
+    """Run the ``export`` or ``validate`` stage of ``family`` for the variant named on the command line.
+
+    Args:
+        family: A key of :data:`pipeline.core.registry.FAMILIES` (``openvino``; its module also takes ``--npu``).
+        which: ``export`` or ``validate``.
+        argv: The arguments after the module (``None``: ``sys.argv``).
+
+    Returns:
+        What the entry point returns (the manifest, or the metrics written).
+    """
+    module = FAMILIES[family].module(which)
+    sharing = [f.name for f in FAMILIES.values() if f.name != family and f.module(which) == module]
+    doc = (importlib.import_module(module).__doc__ or which).strip().splitlines()[0]
+    chosen, name, params = parse_variant(argv, doc, family, sharing[0] if sharing and which == "validate" else None)
+    if which == "validate":
+        from pipeline.core.verify import verify_for_use
+
+        verify_for_use(chosen.artifact_root / name, ARTIFACTS / "reference")  # before anything is loaded
+        return entry(chosen.name, which)(name, params.validate)
+    extra = {key.rpartition(".")[2]: _param(params, key) for key in chosen.export_params}
+    return entry(chosen.name, which)(name, getattr(params, chosen.name)[name], **extra)
+
+
+def _param(params: PipelineConfig, dotted: str) -> Any:
+    """``params.validate.npuw_max_size_mb`` for ``"validate.npuw_max_size_mb"``."""
+    value: Any = params
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return value
