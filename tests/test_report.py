@@ -19,7 +19,7 @@ from pipeline.core.config import ConfigError, PipelineConfig, ValidateConfig, bu
 from pipeline.core.errors import StageError
 from pipeline.npu_lib import validate as validate_npu_lib
 from pipeline.openvino import validate
-from pipeline.validation import devices, evidence, fidelity, matrix, report
+from pipeline.validation import devices, evidence, fidelity, matrix, records, report
 
 from conftest import run_cmd
 
@@ -70,7 +70,7 @@ def test_a_silent_fallback_is_a_failed_cell_with_one_line() -> None:
     cell = matrix.judge(on_npu, measurement(executed="CPU"), REFERENCE, thresholds, "NPU-ready IR")
     assert cell.status == "failed" and cell.device_requested == "NPU" and cell.device_executed == "CPU"
     assert cell.problems == ["asked for NPU but ran on CPU (silent fallback)"]
-    record = matrix.MetricsRecord("npu-int4", "npu", "int4", 14.5, {}, {"NPU": cell})
+    record = records.MetricsRecord("npu-int4", "npu", "int4", 14.5, {}, {"NPU": cell})
     assert record.as_dict()["passed"] is False and record.status == "failed"
     honest = matrix.judge(on_npu, measurement(executed="NPU"), REFERENCE, thresholds, "NPU-ready IR")
     assert honest.status == "passed" and honest.greedy_exact_match == 0.5 and honest.first_divergence == [None, 1]
@@ -82,9 +82,9 @@ def test_fidelity_thresholds_fail_the_cell_and_the_stage(tmp_path: Path) -> None
     cell = matrix.judge(cpu, measurement(kl=0.24, top1=0.70), REFERENCE, thresholds, "OpenVINO IR")
     assert cell.status == "failed" and len(cell.problems) == 2
     assert "mean KL 0.24 above the fp16 threshold 0.001" in cell.problems[1]
-    record = matrix.MetricsRecord("openvino-fp16", "openvino", "fp16", 24.0, vars(thresholds), {"CPU": cell})
+    record = records.MetricsRecord("openvino-fp16", "openvino", "fp16", 24.0, vars(thresholds), {"CPU": cell})
     with pytest.raises(StageError) as exc:
-        matrix.publish(record, tmp_path / "openvino-fp16.json")
+        records.publish(record, tmp_path / "openvino-fp16.json")
     assert "\n" not in str(exc.value)
     assert str(exc.value).startswith("[openvino-fp16] validation failed: CPU: artifact fidelity (f32 runtime): top-1")
     written = json.loads((tmp_path / "openvino-fp16.json").read_text())
@@ -96,9 +96,9 @@ def test_under_dvc_a_failed_cell_is_recorded_and_the_verdict_stage_fails_after_t
     (cpu,) = matrix.plan_cells(["CPU"], status(), cpu_stand_in=True)
     cell = matrix.judge(cpu, measurement(kl=0.24, top1=0.70), REFERENCE, matrix.Thresholds("fp16", 0.99, 0.001),
                         "OpenVINO IR")
-    record = matrix.MetricsRecord("openvino-fp16", "openvino", "fp16", 24.0, {}, {"CPU": cell})
+    record = records.MetricsRecord("openvino-fp16", "openvino", "fp16", 24.0, {}, {"CPU": cell})
     monkeypatch.setenv("DVC_STAGE", "validate@fp16")
-    assert matrix.publish(record, tmp_path / "metrics" / "openvino-fp16.json")["passed"] is False  # no raise
+    assert records.publish(record, tmp_path / "metrics" / "openvino-fp16.json")["passed"] is False  # no raise
     params = build(PipelineConfig, compose(["model=tiny"]))
     report.run(params, tmp_path / "metrics", tmp_path / "report")
     assert "| openvino-fp16 | CPU | **failed** |" in (tmp_path / "report" / "report.md").read_text()
@@ -214,7 +214,7 @@ def test_report_has_a_row_per_cell_with_reasons_and_missing_artifacts(tmp_path: 
     plans = matrix.plan_cells(["CPU", "GPU"], status(), cpu_stand_in=True)
     cells = {"CPU": matrix.judge(plans[0], measurement(), REFERENCE, thresholds, "OpenVINO IR"),
              "GPU": matrix.skipped_cell(plans[1], "OpenVINO IR")}
-    record = matrix.MetricsRecord("openvino-int4", "openvino", "int4", 14.8, vars(thresholds), cells)
+    record = records.MetricsRecord("openvino-int4", "openvino", "int4", 14.8, vars(thresholds), cells)
     (tmp_path / "metrics").mkdir()
     (tmp_path / "metrics" / "openvino-int4.json").write_text(json.dumps(record.as_dict()))
     counts = report.run(params, tmp_path / "metrics", tmp_path / "report")

@@ -3,7 +3,7 @@
 The model pickle of :mod:`pipeline.npu_lib.export` is loaded only when the whole folder matches the hash
 ``dvc.lock`` recorded for ``export_npu_lib@<variant>``, then only in the library's own environment
 (:mod:`pipeline.npu_lib.env`) by :mod:`pipeline.npu_lib.worker`, with ``torch.load(weights_only=True)`` and an
-allow-list of the library's classes. The cells, verdicts and metrics format are :mod:`pipeline.validation.matrix`'s.
+allow-list of the library's classes. The cells and verdicts are :mod:`pipeline.validation.matrix`'s, the metrics file :mod:`pipeline.validation.records`'s.
 Output: ``artifacts/metrics/npu_lib-<variant>.json`` (``status: skipped`` with the reason where the library cannot run).
 """
 
@@ -23,7 +23,7 @@ from pipeline.core.manifest import read_manifest
 from pipeline.core.stage import run_stage
 from pipeline.npu_lib import env as npu_lib_env
 from pipeline.npu_lib.export import KIND, MODEL_FILE, OUT_ROOT, call_worker  # noqa: F401 (MODEL_FILE: tests)
-from pipeline.validation import fidelity, matrix
+from pipeline.validation import fidelity, matrix, records
 
 REFERENCE = ARTIFACTS / "reference" / "reference.json"
 METRICS_DIR = ARTIFACTS / "metrics"
@@ -51,10 +51,10 @@ def checked_model_file(folder: Path, manifest: dict, lock_file: Path = LOCK_FILE
     return path
 
 
-def skipped_record(name: str, weight_format: str | None, reason: str, cfg: ValidateConfig) -> matrix.MetricsRecord:
+def skipped_record(name: str, weight_format: str | None, reason: str, cfg: ValidateConfig) -> records.MetricsRecord:
     """Metrics of a target that was not built (or cannot run) here: every target device ``skipped`` with the reason."""
     cells = {d: matrix.Cell(d, d, "skipped", f"{KIND}, skipped", reason=reason) for d in cfg.devices["npu_lib"]}
-    return matrix.MetricsRecord(f"npu_lib-{name}", "npu_lib", weight_format, None,
+    return records.MetricsRecord(f"npu_lib-{name}", "npu_lib", weight_format, None,
                                 cfg.thresholds(weight_format or "int4"), cells)
 
 
@@ -128,18 +128,18 @@ def run(name: str, cfg: ValidateConfig, artifact_root: Path = OUT_ROOT, referenc
     out = Path(metrics_dir) / f"npu_lib-{name}.json"
     dtype = manifest["parameters"].get("dtype")
     if manifest.get("status") == "skipped":
-        return matrix.publish(skipped_record(name, dtype, manifest["reason"], cfg), out)
+        return records.publish(skipped_record(name, dtype, manifest["reason"], cfg), out)
     model_file = checked_model_file(folder, manifest, lock_file)
     try:
         env = npu_lib_env.ensure(envs_root)
     except npu_lib_env.EnvUnavailable as err:
-        return matrix.publish(skipped_record(name, dtype, str(err), cfg), out)
+        return records.publish(skipped_record(name, dtype, str(err), cfg), out)
     if status is None:
         from pipeline.validation import devices
 
         status = devices.detect()
     cells = run_cells(name, env, model_file, manifest, folder, reference_path, cfg, status)
-    return matrix.publish_cells(f"npu_lib-{name}", "npu_lib", dtype, folder, cfg.thresholds(dtype), cells, metrics_dir)
+    return records.publish_cells(f"npu_lib-{name}", "npu_lib", dtype, folder, cfg.thresholds(dtype), cells, metrics_dir)
 
 
 if __name__ == "__main__":  # the stage: `python -m pipeline.npu_lib.validate <variant>`

@@ -23,7 +23,7 @@ from pipeline.core.errors import fail, run_main
 from pipeline.core.log import step
 from pipeline.core.manifest import read_manifest
 from pipeline.core.stage import run_stage
-from pipeline.validation import fidelity, matrix
+from pipeline.validation import fidelity, matrix, records
 from pipeline.validation.devices import ONNX_PROVIDER_DEVICES, onnx_provider_status
 from pipeline.validation.evidence import Evidence, verdicts_for
 
@@ -128,7 +128,7 @@ def measure_cell(folder: Path, provider: str, plan: matrix.CellPlan, cfg: Valida
                  evidence: Evidence) -> matrix.Measurement:
     """Run one cell: load on the cell's provider, generate and time, then fidelity from the prefill logits."""
     name, reference = folder.name, evidence.reference
-    matrix.reset_peak_rss()
+    records.reset_peak_rss()
     with step(f"[onnx-{name} @ {plan.column}] loading the {provider.upper()} graph on {plan.device}"):
         model, executed, load_s = load_model(folder, provider, plan.device)
     with step(f"[onnx-{name} @ {plan.column}] generating on {executed}"):
@@ -140,7 +140,7 @@ def measure_cell(folder: Path, provider: str, plan: matrix.CellPlan, cfg: Valida
         if long else []
     # The graph fixes its own arithmetic (its io dtype, the provider's kernels): one fidelity figure, no pinning.
     return matrix.Measurement(
-        executed=executed, load_s=load_s, peak_rss_mb=matrix.peak_rss_mb(), perf=gen["perf"],
+        executed=executed, load_s=load_s, peak_rss_mb=records.peak_rss_mb(), perf=gen["perf"],
         fidelity=fidelity.compare(evidence.logprobs, short).as_dict(), outputs=gen["outputs"],
         tokenizer_matches_reference=gen["tokenizer_matches_reference"], sample=gen["text"],
         artifact_numerics={"label": "as the graph computes"}, long_context=long_context,
@@ -185,7 +185,7 @@ def run(name: str, cfg: ValidateConfig, onnx_root: Path = ONNX_ROOT, reference_p
             continue
         got = measure_cell(folder, provider, plan, cfg, evidence)
         cells[plan.column] = matrix.judge(plan, got, evidence.reference, thresholds, kind)
-    return matrix.publish_cells(f"onnx-{name}", "onnx", precision, folder, cfg.thresholds(precision), cells, metrics_dir)
+    return records.publish_cells(f"onnx-{name}", "onnx", precision, folder, cfg.thresholds(precision), cells, metrics_dir)
 
 
 if __name__ == "__main__":  # the stage: `python -m pipeline.onnx.validate <variant>`

@@ -26,7 +26,7 @@ from pipeline.core.manifest import read_manifest
 from pipeline.core.registry import FAMILIES
 from pipeline.core.stage import run_stage
 from pipeline.openvino import npu_lane, numerics
-from pipeline.validation import fidelity, matrix
+from pipeline.validation import fidelity, matrix, records
 from pipeline.validation.evidence import Evidence, verdicts_for
 
 IR_ROOT = ARTIFACTS / "openvino"
@@ -177,7 +177,7 @@ def numerics_fidelity(ir_dir: Path, device: str, evidence: Evidence, pinned: lis
 def measure_cell(target: Target, plan: matrix.CellPlan, cfg: ValidateConfig, evidence: Evidence,
                  pinned_runs: dict[str, Any]) -> matrix.Measurement:
     """Run one cell: generation and speed with GenAI at the device's defaults, then both fidelity figures."""
-    matrix.reset_peak_rss()
+    records.reset_peak_rss()
     reference = evidence.reference
     where = f"{plan.device} (NPUW, {plan.backend} backend)" if plan.backend else plan.device
     with step(f"[{target.artifact} @ {plan.column}] generating on {where} with openvino_genai"):
@@ -195,7 +195,7 @@ def measure_cell(target: Target, plan: matrix.CellPlan, cfg: ValidateConfig, evi
         # LLMPipeline(..., "NPU") raises rather than falling back; through NPUW every subgraph ran on the backend
         executed = plan.backend or "NPU"
     return matrix.Measurement(
-        executed=executed, load_s=gen["load_s"], peak_rss_mb=matrix.peak_rss_mb(), perf=gen["perf"],
+        executed=executed, load_s=gen["load_s"], peak_rss_mb=records.peak_rss_mb(), perf=gen["perf"],
         fidelity=pinned["fidelity"], outputs=gen["outputs"], sample=gen["text"],
         tokenizer_matches_reference=gen["tokenizer_matches_reference"], fidelity_device=forced_device,
         artifact_numerics=pinned["numerics"], long_context=pinned["long_context"], **device)
@@ -211,7 +211,7 @@ def emulation_cells(target: Target, cfg: ValidateConfig, evidence: Evidence, ver
         if plan.skip_reason:
             cells[plan.column] = matrix.Cell(plan.column, "CPU", "skipped", plan.label, reason=plan.skip_reason)
             continue
-        matrix.reset_peak_rss()
+        records.reset_peak_rss()
         with step(f"[{target.artifact} @ {plan.column}] teacher-forced at {plan.precision} compute on CPU"):
             if "CPU" not in pinned_runs:
                 pinned_runs["CPU"] = pinned_fidelity(target.ir_dir, "CPU", evidence)[:2]
@@ -219,7 +219,7 @@ def emulation_cells(target: Target, cfg: ValidateConfig, evidence: Evidence, ver
             got = numerics_fidelity(target.ir_dir, "CPU", evidence, pinned_logits, plan.precision)
         ran = got["device_numerics"]["compute"]
         note = f"asked for {plan.precision} compute but the CPU plugin ran {ran}" if ran != plan.precision else None
-        measured = matrix.Measurement("CPU", 0.0, matrix.peak_rss_mb(), {}, pinned["fidelity"], [], True, "",
+        measured = matrix.Measurement("CPU", 0.0, records.peak_rss_mb(), {}, pinned["fidelity"], [], True, "",
                                       note=note, artifact_numerics=pinned["numerics"], **got)
         cells[plan.column] = matrix.emulation_cell(plan.column, plan.label, measured, verdicts)
     return cells
@@ -281,7 +281,7 @@ def run(target: Target, cfg: ValidateConfig, reference_path: Path = REFERENCE, m
         cells[plan.column] = matrix.judge(plan, got, evidence.reference, verdicts, target.kind)
     same_tokens_as_cpu(cells, outputs)
     cells.update(emulation_cells(target, cfg, evidence, verdicts, pinned_runs))
-    return matrix.publish_cells(target.artifact, target.family, weight_format, target.ir_dir,
+    return records.publish_cells(target.artifact, target.family, weight_format, target.ir_dir,
                                 cfg.thresholds(weight_format), cells, metrics_dir)
 
 

@@ -11,16 +11,10 @@ below its precision's thresholds, a different tokenization, or a device other th
 
 from __future__ import annotations
 
-import os
-import re
 import statistics
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
-from pipeline.core.artifacts import folder_bytes, peak_rss_bytes, write_json_atomic
-from pipeline.core.errors import fail
-from pipeline.core.log import say
 from pipeline.validation.devices import DeviceStatus, executed_device
 
 STAND_IN = "CPU stand-in"  # column of the cell that runs on CPU because no target device is present
@@ -250,107 +244,3 @@ def emulation_cell(column: str, label: str, got: Measurement, verdicts: Verdicts
     return Cell(column, "CPU", "failed" if problems else "passed", label, got.executed, problems=problems,
                 peak_rss_mb=got.peak_rss_mb, **got.fidelity, fidelity_device="CPU", note=got.note,
                 **numerics_fields(got))
-
-
-@dataclass
-class MetricsRecord:
-    """One artifact's metrics file: its cells, plus the first cell that ran copied to the top level.
-
-    The top-level copy (``headline``) is what ``dvc metrics diff``, ``dvc exp show`` and ``aipc sweep`` compare
-    between runs; ``cells`` holds every device, keyed by column (``CPU``, ``GPU``, ``NPU``, ``DML``, ``CPU stand-in``).
-    """
-
-    artifact: str
-    family: str
-    weight_format: str | None
-    size_mb: float | None
-    thresholds: dict[str, float | None]
-    cells: dict[str, Cell]
-
-    @property
-    def headline(self) -> Cell | None:
-        """The first cell that ran (config order, stand-in last); ``None`` when every cell was skipped."""
-        return next((c for c in self.cells.values() if c.status != "skipped"), None)
-
-    @property
-    def status(self) -> str:
-        """``failed`` if any cell failed, ``passed`` if one passed, else ``skipped``."""
-        states = {c.status for c in self.cells.values()}
-        return "failed" if "failed" in states else "passed" if "passed" in states else "skipped"
-
-    @property
-    def problems(self) -> list[str]:
-        """Every failed cell's problems, prefixed with its column."""
-        return [f"{c.column}: {p}" for c in self.cells.values() for p in c.problems]
-
-    def as_dict(self) -> dict[str, Any]:
-        """The JSON written to ``artifacts/metrics/<artifact>.json``."""
-        head = self.headline
-        shown = head or next(iter(self.cells.values()))  # all skipped: the first cell, with its reason
-        top = {k: v for k, v in asdict(shown).items() if k not in ("column", "status", "perf")}
-        status = self.status
-        return {"artifact": self.artifact, "family": self.family, "weight_format": self.weight_format,
-                "size_mb": self.size_mb, **top, "headline_cell": head.column if head else None,
-                "status": status, "passed": None if status == "skipped" else status == "passed",
-                "problems": self.problems, "thresholds": self.thresholds,
-                "cells": {k: asdict(c) for k, c in self.cells.items()}}
-
-
-def cell_line(cell: Cell) -> str:
-    """One progress line for a cell: its verdict and both fidelity figures."""
-    if cell.status == "skipped":
-        return f"skipped: {cell.reason}"
-    parts = [f"{cell.status}: {cell.label}: artifact (f32) top-1 {cell.top1_agreement:.3f}, KL {cell.mean_kl:.2g}"]
-    if cell.device_numerics and cell.device_top1_agreement is not None:
-        parts.append(f"device ({cell.device_numerics['label']}) top-1 {cell.device_top1_agreement:.3f}, "
-                     f"KL {cell.device_mean_kl:.2g}")
-    if cell.long_context:
-        parts.append(f"long context min top-1 {min(r['top1_agreement'] for r in cell.long_context):.3f}")
-    if cell.greedy_exact_match is not None:
-        parts.append(f"exact {cell.greedy_exact_match:.2f}, {cell.tokens_per_s} tok/s, peak RSS {cell.peak_rss_mb} MB")
-    return "; ".join(parts)
-
-
-def publish(record: MetricsRecord, path: Path) -> dict[str, Any]:
-    """Write one artifact's metrics, say one line per cell, and fail (one line) if any cell failed.
-
-    Under ``dvc repro`` (``DVC_STAGE`` set) a failed cell is recorded and the stage succeeds, so the report is still
-    written; the ``verdict`` stage then fails the run with one line. Run alone (``aipc validate``) it fails here.
-    """
-    data = record.as_dict()
-    write_json_atomic(path, data)
-    for cell in record.cells.values():
-        say(f"[{record.artifact} @ {cell.column}] {cell_line(cell)}")
-    if record.problems:
-        message = f"[{record.artifact}] validation failed: {'; '.join(record.problems)}"
-        if os.environ.get("DVC_STAGE"):
-            say(f"{message} (recorded in {path}; the report is still written, then `verdict` fails the run)")
-        else:
-            fail(message)
-    return data
-
-
-def publish_cells(artifact: str, family: str, weight_format: str | None, folder: Path | None,
-                  thresholds: dict[str, float | None], cells: dict[str, Cell], metrics_dir: Path) -> dict[str, Any]:
-    """:func:`publish` the cells of one artifact to ``<metrics_dir>/<artifact>.json``, its size read from ``folder``."""
-    size_mb = round(folder_bytes(folder) / 2**20, 3) if folder is not None else None
-    record = MetricsRecord(artifact, family, weight_format, size_mb, thresholds, cells)
-    return publish(record, Path(metrics_dir) / f"{artifact}.json")
-
-
-def reset_peak_rss() -> bool:
-    """Restart this process's peak-RSS count (Linux ``clear_refs``), so the next cell is measured alone."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:  # not Linux, or not allowed: peak RSS is then the process's so far
-        return False
-
-
-def peak_rss_mb() -> float:
-    """Peak RSS since :func:`reset_peak_rss` (Linux ``VmHWM``), else of the whole process so far."""
-    try:
-        status = Path("/proc/self/status").read_text()
-        return round(int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024, 1)
-    except (OSError, AttributeError):
-        return round(peak_rss_bytes() / 2**20, 1)
