@@ -42,7 +42,8 @@ def git(args: list[str], cwd: Path | None = None, env: dict | None = None, input
     """Run ``git`` and return its stdout; a failure becomes one line naming the git command and its error."""
     if shutil.which("git") is None:
         fail("git is not installed: install git (and git-lfs) to publish with the git backend")
-    done = subprocess.run(["git", *args], cwd=cwd, env={**os.environ, **(env or {})}, input=input,
+    # core.autocrlf=false: Git for Windows rewrites line endings by default, and published files must keep their bytes
+    done = subprocess.run(["git", "-c", "core.autocrlf=false", *args], cwd=cwd, env={**os.environ, **(env or {})}, input=input,
                           capture_output=True)
     if done.returncode:
         last = (done.stderr.decode(errors="replace").strip().splitlines() or ["no output"])[-1]
