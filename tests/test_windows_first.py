@@ -63,3 +63,14 @@ def test_line_endings_are_pinned_so_hashes_match_across_oses() -> None:
     done = subprocess.run(["git", "check-attr", "eol", "dvc.lock", "params.yaml", "pipeline/cli.py"], cwd=ROOT,
                           capture_output=True, text=True, check=True)
     assert done.stdout.count("eol: lf") == 3, done.stdout
+
+
+def test_on_windows_the_dml_skip_never_advises_replacing_the_builders_runtime(monkeypatch) -> None:
+    import platform
+
+    from pipeline import devices
+
+    monkeypatch.setattr(platform, "system", lambda: "Windows")
+    reason = devices.onnx_provider_status("dml").reason
+    assert reason and "would replace it" in reason and "aipc onnx-compat" in reason
+    assert not reason.startswith("the installed onnxruntime-genai has no DML provider: install")
