@@ -12,7 +12,7 @@ import json
 import shutil
 from pathlib import Path
 
-from pipeline.artifacts import ARTIFACTS, staged_dir, write_manifest
+from pipeline.artifacts import ARTIFACTS, remove_tree, staged_dir, write_manifest
 from pipeline.config import ModelConfig, load_params
 from pipeline.errors import fail, run_main
 from pipeline.log import say, step
@@ -59,7 +59,7 @@ def fetch_snapshot(repo_id: str, revision: str, dest: Path, allow_patterns: list
     except hf_errors.HfHubHTTPError as err:
         status = getattr(getattr(err, "response", None), "status_code", "?")
         fail(f"hub request for '{repo_id}' failed (HTTP {status}): check HF_TOKEN and HF_ENDPOINT")
-    shutil.rmtree(dest / ".cache", ignore_errors=True)  # huggingface_hub's download metadata
+    remove_tree(dest / ".cache")  # huggingface_hub's download metadata
     return commit
 
 

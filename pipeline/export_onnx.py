@@ -12,11 +12,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
-from pipeline.artifacts import ARTIFACTS, folder_bytes, read_manifest, staged_dir, write_json_atomic, write_manifest
+from pipeline.artifacts import (ARTIFACTS, folder_bytes, read_manifest, remove_tree, staged_dir, write_json_atomic,
+                                write_manifest)
 from pipeline.config import ConfigError, OnnxVariantConfig, load_params, pick_variant
 from pipeline.errors import fail, run_main
 from pipeline.lean import ONNX_NEEDS, check_resources, needs_of, use_huge_pages
@@ -90,7 +90,7 @@ def build(model_dir: Path, out: Path, cfg: OnnxVariantConfig, options: dict[str,
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         fail(f"the onnxruntime-genai model builder failed: {first}")
     finally:
-        shutil.rmtree(cache, ignore_errors=True)
+        remove_tree(cache)
 
 
 def make_tokenizer_loadable_by_ort_genai_0_13(folder: Path, model_type: str) -> dict[str, Any]:

@@ -94,7 +94,7 @@ def git_blob_id(data: bytes) -> str:
 def resolve(git_dir: Path, revision: str) -> str | None:
     """The commit a branch, tag or sha names in ``git_dir``, or ``None``."""
     done = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{revision}^{{commit}}"], cwd=git_dir,
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, encoding="utf-8", errors="replace")
     return done.stdout.strip() or None
 
 

@@ -15,7 +15,6 @@ import argparse
 import inspect
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -23,7 +22,7 @@ import textwrap
 import venv
 from pathlib import Path
 
-from pipeline.artifacts import ARTIFACTS, replace_dir, write_json_atomic
+from pipeline.artifacts import ARTIFACTS, remove_tree, replace_dir, write_json_atomic
 from pipeline.config import PROJECT_ROOT
 from pipeline.errors import fail, run_main
 from pipeline.log import say, step
@@ -69,7 +68,7 @@ def ensure_env(env: Path | None = None, runtime: str = DEFAULT_RUNTIME) -> Path:
     env = Path(env or env_dir(runtime))
     packages = RUNTIMES[runtime]
     wanted = {"packages": list(packages), "python": f"{sys.version_info[0]}.{sys.version_info[1]}"}
-    if env_python(env).is_file() and (env / STAMP).is_file() and json.loads((env / STAMP).read_text()) == wanted:
+    if env_python(env).is_file() and (env / STAMP).is_file() and json.loads((env / STAMP).read_text(encoding="utf-8")) == wanted:
         say(f"using the compat environment {env}")
         return env_python(env)
     if sys.version_info < (3, 11):
@@ -88,7 +87,7 @@ def ensure_env(env: Path | None = None, runtime: str = DEFAULT_RUNTIME) -> Path:
             write_json_atomic(tmp / STAMP, wanted)
         replace_dir(tmp, env)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_tree(tmp)
     return env_python(env)
 
 
@@ -132,7 +131,7 @@ def probe(folder: Path, reference: dict, python: Path | str = sys.executable) ->
                "max_new_tokens": [max(len(c["output_ids"]), 1) for c in reference["greedy"]]}
     code = textwrap.dedent(inspect.getsource(_probe)) + "\n_probe()\n"
     done = subprocess.run([str(python), "-I", "-c", code], input=json.dumps(request), capture_output=True,
-                          text=True, check=False)
+                          text=True, encoding="utf-8", errors="replace", check=False)
     line = next((x for x in reversed(done.stdout.splitlines()) if x.startswith(RESULT_MARK)), None)
     if line is None:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
