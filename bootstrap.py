@@ -30,7 +30,7 @@ def install() -> None:
     # setup.py and the C file: the native page trimmer is compiled at install (Linux, optional)
     inputs = ("constraints.txt", "pyproject.toml", "setup.py", "pipeline/core/_pagetrim.c")
     wanted = hashlib.sha256(b"".join((ROOT / name).read_bytes() for name in inputs)).hexdigest()
-    if STAMP.is_file() and STAMP.read_text().strip() == wanted and venv_python().is_file():
+    if STAMP.is_file() and STAMP.read_text(encoding="utf-8").strip() == wanted and venv_python().is_file():
         print("[bootstrap] environment up to date", flush=True)
         return
     if not venv_python().is_file():
@@ -42,7 +42,7 @@ def install() -> None:
     subprocess.run([py, "-m", "pip", "install", "-q", "-c", "constraints.txt", "torch"], cwd=ROOT, check=True)
     subprocess.run([py, "-m", "pip", "install", "-q", "-c", "constraints.txt", "-e", ".[dev]"], cwd=ROOT, check=True)
     subprocess.run([py, "-m", "pip", "uninstall", "-q", "-y", "torchvision"], cwd=ROOT, check=False)
-    STAMP.write_text(wanted)
+    STAMP.write_text(wanted, encoding="utf-8")
 
 
 MIN_PYTHON = (3, 11)  # the pinned numpy 2.4 / scipy 1.17 / matplotlib 3.11 wheels need it (pyproject agrees)

@@ -157,7 +157,7 @@ STAGE_START = "from pipeline.core.memory import use_huge_pages; use_huge_pages()
 def ours(code: str) -> list[str]:
     """A Python command running pipeline code in a fresh process (as a DVC stage would)."""
     return [sys.executable, "-c", STAGE_START + "from pathlib import Path; from pipeline.core.config import "
-            "OpenVinoVariantConfig as C; from pipeline import export_openvino as eo, export_openvino_base as eb; " + code]
+            "OpenVinoVariantConfig as C; from pipeline.openvino import export as eo, export_base as eb; " + code]
 
 
 def optimum_cli(model: Path, out: Path, *args: str) -> list[str]:
@@ -182,7 +182,7 @@ def commands(model: Path, work: Path) -> dict[str, list[list[str]]]:
                  "pipeline.core.config import OnnxVariantConfig as C; cfg = C(execution_provider='dml', precision='int4', "
                  "block_size=128, is_symmetric=True, algo_config='default', enable_dml_graph=True);"
                  f"run('onnx-dml-int4', cfg, Path(r'{model}'), Path(r'{work / 'aipc'}'))"]
-    npu = ours(f"from pipeline.core.config import NpuVariantConfig as N; from pipeline import export_npu; export_npu.run("
+    npu = ours(f"from pipeline.core.config import NpuVariantConfig as N; from pipeline.openvino import export_npu; export_npu.run("
                f"'npu-int4', N(), Path(r'{model}'), Path(r'{work / 'aipc'}'), base_dir=Path(r'{base}'))")
     table = {
         # the pipeline's int4: export_openvino_base then export_openvino@int4 (two stages, two processes)

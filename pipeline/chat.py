@@ -84,6 +84,15 @@ def open_pipeline(artifact: Path, device: str):
     return ov_genai.LLMPipeline(str(artifact), device, **properties)
 
 
+def read_turn() -> str:
+    """The user's next line; end of input (Ctrl-D, Ctrl-Z Enter on Windows, a closed pipe) ends the chat."""
+    try:
+        return input("you> ").strip()
+    except EOFError:
+        sys.stdout.write("\n")
+        return ""
+
+
 def chat(artifact: Path, device: str = "CPU", prompt: str | None = None, max_new_tokens: int = 256) -> str:
     """Stream answers from ``artifact``; returns the last answer (one-shot when ``prompt`` is given).
 
@@ -103,7 +112,7 @@ def chat(artifact: Path, device: str = "CPU", prompt: str | None = None, max_new
     history: list[tuple[str, str]] = []
     answer = ""
     while True:
-        user = prompt if prompt is not None else input("you> ").strip()
+        user = prompt if prompt is not None else read_turn()
         if not user:
             return answer
 
@@ -112,7 +121,15 @@ def chat(artifact: Path, device: str = "CPU", prompt: str | None = None, max_new
             sys.stdout.flush()
             return False  # keep generating
 
-        answer = str(pipe.generate(phi3_prompt(history, user), config, stream)).strip()
+        try:
+            answer = str(pipe.generate(phi3_prompt(history, user), config, stream)).strip()
+        except RuntimeError as err:  # an NPU artifact's MAX_PROMPT_LEN, said in one line
+            from pipeline.openvino.npu_lane import as_prompt_limit_error
+
+            line = as_prompt_limit_error(err)
+            if line is None:
+                raise
+            fail(line)
         sys.stdout.write("\n")
         history.append((user, answer))
         if prompt is not None:

@@ -55,7 +55,7 @@ def cmd_validate_onnx(variant: str) -> None:
 
 
 def cmd_onnx_compat(target: str) -> None:
-    """Check an ONNX variant (or folder) loads and runs in onnxruntime-genai 0.13.1, what Windows DML users get."""
+    """Check an ONNX variant (or folder) loads and runs in onnxruntime-genai 0.13.1 and 0.14.1 (Windows DML users)."""
     from pipeline.onnx import compat as onnx_compat
 
     onnx_compat.main([target])

@@ -28,8 +28,8 @@ OUT_DIR = Path("artifacts") / "sweep"
 def dvc(*args: str, capture: bool = False) -> subprocess.CompletedProcess:
     """Run ``python -m dvc ...`` with this interpreter's scripts first on PATH."""
     env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
-    done = subprocess.run([sys.executable, "-m", "dvc", *args], env=env, text=True,
-                          capture_output=capture, check=False)
+    done = subprocess.run([sys.executable, "-m", "dvc", *args], env=env, text=True, encoding="utf-8",
+                          errors="replace", capture_output=capture, check=False)
     if done.returncode:
         detail = (done.stderr or "").strip().splitlines()[-1:] if capture else []
         fail(f"`dvc {' '.join(args)}` failed (exit {done.returncode}) {' '.join(detail)}".strip())

@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import shutil
 import sys
 import tempfile
 import time
@@ -45,6 +44,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.core.artifacts import remove_tree
 from tiny_phi3.common import INTRO_QUESTIONS, PROMPT, REPO_ROOT, SYSTEM_PROMPT, VOCAB_SIZE, log, publish
 from tiny_phi3.corpus import (HELDOUT_MODULUS, INTRO_COPIES, MIN_DOC_CHARS, SKIP_MODULES, build_stream, chat_samples,
                               collect_docs, heldout_text, is_heldout)
@@ -178,6 +178,8 @@ def load_note() -> str:
     Returns:
         A sentence fragment with the 5-minute load average.
     """
+    if not hasattr(os, "getloadavg"):  # Windows has no load average
+        return "the load average is not available on this OS"
     load = os.getloadavg()[1]
     shared = "other jobs were sharing the CPUs" if load > 2.5 else "the CPUs were not shared"
     return f"the 5-minute load average after training was {load:.1f} ({shared})"
@@ -210,7 +212,7 @@ def main(argv: list[str] | None = None) -> None:
             report(stage, info, train_eval)
         publish(stage, final_dir)
     finally:
-        shutil.rmtree(stage, ignore_errors=True)
+        remove_tree(stage)  # read-only entries too (Windows)
 
 
 if __name__ == "__main__":

@@ -25,13 +25,13 @@ The README of the output folder is written by this script from the measured numb
 from __future__ import annotations
 
 import argparse
-import shutil
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from pipeline.core.artifacts import remove_tree
 from tiny_phi3.common import MAX_ASSET_DIR_BYTES, REPO_ROOT, folder_bytes, publish
 from tiny_phi3.longrope import gqa_from_tiny, make_config
 from tiny_phi3.report_128k import check_windows, readme_info, window_rows, write_readme
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
         publish(stage, final_dir)
         log(f"done in {time.time() - started:.0f}s; folder {total} bytes")
     finally:
-        shutil.rmtree(stage, ignore_errors=True)
+        remove_tree(stage)  # read-only entries too (Windows)
 
 
 if __name__ == "__main__":

@@ -64,3 +64,8 @@ def test_sweep_points_reuse_sensitivities_and_stay_identical(tmp_path: Path, mon
     assert sha256_file(tmp_path / "out" / "reused" / "openvino_model.bin") == \
         sha256_file(tmp_path / "out" / "scratch" / "openvino_model.bin")
     assert len(computed) == 2 and json.loads(cache.read_text()) == scores  # from scratch: computed, not cached
+    again = export_openvino.run("again", first, model, tmp_path / "out", base_dir=base)  # warm cache, same process
+    for name in ("openvino_model.xml", "openvino_model.bin"):  # OpenVINO's node counter does not leak into names
+        assert sha256_file(tmp_path / "out" / "again" / name) == sha256_file(tmp_path / "out" / "first" / name), name
+    assert again["files"]["openvino_model.xml"] == json.loads(
+        (tmp_path / "out" / "first" / "manifest.json").read_text())["files"]["openvino_model.xml"]

@@ -316,3 +316,14 @@ def test_export_stops_early_when_disk_is_short(tmp_path: Path, monkeypatch: pyte
     assert not (tmp_path / "base").exists()
     monkeypatch.setenv("AIPC_SKIP_RESOURCE_CHECK", "1")
     memory.check_resources("x", 2**60, 2**60, tmp_path)  # the documented escape hatch
+
+
+def test_resource_check_expects_the_whole_checkpoint_where_pages_cannot_be_trimmed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = tmp_path / "model"
+    download.run(ModelConfig(source="tiny"), model)
+    size = sum(f.stat().st_size for f in memory.weight_files(model))
+    trimmed, _ = lean.needs("export", "fp16", model)
+    monkeypatch.setattr(lean, "pages_can_be_trimmed", lambda: False)  # Windows: no madvise, no native trimmer
+    untrimmed, _ = lean.needs("export", "fp16", model)
+    assert untrimmed - trimmed == pytest.approx((1.15 - 0.25) * size, abs=2)

@@ -195,14 +195,17 @@ def compat_env() -> Path:
 
 @pytest.mark.slow
 @pytest.mark.pypi
-def test_dml_int4_loads_in_onnxruntime_genai_0_13_1(demo_project, compat_env: Path,
+def test_dml_int4_loads_in_onnxruntime_genai_0_13_1_and_0_14_1(demo_project, compat_env: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     project, _ = demo_project
     monkeypatch.chdir(project)
-    report = onnx_compat.run("dml_int4")
-    assert report["runtime"] == {"onnxruntime-genai": "0.13.1", "onnxruntime": "1.24.4"}
-    assert report["tokenizer_matches_reference"] and report["sample"].strip()
-    assert (compat_env / onnx_compat.STAMP).is_file()
+    reports = onnx_compat.run_all("dml_int4")
+    assert {v: r["runtime"] for v, r in reports.items()} == {
+        "0.13.1": {"onnxruntime-genai": "0.13.1", "onnxruntime": "1.24.4"},
+        "0.14.1": {"onnxruntime-genai": "0.14.1", "onnxruntime": "1.26.0"}}, "what users get, with and without ORT 1.26"
+    for report in reports.values():
+        assert report["tokenizer_matches_reference"] and report["sample"].strip()
+    assert (compat_env / onnx_compat.STAMP).is_file() and (onnx_compat.env_dir("0.14.1") / onnx_compat.STAMP).is_file()
 
 
 @pytest.mark.slow

@@ -21,9 +21,6 @@ import pytest
 from conftest import make_project, run_cmd
 from winemu import WIN_HOME, WIN_ROOT, enabled, read_record, summarize, tree_overflows, winemu_env
 
-WINDOWS_FIXES_PENDING = ("issue 18: the Windows fixes (read-only hard links in compress_from_base, folder renames "
-                         "with open files, long .aipc/envs paths, cp1252 output) are not all in yet")
-
 
 def run_emulated(code: str, project: Path, record: Path | None = None, strict: bool = True) -> subprocess.CompletedProcess:
     """Run ``code`` in a fresh interpreter under the emulation (loaded by sitecustomize, as DVC's stages load it)."""
@@ -174,7 +171,6 @@ cli.main(["compile-npu-blob", "artifacts/npu/int4"])
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason=WINDOWS_FIXES_PENDING, strict=False)
 def test_tiny_pipeline_under_windows_semantics(tmp_path: Path) -> None:
     """``dvc repro`` of the tiny model, ``aipc demo`` and ``aipc compile-npu-blob`` pass with every Windows rule in force."""
     project = make_project(tmp_path / "project")

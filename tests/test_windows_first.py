@@ -55,3 +55,22 @@ def test_a_cp1252_console_prints_the_report_and_chat_text() -> None:
             "sys.stdout.flush(); sys.__stdout__.write(sys.stdout.buffer.getvalue().decode('cp1252'))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0 and done.stdout == "ppl ? % and ??\n", done.stderr
+
+
+def test_line_endings_are_pinned_so_hashes_match_across_oses() -> None:
+    attributes = (ROOT / ".gitattributes").read_text(encoding="utf-8").splitlines()
+    assert "* text=auto eol=lf" in attributes and "*.safetensors binary" in attributes
+    done = subprocess.run(["git", "check-attr", "eol", "dvc.lock", "params.yaml", "pipeline/cli.py"], cwd=ROOT,
+                          capture_output=True, text=True, check=True)
+    assert done.stdout.count("eol: lf") == 3, done.stdout
+
+
+def test_on_windows_the_dml_skip_never_advises_replacing_the_builders_runtime(monkeypatch) -> None:
+    import platform
+
+    from pipeline.validation import devices
+
+    monkeypatch.setattr(platform, "system", lambda: "Windows")
+    reason = devices.onnx_provider_status("dml").reason
+    assert reason and "would replace it" in reason and "aipc onnx-compat" in reason
+    assert not reason.startswith("the installed onnxruntime-genai has no DML provider: install")

@@ -71,8 +71,6 @@ def test_guards_and_allow_comments_silence_a_finding(tmp_path: Path) -> None:
     assert findings(tmp_path, code) == []
 
 
-@pytest.mark.xfail(reason="issue 18: the Windows fixes are not all in yet (see scripts/check_windows.py output)",
-                   strict=False)
 def test_pipeline_and_bootstrap_have_no_unguarded_windows_isms() -> None:
     found = check_windows.check()
     assert not found, "\n".join(map(str, found))

@@ -12,12 +12,8 @@ import json
 import shutil
 from pathlib import Path
 
-from pipeline.core.artifacts import ARTIFACTS, staged_dir
-from pipeline.core.config import (  # ASSETS_DIR: one folder per name in config.EMBEDDED_ASSETS
-    ASSETS_DIR,
-    ModelConfig,
-    load_params,
-)
+from pipeline.core.artifacts import ARTIFACTS, remove_tree, staged_dir
+from pipeline.core.config import ASSETS_DIR, ModelConfig, load_params  # ASSETS_DIR/<name>: EMBEDDED_ASSETS
 from pipeline.core.errors import fail, run_main
 from pipeline.core.log import say, step
 from pipeline.core.manifest import write_manifest
@@ -63,7 +59,7 @@ def fetch_snapshot(repo_id: str, revision: str, dest: Path, allow_patterns: list
     except hf_errors.HfHubHTTPError as err:
         status = getattr(getattr(err, "response", None), "status_code", "?")
         fail(f"hub request for '{repo_id}' failed (HTTP {status}): check HF_TOKEN and HF_ENDPOINT")
-    shutil.rmtree(dest / ".cache", ignore_errors=True)  # huggingface_hub's download metadata
+    remove_tree(dest / ".cache")  # huggingface_hub's download metadata
     return commit
 
 

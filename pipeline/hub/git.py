@@ -42,7 +42,8 @@ def git(args: list[str], cwd: Path | None = None, env: dict | None = None, input
     """Run ``git`` and return its stdout; a failure becomes one line naming the git command and its error."""
     if shutil.which("git") is None:
         fail("git is not installed: install git (and git-lfs) to publish with the git backend")
-    done = subprocess.run(["git", *args], cwd=cwd, env={**os.environ, **(env or {})}, input=input,
+    # core.autocrlf=false: Git for Windows rewrites line endings by default, and published files must keep their bytes
+    done = subprocess.run(["git", "-c", "core.autocrlf=false", *args], cwd=cwd, env={**os.environ, **(env or {})}, input=input,
                           capture_output=True)
     if done.returncode:
         last = (done.stderr.decode(errors="replace").strip().splitlines() or ["no output"])[-1]
@@ -93,7 +94,7 @@ def git_blob_id(data: bytes) -> str:
 def resolve(git_dir: Path, revision: str) -> str | None:
     """The commit a branch, tag or sha names in ``git_dir``, or ``None``."""
     done = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{revision}^{{commit}}"], cwd=git_dir,
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, encoding="utf-8", errors="replace")
     return done.stdout.strip() or None
 
 

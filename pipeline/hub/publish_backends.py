@@ -185,7 +185,9 @@ class GitBackend:
         card = write_card(art, remote, work, opts)
         lfs = sorted(p.relative_to(work).as_posix() for p in work.rglob("*")
                      if ".git" not in p.relative_to(work).parts and p.is_file() and hub_git.is_lfs_file(p))
-        (work / ".gitattributes").write_text("".join(f"{p} filter=lfs diff=lfs merge=lfs -text\n" for p in lfs))
+        # `* -text` first: Git for Windows converts line endings by default, which would break every sha256 on pull
+        (work / ".gitattributes").write_text("* -text\n" + "".join(f"{p} filter=lfs diff=lfs merge=lfs -text\n"
+                                                                    for p in lfs), encoding="utf-8", newline="\n")
         self._git(["add", "-A"], work)
         status = [line.split("\t") for line in self._git(["diff", "--cached", "--name-status"], work).splitlines()]
         changed = sorted(p for s, p in status if s != "D")

@@ -156,7 +156,7 @@ def _meta(path: Path) -> dict | None:
     if not (path / "HEAD").is_file():
         return None
     meta_file = path / "aipc-hub.json"
-    return json.loads(meta_file.read_text()) if meta_file.is_file() else {"private": False}
+    return json.loads(meta_file.read_text(encoding="utf-8")) if meta_file.is_file() else {"private": False}
 
 
 def _commit(path: Path, rev: str) -> str:
@@ -184,7 +184,8 @@ def create_repo(h, hub: HubServer, user: str | None, query: dict) -> None:
     if _meta(path) is not None:
         raise HubHTTPError(409, "You already created this model repo")
     hub_git.git(["init", "-q", "--bare", "--initial-branch=main", str(path)])
-    (path / "aipc-hub.json").write_text(json.dumps({"private": data.get("visibility", "public") != "public"}))
+    (path / "aipc-hub.json").write_text(json.dumps({"private": data.get("visibility", "public") != "public"}),
+                                        encoding="utf-8")
     # Like the Hub, a new repo starts with a commit holding the default .gitattributes.
     attributes = {"key": "file", "value": {"path": ".gitattributes", "encoding": "base64",
                                            "content": base64.b64encode(DEFAULT_GITATTRIBUTES.encode()).decode()}}

@@ -335,7 +335,8 @@ def patch_cmakelists(text: str) -> str:
 def package_dir(python: Path, package: str) -> Path:
     """Folder of ``package`` inside the environment of ``python`` (found without importing it)."""
     code = f"import importlib.util as u; print(u.find_spec({package!r}).submodule_search_locations[0])"
-    done = subprocess.run([str(python), "-I", "-c", code], capture_output=True, text=True, check=True)
+    done = subprocess.run([str(python), "-I", "-c", code], capture_output=True, text=True, encoding="utf-8",
+                          check=True)
     return Path(done.stdout.strip())
 
 

@@ -1,10 +1,12 @@
-"""``aipc onnx-compat``: prove an exported ONNX folder loads in the runtime Windows DirectML users get.
+"""``aipc onnx-compat``: prove an exported ONNX folder loads in the runtimes Windows DirectML users get.
 
-``pip install onnxruntime-genai-directml`` resolves to onnxruntime-genai 0.13.1 with onnxruntime-directml
-1.24.4. This check runs the exact folder with the CPU builds of those versions (from PyPI) in a separate
-virtual environment the project creates once under ``.aipc/envs/ortgenai-0.13.1`` beside the ``.venv``
-(``AIPC_ENVS_DIR`` moves it; about 100 MB downloaded, then reused offline). It loads the model and the tokenizer, checks the
-prompts tokenize exactly as the original tokenizer did, and generates from every prompt.
+``pip install onnxruntime-genai-directml`` resolves to 0.14.1 where onnxruntime-directml >= 1.26 is published,
+and to 0.13.1 (with onnxruntime-directml 1.24.4) where it is not, as on the package mirror here; DirectML
+itself stopped at 0.14.1 in favour of Windows ML. This check runs the exact folder with the CPU builds of
+both (from PyPI), each in a separate virtual environment the project creates once under
+``.aipc/envs/ortgenai-<version>`` beside the ``.venv`` (``AIPC_ENVS_DIR`` moves them; about 100 MB each,
+then reused offline). It loads the model and the tokenizer, checks the prompts tokenize exactly as the
+original tokenizer did, and generates from every prompt. ``--runtime`` picks one.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import argparse
 import inspect
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -21,25 +22,29 @@ import textwrap
 import venv
 from pathlib import Path
 
-from pipeline.core.artifacts import ARTIFACTS, replace_dir, write_json_atomic
+from pipeline.core.artifacts import ARTIFACTS, remove_tree, replace_dir, write_json_atomic
 from pipeline.core.config import PROJECT_ROOT
 from pipeline.core.errors import fail, run_main
 from pipeline.core.log import say, step
 from pipeline.validation.matrix import greedy_match
 
-COMPAT_PACKAGES = ("onnxruntime-genai==0.13.1", "onnxruntime==1.24.4")
-ENV_NAME = "ortgenai-0.13.1"
+# onnxruntime-genai(-directml) release -> the CPU packages that stand in for it (its onnxruntime requirement's floor)
+RUNTIMES = {"0.13.1": ("onnxruntime-genai==0.13.1", "onnxruntime==1.24.4"),
+            "0.14.1": ("onnxruntime-genai==0.14.1", "onnxruntime==1.26.0")}
+DEFAULT_RUNTIME = "0.13.1"
+COMPAT_PACKAGES = RUNTIMES[DEFAULT_RUNTIME]
+ENV_NAME = f"ortgenai-{DEFAULT_RUNTIME}"
 STAMP = "aipc-compat-env.json"
 RESULT_MARK = "AIPC_COMPAT_RESULT "
 ONNX_ROOT = ARTIFACTS / "onnx"
 REFERENCE = ARTIFACTS / "reference" / "reference.json"
 
 
-def env_dir() -> Path:
-    """Where the compat environment lives: beside the other isolated environments (``.aipc/envs``)."""
+def env_dir(runtime: str = DEFAULT_RUNTIME) -> Path:
+    """Where a compat environment lives: beside the other isolated environments (``.aipc/envs``)."""
     from pipeline.core.envs import envs_root  # one rule for every isolated environment
 
-    return envs_root() / ENV_NAME
+    return envs_root() / f"ortgenai-{runtime}"
 
 
 def env_python(env: Path) -> Path:
@@ -58,11 +63,12 @@ def _pip_constraints(folder: Path) -> list[str]:
     return ["-c", str(folder / "constraints.txt")]
 
 
-def ensure_env(env: Path | None = None) -> Path:
-    """Create the compat environment once (atomically) and return its interpreter; reuse it afterwards."""
-    env = Path(env or env_dir())
-    wanted = {"packages": list(COMPAT_PACKAGES), "python": f"{sys.version_info[0]}.{sys.version_info[1]}"}
-    if env_python(env).is_file() and (env / STAMP).is_file() and json.loads((env / STAMP).read_text()) == wanted:
+def ensure_env(env: Path | None = None, runtime: str = DEFAULT_RUNTIME) -> Path:
+    """Create a compat environment once (atomically) and return its interpreter; reuse it afterwards."""
+    env = Path(env or env_dir(runtime))
+    packages = RUNTIMES[runtime]
+    wanted = {"packages": list(packages), "python": f"{sys.version_info[0]}.{sys.version_info[1]}"}
+    if env_python(env).is_file() and (env / STAMP).is_file() and json.loads((env / STAMP).read_text(encoding="utf-8")) == wanted:
         say(f"using the compat environment {env}")
         return env_python(env)
     if sys.version_info < (3, 11):
@@ -70,18 +76,18 @@ def ensure_env(env: Path | None = None) -> Path:
     env.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{env.name}.tmp-", dir=env.parent))
     try:
-        with step(f"creating {env} once: {' + '.join(COMPAT_PACKAGES)} from PyPI (about 100 MB)"):
+        with step(f"creating {env} once: {' + '.join(packages)} from PyPI (about 100 MB)"):
             venv.EnvBuilder(with_pip=True, symlinks=os.name != "nt").create(tmp)
             cmd = [str(env_python(tmp)), "-m", "pip", "install", "--disable-pip-version-check", "--no-input",
-                   "--only-binary=:all:", *_pip_constraints(tmp), *COMPAT_PACKAGES]
+                   "--only-binary=:all:", *_pip_constraints(tmp), *packages]
             done = subprocess.run(cmd, stdout=2, check=False)  # pip's progress lines go to stderr with ours
             if done.returncode:
-                fail(f"pip could not install {' '.join(COMPAT_PACKAGES)} (exit {done.returncode}): the compat check "
+                fail(f"pip could not install {' '.join(packages)} (exit {done.returncode}): the compat check "
                      "needs PyPI once; check the network or PIP_INDEX_URL")
             write_json_atomic(tmp / STAMP, wanted)
         replace_dir(tmp, env)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_tree(tmp)
     return env_python(env)
 
 
@@ -125,7 +131,7 @@ def probe(folder: Path, reference: dict, python: Path | str = sys.executable) ->
                "max_new_tokens": [max(len(c["output_ids"]), 1) for c in reference["greedy"]]}
     code = textwrap.dedent(inspect.getsource(_probe)) + "\n_probe()\n"
     done = subprocess.run([str(python), "-I", "-c", code], input=json.dumps(request), capture_output=True,
-                          text=True, check=False)
+                          text=True, encoding="utf-8", errors="replace", check=False)
     line = next((x for x in reversed(done.stdout.splitlines()) if x.startswith(RESULT_MARK)), None)
     if line is None:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
@@ -160,8 +166,14 @@ def check(folder: Path, reference: dict, python: Path | str) -> dict:
             "sample": result["cases"][0]["text"][:200]}
 
 
-def run(target: str, reference_path: Path = REFERENCE, env: Path | None = None) -> dict:
-    """Check ONNX variant ``target`` (a name under artifacts/onnx, or a folder) in the 0.13.1 environment."""
+def run_all(target: str, reference_path: Path = REFERENCE, runtimes: tuple[str, ...] = tuple(RUNTIMES)) -> dict:
+    """Check ``target`` in every runtime of :data:`RUNTIMES` (or the ones named); their reports by version."""
+    return {runtime: run(target, reference_path, runtime=runtime) for runtime in runtimes}
+
+
+def run(target: str, reference_path: Path = REFERENCE, env: Path | None = None,
+        runtime: str = DEFAULT_RUNTIME) -> dict:
+    """Check ONNX variant ``target`` (a name under artifacts/onnx, or a folder) in one runtime's environment."""
     folder = Path(target) if Path(target).is_dir() else ONNX_ROOT / target
     if not (folder / "genai_config.json").is_file():
         todo = f"run `dvc repro export_onnx@{target}`" if folder == ONNX_ROOT / target else "pass a builder output"
@@ -169,8 +181,8 @@ def run(target: str, reference_path: Path = REFERENCE, env: Path | None = None) 
     if not Path(reference_path).is_file():
         fail(f"{reference_path} missing: run `dvc repro reference` first")
     reference = json.loads(Path(reference_path).read_text(encoding="utf-8"))
-    python = ensure_env(env)
-    with step(f"running {folder} with {' + '.join(COMPAT_PACKAGES)} on CPU"):
+    python = ensure_env(env, runtime)
+    with step(f"running {folder} with {' + '.join(RUNTIMES[runtime])} on CPU"):
         report = check(folder, reference, python)
     say(f"ok: {folder} loads in onnxruntime-genai {report['runtime']['onnxruntime-genai']} (device "
         f"{report['device']}), tokenizes all {report['prompts']} prompts exactly, greedy exact match "
@@ -182,7 +194,10 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: ``python -m pipeline.onnx.compat <variant-or-folder>``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("target", help="ONNX variant under artifacts/onnx (e.g. dml_int4) or a folder")
-    run(parser.parse_args(argv).target)
+    parser.add_argument("--runtime", choices=sorted(RUNTIMES), action="append",
+                        help="onnxruntime-genai release to check (repeatable; default: all)")
+    args = parser.parse_args(argv)
+    run_all(args.target, runtimes=tuple(args.runtime or RUNTIMES))
 
 
 if __name__ == "__main__":

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.artifacts import ARTIFACTS, folder_bytes, staged_dir, write_json_atomic
+from pipeline.core.artifacts import ARTIFACTS, folder_bytes, remove_tree, staged_dir, write_json_atomic
 from pipeline.core.config import ConfigError, OnnxVariantConfig
 from pipeline.core.errors import fail, run_main
 from pipeline.core.log import say, step
@@ -97,7 +96,7 @@ def build(model_dir: Path, out: Path, cfg: OnnxVariantConfig, options: dict[str,
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         fail(f"the onnxruntime-genai model builder failed: {first}")
     finally:
-        shutil.rmtree(cache, ignore_errors=True)
+        remove_tree(cache)
 
 
 def make_tokenizer_loadable_by_ort_genai_0_13(folder: Path, model_type: str) -> dict[str, Any]:

@@ -9,6 +9,8 @@ Output: ``artifacts/openvino/<variant>`` with ``manifest.json``.
 from __future__ import annotations
 
 import json
+import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +43,26 @@ def check_group_size(cfg: OpenVinoVariantConfig, model_config: dict) -> None:
             raise ConfigError(
                 f"group_size {cfg.group_size} does not divide {name} {width}: use one of "
                 f"{divisors or [-1]} or set group_size_fallback=adjust")
+
+
+AUTO_NAMED_LAYER = re.compile(r'(<layer id="(\d+)" name=")([A-Za-z]+)_\d+(" type=")')
+
+
+def stable_layer_names(xml_path: Path) -> int:
+    """Rename auto-named layers (``Convert_28831``) after their layer id (``Convert_19``); returns how many.
+
+    OpenVINO names new nodes from a per-process counter, so the nodes NNCF adds are numbered by whatever the
+    process created before: a cold sensitivity cache gives ``Convert_28831`` where a warm one gives
+    ``Convert_6498``, and the same inputs would give a different ``.xml`` (and rerun every stage below it).
+    Layer ids are the serialized order, the same for the same graph; only the XML changes, the ``.bin`` not.
+    """
+    text = xml_path.read_text(encoding="utf-8")
+    renamed, count = AUTO_NAMED_LAYER.subn(lambda m: f"{m.group(1)}{m.group(3)}_{m.group(2)}{m.group(4)}", text)
+    if count:
+        tmp = xml_path.with_name(xml_path.name + ".renamed")
+        tmp.write_text(renamed, encoding="utf-8", newline="")
+        os.replace(tmp, xml_path)
+    return count
 
 
 def export_into(tmp: Path, name: str, cfg: OpenVinoVariantConfig, model_dir: Path,
@@ -77,6 +99,8 @@ def export_into(tmp: Path, name: str, cfg: OpenVinoVariantConfig, model_dir: Pat
     missing = [f for f in TOKENIZER_FILES if not (tmp / f).is_file()]
     if missing:
         fail(f"tokenizer conversion produced no {', '.join(missing)}: check openvino-tokenizers matches openvino")
+    if qdict:
+        stable_layer_names(tmp / "openvino_model.xml")
     summary = inspect_ir(tmp / "openvino_model.xml")
     problems = check_matches_request(summary, cfg.weight_format, cfg.ratio) + check_rotary(summary)
     if problems:

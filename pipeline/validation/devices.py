@@ -112,6 +112,9 @@ def onnx_provider_status(provider: str) -> DeviceStatus:
     package = ONNX_PROVIDER_PACKAGES[provider]
     if provider == "dml" and platform.system() != "Windows":
         reason = f"DirectML exists only on Windows ({package}); the onnxruntime-genai here has no DML provider"
+    elif provider == "dml":  # installing it here would replace the onnxruntime-genai the model builder needs
+        reason = (f"the main environment keeps the CPU onnxruntime-genai the model builder needs ({package} would "
+                  "replace it); `aipc onnx-compat <variant>` loads the folder in the DirectML runtime's versions")
     else:
         reason = f"the installed onnxruntime-genai has no {name} provider: install {package} on a machine with the device"
     return DeviceStatus(name, False, reason=reason)

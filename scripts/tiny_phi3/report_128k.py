@@ -143,7 +143,7 @@ def readme_info(args, argv, config, stream, heldout_ids, result, numbers) -> dic
     factors = rope["short_factor"] + rope["long_factor"]
     factor = MAX_POSITIONS / ORIGINAL_MAX_POSITIONS
     short = numbers["short"]
-    load = os.getloadavg()[1]
+    load = os.getloadavg()[1] if hasattr(os, "getloadavg") else float("nan")  # no load average on Windows
     command = [".venv/bin/python", "scripts/make_tiny_phi3_128k.py", *(sys.argv[1:] if argv is None else argv)]
     return {
         "command": " ".join(command),
