@@ -22,7 +22,7 @@ from pipeline.core.log import step
 from pipeline.core.manifest import read_manifest
 from pipeline.core.stage import run_stage
 from pipeline.npu_lib import env as npu_lib_env
-from pipeline.npu_lib.export import KIND, MODEL_FILE, OUT_ROOT, call_worker  # noqa: F401 (MODEL_FILE: tests)
+from pipeline.npu_lib.export import KIND, OUT_ROOT, call_worker
 from pipeline.validation import fidelity, matrix, records
 
 REFERENCE = ARTIFACTS / "reference" / "reference.json"
