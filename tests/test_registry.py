@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 
+from pipeline.core.config import ConfigError
 from pipeline.core.registry import FAMILIES, SHARED_STAGES, entry
+from pipeline.core.stage import parse_variant
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -47,3 +50,12 @@ def test_every_stage_module_in_dvc_yaml_exists() -> None:
         path = module.replace(".", "/") + ".py"
         assert (ROOT / path).is_file(), f"{name}: {path} missing"
         assert path in body["deps"], f"{name}: {path} not in its deps"
+
+
+def test_stage_command_line_checks_the_variant_and_picks_the_flagged_family(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``python -m pipeline.openvino.validate --npu int4`` is the NPU family; an unknown variant is one line."""
+    monkeypatch.chdir(ROOT)  # params.yaml
+    family, name, _ = parse_variant(["--npu", "int4"], "validate", "openvino", alternative="npu")
+    assert (family.name, name) == ("npu", "int4")
+    with pytest.raises(ConfigError, match=r"^unknown ONNX variant 'nope': configured ones are "):
+        parse_variant(["nope"], "export", "onnx")

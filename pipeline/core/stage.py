@@ -56,7 +56,8 @@ def run_stage(family: str, which: str, argv: list[str] | None = None) -> Any:
         What the entry point returns (the manifest, or the metrics written).
     """
     module = FAMILIES[family].module(which)
-    sharing = [f.name for f in FAMILIES.values() if f.name != family and f.module(which) == module]
+    # another family served by the same module behind a flag (``--npu``: the OpenVINO validator on artifacts/npu)
+    sharing = [f.name for f in FAMILIES.values() if f.name != family and f.module(which) == module and f.validate_flags]
     doc = (importlib.import_module(module).__doc__ or which).strip().splitlines()[0]
     chosen, name, params = parse_variant(argv, doc, family, sharing[0] if sharing and which == "validate" else None)
     if which == "validate":
