@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.core.config import ModelConfig, NpuVariantConfig, OpenVinoVariantConfig
+from pipeline.core.config import ASSETS_DIR, ModelConfig, NpuVariantConfig, OpenVinoVariantConfig
 from pipeline.core.errors import StageError
 from pipeline.hub import download
 from pipeline.openvino import export as export_openvino
@@ -24,7 +24,7 @@ from pipeline.openvino import export_npu, rotary
 from pipeline.openvino.ir_inspect import check_rotary, inspect_ir
 from pipeline.validation import devices
 
-TINY_ASSET = Path(rotary.__file__).parent / "assets" / "tiny_phi3"  # tokenizer files for the inline model
+TINY_ASSET = ASSETS_DIR / "tiny_phi3"  # tokenizer files for the inline model
 HEAD_DIM = 32
 SHORT = [round(1.02 + 0.01 * i, 2) for i in range(HEAD_DIM // 2)]
 LONG = [round(1.05 + 0.37 * i, 2) for i in range(HEAD_DIM // 2)]
