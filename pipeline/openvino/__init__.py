@@ -1,1 +1,1 @@
-"""openvino"""
+"""OpenVINO IR family: base IR, compressed variants, NPU-ready IR, their inspection and validation with openvino_genai."""
