@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
-# What this process has done to artifacts/ (kept up to date by pipeline.core.artifacts.staged_dir), for the interrupt message.
+# What this process did to artifacts/ (kept by pipeline.core.artifacts.staged_dir), for the interrupt message.
 WRITING: set[Path] = set()  # outputs this process is writing now (staged_dir blocks)
 MOVED: list[Path] = []  # outputs this process has replaced so far
 KEPT: list[Path] = []  # outputs whose writing failed or was interrupted: left as they were

@@ -1,1 +1,1 @@
-"""intel-npu-acceleration-library family: its own venv (env), the worker that runs inside it, export and validate stages."""
+"""intel-npu-acceleration-library: its own venv (env), the worker that runs in it, export and validate."""

@@ -1,1 +1,1 @@
-"""ONNX Runtime GenAI family: the model builder export, its structural checks, validation, and the Windows DML compat check."""
+"""ONNX Runtime GenAI: the model builder export, structural checks, validation, the Windows DML compat check."""

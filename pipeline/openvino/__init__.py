@@ -1,1 +1,1 @@
-"""OpenVINO IR family: base IR, compressed variants, NPU-ready IR, their inspection and validation with openvino_genai."""
+"""OpenVINO IR: base IR, compressed variants, NPU-ready IR, their inspection and validation (openvino_genai)."""

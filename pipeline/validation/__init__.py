@@ -1,1 +1,1 @@
-"""Family-independent validation: the PyTorch reference, the device matrix and verdicts, fidelity, metrics files, the report."""
+"""Family-independent validation: PyTorch reference, device matrix and verdicts, fidelity, metrics, report."""
