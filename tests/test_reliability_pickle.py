@@ -133,7 +133,7 @@ def test_payload_with_matching_manifest_and_lock_is_refused_and_nothing_runs(
 @pytest.mark.slow
 def test_genuine_pickle_loads_with_the_allow_list_only(int4_artifact, npu_env) -> None:  # noqa: F811
     root, _, _ = int4_artifact
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); import npu_lib_worker as w; from pathlib import Path; "
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import worker as w; from pathlib import Path; "
             "w.import_library(); m = w.load_model(Path(sys.argv[2])); "
             "print(type(m).__name__, sum(p.numel() for p in m.parameters()), w.unsafe_globals(Path(sys.argv[2])))")
     done = subprocess.run([str(npu_env.python), "-I", "-c", code, str(npu_lib_env.WORKER.parent),

@@ -349,7 +349,7 @@ def worker_env() -> dict[str, str]:
 
 
 def run_worker(python: Path, command: str, args: list[str], cwd: Path) -> dict[str, Any]:
-    """Run ``npu_lib_worker.py COMMAND ARGS`` with ``python`` in ``cwd``, streaming its output; return its result.
+    """Run ``worker.py COMMAND ARGS`` with ``python`` in ``cwd``, streaming its output; return its result.
 
     Raises:
         WorkerError: When the worker exits non-zero (message: its last output line).

@@ -45,7 +45,7 @@ MODEL_SIDE_FILES = ("config.json", "generation_config.json", "tokenizer.json", "
 RECIPE = "NPUModelForCausalLM.from_pretrained(model, use_cache=True, config=CompilerConfig(dtype={dtype}))"
 KIND = FAMILIES["npu_lib"].kind  # "NPU library model"
 LOADING = ("pickle: loaded only when the folder matches dvc.lock's hash of export_npu_lib@<variant> and the file "
-           "model_sha256, with torch.load(weights_only=True) allowing only npu_lib_worker.SAFE_CLASSES")
+           "model_sha256, with torch.load(weights_only=True) allowing only pipeline/npu_lib/worker.py SAFE_CLASSES")
 
 
 def write_skipped(name: str, cfg: NpuLibVariantConfig, source: dict, out_root: Path, reason: str) -> dict:

@@ -1,6 +1,6 @@
 """Runs INSIDE the isolated intel-npu-acceleration-library environment: probe, compile, or load + validate.
 
-Started by :mod:`pipeline.npu_lib.export` as ``<env python> -I npu_lib_worker.py <command> --result FILE ...``
+Started by :mod:`pipeline.npu_lib.export` as ``<env python> -I worker.py <command> --result FILE ...``
 (``-I``: neither this folder nor ``PYTHONPATH`` is on ``sys.path``, so nothing of the main environment leaks
 in). It imports only the standard library at module level and the isolated environment's packages (torch,
 transformers, the library) inside functions; it never imports ``pipeline``. Each call handles ONE dtype in
@@ -247,7 +247,7 @@ def compile_model(args: argparse.Namespace) -> dict[str, Any]:
     os.replace(saved[0], args.out)
     unknown = unsafe_globals(Path(args.out))
     if unknown:  # validate would refuse this file: a library or transformers change added a class
-        raise RuntimeError(f"the library's pickle refers to {', '.join(unknown)}, outside npu_lib_worker.SAFE_CLASSES: "
+        raise RuntimeError(f"the library's pickle refers to {', '.join(unknown)}, outside pipeline/npu_lib/worker.py SAFE_CLASSES: "
                            "check that they run no code when unpickled, then add them")
     kinds: dict[str, int] = {}
     for module in model.modules():
