@@ -218,7 +218,8 @@ def judge(plan: CellPlan, got: Measurement, reference: dict, thresholds: Thresho
                 ttft_ms=short.ttft_ms, tpot_ms=short.tpot_ms, tokens_per_s=short.tokens_per_s,
                 perf={k: asdict(v) for k, v in got.perf.items()}, **got.fidelity, greedy_exact_match=round(exact, 4),
                 first_divergence=divergence, tokenizer_matches_reference=got.tokenizer_matches_reference,
-                fidelity_device=got.fidelity_device or executed, note=got.note, sample=got.sample[:200],
+                fidelity_device=got.fidelity_device or executed, sample=got.sample[:200],
+                note=got.note or (plan.note if plan.backend else None),
                 **numerics_fields(got))
 
 
