@@ -69,8 +69,10 @@ def open_pipeline(artifact: Path, device: str):
     import openvino_genai as ov_genai
 
     if not (artifact / "openvino_model.xml").is_file():
-        fail(f"{artifact} is neither an OpenVINO IR folder (openvino_model.xml) nor an ONNX Runtime GenAI folder "
-             f"(genai_config.json): pass e.g. artifacts/openvino/int4 or artifacts/onnx/cpu_int4")
+        fail(
+            f"{artifact} is neither an OpenVINO IR folder (openvino_model.xml) nor an ONNX Runtime GenAI folder "
+            f"(genai_config.json): pass e.g. artifacts/openvino/int4 or artifacts/onnx/cpu_int4"
+        )
     from pipeline.validation import devices
 
     state = devices.detect().get(device.split(":")[0].split(".")[0])

@@ -138,8 +138,10 @@ def cmd_verify(artifact: str) -> None:
 
     manifest = verify_folder(Path(artifact))
     stage = stage_of(Path(artifact))
-    print(f"ok: {artifact}: {len(manifest['files'])} files match {Path(artifact) / 'manifest.json'}"
-          + (f" and dvc.lock's record of {stage}" if stage else ""))
+    print(
+        f"ok: {artifact}: {len(manifest['files'])} files match {Path(artifact) / 'manifest.json'}"
+        + (f" and dvc.lock's record of {stage}" if stage else "")
+    )
 
 
 def cmd_repair(stage: str) -> None:
@@ -256,8 +258,10 @@ def cmd_check_config(overrides: list[str]) -> None:
     if actual != expected:
         build(PipelineConfig, actual or {})
         stale = sorted(k for k in set(expected) | set(actual or {}) if (actual or {}).get(k) != expected.get(k))
-        fail(f"params.yaml is stale (sections {', '.join(stale)} differ from conf/ with overrides "
-             f"{overrides or 'none'}): run `aipc compose {' '.join(overrides)}`".rstrip())
+        fail(
+            f"params.yaml is stale (sections {', '.join(stale)} differ from conf/ with overrides "
+            f"{overrides or 'none'}): run `aipc compose {' '.join(overrides)}`".rstrip()
+        )
     print(f"ok: params.yaml matches conf/ (overrides: {' '.join(overrides) or 'none'})")
 
 
@@ -282,8 +286,11 @@ def venv_env(**extra: str) -> dict[str, str]:
     Without it, ``.venv\\Scripts\\dvc repro`` from a shell where the venv is not active (Windows blocks
     ``Activate.ps1`` by default) runs the stages with the Store stub or another Python.
     """
-    return {**os.environ, **extra, "PATH": os.pathsep.join([str(Path(sys.executable).parent),
-                                                            os.environ.get("PATH", "")])}
+    return {
+        **os.environ,
+        **extra,
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+    }
 
 
 def run_dvc(args: list[str], **extra_env: str) -> int:
@@ -320,8 +327,9 @@ def cmd_demo() -> None:
         from pipeline.validation import report as report_stage
 
         params = load_params()
-        line = report_stage.verdict_line(report_stage.collect_rows(report_stage.configured_artifacts(params),
-                                                                   report_stage.METRICS_DIR))
+        line = report_stage.verdict_line(
+            report_stage.collect_rows(report_stage.configured_artifacts(params), report_stage.METRICS_DIR)
+        )
         fail(line or f"dvc repro failed (exit {code}); the lines above say which stage and why")
     if not report.is_file():
         print(summary_table(Path("artifacts/metrics")))
@@ -336,8 +344,19 @@ def cmd_report() -> None:
 
 def summary_table(metrics_dir: Path) -> str:
     """A Markdown table of every validation metrics file under ``metrics_dir``."""
-    cols = ["artifact", "device_executed", "size_mb", "load_s", "ttft_ms", "tpot_ms", "tokens_per_s",
-            "peak_rss_mb", "top1_agreement", "greedy_exact_match", "passed"]
+    cols = [
+        "artifact",
+        "device_executed",
+        "size_mb",
+        "load_s",
+        "ttft_ms",
+        "tpot_ms",
+        "tokens_per_s",
+        "peak_rss_mb",
+        "top1_agreement",
+        "greedy_exact_match",
+        "passed",
+    ]
     rows = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for path in sorted(metrics_dir.glob("*.json")):
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -383,7 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (func, args) in COMMANDS.items():
         doc = (func.__doc__ or "").strip().splitlines()[0]
         own_flags = any(a.endswith("...") for a in args)  # the command parses its own flags (and --help)
-        p = sub.add_parser(name, help=doc, description=doc, **({"add_help": False, "prefix_chars": "+"} if own_flags else {}))
+        p = sub.add_parser(
+            name, help=doc, description=doc, **({"add_help": False, "prefix_chars": "+"} if own_flags else {})
+        )
         for arg in args:
             if arg.endswith("..."):
                 p.add_argument(arg[:-3], nargs="*")
@@ -397,7 +418,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-EXPORTS = {"export-openvino", "export-onnx", "export-npu"}  # run like their DVC stages (pipeline.core.memory.use_huge_pages)
+EXPORTS = {
+    "export-openvino",
+    "export-onnx",
+    "export-npu",
+}  # run like their DVC stages (pipeline.core.memory.use_huge_pages)
 
 
 def main(argv: list[str] | None = None) -> None:

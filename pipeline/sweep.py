@@ -28,8 +28,15 @@ OUT_DIR = Path("artifacts") / "sweep"
 def dvc(*args: str, capture: bool = False) -> subprocess.CompletedProcess:
     """Run ``python -m dvc ...`` with this interpreter's scripts first on PATH."""
     env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
-    done = subprocess.run([sys.executable, "-m", "dvc", *args], env=env, text=True, encoding="utf-8",
-                          errors="replace", capture_output=capture, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "dvc", *args],
+        env=env,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        capture_output=capture,
+        check=False,
+    )
     if done.returncode:
         detail = (done.stderr or "").strip().splitlines()[-1:] if capture else []
         fail(f"`dvc {' '.join(args)}` failed (exit {done.returncode}) {' '.join(detail)}".strip())
@@ -58,8 +65,10 @@ def check_overrides(overrides: list[str], params_file: Path = PARAMS_FILE) -> No
     expected = compose(overrides)
     differ = sorted(k for k in expected if k != "sweep" and current.get(k) != expected[k])
     if differ:
-        fail(f"params.yaml is not conf/ + overrides {overrides or '(none)'} (sections {', '.join(differ)} differ): "
-             f"pass the overrides you composed with, e.g. `aipc sweep model=tiny`")
+        fail(
+            f"params.yaml is not conf/ + overrides {overrides or '(none)'} (sections {', '.join(differ)} differ): "
+            f"pass the overrides you composed with, e.g. `aipc sweep model=tiny`"
+        )
 
 
 def queue_and_run(cfg: SweepConfig, overrides: list[str]) -> None:
@@ -92,18 +101,31 @@ def collect_points(exp_show: list[dict], cfg: SweepConfig) -> list[dict[str, Any
                 metrics_file = (data.get("metrics") or {}).get(cfg.metrics_file, {}).get("data")
                 if not metrics_file or rev.get("error"):
                     continue
-                rows.append({"experiment": rev.get("name") or rev.get("rev", "")[:7],
-                             **{k: params.get(k) for k in cfg.grid},
-                             **{m: metrics_file.get(m) for m in ("size_mb", "top1_agreement", "greedy_exact_match",
-                                                                 "tokens_per_s", "passed")}})
+                rows.append(
+                    {
+                        "experiment": rev.get("name") or rev.get("rev", "")[:7],
+                        **{k: params.get(k) for k in cfg.grid},
+                        **{
+                            m: metrics_file.get(m)
+                            for m in ("size_mb", "top1_agreement", "greedy_exact_match", "tokens_per_s", "passed")
+                        },
+                    }
+                )
     return rows
 
 
 def pareto_front(rows: list[dict]) -> list[dict]:
     """Points no other point beats on both size (smaller) and top-1 agreement (higher)."""
-    return [r for r in rows if not any(
-        o["size_mb"] <= r["size_mb"] and o["top1_agreement"] >= r["top1_agreement"]
-        and (o["size_mb"], o["top1_agreement"]) != (r["size_mb"], r["top1_agreement"]) for o in rows)]
+    return [
+        r
+        for r in rows
+        if not any(
+            o["size_mb"] <= r["size_mb"]
+            and o["top1_agreement"] >= r["top1_agreement"]
+            and (o["size_mb"], o["top1_agreement"]) != (r["size_mb"], r["top1_agreement"])
+            for o in rows
+        )
+    ]
 
 
 def recommend(rows: list[dict], budget: float) -> dict | None:
@@ -118,27 +140,42 @@ def write_report(rows: list[dict], cfg: SweepConfig, out_dir: Path = OUT_DIR) ->
         fail("no finished sweep experiment found: run `aipc sweep` first, or check `dvc exp show`")
     front, winner = pareto_front(rows), recommend(rows, cfg.min_top1_agreement)
     out_dir.mkdir(parents=True, exist_ok=True)
-    result = {"budget": {"min_top1_agreement": cfg.min_top1_agreement}, "points": rows,
-              "pareto": [r["experiment"] for r in front], "recommended": winner}
+    result = {
+        "budget": {"min_top1_agreement": cfg.min_top1_agreement},
+        "points": rows,
+        "pareto": [r["experiment"] for r in front],
+        "recommended": winner,
+    }
     write_json_atomic(out_dir / "sweep.json", result)
     cols = ["experiment", *cfg.grid, "size_mb", "top1_agreement", "greedy_exact_match", "tokens_per_s"]
-    lines = ["# Sweep report", "", f"Budget: top-1 agreement >= {cfg.min_top1_agreement}.", "",
-             "| " + " | ".join(cols) + " | pareto |", "|" + "---|" * (len(cols) + 1)]
+    lines = [
+        "# Sweep report",
+        "",
+        f"Budget: top-1 agreement >= {cfg.min_top1_agreement}.",
+        "",
+        "| " + " | ".join(cols) + " | pareto |",
+        "|" + "---|" * (len(cols) + 1),
+    ]
     for row in sorted(rows, key=lambda r: r["size_mb"]):
         mark = "yes" if row in front else ""
         lines.append("| " + " | ".join(str(row[c]) for c in cols) + f" | {mark} |")
     if winner:
         overrides = " ".join(f"-S {k}={winner[k]}" for k in cfg.grid)
-        lines += ["", f"**Recommended:** `{winner['experiment']}` ({winner['size_mb']} MB, top-1 "
-                  f"{winner['top1_agreement']}). Promote it: `dvc exp apply {winner['experiment']}` or "
-                  f"`aipc compose {overrides.replace('-S ', '')}`; overrides in `winner.yaml`."]
+        lines += [
+            "",
+            f"**Recommended:** `{winner['experiment']}` ({winner['size_mb']} MB, top-1 "
+            f"{winner['top1_agreement']}). Promote it: `dvc exp apply {winner['experiment']}` or "
+            f"`aipc compose {overrides.replace('-S ', '')}`; overrides in `winner.yaml`.",
+        ]
         (out_dir / "winner.yaml").write_text("".join(f"{k}: {winner[k]}\n" for k in cfg.grid), encoding="utf-8")
     else:
         lines += ["", f"**No point meets the budget** (top-1 >= {cfg.min_top1_agreement})."]
     (out_dir / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     plot_pareto(rows, front, winner, out_dir / "pareto.png")
-    say(f"sweep report: {out_dir / 'report.md'} ({len(rows)} points, recommended "
-        f"{winner['experiment'] if winner else 'none'})")
+    say(
+        f"sweep report: {out_dir / 'report.md'} ({len(rows)} points, recommended "
+        f"{winner['experiment'] if winner else 'none'})"
+    )
     return result
 
 
@@ -152,10 +189,18 @@ def plot_pareto(rows: list[dict], front: list[dict], winner: dict | None, path: 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     ax.scatter([r["size_mb"] for r in rows], [r["top1_agreement"] for r in rows], color="tab:blue", label="points")
     front = sorted(front, key=lambda r: r["size_mb"])
-    ax.plot([r["size_mb"] for r in front], [r["top1_agreement"] for r in front], color="tab:orange", label="Pareto front")
+    ax.plot(
+        [r["size_mb"] for r in front], [r["top1_agreement"] for r in front], color="tab:orange", label="Pareto front"
+    )
     if winner:
-        ax.scatter([winner["size_mb"]], [winner["top1_agreement"]], s=200, facecolors="none", edgecolors="tab:red",
-                   label="recommended")
+        ax.scatter(
+            [winner["size_mb"]],
+            [winner["top1_agreement"]],
+            s=200,
+            facecolors="none",
+            edgecolors="tab:red",
+            label="recommended",
+        )
     for r in rows:
         ax.annotate(r["experiment"], (r["size_mb"], r["top1_agreement"]), fontsize=6)
     ax.set_xlabel("size on disk (MB)")

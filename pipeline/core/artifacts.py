@@ -163,8 +163,10 @@ def disk_full_message(final: Path, written: int, at: Path) -> str:
         what = f"it needs about {size_text(need)} and {size_text(written + free)} was free: free {size_text(need - written - free)} more"
     else:
         what = f"{size_text(written)} was written before the disk filled: free more space"
-    return (f"disk full under {at} while writing {final}: {what} (or move TMPDIR/the project to a larger drive) and rerun; "
-            f"{final} was left as it was before this run")
+    return (
+        f"disk full under {at} while writing {final}: {what} (or move TMPDIR/the project to a larger drive) and rerun; "
+        f"{final} was left as it was before this run"
+    )
 
 
 @contextlib.contextmanager

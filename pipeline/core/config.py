@@ -53,6 +53,7 @@ def _typed(home: str = "") -> Callable[[type[T]], type[T]]:
     Args:
         home: The dotted key the section always lives at (``"validate"``), used to name keys in messages.
     """
+
     def wrap(cls: type[T]) -> type[T]:
         checked = pydantic_dataclass(cls, config=_STRICT)
         init = checked.__init__
@@ -67,15 +68,18 @@ def _typed(home: str = "") -> Callable[[type[T]], type[T]]:
         checked.__init__ = __init__  # type: ignore[misc]
         checked._home = home  # type: ignore[attr-defined]
         return checked
+
     return wrap
 
 
 def _check(test: Callable[[Any], bool], message: str) -> AfterValidator:
     """A field check; ``message`` follows the key name and formats the bad value, e.g. ``"must be positive, got {}"``."""
+
     def check(value: Any) -> Any:
         if not test(value):
             raise ValueError(message.format(value))
         return value
+
     return AfterValidator(check)
 
 
@@ -93,8 +97,13 @@ EmbeddedAsset = Literal[
 ]
 WeightFormat = Literal["int4", "int8", "fp16"]
 BackupPrecision = Literal["none", "int8_sym", "int8_asym"]
-SensitivityMetric = Literal["weight_quantization_error", "hessian_input_activation", "mean_activation_variance",
-                            "max_activation_variance", "mean_activation_magnitude"]
+SensitivityMetric = Literal[
+    "weight_quantization_error",
+    "hessian_input_activation",
+    "mean_activation_variance",
+    "max_activation_variance",
+    "mean_activation_magnitude",
+]
 GroupSizeFallback = Literal["error", "ignore", "adjust"]
 EMBEDDED_ASSETS = typing.get_args(EmbeddedAsset)
 # Datasets that work offline: text shipped inside this package.
@@ -134,8 +143,9 @@ class OpenVinoVariantConfig:
 
     weight_format: WeightFormat = "int4"
     group_size: GroupSize = 128
-    ratio: Annotated[float, _check(lambda v: 0.0 < v <= 1.0,
-                                   "must be in (0, 1], got {}: it is the share of layers kept at 4 bits")] = 1.0
+    ratio: Annotated[
+        float, _check(lambda v: 0.0 < v <= 1.0, "must be in (0, 1], got {}: it is the share of layers kept at 4 bits")
+    ] = 1.0
     sym: bool = False
     backup_precision: BackupPrecision = "int8_asym"
     all_layers: bool = False
@@ -189,21 +199,35 @@ class NpuVariantConfig:
         if not self.sym or self.ratio != 1.0 or self.group_size not in (128, -1):
             raise ConfigError(
                 f"the NPU needs int4 symmetric weights, ratio 1.0 and group_size 128 or -1 (channel-wise); "
-                f"got sym={self.sym}, ratio={self.ratio}, group_size={self.group_size}")
+                f"got sym={self.sym}, ratio={self.ratio}, group_size={self.group_size}"
+            )
         if (self.awq or self.scale_estimation or self.gptq) and self.dataset is None:
             raise ConfigError(NEEDS_DATA)
 
     def as_openvino(self) -> OpenVinoVariantConfig:
         """The equivalent weight-compression request for the OpenVINO exporter."""
         return OpenVinoVariantConfig(
-            weight_format="int4", group_size=self.group_size, ratio=self.ratio, sym=self.sym,
-            backup_precision="int8_asym", awq=self.awq, scale_estimation=self.scale_estimation, gptq=self.gptq,
-            dataset=self.dataset, num_samples=self.num_samples)
+            weight_format="int4",
+            group_size=self.group_size,
+            ratio=self.ratio,
+            sym=self.sym,
+            backup_precision="int8_asym",
+            awq=self.awq,
+            scale_estimation=self.scale_estimation,
+            gptq=self.gptq,
+            dataset=self.dataset,
+            num_samples=self.num_samples,
+        )
 
     def run_settings(self) -> dict[str, Any]:
         """The ``LLMPipeline(..., "NPU", **settings)`` properties stored beside the model."""
-        return {"MAX_PROMPT_LEN": self.max_prompt_len, "MIN_RESPONSE_LEN": self.min_response_len,
-                "GENERATE_HINT": self.generate_hint, "PREFILL_HINT": self.prefill_hint, "CACHE_MODE": self.cache_mode}
+        return {
+            "MAX_PROMPT_LEN": self.max_prompt_len,
+            "MIN_RESPONSE_LEN": self.min_response_len,
+            "GENERATE_HINT": self.generate_hint,
+            "PREFILL_HINT": self.prefill_hint,
+            "CACHE_MODE": self.cache_mode,
+        }
 
 
 NpuLibDtype = Literal["int4", "int8", "fp16"]  # intel_npu_acceleration_library: int4, int8, torch.float16
@@ -225,21 +249,38 @@ class NpuLibVariantConfig:
 # ONNX Runtime GenAI model builder (onnxruntime_genai.models.builder 0.18). Precisions per provider: the builder's
 # own "valid combinations" list, minus fp32 for dml and cuda: the builder writes those graphs, but their present.*
 # outputs are produced by no node, so ONNX Runtime refuses to load them.
-ONNX_PRECISIONS = {"dml": ("int4", "fp16"), "cpu": ("int4", "int8", "fp32"), "cuda": ("int4", "int8", "fp16"),
-                   "webgpu": ("int4", "int8")}
+ONNX_PRECISIONS = {
+    "dml": ("int4", "fp16"),
+    "cpu": ("int4", "int8", "fp32"),
+    "cuda": ("int4", "int8", "fp16"),
+    "webgpu": ("int4", "int8"),
+}
 ONNX_BLOCK_SIZES = (16, 32, 64, 128, 256)  # what MatMulNBits quantization accepts (MLAS)
 OnnxAlgo = Literal["default", "rtn", "k_quant", "rtn_last", "k_quant_last", "k_quant_mixed", "k_quant_linear"]
 # Further builder options accepted under extra_options (current names; value type; providers it applies to).
 ONNX_EXTRA_OPTIONS: dict[str, tuple[type, tuple[str, ...] | None]] = {
-    "op_types_to_quantize": (list, None), "nodes_to_exclude": (list, None), "matmul_mixed_precision": (str, None),
-    "shared_embeddings": (bool, None), "fuse_qkv": (bool, None), "use_qdq": (bool, None),
-    "windowed_kv_cache": (bool, None), "enable_cuda_graph": (bool, ("cuda",)), "use_cuda_bf16": (bool, ("cuda",)),
-    "enable_webgpu_graph": (bool, ("webgpu",)), "use_webgpu_fp32": (bool, ("webgpu",)),
+    "op_types_to_quantize": (list, None),
+    "nodes_to_exclude": (list, None),
+    "matmul_mixed_precision": (str, None),
+    "shared_embeddings": (bool, None),
+    "fuse_qkv": (bool, None),
+    "use_qdq": (bool, None),
+    "windowed_kv_cache": (bool, None),
+    "enable_cuda_graph": (bool, ("cuda",)),
+    "use_cuda_bf16": (bool, ("cuda",)),
+    "enable_webgpu_graph": (bool, ("webgpu",)),
+    "use_webgpu_fp32": (bool, ("webgpu",)),
 }
-BlockSize = Annotated[int, _check(lambda v: v in ONNX_BLOCK_SIZES,
-                                  f"must be one of {', '.join(map(str, ONNX_BLOCK_SIZES))} (MatMulNBits), got {{}}")]
-AccuracyLevel = Annotated[int, _check(lambda v: 0 <= v <= 4,
-                                      "must be 0-4 (0 = provider default, 4 = int8 compute), got {}")]
+BlockSize = Annotated[
+    int,
+    _check(
+        lambda v: v in ONNX_BLOCK_SIZES,
+        f"must be one of {', '.join(map(str, ONNX_BLOCK_SIZES))} (MatMulNBits), got {{}}",
+    ),
+]
+AccuracyLevel = Annotated[
+    int, _check(lambda v: 0 <= v <= 4, "must be 0-4 (0 = provider default, 4 = int8 compute), got {}")
+]
 
 
 @_typed()
@@ -248,27 +289,33 @@ class OnnxVariantConfig:
 
     execution_provider: Literal["dml", "cpu", "cuda", "webgpu"] = "dml"
     precision: Literal["int4", "int8", "fp16", "fp32"] = "int4"
-    block_size: BlockSize | None = None          # None = builder default (32)
+    block_size: BlockSize | None = None  # None = builder default (32)
     accuracy_level: AccuracyLevel | None = None  # None = builder default (4 on cpu/webgpu, 0 elsewhere)
-    is_symmetric: bool | None = None             # None = builder default (true)
-    algo_config: OnnxAlgo | None = None          # None = builder default ("default", i.e. RTN)
+    is_symmetric: bool | None = None  # None = builder default (true)
+    algo_config: OnnxAlgo | None = None  # None = builder default ("default", i.e. RTN)
     exclude_embeds: bool = False
     exclude_lm_head: bool = False
-    enable_dml_graph: bool | None = None         # DML graph capture; None = builder default (on)
+    enable_dml_graph: bool | None = None  # DML graph capture; None = builder default (on)
     extra_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         allowed = ONNX_PRECISIONS[self.execution_provider]
         if self.precision == "fp32" and self.execution_provider in ("dml", "cuda"):
-            raise ConfigError(f"precision fp32 is refused for {self.execution_provider}: the builder writes a graph whose "
-                              f"present.* outputs no node produces; use one of {', '.join(allowed)}")
+            raise ConfigError(
+                f"precision fp32 is refused for {self.execution_provider}: the builder writes a graph whose "
+                f"present.* outputs no node produces; use one of {', '.join(allowed)}"
+            )
         if self.precision not in allowed:
-            raise ConfigError(f"precision {self.precision} is not supported for execution_provider "
-                              f"{self.execution_provider}; use one of {', '.join(allowed)}")
+            raise ConfigError(
+                f"precision {self.precision} is not supported for execution_provider "
+                f"{self.execution_provider}; use one of {', '.join(allowed)}"
+            )
         quant = {k: getattr(self, k) for k in ("block_size", "accuracy_level", "is_symmetric", "algo_config")}
         if self.precision not in ("int4", "int8") and any(v is not None for v in quant.values()):
-            raise ConfigError(f"int4/int8-only options set for {self.precision}: "
-                              f"{', '.join(k for k, v in quant.items() if v is not None)}; remove them")
+            raise ConfigError(
+                f"int4/int8-only options set for {self.precision}: "
+                f"{', '.join(k for k, v in quant.items() if v is not None)}; remove them"
+            )
         if self.enable_dml_graph is not None and self.execution_provider != "dml":
             raise ConfigError("enable_dml_graph applies to execution_provider dml only; remove it")
         _check_builder_options(self.extra_options, self.execution_provider)
@@ -276,24 +323,39 @@ class OnnxVariantConfig:
 
 def _check_builder_options(options: dict[str, Any], provider: str) -> None:
     """Reject extra_options the builder would silently ignore (unknown, renamed) or that do not fit."""
-    typed = ("block_size", "accuracy_level", "is_symmetric", "algo_config", "exclude_embeds", "exclude_lm_head",
-             "enable_dml_graph")
+    typed = (
+        "block_size",
+        "accuracy_level",
+        "is_symmetric",
+        "algo_config",
+        "exclude_embeds",
+        "exclude_lm_head",
+        "enable_dml_graph",
+    )
     for name, value in options.items():
         if name in typed:
             raise ConfigError(f"set {name} directly on the variant, not under extra_options")
         if name.startswith("int4_") and name[5:] in (*typed, *ONNX_EXTRA_OPTIONS):
-            raise ConfigError(f"extra_options.{name} is the old name, which builder 0.18 silently ignores: "
-                              f"use {name[5:]}")
+            raise ConfigError(
+                f"extra_options.{name} is the old name, which builder 0.18 silently ignores: use {name[5:]}"
+            )
         if name not in ONNX_EXTRA_OPTIONS:
-            raise ConfigError(f"unknown builder option extra_options.{name} (the builder would silently ignore it); "
-                              f"valid: {', '.join(typed)} (as variant keys), {', '.join(ONNX_EXTRA_OPTIONS)}")
+            raise ConfigError(
+                f"unknown builder option extra_options.{name} (the builder would silently ignore it); "
+                f"valid: {', '.join(typed)} (as variant keys), {', '.join(ONNX_EXTRA_OPTIONS)}"
+            )
         kind, providers = ONNX_EXTRA_OPTIONS[name]
         if providers and provider not in providers:
             raise ConfigError(f"extra_options.{name} applies to {', '.join(providers)} only, not {provider}")
-        ok = all(isinstance(v, str) for v in value) if kind is list and isinstance(value, list) else isinstance(value, kind)
+        ok = (
+            all(isinstance(v, str) for v in value)
+            if kind is list and isinstance(value, list)
+            else isinstance(value, kind)
+        )
         if not ok:
-            raise ConfigError(f"extra_options.{name} must be a {kind.__name__}{' of strings' if kind is list else ''}, "
-                              f"got {value!r}")
+            raise ConfigError(
+                f"extra_options.{name} must be a {kind.__name__}{' of strings' if kind is list else ''}, got {value!r}"
+            )
 
 
 ComputePrecision = Literal["f32", "bf16", "f16"]
@@ -366,8 +428,10 @@ class ValidateConfig:
                 _check_choice(f"validate.devices.{family} entry", device, choices)
         for family in self.devices:
             if family not in TARGET_DEVICE_CHOICES:
-                raise ConfigError(f"validate.devices.{family}: unknown family; valid: "
-                                  f"{', '.join(TARGET_DEVICE_CHOICES)} (ONNX variants target their execution_provider)")
+                raise ConfigError(
+                    f"validate.devices.{family}: unknown family; valid: "
+                    f"{', '.join(TARGET_DEVICE_CHOICES)} (ONNX variants target their execution_provider)"
+                )
 
     def thresholds(self, precision: str) -> dict[str, float | None]:
         """The fidelity thresholds of ``precision`` (fp32 is held to the fp16 ones)."""
@@ -422,8 +486,15 @@ def _check_choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
         raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
 
 
-_KINDS = {"bool_type": "true or false", "int_type": "an integer", "float_type": "a number", "string_type": "a string",
-          "list_type": "a list", "dict_type": "a mapping", "dataclass_type": "a mapping"}
+_KINDS = {
+    "bool_type": "true or false",
+    "int_type": "an integer",
+    "float_type": "a number",
+    "string_type": "a string",
+    "list_type": "a list",
+    "dict_type": "a mapping",
+    "dataclass_type": "a mapping",
+}
 
 
 def _one_line(err: ValidationError, cls: type, where: str) -> ConfigError:

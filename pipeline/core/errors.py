@@ -37,8 +37,11 @@ def interrupt_message() -> str:
     writing = ", ".join(sorted({p.as_posix() for p in (*WRITING, *KEPT)}))
     moved = ", ".join(p.as_posix() for p in MOVED)
     if moved:
-        return (f"interrupted after {moved} was replaced"
-                + (f"; {writing} keeps its previous contents" if writing else "") + ": rerun to finish")
+        return (
+            f"interrupted after {moved} was replaced"
+            + (f"; {writing} keeps its previous contents" if writing else "")
+            + ": rerun to finish"
+        )
     if writing:
         return f"interrupted; nothing was moved into artifacts/ ({writing} keeps its previous contents)"
     return "interrupted; nothing was moved into artifacts/"
@@ -71,8 +74,11 @@ def run_main(entry: Callable[[], object]) -> None:
         if err.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
         where = err.filename or "the output drive"
-        print(f"error: disk full writing {where}: free space on that drive and rerun "
-              "(outputs are replaced only when complete, so the previous ones are intact)", file=sys.stderr)
+        print(
+            f"error: disk full writing {where}: free space on that drive and rerun "
+            "(outputs are replaced only when complete, so the previous ones are intact)",
+            file=sys.stderr,
+        )
         sys.exit(2)
     except KeyboardInterrupt:
         print(f"error: {interrupt_message()}", file=sys.stderr)

@@ -87,7 +87,11 @@ def file_digests(paths: list[Path], chunk: int = 1 << 20, remember: bool = True)
                 sha.update(block)
         out[path] = (md5.hexdigest(), sha.hexdigest())
         st = os.stat(path)
-        if remember and ":".join(map(str, _identity(path))) == key and max(st.st_ctime_ns, st.st_mtime_ns) < started - RACY_NS:
+        if (
+            remember
+            and ":".join(map(str, _identity(path))) == key
+            and max(st.st_ctime_ns, st.st_mtime_ns) < started - RACY_NS
+        ):
             cache[key], changed = list(out[path]), True
     if changed:
         while len(cache) > 20000:  # oldest first: entries of files long replaced
@@ -95,8 +99,6 @@ def file_digests(paths: list[Path], chunk: int = 1 << 20, remember: bool = True)
         with contextlib.suppress(OSError):
             write_json_atomic(_digest_cache_path(), cache)
     return out
-
-
 
 
 LOCK_FILE = Path("dvc.lock")

@@ -13,7 +13,7 @@ import os
 import platform
 import socket
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -22,8 +22,17 @@ from pipeline.core.artifacts import MANIFEST, write_json_atomic
 from pipeline.core.hashes import sha256_file
 
 TRACKED_PACKAGES = (
-    "aipc-pipeline", "torch", "transformers", "huggingface-hub", "optimum", "optimum-intel", "nncf",
-    "openvino", "openvino-genai", "openvino-tokenizers", "onnxruntime-genai",
+    "aipc-pipeline",
+    "torch",
+    "transformers",
+    "huggingface-hub",
+    "optimum",
+    "optimum-intel",
+    "nncf",
+    "openvino",
+    "openvino-genai",
+    "openvino-tokenizers",
+    "onnxruntime-genai",
 )
 # Manifest fields that change from run to run with the same inputs: written to the run log instead.
 RUN_FIELDS = ("timings",)
@@ -59,9 +68,16 @@ def log_run(stage: str, record: dict[str, Any]) -> Path | None:
     The run log is outside every DVC output, so what it holds never changes an output's hash. A log
     that cannot be written (read-only disk) costs only the log line, never the stage.
     """
-    entry = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "stage": stage,
-             "host": socket.gethostname(), "platform": platform.platform(), "python": sys.executable,
-             "pid": os.getpid(), "cwd": os.getcwd(), **record}
+    entry = {
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "stage": stage,
+        "host": socket.gethostname(),
+        "platform": platform.platform(),
+        "python": sys.executable,
+        "pid": os.getpid(),
+        "cwd": os.getcwd(),
+        **record,
+    }
     path = runs_dir() / f"{stage}.jsonl"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -90,8 +106,9 @@ def write_manifest(folder: Path, run_log: dict[str, Any] | None = None, **fields
     path = Path(folder) / MANIFEST
     write_json_atomic(path, manifest)
     stage = str(fields.get("stage") or Path(folder).name)
-    log_run(stage, {"variant": fields.get("variant"), "manifest_sha256": sha256_file(path),
-                    **run_only, **(run_log or {})})
+    log_run(
+        stage, {"variant": fields.get("variant"), "manifest_sha256": sha256_file(path), **run_only, **(run_log or {})}
+    )
     return {**manifest, **run_only}
 
 

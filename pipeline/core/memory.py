@@ -24,8 +24,8 @@ import os
 import shutil
 import sys
 import threading
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from pipeline.core.errors import fail
 
@@ -84,8 +84,9 @@ class MappedPageTrimmer:
             self._libc = ctypes.CDLL(None, use_errno=True)
             self._libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
         for start, length, writable in self._mappings():
-            self._libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(length),
-                               MADV_PAGEOUT if writable else MADV_DONTNEED)
+            self._libc.madvise(
+                ctypes.c_void_p(start), ctypes.c_size_t(length), MADV_PAGEOUT if writable else MADV_DONTNEED
+            )
         if hasattr(self._libc, "malloc_trim"):  # glibc
             self._libc.malloc_trim(0)
 
@@ -93,7 +94,7 @@ class MappedPageTrimmer:
         while not self._stop.wait(self.interval):
             self.trim()
 
-    def __enter__(self) -> "MappedPageTrimmer":
+    def __enter__(self) -> MappedPageTrimmer:
         if self.native:
             self._handle = _pagetrim.start(sorted(self.inodes), self.interval)
         elif self.enabled:
@@ -203,15 +204,19 @@ def check_resources(what: str, ram_bytes: int, disk_bytes: int, disk_at: Path) -
         return
     available = psutil.virtual_memory().available
     if available < ram_bytes:
-        fail(f"{what} needs about {size_text(ram_bytes)} of RAM but {size_text(available)} is available: "
-             f"free {size_text(ram_bytes - available)} (close other programs) or set AIPC_SKIP_RESOURCE_CHECK=1")
+        fail(
+            f"{what} needs about {size_text(ram_bytes)} of RAM but {size_text(available)} is available: "
+            f"free {size_text(ram_bytes - available)} (close other programs) or set AIPC_SKIP_RESOURCE_CHECK=1"
+        )
     disk_at = Path(disk_at)
     while not disk_at.exists():
         disk_at = disk_at.parent
     free = shutil.disk_usage(disk_at).free
     if free < disk_bytes:
-        fail(f"{what} needs about {size_text(disk_bytes)} of disk under {disk_at} but {size_text(free)} is free: "
-             f"free {size_text(disk_bytes - free)} or set AIPC_SKIP_RESOURCE_CHECK=1")
+        fail(
+            f"{what} needs about {size_text(disk_bytes)} of disk under {disk_at} but {size_text(free)} is free: "
+            f"free {size_text(disk_bytes - free)} or set AIPC_SKIP_RESOURCE_CHECK=1"
+        )
 
 
 def needs_of(table: dict[str, tuple[float, float, float]], key: str, model_dir: Path) -> tuple[int, int]:

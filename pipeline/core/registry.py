@@ -11,9 +11,10 @@ pair, and one line in :data:`FAMILIES` (``tests/test_registry.py`` checks that t
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -55,17 +56,50 @@ class Family:
         return f"{self.metrics_prefix}-{variant}"
 
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (
-    Family("openvino", "OpenVINO", "OpenVINO IR", "export_openvino", "pipeline.openvino.export:run",
-           "validate", "pipeline.openvino.validate:run_openvino"),
-    Family("npu", "NPU", "NPU-ready IR", "export_npu", "pipeline.openvino.export_npu:run",
-           "validate_npu", "pipeline.openvino.validate:run_npu", validate_flags="--npu",
-           export_params=("validate.npuw_max_size_mb",)),
-    Family("onnx", "ONNX", "ONNX Runtime GenAI model", "export_onnx", "pipeline.onnx.export:run",
-           "validate_onnx", "pipeline.onnx.validate:run"),
-    Family("npu_lib", "npu_lib", "NPU library model", "export_npu_lib", "pipeline.npu_lib.export:run",
-           "validate_npu_lib", "pipeline.npu_lib.validate:run", publishable=False),
-)}
+FAMILIES: dict[str, Family] = {
+    f.name: f
+    for f in (
+        Family(
+            "openvino",
+            "OpenVINO",
+            "OpenVINO IR",
+            "export_openvino",
+            "pipeline.openvino.export:run",
+            "validate",
+            "pipeline.openvino.validate:run_openvino",
+        ),
+        Family(
+            "npu",
+            "NPU",
+            "NPU-ready IR",
+            "export_npu",
+            "pipeline.openvino.export_npu:run",
+            "validate_npu",
+            "pipeline.openvino.validate:run_npu",
+            validate_flags="--npu",
+            export_params=("validate.npuw_max_size_mb",),
+        ),
+        Family(
+            "onnx",
+            "ONNX",
+            "ONNX Runtime GenAI model",
+            "export_onnx",
+            "pipeline.onnx.export:run",
+            "validate_onnx",
+            "pipeline.onnx.validate:run",
+        ),
+        Family(
+            "npu_lib",
+            "npu_lib",
+            "NPU library model",
+            "export_npu_lib",
+            "pipeline.npu_lib.export:run",
+            "validate_npu_lib",
+            "pipeline.npu_lib.validate:run",
+            publishable=False,
+        ),
+    )
+}
 
 # Stages outside the families: shared inputs, the base IR the OpenVINO variants compress, and the summary.
 SHARED_STAGES = ("download", "reference", "export_openvino_base", "report", "verdict")

@@ -16,8 +16,10 @@ from pipeline.core.artifacts import ARTIFACTS
 from pipeline.core.config import PipelineConfig, load_params, pick_variant
 from pipeline.core.registry import FAMILIES, Family, entry
 
-def parse_variant(argv: list[str] | None, description: str, family: str,
-                  alternative: str | None = None) -> tuple[Family, str, PipelineConfig]:
+
+def parse_variant(
+    argv: list[str] | None, description: str, family: str, alternative: str | None = None
+) -> tuple[Family, str, PipelineConfig]:
     """The family, variant name and params of ``python -m <stage module> [flag] <variant>``.
 
     Args:
@@ -35,8 +37,12 @@ def parse_variant(argv: list[str] | None, description: str, family: str,
     parser.add_argument("variant", help=f"key under `{family}` in params.yaml, e.g. int4")
     if alternative:
         other = FAMILIES[alternative]
-        parser.add_argument(other.validate_flags, dest="alternative", action="store_true",
-                            help=f"the {other.kind} variant (key under `{alternative}`) instead")
+        parser.add_argument(
+            other.validate_flags,
+            dest="alternative",
+            action="store_true",
+            help=f"the {other.kind} variant (key under `{alternative}`) instead",
+        )
     args = parser.parse_args(argv)
     chosen = FAMILIES[alternative if getattr(args, "alternative", False) else family]
     params = load_params()

@@ -28,8 +28,12 @@ from pipeline.core.log import say
 from pipeline.core.registry import FAMILIES
 
 # artifacts/<kind>[/<variant>] -> the DVC stage that builds it
-STAGES = {"model": "download", "reference": "reference", "openvino_base": "export_openvino_base",
-          **{f.name: f"{f.export_stage}@{{}}" for f in FAMILIES.values()}}
+STAGES = {
+    "model": "download",
+    "reference": "reference",
+    "openvino_base": "export_openvino_base",
+    **{f.name: f"{f.export_stage}@{{}}" for f in FAMILIES.values()},
+}
 
 
 def stage_of(folder: Path, root: Path | None = None) -> str | None:
@@ -93,7 +97,9 @@ def verify_folder(folder: Path, stage: str | None = None, lock_file: Path = LOCK
     present = {p.relative_to(folder).as_posix(): p for p in sorted(folder.rglob("*")) if p.is_file()}
     for rel, info in listed.items():
         if rel not in present or present[rel].stat().st_size != info.get("bytes", present[rel].stat().st_size):
-            fail(f"{folder / rel} is {'missing' if rel not in present else 'not the size'} {manifest_path} records: {hint}")
+            fail(
+                f"{folder / rel} is {'missing' if rel not in present else 'not the size'} {manifest_path} records: {hint}"
+            )
     extra = sorted(set(present) - set(listed) - {MANIFEST})
     if extra:
         fail(f"{folder / extra[0]} is not listed in {manifest_path} (something added it): {hint}")
@@ -105,9 +111,11 @@ def verify_folder(folder: Path, stage: str | None = None, lock_file: Path = LOCK
     if expected is not None:
         actual = _dir_md5({rel: (p.stat().st_size, digests[p][0]) for rel, p in present.items()})
         if actual != expected:
-            fail(f"{manifest_path} (with the files it lists) is not what {lock_file} recorded for {stage} "
-                 f"({actual[:12]}... != {expected[:12]}...): {hint}, or, if you changed it on purpose "
-                 f"(`aipc compile-npu-blob`), record it with `dvc commit {stage}`")
+            fail(
+                f"{manifest_path} (with the files it lists) is not what {lock_file} recorded for {stage} "
+                f"({actual[:12]}... != {expected[:12]}...): {hint}, or, if you changed it on purpose "
+                f"(`aipc compile-npu-blob`), record it with `dvc commit {stage}`"
+            )
     return manifest
 
 
@@ -157,14 +165,18 @@ def repair(stage: str, root: Path = Path(".")) -> list[Path]:
     import yaml
 
     dropped = drop_bad_cache_entries(stage, root)
-    say(f"dropped {len(dropped)} tampered cache file(s) of {stage}" + (f": {', '.join(p.name for p in dropped)}"
-                                                                        if dropped else ""))
+    say(
+        f"dropped {len(dropped)} tampered cache file(s) of {stage}"
+        + (f": {', '.join(p.name for p in dropped)}" if dropped else "")
+    )
     env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
     done = subprocess.run([sys.executable, "-m", "dvc", "repro", "-f", "-s", stage], cwd=root, env=env, check=False)
     if done.returncode:
         fail(f"`dvc repro -f -s {stage}` failed (exit {done.returncode}): the lines above say why")
     stages = yaml.safe_load((root / LOCK_FILE).read_text(encoding="utf-8"))["stages"]
-    folders = [root / o["path"] for o in stages.get(stage, {}).get("outs", []) if (root / o["path"] / MANIFEST).is_file()]
+    folders = [
+        root / o["path"] for o in stages.get(stage, {}).get("outs", []) if (root / o["path"] / MANIFEST).is_file()
+    ]
     for folder in folders:
         verify_folder(folder, stage, root / LOCK_FILE)
     return folders

@@ -19,23 +19,51 @@ from pipeline.core.log import say, step
 from pipeline.core.manifest import write_manifest
 
 OUT_DIR = ARTIFACTS / "model"
-MODEL_FILES = ["*.safetensors", "*.safetensors.index.json", "config.json", "generation_config.json",
-               "tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
-               "added_tokens.json", "*.jinja", "LICENSE"]
+MODEL_FILES = [
+    "*.safetensors",
+    "*.safetensors.index.json",
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "*.jinja",
+    "LICENSE",
+]
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 # A published artifact (aipc publish): OpenVINO IR / ONNX GenAI files, card and manifest. OpenVINO's
 # weights are raw tensors in openvino_*.bin, not pickles; any other .bin is never fetched.
-ARTIFACT_FILES = ["*.xml", "openvino_*.bin", "*.json", "*.onnx", "*.onnx.data", "*.blob", "*.jinja", "*.md",
-                  "tokenizer.model", "LICENSE"]
+ARTIFACT_FILES = [
+    "*.xml",
+    "openvino_*.bin",
+    "*.json",
+    "*.onnx",
+    "*.onnx.data",
+    "*.blob",
+    "*.jinja",
+    "*.md",
+    "tokenizer.model",
+    "LICENSE",
+]
 
 
 def _offline_hint(repo_id: str) -> str:
-    return (f"cannot reach the model hub for '{repo_id}' (offline or blocked): check the network, "
-            "set HF_ENDPOINT to a reachable mirror, or run the demo model with model=tiny")
+    return (
+        f"cannot reach the model hub for '{repo_id}' (offline or blocked): check the network, "
+        "set HF_ENDPOINT to a reachable mirror, or run the demo model with model=tiny"
+    )
 
 
-def fetch_snapshot(repo_id: str, revision: str, dest: Path, allow_patterns: list[str],
-                   ignore_patterns: list[str] | None = None, endpoint: str | None = None) -> str:
+def fetch_snapshot(
+    repo_id: str,
+    revision: str,
+    dest: Path,
+    allow_patterns: list[str],
+    ignore_patterns: list[str] | None = None,
+    endpoint: str | None = None,
+) -> str:
     """Download ``repo_id`` at ``revision`` (only ``allow_patterns``) into ``dest``; return the resolved commit.
 
     Every hub failure becomes one line that says what to do (offline, gated, missing repo/revision, HTTP).
@@ -45,8 +73,14 @@ def fetch_snapshot(repo_id: str, revision: str, dest: Path, allow_patterns: list
 
     try:
         with step(f"downloading {repo_id}@{revision[:12]} ({', '.join(allow_patterns)})"):
-            snapshot_download(repo_id, revision=revision, allow_patterns=allow_patterns,
-                              ignore_patterns=ignore_patterns, local_dir=dest, endpoint=endpoint)
+            snapshot_download(
+                repo_id,
+                revision=revision,
+                allow_patterns=allow_patterns,
+                ignore_patterns=ignore_patterns,
+                local_dir=dest,
+                endpoint=endpoint,
+            )
         commit = HfApi(endpoint=endpoint).model_info(repo_id, revision=revision).sha or revision
     except hf_errors.GatedRepoError:
         fail(f"'{repo_id}' is gated: accept its licence on the hub page, then set HF_TOKEN or run `hf auth login`")
@@ -78,8 +112,24 @@ def copy_folder(src: Path, dest: Path) -> None:
             shutil.copy2(path, dest / path.name)
 
 
-SAFETENSORS_DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "I16": 2, "F16": 2,
-                           "BF16": 2, "U32": 4, "I32": 4, "F32": 4, "U64": 8, "I64": 8, "F64": 8, "C64": 8}
+SAFETENSORS_DTYPE_BYTES = {
+    "BOOL": 1,
+    "U8": 1,
+    "I8": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "U16": 2,
+    "I16": 2,
+    "F16": 2,
+    "BF16": 2,
+    "U32": 4,
+    "I32": 4,
+    "F32": 4,
+    "U64": 8,
+    "I64": 8,
+    "F64": 8,
+    "C64": 8,
+}
 MAX_HEADER = 100 * 2**20  # the safetensors format's own limit on the JSON header
 
 
@@ -112,7 +162,9 @@ def check_safetensors(path: Path, shown: str) -> int:
         except (KeyError, TypeError, ValueError):
             fail(f"{shown} is corrupt: tensor '{name}' has no valid dtype/shape/data_offsets in its header: {again}")
         if not 0 <= begin <= stop or stop - begin != count * width:
-            fail(f"{shown} is corrupt: tensor '{name}' spans {stop - begin} bytes, its shape needs {count * width}: {again}")
+            fail(
+                f"{shown} is corrupt: tensor '{name}' spans {stop - begin} bytes, its shape needs {count * width}: {again}"
+            )
         end, tensors = max(end, stop), tensors + 1
     if 8 + length + end != size:
         state = "truncated" if size < 8 + length + end else "longer than its header says"
@@ -173,8 +225,10 @@ def run(cfg: ModelConfig, out_dir: Path = OUT_DIR) -> dict:
         The manifest written to ``out_dir/manifest.json``.
     """
     if cfg.source == "local" and (not cfg.local_path or cfg.local_path == "???"):  # "???": Hydra's unset value
-        fail("model.local_path is not set for model=local: point it at your model folder, e.g. "
-             "`aipc compose model=local model.local_path=/path/to/phi3` or `dvc exp run -S model.local_path=...`")
+        fail(
+            "model.local_path is not set for model=local: point it at your model folder, e.g. "
+            "`aipc compose model=local model.local_path=/path/to/phi3` or `dvc exp run -S model.local_path=...`"
+        )
     with staged_dir(out_dir) as tmp:
         if cfg.source == "hub":
             revision = download_hub(cfg, tmp)
@@ -186,10 +240,17 @@ def run(cfg: ModelConfig, out_dir: Path = OUT_DIR) -> dict:
             revision = None
         config = check_model_folder(tmp, source_name(cfg))
         manifest = write_manifest(
-            tmp, stage="download", model=cfg.name, source=cfg.source,
-            asset=cfg.asset if cfg.source == "tiny" else None, repo_id=cfg.repo_id,
-            revision=revision, local_path=cfg.local_path, license=cfg.license,
-            architecture=config.get("architectures"), num_hidden_layers=config.get("num_hidden_layers"),
+            tmp,
+            stage="download",
+            model=cfg.name,
+            source=cfg.source,
+            asset=cfg.asset if cfg.source == "tiny" else None,
+            repo_id=cfg.repo_id,
+            revision=revision,
+            local_path=cfg.local_path,
+            license=cfg.license,
+            architecture=config.get("architectures"),
+            num_hidden_layers=config.get("num_hidden_layers"),
             hidden_size=config.get("hidden_size"),
         )
     say(f"model ready in {out_dir} ({len(manifest['files'])} files)")

@@ -43,8 +43,13 @@ def git(args: list[str], cwd: Path | None = None, env: dict | None = None, input
     if shutil.which("git") is None:
         fail("git is not installed: install git (and git-lfs) to publish with the git backend")
     # core.autocrlf=false: Git for Windows rewrites line endings by default, and published files must keep their bytes
-    done = subprocess.run(["git", "-c", "core.autocrlf=false", *args], cwd=cwd, env={**os.environ, **(env or {})}, input=input,
-                          capture_output=True)
+    done = subprocess.run(
+        ["git", "-c", "core.autocrlf=false", *args],
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        input=input,
+        capture_output=True,
+    )
     if done.returncode:
         last = (done.stderr.decode(errors="replace").strip().splitlines() or ["no output"])[-1]
         fail(f"`git {args[0]}` failed: {last}")
@@ -62,8 +67,13 @@ def auth_env(token: str | None, user: str = "aipc") -> dict[str, str]:
     env = {"GIT_TERMINAL_PROMPT": "0"}
     if token:
         basic = base64.b64encode(f"{user}:{token}".encode()).decode()
-        env.update({"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "http.extraHeader",
-                    "GIT_CONFIG_VALUE_0": f"Authorization: Basic {basic}"})
+        env.update(
+            {
+                "GIT_CONFIG_COUNT": "1",
+                "GIT_CONFIG_KEY_0": "http.extraHeader",
+                "GIT_CONFIG_VALUE_0": f"Authorization: Basic {basic}",
+            }
+        )
     return env
 
 
@@ -93,8 +103,14 @@ def git_blob_id(data: bytes) -> str:
 
 def resolve(git_dir: Path, revision: str) -> str | None:
     """The commit a branch, tag or sha names in ``git_dir``, or ``None``."""
-    done = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{revision}^{{commit}}"], cwd=git_dir,
-                          capture_output=True, text=True, encoding="utf-8", errors="replace")
+    done = subprocess.run(
+        ["git", "rev-parse", "--verify", "--quiet", f"{revision}^{{commit}}"],
+        cwd=git_dir,
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+    )
     return done.stdout.strip() or None
 
 
@@ -115,10 +131,14 @@ def tree_files(git_dir: Path, commit: str) -> dict[str, RepoFile]:
         data = read_blob(git_dir, blob_id.decode()) if int(size) < 1024 else None
         match = POINTER_RE.match(data) if data is not None else None
         if match:
-            out[path.decode()] = RepoFile(path.decode(), int(match.group(2)), match.group(1).decode(), blob_id.decode(), True)
+            out[path.decode()] = RepoFile(
+                path.decode(), int(match.group(2)), match.group(1).decode(), blob_id.decode(), True
+            )
         else:
             data = data if data is not None else read_blob(git_dir, blob_id.decode())
-            out[path.decode()] = RepoFile(path.decode(), len(data), hashlib.sha256(data).hexdigest(), blob_id.decode(), False)
+            out[path.decode()] = RepoFile(
+                path.decode(), len(data), hashlib.sha256(data).hexdigest(), blob_id.decode(), False
+            )
     return out
 
 
@@ -128,5 +148,7 @@ def read_file(git_dir: Path, entry: RepoFile) -> bytes:
         return read_blob(git_dir, entry.blob_id)
     obj = lfs_object_path(git_dir, entry.sha256)
     if not obj.is_file():
-        fail(f"LFS object {entry.sha256[:12]} of '{entry.path}' is missing from {git_dir}: push it with `git lfs push --all`")
+        fail(
+            f"LFS object {entry.sha256[:12]} of '{entry.path}' is missing from {git_dir}: push it with `git lfs push --all`"
+        )
     return obj.read_bytes()

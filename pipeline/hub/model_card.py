@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 # https://huggingface.co/docs/hub/repositories-licenses (license identifiers the Hub accepts)
-HUB_LICENSES = frozenset("""
+HUB_LICENSES = frozenset(
+    """
 apache-2.0 mit openrail bigscience-openrail-m creativeml-openrail-m bigscience-bloom-rail-1.0 bigcode-openrail-m
 afl-3.0 artistic-2.0 bsl-1.0 bsd bsd-2-clause bsd-3-clause bsd-3-clause-clear c-uda cc cc0-1.0 cc-by-2.0 cc-by-2.5
 cc-by-3.0 cc-by-4.0 cc-by-sa-3.0 cc-by-sa-4.0 cc-by-nc-2.0 cc-by-nc-3.0 cc-by-nc-4.0 cc-by-nd-4.0 cc-by-nc-nd-3.0
@@ -23,7 +24,8 @@ cdla-permissive-2.0 wtfpl ecl-2.0 epl-1.0 epl-2.0 etalab-2.0 eupl-1.1 eupl-1.2 a
 lgpl-2.1 lgpl-3.0 isc h-research intel-research lppl-1.3c ms-pl apple-ascl apple-amlr mpl-2.0 odc-by odbl openrail++
 osl-3.0 postgresql ofl-1.1 ncsa unlicense zlib pddl lgpl-lr deepfloyd-if-license llama2 llama3 llama3.1 llama3.2
 llama3.3 llama4 gemma unknown other
-""".split())
+""".split()
+)
 BASE_MODEL_RELATIONS = ("adapter", "merge", "quantized", "finetune")
 REPO_ID_RE = re.compile(r"^[\w.-]{1,96}/[\w.-]{1,96}$")
 FORMATS = {  # artifact kind -> (library_name, format tags, device tags)
@@ -66,8 +68,17 @@ def card_metadata(facts: CardFacts) -> dict[str, Any]:
     source = facts.manifest.get("source", {})
     meta: dict[str, Any] = {
         "license": facts.license if facts.license in HUB_LICENSES else "other",
-        "library_name": library, "pipeline_tag": "text-generation",
-        "tags": [*format_tags, *(["nncf"] if compressed else []), fmt, "phi3", "text-generation", *devices, "aipc-pipeline"],
+        "library_name": library,
+        "pipeline_tag": "text-generation",
+        "tags": [
+            *format_tags,
+            *(["nncf"] if compressed else []),
+            fmt,
+            "phi3",
+            "text-generation",
+            *devices,
+            "aipc-pipeline",
+        ],
     }
     if meta["license"] == "other":
         meta.update(license_name=facts.license, license_link=f"https://huggingface.co/{source.get('repo_id')}")
@@ -83,8 +94,9 @@ def build_card(facts: CardFacts):
     from huggingface_hub import ModelCard, ModelCardData
 
     data = ModelCardData(**card_metadata(facts))
-    body = "\n\n".join([_summary(facts), _parameters(facts), _validation(facts), _usage(facts), _files(facts),
-                        _provenance(facts)])
+    body = "\n\n".join(
+        [_summary(facts), _parameters(facts), _validation(facts), _usage(facts), _files(facts), _provenance(facts)]
+    )
     card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}\n")
     problems = metadata_problems(str(card))
     if problems:
@@ -103,7 +115,9 @@ def metadata_problems(content: str) -> list[str]:
     problems = []
     licence = data.get("license")
     if licence not in HUB_LICENSES:
-        problems.append(f"license '{licence}' is not a Hub licence identifier (use 'other' with license_name/license_link)")
+        problems.append(
+            f"license '{licence}' is not a Hub licence identifier (use 'other' with license_name/license_link)"
+        )
     if licence == "other" and not (data.get("license_name") and data.get("license_link")):
         problems.append("license 'other' needs license_name and license_link")
     if not isinstance(data.get("tags", []), list) or not all(isinstance(t, str) for t in data.get("tags", [])):
@@ -115,25 +129,32 @@ def metadata_problems(content: str) -> list[str]:
     problems += [f"base_model '{b}' is not a repo id (namespace/name)" for b in bases if not REPO_ID_RE.match(str(b))]
     relation = data.get("base_model_relation")
     if relation is not None and (relation not in BASE_MODEL_RELATIONS or not bases):
-        problems.append(f"base_model_relation '{relation}' needs a base_model and one of {', '.join(BASE_MODEL_RELATIONS)}")
+        problems.append(
+            f"base_model_relation '{relation}' needs a base_model and one of {', '.join(BASE_MODEL_RELATIONS)}"
+        )
     return problems
 
 
 def _summary(facts: CardFacts) -> str:
     source = facts.manifest.get("source", {})
-    fmt, kind = weight_format(facts), {"openvino": "OpenVINO IR", "npu": "NPU-ready OpenVINO IR",
-                                       "onnx": "ONNX Runtime GenAI model"}[facts.kind]
+    fmt, kind = (
+        weight_format(facts),
+        {"openvino": "OpenVINO IR", "npu": "NPU-ready OpenVINO IR", "onnx": "ONNX Runtime GenAI model"}[facts.kind],
+    )
     if source.get("repo_id"):
-        origin = (f"[{source['repo_id']}](https://huggingface.co/{source['repo_id']}) at revision "
-                  f"`{source.get('revision')}`")
+        origin = (
+            f"[{source['repo_id']}](https://huggingface.co/{source['repo_id']}) at revision `{source.get('revision')}`"
+        )
     else:
         origin = f"the `{source.get('model')}` checkpoint (source: {source.get('source')}, not on the Hub)"
     passed = facts.metrics.get("passed")
     verdict = "passed" if passed else "**FAILED** (published with --force)"
-    return (f"# {facts.repo_id.split('/')[-1]}\n\n{fmt} {kind} of {origin}, built and validated by aipc-pipeline "
-            f"(`{facts.manifest.get('stage')}@{facts.manifest.get('variant')}`). Validation {verdict}: "
-            f"**{facts.metrics.get('label')}**.\n\nLicence: `{facts.license}`, inherited from the source model "
-            f"({facts.license_source}).")
+    return (
+        f"# {facts.repo_id.split('/')[-1]}\n\n{fmt} {kind} of {origin}, built and validated by aipc-pipeline "
+        f"(`{facts.manifest.get('stage')}@{facts.manifest.get('variant')}`). Validation {verdict}: "
+        f"**{facts.metrics.get('label')}**.\n\nLicence: `{facts.license}`, inherited from the source model "
+        f"({facts.license_source})."
+    )
 
 
 def _parameters(facts: CardFacts) -> str:
@@ -150,12 +171,21 @@ def _parameters(facts: CardFacts) -> str:
 
 
 VALIDATION_COLUMNS = [  # (header, metrics key): one row per device cell of the validation record
-    ("target", "column"), ("result", "status"), ("device that ran", "device_executed"), ("label", "label"),
-    ("tokens/s", "tokens_per_s"), ("TTFT ms", "ttft_ms"), ("TPOT ms", "tpot_ms"),
-    ("top-1 agreement (f32 runtime)", "top1_agreement"), ("mean KL (f32 runtime)", "mean_kl"),
-    ("perplexity delta %", "perplexity_delta_pct"), ("device numerics", "device_numerics"),
-    ("top-1 agreement (device numerics)", "device_top1_agreement"), ("mean KL (device numerics)", "device_mean_kl"),
-    ("long-context top-1 (lowest range)", "long_context"), ("greedy exact match", "greedy_exact_match"),
+    ("target", "column"),
+    ("result", "status"),
+    ("device that ran", "device_executed"),
+    ("label", "label"),
+    ("tokens/s", "tokens_per_s"),
+    ("TTFT ms", "ttft_ms"),
+    ("TPOT ms", "tpot_ms"),
+    ("top-1 agreement (f32 runtime)", "top1_agreement"),
+    ("mean KL (f32 runtime)", "mean_kl"),
+    ("perplexity delta %", "perplexity_delta_pct"),
+    ("device numerics", "device_numerics"),
+    ("top-1 agreement (device numerics)", "device_top1_agreement"),
+    ("mean KL (device numerics)", "device_mean_kl"),
+    ("long-context top-1 (lowest range)", "long_context"),
+    ("greedy exact match", "greedy_exact_match"),
 ]
 
 
@@ -170,8 +200,13 @@ def _card_value(key: str, value: object) -> object:
 
 def _validation(facts: CardFacts) -> str:
     m = facts.metrics
-    cells = m.get("cells") or {m.get("device_requested") or "-": {**m, "column": m.get("device_requested"),
-                                                                  "status": "passed" if m.get("passed") else "failed"}}
+    cells = m.get("cells") or {
+        m.get("device_requested") or "-": {
+            **m,
+            "column": m.get("device_requested"),
+            "status": "passed" if m.get("passed") else "failed",
+        }
+    }
     rows = []
     for cell in cells.values():
         values = [_card_value(key, cell.get(key)) for _, key in VALIDATION_COLUMNS]
@@ -180,14 +215,16 @@ def _validation(facts: CardFacts) -> str:
         rows.append("| " + " | ".join("-" if v is None else str(v) for v in values) + " |")
     header = "| " + " | ".join(h for h, _ in VALIDATION_COLUMNS) + " |\n|" + "---|" * len(VALIDATION_COLUMNS)
     thresholds = m.get("thresholds") or {"min_top1_agreement": m.get("min_top1_agreement")}
-    notes = [f"Top-1 agreement and mean KL: teacher-forced next-token comparison with the original PyTorch model on "
-             f"held-out text (thresholds {thresholds}), twice: with the runtime pinned to f32 (what the export did, "
-             "the same on every machine) and at the device's own numerics as read back from the compiled model (what "
-             "you get; e.g. bf16 compute on AMX CPUs, f16 on Intel GPUs and NPUs). Long-context: the lowest top-1 "
-             "agreement over position ranges of windows up to 6000 tokens (sliding window, LongRoPE switch). "
-             "Greedy exact match: share of the validation prompts whose "
-             "whole greedy continuation equals PyTorch's. \"Device that ran\" is read back from the runtime; a CPU "
-             "stand-in is labelled so. Speed was measured on the build machine and says little about yours."]
+    notes = [
+        f"Top-1 agreement and mean KL: teacher-forced next-token comparison with the original PyTorch model on "
+        f"held-out text (thresholds {thresholds}), twice: with the runtime pinned to f32 (what the export did, "
+        "the same on every machine) and at the device's own numerics as read back from the compiled model (what "
+        "you get; e.g. bf16 compute on AMX CPUs, f16 on Intel GPUs and NPUs). Long-context: the lowest top-1 "
+        "agreement over position ranges of windows up to 6000 tokens (sliding window, LongRoPE switch). "
+        "Greedy exact match: share of the validation prompts whose "
+        'whole greedy continuation equals PyTorch\'s. "Device that ran" is read back from the runtime; a CPU '
+        "stand-in is labelled so. Speed was measured on the build machine and says little about yours."
+    ]
     if m.get("note"):
         notes.append(f"Note: {m['note']}.")
     if m.get("problems"):
@@ -198,34 +235,47 @@ def _validation(facts: CardFacts) -> str:
 def _usage(facts: CardFacts) -> str:
     pin = f'path = snapshot_download("{facts.repo_id}", revision="{facts.revision}")\n'
     if facts.kind == "onnx":
-        code = ("import onnxruntime_genai as og\nfrom huggingface_hub import snapshot_download\n\n" + pin +
-                "model = og.Model(path)\ntokenizer = og.Tokenizer(model)\nparams = og.GeneratorParams(model)\n"
-                f"params.set_search_options(max_length=256)\ngenerator = og.Generator(model, params)\n"
-                f'generator.append_tokens(tokenizer.encode("{PROMPT}"))\n'
-                "while not generator.is_done():\n    generator.generate_next_token()\n"
-                "print(tokenizer.decode(generator.get_sequence(0)))")
+        code = (
+            "import onnxruntime_genai as og\nfrom huggingface_hub import snapshot_download\n\n"
+            + pin
+            + "model = og.Model(path)\ntokenizer = og.Tokenizer(model)\nparams = og.GeneratorParams(model)\n"
+            f"params.set_search_options(max_length=256)\ngenerator = og.Generator(model, params)\n"
+            f'generator.append_tokens(tokenizer.encode("{PROMPT}"))\n'
+            "while not generator.is_done():\n    generator.generate_next_token()\n"
+            "print(tokenizer.decode(generator.get_sequence(0)))"
+        )
         install = "pip install onnxruntime-genai huggingface_hub   # Windows DirectML: onnxruntime-genai-directml"
     elif facts.kind == "npu":
-        code = ("import json, os\nimport openvino_genai as ov_genai\nfrom huggingface_hub import snapshot_download\n\n"
-                + pin + 'settings = json.load(open(os.path.join(path, "npu_config.json")))\n'
-                'blob = os.path.join(path, "openvino_model.npu.blob")\nif os.path.exists(blob):\n'
-                '    settings["BLOB_PATH"] = blob\npipe = ov_genai.LLMPipeline(path, "NPU", **settings)\n'
-                f'print(pipe.generate("{PROMPT}", max_new_tokens=64))')
+        code = (
+            "import json, os\nimport openvino_genai as ov_genai\nfrom huggingface_hub import snapshot_download\n\n"
+            + pin
+            + 'settings = json.load(open(os.path.join(path, "npu_config.json")))\n'
+            'blob = os.path.join(path, "openvino_model.npu.blob")\nif os.path.exists(blob):\n'
+            '    settings["BLOB_PATH"] = blob\npipe = ov_genai.LLMPipeline(path, "NPU", **settings)\n'
+            f'print(pipe.generate("{PROMPT}", max_new_tokens=64))'
+        )
         install = "pip install openvino-genai huggingface_hub"
     else:
-        code = ("import openvino_genai as ov_genai\nfrom huggingface_hub import snapshot_download\n\n" + pin +
-                f'pipe = ov_genai.LLMPipeline(path, "CPU")   # or "GPU"\nprint(pipe.generate("{PROMPT}", max_new_tokens=64))')
+        code = (
+            "import openvino_genai as ov_genai\nfrom huggingface_hub import snapshot_download\n\n"
+            + pin
+            + f'pipe = ov_genai.LLMPipeline(path, "CPU")   # or "GPU"\nprint(pipe.generate("{PROMPT}", max_new_tokens=64))'
+        )
         install = "pip install openvino-genai huggingface_hub"
     return f"## Use it\n\n```bash\n{install}\n```\n\n```python\n{code}\n```"
 
 
 def _files(facts: CardFacts) -> str:
-    rows = [f"| `{name}` | {info['bytes']} | `{info['sha256']}` |" for name, info in facts.manifest.get("files", {}).items()]
-    return ("## Files\n\nEvery file with its sha256, as recorded in `manifest.json` when the artifact was built:\n\n"
-            "| file | bytes | sha256 |\n|---|---:|---|\n" + "\n".join(rows))
+    rows = [
+        f"| `{name}` | {info['bytes']} | `{info['sha256']}` |" for name, info in facts.manifest.get("files", {}).items()
+    ]
+    return (
+        "## Files\n\nEvery file with its sha256, as recorded in `manifest.json` when the artifact was built:\n\n"
+        "| file | bytes | sha256 |\n|---|---:|---|\n" + "\n".join(rows)
+    )
 
 
 def _provenance(facts: CardFacts) -> str:
     versions = ", ".join(f"{k} {v}" for k, v in facts.manifest.get("versions", {}).items() if k != "platform")
     stages = "; ".join(f"`{name}`: {info}" for name, info in facts.lock.items())
-    return (f"## Provenance\n\nBuilt with {versions}.\n\nDVC stages (from `dvc.lock`): {stages or 'not recorded'}.")
+    return f"## Provenance\n\nBuilt with {versions}.\n\nDVC stages (from `dvc.lock`): {stages or 'not recorded'}."

@@ -71,8 +71,10 @@ def pull(repo_id: str, revision: str, dest: Path, endpoint: str | None = None) -
 def report(result: PublishResult, dry_run: bool) -> None:
     """Print what was (or would be) uploaded."""
     verb = "would upload" if dry_run else "uploaded"
-    print(f"{result.artifact} -> {result.repo}: {verb} {len(result.changed)} file(s), {len(result.unchanged)} "
-          f"unchanged, {len(result.removed)} removed; {f'commit {result.commit}' if result.commit else 'no commit'}")
+    print(
+        f"{result.artifact} -> {result.repo}: {verb} {len(result.changed)} file(s), {len(result.unchanged)} "
+        f"unchanged, {len(result.removed)} removed; {f'commit {result.commit}' if result.commit else 'no commit'}"
+    )
     for path in result.changed:
         print(f"  {verb}: {path}")
     for path in result.removed:
@@ -86,8 +88,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="aipc publish", description=__doc__.splitlines()[0])
     parser.add_argument("artifacts", nargs="+", help="e.g. openvino/int4 npu/int4 onnx/dml_int4")
     parser.add_argument("--backend", choices=["hf", "git"], default="hf")
-    parser.add_argument("--repo", default=None, help=f"hf: repo id (default {DEFAULT_REPO}); git: remote URL or path; "
-                        "{namespace} {model} {kind} {variant} {artifact} are filled in")
+    parser.add_argument(
+        "--repo",
+        default=None,
+        help=f"hf: repo id (default {DEFAULT_REPO}); git: remote URL or path; "
+        "{namespace} {model} {kind} {variant} {artifact} are filled in",
+    )
     parser.add_argument("--endpoint", help="Hub endpoint (default: HF_ENDPOINT or https://huggingface.co)")
     parser.add_argument("--branch", default="main", help="branch to commit to (created if missing)")
     parser.add_argument("--tag", help="tag the published commit (e.g. v1)")
@@ -98,8 +104,17 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.backend == "git" and not args.repo:
         parser.error("--backend git needs --repo (a remote URL or a bare repository path)")
-    opts = PublishOptions(args.backend, args.repo or DEFAULT_REPO, args.endpoint, args.branch, args.tag,
-                          not args.public, not args.no_create, args.force, args.dry_run)
+    opts = PublishOptions(
+        args.backend,
+        args.repo or DEFAULT_REPO,
+        args.endpoint,
+        args.branch,
+        args.tag,
+        not args.public,
+        not args.no_create,
+        args.force,
+        args.dry_run,
+    )
     for result in publish(Path.cwd(), args.artifacts, opts):
         report(result, opts.dry_run)
 

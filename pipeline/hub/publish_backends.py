@@ -81,10 +81,14 @@ class HfBackend:
         except hf_errors.HfHubHTTPError as err:
             status = getattr(getattr(err, "response", None), "status_code", "?")
             if status == 401:
-                fail(f"the hub at {self.api.endpoint} rejected the token (HTTP 401) while {what}: set HF_TOKEN to a "
-                     "valid write token or run `hf auth login`")
-            fail(f"hub request failed while {what}{f' for {repo}' if repo else ''} (HTTP {status}): "
-                 f"{str(err).splitlines()[0]}")
+                fail(
+                    f"the hub at {self.api.endpoint} rejected the token (HTTP 401) while {what}: set HF_TOKEN to a "
+                    "valid write token or run `hf auth login`"
+                )
+            fail(
+                f"hub request failed while {what}{f' for {repo}' if repo else ''} (HTTP {status}): "
+                f"{str(err).splitlines()[0]}"
+            )
         except (httpx.TransportError, OSError, ValueError) as err:
             fail(f"cannot reach the hub at {self.api.endpoint} while {what}: {str(err).splitlines()[0]}")
 
@@ -95,8 +99,12 @@ class HfBackend:
 
         missing = (hf_errors.RepositoryNotFoundError, hf_errors.RevisionNotFoundError)
         try:
-            entries = self._call(lambda: list(self.api.list_repo_tree(repo, revision=branch, recursive=True)),
-                                 "listing the repo", repo, passthrough=missing)
+            entries = self._call(
+                lambda: list(self.api.list_repo_tree(repo, revision=branch, recursive=True)),
+                "listing the repo",
+                repo,
+                passthrough=missing,
+            )
         except hf_errors.RepositoryNotFoundError:
             return None
         except hf_errors.RevisionNotFoundError:
@@ -114,12 +122,20 @@ class HfBackend:
             say(f"[{art.name}] not compared with the remote ({err}): listing every file")
             remote = {}
         if remote is None and not opts.create:
-            fail(f"repo '{repo}' does not exist on {self.api.endpoint} and --no-create was given: create it "
-                 "(private) on the hub, or drop --no-create")
+            fail(
+                f"repo '{repo}' does not exist on {self.api.endpoint} and --no-create was given: create it "
+                "(private) on the hub, or drop --no-create"
+            )
         local = {p.relative_to(staging).as_posix(): p for p in sorted(staging.rglob("*")) if p.is_file()}
         changed = [p for p in local if (remote or {}).get(p) not in file_ids(local[p])]
-        result = PublishResult(art.name, repo, changed, sorted(set(local) - set(changed)),
-                               sorted(set(remote or {}) - set(local) - {".gitattributes"}), card=card)
+        result = PublishResult(
+            art.name,
+            repo,
+            changed,
+            sorted(set(local) - set(changed)),
+            sorted(set(remote or {}) - set(local) - {".gitattributes"}),
+            card=card,
+        )
         if opts.dry_run:
             return result
         if remote is None:
@@ -127,9 +143,18 @@ class HfBackend:
         if opts.branch != "main":
             self._call(lambda: self.api.create_branch(repo, branch=opts.branch, exist_ok=True), "branching", repo)
         summary, description = commit_message(art)
-        info = self._call(lambda: self.api.upload_folder(
-            repo_id=repo, folder_path=staging, revision=opts.branch, commit_message=summary,
-            commit_description=description, delete_patterns="*"), "uploading", repo)
+        info = self._call(
+            lambda: self.api.upload_folder(
+                repo_id=repo,
+                folder_path=staging,
+                revision=opts.branch,
+                commit_message=summary,
+                commit_description=description,
+                delete_patterns="*",
+            ),
+            "uploading",
+            repo,
+        )
         result.commit = info.oid if (result.changed or result.removed) else None
         if opts.tag:
             self._tag(repo, opts.tag, info.oid)
@@ -166,8 +191,10 @@ class GitBackend:
         path = Path(parts.path if parts.scheme == "file" else remote).resolve()
         if not (path / "HEAD").is_file():
             if not opts.create:
-                fail(f"git repository {path} does not exist and --no-create was given: `git init --bare {path}` "
-                     "or drop --no-create")
+                fail(
+                    f"git repository {path} does not exist and --no-create was given: `git init --bare {path}` "
+                    "or drop --no-create"
+                )
             if not opts.dry_run:
                 hub_git.git(["init", "-q", "--bare", "--initial-branch=main", str(path)])
         return path.as_uri()
@@ -183,18 +210,33 @@ class GitBackend:
         for old in (p for p in work.iterdir() if p.name != ".git"):
             shutil.rmtree(old) if old.is_dir() else old.unlink()
         card = write_card(art, remote, work, opts)
-        lfs = sorted(p.relative_to(work).as_posix() for p in work.rglob("*")
-                     if ".git" not in p.relative_to(work).parts and p.is_file() and hub_git.is_lfs_file(p))
+        lfs = sorted(
+            p.relative_to(work).as_posix()
+            for p in work.rglob("*")
+            if ".git" not in p.relative_to(work).parts and p.is_file() and hub_git.is_lfs_file(p)
+        )
         # `* -text` first: Git for Windows converts line endings by default, which would break every sha256 on pull
-        (work / ".gitattributes").write_text("* -text\n" + "".join(f"{p} filter=lfs diff=lfs merge=lfs -text\n"
-                                                                    for p in lfs), encoding="utf-8", newline="\n")
+        (work / ".gitattributes").write_text(
+            "* -text\n" + "".join(f"{p} filter=lfs diff=lfs merge=lfs -text\n" for p in lfs),
+            encoding="utf-8",
+            newline="\n",
+        )
         self._git(["add", "-A"], work)
         status = [line.split("\t") for line in self._git(["diff", "--cached", "--name-status"], work).splitlines()]
         changed = sorted(p for s, p in status if s != "D")
-        files = sorted(p.relative_to(work).as_posix() for p in work.rglob("*")
-                       if p.is_file() and ".git" not in p.relative_to(work).parts)
-        result = PublishResult(art.name, remote, changed, sorted(set(files) - set(changed)),
-                               sorted(p for s, p in status if s == "D"), card=card)
+        files = sorted(
+            p.relative_to(work).as_posix()
+            for p in work.rglob("*")
+            if p.is_file() and ".git" not in p.relative_to(work).parts
+        )
+        result = PublishResult(
+            art.name,
+            remote,
+            changed,
+            sorted(set(files) - set(changed)),
+            sorted(p for s, p in status if s == "D"),
+            card=card,
+        )
         if opts.dry_run:
             return result
         if status:
@@ -208,9 +250,16 @@ class GitBackend:
 
     def _git(self, args: list[str], work: Path) -> str:
         """Run git in the clone with the auth environment and a fallback identity."""
-        ident = {} if subprocess.run(["git", "config", "user.email"], cwd=work, capture_output=True).stdout.strip() \
-            else {"GIT_AUTHOR_NAME": "aipc-pipeline", "GIT_AUTHOR_EMAIL": "aipc@localhost",
-                  "GIT_COMMITTER_NAME": "aipc-pipeline", "GIT_COMMITTER_EMAIL": "aipc@localhost"}
+        ident = (
+            {}
+            if subprocess.run(["git", "config", "user.email"], cwd=work, capture_output=True).stdout.strip()
+            else {
+                "GIT_AUTHOR_NAME": "aipc-pipeline",
+                "GIT_AUTHOR_EMAIL": "aipc@localhost",
+                "GIT_COMMITTER_NAME": "aipc-pipeline",
+                "GIT_COMMITTER_EMAIL": "aipc@localhost",
+            }
+        )
         return hub_git.git(args, cwd=work, env={**self.env, **ident}).decode()
 
     def _checkout(self, work: Path, branch: str) -> None:
@@ -234,4 +283,3 @@ class GitBackend:
         if not current:
             self._git(["tag", "-a", tag, "-m", f"{art.name} {tag}"], work)
             self._git(["push", "-q", "origin", f"refs/tags/{tag}"], work)
-

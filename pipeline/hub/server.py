@@ -50,8 +50,10 @@ ROUTES = [  # (method, pattern, handler name); revisions arrive URL-quoted (refs
     ("HEAD", rf"/{REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)", "resolve"),
     ("GET", rf"/{REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)", "resolve"),
 ]
-DEFAULT_GITATTRIBUTES = "".join(f"{p} filter=lfs diff=lfs merge=lfs -text\n" for p in (
-    "*.bin", "*.onnx", "*.onnx.data", "*.safetensors", "*.blob", "*.model", "*.pt", "*.pth", "*.h5", "*.zip"))
+DEFAULT_GITATTRIBUTES = "".join(
+    f"{p} filter=lfs diff=lfs merge=lfs -text\n"
+    for p in ("*.bin", "*.onnx", "*.onnx.data", "*.safetensors", "*.blob", "*.model", "*.pt", "*.pth", "*.h5", "*.zip")
+)
 
 
 class HubHTTPError(Exception):
@@ -77,7 +79,7 @@ class HubServer:
         """Where repository ``ns/name`` lives."""
         return self.root / ns / f"{name}.git"
 
-    def start(self, host: str = "127.0.0.1", port: int = 0) -> "HubServer":
+    def start(self, host: str = "127.0.0.1", port: int = 0) -> HubServer:
         """Serve in a background thread; sets :attr:`url`."""
         self._httpd = ThreadingHTTPServer((host, port), _make_handler(self))
         self.url = f"http://{host}:{self._httpd.server_address[1]}"
@@ -119,7 +121,9 @@ def _make_handler(hub: HubServer) -> type:
         def reply(self, status: int, data, headers: dict | None = None) -> None:
             raw = data if isinstance(data, bytes) else json.dumps(data).encode()
             self.send_response(status)
-            self.send_header("Content-Type", "application/octet-stream" if isinstance(data, bytes) else "application/json")
+            self.send_header(
+                "Content-Type", "application/octet-stream" if isinstance(data, bytes) else "application/json"
+            )
             self.send_header("Content-Length", str(len(raw)))
             for key, value in (headers or {}).items():
                 self.send_header(key, value)
@@ -184,11 +188,18 @@ def create_repo(h, hub: HubServer, user: str | None, query: dict) -> None:
     if _meta(path) is not None:
         raise HubHTTPError(409, "You already created this model repo")
     hub_git.git(["init", "-q", "--bare", "--initial-branch=main", str(path)])
-    (path / "aipc-hub.json").write_text(json.dumps({"private": data.get("visibility", "public") != "public"}),
-                                        encoding="utf-8")
+    (path / "aipc-hub.json").write_text(
+        json.dumps({"private": data.get("visibility", "public") != "public"}), encoding="utf-8"
+    )
     # Like the Hub, a new repo starts with a commit holding the default .gitattributes.
-    attributes = {"key": "file", "value": {"path": ".gitattributes", "encoding": "base64",
-                                           "content": base64.b64encode(DEFAULT_GITATTRIBUTES.encode()).decode()}}
+    attributes = {
+        "key": "file",
+        "value": {
+            "path": ".gitattributes",
+            "encoding": "base64",
+            "content": base64.b64encode(DEFAULT_GITATTRIBUTES.encode()).decode(),
+        },
+    }
     first = _write_commit(path, None, [attributes], {"summary": "initial commit"})
     hub_git.git(["update-ref", "refs/heads/main", first], cwd=path)
     h.reply(200, {"url": f"{hub.url}/{ns}/{data['name']}", "name": f"{ns}/{data['name']}"})
@@ -207,8 +218,15 @@ def repo_info(h, hub: HubServer, user: str | None, query: dict, ns: str, name: s
     path = _repo(hub, ns, name, user)
     sha = _commit(path, rev)
     files = hub_git.tree_files(path, sha)
-    h.reply(200, {"id": f"{ns}/{name}", "sha": sha, "private": _meta(path)["private"],
-                  "siblings": [{"rfilename": p} for p in sorted(files)]})
+    h.reply(
+        200,
+        {
+            "id": f"{ns}/{name}",
+            "sha": sha,
+            "private": _meta(path)["private"],
+            "siblings": [{"rfilename": p} for p in sorted(files)],
+        },
+    )
 
 
 def tree(h, hub: HubServer, user: str | None, query: dict, ns: str, name: str, rev: str, path: str = "") -> None:
@@ -286,8 +304,13 @@ def commit(h, hub: HubServer, user: str | None, query: dict, ns: str, name: str,
 def _write_commit(path: Path, parent: str | None, items: list[dict], header: dict) -> str:
     """Apply NDJSON file operations on top of ``parent`` with a temporary index; return the new commit."""
     with tempfile.TemporaryDirectory() as tmp:
-        env = {"GIT_INDEX_FILE": str(Path(tmp) / "index"), "GIT_AUTHOR_NAME": "hub", "GIT_AUTHOR_EMAIL": "hub@localhost",
-               "GIT_COMMITTER_NAME": "hub", "GIT_COMMITTER_EMAIL": "hub@localhost"}
+        env = {
+            "GIT_INDEX_FILE": str(Path(tmp) / "index"),
+            "GIT_AUTHOR_NAME": "hub",
+            "GIT_AUTHOR_EMAIL": "hub@localhost",
+            "GIT_COMMITTER_NAME": "hub",
+            "GIT_COMMITTER_EMAIL": "hub@localhost",
+        }
         hub_git.git(["read-tree", *([parent] if parent else ["--empty"])], cwd=path, env=env)
         for item in items:
             value = item["value"]
@@ -372,8 +395,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--token", action="append", default=[], help="USER=TOKEN accepted for writes (repeatable)")
     args = parser.parse_args(argv)
     tokens = {tok: user for user, tok in (t.split("=", 1) for t in args.token)}
-    tokens.update({tok: user for user, tok in (t.split("=", 1) for t in os.environ.get("AIPC_HUB_TOKENS", "").split()
-                                                if "=" in t)})
+    tokens.update(
+        {
+            tok: user
+            for user, tok in (t.split("=", 1) for t in os.environ.get("AIPC_HUB_TOKENS", "").split() if "=" in t)
+        }
+    )
     hub = HubServer(Path(args.root), tokens).start(args.host, args.port)
     print(f"serving {args.root} at {hub.url} (HF_ENDPOINT={hub.url} HF_HUB_DISABLE_XET=1)", flush=True)
     threading.Event().wait()

@@ -85,7 +85,11 @@ def load_artifact(root: Path, spec: str, force: bool = False) -> Artifact:
     if kind not in KINDS or not variant:
         fail(f"cannot publish '{spec}': name an artifact as <kind>/<variant> with kind one of {', '.join(KINDS)}")
     folder = root / "artifacts" / kind / variant
-    export_stage, validate_stage, prefix = KINDS[kind].export_stage, KINDS[kind].validate_stage, KINDS[kind].metrics_prefix
+    export_stage, validate_stage, prefix = (
+        KINDS[kind].export_stage,
+        KINDS[kind].validate_stage,
+        KINDS[kind].metrics_prefix,
+    )
     if not (folder / MANIFEST).is_file():
         fail(f"{folder} has no {MANIFEST}: build it first with `dvc repro {export_stage}@{variant}`")
     from pipeline.core.verify import verify_folder
@@ -96,8 +100,9 @@ def load_artifact(root: Path, spec: str, force: bool = False) -> Artifact:
         fail(f"{spec} was never validated ({metrics_path} missing): run `dvc repro {validate_stage}@{variant}`")
     metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
     passed = check_publishable(f"{prefix}-{variant}", metrics, force)
-    lock = check_lock(root, folder, metrics_path if passed else None, f"{export_stage}@{variant}",
-                      f"{validate_stage}@{variant}")
+    lock = check_lock(
+        root, folder, metrics_path if passed else None, f"{export_stage}@{variant}", f"{validate_stage}@{variant}"
+    )
     licence, licence_source, licence_file = source_license(root)
     return Artifact(kind, variant, folder, read_manifest(folder), metrics, lock, licence, licence_source, licence_file)
 
@@ -145,8 +150,10 @@ def check_publishable(name: str, metrics: dict[str, Any], force: bool) -> bool:
         return True
     reason = "; ".join(metrics.get("problems") or []) or metrics.get("note") or "not validated"
     if not force:
-        fail(f"{name} failed validation ({reason}): fix it and `dvc repro`, or pass --force to publish it "
-             "with a card that says so")
+        fail(
+            f"{name} failed validation ({reason}): fix it and `dvc repro`, or pass --force to publish it "
+            "with a card that says so"
+        )
     say(f"[{name}] publishing despite failed validation (--force): {reason}")
     return False
 
@@ -160,8 +167,10 @@ def stage_files(art: Artifact, dest: Path) -> dict[str, str]:
         shutil.copy2(art.folder / rel, target)
         hashes[rel] = sha256_file(target)
         if hashes[rel] != info["sha256"]:
-            fail(f"{art.folder / rel} does not match its manifest sha256: repair with "
-                 f"`aipc repair {KINDS[art.kind].export_stage}@{art.variant}` before publishing")
+            fail(
+                f"{art.folder / rel} does not match its manifest sha256: repair with "
+                f"`aipc repair {KINDS[art.kind].export_stage}@{art.variant}` before publishing"
+            )
     for src, rel in ((art.folder / MANIFEST, MANIFEST), (art.license_file, "LICENSE")):
         if src is not None:
             shutil.copy2(src, dest / rel)
@@ -171,9 +180,17 @@ def stage_files(art: Artifact, dest: Path) -> dict[str, str]:
 
 def render_card(art: Artifact, repo_id: str, opts: PublishOptions) -> str:
     """The model card text for ``art`` published as ``repo_id``."""
-    facts = CardFacts(repo_id=repo_id, revision=opts.tag or opts.branch, kind=art.kind, artifact=art.name,
-                      manifest=art.manifest, metrics=art.metrics, license=art.license,
-                      license_source=art.license_source, lock=art.lock)
+    facts = CardFacts(
+        repo_id=repo_id,
+        revision=opts.tag or opts.branch,
+        kind=art.kind,
+        artifact=art.name,
+        manifest=art.manifest,
+        metrics=art.metrics,
+        license=art.license,
+        license_source=art.license_source,
+        lock=art.lock,
+    )
     try:
         return str(build_card(facts))
     except ValueError as err:
@@ -186,9 +203,19 @@ def commit_message(art: Artifact) -> tuple[str, str]:
     short = " ".join(f"{k}={v}" for k, v in params.items() if v not in (None, False, {}) and k != "weight_format")
     source = art.manifest.get("source", {})
     summary = f"{art.name}: {weight_format_of(art)} {short}".strip()[:200]
-    description = json.dumps({"parameters": params, "source": source, "validation": {
-        k: art.metrics.get(k) for k in ("label", "passed", "top1_agreement", "greedy_exact_match", "tokens_per_s")},
-        "dvc.lock": art.lock}, indent=1, default=str)
+    description = json.dumps(
+        {
+            "parameters": params,
+            "source": source,
+            "validation": {
+                k: art.metrics.get(k)
+                for k in ("label", "passed", "top1_agreement", "greedy_exact_match", "tokens_per_s")
+            },
+            "dvc.lock": art.lock,
+        },
+        indent=1,
+        default=str,
+    )
     return summary, description
 
 

@@ -53,24 +53,36 @@ STAMP = "aipc-env.json"
 CMAKE_EDITS = (
     # -march=native builds for this CPU only; the kernels need AVX2 + F16C (conversion.h), as /arch:AVX2 on
     # MSVC. -Werror is dropped so that a newer compiler's new warnings cannot break the build.
-    ("add_compile_options(-Wall", "-march=native)",
-     "add_compile_options(-Wall -Wextra -pedantic -Wdouble-promotion -Wfloat-conversion -mavx2 -mf16c)"),
+    (
+        "add_compile_options(-Wall",
+        "-march=native)",
+        "add_compile_options(-Wall -Wextra -pedantic -Wdouble-promotion -Wfloat-conversion -mavx2 -mf16c)",
+    ),
     # No lsb_release check (Ubuntu only) and no OpenVINO archive download: use the openvino wheel's CMake package.
-    ("function(get_linux_lsb_release_information)", "find_package(OpenVINO REQUIRED PATHS ${openvino_SOURCE_DIR}/runtime/cmake)",
-     'find_package(OpenVINO REQUIRED PATHS "$ENV{AIPC_OPENVINO_DIR}/cmake" NO_DEFAULT_PATH)'),
+    (
+        "function(get_linux_lsb_release_information)",
+        "find_package(OpenVINO REQUIRED PATHS ${openvino_SOURCE_DIR}/runtime/cmake)",
+        'find_package(OpenVINO REQUIRED PATHS "$ENV{AIPC_OPENVINO_DIR}/cmake" NO_DEFAULT_PATH)',
+    ),
     # Do not copy an OpenVINO runtime and Python package into the library: the wheel provides both. The
     # library's loader dlopens lib/libopenvino.so, so a stub of that name pulls in the wheel's runtime.
-    ("if (WIN32)\n    set (CMAKE_RUNTIME_OUTPUT_DIRECTORY", "set(CMAKE_POSITION_INDEPENDENT_CODE ON)",
-     "set(CMAKE_POSITION_INDEPENDENT_CODE ON)\n"
-     "set(CMAKE_BUILD_WITH_INSTALL_RPATH ON)\n"
-     'set(CMAKE_INSTALL_RPATH "$ORIGIN/../../openvino/libs")\n'
-     'file(WRITE "${CMAKE_BINARY_DIR}/openvino_stub.cpp" "// loads the openvino wheel runtime\\n")\n'
-     'add_library(openvino_stub SHARED "${CMAKE_BINARY_DIR}/openvino_stub.cpp")\n'
-     "set_target_properties(openvino_stub PROPERTIES OUTPUT_NAME openvino)\n"
-     "target_link_libraries(openvino_stub PRIVATE -Wl,--no-as-needed openvino::runtime)"),
+    (
+        "if (WIN32)\n    set (CMAKE_RUNTIME_OUTPUT_DIRECTORY",
+        "set(CMAKE_POSITION_INDEPENDENT_CODE ON)",
+        "set(CMAKE_POSITION_INDEPENDENT_CODE ON)\n"
+        "set(CMAKE_BUILD_WITH_INSTALL_RPATH ON)\n"
+        'set(CMAKE_INSTALL_RPATH "$ORIGIN/../../openvino/libs")\n'
+        'file(WRITE "${CMAKE_BINARY_DIR}/openvino_stub.cpp" "// loads the openvino wheel runtime\\n")\n'
+        'add_library(openvino_stub SHARED "${CMAKE_BINARY_DIR}/openvino_stub.cpp")\n'
+        "set_target_properties(openvino_stub PROPERTIES OUTPUT_NAME openvino)\n"
+        "target_link_libraries(openvino_stub PRIVATE -Wl,--no-as-needed openvino::runtime)",
+    ),
     # rpath "./" depends on the working directory; CMAKE_INSTALL_RPATH above points at the wheel instead.
-    ('if (UNIX)\n    set_target_properties(intel_npu_acceleration_library PROPERTIES LINK_FLAGS "-Wl,-rpath,./")',
-     "endif (UNIX)", ""),
+    (
+        'if (UNIX)\n    set_target_properties(intel_npu_acceleration_library PROPERTIES LINK_FLAGS "-Wl,-rpath,./")',
+        "endif (UNIX)",
+        "",
+    ),
 )
 
 
@@ -106,9 +118,15 @@ DEEPEST_INSTALLED = len("\\Lib\\site-packages\\") + 173
 
 def env_key() -> str:
     """Hash of everything that decides the environment's content."""
-    recipe = {"constraints": CONSTRAINTS.read_text(encoding="utf-8"), "torch": TORCH, "requirements": REQUIREMENTS,
-              "sdist": SDIST_SHA256, "cmake": CMAKE_EDITS, "python": list(sys.version_info[:2]),
-              "platform": [sys.platform, platform.machine().lower()]}
+    recipe = {
+        "constraints": CONSTRAINTS.read_text(encoding="utf-8"),
+        "torch": TORCH,
+        "requirements": REQUIREMENTS,
+        "sdist": SDIST_SHA256,
+        "cmake": CMAKE_EDITS,
+        "python": list(sys.version_info[:2]),
+        "platform": [sys.platform, platform.machine().lower()],
+    }
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
 
 
@@ -130,9 +148,11 @@ def path_budget_problem(path: Path, long_paths: bool | None = None) -> str | Non
     deepest = len(str(path)) + DEEPEST_INSTALLED
     if long_paths or deepest <= MAX_PATH:
         return None
-    return (f"the {LIBRARY} environment at {path} would hold paths of {deepest} characters, over Windows' 260: "
-            f"set AIPC_ENVS_DIR to a shorter folder (e.g. C:\\aipc-envs) or enable long paths (admin: "
-            f"LongPathsEnabled=1 under HKLM\\SYSTEM\\CurrentControlSet\\Control\\FileSystem)")
+    return (
+        f"the {LIBRARY} environment at {path} would hold paths of {deepest} characters, over Windows' 260: "
+        f"set AIPC_ENVS_DIR to a shorter folder (e.g. C:\\aipc-envs) or enable long paths (admin: "
+        f"LongPathsEnabled=1 under HKLM\\SYSTEM\\CurrentControlSet\\Control\\FileSystem)"
+    )
 
 
 def windows_long_paths_enabled() -> bool:
@@ -162,8 +182,10 @@ def unavailable_reason() -> str | None:
         return f"{LIBRARY} needs an x86-64 CPU; this machine is {machine}"
     low, high = PYTHONS
     if not low <= sys.version_info[:2] <= high:
-        return (f"openvino 2024.4 (pinned by {LIBRARY}) has no wheels for Python "
-                f"{sys.version_info[0]}.{sys.version_info[1]}: run the pipeline with Python 3.11 or 3.12")
+        return (
+            f"openvino 2024.4 (pinned by {LIBRARY}) has no wheels for Python "
+            f"{sys.version_info[0]}.{sys.version_info[1]}: run the pipeline with Python 3.11 or 3.12"
+        )
     return linux_build_reason() if system == "Linux" else None
 
 
@@ -205,8 +227,9 @@ def ensure(root: Path | None = None, retry: bool = False) -> NpuLibEnv:
     path = env_path(root)
     failed = failure_marker(path)
     if failed.is_file() and not retry:
-        raise EnvUnavailable(f"{failed.read_text(encoding='utf-8').strip()} (an earlier build failed; "
-                             "`aipc npu-lib-env` tries again)")
+        raise EnvUnavailable(
+            f"{failed.read_text(encoding='utf-8').strip()} (an earlier build failed; `aipc npu-lib-env` tries again)"
+        )
     reason = unavailable_reason() or path_budget_problem(path)
     if reason:
         raise EnvUnavailable(reason)
@@ -278,13 +301,16 @@ def pip(python: Path, args: list[str], log: Path, extra_env: dict[str, str] | No
     with open(log, "a", encoding="utf-8") as handle:
         handle.write(f"\n$ pip {' '.join(args)}\n")
         handle.flush()
-        done = subprocess.run([str(python), "-I", "-m", "pip", *args], stdout=handle, stderr=subprocess.STDOUT,
-                              env=env, check=False)
+        done = subprocess.run(
+            [str(python), "-I", "-m", "pip", *args], stdout=handle, stderr=subprocess.STDOUT, env=env, check=False
+        )
     if done.returncode:
         lines = [ln.strip() for ln in log.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
         last = next((ln for ln in reversed(lines) if ln.startswith("ERROR")), lines[-1] if lines else "")
-        raise EnvUnavailable(f"pip {args[0]} failed (exit {done.returncode}): {last[:200]} "
-                             f"(offline or no access to PyPI? full log: {log})")
+        raise EnvUnavailable(
+            f"pip {args[0]} failed (exit {done.returncode}): {last[:200]} "
+            f"(offline or no access to PyPI? full log: {log})"
+        )
 
 
 def install_library(python: Path, log: Path) -> None:
@@ -299,8 +325,12 @@ def install_library(python: Path, log: Path) -> None:
         cmake = source / "CMakeLists.txt"
         cmake.write_text(patch_cmakelists(cmake.read_text(encoding="utf-8")), encoding="utf-8")
         with step(f"building {pinned} from source against the openvino 2024.4 wheel"):
-            pip(python, ["install", "--no-deps", "--no-build-isolation", str(source)], log,
-                {"AIPC_OPENVINO_DIR": str(package_dir(python, "openvino"))})
+            pip(
+                python,
+                ["install", "--no-deps", "--no-build-isolation", str(source)],
+                log,
+                {"AIPC_OPENVINO_DIR": str(package_dir(python, "openvino"))},
+            )
 
 
 def unpack_sdist(python: Path, scratch: Path, log: Path) -> Path:
@@ -308,8 +338,20 @@ def unpack_sdist(python: Path, scratch: Path, log: Path) -> Path:
     import tarfile
 
     with step(f"downloading the {LIBRARY} {LIBRARY_VERSION} sdist"):
-        pip(python, ["download", "--no-deps", "--no-binary", ":all:", "--no-build-isolation", "-d", str(scratch),
-                     f"{LIBRARY}=={LIBRARY_VERSION}"], log)
+        pip(
+            python,
+            [
+                "download",
+                "--no-deps",
+                "--no-binary",
+                ":all:",
+                "--no-build-isolation",
+                "-d",
+                str(scratch),
+                f"{LIBRARY}=={LIBRARY_VERSION}",
+            ],
+            log,
+        )
     archive = scratch / SDIST
     if not archive.is_file() or sha256_file(archive) != SDIST_SHA256:
         fail(f"downloaded {SDIST} does not match its pinned sha256 {SDIST_SHA256[:16]}...: not building it")
@@ -335,8 +377,7 @@ def patch_cmakelists(text: str) -> str:
 def package_dir(python: Path, package: str) -> Path:
     """Folder of ``package`` inside the environment of ``python`` (found without importing it)."""
     code = f"import importlib.util as u; print(u.find_spec({package!r}).submodule_search_locations[0])"
-    done = subprocess.run([str(python), "-I", "-c", code], capture_output=True, text=True, encoding="utf-8",
-                          check=True)
+    done = subprocess.run([str(python), "-I", "-c", code], capture_output=True, text=True, encoding="utf-8", check=True)
     return Path(done.stdout.strip())
 
 
@@ -344,8 +385,16 @@ def worker_env() -> dict[str, str]:
     """Environment of a worker: offline, no progress bars, nothing of the main environment's Python paths."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
     # UTF-8 both ways: the worker prints model text, and a cp1252 console must not garble or stop it
-    return {**env, "PYTHONIOENCODING": "utf-8", "PYTHONUTF8": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-            "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TQDM_DISABLE": "1"}
+    return {
+        **env,
+        "PYTHONIOENCODING": "utf-8",
+        "PYTHONUTF8": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        "TQDM_DISABLE": "1",
+    }
 
 
 def run_worker(python: Path, command: str, args: list[str], cwd: Path) -> dict[str, Any]:
@@ -357,8 +406,16 @@ def run_worker(python: Path, command: str, args: list[str], cwd: Path) -> dict[s
     result = Path(cwd) / f"{command}-result.json"
     cmd = [str(python), "-I", "-u", str(WORKER), command, "--result", str(result), *args]
     tail: collections.deque[str] = collections.deque(maxlen=1)
-    with subprocess.Popen(cmd, cwd=cwd, env=worker_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, encoding="utf-8", errors="replace") as proc:
+    with subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        env=worker_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+    ) as proc:
         for line in proc.stdout:
             print(f"    {line.rstrip()}", file=sys.stderr, flush=True)
             if line.strip():

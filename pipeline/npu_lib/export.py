@@ -40,26 +40,47 @@ NPU_LIB_NEEDS = {"int4": (1.5, 1.0, 0.45), "int8": (1.5, 1.0, 0.6), "fp16": (1.5
 MODEL_DIR = ARTIFACTS / "model"
 OUT_ROOT = ARTIFACTS / "npu_lib"
 MODEL_FILE = "pytorch_npu_model.pt"  # the name the library's own export gives it
-MODEL_SIDE_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-                    "tokenizer.model", "special_tokens_map.json", "added_tokens.json")
+MODEL_SIDE_FILES = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "special_tokens_map.json",
+    "added_tokens.json",
+)
 RECIPE = "NPUModelForCausalLM.from_pretrained(model, use_cache=True, config=CompilerConfig(dtype={dtype}))"
 KIND = FAMILIES["npu_lib"].kind  # "NPU library model"
-LOADING = ("pickle: loaded only when the folder matches dvc.lock's hash of export_npu_lib@<variant> and the file "
-           "model_sha256, with torch.load(weights_only=True) allowing only pipeline/npu_lib/worker.py SAFE_CLASSES")
+LOADING = (
+    "pickle: loaded only when the folder matches dvc.lock's hash of export_npu_lib@<variant> and the file "
+    "model_sha256, with torch.load(weights_only=True) allowing only pipeline/npu_lib/worker.py SAFE_CLASSES"
+)
 
 
 def write_skipped(name: str, cfg: NpuLibVariantConfig, source: dict, out_root: Path, reason: str) -> dict:
     """Record a target that cannot be built on this machine: a manifest with ``status: skipped`` and the reason."""
     with staged_dir(out_root / name) as tmp:
-        manifest = write_manifest(tmp, stage="export_npu_lib", variant=name, status="skipped", reason=reason,
-                                  recipe=RECIPE.format(dtype=cfg.dtype), parameters=vars(cfg).copy(),
-                                  source={k: source.get(k) for k in ("model", "source", "repo_id", "revision")})
+        manifest = write_manifest(
+            tmp,
+            stage="export_npu_lib",
+            variant=name,
+            status="skipped",
+            reason=reason,
+            recipe=RECIPE.format(dtype=cfg.dtype),
+            parameters=vars(cfg).copy(),
+            source={k: source.get(k) for k in ("model", "source", "repo_id", "revision")},
+        )
     say(f"[npu_lib-{name}] skipped: {reason}")
     return manifest
 
 
-def run(name: str, cfg: NpuLibVariantConfig, model_dir: Path = MODEL_DIR, out_root: Path = OUT_ROOT,
-        envs_root: Path | None = None) -> dict:
+def run(
+    name: str,
+    cfg: NpuLibVariantConfig,
+    model_dir: Path = MODEL_DIR,
+    out_root: Path = OUT_ROOT,
+    envs_root: Path | None = None,
+) -> dict:
     """Compile ``model_dir`` with the library for variant ``name`` into ``out_root/name``.
 
     Args:
@@ -78,11 +99,22 @@ def run(name: str, cfg: NpuLibVariantConfig, model_dir: Path = MODEL_DIR, out_ro
     except npu_lib_env.EnvUnavailable as err:
         return write_skipped(name, cfg, source, out_root, str(err))
     recipe = RECIPE.format(dtype=cfg.dtype)
-    check_resources(f"[npu_lib-{name}] compiling {cfg.dtype} with the NPU library",
-                    *needs_of(NPU_LIB_NEEDS, cfg.dtype, model_dir), out_root)
+    check_resources(
+        f"[npu_lib-{name}] compiling {cfg.dtype} with the NPU library",
+        *needs_of(NPU_LIB_NEEDS, cfg.dtype, model_dir),
+        out_root,
+    )
     with staged_dir(out_root / name) as tmp, tempfile.TemporaryDirectory(prefix="npu-lib-") as scratch:
-        args = ["--model", str(Path(model_dir).resolve()), "--dtype", cfg.dtype, "--load-dtype", cfg.load_dtype,
-                "--out", str((tmp / MODEL_FILE).resolve())]
+        args = [
+            "--model",
+            str(Path(model_dir).resolve()),
+            "--dtype",
+            cfg.dtype,
+            "--load-dtype",
+            cfg.load_dtype,
+            "--out",
+            str((tmp / MODEL_FILE).resolve()),
+        ]
         with step(f"[npu_lib-{name}] {recipe} in the isolated environment") as timing:
             result = call_worker(name, env, "compile", args, Path(scratch))
         for file in MODEL_SIDE_FILES:
@@ -91,14 +123,26 @@ def run(name: str, cfg: NpuLibVariantConfig, model_dir: Path = MODEL_DIR, out_ro
         if sha256_file(tmp / MODEL_FILE) != result["sha256"]:
             fail(f"[npu_lib-{name}] the saved model changed after the worker hashed it: rebuild")
         manifest = write_manifest(
-            tmp, stage="export_npu_lib", variant=name, status="compiled", format="intel-npu-acceleration-library pickle",
-            recipe=recipe, model_file=MODEL_FILE, model_sha256=result["sha256"], parameters=vars(cfg).copy(),
+            tmp,
+            stage="export_npu_lib",
+            variant=name,
+            status="compiled",
+            format="intel-npu-acceleration-library pickle",
+            recipe=recipe,
+            model_file=MODEL_FILE,
+            model_sha256=result["sha256"],
+            parameters=vars(cfg).copy(),
             source={k: source.get(k) for k in ("model", "source", "repo_id", "revision", "license")},
             source_files_sha256={k: v["sha256"] for k, v in source["files"].items()},
             npu_lib_env={"key": env.info.get("key"), "versions": result["versions"]},
-            device_compiled=result["device_executed"], library_warnings=result["warnings"],
-            linear_layers=result["linear_layers"], timings={"compile_s": result["compile_s"], "stage_s": timing.get("seconds")},
-            loading=LOADING, size_bytes=folder_bytes(tmp), run_log={"npu_lib_env": str(env.path)})
+            device_compiled=result["device_executed"],
+            library_warnings=result["warnings"],
+            linear_layers=result["linear_layers"],
+            timings={"compile_s": result["compile_s"], "stage_s": timing.get("seconds")},
+            loading=LOADING,
+            size_bytes=folder_bytes(tmp),
+            run_log={"npu_lib_env": str(env.path)},
+        )
     say(f"[npu_lib-{name}] {cfg.dtype} model ready in {out_root / name} (compiled for {result['device_executed']})")
     return manifest
 

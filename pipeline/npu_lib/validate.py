@@ -42,49 +42,90 @@ def checked_model_file(folder: Path, manifest: dict, lock_file: Path = LOCK_FILE
         fail(f"{path} missing: {rebuild}")
     expected = locked_md5(f"export_npu_lib@{name}", folder, lock_file)
     if expected is None:
-        fail(f"refusing to load {path}: {lock_file} records no export_npu_lib@{name} output for {folder}, so "
-             f"nothing vouches for the pickle and it is not unpickled (build it with `dvc repro export_npu_lib@{name}`)")
+        fail(
+            f"refusing to load {path}: {lock_file} records no export_npu_lib@{name} output for {folder}, so "
+            f"nothing vouches for the pickle and it is not unpickled (build it with `dvc repro export_npu_lib@{name}`)"
+        )
     actual = dvc_dir_md5(folder)
     if actual != expected:
-        fail(f"refusing to load {path}: {folder} hashes to {actual[:12]}..., not the {expected[:12]}... that {lock_file} "
-             f"recorded for export_npu_lib@{name}; a file was modified, so the pickle is not unpickled ({rebuild})")
+        fail(
+            f"refusing to load {path}: {folder} hashes to {actual[:12]}..., not the {expected[:12]}... that {lock_file} "
+            f"recorded for export_npu_lib@{name}; a file was modified, so the pickle is not unpickled ({rebuild})"
+        )
     return path
 
 
 def skipped_record(name: str, weight_format: str | None, reason: str, cfg: ValidateConfig) -> records.MetricsRecord:
     """Metrics of a target that was not built (or cannot run) here: every target device ``skipped`` with the reason."""
     cells = {d: matrix.Cell(d, d, "skipped", f"{KIND}, skipped", reason=reason) for d in cfg.devices["npu_lib"]}
-    return records.MetricsRecord(f"npu_lib-{name}", "npu_lib", weight_format, None,
-                                cfg.thresholds(weight_format or "int4"), cells)
+    return records.MetricsRecord(
+        f"npu_lib-{name}", "npu_lib", weight_format, None, cfg.thresholds(weight_format or "int4"), cells
+    )
 
 
-def measurement(result: dict[str, Any], logits_file: Path,
-                ref_logprobs: fidelity.ReferenceLogprobs) -> matrix.Measurement:
+def measurement(
+    result: dict[str, Any], logits_file: Path, ref_logprobs: fidelity.ReferenceLogprobs
+) -> matrix.Measurement:
     """The worker's result and saved logits as a matrix measurement (fidelity computed here, not in the worker)."""
-    perf = {k: matrix.Perf.from_runs(v["prompt_tokens"], v["new_tokens"], v["ttft_ms"], v["tpot_ms"])
-            for k, v in result["perf"].items()}
+    perf = {
+        k: matrix.Perf.from_runs(v["prompt_tokens"], v["new_tokens"], v["ttft_ms"], v["tpot_ms"])
+        for k, v in result["perf"].items()
+    }
     note = None
     if result["device_executed"] != "NPU":
-        note = (f"the library ran on {result['device_executed']} with only a warning "
-                f"({'; '.join(result['warnings']) or 'none recorded'})")
+        note = (
+            f"the library ran on {result['device_executed']} with only a warning "
+            f"({'; '.join(result['warnings']) or 'none recorded'})"
+        )
     return matrix.Measurement(
-        executed=result["device_executed"], load_s=result["load_s"], peak_rss_mb=result["peak_rss_mb"], perf=perf,
+        executed=result["device_executed"],
+        load_s=result["load_s"],
+        peak_rss_mb=result["peak_rss_mb"],
+        perf=perf,
         fidelity=fidelity.compare(ref_logprobs, fidelity.load_npz_logits(logits_file)).as_dict(),
-        outputs=result["outputs"], tokenizer_matches_reference=result["tokenizer_matches_reference"],
-        sample=result["text"], note=note)
+        outputs=result["outputs"],
+        tokenizer_matches_reference=result["tokenizer_matches_reference"],
+        sample=result["text"],
+        note=note,
+    )
 
 
-def worker_args(model_file: Path, manifest: dict, folder: Path, reference_path: Path, cfg: ValidateConfig,
-                logits_file: Path) -> list[str]:
+def worker_args(
+    model_file: Path, manifest: dict, folder: Path, reference_path: Path, cfg: ValidateConfig, logits_file: Path
+) -> list[str]:
     """Command-line arguments of the worker's ``validate`` command."""
-    return ["--model-file", str(model_file.resolve()), "--sha256", manifest["model_sha256"],
-            "--tokenizer", str(folder.resolve()), "--reference", str(Path(reference_path).resolve()),
-            "--logits", str(logits_file.resolve()), "--max-new-tokens", str(cfg.max_new_tokens),
-            "--new-tokens", str(cfg.perf_new_tokens), "--warmup", str(cfg.warmup), "--repeats", str(cfg.repeats)]
+    return [
+        "--model-file",
+        str(model_file.resolve()),
+        "--sha256",
+        manifest["model_sha256"],
+        "--tokenizer",
+        str(folder.resolve()),
+        "--reference",
+        str(Path(reference_path).resolve()),
+        "--logits",
+        str(logits_file.resolve()),
+        "--max-new-tokens",
+        str(cfg.max_new_tokens),
+        "--new-tokens",
+        str(cfg.perf_new_tokens),
+        "--warmup",
+        str(cfg.warmup),
+        "--repeats",
+        str(cfg.repeats),
+    ]
 
 
-def run_cells(name: str, env: npu_lib_env.NpuLibEnv, model_file: Path, manifest: dict, folder: Path,
-              reference_path: Path, cfg: ValidateConfig, status: dict) -> dict[str, matrix.Cell]:
+def run_cells(
+    name: str,
+    env: npu_lib_env.NpuLibEnv,
+    model_file: Path,
+    manifest: dict,
+    folder: Path,
+    reference_path: Path,
+    cfg: ValidateConfig,
+    status: dict,
+) -> dict[str, matrix.Cell]:
     """Fill every cell: the library picks its device itself, so one worker run serves the cell that runs."""
     reference = json.loads(Path(reference_path).read_text(encoding="utf-8"))
     ref_logprobs = fidelity.ReferenceLogprobs.load(Path(reference_path).parent / fidelity.LOGPROBS_FILE)
@@ -95,19 +136,33 @@ def run_cells(name: str, env: npu_lib_env.NpuLibEnv, model_file: Path, manifest:
         if plan.skip_reason:
             cells[plan.column] = matrix.skipped_cell(plan, KIND)
             continue
-        with tempfile.TemporaryDirectory(prefix="npu-lib-") as scratch, \
-                step(f"[npu_lib-{name} @ {plan.column}] loading (hash checked) and generating in the isolated environment"):
+        with (
+            tempfile.TemporaryDirectory(prefix="npu-lib-") as scratch,
+            step(f"[npu_lib-{name} @ {plan.column}] loading (hash checked) and generating in the isolated environment"),
+        ):
             logits_file = Path(scratch) / "logits.npz"
-            result = call_worker(name, env, "validate", worker_args(model_file, manifest, folder, reference_path, cfg,
-                                                                    logits_file), Path(scratch))
+            result = call_worker(
+                name,
+                env,
+                "validate",
+                worker_args(model_file, manifest, folder, reference_path, cfg, logits_file),
+                Path(scratch),
+            )
             got = measurement(result, logits_file, ref_logprobs)
         cells[plan.column] = matrix.judge(plan, got, reference, thresholds, KIND)
     return cells
 
 
-def run(name: str, cfg: ValidateConfig, artifact_root: Path = OUT_ROOT, reference_path: Path = REFERENCE,
-             metrics_dir: Path = METRICS_DIR, envs_root: Path | None = None, status: dict | None = None,
-             lock_file: Path = LOCK_FILE) -> dict:
+def run(
+    name: str,
+    cfg: ValidateConfig,
+    artifact_root: Path = OUT_ROOT,
+    reference_path: Path = REFERENCE,
+    metrics_dir: Path = METRICS_DIR,
+    envs_root: Path | None = None,
+    status: dict | None = None,
+    lock_file: Path = LOCK_FILE,
+) -> dict:
     """Load the library's model (after the hash checks, allow-listed), generate, and compare it with PyTorch.
 
     Args:

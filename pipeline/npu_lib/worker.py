@@ -96,8 +96,11 @@ def compile_regex(pattern: Any, flags: Any) -> Any:
 
 def safe_globals() -> list[Any]:
     """The allow-list for ``torch.serialization.safe_globals``: the classes, then the two guarded stand-ins."""
-    return [*(resolve(name) for name in SAFE_CLASSES), (restricted_getattr, "builtins.getattr"),
-            (compile_regex, "re._compile")]
+    return [
+        *(resolve(name) for name in SAFE_CLASSES),
+        (restricted_getattr, "builtins.getattr"),
+        (compile_regex, "re._compile"),
+    ]
 
 
 def allowed_names() -> set[str]:
@@ -117,11 +120,16 @@ def load_model(path: Path) -> Any:
         try:
             return torch.load(path, weights_only=True, map_location="cpu")
         except pickle.UnpicklingError as err:
-            found = re.search(r"GLOBAL (\S+)|unrecognized function (.+?)(?: which|$)|(getattr\(.*?\) is not allowed)",
-                              str(err), re.MULTILINE)
+            found = re.search(
+                r"GLOBAL (\S+)|unrecognized function (.+?)(?: which|$)|(getattr\(.*?\) is not allowed)",
+                str(err),
+                re.MULTILINE,
+            )
             what = next((g for g in found.groups() if g), "") if found else str(err).splitlines()[0][:120]
-            raise UnsafePickle(f"refusing to load {path.name}: it is not only the library's model (it needs "
-                               f"{what}, outside the allow-list); nothing in it ran") from None
+            raise UnsafePickle(
+                f"refusing to load {path.name}: it is not only the library's model (it needs "
+                f"{what}, outside the allow-list); nothing in it ran"
+            ) from None
 
 
 def unsafe_globals(path: Path) -> list[str]:
@@ -144,8 +152,10 @@ def check_hash(path: Path, expected: str) -> None:
     """Raise :class:`HashMismatch` unless ``path`` hashes to ``expected`` (runs before any unpickling)."""
     actual = sha256_file(path)
     if actual != expected:
-        raise HashMismatch(f"refusing to load {path.name}: its sha256 {actual[:16]}... is not the recorded "
-                           f"{expected[:16]}...; the pickle was modified, so it is not unpickled (rebuild it)")
+        raise HashMismatch(
+            f"refusing to load {path.name}: its sha256 {actual[:16]}... is not the recorded "
+            f"{expected[:16]}...; the pickle was modified, so it is not unpickled (rebuild it)"
+        )
 
 
 def versions() -> dict[str, str]:
@@ -238,8 +248,14 @@ def compile_model(args: argparse.Namespace) -> dict[str, Any]:
     dtype = {"int4": npu_lib.int4, "int8": npu_lib.int8, "fp16": torch.float16}[args.dtype]
     use_short_cache_names()
     start = time.perf_counter()
-    model = NPUModel.from_pretrained(args.model, CompilerConfig(dtype=dtype), UntiedCausalLM, True,
-                                     use_cache=True, dtype=getattr(torch, args.load_dtype))
+    model = NPUModel.from_pretrained(
+        args.model,
+        CompilerConfig(dtype=dtype),
+        UntiedCausalLM,
+        True,
+        use_cache=True,
+        dtype=getattr(torch, args.load_dtype),
+    )
     compile_s = time.perf_counter() - start
     saved = sorted(Path("cache", "models").glob("*/pytorch_npu_model.pt"))
     if len(saved) != 1:
@@ -247,15 +263,23 @@ def compile_model(args: argparse.Namespace) -> dict[str, Any]:
     os.replace(saved[0], args.out)
     unknown = unsafe_globals(Path(args.out))
     if unknown:  # validate would refuse this file: a library or transformers change added a class
-        raise RuntimeError(f"the library's pickle refers to {', '.join(unknown)}, outside pipeline/npu_lib/worker.py SAFE_CLASSES: "
-                           "check that they run no code when unpickled, then add them")
+        raise RuntimeError(
+            f"the library's pickle refers to {', '.join(unknown)}, outside pipeline/npu_lib/worker.py SAFE_CLASSES: "
+            "check that they run no code when unpickled, then add them"
+        )
     kinds: dict[str, int] = {}
     for module in model.modules():
         if "Linear" in type(module).__name__:
             name = f"{type(module).__module__.split('.')[0]}.{type(module).__name__}"
             kinds[name] = kinds.get(name, 0) + 1
-    return {**device, "compile_s": round(compile_s, 3), "linear_layers": kinds, "versions": versions(),
-            "sha256": sha256_file(Path(args.out)), "bytes": Path(args.out).stat().st_size}
+    return {
+        **device,
+        "compile_s": round(compile_s, 3),
+        "linear_layers": kinds,
+        "versions": versions(),
+        "sha256": sha256_file(Path(args.out)),
+        "bytes": Path(args.out).stat().st_size,
+    }
 
 
 class TokenTimes:
@@ -272,15 +296,22 @@ class TokenTimes:
         """Called once generation stops."""
 
 
-def generate(model: Any, prompt_ids: list[int], max_new_tokens: int, streamer: Any = None,
-             exact: bool = False) -> list[int]:
+def generate(
+    model: Any, prompt_ids: list[int], max_new_tokens: int, streamer: Any = None, exact: bool = False
+) -> list[int]:
     """Greedy continuation of ``prompt_ids`` (new token ids only; ``exact``: ignore EOS)."""
     import torch
 
     ids = torch.tensor([prompt_ids])
-    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                         min_new_tokens=max_new_tokens if exact else None, do_sample=False, streamer=streamer)
-    return out[0, ids.shape[1]:].tolist()
+    out = model.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=max_new_tokens,
+        min_new_tokens=max_new_tokens if exact else None,
+        do_sample=False,
+        streamer=streamer,
+    )
+    return out[0, ids.shape[1] :].tolist()
 
 
 def timings(model: Any, prompt_ids: list[int], args: argparse.Namespace) -> dict[str, list[float]]:
@@ -304,7 +335,9 @@ def save_teacher_forced_logits(model: Any, windows: list[dict], path: Path) -> N
     import torch
 
     with torch.inference_mode():
-        logits = {f"w{i}": model(torch.tensor([w["input_ids"]])).logits[0].float().numpy() for i, w in enumerate(windows)}
+        logits = {
+            f"w{i}": model(torch.tensor([w["input_ids"]])).logits[0].float().numpy() for i, w in enumerate(windows)
+        }
     np.savez(path, **logits)
 
 
@@ -338,10 +371,17 @@ def validate_model(args: argparse.Namespace) -> dict[str, Any]:
         perf = {name: timings(model, ids, args) for name, ids in reference["perf_prompts"].items()}
     save_teacher_forced_logits(model, reference["teacher_forced"], Path(args.logits))
     first = reference["greedy"][0]
-    return {**device, "perf": perf, "load_s": round(load_s, 4), "outputs": outputs,
-            "text": tokenizer.decode(outputs[0], skip_special_tokens=True),
-            "tokenizer_matches_reference": tokenizer(first["prompt"], add_special_tokens=False)["input_ids"]
-            == first["prompt_ids"], "peak_rss_mb": peak_rss_mb(), "versions": versions()}
+    return {
+        **device,
+        "perf": perf,
+        "load_s": round(load_s, 4),
+        "outputs": outputs,
+        "text": tokenizer.decode(outputs[0], skip_special_tokens=True),
+        "tokenizer_matches_reference": tokenizer(first["prompt"], add_special_tokens=False)["input_ids"]
+        == first["prompt_ids"],
+        "peak_rss_mb": peak_rss_mb(),
+        "versions": versions(),
+    }
 
 
 def probe(args: argparse.Namespace) -> dict[str, Any]:

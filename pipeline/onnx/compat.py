@@ -29,8 +29,10 @@ from pipeline.core.log import say, step
 from pipeline.validation.matrix import greedy_match
 
 # onnxruntime-genai(-directml) release -> the CPU packages that stand in for it (its onnxruntime requirement's floor)
-RUNTIMES = {"0.13.1": ("onnxruntime-genai==0.13.1", "onnxruntime==1.24.4"),
-            "0.14.1": ("onnxruntime-genai==0.14.1", "onnxruntime==1.26.0")}
+RUNTIMES = {
+    "0.13.1": ("onnxruntime-genai==0.13.1", "onnxruntime==1.24.4"),
+    "0.14.1": ("onnxruntime-genai==0.14.1", "onnxruntime==1.26.0"),
+}
 DEFAULT_RUNTIME = "0.13.1"
 COMPAT_PACKAGES = RUNTIMES[DEFAULT_RUNTIME]
 ENV_NAME = f"ortgenai-{DEFAULT_RUNTIME}"
@@ -57,8 +59,11 @@ def _pip_constraints(folder: Path) -> list[str]:
     src = PROJECT_ROOT / "constraints.txt"
     if not src.is_file():
         return []
-    lines = [line for line in src.read_text(encoding="utf-8").splitlines()
-             if line.strip() and not line.lower().startswith("onnx")]
+    lines = [
+        line
+        for line in src.read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.lower().startswith("onnx")
+    ]
     (folder / "constraints.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return ["-c", str(folder / "constraints.txt")]
 
@@ -68,22 +73,35 @@ def ensure_env(env: Path | None = None, runtime: str = DEFAULT_RUNTIME) -> Path:
     env = Path(env or env_dir(runtime))
     packages = RUNTIMES[runtime]
     wanted = {"packages": list(packages), "python": f"{sys.version_info[0]}.{sys.version_info[1]}"}
-    if env_python(env).is_file() and (env / STAMP).is_file() and json.loads((env / STAMP).read_text(encoding="utf-8")) == wanted:
+    if (
+        env_python(env).is_file()
+        and (env / STAMP).is_file()
+        and json.loads((env / STAMP).read_text(encoding="utf-8")) == wanted
+    ):
         say(f"using the compat environment {env}")
         return env_python(env)
-    if sys.version_info < (3, 11):
-        fail("onnxruntime 1.24.4 has wheels for Python >= 3.11 only: run the compat check with Python 3.11 or newer")
     env.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{env.name}.tmp-", dir=env.parent))
     try:
         with step(f"creating {env} once: {' + '.join(packages)} from PyPI (about 100 MB)"):
             venv.EnvBuilder(with_pip=True, symlinks=os.name != "nt").create(tmp)
-            cmd = [str(env_python(tmp)), "-m", "pip", "install", "--disable-pip-version-check", "--no-input",
-                   "--only-binary=:all:", *_pip_constraints(tmp), *packages]
+            cmd = [
+                str(env_python(tmp)),
+                "-m",
+                "pip",
+                "install",
+                "--disable-pip-version-check",
+                "--no-input",
+                "--only-binary=:all:",
+                *_pip_constraints(tmp),
+                *packages,
+            ]
             done = subprocess.run(cmd, stdout=2, check=False)  # pip's progress lines go to stderr with ours
             if done.returncode:
-                fail(f"pip could not install {' '.join(packages)} (exit {done.returncode}): the compat check "
-                     "needs PyPI once; check the network or PIP_INDEX_URL")
+                fail(
+                    f"pip could not install {' '.join(packages)} (exit {done.returncode}): the compat check "
+                    "needs PyPI once; check the network or PIP_INDEX_URL"
+                )
             write_json_atomic(tmp / STAMP, wanted)
         replace_dir(tmp, env)
     finally:
@@ -98,7 +116,10 @@ def _probe() -> None:
     from importlib import metadata
 
     request = json.loads(sys.stdin.read())
-    result = {"versions": {p: metadata.version(p) for p in ("onnxruntime-genai", "onnxruntime")}, "step": "load the model"}
+    result = {
+        "versions": {p: metadata.version(p) for p in ("onnxruntime-genai", "onnxruntime")},
+        "step": "load the model",
+    }
     try:
         import onnxruntime_genai as og
 
@@ -127,43 +148,67 @@ def _probe() -> None:
 
 def probe(folder: Path, reference: dict, python: Path | str = sys.executable) -> dict:
     """Run :func:`_probe` on ``folder`` with interpreter ``python`` (isolated mode); return its result."""
-    request = {"folder": str(Path(folder).resolve()), "prompts": [c["prompt"] for c in reference["greedy"]],
-               "max_new_tokens": [max(len(c["output_ids"]), 1) for c in reference["greedy"]]}
+    request = {
+        "folder": str(Path(folder).resolve()),
+        "prompts": [c["prompt"] for c in reference["greedy"]],
+        "max_new_tokens": [max(len(c["output_ids"]), 1) for c in reference["greedy"]],
+    }
     code = textwrap.dedent(inspect.getsource(_probe)) + "\n_probe()\n"
-    done = subprocess.run([str(python), "-I", "-c", code], input=json.dumps(request), capture_output=True,
-                          text=True, encoding="utf-8", errors="replace", check=False)
+    done = subprocess.run(
+        [str(python), "-I", "-c", code],
+        input=json.dumps(request),
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        check=False,
+    )
     line = next((x for x in reversed(done.stdout.splitlines()) if x.startswith(RESULT_MARK)), None)
     if line is None:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
         fail(f"the compat probe crashed (exit {done.returncode}) under {python}: {last}")
-    return json.loads(line[len(RESULT_MARK):])
+    return json.loads(line[len(RESULT_MARK) :])
 
 
 def check(folder: Path, reference: dict, python: Path | str) -> dict:
     """Fail with one line unless ``folder`` loads, tokenizes like the reference and generates under ``python``."""
     result = probe(folder, reference, python)
-    who = (f"onnxruntime-genai {result['versions']['onnxruntime-genai']} + onnxruntime "
-           f"{result['versions']['onnxruntime']} (what Windows DirectML users get)")
+    who = (
+        f"onnxruntime-genai {result['versions']['onnxruntime-genai']} + onnxruntime "
+        f"{result['versions']['onnxruntime']} (what Windows DirectML users get)"
+    )
     if "error" in result:
         hint = ""
         config = Path(folder) / "tokenizer_config.json"
         if "tokenizer class" in result["error"] and config.is_file():
             cls = json.loads(config.read_text(encoding="utf-8")).get("tokenizer_class")
-            hint = (f"; its tokenizer_config.json says tokenizer_class {cls} (written by transformers 5): rebuild "
-                    "with `dvc repro export_onnx@<variant>`, which writes one this runtime reads")
+            hint = (
+                f"; its tokenizer_config.json says tokenizer_class {cls} (written by transformers 5): rebuild "
+                "with `dvc repro export_onnx@<variant>`, which writes one this runtime reads"
+            )
         fail(f"{who} cannot {result['step']} of {folder}: {result['error']}{hint}")
     for i, (case, got) in enumerate(zip(reference["greedy"], result["cases"])):
         if got["prompt_ids"] != case["prompt_ids"]:
-            at = next((j for j, (a, b) in enumerate(zip(got["prompt_ids"], case["prompt_ids"])) if a != b),
-                      min(len(got["prompt_ids"]), len(case["prompt_ids"])))
-            fail(f"{who} tokenizes prompt {i} of {folder} differently from the original tokenizer from token {at} "
-                 f"({got['prompt_ids'][at:at + 3]} instead of {case['prompt_ids'][at:at + 3]})")
+            at = next(
+                (j for j, (a, b) in enumerate(zip(got["prompt_ids"], case["prompt_ids"])) if a != b),
+                min(len(got["prompt_ids"]), len(case["prompt_ids"])),
+            )
+            fail(
+                f"{who} tokenizes prompt {i} of {folder} differently from the original tokenizer from token {at} "
+                f"({got['prompt_ids'][at : at + 3]} instead of {case['prompt_ids'][at : at + 3]})"
+            )
         if not got["output_ids"]:
             fail(f"{who} loads {folder} but generates nothing for prompt {i}")
     exact, divergence = greedy_match([c["output_ids"] for c in result["cases"]], reference)
-    return {"runtime": result["versions"], "device": result["device"], "prompts": len(result["cases"]),
-            "tokenizer_matches_reference": True, "greedy_exact_match": exact, "first_divergence": divergence,
-            "sample": result["cases"][0]["text"][:200]}
+    return {
+        "runtime": result["versions"],
+        "device": result["device"],
+        "prompts": len(result["cases"]),
+        "tokenizer_matches_reference": True,
+        "greedy_exact_match": exact,
+        "first_divergence": divergence,
+        "sample": result["cases"][0]["text"][:200],
+    }
 
 
 def run_all(target: str, reference_path: Path = REFERENCE, runtimes: tuple[str, ...] = tuple(RUNTIMES)) -> dict:
@@ -171,8 +216,7 @@ def run_all(target: str, reference_path: Path = REFERENCE, runtimes: tuple[str, 
     return {runtime: run(target, reference_path, runtime=runtime) for runtime in runtimes}
 
 
-def run(target: str, reference_path: Path = REFERENCE, env: Path | None = None,
-        runtime: str = DEFAULT_RUNTIME) -> dict:
+def run(target: str, reference_path: Path = REFERENCE, env: Path | None = None, runtime: str = DEFAULT_RUNTIME) -> dict:
     """Check ONNX variant ``target`` (a name under artifacts/onnx, or a folder) in one runtime's environment."""
     folder = Path(target) if Path(target).is_dir() else ONNX_ROOT / target
     if not (folder / "genai_config.json").is_file():
@@ -184,9 +228,11 @@ def run(target: str, reference_path: Path = REFERENCE, env: Path | None = None,
     python = ensure_env(env, runtime)
     with step(f"running {folder} with {' + '.join(RUNTIMES[runtime])} on CPU"):
         report = check(folder, reference, python)
-    say(f"ok: {folder} loads in onnxruntime-genai {report['runtime']['onnxruntime-genai']} (device "
+    say(
+        f"ok: {folder} loads in onnxruntime-genai {report['runtime']['onnxruntime-genai']} (device "
         f"{report['device']}), tokenizes all {report['prompts']} prompts exactly, greedy exact match "
-        f"{report['greedy_exact_match']:.2f}; sample {report['sample'][:60]!r}")
+        f"{report['greedy_exact_match']:.2f}; sample {report['sample'][:60]!r}"
+    )
     return report
 
 
@@ -194,8 +240,12 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: ``python -m pipeline.onnx.compat <variant-or-folder>``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("target", help="ONNX variant under artifacts/onnx (e.g. dml_int4) or a folder")
-    parser.add_argument("--runtime", choices=sorted(RUNTIMES), action="append",
-                        help="onnxruntime-genai release to check (repeatable; default: all)")
+    parser.add_argument(
+        "--runtime",
+        choices=sorted(RUNTIMES),
+        action="append",
+        help="onnxruntime-genai release to check (repeatable; default: all)",
+    )
     args = parser.parse_args(argv)
     run_all(args.target, runtimes=tuple(args.runtime or RUNTIMES))
 

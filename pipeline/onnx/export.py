@@ -26,16 +26,26 @@ from pipeline.onnx.inspect import check_matches_request, inspect_onnx
 # The ONNX builder loads the checkpoint in PyTorch and quantizes it layer by layer. Not measured on the full
 # model like the OpenVINO rows (pipeline.openvino.lean; only the tiny one runs here): estimates, one float copy
 # of the checkpoint plus half for the quantized layers and 1 GiB of runtime; disk is the output's share of it.
-ONNX_NEEDS = {"int4": (1.5, 1.0, 0.45), "int8": (1.5, 1.0, 0.6), "fp16": (1.5, 1.0, 1.05),
-              "bf16": (1.5, 1.0, 1.05), "fp32": (2.5, 1.0, 2.1)}  # precision: (RAM share, RAM GiB, disk share)
+ONNX_NEEDS = {
+    "int4": (1.5, 1.0, 0.45),
+    "int8": (1.5, 1.0, 0.6),
+    "fp16": (1.5, 1.0, 1.05),
+    "bf16": (1.5, 1.0, 1.05),
+    "fp32": (2.5, 1.0, 2.1),
+}  # precision: (RAM share, RAM GiB, disk share)
 
 MODEL_DIR = ARTIFACTS / "model"
 OUT_ROOT = ARTIFACTS / "onnx"
 LIST_SEPARATOR = {"op_types_to_quantize": "/", "nodes_to_exclude": ","}  # how the builder splits list options
 # tokenizer_class values written by transformers 5 that onnxruntime-genai 0.13.1 refuses ("Unsupported tokenizer
 # class"), plus PreTrainedTokenizerFast, which 0.13.1 loads but tokenizes wrongly (below).
-REWRITTEN_TOKENIZER_CLASSES = ("TokenizersBackend", "SentencePieceBackend", "PythonBackend", "MistralCommonBackend",
-                               "PreTrainedTokenizerFast")
+REWRITTEN_TOKENIZER_CLASSES = (
+    "TokenizersBackend",
+    "SentencePieceBackend",
+    "PythonBackend",
+    "MistralCommonBackend",
+    "PreTrainedTokenizerFast",
+)
 # The class written for ONNX Runtime GenAI, per model_type: the one Phi-3's own tokenizer_config.json names.
 # Measured with 0.13.1: LlamaTokenizer reproduces all 46 llama.cpp Phi-3 vectors and the prompts; with
 # PreTrainedTokenizerFast it inserts an extra "▁" (29871) after special tokens (10 vectors, every prompt differ).
@@ -64,12 +74,16 @@ def check_model_request(cfg: OnnxVariantConfig, model_config: dict) -> None:
     """Refuse requests that the builder turns into graphs ONNX Runtime cannot load, before writing anything."""
     tied = cfg.extra_options.get("shared_embeddings", bool(model_config.get("tie_word_embeddings")))
     if cfg.precision == "int4" and cfg.is_symmetric is False and tied:
-        raise ConfigError("is_symmetric false with tied (shared) embeddings gives a graph ONNX Runtime refuses "
-                          "(uint8 Reshape feeding GatherBlockQuantized): set is_symmetric true or "
-                          "extra_options.shared_embeddings false")
+        raise ConfigError(
+            "is_symmetric false with tied (shared) embeddings gives a graph ONNX Runtime refuses "
+            "(uint8 Reshape feeding GatherBlockQuantized): set is_symmetric true or "
+            "extra_options.shared_embeddings false"
+        )
     if model_config.get("model_type") not in ORT_TOKENIZER_CLASS:
-        raise ConfigError(f"model_type {model_config.get('model_type')!r} has no known ONNX Runtime GenAI "
-                          f"tokenizer class; supported: {', '.join(ORT_TOKENIZER_CLASS)}")
+        raise ConfigError(
+            f"model_type {model_config.get('model_type')!r} has no known ONNX Runtime GenAI "
+            f"tokenizer class; supported: {', '.join(ORT_TOKENIZER_CLASS)}"
+        )
 
 
 def build(model_dir: Path, out: Path, cfg: OnnxVariantConfig, options: dict[str, str]) -> None:
@@ -79,8 +93,10 @@ def build(model_dir: Path, out: Path, cfg: OnnxVariantConfig, options: dict[str,
     try:
         from onnxruntime_genai.models.builder import create_model, parse_extra_options
     except ImportError as err:  # the builder imports onnx_ir without declaring it
-        fail(f"cannot import the onnxruntime-genai model builder ({err}): run `pip install -e .` "
-             "(it needs onnxruntime-genai and onnx-ir)")
+        fail(
+            f"cannot import the onnxruntime-genai model builder ({err}): run `pip install -e .` "
+            "(it needs onnxruntime-genai and onnx-ir)"
+        )
     from pipeline.core.memory import MappedPageTrimmer, prefetch, weight_files
 
     logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)  # one INFO line per layer otherwise
@@ -135,27 +151,41 @@ def run(name: str, cfg: OnnxVariantConfig, model_dir: Path = MODEL_DIR, out_root
     model_config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
     check_model_request(cfg, model_config)
     options = builder_options(cfg)
-    check_resources(f"[{name}] building {cfg.precision} ONNX", *needs_of(ONNX_NEEDS, cfg.precision, model_dir), out_root)
+    check_resources(
+        f"[{name}] building {cfg.precision} ONNX", *needs_of(ONNX_NEEDS, cfg.precision, model_dir), out_root
+    )
     with staged_dir(out_root / name) as tmp:
-        with step(f"[{name}] building {cfg.precision} ONNX for {cfg.execution_provider} with the onnxruntime-genai "
-                  f"builder") as t_build:
+        with step(
+            f"[{name}] building {cfg.precision} ONNX for {cfg.execution_provider} with the onnxruntime-genai builder"
+        ) as t_build:
             build(model_dir, tmp, cfg, options)
         tokenizer_fix = make_tokenizer_loadable_by_ort_genai_0_13(tmp, model_config["model_type"])
         summary = inspect_onnx(tmp)
         problems = check_matches_request(summary, cfg, model_config["num_hidden_layers"])
         if problems:
             fail(f"[{name}] the built ONNX model does not match the request: {'; '.join(problems)}")
-        say(f"[{name}] {summary['quantization']['matmul_nbits']} MatMulNBits (bits {summary['quantization']['bits']}, "
-            f"blocks {summary['quantization']['block_sizes']}), I/O {sorted(set(summary['outputs'].values()))}")
+        say(
+            f"[{name}] {summary['quantization']['matmul_nbits']} MatMulNBits (bits {summary['quantization']['bits']}, "
+            f"blocks {summary['quantization']['block_sizes']}), I/O {sorted(set(summary['outputs'].values()))}"
+        )
         manifest = write_manifest(
-            tmp, stage="export_onnx", variant=name, format="onnxruntime-genai",
+            tmp,
+            stage="export_onnx",
+            variant=name,
+            format="onnxruntime-genai",
             source={k: source.get(k) for k in ("model", "source", "repo_id", "revision", "license")},
             source_files_sha256={k: v["sha256"] for k, v in source["files"].items()},
-            parameters=dataclasses.asdict(cfg), builder_options=options, structure=summary,
-            tokenizer_fix=tokenizer_fix, timings={"build_s": t_build["seconds"]}, size_bytes=folder_bytes(tmp),
-            verified={"structure": "provider entry, graph inputs/outputs and dtypes, MatMulNBits bits/block size, "
-                                   "every graph output produced, external data in range (onnx.checker rejects "
-                                   "every builder output, so it is not used)"},
+            parameters=dataclasses.asdict(cfg),
+            builder_options=options,
+            structure=summary,
+            tokenizer_fix=tokenizer_fix,
+            timings={"build_s": t_build["seconds"]},
+            size_bytes=folder_bytes(tmp),
+            verified={
+                "structure": "provider entry, graph inputs/outputs and dtypes, MatMulNBits bits/block size, "
+                "every graph output produced, external data in range (onnx.checker rejects "
+                "every builder output, so it is not used)"
+            },
         )
     say(f"[{name}] ONNX Runtime GenAI model ready in {out_root / name}")
     return manifest

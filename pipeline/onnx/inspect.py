@@ -42,8 +42,13 @@ def quantized_ops(graph: Any) -> dict[str, Any]:
             levels[attrs.get("accuracy_level", 0)] += 1
         elif node.op_type == "GatherBlockQuantized":
             gathers += 1
-    return {"matmul_nbits": sum(bits.values()), "bits": dict(bits), "block_sizes": dict(blocks),
-            "accuracy_levels": dict(levels), "gather_block_quantized": gathers}
+    return {
+        "matmul_nbits": sum(bits.values()),
+        "bits": dict(bits),
+        "block_sizes": dict(blocks),
+        "accuracy_levels": dict(levels),
+        "gather_block_quantized": gathers,
+    }
 
 
 def float_weight_matmuls(graph: Any) -> list[str]:
@@ -84,8 +89,9 @@ def inspect_onnx(folder: Path) -> dict[str, Any]:
     tokenizer_config = folder / "tokenizer_config.json"
     return {
         "filename": decoder["filename"],
-        "provider_options": {k: v for entry in decoder.get("session_options", {}).get("provider_options", [])
-                             for k, v in entry.items()},
+        "provider_options": {
+            k: v for entry in decoder.get("session_options", {}).get("provider_options", []) for k, v in entry.items()
+        },
         "genai_io": {"inputs": decoder.get("inputs", {}), "outputs": decoder.get("outputs", {})},
         "num_hidden_layers": decoder.get("num_hidden_layers"),
         "inputs": {i.name: _dtype(i) for i in graph.input},
@@ -96,8 +102,11 @@ def inspect_onnx(folder: Path) -> dict[str, Any]:
         "float_weight_matmuls": float_weight_matmuls(graph),
         "external_data": {"files": data_files, "problems": data_problems},
         "opsets": {imp.domain or "ai.onnx": imp.version for imp in model.opset_import},
-        "tokenizer_class": (json.loads(tokenizer_config.read_text(encoding="utf-8")).get("tokenizer_class")
-                            if tokenizer_config.is_file() else None),
+        "tokenizer_class": (
+            json.loads(tokenizer_config.read_text(encoding="utf-8")).get("tokenizer_class")
+            if tokenizer_config.is_file()
+            else None
+        ),
     }
 
 
@@ -120,8 +129,10 @@ def _io_problems(summary: dict[str, Any], cfg: OnnxVariantConfig, layers: int) -
     problems += [f"graph output {n} missing" for n in [head, *kv_out] if n not in outputs]
     wrong = {n: t for n, t in {**inputs, **outputs}.items() if n in (*kv_in, *kv_out, head) and t != dtype}
     if wrong:
-        problems.append(f"expected {dtype} KV cache and {head}, found {sorted(set(wrong.values()))} "
-                        f"in {len(wrong)} tensors (e.g. {next(iter(wrong))})")
+        problems.append(
+            f"expected {dtype} KV cache and {head}, found {sorted(set(wrong.values()))} "
+            f"in {len(wrong)} tensors (e.g. {next(iter(wrong))})"
+        )
     for kind in ("inputs", "outputs"):
         for key, name in summary["genai_io"][kind].items():
             names = [name % i for i in range(layers)] if "%d" in name else [name]
@@ -168,7 +179,9 @@ def check_matches_request(summary: dict[str, Any], cfg: OnnxVariantConfig, num_l
     elif cfg.execution_provider == "dml":
         capture = summary["provider_options"]["dml"].get("enable_graph_capture")
         if capture != ("0" if cfg.enable_dml_graph is False else "1"):
-            problems.append(f"DML enable_graph_capture is {capture!r}, requested enable_dml_graph={cfg.enable_dml_graph}")
+            problems.append(
+                f"DML enable_graph_capture is {capture!r}, requested enable_dml_graph={cfg.enable_dml_graph}"
+            )
     if summary["unproduced_outputs"]:
         problems.append(f"declared graph outputs no node produces: {summary['unproduced_outputs']}")
     problems += summary["external_data"]["problems"]

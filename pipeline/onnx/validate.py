@@ -49,8 +49,9 @@ def load_model(folder: Path, provider: str, device: str) -> tuple[Any, str, floa
     return model, str(model.device_type).upper(), time.perf_counter() - start
 
 
-def generate(model: Any, prompt_ids: list[int], max_new_tokens: int,
-             exact: bool = False) -> tuple[list[int], float, list[float]]:
+def generate(
+    model: Any, prompt_ids: list[int], max_new_tokens: int, exact: bool = False
+) -> tuple[list[int], float, list[float]]:
     """Greedy generation (``exact``: ignore EOS); returns new token ids, time to first token (s), later per-token times (s)."""
     import onnxruntime_genai as og
 
@@ -91,12 +92,17 @@ def measure_generation(model: Any, cfg: ValidateConfig, reference: dict) -> dict
     outputs = [generate(model, case["prompt_ids"], cfg.max_new_tokens)[0] for case in reference["greedy"]]
     perf = {name: time_prompt(model, ids, cfg) for name, ids in reference["perf_prompts"].items()}
     matches = [[int(t) for t in tokenizer.encode(case["prompt"])] == case["prompt_ids"] for case in reference["greedy"]]
-    return {"outputs": outputs, "perf": perf, "text": tokenizer.decode(outputs[0]),
-            "tokenizer_matches_reference": all(matches)}
+    return {
+        "outputs": outputs,
+        "perf": perf,
+        "text": tokenizer.decode(outputs[0]),
+        "tokenizer_matches_reference": all(matches),
+    }
 
 
-def teacher_forced_logits(model: Any, windows: list[list[int]], context: int | None = None,
-                          chunk: int = 1024) -> list[Any]:
+def teacher_forced_logits(
+    model: Any, windows: list[list[int]], context: int | None = None, chunk: int = 1024
+) -> list[Any]:
     """The model's prefill logits over every window (float32), appended in chunks of ``chunk`` tokens.
 
     Chunks, because a graph built with a windowed KV cache (the builder's default for a sliding-window model on
@@ -112,7 +118,7 @@ def teacher_forced_logits(model: Any, windows: list[list[int]], context: int | N
         generator = og.Generator(model, params)
         parts = []
         for start in range(0, len(window), chunk):
-            generator.append_tokens(window[start:start + chunk])
+            generator.append_tokens(window[start : start + chunk])
             parts.append(np.asarray(generator.get_output("logits"), dtype=np.float32)[0])
         logits.append(np.concatenate(parts))
     return logits
@@ -124,8 +130,9 @@ def graph_context(folder: Path) -> int | None:
     return config.get("model", {}).get("context_length")
 
 
-def measure_cell(folder: Path, provider: str, plan: matrix.CellPlan, cfg: ValidateConfig,
-                 evidence: Evidence) -> matrix.Measurement:
+def measure_cell(
+    folder: Path, provider: str, plan: matrix.CellPlan, cfg: ValidateConfig, evidence: Evidence
+) -> matrix.Measurement:
     """Run one cell: load on the cell's provider, generate and time, then fidelity from the prefill logits."""
     name, reference = folder.name, evidence.reference
     records.reset_peak_rss()
@@ -135,27 +142,42 @@ def measure_cell(folder: Path, provider: str, plan: matrix.CellPlan, cfg: Valida
         gen = measure_generation(model, cfg, reference)
     with step(f"[onnx-{name} @ {plan.column}] teacher-forced comparison with PyTorch (short and long windows)"):
         logits = teacher_forced_logits(model, evidence.windows + evidence.long_windows, graph_context(folder))
-    short, long = logits[:len(evidence.windows)], logits[len(evidence.windows):]
-    long_context = fidelity.compare_ranges(evidence.long_logprobs, long, reference["long_context"]["boundaries"]) \
-        if long else []
+    short, long = logits[: len(evidence.windows)], logits[len(evidence.windows) :]
+    long_context = (
+        fidelity.compare_ranges(evidence.long_logprobs, long, reference["long_context"]["boundaries"]) if long else []
+    )
     # The graph fixes its own arithmetic (its io dtype, the provider's kernels): one fidelity figure, no pinning.
     return matrix.Measurement(
-        executed=executed, load_s=load_s, peak_rss_mb=records.peak_rss_mb(), perf=gen["perf"],
-        fidelity=fidelity.compare(evidence.logprobs, short).as_dict(), outputs=gen["outputs"],
-        tokenizer_matches_reference=gen["tokenizer_matches_reference"], sample=gen["text"],
-        artifact_numerics={"label": "as the graph computes"}, long_context=long_context,
-        note=long_context_note(long_context, cfg.long_context_thresholds(read_manifest(folder)["parameters"]["precision"])))
+        executed=executed,
+        load_s=load_s,
+        peak_rss_mb=records.peak_rss_mb(),
+        perf=gen["perf"],
+        fidelity=fidelity.compare(evidence.logprobs, short).as_dict(),
+        outputs=gen["outputs"],
+        tokenizer_matches_reference=gen["tokenizer_matches_reference"],
+        sample=gen["text"],
+        artifact_numerics={"label": "as the graph computes"},
+        long_context=long_context,
+        note=long_context_note(
+            long_context, cfg.long_context_thresholds(read_manifest(folder)["parameters"]["precision"])
+        ),
+    )
 
 
 def long_context_note(ranges: list[dict[str, Any]], limits: dict[str, float | None]) -> str | None:
     """ONNX long-context ranges below the thresholds, recorded but not judged (see ``verdicts_for_onnx``)."""
     thresholds = matrix.Thresholds("long-context", **limits)
-    misses = [f"positions {r['start']}-{r['stop']} of {r['window']}: top-1 {r['top1_agreement']:.3f}" for r in ranges
-              if thresholds.problems(r)]
+    misses = [
+        f"positions {r['start']}-{r['stop']} of {r['window']}: top-1 {r['top1_agreement']:.3f}"
+        for r in ranges
+        if thresholds.problems(r)
+    ]
     if not misses:
         return None
-    return ("long context not judged for ONNX (the builder's sliding-window attention departs from transformers' "
-            f"past the window): {', '.join(misses)}")
+    return (
+        "long context not judged for ONNX (the builder's sliding-window attention departs from transformers' "
+        f"past the window): {', '.join(misses)}"
+    )
 
 
 def verdicts_for_onnx(cfg: ValidateConfig, precision: str) -> matrix.Verdicts:
@@ -165,14 +187,21 @@ def verdicts_for_onnx(cfg: ValidateConfig, precision: str) -> matrix.Verdicts:
     return verdicts
 
 
-def run(name: str, cfg: ValidateConfig, onnx_root: Path = ONNX_ROOT, reference_path: Path = REFERENCE,
-        metrics_dir: Path = METRICS_DIR) -> dict:
+def run(
+    name: str,
+    cfg: ValidateConfig,
+    onnx_root: Path = ONNX_ROOT,
+    reference_path: Path = REFERENCE,
+    metrics_dir: Path = METRICS_DIR,
+) -> dict:
     """Validate ONNX variant ``name`` on its provider (or a labelled CPU stand-in); write metrics; fail on a failed cell."""
     folder = onnx_root / name
     params = read_manifest(folder)["parameters"]
     if params["exclude_embeds"] or params["exclude_lm_head"]:
-        fail(f"[{name}] was built with exclude_embeds/exclude_lm_head: it is a pipeline component, not a text "
-             f"model that validate_onnx can run; build it with `dvc repro export_onnx@{name}` only")
+        fail(
+            f"[{name}] was built with exclude_embeds/exclude_lm_head: it is a pipeline component, not a text "
+            f"model that validate_onnx can run; build it with `dvc repro export_onnx@{name}` only"
+        )
     evidence = Evidence.load(reference_path)
     provider, precision = params["execution_provider"], params["precision"]
     device = ONNX_PROVIDER_DEVICES[provider]
@@ -185,7 +214,9 @@ def run(name: str, cfg: ValidateConfig, onnx_root: Path = ONNX_ROOT, reference_p
             continue
         got = measure_cell(folder, provider, plan, cfg, evidence)
         cells[plan.column] = matrix.judge(plan, got, evidence.reference, thresholds, kind)
-    return records.publish_cells(f"onnx-{name}", "onnx", precision, folder, cfg.thresholds(precision), cells, metrics_dir)
+    return records.publish_cells(
+        f"onnx-{name}", "onnx", precision, folder, cfg.thresholds(precision), cells, metrics_dir
+    )
 
 
 if __name__ == "__main__":  # the stage: `python -m pipeline.onnx.validate <variant>`

@@ -35,14 +35,17 @@ def check_group_size(cfg: OpenVinoVariantConfig, model_config: dict) -> None:
     """Fail early when the int4 group size does not divide the model's layer widths."""
     if cfg.weight_format != "int4" or cfg.group_size == -1 or cfg.group_size_fallback != "error":
         return
-    widths = {"hidden_size": model_config.get("hidden_size"),
-              "intermediate_size": model_config.get("intermediate_size")}
+    widths = {
+        "hidden_size": model_config.get("hidden_size"),
+        "intermediate_size": model_config.get("intermediate_size"),
+    }
     for name, width in widths.items():
         if width and width % cfg.group_size:
             divisors = [g for g in (32, 64, 128) if width % g == 0]
             raise ConfigError(
                 f"group_size {cfg.group_size} does not divide {name} {width}: use one of "
-                f"{divisors or [-1]} or set group_size_fallback=adjust")
+                f"{divisors or [-1]} or set group_size_fallback=adjust"
+            )
 
 
 AUTO_NAMED_LAYER = re.compile(r'(<layer id="(\d+)" name=")([A-Za-z]+)_\d+(" type=")')
@@ -65,8 +68,9 @@ def stable_layer_names(xml_path: Path) -> int:
     return count
 
 
-def export_into(tmp: Path, name: str, cfg: OpenVinoVariantConfig, model_dir: Path,
-                base_dir: Path | None = None, lean: bool = True) -> dict[str, Any]:
+def export_into(
+    tmp: Path, name: str, cfg: OpenVinoVariantConfig, model_dir: Path, base_dir: Path | None = None, lean: bool = True
+) -> dict[str, Any]:
     """Export and compress into the (temporary) folder ``tmp``; return the IR summary and timings.
 
     With ``base_dir`` (the ``export_openvino_base`` output), int4/int8 variants compress that IR
@@ -115,14 +119,23 @@ def manifest_fields(source: dict, cfg: Any, summary: dict) -> dict[str, Any]:
     return {
         "source": {k: source.get(k) for k in ("model", "source", "repo_id", "revision", "license")},
         "source_files_sha256": {k: v["sha256"] for k, v in source["files"].items()},
-        "parameters": vars(cfg).copy(), "weight_layers": summary["weight_layers"],
-        "nncf_rt_info": summary["nncf"], "layers": summary["layers"], "timings": summary["timings"],
+        "parameters": vars(cfg).copy(),
+        "weight_layers": summary["weight_layers"],
+        "nncf_rt_info": summary["nncf"],
+        "layers": summary["layers"],
+        "timings": summary["timings"],
         "rotary_embedding": summary.get("rotary"),
     }
 
 
-def run(name: str, cfg: OpenVinoVariantConfig, model_dir: Path = MODEL_DIR, out_root: Path = OUT_ROOT,
-        base_dir: Path | None = BASE_DIR, lean: bool = True) -> dict:
+def run(
+    name: str,
+    cfg: OpenVinoVariantConfig,
+    model_dir: Path = MODEL_DIR,
+    out_root: Path = OUT_ROOT,
+    base_dir: Path | None = BASE_DIR,
+    lean: bool = True,
+) -> dict:
     """Export variant ``name`` of the model in ``model_dir`` to ``out_root/name``.
 
     Args:
@@ -141,15 +154,23 @@ def run(name: str, cfg: OpenVinoVariantConfig, model_dir: Path = MODEL_DIR, out_
     check_group_size(cfg, model_config)  # before any folder is created
     base = base_dir if base_dir and base_dir.is_dir() else None
     from_base = bool(base) and cfg.compressed
-    check_resources(f"[{name}] {'compressing' if from_base else 'exporting'} to {cfg.weight_format}",
-                    *needs("compress" if from_base else "export", cfg.weight_format, model_dir, lean), out_root)
+    check_resources(
+        f"[{name}] {'compressing' if from_base else 'exporting'} to {cfg.weight_format}",
+        *needs("compress" if from_base else "export", cfg.weight_format, model_dir, lean),
+        out_root,
+    )
     with staged_dir(out_root / name) as tmp:
         summary = export_into(tmp, name, cfg, model_dir, base, lean)
         manifest = write_manifest(
-            tmp, stage="export_openvino", variant=name, format="openvino-ir", **manifest_fields(source, cfg, summary),
+            tmp,
+            stage="export_openvino",
+            variant=name,
+            format="openvino-ir",
+            **manifest_fields(source, cfg, summary),
             compressed_from="openvino_base" if from_base else "pytorch",
-            size_bytes=folder_bytes(tmp), verified={"structure": "weight precisions and rt_info match request",
-                                                    "rotary_embedding": ROTARY_VERIFIED})
+            size_bytes=folder_bytes(tmp),
+            verified={"structure": "weight precisions and rt_info match request", "rotary_embedding": ROTARY_VERIFIED},
+        )
     say(f"[{name}] IR ready in {out_root / name}")
     return manifest
 

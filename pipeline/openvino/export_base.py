@@ -13,8 +13,9 @@ import contextlib
 import json
 import logging
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from pipeline.core.artifacts import ARTIFACTS, folder_bytes, staged_dir
 from pipeline.core.config import OpenVinoVariantConfig
@@ -52,9 +53,15 @@ def compress_from_base(base_dir: Path, model_dir: Path, out: Path, quantization_
     make_placeholders(out)
     with MappedPageTrimmer(weight_files(base_dir) if lean else []), reuse_data_free_sensitivity(base_dir, lean):
         model = load_base_quietly(OVModelForCausalLM, base_dir)
-        model._apply_quantization(quantization_config, compile_only=False, compile_model=False,
-                                  model_name_or_path=str(model_dir), trust_remote_code=False,
-                                  save_directory=out, immediate_save=True)
+        model._apply_quantization(
+            quantization_config,
+            compile_only=False,
+            compile_model=False,
+            model_name_or_path=str(model_dir),
+            trust_remote_code=False,
+            save_directory=out,
+            immediate_save=True,
+        )
         del model
     for path in Path(base_dir).iterdir():  # tokenizer IR, configs, chat template
         if path.is_file() and path.name not in (*MODEL_FILES, "manifest.json") and not (out / path.name).exists():
@@ -147,16 +154,22 @@ def run(model_dir: Path = MODEL_DIR, out_dir: Path = OUT_DIR, lean: bool = True)
         summary = inspect_ir(tmp / "openvino_model.xml")
         missing = [f for f in TOKENIZER_FILES if not (tmp / f).is_file()]
         if missing or summary["weight_layers"]["int4"] or summary["weight_layers"]["int8"]:
-            fail(f"base IR is not an uncompressed IR with tokenizers: layers {summary['weight_layers']}, missing {missing}")
+            fail(
+                f"base IR is not an uncompressed IR with tokenizers: layers {summary['weight_layers']}, missing {missing}"
+            )
         if problems := check_rotary(summary):
             fail(f"base IR: {'; '.join(problems)}")
         manifest = write_manifest(
-            tmp, stage="export_openvino_base", format="openvino-ir-uncompressed",
+            tmp,
+            stage="export_openvino_base",
+            format="openvino-ir-uncompressed",
             source={k: source.get(k) for k in ("model", "source", "repo_id", "revision", "license")},
             source_files_sha256={k: v["sha256"] for k, v in source["files"].items()},
-            weight_layers=summary["weight_layers"], rotary_embedding=summary["rotary"],
+            weight_layers=summary["weight_layers"],
+            rotary_embedding=summary["rotary"],
             timings={"export_s": timing["seconds"]},
-            size_bytes=folder_bytes(tmp))
+            size_bytes=folder_bytes(tmp),
+        )
     say(f"base IR ready in {out_dir} ({manifest['size_bytes'] / 2**20:.1f} MiB)")
     return manifest
 

@@ -58,12 +58,17 @@ def compile_blob(model_dir: Path, settings: dict[str, Any]) -> dict[str, Any]:
     pipe = load_llm_pipeline(model_dir, "NPU", {**settings, "BLOB_PATH": str(blob_path)})
     load_s = time.perf_counter() - start
     del pipe
-    return {"blob": BLOB, "compile_s": round(compile_s, 2), "load_from_blob_s": round(load_s, 2),
-            "skips_compilation": load_s < compile_s}
+    return {
+        "blob": BLOB,
+        "compile_s": round(compile_s, 2),
+        "load_from_blob_s": round(load_s, 2),
+        "skips_compilation": load_s < compile_s,
+    }
 
 
-def blob_step(folder: Path, settings: dict[str, Any], status: dict[str, devices.DeviceStatus],
-              npuw_max_size_mb: float = 0.0) -> dict[str, Any]:
+def blob_step(
+    folder: Path, settings: dict[str, Any], status: dict[str, devices.DeviceStatus], npuw_max_size_mb: float = 0.0
+) -> dict[str, Any]:
     """Build the blob where an NPU exists; otherwise record honestly that it is deferred.
 
     Without an NPU, a small IR (up to ``npuw_max_size_mb``) still goes through the blob round trip on NPUW's CPU
@@ -92,14 +97,23 @@ def prompt_ids(folder: Path) -> list[int]:
     """A short chat prompt tokenized by the artifact's own tokenizer IR (for the blob round trip)."""
     import openvino_genai as ov_genai
 
-    ids = ov_genai.Tokenizer(str(folder)).encode("<|user|>Can you introduce yourself?<|end|><|assistant|>",
-                                                  add_special_tokens=False).input_ids.data[0]
+    ids = (
+        ov_genai.Tokenizer(str(folder))
+        .encode("<|user|>Can you introduce yourself?<|end|><|assistant|>", add_special_tokens=False)
+        .input_ids.data[0]
+    )
     return [int(i) for i in ids]
 
 
-def run(name: str, cfg: NpuVariantConfig, model_dir: Path = MODEL_DIR, out_root: Path = OUT_ROOT,
-        status: dict[str, devices.DeviceStatus] | None = None, base_dir: Path | None = BASE_DIR,
-        npuw_max_size_mb: float = 0.0) -> dict:
+def run(
+    name: str,
+    cfg: NpuVariantConfig,
+    model_dir: Path = MODEL_DIR,
+    out_root: Path = OUT_ROOT,
+    status: dict[str, devices.DeviceStatus] | None = None,
+    base_dir: Path | None = BASE_DIR,
+    npuw_max_size_mb: float = 0.0,
+) -> dict:
     """Export NPU variant ``name`` from ``model_dir`` to ``out_root/name`` (with a blob where an NPU exists).
 
     Args:
@@ -118,23 +132,35 @@ def run(name: str, cfg: NpuVariantConfig, model_dir: Path = MODEL_DIR, out_root:
     check_group_size(ov_cfg, json.loads((model_dir / "config.json").read_text(encoding="utf-8")))
     status = status if status is not None else devices.detect()
     with staged_dir(out_root / name) as tmp:
-        summary = export_into(tmp, f"npu-{name}", ov_cfg, model_dir, base_dir if base_dir and base_dir.is_dir() else None)
+        summary = export_into(
+            tmp, f"npu-{name}", ov_cfg, model_dir, base_dir if base_dir and base_dir.is_dir() else None
+        )
         check_npu_layout(summary)
         write_json_atomic(tmp / NPU_CONFIG, cfg.run_settings())
         blob = blob_step(tmp, cfg.run_settings(), status, npuw_max_size_mb)
         fields = manifest_fields(source, cfg, summary)
         # blob timings differ between runs: the run log gets them (with the export's), the manifest does not
         check = blob.get("npuw_blob_check") if isinstance(blob.get("npuw_blob_check"), dict) else {}
-        fields["timings"] = {**fields["timings"], **{k: blob.pop(k) for k in ("compile_s", "load_from_blob_s")
-                                                     if k in blob},
-                             **{f"npuw_blob_{k}": check.pop(k) for k in ("compile_s", "load_from_blob_s", "bytes")
-                                if k in check}}  # blob bytes vary between compilations too
+        fields["timings"] = {
+            **fields["timings"],
+            **{k: blob.pop(k) for k in ("compile_s", "load_from_blob_s") if k in blob},
+            **{f"npuw_blob_{k}": check.pop(k) for k in ("compile_s", "load_from_blob_s", "bytes") if k in check},
+        }  # blob bytes vary between compilations too
         manifest = write_manifest(
-            tmp, stage="export_npu", variant=name, format="openvino-ir-npu", **fields,
-            npu_run_settings=cfg.run_settings(), npu_blob=blob,
-            devices={k: v.as_dict() for k, v in status.items()}, size_bytes=folder_bytes(tmp),
-            verified={"structure": "int4 symmetric in every layer but embeddings/lm_head (int8 backup)",
-                      "rotary_embedding": ROTARY_VERIFIED})
+            tmp,
+            stage="export_npu",
+            variant=name,
+            format="openvino-ir-npu",
+            **fields,
+            npu_run_settings=cfg.run_settings(),
+            npu_blob=blob,
+            devices={k: v.as_dict() for k, v in status.items()},
+            size_bytes=folder_bytes(tmp),
+            verified={
+                "structure": "int4 symmetric in every layer but embeddings/lm_head (int8 backup)",
+                "rotary_embedding": ROTARY_VERIFIED,
+            },
+        )
     say(f"[npu-{name}] NPU-ready IR in {out_root / name} (blob: {blob['blob']})")
     return manifest
 
@@ -144,8 +170,11 @@ def check_npu_layout(summary: dict[str, Any]) -> None:
     mode = summary["nncf"].get("weight_compression", {}).get("mode")
     if mode != "int4_sym":
         fail(f"NPU IR must be int4_sym, NNCF recorded mode {mode!r}")
-    stray = [layer["layer"] for layer in summary["layers"] if layer["precision"] != "int4"
-             and not ("embed" in layer["layer"] or "lm_head" in layer["layer"])]
+    stray = [
+        layer["layer"]
+        for layer in summary["layers"]
+        if layer["precision"] != "int4" and not ("embed" in layer["layer"] or "lm_head" in layer["layer"])
+    ]
     if stray:
         fail(f"NPU IR has non-int4 weight layers besides embeddings/lm_head: {', '.join(stray[:3])}")
 

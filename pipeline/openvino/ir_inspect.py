@@ -11,8 +11,16 @@ from typing import Any
 WEIGHT_CONSUMERS = {"MatMul", "Gather"}
 # Ops between a stored weight constant and its consumer (decompression subgraph).
 DECOMPRESSION_OPS = {"Convert", "Subtract", "Multiply", "Reshape", "Unsqueeze", "Transpose"}
-PRECISION_OF = {"u4": "int4", "i4": "int4", "nf4": "int4", "u8": "int8", "i8": "int8",
-                "f16": "float", "bf16": "float", "f32": "float"}
+PRECISION_OF = {
+    "u4": "int4",
+    "i4": "int4",
+    "nf4": "int4",
+    "u8": "int8",
+    "i8": "int8",
+    "f16": "float",
+    "bf16": "float",
+    "f32": "float",
+}
 
 
 def _weight_constant(node: Any, depth: int = 0) -> Any | None:
@@ -44,7 +52,7 @@ def weight_layers(model: Any) -> list[dict[str, Any]]:
         if op.get_type_name() not in WEIGHT_CONSUMERS:
             continue
         # Gather(weight, indices) for embeddings; MatMul(activation, weight) for linear layers.
-        for index in ([0] if op.get_type_name() == "Gather" else [1]):
+        for index in [0] if op.get_type_name() == "Gather" else [1]:
             const = _weight_constant(op.input_value(index).get_node())
             if const is None or len(const.get_output_shape(0)) < 2 or _size(const) < 64:
                 continue
@@ -53,9 +61,15 @@ def weight_layers(model: Any) -> list[dict[str, Any]]:
             if key in seen:
                 continue
             seen.add(key)
-            layers.append({"layer": op.get_friendly_name(), "op": op.get_type_name(),
-                           "element_type": etype, "precision": PRECISION_OF.get(etype, etype),
-                           "shape": [int(d) for d in const.get_output_shape(0)]})
+            layers.append(
+                {
+                    "layer": op.get_friendly_name(),
+                    "op": op.get_type_name(),
+                    "element_type": etype,
+                    "precision": PRECISION_OF.get(etype, etype),
+                    "shape": [int(d) for d in const.get_output_shape(0)],
+                }
+            )
     return layers
 
 
@@ -101,8 +115,9 @@ def inspect_rotary(model: Any, config: dict[str, Any] | None) -> dict[str, Any]:
         "float_constants": dict(sorted((n, t) for n, t in types.items() if t in rotary.FLOAT_TYPES)),
         "low_precision_constants": rotary.low_precision_constants(model),
     }
-    summary["vs_transformers"] = (rotary.compare_with_transformers(model, config) if config
-                                  else {"skipped": "no config.json beside the IR"})
+    summary["vs_transformers"] = (
+        rotary.compare_with_transformers(model, config) if config else {"skipped": "no config.json beside the IR"}
+    )
     return summary
 
 
@@ -116,12 +131,16 @@ def check_rotary(summary: dict[str, Any]) -> list[str]:
         problems.append("no rotary embedding (Cos/Sin ops) found in the IR")
     if rope["low_precision_constants"]:
         names = rope["low_precision_constants"]
-        problems.append(f"{len(names)} fp16/bf16 constant(s) feed the rotary embedding, e.g. {names[0]}: "
-                        "it must stay f32 (export through pipeline.openvino.rotary.keep_rotary_f32_on_save)")
+        problems.append(
+            f"{len(names)} fp16/bf16 constant(s) feed the rotary embedding, e.g. {names[0]}: "
+            "it must stay f32 (export through pipeline.openvino.rotary.keep_rotary_f32_on_save)"
+        )
     for label, check in rope["vs_transformers"].get("positions", {}).items():
         if not check["max_abs_diff"] <= check["tolerance"]:
-            problems.append(f"rotary cos/sin differ from transformers' by {check['max_abs_diff']:.3g} at positions "
-                            f"{label} (tolerance {check['tolerance']:.2g})")
+            problems.append(
+                f"rotary cos/sin differ from transformers' by {check['max_abs_diff']:.3g} at positions "
+                f"{label} (tolerance {check['tolerance']:.2g})"
+            )
     return problems
 
 
@@ -133,8 +152,12 @@ def inspect_ir(xml_path: Path, rotary: bool = True) -> dict[str, Any]:
     layers = weight_layers(model)
     counts = Counter(layer["precision"] for layer in layers)
     summary = {
-        "weight_layers": {"int4": counts.get("int4", 0), "int8": counts.get("int8", 0),
-                          "float": counts.get("float", 0), "total": len(layers)},
+        "weight_layers": {
+            "int4": counts.get("int4", 0),
+            "int8": counts.get("int8", 0),
+            "float": counts.get("float", 0),
+            "total": len(layers),
+        },
         "nncf": nncf_rt_info(model),
         "layers": layers,
     }

@@ -50,17 +50,25 @@ def bf16_ir_to_f16(xml_path: Path) -> int:
     bin_path, tree = xml_path.with_suffix(".bin"), ET.parse(xml_path)
     consts = [(layer, layer.find("data")) for layer in tree.getroot().find("layers") if layer.get("type") == "Const"]
     rotary = find_rotary(*xml_graph(tree.getroot())[1:]).constants
-    widen = [(layer, data) for layer, data in consts if layer.get("id") in rotary and data.get("element_type") == "bf16"]
+    widen = [
+        (layer, data) for layer, data in consts if layer.get("id") in rotary and data.get("element_type") == "bf16"
+    ]
     kept = {(int(d.get("offset")), int(d.get("size"))) for layer, d in consts if layer.get("id") in rotary}
     ranges = {(int(d.get("offset")), int(d.get("size"))): d.get("element_type") for _, d in consts}
     bf16 = sorted(r for r, t in ranges.items() if t == "bf16" and r not in kept)
     if not bf16 and not widen:
         return 0
     others = [r for r, t in ranges.items() if t != "bf16"]
-    if any(o < b + n and b < o + m for b, n in bf16 for o, m in [*others, *kept]) or any(  # the serializer shares equal bytes
-            b2 < b1 + n1 for (b1, n1), (b2, _) in zip(bf16, bf16[1:])):
-        fail(f"{bin_path} shares a bf16 constant's bytes with another constant, so it cannot be converted in place: "
-             "convert the checkpoint to float16 first (model.local_path) and export that")
+    if (
+        any(o < b + n and b < o + m for b, n in bf16 for o, m in [*others, *kept])
+        or any(  # the serializer shares equal bytes
+            b2 < b1 + n1 for (b1, n1), (b2, _) in zip(bf16, bf16[1:])
+        )
+    ):
+        fail(
+            f"{bin_path} shares a bf16 constant's bytes with another constant, so it cannot be converted in place: "
+            "convert the checkpoint to float16 first (model.local_path) and export that"
+        )
     tail = _widen_bf16_to_f32(bin_path, [data for _, data in widen])
     remember_sha256(bin_path, _convert_in_place(bin_path, bf16, tail))
     rewritten = {layer.get("id") for layer, data in consts if data.get("element_type") == "bf16"} - rotary
@@ -110,7 +118,7 @@ def _convert_in_place(bin_path: Path, bf16: list[tuple[int, int]], tail: bytes =
     with open(bin_path, "r+b") as f:
         for begin, size in [*bf16, (os.fstat(f.fileno()).st_size, 0)]:
             f.seek(cursor)
-            while cursor < begin and (n := f.readinto(view[:min(len(chunk), begin - cursor)])):
+            while cursor < begin and (n := f.readinto(view[: min(len(chunk), begin - cursor)])):
                 digest.update(view[:n])  # bytes of other constants, as they are
                 cursor += n
             for start in range(begin, begin + size, len(chunk)):
@@ -145,8 +153,12 @@ def _retype_ports(root: ET.Element, const_ids: set[str], precision: str = "FP16"
 
 # Peak RAM and disk of each export, as (share of the checkpoint, fixed GiB), from
 # benchmarks/memory_breakdown.py on the Phi-3-mini-shaped checkpoint (7.1 GiB of bf16), plus margin.
-RAM_NEEDS = {("export", True): (0.25, 1.0), ("export", False): (2.1, 0.5),
-             ("compress", True): (0.5, 1.0), ("compress", False): (1.5, 0.5)}
+RAM_NEEDS = {
+    ("export", True): (0.25, 1.0),
+    ("export", False): (2.1, 0.5),
+    ("compress", True): (0.5, 1.0),
+    ("compress", False): (1.5, 0.5),
+}
 DISK_NEEDS = {"base": 1.05, "fp16": 1.05, "fp32": 2.1, "int8": 1.6, "int4": 1.45}  # staged output (+ float IR)
 COMPRESSED_DISK = {"int8": 0.55, "int4": 0.45}
 

@@ -29,8 +29,10 @@ def too_large(ir_dir: Path, max_size_mb: float) -> str | None:
     size_mb = folder_bytes(ir_dir) / 2**20
     if size_mb <= max_size_mb:
         return None
-    return (f"the NPU pipeline is not emulated on CPU for a {size_mb:.0f} MB IR (above validate.npuw_max_size_mb "
-            f"{max_size_mb:g}: NPUW on CPU needed 22.3 GB for Phi-3-mini); it runs on the target's NPU")
+    return (
+        f"the NPU pipeline is not emulated on CPU for a {size_mb:.0f} MB IR (above validate.npuw_max_size_mb "
+        f"{max_size_mb:g}: NPUW on CPU needed 22.3 GB for Phi-3-mini); it runs on the target's NPU"
+    )
 
 
 def check_prompt_fits(prompt_tokens: int, settings: dict[str, Any], variant: str = "<v>") -> None:
@@ -43,8 +45,10 @@ def check_prompt_fits(prompt_tokens: int, settings: dict[str, Any], variant: str
 def prompt_limit_message(prompt_tokens: int | None, limit: int | None, variant: str = "<v>") -> str:
     """One line for a prompt over the NPU's MAX_PROMPT_LEN, with how to rebuild with a larger limit."""
     have = f"{prompt_tokens} tokens" if prompt_tokens is not None else "more tokens"
-    return (f"the prompt has {have} but this NPU artifact takes at most {limit} (MAX_PROMPT_LEN): shorten it, "
-            f"or rebuild with a larger limit: aipc exp-run -S npu.{variant}.max_prompt_len={2 * (limit or 1024)}")
+    return (
+        f"the prompt has {have} but this NPU artifact takes at most {limit} (MAX_PROMPT_LEN): shorten it, "
+        f"or rebuild with a larger limit: aipc exp-run -S npu.{variant}.max_prompt_len={2 * (limit or 1024)}"
+    )
 
 
 def as_prompt_limit_error(err: Exception) -> str | None:
@@ -73,8 +77,9 @@ def generate_ids(pipe: Any, prompt_ids: list[int], max_new_tokens: int) -> list[
         raise
 
 
-def blob_round_trip(ir_dir: Path, settings: dict[str, Any], prompt_ids: list[int], max_new_tokens: int = 16,
-                    scratch: Path | None = None) -> dict[str, Any]:
+def blob_round_trip(
+    ir_dir: Path, settings: dict[str, Any], prompt_ids: list[int], max_new_tokens: int = 16, scratch: Path | None = None
+) -> dict[str, Any]:
     """Export the NPUW CPU-backend blob (weights included), load it again, and check it generates the same tokens.
 
     The blob is written to a scratch folder and not shipped: a CPU-backend blob is no NPU blob.
@@ -100,5 +105,11 @@ def blob_round_trip(ir_dir: Path, settings: dict[str, Any], prompt_ids: list[int
         load_s = time.perf_counter() - start
         again = generate_ids(pipe, prompt_ids, max_new_tokens)
         del pipe
-    return {"compiled_by": BLOB_BACKEND, "bytes": size, "same_tokens_after_reload": first == again,
-            "tokens": first, "compile_s": round(compile_s, 3), "load_from_blob_s": round(load_s, 3)}
+    return {
+        "compiled_by": BLOB_BACKEND,
+        "bytes": size,
+        "same_tokens_after_reload": first == again,
+        "tokens": first,
+        "compile_s": round(compile_s, 3),
+        "load_from_blob_s": round(load_s, 3),
+    }

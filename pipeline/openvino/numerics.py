@@ -25,8 +25,21 @@ EMULATIONS = {
     "bf16": ("BF16", "CPU bf16 compute", "what OpenVINO's CPU plugin uses by default on AMX / AVX512-BF16 CPUs"),
     "f16": ("FP16", "CPU f16 compute", "the compute precision of Intel GPUs and NPUs"),
 }
-_SHORT = {"f32": "f32", "float32": "f32", "bf16": "bf16", "bfloat16": "bf16", "f16": "f16", "float16": "f16",
-          "u8": "u8", "uint8_t": "u8", "uint8": "u8", "i8": "i8", "int8_t": "i8", "u4": "u4", "uint4_t": "u4"}
+_SHORT = {
+    "f32": "f32",
+    "float32": "f32",
+    "bf16": "bf16",
+    "bfloat16": "bf16",
+    "f16": "f16",
+    "float16": "f16",
+    "u8": "u8",
+    "uint8_t": "u8",
+    "uint8": "u8",
+    "i8": "i8",
+    "int8_t": "i8",
+    "u4": "u4",
+    "uint4_t": "u4",
+}
 
 
 def short_type(value: Any) -> str:
@@ -76,8 +89,11 @@ def read_back(compiled: Any) -> Numerics:
 
     group = prop("DYNAMIC_QUANTIZATION_GROUP_SIZE")
     kv = prop("KV_CACHE_PRECISION")
-    return Numerics(short_type(prop("INFERENCE_PRECISION_HINT")) if prop("INFERENCE_PRECISION_HINT") else None,
-                    short_type(kv) if kv is not None else None, int(group) if group is not None else None)
+    return Numerics(
+        short_type(prop("INFERENCE_PRECISION_HINT")) if prop("INFERENCE_PRECISION_HINT") else None,
+        short_type(kv) if kv is not None else None,
+        int(group) if group is not None else None,
+    )
 
 
 def settings(compute: str | None) -> dict[str, str]:
@@ -123,7 +139,9 @@ def emulation_plans(precisions: list[str], core: Any | None = None) -> list[Emul
         reason = None
         if capability not in capabilities:
             need = "AMX-FP16 or AVX512-FP16" if precision == "f16" else "AVX512-BF16 or AMX"
-            reason = (f"this CPU cannot compute in {precision} (OpenVINO's CPU capabilities: "
-                      f"{', '.join(capabilities) or 'unknown'}; needs {need})")
+            reason = (
+                f"this CPU cannot compute in {precision} (OpenVINO's CPU capabilities: "
+                f"{', '.join(capabilities) or 'unknown'}; needs {need})"
+            )
         plans.append(EmulationPlan(precision, column, label, reason))
     return plans

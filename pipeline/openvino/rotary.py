@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable, Iterator
+from typing import Any
 
 ANGLE_OPS = ("Cos", "Sin")
 # The upstream walk stops at inputs, state and shapes (what OpenVINO's MarkRopeInputsToKeepInMixedPrecision skips).
@@ -79,8 +80,11 @@ def find_rotary(kinds: dict[Hashable, str], inputs: dict[Hashable, list[Hashable
         ends, frontier = [], [angle]
         while frontier:  # post-processing: ops whose other inputs are all constant-foldable
             node = frontier.pop()
-            steps = [c for c in consumers[node] if kinds[c] not in NOT_TABLE_OPS
-                     and all(s == node or s in foldable for s in inputs[c])]
+            steps = [
+                c
+                for c in consumers[node]
+                if kinds[c] not in NOT_TABLE_OPS and all(s == node or s in foldable for s in inputs[c])
+            ]
             for step in steps:
                 take_upstream(step)
             frontier.extend(steps)
@@ -202,8 +206,11 @@ def keep_rotary_f32_on_save() -> Iterator[None]:
 def low_precision_constants(model: Any) -> list[str]:
     """Names and types of the fp16/bf16 constants that feed the rotary embedding (empty when all are f32)."""
     nodes, found = rotary_of_model(model)
-    return sorted(f"{nodes[k].get_friendly_name()} ({element_type(nodes[k])})" for k in found.constants
-                  if element_type(nodes[k]) in LOW_PRECISION)
+    return sorted(
+        f"{nodes[k].get_friendly_name()} ({element_type(nodes[k])})"
+        for k in found.constants
+        if element_type(nodes[k]) in LOW_PRECISION
+    )
 
 
 def position_sets(config: dict[str, Any]) -> dict[str, list[int]]:
@@ -216,12 +223,15 @@ def position_sets(config: dict[str, Any]) -> dict[str, list[int]]:
     """
     rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
     longest = int(config.get("max_position_embeddings") or 4096)
-    original = int(rope.get("original_max_position_embeddings") or config.get("original_max_position_embeddings")
-                   or longest)
+    original = int(
+        rope.get("original_max_position_embeddings") or config.get("original_max_position_embeddings") or longest
+    )
     if rope.get("rope_type", rope.get("type")) == "longrope" and longest > original:
-        return {f"0-{original - 1} (short factors)": list(range(original)),
-                f"0-{min(longest, 2 * original) - 1} (long factors)": list(range(min(longest, 2 * original))),
-                f"{longest - 1} (decode, long factors)": [longest - 1]}
+        return {
+            f"0-{original - 1} (short factors)": list(range(original)),
+            f"0-{min(longest, 2 * original) - 1} (long factors)": list(range(min(longest, 2 * original))),
+            f"{longest - 1} (decode, long factors)": [longest - 1],
+        }
     return {f"0-{min(longest, 4096) - 1}": list(range(min(longest, 4096))), f"{longest - 1} (decode)": [longest - 1]}
 
 
@@ -276,8 +286,11 @@ def table_inputs(model: Any, positions: list[int]) -> dict[str, Any]:
         name = param.get_friendly_name()
         rank = param.get_output_partial_shape(0).rank.get_length()
         shape = (1,) if rank == 1 else (1, len(positions), *[1] * (rank - 2))
-        values = np.array([positions]) if name == "position_ids" else (
-            np.ones(shape) if name == "attention_mask" else np.zeros(shape))
+        values = (
+            np.array([positions])
+            if name == "position_ids"
+            else (np.ones(shape) if name == "attention_mask" else np.zeros(shape))
+        )
         feed[name] = values.astype(param.get_output_element_type(0).to_dtype())
     return feed
 

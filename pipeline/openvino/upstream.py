@@ -14,8 +14,12 @@ from pipeline.core.config import ASSETS_DIR, OpenVinoVariantConfig
 from pipeline.core.log import step
 
 HELDOUT_TEXT = ASSETS_DIR / "tiny_phi3" / "heldout.txt"
-TOKENIZER_FILES = ("openvino_tokenizer.xml", "openvino_tokenizer.bin",
-                   "openvino_detokenizer.xml", "openvino_detokenizer.bin")
+TOKENIZER_FILES = (
+    "openvino_tokenizer.xml",
+    "openvino_tokenizer.bin",
+    "openvino_detokenizer.xml",
+    "openvino_detokenizer.bin",
+)
 
 
 def calibration_texts(num_samples: int | None) -> list[str]:
@@ -68,7 +72,9 @@ def export_float(model_dir: Path, out: Path, ov_config: Any, lean: bool = True) 
     from pipeline.openvino.rotary import keep_rotary_f32_on_save
 
     # torch.jit tracing warns about every Python branch in the model; none of them matter for export.
-    warnings.filterwarnings("ignore", message=".*TracerWarning.*|.*Converting a tensor to a Python.*|.*torch.tensor results.*")
+    warnings.filterwarnings(
+        "ignore", message=".*TracerWarning.*|.*Converting a tensor to a Python.*|.*torch.tensor results.*"
+    )
     loading: dict[str, Any] = {}
     rewrite_f16 = lean and ov_config.dtype == "fp16" and lean_path.checkpoint_dtype(model_dir) == "bfloat16"
     if rewrite_f16:
@@ -80,9 +86,17 @@ def export_float(model_dir: Path, out: Path, ov_config: Any, lean: bool = True) 
     if lean:
         memory.prefetch(weights)
     with memory.MappedPageTrimmer(weights) if lean else contextlib.nullcontext(), keep_rotary_f32_on_save():
-        main_export(model_name_or_path=str(model_dir), output=out, task="text-generation-with-past",
-                    ov_config=ov_config, stateful=True, convert_tokenizer=True, library_name="transformers",
-                    trust_remote_code=False, model_loading_kwargs=loading)
+        main_export(
+            model_name_or_path=str(model_dir),
+            output=out,
+            task="text-generation-with-past",
+            ov_config=ov_config,
+            stateful=True,
+            convert_tokenizer=True,
+            library_name="transformers",
+            trust_remote_code=False,
+            model_loading_kwargs=loading,
+        )
     if rewrite_f16:
         with step("converting the bf16 weights of the IR to fp16 in place"):
             lean_path.bf16_ir_to_f16(out / "openvino_model.xml")
@@ -99,6 +113,12 @@ def compress_like_optimum_cli(model_dir: Path, out: Path, quantization_config: A
     from pipeline.core.memory import MappedPageTrimmer, weight_files
 
     with MappedPageTrimmer(weight_files(out) if lean else []):
-        _main_quantize(model_name_or_path=str(model_dir), task="text-generation-with-past",
-                       library_name="transformers", quantization_config=quantization_config,
-                       output=out, cache_dir=None, trust_remote_code=False)
+        _main_quantize(
+            model_name_or_path=str(model_dir),
+            task="text-generation-with-past",
+            library_name="transformers",
+            quantization_config=quantization_config,
+            output=out,
+            cache_dir=None,
+            trust_remote_code=False,
+        )

@@ -86,8 +86,9 @@ def time_prompt(pipe: Any, prompt_ids: list[int], cfg: ValidateConfig) -> matrix
     return matrix.Perf.from_runs(len(prompt_ids), cfg.perf_new_tokens, ttft, tpot)
 
 
-def measure_generation(ir_dir: Path, device: str, cfg: ValidateConfig, reference: dict,
-                       backend: str | None = None) -> dict[str, Any]:
+def measure_generation(
+    ir_dir: Path, device: str, cfg: ValidateConfig, reference: dict, backend: str | None = None
+) -> dict[str, Any]:
     """Load the IR in ``LLMPipeline`` on ``device``, generate greedily for every prompt and time each prompt length.
 
     ``backend="CPU"`` on the NPU runs the NPU pipeline through NPUW on the CPU (:mod:`pipeline.openvino.npu_lane`). A prompt
@@ -102,8 +103,9 @@ def measure_generation(ir_dir: Path, device: str, cfg: ValidateConfig, reference
         raise
 
 
-def _measure_generation(ir_dir: Path, device: str, cfg: ValidateConfig, reference: dict,
-                        backend: str | None) -> dict[str, Any]:
+def _measure_generation(
+    ir_dir: Path, device: str, cfg: ValidateConfig, reference: dict, backend: str | None
+) -> dict[str, Any]:
     import numpy as np
     import openvino as ov
     import openvino_genai as ov_genai
@@ -117,20 +119,28 @@ def _measure_generation(ir_dir: Path, device: str, cfg: ValidateConfig, referenc
     load_s = time.perf_counter() - start
     gen_cfg = pipe.get_generation_config()
     gen_cfg.max_new_tokens, gen_cfg.do_sample = cfg.max_new_tokens, False
-    outputs = [list(pipe.generate(ov.Tensor(np.array([case["prompt_ids"]], dtype=np.int64)), gen_cfg).tokens[0])
-               for case in reference["greedy"]]
+    outputs = [
+        list(pipe.generate(ov.Tensor(np.array([case["prompt_ids"]], dtype=np.int64)), gen_cfg).tokens[0])
+        for case in reference["greedy"]
+    ]
     perf = {name: time_prompt(pipe, ids, cfg) for name, ids in reference["perf_prompts"].items()}
     text_cfg = pipe.get_generation_config()
     text_cfg.max_new_tokens, text_cfg.do_sample, text_cfg.apply_chat_template = cfg.max_new_tokens, False, False
     first = reference["greedy"][0]
     text = pipe.generate(first["prompt"], text_cfg)
     ov_ids = [int(i) for i in pipe.get_tokenizer().encode(first["prompt"], add_special_tokens=False).input_ids.data[0]]
-    return {"load_s": load_s, "outputs": outputs, "perf": perf, "text": str(text),
-            "tokenizer_matches_reference": ov_ids == first["prompt_ids"]}
+    return {
+        "load_s": load_s,
+        "outputs": outputs,
+        "perf": perf,
+        "text": str(text),
+        "tokenizer_matches_reference": ov_ids == first["prompt_ids"],
+    }
 
 
-def forced_logits(ir_dir: Path, device: str, windows: list[list[int]], compute: str | None,
-                  core: Any = None) -> tuple[list[Any], str, numerics.Numerics]:
+def forced_logits(
+    ir_dir: Path, device: str, windows: list[list[int]], compute: str | None, core: Any = None
+) -> tuple[list[Any], str, numerics.Numerics]:
     """The IR's logits over ``windows`` (``ov.Core`` infer), the device that executed, and the numerics that ran.
 
     ``compute``: ``"f32"`` pins full precision (artifact fidelity), ``"bf16"``/``"f16"`` forces a target's compute
@@ -140,7 +150,9 @@ def forced_logits(ir_dir: Path, device: str, windows: list[list[int]], compute: 
     import openvino as ov
 
     core = core or ov.Core()
-    compiled = core.compile_model(core.read_model(str(ir_dir / "openvino_model.xml")), device, numerics.settings(compute))
+    compiled = core.compile_model(
+        core.read_model(str(ir_dir / "openvino_model.xml")), device, numerics.settings(compute)
+    )
     executed = ",".join(compiled.get_property("EXECUTION_DEVICES"))
     ran = numerics.read_back(compiled)
     request = compiled.create_infer_request()
@@ -148,9 +160,14 @@ def forced_logits(ir_dir: Path, device: str, windows: list[list[int]], compute: 
     for window in windows:
         ids = np.array([window], dtype=np.int64)
         request.reset_state()
-        request.infer({"input_ids": ids, "attention_mask": np.ones_like(ids),
-                       "position_ids": np.arange(ids.shape[1], dtype=np.int64)[None],
-                       "beam_idx": np.zeros(1, dtype=np.int32)})
+        request.infer(
+            {
+                "input_ids": ids,
+                "attention_mask": np.ones_like(ids),
+                "position_ids": np.arange(ids.shape[1], dtype=np.int64)[None],
+                "beam_idx": np.zeros(1, dtype=np.int32),
+            }
+        )
         logits.append(np.array(request.get_tensor("logits").data[0], dtype=np.float32))
     return logits, executed, ran
 
@@ -159,23 +176,40 @@ def pinned_fidelity(ir_dir: Path, device: str, evidence: Evidence) -> tuple[dict
     """Artifact fidelity: the IR at f32 runtime precision, short windows and long-context ranges."""
     windows = evidence.windows + evidence.long_windows
     logits, executed, ran = forced_logits(ir_dir, device, windows, "f32")
-    short = logits[:len(evidence.windows)]
-    long = fidelity.compare_ranges(evidence.long_logprobs, logits[len(evidence.windows):],
-                                   evidence.reference["long_context"]["boundaries"]) if evidence.long_windows else []
-    return {"fidelity": fidelity.compare(evidence.logprobs, short).as_dict(), "numerics": ran.as_dict(),
-            "long_context": long}, short, executed
+    short = logits[: len(evidence.windows)]
+    long = (
+        fidelity.compare_ranges(
+            evidence.long_logprobs, logits[len(evidence.windows) :], evidence.reference["long_context"]["boundaries"]
+        )
+        if evidence.long_windows
+        else []
+    )
+    return (
+        {
+            "fidelity": fidelity.compare(evidence.logprobs, short).as_dict(),
+            "numerics": ran.as_dict(),
+            "long_context": long,
+        },
+        short,
+        executed,
+    )
 
 
-def numerics_fidelity(ir_dir: Path, device: str, evidence: Evidence, pinned: list[Any],
-                      compute: str | None) -> dict[str, Any]:
+def numerics_fidelity(
+    ir_dir: Path, device: str, evidence: Evidence, pinned: list[Any], compute: str | None
+) -> dict[str, Any]:
     """Device numerics: the IR at the device's defaults (or a forced precision), against PyTorch and the pinned run."""
     logits, _, ran = forced_logits(ir_dir, device, evidence.windows, compute)
-    return {"device_fidelity": fidelity.compare(evidence.logprobs, logits).as_dict(),
-            "device_numerics": ran.as_dict(), "drift": fidelity.agreement(pinned, logits)}
+    return {
+        "device_fidelity": fidelity.compare(evidence.logprobs, logits).as_dict(),
+        "device_numerics": ran.as_dict(),
+        "drift": fidelity.agreement(pinned, logits),
+    }
 
 
-def measure_cell(target: Target, plan: matrix.CellPlan, cfg: ValidateConfig, evidence: Evidence,
-                 pinned_runs: dict[str, Any]) -> matrix.Measurement:
+def measure_cell(
+    target: Target, plan: matrix.CellPlan, cfg: ValidateConfig, evidence: Evidence, pinned_runs: dict[str, Any]
+) -> matrix.Measurement:
     """Run one cell: generation and speed with GenAI at the device's defaults, then both fidelity figures."""
     records.reset_peak_rss()
     reference = evidence.reference
@@ -195,14 +229,24 @@ def measure_cell(target: Target, plan: matrix.CellPlan, cfg: ValidateConfig, evi
         # LLMPipeline(..., "NPU") raises rather than falling back; through NPUW every subgraph ran on the backend
         executed = plan.backend or "NPU"
     return matrix.Measurement(
-        executed=executed, load_s=gen["load_s"], peak_rss_mb=records.peak_rss_mb(), perf=gen["perf"],
-        fidelity=pinned["fidelity"], outputs=gen["outputs"], sample=gen["text"],
-        tokenizer_matches_reference=gen["tokenizer_matches_reference"], fidelity_device=forced_device,
-        artifact_numerics=pinned["numerics"], long_context=pinned["long_context"], **device)
+        executed=executed,
+        load_s=gen["load_s"],
+        peak_rss_mb=records.peak_rss_mb(),
+        perf=gen["perf"],
+        fidelity=pinned["fidelity"],
+        outputs=gen["outputs"],
+        sample=gen["text"],
+        tokenizer_matches_reference=gen["tokenizer_matches_reference"],
+        fidelity_device=forced_device,
+        artifact_numerics=pinned["numerics"],
+        long_context=pinned["long_context"],
+        **device,
+    )
 
 
-def emulation_cells(target: Target, cfg: ValidateConfig, evidence: Evidence, verdicts: matrix.Verdicts,
-                    pinned_runs: dict[str, Any]) -> dict[str, matrix.Cell]:
+def emulation_cells(
+    target: Target, cfg: ValidateConfig, evidence: Evidence, verdicts: matrix.Verdicts, pinned_runs: dict[str, Any]
+) -> dict[str, matrix.Cell]:
     """CPU cells that force the targets' compute precisions (``validate.emulate_numerics``), where this CPU can."""
     from pipeline.openvino.numerics import emulation_plans
 
@@ -219,8 +263,19 @@ def emulation_cells(target: Target, cfg: ValidateConfig, evidence: Evidence, ver
             got = numerics_fidelity(target.ir_dir, "CPU", evidence, pinned_logits, plan.precision)
         ran = got["device_numerics"]["compute"]
         note = f"asked for {plan.precision} compute but the CPU plugin ran {ran}" if ran != plan.precision else None
-        measured = matrix.Measurement("CPU", 0.0, records.peak_rss_mb(), {}, pinned["fidelity"], [], True, "",
-                                      note=note, artifact_numerics=pinned["numerics"], **got)
+        measured = matrix.Measurement(
+            "CPU",
+            0.0,
+            records.peak_rss_mb(),
+            {},
+            pinned["fidelity"],
+            [],
+            True,
+            "",
+            note=note,
+            artifact_numerics=pinned["numerics"],
+            **got,
+        )
         cells[plan.column] = matrix.emulation_cell(plan.column, plan.label, measured, verdicts)
     return cells
 
@@ -232,8 +287,9 @@ def npu_lanes(target: Target, cfg: ValidateConfig, plans: list[matrix.CellPlan])
         if plan.device == "NPU" and plan.skip_reason:
             too_large = npu_lane.too_large(target.ir_dir, cfg.npuw_max_size_mb)
             if too_large is None:
-                plan = matrix.CellPlan(plan.column, "NPU", backend="CPU",
-                                       note=f"no NPU here ({plan.skip_reason}): {npu_lane.LABEL}")
+                plan = matrix.CellPlan(
+                    plan.column, "NPU", backend="CPU", note=f"no NPU here ({plan.skip_reason}): {npu_lane.LABEL}"
+                )
             else:
                 plan = matrix.CellPlan(plan.column, "NPU", skip_reason=f"{plan.skip_reason}; {too_large}")
         out.append(plan)
@@ -247,13 +303,20 @@ def same_tokens_as_cpu(cells: dict[str, matrix.Cell], outputs: dict[str, list[li
     if npuw is None or "NPU" not in outputs or cpu is None or npuw.device_executed == "NPU":
         return
     if outputs["NPU"] != outputs[cpu]:
-        npuw.problems.append(f"the NPU pipeline through NPUW generated other tokens than the CPU pipeline "
-                             f"({cpu} cell) at the same compute precision")
+        npuw.problems.append(
+            f"the NPU pipeline through NPUW generated other tokens than the CPU pipeline "
+            f"({cpu} cell) at the same compute precision"
+        )
         npuw.status = "failed"
 
 
-def run(target: Target, cfg: ValidateConfig, reference_path: Path = REFERENCE, metrics_dir: Path = METRICS_DIR,
-        status: dict | None = None) -> dict:
+def run(
+    target: Target,
+    cfg: ValidateConfig,
+    reference_path: Path = REFERENCE,
+    metrics_dir: Path = METRICS_DIR,
+    status: dict | None = None,
+) -> dict:
     """Validate one IR on every device it targets; write its metrics; fail (one line) if a cell failed.
 
     Args:
@@ -281,8 +344,9 @@ def run(target: Target, cfg: ValidateConfig, reference_path: Path = REFERENCE, m
         cells[plan.column] = matrix.judge(plan, got, evidence.reference, verdicts, target.kind)
     same_tokens_as_cpu(cells, outputs)
     cells.update(emulation_cells(target, cfg, evidence, verdicts, pinned_runs))
-    return records.publish_cells(target.artifact, target.family, weight_format, target.ir_dir,
-                                cfg.thresholds(weight_format), cells, metrics_dir)
+    return records.publish_cells(
+        target.artifact, target.family, weight_format, target.ir_dir, cfg.thresholds(weight_format), cells, metrics_dir
+    )
 
 
 def openvino_target(name: str, cfg: ValidateConfig, root: Path = IR_ROOT) -> Target:

@@ -75,9 +75,12 @@ def detect(core: Any | None = None) -> dict[str, DeviceStatus]:
             status[device] = DeviceStatus(device, False, reason=_absent_reason(device))
             continue
         status[device] = DeviceStatus(
-            device, True, full_name=_property(core, device, "FULL_DEVICE_NAME"),
+            device,
+            True,
+            full_name=_property(core, device, "FULL_DEVICE_NAME"),
             driver=_property(core, device, "NPU_DRIVER_VERSION") if device == "NPU" else None,
-            compiler=_property(core, device, "NPU_COMPILER_VERSION") if device == "NPU" else None)
+            compiler=_property(core, device, "NPU_COMPILER_VERSION") if device == "NPU" else None,
+        )
     return status
 
 
@@ -96,16 +99,23 @@ def executed_device(requested: str, executed: str) -> tuple[bool, str]:
 
 # onnxruntime-genai execution providers -> matrix column, and the package that brings each one.
 ONNX_PROVIDER_DEVICES = {"cpu": "CPU", "dml": "DML", "cuda": "CUDA", "webgpu": "WEBGPU"}
-ONNX_PROVIDER_PACKAGES = {"dml": "onnxruntime-genai-directml", "cuda": "onnxruntime-genai-cuda",
-                          "webgpu": "onnxruntime-genai-webgpu"}
+ONNX_PROVIDER_PACKAGES = {
+    "dml": "onnxruntime-genai-directml",
+    "cuda": "onnxruntime-genai-cuda",
+    "webgpu": "onnxruntime-genai-webgpu",
+}
 
 
 def onnx_provider_status(provider: str) -> DeviceStatus:
     """Whether the installed onnxruntime-genai can run ``provider`` here, or the reason it cannot."""
     import onnxruntime_genai as og
 
-    checks = {"cpu": lambda: True, "dml": og.is_dml_available, "cuda": og.is_cuda_available,
-              "webgpu": og.is_webgpu_available}
+    checks = {
+        "cpu": lambda: True,
+        "dml": og.is_dml_available,
+        "cuda": og.is_cuda_available,
+        "webgpu": og.is_webgpu_available,
+    }
     name = ONNX_PROVIDER_DEVICES[provider]
     if checks[provider]():
         return DeviceStatus(name, True, full_name=f"onnxruntime-genai {provider} provider")
@@ -113,8 +123,12 @@ def onnx_provider_status(provider: str) -> DeviceStatus:
     if provider == "dml" and platform.system() != "Windows":
         reason = f"DirectML exists only on Windows ({package}); the onnxruntime-genai here has no DML provider"
     elif provider == "dml":  # installing it here would replace the onnxruntime-genai the model builder needs
-        reason = (f"the main environment keeps the CPU onnxruntime-genai the model builder needs ({package} would "
-                  "replace it); `aipc onnx-compat <variant>` loads the folder in the DirectML runtime's versions")
+        reason = (
+            f"the main environment keeps the CPU onnxruntime-genai the model builder needs ({package} would "
+            "replace it); `aipc onnx-compat <variant>` loads the folder in the DirectML runtime's versions"
+        )
     else:
-        reason = f"the installed onnxruntime-genai has no {name} provider: install {package} on a machine with the device"
+        reason = (
+            f"the installed onnxruntime-genai has no {name} provider: install {package} on a machine with the device"
+        )
     return DeviceStatus(name, False, reason=reason)

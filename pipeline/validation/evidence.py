@@ -26,9 +26,11 @@ class Evidence:
         """Read the ``reference`` stage's JSON and the ``.npz`` files beside it."""
         folder = Path(reference_path).parent
         long_file = folder / fidelity.LONG_LOGPROBS_FILE
-        return cls(json.loads(Path(reference_path).read_text(encoding="utf-8")),
-                   fidelity.ReferenceLogprobs.load(folder / fidelity.LOGPROBS_FILE),
-                   fidelity.ReferenceLogprobs.load(long_file) if long_file.is_file() else None)
+        return cls(
+            json.loads(Path(reference_path).read_text(encoding="utf-8")),
+            fidelity.ReferenceLogprobs.load(folder / fidelity.LOGPROBS_FILE),
+            fidelity.ReferenceLogprobs.load(long_file) if long_file.is_file() else None,
+        )
 
     @property
     def windows(self) -> list[list[int]]:
@@ -43,7 +45,9 @@ class Evidence:
 
 def verdicts_for(cfg: ValidateConfig, weight_format: str) -> matrix.Verdicts:
     """The thresholds of one artifact: its weight format's, the compute precisions', the long-context ranges'."""
-    device = {c: matrix.Thresholds(f"{c} compute", **cfg.device_numerics.thresholds(c))
-              for c in ("f32", "bf16", "f16")}
-    return matrix.Verdicts(matrix.Thresholds(weight_format, **cfg.thresholds(weight_format)), device,
-                           matrix.Thresholds(weight_format, **cfg.long_context_thresholds(weight_format)))
+    device = {c: matrix.Thresholds(f"{c} compute", **cfg.device_numerics.thresholds(c)) for c in ("f32", "bf16", "f16")}
+    return matrix.Verdicts(
+        matrix.Thresholds(weight_format, **cfg.thresholds(weight_format)),
+        device,
+        matrix.Thresholds(weight_format, **cfg.long_context_thresholds(weight_format)),
+    )

@@ -27,10 +27,10 @@ LONG_LOGPROBS_FILE = "long_logprobs.npz"  # long-context windows, fewer top-k pe
 class ReferenceLogprobs:
     """PyTorch's teacher-forced next-token distributions, one row per held-out position (windows concatenated)."""
 
-    topk_ids: np.ndarray        # int32 [positions, k]: the reference's k most likely next tokens
-    topk_logprobs: np.ndarray   # float32 [positions, k]: their log-probs
-    next_ids: np.ndarray        # int32 [positions]: the token that follows in the text (-1: window end, unknown)
-    next_logprobs: np.ndarray   # float32 [positions]: the reference's log-prob of it (nan where unknown)
+    topk_ids: np.ndarray  # int32 [positions, k]: the reference's k most likely next tokens
+    topk_logprobs: np.ndarray  # float32 [positions, k]: their log-probs
+    next_ids: np.ndarray  # int32 [positions]: the token that follows in the text (-1: window end, unknown)
+    next_logprobs: np.ndarray  # float32 [positions]: the reference's log-prob of it (nan where unknown)
     window_lengths: np.ndarray  # int32 [windows]
 
     def save(self, path: Path) -> None:
@@ -69,8 +69,13 @@ def reference_from_logits(windows: list[list[int]], logits: list[np.ndarray], to
         picked = np.take_along_axis(logp, np.maximum(following, 0)[:, None], axis=-1)[:, 0]
         next_ids.append(following)
         next_lps.append(np.where(following >= 0, picked, np.nan).astype(np.float32))
-    return ReferenceLogprobs(np.concatenate(ids), np.concatenate(lps), np.concatenate(next_ids),
-                             np.concatenate(next_lps), np.array([len(w) for w in windows], dtype=np.int32))
+    return ReferenceLogprobs(
+        np.concatenate(ids),
+        np.concatenate(lps),
+        np.concatenate(next_ids),
+        np.concatenate(next_lps),
+        np.array([len(w) for w in windows], dtype=np.int32),
+    )
 
 
 @dataclass
@@ -140,8 +145,9 @@ class _Stats:
     ref_nll_sum: float = 0.0
 
 
-def _row_stats(ref: ReferenceLogprobs, start: int, logits: np.ndarray, rows: slice | None = None,
-               chunk: int = 512) -> _Stats:
+def _row_stats(
+    ref: ReferenceLogprobs, start: int, logits: np.ndarray, rows: slice | None = None, chunk: int = 512
+) -> _Stats:
     """Statistics of one window's ``logits`` (``rows`` of them) against the reference rows from ``start`` on."""
     logits = np.asarray(logits)
     rows = rows or slice(0, logits.shape[0])
@@ -149,8 +155,16 @@ def _row_stats(ref: ReferenceLogprobs, start: int, logits: np.ndarray, rows: sli
     for lo in range(rows.start, rows.stop, chunk):  # float64 log-softmax of a 6k x 32k window is 1.5 GB: chunk it
         hi = min(lo + chunk, rows.stop)
         logp, ref_rows = log_softmax(logits[lo:hi]), slice(start + lo, start + hi)
-        kl = topk_kl(ReferenceLogprobs(ref.topk_ids[ref_rows], ref.topk_logprobs[ref_rows], ref.next_ids[ref_rows],
-                                       ref.next_logprobs[ref_rows], ref.window_lengths), logp)
+        kl = topk_kl(
+            ReferenceLogprobs(
+                ref.topk_ids[ref_rows],
+                ref.topk_logprobs[ref_rows],
+                ref.next_ids[ref_rows],
+                ref.next_logprobs[ref_rows],
+                ref.window_lengths,
+            ),
+            logp,
+        )
         next_ids = ref.next_ids[ref_rows]
         known = next_ids >= 0
         nll = -np.take_along_axis(logp[known], next_ids[known].astype(np.int64)[:, None], axis=-1)[:, 0]
@@ -172,9 +186,14 @@ def _fidelity(ref: ReferenceLogprobs, parts: list[_Stats]) -> Fidelity:
         total.kl_max = max(total.kl_max, part.kl_max)
     ppl = float(np.exp(total.nll_sum / max(total.known, 1)))
     ref_ppl = float(np.exp(total.ref_nll_sum / max(total.known, 1)))
-    return Fidelity(top1_agreement=total.top1_hits / max(total.positions, 1),
-                    mean_kl=total.kl_sum / max(total.positions, 1), max_kl=total.kl_max, perplexity=ppl,
-                    reference_perplexity=ref_ppl, perplexity_delta_pct=100.0 * (ppl - ref_ppl) / ref_ppl)
+    return Fidelity(
+        top1_agreement=total.top1_hits / max(total.positions, 1),
+        mean_kl=total.kl_sum / max(total.positions, 1),
+        max_kl=total.kl_max,
+        perplexity=ppl,
+        reference_perplexity=ref_ppl,
+        perplexity_delta_pct=100.0 * (ppl - ref_ppl) / ref_ppl,
+    )
 
 
 def position_ranges(length: int, boundaries: list[int]) -> list[tuple[int, int]]:
@@ -213,7 +232,7 @@ def agreement(pinned: list[np.ndarray], other: list[np.ndarray]) -> dict[str, fl
     hits = kl_sum = positions = 0.0
     for a, b in zip(pinned, other):
         for lo in range(0, len(a), 512):
-            p, q = log_softmax(a[lo:lo + 512]), log_softmax(b[lo:lo + 512])
+            p, q = log_softmax(a[lo : lo + 512]), log_softmax(b[lo : lo + 512])
             hits += float((p.argmax(-1) == q.argmax(-1)).sum())
             kl_sum += float(np.maximum((np.exp(p) * (p - q)).sum(-1), 0.0).sum())
             positions += len(p)

@@ -46,7 +46,9 @@ def plan_cells(targets: list[str], status: dict[str, DeviceStatus], cpu_stand_in
     plans = []
     for device in targets:
         state = status.get(device) or DeviceStatus(device, False, reason=f"no {device} runtime known here")
-        plans.append(CellPlan(device, device) if state.available else CellPlan(device, device, skip_reason=state.reason))
+        plans.append(
+            CellPlan(device, device) if state.available else CellPlan(device, device, skip_reason=state.reason)
+        )
     absent = [p for p in plans if p.skip_reason]
     if cpu_stand_in and len(absent) == len(plans) and "CPU" not in targets:
         note = "; ".join(f"no {p.column}: {p.skip_reason}" for p in absent)
@@ -68,8 +70,13 @@ class Perf:
     def from_runs(cls, prompt_tokens: int, new_tokens: int, ttft_ms: list[float], tpot_ms: list[float]) -> Perf:
         """Medians of repeated runs; tokens/s is the decode rate, 1000 / TPOT, for every backend alike."""
         tpot = statistics.median(tpot_ms)
-        return cls(prompt_tokens, new_tokens, round(statistics.median(ttft_ms), 3), round(tpot, 3),
-                   round(1000.0 / tpot, 2) if tpot > 0 else 0.0)
+        return cls(
+            prompt_tokens,
+            new_tokens,
+            round(statistics.median(ttft_ms), 3),
+            round(tpot, 3),
+            round(1000.0 / tpot, 2) if tpot > 0 else 0.0,
+        )
 
 
 @dataclass
@@ -88,8 +95,8 @@ class Measurement:
     note: str | None = None
     artifact_numerics: dict[str, Any] | None = None  # what the pinned (artifact fidelity) run computed with
     device_fidelity: dict[str, float] | None = None  # against PyTorch, at the device's own numerics
-    device_numerics: dict[str, Any] | None = None    # what that run computed with (read back)
-    drift: dict[str, float] | None = None            # device-numerics run against the pinned run
+    device_numerics: dict[str, Any] | None = None  # what that run computed with (read back)
+    drift: dict[str, float] | None = None  # device-numerics run against the pinned run
     long_context: list[dict[str, Any]] | None = None  # artifact fidelity per long window and position range
 
 
@@ -166,7 +173,9 @@ class Thresholds:
         out = []
         top1, kl = fidelity.get("top1_agreement"), fidelity.get("mean_kl")
         if self.min_top1_agreement is not None and top1 < self.min_top1_agreement:
-            out.append(f"{what}top-1 agreement {top1:.3f} below the {self.precision} threshold {self.min_top1_agreement}")
+            out.append(
+                f"{what}top-1 agreement {top1:.3f} below the {self.precision} threshold {self.min_top1_agreement}"
+            )
         if self.max_mean_kl is not None and kl > self.max_mean_kl:
             out.append(f"{what}mean KL {kl:.4g} above the {self.precision} threshold {self.max_mean_kl}")
         return out
@@ -188,8 +197,10 @@ class Verdicts:
             compute = got.device_numerics["compute"]
             limits = self.device.get(compute)
             if limits is not None:
-                out += [f"device numerics ({got.device_numerics['label']}) against the f32 run: {p}"
-                        for p in limits.problems(got.drift)]
+                out += [
+                    f"device numerics ({got.device_numerics['label']}) against the f32 run: {p}"
+                    for p in limits.problems(got.drift)
+                ]
         for rng in (got.long_context or []) if self.long_context else []:
             where = f"long context, {rng['window']}-token window, positions {rng['start']}-{rng['stop']}: "
             out += self.long_context.problems(rng, where)
@@ -213,35 +224,69 @@ def judge(plan: CellPlan, got: Measurement, reference: dict, thresholds: Thresho
     if plan.stand_in_for:
         label = f"{kind}, validated on {executed} (stand-in: no {plan.stand_in_for} here)"
     short = next(iter(got.perf.values()))
-    return Cell(plan.column, plan.device, "failed" if problems else "passed", label, executed, plan.stand_in_for,
-                reason=plan.note, problems=problems, load_s=round(got.load_s, 4), peak_rss_mb=got.peak_rss_mb,
-                ttft_ms=short.ttft_ms, tpot_ms=short.tpot_ms, tokens_per_s=short.tokens_per_s,
-                perf={k: asdict(v) for k, v in got.perf.items()}, **got.fidelity, greedy_exact_match=round(exact, 4),
-                first_divergence=divergence, tokenizer_matches_reference=got.tokenizer_matches_reference,
-                fidelity_device=got.fidelity_device or executed, sample=got.sample[:200],
-                note=got.note or (plan.note if plan.backend else None),
-                **numerics_fields(got))
+    return Cell(
+        plan.column,
+        plan.device,
+        "failed" if problems else "passed",
+        label,
+        executed,
+        plan.stand_in_for,
+        reason=plan.note,
+        problems=problems,
+        load_s=round(got.load_s, 4),
+        peak_rss_mb=got.peak_rss_mb,
+        ttft_ms=short.ttft_ms,
+        tpot_ms=short.tpot_ms,
+        tokens_per_s=short.tokens_per_s,
+        perf={k: asdict(v) for k, v in got.perf.items()},
+        **got.fidelity,
+        greedy_exact_match=round(exact, 4),
+        first_divergence=divergence,
+        tokenizer_matches_reference=got.tokenizer_matches_reference,
+        fidelity_device=got.fidelity_device or executed,
+        sample=got.sample[:200],
+        note=got.note or (plan.note if plan.backend else None),
+        **numerics_fields(got),
+    )
 
 
 def numerics_fields(got: Measurement) -> dict[str, Any]:
     """The device-numerics and long-context fields of a cell."""
     device = got.device_fidelity or {}
     drift = got.drift or {}
-    return {"artifact_numerics": got.artifact_numerics, "device_numerics": got.device_numerics,
-            "device_top1_agreement": device.get("top1_agreement"), "device_mean_kl": device.get("mean_kl"),
-            "device_perplexity_delta_pct": device.get("perplexity_delta_pct"),
-            "drift_top1_agreement": drift.get("top1_agreement"), "drift_mean_kl": drift.get("mean_kl"),
-            "long_context": got.long_context or []}
+    return {
+        "artifact_numerics": got.artifact_numerics,
+        "device_numerics": got.device_numerics,
+        "device_top1_agreement": device.get("top1_agreement"),
+        "device_mean_kl": device.get("mean_kl"),
+        "device_perplexity_delta_pct": device.get("perplexity_delta_pct"),
+        "drift_top1_agreement": drift.get("top1_agreement"),
+        "drift_mean_kl": drift.get("mean_kl"),
+        "long_context": got.long_context or [],
+    }
 
 
 def emulation_cell(column: str, label: str, got: Measurement, verdicts: Verdicts) -> Cell:
     """A CPU cell that forces a target's compute precision: judged on its drift from the pinned f32 run."""
     numerics = got.device_numerics or {}
     limits = verdicts.device.get(numerics.get("compute", ""))
-    problems = [f"{numerics.get('label')} against the f32 run: {p}" for p in limits.problems(got.drift or {})] \
-        if limits and got.drift else []
+    problems = (
+        [f"{numerics.get('label')} against the f32 run: {p}" for p in limits.problems(got.drift or {})]
+        if limits and got.drift
+        else []
+    )
     if got.note and got.note.startswith("asked for"):
         problems.append(got.note)
-    return Cell(column, "CPU", "failed" if problems else "passed", label, got.executed, problems=problems,
-                peak_rss_mb=got.peak_rss_mb, **got.fidelity, fidelity_device="CPU", note=got.note,
-                **numerics_fields(got))
+    return Cell(
+        column,
+        "CPU",
+        "failed" if problems else "passed",
+        label,
+        got.executed,
+        problems=problems,
+        peak_rss_mb=got.peak_rss_mb,
+        **got.fidelity,
+        fidelity_device="CPU",
+        note=got.note,
+        **numerics_fields(got),
+    )

@@ -55,11 +55,19 @@ class MetricsRecord:
         shown = head or next(iter(self.cells.values()))  # all skipped: the first cell, with its reason
         top = {k: v for k, v in asdict(shown).items() if k not in ("column", "status", "perf")}
         status = self.status
-        return {"artifact": self.artifact, "family": self.family, "weight_format": self.weight_format,
-                "size_mb": self.size_mb, **top, "headline_cell": head.column if head else None,
-                "status": status, "passed": None if status == "skipped" else status == "passed",
-                "problems": self.problems, "thresholds": self.thresholds,
-                "cells": {k: asdict(c) for k, c in self.cells.items()}}
+        return {
+            "artifact": self.artifact,
+            "family": self.family,
+            "weight_format": self.weight_format,
+            "size_mb": self.size_mb,
+            **top,
+            "headline_cell": head.column if head else None,
+            "status": status,
+            "passed": None if status == "skipped" else status == "passed",
+            "problems": self.problems,
+            "thresholds": self.thresholds,
+            "cells": {k: asdict(c) for k, c in self.cells.items()},
+        }
 
 
 def cell_line(cell: Cell) -> str:
@@ -68,8 +76,10 @@ def cell_line(cell: Cell) -> str:
         return f"skipped: {cell.reason}"
     parts = [f"{cell.status}: {cell.label}: artifact (f32) top-1 {cell.top1_agreement:.3f}, KL {cell.mean_kl:.2g}"]
     if cell.device_numerics and cell.device_top1_agreement is not None:
-        parts.append(f"device ({cell.device_numerics['label']}) top-1 {cell.device_top1_agreement:.3f}, "
-                     f"KL {cell.device_mean_kl:.2g}")
+        parts.append(
+            f"device ({cell.device_numerics['label']}) top-1 {cell.device_top1_agreement:.3f}, "
+            f"KL {cell.device_mean_kl:.2g}"
+        )
     if cell.long_context:
         parts.append(f"long context min top-1 {min(r['top1_agreement'] for r in cell.long_context):.3f}")
     if cell.greedy_exact_match is not None:
@@ -96,8 +106,15 @@ def publish(record: MetricsRecord, path: Path) -> dict[str, Any]:
     return data
 
 
-def publish_cells(artifact: str, family: str, weight_format: str | None, folder: Path | None,
-                  thresholds: dict[str, float | None], cells: dict[str, Cell], metrics_dir: Path) -> dict[str, Any]:
+def publish_cells(
+    artifact: str,
+    family: str,
+    weight_format: str | None,
+    folder: Path | None,
+    thresholds: dict[str, float | None],
+    cells: dict[str, Cell],
+    metrics_dir: Path,
+) -> dict[str, Any]:
     """:func:`publish` the cells of one artifact to ``<metrics_dir>/<artifact>.json``, its size read from ``folder``."""
     size_mb = round(folder_bytes(folder) / 2**20, 3) if folder is not None else None
     record = MetricsRecord(artifact, family, weight_format, size_mb, thresholds, cells)

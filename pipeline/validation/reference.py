@@ -34,7 +34,11 @@ def heldout_ids(tokenizer: Any) -> list[int]:
 def eval_windows(tokenizer: Any, cfg: ValidateConfig) -> list[list[int]]:
     """Token windows of the held-out text used for teacher-forced comparison."""
     ids = heldout_ids(tokenizer)[: cfg.eval_tokens]
-    return [ids[i: i + cfg.eval_window] for i in range(0, len(ids), cfg.eval_window) if len(ids[i: i + cfg.eval_window]) > 1]
+    return [
+        ids[i : i + cfg.eval_window]
+        for i in range(0, len(ids), cfg.eval_window)
+        if len(ids[i : i + cfg.eval_window]) > 1
+    ]
 
 
 def context_limits(config: Any) -> dict[str, int | None]:
@@ -42,9 +46,11 @@ def context_limits(config: Any) -> dict[str, int | None]:
     rope = getattr(config, "rope_parameters", None) or {}
     original = getattr(config, "original_max_position_embeddings", None) or rope.get("original_max_position_embeddings")
     longrope = rope.get("rope_type") == "longrope"
-    return {"max_position_embeddings": getattr(config, "max_position_embeddings", None),
-            "sliding_window": getattr(config, "sliding_window", None),
-            "original_max_position_embeddings": original if longrope else None}
+    return {
+        "max_position_embeddings": getattr(config, "max_position_embeddings", None),
+        "sliding_window": getattr(config, "sliding_window", None),
+        "original_max_position_embeddings": original if longrope else None,
+    }
 
 
 def long_context_plan(tokenizer: Any, cfg: ValidateConfig, limits: dict[str, int | None]) -> dict[str, Any]:
@@ -59,7 +65,9 @@ def long_context_plan(tokenizer: Any, cfg: ValidateConfig, limits: dict[str, int
     if not limits["original_max_position_embeddings"]:
         lengths = lengths[-1:]  # one rope for every length: a shorter window repeats the longest one's first positions
     if lengths and lengths[-1] > len(ids):
-        fail(f"validate.long_context.lengths asks for {lengths[-1]} tokens but the held-out text has {len(ids)}: lower it")
+        fail(
+            f"validate.long_context.lengths asks for {lengths[-1]} tokens but the held-out text has {len(ids)}: lower it"
+        )
     model_cuts = [limits[k] for k in ("sliding_window", "original_max_position_embeddings") if limits[k]]
     boundaries = sorted({*cfg.long_context.boundaries, *model_cuts})
     return {"windows": [ids[:length] for length in lengths], "boundaries": boundaries, "limits": limits}
@@ -67,11 +75,13 @@ def long_context_plan(tokenizer: Any, cfg: ValidateConfig, limits: dict[str, int
 
 def perf_prompts(tokenizer: Any, cfg: ValidateConfig) -> dict[str, list[int]]:
     """Speed-test prompts of exactly the configured lengths, cut from held-out text the evaluation does not use."""
-    rest = heldout_ids(tokenizer)[cfg.eval_tokens:]
+    rest = heldout_ids(tokenizer)[cfg.eval_tokens :]
     longest = max(cfg.perf_prompt_tokens.values())
     if longest > len(rest):
-        fail(f"validate.perf_prompt_tokens asks for {longest} tokens but the held-out text has {len(rest)} after "
-             f"the {cfg.eval_tokens} evaluated ones: lower it")
+        fail(
+            f"validate.perf_prompt_tokens asks for {longest} tokens but the held-out text has {len(rest)} after "
+            f"the {cfg.eval_tokens} evaluated ones: lower it"
+        )
     return {name: rest[:length] for name, length in cfg.perf_prompt_tokens.items()}
 
 
@@ -84,8 +94,13 @@ def teacher_forced(model: Any, windows: list[list[int]]) -> tuple[list[dict[str,
         for window in windows:
             logits = model(torch.tensor([window])).logits[0].float()
             top2 = logits.topk(2, dim=-1)
-            out.append({"input_ids": window, "top1": top2.indices[:, 0].tolist(),
-                        "margin": (top2.values[:, 0] - top2.values[:, 1]).tolist()})
+            out.append(
+                {
+                    "input_ids": window,
+                    "top1": top2.indices[:, 0].tolist(),
+                    "margin": (top2.values[:, 0] - top2.values[:, 1]).tolist(),
+                }
+            )
             logits_out.append(logits.numpy())
     return out, logits_out
 
@@ -106,11 +121,21 @@ def greedy(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int) 
     with torch.inference_mode():
         for prompt in prompts:
             ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-            generated = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                                       max_new_tokens=max_new_tokens, do_sample=False)
-            new = generated[0, len(ids):].tolist()
-            out.append({"prompt": prompt, "prompt_ids": ids, "output_ids": new,
-                        "text": tokenizer.decode(new, skip_special_tokens=True)})
+            generated = model.generate(
+                torch.tensor([ids]),
+                attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+            )
+            new = generated[0, len(ids) :].tolist()
+            out.append(
+                {
+                    "prompt": prompt,
+                    "prompt_ids": ids,
+                    "output_ids": new,
+                    "text": tokenizer.decode(new, skip_special_tokens=True),
+                }
+            )
     return out
 
 
@@ -132,30 +157,52 @@ def run(cfg: ValidateConfig, model_dir: Path = MODEL_DIR, out_dir: Path = OUT_DI
         forced, logits = teacher_forced(model, windows)
         logprobs = reference_from_logits(windows, logits, cfg.kl_top_k)
     long = long_context_plan(tokenizer, cfg, context_limits(model.config))
-    with step(f"teacher-forced long-context windows of {[len(w) for w in long['windows']]} tokens "
-              f"(boundaries {long['boundaries']})"):
-        long_logprobs = reference_from_logits(long["windows"], long_logits(model, long["windows"]),
-                                              cfg.long_context.top_k)
+    with step(
+        f"teacher-forced long-context windows of {[len(w) for w in long['windows']]} tokens "
+        f"(boundaries {long['boundaries']})"
+    ):
+        long_logprobs = reference_from_logits(
+            long["windows"], long_logits(model, long["windows"]), cfg.long_context.top_k
+        )
     with step(f"greedy generation for {len(cfg.prompts)} prompts"):
         generations = greedy(model, tokenizer, cfg.prompts, cfg.max_new_tokens)
     margins = sorted(m for w in forced for m in w["margin"])
-    result = {"model": source.get("model"), "dtype": cfg.reference_dtype, "teacher_forced": forced,
-              "greedy": generations, "perf_prompts": perf_prompts(tokenizer, cfg),
-              "perplexity": logprobs.perplexity, "kl_top_k": cfg.kl_top_k,
-              "kl_top_k_mass": float(np.exp(logprobs.topk_logprobs.astype(np.float64)).sum(-1).mean()),
-              "long_context": {"windows": long["windows"], "boundaries": long["boundaries"],
-                               "limits": long["limits"], "top_k": cfg.long_context.top_k},
-              "margin_stats": {"median": statistics.median(margins), "p10": margins[len(margins) // 10],
-                               "positions": len(margins)}}
+    result = {
+        "model": source.get("model"),
+        "dtype": cfg.reference_dtype,
+        "teacher_forced": forced,
+        "greedy": generations,
+        "perf_prompts": perf_prompts(tokenizer, cfg),
+        "perplexity": logprobs.perplexity,
+        "kl_top_k": cfg.kl_top_k,
+        "kl_top_k_mass": float(np.exp(logprobs.topk_logprobs.astype(np.float64)).sum(-1).mean()),
+        "long_context": {
+            "windows": long["windows"],
+            "boundaries": long["boundaries"],
+            "limits": long["limits"],
+            "top_k": cfg.long_context.top_k,
+        },
+        "margin_stats": {
+            "median": statistics.median(margins),
+            "p10": margins[len(margins) // 10],
+            "positions": len(margins),
+        },
+    }
     with staged_dir(out_dir) as tmp:
         write_json_atomic(tmp / "reference.json", result)
         logprobs.save(tmp / LOGPROBS_FILE)
         long_logprobs.save(tmp / LONG_LOGPROBS_FILE)
-        write_manifest(tmp, stage="reference", source_model=source.get("model"),
-                       source_files_sha256={k: v["sha256"] for k, v in source["files"].items()})
-    say(f"reference ready: {result['margin_stats']['positions']} positions, median top-1 margin "
+        write_manifest(
+            tmp,
+            stage="reference",
+            source_model=source.get("model"),
+            source_files_sha256={k: v["sha256"] for k, v in source["files"].items()},
+        )
+    say(
+        f"reference ready: {result['margin_stats']['positions']} positions, median top-1 margin "
         f"{result['margin_stats']['median']:.2f}, perplexity {logprobs.perplexity:.2f}, top-{cfg.kl_top_k} mass "
-        f"{result['kl_top_k_mass']:.3f}; sample: {generations[0]['text'][:60]!r}")
+        f"{result['kl_top_k_mass']:.3f}; sample: {generations[0]['text'][:60]!r}"
+    )
     return result
 
 

@@ -50,19 +50,42 @@ class Row:
 
     def flat(self) -> dict[str, Any]:
         """The row for ``cells.json`` (``dvc plots``): identifiers and the numbers."""
-        keys = ("device_executed", "load_s", "ttft_ms", "tpot_ms", "tokens_per_s", "peak_rss_mb", "top1_agreement",
-                "mean_kl", "perplexity_delta_pct", "greedy_exact_match", "device_top1_agreement", "device_mean_kl",
-                "drift_top1_agreement", "drift_mean_kl")
+        keys = (
+            "device_executed",
+            "load_s",
+            "ttft_ms",
+            "tpot_ms",
+            "tokens_per_s",
+            "peak_rss_mb",
+            "top1_agreement",
+            "mean_kl",
+            "perplexity_delta_pct",
+            "greedy_exact_match",
+            "device_top1_agreement",
+            "device_mean_kl",
+            "drift_top1_agreement",
+            "drift_mean_kl",
+        )
         numerics = (self.data.get("device_numerics") or {}).get("label")
-        return {"device_numerics": numerics, "long_context_min_top1": self.long_context_min_top1,
-                "cell": f"{self.artifact} @ {self.cell}", "artifact": self.artifact, "device": self.cell,
-                "status": self.status, "size_mb": self.size_mb, **{k: self.data.get(k) for k in keys}}
+        return {
+            "device_numerics": numerics,
+            "long_context_min_top1": self.long_context_min_top1,
+            "cell": f"{self.artifact} @ {self.cell}",
+            "artifact": self.artifact,
+            "device": self.cell,
+            "status": self.status,
+            "size_mb": self.size_mb,
+            **{k: self.data.get(k) for k in keys},
+        }
 
 
 def configured_artifacts(params: PipelineConfig) -> list[tuple[str, str]]:
     """(artifact name, DVC stage) for every configured variant, in pipeline order."""
-    return [(family.artifact(variant), f"{family.validate_stage}@{variant}")
-            for family in FAMILIES.values() for variant in getattr(params, family.name)]
+    return [
+        (family.artifact(variant), f"{family.validate_stage}@{variant}")
+        for family in FAMILIES.values()
+        for variant in getattr(params, family.name)
+    ]
 
 
 def collect_rows(artifacts: list[tuple[str, str]], metrics_dir: Path) -> list[Row]:
@@ -100,21 +123,52 @@ def markdown_table(rows: list[Row]) -> str:
     """The artifact x device table (Markdown); one TTFT column per configured prompt length."""
     prompts = next((r.data["perf"] for r in rows if r.ran and r.data.get("perf")), {})
     ttft_cols = [f"TTFT ms ({p['prompt_tokens']} tok)" for p in prompts.values()]
-    head = ["artifact", "device", "status", "ran on", "size MB", "load s", *ttft_cols, "TPOT ms", "tokens/s",
-            "peak RSS MB", "top-1 (f32)", "mean KL (f32)", "ppl Δ %", "long ctx top-1", "device numerics",
-            "top-1 (device)", "mean KL (device)", "exact match", "note"]
+    head = [
+        "artifact",
+        "device",
+        "status",
+        "ran on",
+        "size MB",
+        "load s",
+        *ttft_cols,
+        "TPOT ms",
+        "tokens/s",
+        "peak RSS MB",
+        "top-1 (f32)",
+        "mean KL (f32)",
+        "ppl Δ %",
+        "long ctx top-1",
+        "device numerics",
+        "top-1 (device)",
+        "mean KL (device)",
+        "exact match",
+        "note",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         d = row.data
         ttft = [_num((d.get("perf") or {}).get(name, {}).get("ttft_ms"), ".1f") for name in prompts]
-        cells = [row.artifact, row.cell, f"**{row.status}**" if row.status == "failed" else row.status,
-                 d.get("device_executed") or "–", _num(row.size_mb, ".1f"), _num(d.get("load_s"), ".2f"), *ttft,
-                 _num(d.get("tpot_ms"), ".2f"), _num(d.get("tokens_per_s"), ".0f"), _num(d.get("peak_rss_mb"), ".0f"),
-                 _num(d.get("top1_agreement"), ".3f"), _num(d.get("mean_kl"), ".2g"),
-                 _num(d.get("perplexity_delta_pct"), "+.2f"), _num(row.long_context_min_top1, ".3f"),
-                 (d.get("device_numerics") or {}).get("label") or "–", _num(d.get("device_top1_agreement"), ".3f"),
-                 _num(d.get("device_mean_kl"), ".2g"), _num(d.get("greedy_exact_match"), ".2f"),
-                 row_note(row).replace("|", "/")]
+        cells = [
+            row.artifact,
+            row.cell,
+            f"**{row.status}**" if row.status == "failed" else row.status,
+            d.get("device_executed") or "–",
+            _num(row.size_mb, ".1f"),
+            _num(d.get("load_s"), ".2f"),
+            *ttft,
+            _num(d.get("tpot_ms"), ".2f"),
+            _num(d.get("tokens_per_s"), ".0f"),
+            _num(d.get("peak_rss_mb"), ".0f"),
+            _num(d.get("top1_agreement"), ".3f"),
+            _num(d.get("mean_kl"), ".2g"),
+            _num(d.get("perplexity_delta_pct"), "+.2f"),
+            _num(row.long_context_min_top1, ".3f"),
+            (d.get("device_numerics") or {}).get("label") or "–",
+            _num(d.get("device_top1_agreement"), ".3f"),
+            _num(d.get("device_mean_kl"), ".2g"),
+            _num(d.get("greedy_exact_match"), ".2f"),
+            row_note(row).replace("|", "/"),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -201,18 +255,29 @@ def run(params: PipelineConfig, metrics_dir: Path = METRICS_DIR, out_dir: Path =
     rows = collect_rows(configured_artifacts(params), metrics_dir)
     counts = summary(rows)
     with staged_dir(out_dir) as tmp:
-        text = ["# Validation report", "",
-                f"{counts['passed']} cells passed, {counts['failed']} failed, {counts['skipped']} skipped "
-                f"(device absent), {counts['missing']} missing. Speed: warm-up excluded, median of repeats; "
-                "fidelity against the PyTorch original on held-out text.", "", markdown_table(rows), "",
-                "![size vs fidelity](size_vs_fidelity.png)", "", "![tokens per second](tokens_per_s.png)", ""]
+        text = [
+            "# Validation report",
+            "",
+            f"{counts['passed']} cells passed, {counts['failed']} failed, {counts['skipped']} skipped "
+            f"(device absent), {counts['missing']} missing. Speed: warm-up excluded, median of repeats; "
+            "fidelity against the PyTorch original on held-out text.",
+            "",
+            markdown_table(rows),
+            "",
+            "![size vs fidelity](size_vs_fidelity.png)",
+            "",
+            "![tokens per second](tokens_per_s.png)",
+            "",
+        ]
         (tmp / "report.md").write_text("\n".join(text), encoding="utf-8")
         write_json_atomic(tmp / "cells.json", [r.flat() for r in rows if r.ran])
         write_json_atomic(tmp / "summary.json", {"cells": counts})
         plot_size_vs_fidelity(rows, tmp / "size_vs_fidelity.png")
         plot_tokens_per_s(rows, tmp / "tokens_per_s.png")
-    say(f"report: {out_dir / 'report.md'} ({len(rows)} cells: {counts['passed']} passed, {counts['failed']} failed, "
-        f"{counts['skipped']} skipped, {counts['missing']} missing)")
+    say(
+        f"report: {out_dir / 'report.md'} ({len(rows)} cells: {counts['passed']} passed, {counts['failed']} failed, "
+        f"{counts['skipped']} skipped, {counts['missing']} missing)"
+    )
     return counts
 
 
