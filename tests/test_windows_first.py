@@ -74,3 +74,31 @@ def test_on_windows_the_dml_skip_never_advises_replacing_the_builders_runtime(mo
     reason = devices.onnx_provider_status("dml").reason
     assert reason and "would replace it" in reason and "aipc onnx-compat" in reason
     assert not reason.startswith("the installed onnxruntime-genai has no DML provider: install")
+
+
+def test_replacing_an_output_with_an_open_file_inside_retries_then_says_what_to_close(
+        tmp_path: Path, monkeypatch) -> None:
+    import threading
+
+    import pytest
+
+    from pipeline.core import artifacts
+    from pipeline.core.errors import StageError
+    from winemu import enabled
+
+    monkeypatch.setattr(artifacts, "RENAME_RETRIES", (0.05, 0.05, 0.05))
+    final, new = tmp_path / "out", tmp_path / "new"
+    for folder, text in ((final, "previous"), (new, "new")):
+        folder.mkdir()
+        (folder / "model.bin").write_text(text, encoding="utf-8")
+    with enabled(tmp_path):
+        with open(final / "model.bin", "rb"):  # e.g. `aipc chat` still running on the old IR
+            with pytest.raises(StageError) as exc:
+                artifacts.replace_dir(new, final)
+        message = str(exc.value)
+        assert "\n" not in message and "is open in another program" in message and "was left as it was" in message
+        assert (final / "model.bin").read_text(encoding="utf-8") == "previous" and new.is_dir()
+        held = open(final / "model.bin", "rb")  # noqa: SIM115 - closed by the timer, as a virus scan ends
+        threading.Timer(0.08, held.close).start()
+        artifacts.replace_dir(new, final)
+    assert (final / "model.bin").read_text(encoding="utf-8") == "new" and not new.exists()

@@ -12,13 +12,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import platform
 import re
 import secrets
 import shutil
 import stat
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -241,16 +241,47 @@ def staged_dir(final: Path) -> Iterator[Path]:
             remove_tree(tmp)
 
 
+RENAME_RETRIES = (0.1, 0.3, 1.0, 2.0)  # seconds: Windows Defender or the indexer briefly holds files it scans
+
+
 def replace_dir(src: Path, final: Path) -> None:
-    """Move folder ``src`` to ``final``, replacing an older ``final`` (never editing it in place)."""
+    """Move folder ``src`` to ``final``, replacing an older ``final`` (never editing it in place).
+
+    Windows refuses to rename a folder while a file inside is open or mapped (another program, an antivirus
+    scan): each rename is retried for a few seconds, then a one-line error says what to close; ``final``
+    is then exactly as it was before.
+    """
     old = None
     if final.exists():
         old = _sibling(final, "old")
-        os.replace(final, old)
-    os.replace(src, final)
+        _rename_retrying(final, old, final)
+    try:
+        _rename_retrying(src, final, final)
+    except BaseException:
+        if old is not None and not final.exists():
+            os.replace(old, final)  # put the previous output back
+        raise
     MOVED.append(final)
     if old is not None:
         remove_tree(old)
+
+
+def _rename_retrying(src: Path, dest: Path, final: Path) -> None:
+    """``os.replace`` with retries while a file inside is held; a one-line StageError when it stays held."""
+    for pause in (*RENAME_RETRIES, None):
+        try:
+            os.replace(src, dest)
+            return
+        except PermissionError as err:
+            if pause is None:
+                from pipeline.core.errors import fail
+
+                fail(
+                    f"cannot replace {final}: a file in {src} is open in another program ({err.strerror or err}); "
+                    f"close it (a chat or Python session using it, Explorer, an antivirus scan) and rerun; "
+                    f"{final} was left as it was"
+                )
+            time.sleep(pause)
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -266,16 +297,3 @@ def write_json_atomic(path: Path, data: Any) -> None:
 def folder_bytes(folder: Path) -> int:
     """Total size of the files under ``folder``."""
     return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
-
-
-def peak_rss_bytes() -> int:
-    """Peak resident set size of this process so far (Linux, macOS and Windows)."""
-    try:
-        import resource
-
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return peak if platform.system() == "Darwin" else peak * 1024
-    except ImportError:  # Windows
-        import psutil
-
-        return int(psutil.Process().memory_info().peak_wset)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import platform
 import shutil
 import sys
 import threading
@@ -224,3 +225,16 @@ def needs_of(table: dict[str, tuple[float, float, float]], key: str, model_dir: 
     size = sum(f.stat().st_size for f in weight_files(model_dir)) or 1
     share, fixed, disk = table.get(key, max(table.values()))
     return int(share * size + fixed * 2**30), int(disk * size)
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process so far (Linux, macOS and Windows)."""
+    try:
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if platform.system() == "Darwin" else peak * 1024
+    except ImportError:  # Windows
+        import psutil
+
+        return int(psutil.Process().memory_info().peak_wset)

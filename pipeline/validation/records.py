@@ -12,9 +12,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.artifacts import folder_bytes, peak_rss_bytes, write_json_atomic
+from pipeline.core.artifacts import folder_bytes, write_json_atomic
 from pipeline.core.errors import fail
 from pipeline.core.log import say
+from pipeline.core.memory import peak_rss_bytes
 from pipeline.validation.matrix import Cell
 
 
