@@ -280,23 +280,12 @@ def cmd_pull(repo: str, revision: str, dest: str, endpoint: str | None = None) -
     print(f"{repo}@{manifest['commit']}: {len(manifest['files'])} files in {dest}, every sha256 matches the manifest")
 
 
-def venv_env(**extra: str) -> dict[str, str]:
-    """This environment with this interpreter's folder first on PATH, so `python -m ...` in dvc.yaml is ours.
-
-    Without it, ``.venv\\Scripts\\dvc repro`` from a shell where the venv is not active (Windows blocks
-    ``Activate.ps1`` by default) runs the stages with the Store stub or another Python.
-    """
-    return {
-        **os.environ,
-        **extra,
-        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
-    }
-
-
 def run_dvc(args: list[str], **extra_env: str) -> int:
     """Run ``dvc <args>`` with this venv first on PATH, from the project root; its exit code."""
     if not Path("dvc.yaml").is_file() or not Path(".dvc").is_dir():
         fail("run this from the project root (the folder with dvc.yaml and .dvc/)")
+    from pipeline.core.envs import venv_env
+
     return subprocess.run([sys.executable, "-m", "dvc", *args], env=venv_env(**extra_env), check=False).returncode
 
 

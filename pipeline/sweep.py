@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 
 from pipeline.core.artifacts import write_json_atomic
 from pipeline.core.config import PARAMS_FILE, SweepConfig, compose
+from pipeline.core.envs import venv_env
 from pipeline.core.errors import fail
 from pipeline.core.log import say, step
 
@@ -27,10 +27,9 @@ OUT_DIR = Path("artifacts") / "sweep"
 
 def dvc(*args: str, capture: bool = False) -> subprocess.CompletedProcess:
     """Run ``python -m dvc ...`` with this interpreter's scripts first on PATH."""
-    env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
     done = subprocess.run(
         [sys.executable, "-m", "dvc", *args],
-        env=env,
+        env=venv_env(),
         text=True,
         encoding="utf-8",
         errors="replace",

@@ -9,6 +9,19 @@ from pathlib import Path
 from pipeline.core.config import PROJECT_ROOT
 
 
+def venv_env(**extra: str) -> dict[str, str]:
+    """This environment with this interpreter's folder first on PATH, so `python -m ...` in dvc.yaml is ours.
+
+    Without it, ``.venv\\Scripts\\dvc repro`` from a shell where the venv is not active (Windows blocks
+    ``Activate.ps1`` by default) runs the stages with the Store stub or another Python.
+    """
+    return {
+        **os.environ,
+        **extra,
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+    }
+
+
 def envs_root() -> Path:
     """Where isolated environments live: ``AIPC_ENVS_DIR``, else a short per-user folder on Windows
     (``%LOCALAPPDATA%\\aipc``: torch's deep paths would overflow 260 characters inside the project), else

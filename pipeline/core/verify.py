@@ -169,8 +169,11 @@ def repair(stage: str, root: Path = Path(".")) -> list[Path]:
         f"dropped {len(dropped)} tampered cache file(s) of {stage}"
         + (f": {', '.join(p.name for p in dropped)}" if dropped else "")
     )
-    env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
-    done = subprocess.run([sys.executable, "-m", "dvc", "repro", "-f", "-s", stage], cwd=root, env=env, check=False)
+    from pipeline.core.envs import venv_env
+
+    done = subprocess.run(
+        [sys.executable, "-m", "dvc", "repro", "-f", "-s", stage], cwd=root, env=venv_env(), check=False
+    )
     if done.returncode:
         fail(f"`dvc repro -f -s {stage}` failed (exit {done.returncode}): the lines above say why")
     stages = yaml.safe_load((root / LOCK_FILE).read_text(encoding="utf-8"))["stages"]
