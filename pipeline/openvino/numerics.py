@@ -89,8 +89,9 @@ def read_back(compiled: Any) -> Numerics:
 
     group = prop("DYNAMIC_QUANTIZATION_GROUP_SIZE")
     kv = prop("KV_CACHE_PRECISION")
+    precision = prop("INFERENCE_PRECISION_HINT")
     return Numerics(
-        short_type(prop("INFERENCE_PRECISION_HINT")) if prop("INFERENCE_PRECISION_HINT") else None,
+        short_type(precision) if precision else None,
         short_type(kv) if kv is not None else None,
         int(group) if group is not None else None,
     )

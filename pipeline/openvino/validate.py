@@ -139,7 +139,7 @@ def _measure_generation(
 
 
 def forced_logits(
-    ir_dir: Path, device: str, windows: list[list[int]], compute: str | None, core: Any = None
+    ir_dir: Path, device: str, windows: list[list[int]], compute: str | None
 ) -> tuple[list[Any], str, numerics.Numerics]:
     """The IR's logits over ``windows`` (``ov.Core`` infer), the device that executed, and the numerics that ran.
 
@@ -149,7 +149,7 @@ def forced_logits(
     import numpy as np
     import openvino as ov
 
-    core = core or ov.Core()
+    core = ov.Core()
     compiled = core.compile_model(
         core.read_model(str(ir_dir / "openvino_model.xml")), device, numerics.settings(compute)
     )
@@ -276,7 +276,7 @@ def emulation_cells(
             artifact_numerics=pinned["numerics"],
             **got,
         )
-        cells[plan.column] = matrix.emulation_cell(plan.column, plan.label, measured, verdicts)
+        cells[plan.column] = matrix.emulation_cell(plan.column, plan.label, measured, verdicts, mismatch=note)
     return cells
 
 

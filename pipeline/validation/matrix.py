@@ -193,18 +193,19 @@ class Verdicts:
     def problems(self, got: Measurement) -> list[str]:
         """Every threshold ``got`` misses, each line saying which figure it is."""
         out = [f"artifact fidelity (f32 runtime): {p}" for p in self.artifact.problems(got.fidelity)]
-        if got.drift and got.device_numerics:
-            compute = got.device_numerics["compute"]
-            limits = self.device.get(compute)
-            if limits is not None:
-                out += [
-                    f"device numerics ({got.device_numerics['label']}) against the f32 run: {p}"
-                    for p in limits.problems(got.drift)
-                ]
+        if got.device_numerics:
+            out += self.drift_problems(got, f"device numerics ({got.device_numerics['label']})")
         for rng in (got.long_context or []) if self.long_context else []:
             where = f"long context, {rng['window']}-token window, positions {rng['start']}-{rng['stop']}: "
             out += self.long_context.problems(rng, where)
         return out
+
+    def drift_problems(self, got: Measurement, what: str) -> list[str]:
+        """The device-numerics thresholds of the compute precision that ran, against ``got``'s drift from f32."""
+        limits = self.device.get((got.device_numerics or {}).get("compute", ""))
+        if limits is None or not got.drift:
+            return []
+        return [f"{what} against the f32 run: {p}" for p in limits.problems(got.drift)]
 
 
 def judge(plan: CellPlan, got: Measurement, reference: dict, thresholds: Thresholds | Verdicts, kind: str) -> Cell:
@@ -266,17 +267,14 @@ def numerics_fields(got: Measurement) -> dict[str, Any]:
     }
 
 
-def emulation_cell(column: str, label: str, got: Measurement, verdicts: Verdicts) -> Cell:
-    """A CPU cell that forces a target's compute precision: judged on its drift from the pinned f32 run."""
-    numerics = got.device_numerics or {}
-    limits = verdicts.device.get(numerics.get("compute", ""))
-    problems = (
-        [f"{numerics.get('label')} against the f32 run: {p}" for p in limits.problems(got.drift or {})]
-        if limits and got.drift
-        else []
-    )
-    if got.note and got.note.startswith("asked for"):
-        problems.append(got.note)
+def emulation_cell(column: str, label: str, got: Measurement, verdicts: Verdicts, mismatch: str | None = None) -> Cell:
+    """A CPU cell that forces a target's compute precision: judged on its drift from the pinned f32 run.
+
+    ``mismatch``: the precision that ran is not the one asked for (also the cell's note).
+    """
+    problems = verdicts.drift_problems(got, str((got.device_numerics or {}).get("label")))
+    if mismatch:
+        problems.append(mismatch)
     return Cell(
         column,
         "CPU",
