@@ -179,10 +179,10 @@ def commands(model: Path, work: Path) -> dict[str, list[list[str]]]:
         return ours(f"eo.run('{name}', {cfg}, Path(r'{model}'), Path(r'{work / 'aipc'}'), base_dir=Path(r'{base}'))")
 
     onnx_ours = [sys.executable, "-c", STAGE_START + "from pathlib import Path; from pipeline.onnx.export import run; from "
-                 "pipeline.core.config import OnnxVariantConfig as C; cfg = C(execution_provider='dml', precision='int4', "
+                 "pipeline.onnx.config import OnnxVariantConfig as C; cfg = C(execution_provider='dml', precision='int4', "
                  "block_size=128, is_symmetric=True, algo_config='default', enable_dml_graph=True);"
                  f"run('onnx-dml-int4', cfg, Path(r'{model}'), Path(r'{work / 'aipc'}'))"]
-    npu = ours(f"from pipeline.core.config import NpuVariantConfig as N; from pipeline.openvino import export_npu; export_npu.run("
+    npu = ours(f"from pipeline.openvino.config import NpuVariantConfig as N; from pipeline.openvino import export_npu; export_npu.run("
                f"'npu-int4', N(), Path(r'{model}'), Path(r'{work / 'aipc'}'), base_dir=Path(r'{base}'))")
     table = {
         # the pipeline's int4: export_openvino_base then export_openvino@int4 (two stages, two processes)

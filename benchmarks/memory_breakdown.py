@@ -135,7 +135,7 @@ def instrument_onnx(sampler: Sampler) -> None:
 
 def run_export(kind: str, path: str, model: Path, work: Path) -> Path:
     """Run one export into ``work/<kind>-<path>`` the way the pipeline stage does."""
-    from pipeline.core.config import OpenVinoVariantConfig as C
+    from pipeline.openvino.config import OpenVinoVariantConfig as C
 
     out, lean = work / f"{kind}-{path}", path == "lean"
     shutil.rmtree(out, ignore_errors=True)
@@ -156,12 +156,12 @@ def run_export(kind: str, path: str, model: Path, work: Path) -> Path:
             raise SystemExit(f"no base IR in {base}: run `memory_breakdown.py base --path {path}` first")
         run(out.name, C(weight_format="int4", group_size=128, ratio=0.6, sym=True), model, work, base_dir=base, lean=lean)
     elif kind == "npu-int4":
-        from pipeline.core.config import NpuVariantConfig
+        from pipeline.openvino.config import NpuVariantConfig
         from pipeline.openvino.export_npu import run
 
         run(out.name, NpuVariantConfig(), model, work, base_dir=work / f"base-{path}")
     elif kind == "onnx-dml-int4":
-        from pipeline.core.config import OnnxVariantConfig
+        from pipeline.onnx.config import OnnxVariantConfig
         from pipeline.onnx.export import run
 
         run(out.name, OnnxVariantConfig(execution_provider="dml", precision="int4", block_size=128, is_symmetric=True,

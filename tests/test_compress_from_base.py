@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.core.config import ModelConfig, OpenVinoVariantConfig
+from pipeline.core.config import ModelConfig
+from pipeline.openvino.config import OpenVinoVariantConfig
 from pipeline.core.hashes import sha256_file
 from pipeline.hub import download
 from pipeline.openvino import export as export_openvino

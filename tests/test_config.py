@@ -8,16 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.core.config import (
-    CONF_DIR,
-    ConfigError,
-    OpenVinoVariantConfig,
-    PipelineConfig,
-    ValidateConfig,
-    build,
-    compose,
-    load_params,
-)
+from pipeline.core.config import CONF_DIR, ConfigError, PipelineConfig, ValidateConfig, build, compose, load_params
+from pipeline.openvino.config import OpenVinoVariantConfig
 from pipeline.openvino.export import check_group_size
 
 ROOT = Path(__file__).resolve().parent.parent

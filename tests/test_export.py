@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.core.config import ConfigError, ModelConfig, OpenVinoVariantConfig
+from pipeline.core.config import ConfigError, ModelConfig
+from pipeline.openvino.config import OpenVinoVariantConfig
 from pipeline.hub import download
 from pipeline.openvino import export as export_openvino
 from pipeline.openvino.ir_inspect import check_matches_request, check_rotary

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from pipeline.core import memory
-from pipeline.core.config import ModelConfig, OpenVinoVariantConfig
+from pipeline.core.config import ModelConfig
+from pipeline.openvino.config import OpenVinoVariantConfig
 from pipeline.core.errors import StageError
 from pipeline.core.hashes import sha256_file
 from pipeline.hub import download

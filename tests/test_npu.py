@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.core.config import ConfigError, ModelConfig, NpuVariantConfig, compose
+from pipeline.core.config import ConfigError, ModelConfig, compose
+from pipeline.openvino.config import NpuVariantConfig
 from pipeline.hub import download
 from pipeline.openvino import export_npu, npu_lane, validate
 from pipeline.openvino.ir_inspect import inspect_ir

@@ -19,15 +19,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.core.config import (
-    ConfigError,
-    ModelConfig,
-    NpuLibVariantConfig,
-    PipelineConfig,
-    ValidateConfig,
-    build,
-    compose,
-)
+from pipeline.core.config import ConfigError, ModelConfig, PipelineConfig, ValidateConfig, build, compose
+from pipeline.npu_lib.config import NpuLibVariantConfig
 from pipeline.core.errors import StageError
 from pipeline.core.hashes import dvc_dir_md5
 from pipeline.core.manifest import write_manifest

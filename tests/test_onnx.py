@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.core.config import ONNX_EXTRA_OPTIONS, ConfigError, ModelConfig, OnnxVariantConfig, compose
+from pipeline.core.config import ConfigError, ModelConfig, compose
+from pipeline.onnx.config import ONNX_EXTRA_OPTIONS, OnnxVariantConfig
 from pipeline.core.errors import StageError
 from pipeline.hub import download
 from pipeline.onnx import compat as onnx_compat

@@ -22,7 +22,9 @@ import pytest
 from pipeline.core import artifacts
 from pipeline.core import memory as lean
 from pipeline.core.artifacts import staged_dir
-from pipeline.core.config import ModelConfig, NpuLibVariantConfig, OnnxVariantConfig, PipelineConfig, build, compose
+from pipeline.core.config import ModelConfig, PipelineConfig, build, compose
+from pipeline.npu_lib.config import NpuLibVariantConfig
+from pipeline.onnx.config import OnnxVariantConfig
 from pipeline.core.errors import StageError, size_text
 from pipeline.hub import download
 from pipeline.npu_lib import env as npu_lib_env

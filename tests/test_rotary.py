@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.core.config import ASSETS_DIR, ModelConfig, NpuVariantConfig, OpenVinoVariantConfig
+from pipeline.core.config import ASSETS_DIR, ModelConfig
+from pipeline.openvino.config import NpuVariantConfig, OpenVinoVariantConfig
 from pipeline.core.errors import StageError
 from pipeline.hub import download
 from pipeline.openvino import export as export_openvino

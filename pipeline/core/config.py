@@ -86,7 +86,6 @@ def _check(test: Callable[[Any], bool], message: str) -> AfterValidator:
 Positive = Annotated[int, _check(lambda v: v > 0, "must be positive, got {}")]
 Share = Annotated[float, _check(lambda v: 0.0 <= v <= 1.0, "must be in [0, 1], got {}")]
 Nats = Annotated[float, _check(lambda v: v > 0, "must be positive (nats), got {}")]
-GroupSize = Annotated[int, _check(lambda v: v == -1 or v > 0, "must be positive or -1 (per channel), got {}")]
 
 
 ModelSource = Literal["hub", "local", "tiny"]
@@ -96,20 +95,10 @@ EmbeddedAsset = Literal[
     "tiny_phi3_128k",  # LongRoPE 128k, GQA, no sliding window (scripts/make_tiny_phi3_128k.py)
 ]
 WeightFormat = Literal["int4", "int8", "fp16"]
-BackupPrecision = Literal["none", "int8_sym", "int8_asym"]
-SensitivityMetric = Literal[
-    "weight_quantization_error",
-    "hessian_input_activation",
-    "mean_activation_variance",
-    "max_activation_variance",
-    "mean_activation_magnitude",
-]
-GroupSizeFallback = Literal["error", "ignore", "adjust"]
 EMBEDDED_ASSETS = typing.get_args(EmbeddedAsset)
 # Datasets that work offline: text shipped inside this package.
 OFFLINE_DATASETS = ("heldout",)
 LOCAL_PATH_REQUIRED = "model.local_path is required for source=local: pass model.local_path=C:/path/to/checkpoint"
-NEEDS_DATA = "awq/scale_estimation/gptq need data: set dataset=heldout (offline) or a dataset name"
 
 
 @_typed("model")
@@ -135,227 +124,6 @@ class ModelConfig:
                 raise ConfigError("model.revision must pin a commit for source=hub (reproducible downloads)")
         if self.source == "local" and not self.local_path:
             raise ConfigError(LOCAL_PATH_REQUIRED)
-
-
-@_typed()
-class OpenVinoVariantConfig:
-    """One OpenVINO IR to export: weight format plus NNCF weight-compression parameters."""
-
-    weight_format: WeightFormat = "int4"
-    group_size: GroupSize = 128
-    ratio: Annotated[
-        float, _check(lambda v: 0.0 < v <= 1.0, "must be in (0, 1], got {}: it is the share of layers kept at 4 bits")
-    ] = 1.0
-    sym: bool = False
-    backup_precision: BackupPrecision = "int8_asym"
-    all_layers: bool = False
-    awq: bool = False
-    scale_estimation: bool = False
-    gptq: bool = False
-    dataset: str | None = None
-    num_samples: Positive | None = None
-    sensitivity_metric: SensitivityMetric | None = None
-    group_size_fallback: GroupSizeFallback = "error"
-
-    def __post_init__(self) -> None:
-        if (self.awq or self.scale_estimation or self.gptq) and self.dataset is None:
-            raise ConfigError(NEEDS_DATA)
-        if self.dataset is not None and self.weight_format != "int4":
-            raise ConfigError("dataset is only used by int4 data-aware compression; remove it for int8/fp16")
-
-    @property
-    def compressed(self) -> bool:
-        """True when NNCF weight compression applies (int4/int8)."""
-        return self.weight_format in ("int4", "int8")
-
-
-NpuGenerateHint = Literal["FAST_COMPILE", "BEST_PERF"]
-NpuPrefillHint = Literal["DYNAMIC", "STATIC"]
-NpuCacheMode = Literal["OPTIMIZE_SPEED", "OPTIMIZE_SIZE"]
-
-
-@_typed()
-class NpuVariantConfig:
-    """An NPU-ready OpenVINO IR: int4 symmetric, ratio 1.0, group 128 or channel-wise, plus NPU run settings.
-
-    Source of the layout rules: OpenVINO GenAI "on NPU" guide (docs.openvino.ai, inference-with-genai-on-npu).
-    """
-
-    group_size: int = 128
-    ratio: float = 1.0
-    sym: bool = True
-    awq: bool = False
-    scale_estimation: bool = False
-    gptq: bool = False
-    dataset: str | None = None
-    num_samples: Positive | None = None
-    max_prompt_len: Positive = 1024
-    min_response_len: Positive = 128
-    generate_hint: NpuGenerateHint = "FAST_COMPILE"
-    prefill_hint: NpuPrefillHint = "DYNAMIC"
-    cache_mode: NpuCacheMode = "OPTIMIZE_SPEED"
-
-    def __post_init__(self) -> None:
-        if not self.sym or self.ratio != 1.0 or self.group_size not in (128, -1):
-            raise ConfigError(
-                f"the NPU needs int4 symmetric weights, ratio 1.0 and group_size 128 or -1 (channel-wise); "
-                f"got sym={self.sym}, ratio={self.ratio}, group_size={self.group_size}"
-            )
-        if (self.awq or self.scale_estimation or self.gptq) and self.dataset is None:
-            raise ConfigError(NEEDS_DATA)
-
-    def as_openvino(self) -> OpenVinoVariantConfig:
-        """The equivalent weight-compression request for the OpenVINO exporter."""
-        return OpenVinoVariantConfig(
-            weight_format="int4",
-            group_size=self.group_size,
-            ratio=self.ratio,
-            sym=self.sym,
-            backup_precision="int8_asym",
-            awq=self.awq,
-            scale_estimation=self.scale_estimation,
-            gptq=self.gptq,
-            dataset=self.dataset,
-            num_samples=self.num_samples,
-        )
-
-    def run_settings(self) -> dict[str, Any]:
-        """The ``LLMPipeline(..., "NPU", **settings)`` properties stored beside the model."""
-        return {
-            "MAX_PROMPT_LEN": self.max_prompt_len,
-            "MIN_RESPONSE_LEN": self.min_response_len,
-            "GENERATE_HINT": self.generate_hint,
-            "PREFILL_HINT": self.prefill_hint,
-            "CACHE_MODE": self.cache_mode,
-        }
-
-
-NpuLibDtype = Literal["int4", "int8", "fp16"]  # intel_npu_acceleration_library: int4, int8, torch.float16
-NpuLibLoadDtype = Literal["float32", "float16", "bfloat16"]
-
-
-@_typed()
-class NpuLibVariantConfig:
-    """One intel-npu-acceleration-library model: ``CompilerConfig(dtype=...)`` and the checkpoint's load dtype.
-
-    Source: the library's README recipe, ``NPUModelForCausalLM.from_pretrained(model_id, use_cache=True,
-    config=CompilerConfig(dtype=int4))`` (github.com/intel/intel-npu-acceleration-library, v1.4.0).
-    """
-
-    dtype: NpuLibDtype = "int4"
-    load_dtype: NpuLibLoadDtype = "float32"
-
-
-# ONNX Runtime GenAI model builder (onnxruntime_genai.models.builder 0.18). Precisions per provider: the builder's
-# own "valid combinations" list, minus fp32 for dml and cuda: the builder writes those graphs, but their present.*
-# outputs are produced by no node, so ONNX Runtime refuses to load them.
-ONNX_PRECISIONS = {
-    "dml": ("int4", "fp16"),
-    "cpu": ("int4", "int8", "fp32"),
-    "cuda": ("int4", "int8", "fp16"),
-    "webgpu": ("int4", "int8"),
-}
-ONNX_BLOCK_SIZES = (16, 32, 64, 128, 256)  # what MatMulNBits quantization accepts (MLAS)
-OnnxAlgo = Literal["default", "rtn", "k_quant", "rtn_last", "k_quant_last", "k_quant_mixed", "k_quant_linear"]
-# Further builder options accepted under extra_options (current names; value type; providers it applies to).
-ONNX_EXTRA_OPTIONS: dict[str, tuple[type, tuple[str, ...] | None]] = {
-    "op_types_to_quantize": (list, None),
-    "nodes_to_exclude": (list, None),
-    "matmul_mixed_precision": (str, None),
-    "shared_embeddings": (bool, None),
-    "fuse_qkv": (bool, None),
-    "use_qdq": (bool, None),
-    "windowed_kv_cache": (bool, None),
-    "enable_cuda_graph": (bool, ("cuda",)),
-    "use_cuda_bf16": (bool, ("cuda",)),
-    "enable_webgpu_graph": (bool, ("webgpu",)),
-    "use_webgpu_fp32": (bool, ("webgpu",)),
-}
-BlockSize = Annotated[
-    int,
-    _check(
-        lambda v: v in ONNX_BLOCK_SIZES,
-        f"must be one of {', '.join(map(str, ONNX_BLOCK_SIZES))} (MatMulNBits), got {{}}",
-    ),
-]
-AccuracyLevel = Annotated[
-    int, _check(lambda v: 0 <= v <= 4, "must be 0-4 (0 = provider default, 4 = int8 compute), got {}")
-]
-
-
-@_typed()
-class OnnxVariantConfig:
-    """One ONNX Runtime GenAI model built by onnxruntime_genai's model builder; option names are the builder's."""
-
-    execution_provider: Literal["dml", "cpu", "cuda", "webgpu"] = "dml"
-    precision: Literal["int4", "int8", "fp16", "fp32"] = "int4"
-    block_size: BlockSize | None = None  # None = builder default (32)
-    accuracy_level: AccuracyLevel | None = None  # None = builder default (4 on cpu/webgpu, 0 elsewhere)
-    is_symmetric: bool | None = None  # None = builder default (true)
-    algo_config: OnnxAlgo | None = None  # None = builder default ("default", i.e. RTN)
-    exclude_embeds: bool = False
-    exclude_lm_head: bool = False
-    enable_dml_graph: bool | None = None  # DML graph capture; None = builder default (on)
-    extra_options: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        allowed = ONNX_PRECISIONS[self.execution_provider]
-        if self.precision == "fp32" and self.execution_provider in ("dml", "cuda"):
-            raise ConfigError(
-                f"precision fp32 is refused for {self.execution_provider}: the builder writes a graph whose "
-                f"present.* outputs no node produces; use one of {', '.join(allowed)}"
-            )
-        if self.precision not in allowed:
-            raise ConfigError(
-                f"precision {self.precision} is not supported for execution_provider "
-                f"{self.execution_provider}; use one of {', '.join(allowed)}"
-            )
-        quant = {k: getattr(self, k) for k in ("block_size", "accuracy_level", "is_symmetric", "algo_config")}
-        if self.precision not in ("int4", "int8") and any(v is not None for v in quant.values()):
-            raise ConfigError(
-                f"int4/int8-only options set for {self.precision}: "
-                f"{', '.join(k for k, v in quant.items() if v is not None)}; remove them"
-            )
-        if self.enable_dml_graph is not None and self.execution_provider != "dml":
-            raise ConfigError("enable_dml_graph applies to execution_provider dml only; remove it")
-        _check_builder_options(self.extra_options, self.execution_provider)
-
-
-def _check_builder_options(options: dict[str, Any], provider: str) -> None:
-    """Reject extra_options the builder would silently ignore (unknown, renamed) or that do not fit."""
-    typed = (
-        "block_size",
-        "accuracy_level",
-        "is_symmetric",
-        "algo_config",
-        "exclude_embeds",
-        "exclude_lm_head",
-        "enable_dml_graph",
-    )
-    for name, value in options.items():
-        if name in typed:
-            raise ConfigError(f"set {name} directly on the variant, not under extra_options")
-        if name.startswith("int4_") and name[5:] in (*typed, *ONNX_EXTRA_OPTIONS):
-            raise ConfigError(
-                f"extra_options.{name} is the old name, which builder 0.18 silently ignores: use {name[5:]}"
-            )
-        if name not in ONNX_EXTRA_OPTIONS:
-            raise ConfigError(
-                f"unknown builder option extra_options.{name} (the builder would silently ignore it); "
-                f"valid: {', '.join(typed)} (as variant keys), {', '.join(ONNX_EXTRA_OPTIONS)}"
-            )
-        kind, providers = ONNX_EXTRA_OPTIONS[name]
-        if providers and provider not in providers:
-            raise ConfigError(f"extra_options.{name} applies to {', '.join(providers)} only, not {provider}")
-        ok = (
-            all(isinstance(v, str) for v in value)
-            if kind is list and isinstance(value, list)
-            else isinstance(value, kind)
-        )
-        if not ok:
-            raise ConfigError(
-                f"extra_options.{name} must be a {kind.__name__}{' of strings' if kind is list else ''}, got {value!r}"
-            )
 
 
 ComputePrecision = Literal["f32", "bf16", "f16"]
@@ -463,22 +231,52 @@ class SweepConfig:
                 raise ConfigError(f"sweep.grid key '{key}' must be an export parameter with a list of values")
 
 
-@_typed()
-class PipelineConfig:
-    """The whole composed configuration (one ``params.yaml``)."""
+if typing.TYPE_CHECKING:
 
-    model: ModelConfig
-    openvino: dict[str, OpenVinoVariantConfig]
-    npu: dict[str, NpuVariantConfig]
-    npu_lib: dict[str, NpuLibVariantConfig]
-    validate: ValidateConfig
-    sweep: SweepConfig
-    onnx: dict[str, OnnxVariantConfig] = field(default_factory=dict)
+    class PipelineConfig:
+        """The whole composed configuration (one ``params.yaml``): see :func:`pipeline_config_class`."""
 
-    def __post_init__(self) -> None:
-        # "???" is Hydra's unset value (conf/model/local.yaml). A bare ModelConfig keeps it, so download names it too.
-        if self.model.source == "local" and self.model.local_path == "???":
-            raise ConfigError(LOCAL_PATH_REQUIRED)
+        model: ModelConfig
+        validate: ValidateConfig
+        sweep: SweepConfig
+
+        def __getattr__(self, family: str) -> dict[str, Any]: ...
+
+
+def _check_pipeline(self: Any) -> None:
+    # "???" is Hydra's unset value (conf/model/local.yaml). A bare ModelConfig keeps it, so download names it too.
+    if self.model.source == "local" and self.model.local_path == "???":
+        raise ConfigError(LOCAL_PATH_REQUIRED)
+
+
+@functools.cache
+def pipeline_config_class() -> type:
+    """The class of the whole composed configuration: ``model``, ``validate``, ``sweep``, plus one section per family.
+
+    Each family's section maps variant names to the variant config class its registry line names
+    (``pipeline.openvino.config:OpenVinoVariantConfig``), imported here lazily, so the core imports no family
+    and adding a family never edits this module. ``PipelineConfig`` (this module's attribute) is this class.
+    """
+    from pipeline.core.registry import FAMILIES
+
+    sections: list[Any] = [("model", ModelConfig), ("validate", ValidateConfig), ("sweep", SweepConfig)]
+    sections += [(f.name, dict[str, f.variant_config()], field(default_factory=dict)) for f in FAMILIES.values()]
+    cls = dataclasses.make_dataclass(
+        "PipelineConfig",
+        sections,
+        namespace={
+            "__post_init__": _check_pipeline,
+            "__doc__": "The whole composed configuration (params.yaml).",
+            "__module__": __name__,
+        },
+    )
+    return _typed()(cls)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "PipelineConfig":  # built on first use: it imports every family's variant config (lazily)
+        return pipeline_config_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _check_choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
@@ -563,7 +361,7 @@ def load_params(path: Path | str = PARAMS_FILE) -> PipelineConfig:
     if not path.is_file():
         raise ConfigError(f"{path} not found: run `aipc compose` (or `dvc exp run`) in the project root")
     data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    return build(PipelineConfig, data)
+    return build(pipeline_config_class(), data)  # type: ignore[no-any-return]
 
 
 def compose(overrides: list[str] | None = None, conf_dir: Path = CONF_DIR) -> dict:
@@ -588,7 +386,7 @@ def compose(overrides: list[str] | None = None, conf_dir: Path = CONF_DIR) -> di
     except (HydraException, OmegaConfBaseException) as err:
         raise ConfigError(f"cannot compose conf/: {str(err).splitlines()[0]}") from None
     data = OmegaConf.to_container(cfg, resolve=True)
-    build(PipelineConfig, data)
+    build(pipeline_config_class(), data)
     return data
 
 

@@ -4,8 +4,9 @@ A family is a conf group (``conf/<name>/default.yaml``, a key per variant), an e
 (``artifacts/<name>/<variant>`` + manifest) and a validate stage (``artifacts/metrics/<name>-<variant>.json``),
 both ``foreach`` stages in ``dvc.yaml`` whose ``cmd`` runs the modules named here. Entry points are written
 as ``module:function`` strings so that the core never imports a family; :func:`entry` resolves them.
-Adding a family: a subpackage with its export and validate modules, a conf group, a ``dvc.yaml`` stage
-pair, and one line in :data:`FAMILIES` (``tests/test_registry.py`` checks that the four agree).
+Adding a family: a subpackage with its export, validate and config modules (the variant config class is
+named here as ``module:Class`` too, and :mod:`pipeline.core.config` builds the params with it), a conf group,
+a ``dvc.yaml`` stage pair, and one entry in :data:`FAMILIES` (``tests/test_registry.py`` checks that they agree).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class Family:
     export: str  # entry point, ``module:function``; ``python -m <module> <variant>`` is the stage's cmd
     validate_stage: str
     validate: str
+    config: str  # its variant config class, ``module:Class`` (one ``<name>.<variant>`` section of params.yaml)
     validate_flags: str = ""  # between ``python -m <module>`` and the variant in the validate stage's cmd
     publishable: bool = True  # ``aipc publish`` accepts ``<name>/<variant>``
     export_params: tuple[str, ...] = ()  # other params the export takes, as keyword arguments named by the last part
@@ -41,6 +43,11 @@ class Family:
     def metrics_prefix(self) -> str:
         """The metrics file of variant ``v`` is ``artifacts/metrics/<prefix>-<v>.json``; also the artifact's name."""
         return self.name
+
+    def variant_config(self) -> type:
+        """The variant config class (imports the family's config module; the core never imports it directly)."""
+        module, _, cls = self.config.partition(":")
+        return getattr(importlib.import_module(module), cls)  # type: ignore[no-any-return]
 
     def module(self, which: str) -> str:
         """The module of the ``export`` or ``validate`` entry point (``pipeline.openvino.export``)."""
@@ -67,6 +74,7 @@ FAMILIES: dict[str, Family] = {
             "pipeline.openvino.export:run",
             "validate",
             "pipeline.openvino.validate:run_openvino",
+            "pipeline.openvino.config:OpenVinoVariantConfig",
         ),
         Family(
             "npu",
@@ -76,6 +84,7 @@ FAMILIES: dict[str, Family] = {
             "pipeline.openvino.export_npu:run",
             "validate_npu",
             "pipeline.openvino.validate:run_npu",
+            "pipeline.openvino.config:NpuVariantConfig",
             validate_flags="--npu",
             export_params=("validate.npuw_max_size_mb",),
         ),
@@ -87,6 +96,7 @@ FAMILIES: dict[str, Family] = {
             "pipeline.onnx.export:run",
             "validate_onnx",
             "pipeline.onnx.validate:run",
+            "pipeline.onnx.config:OnnxVariantConfig",
         ),
         Family(
             "npu_lib",
@@ -96,6 +106,7 @@ FAMILIES: dict[str, Family] = {
             "pipeline.npu_lib.export:run",
             "validate_npu_lib",
             "pipeline.npu_lib.validate:run",
+            "pipeline.npu_lib.config:NpuLibVariantConfig",
             publishable=False,
         ),
     )

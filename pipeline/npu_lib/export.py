@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core.artifacts import ARTIFACTS, folder_bytes, staged_dir
-from pipeline.core.config import NpuLibVariantConfig
 from pipeline.core.errors import fail, run_main
 from pipeline.core.hashes import sha256_file
 from pipeline.core.log import say, step
@@ -31,6 +30,7 @@ from pipeline.core.memory import check_resources, needs_of
 from pipeline.core.registry import FAMILIES
 from pipeline.core.stage import run_stage
 from pipeline.npu_lib import env as npu_lib_env
+from pipeline.npu_lib.config import NpuLibVariantConfig
 
 # The NPU library loads the checkpoint in PyTorch and quantizes it layer by layer. Not measured on the full
 # model like the OpenVINO rows (pipeline.openvino.lean; only the tiny one runs here): estimates, one float copy

@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core.artifacts import ARTIFACTS, folder_bytes, remove_tree, staged_dir, write_json_atomic
-from pipeline.core.config import ConfigError, OnnxVariantConfig
+from pipeline.core.config import ConfigError
 from pipeline.core.errors import fail, run_main
 from pipeline.core.log import say, step
 from pipeline.core.manifest import read_manifest, write_manifest
 from pipeline.core.memory import check_resources, needs_of, use_huge_pages
 from pipeline.core.stage import run_stage
+from pipeline.onnx.config import OnnxVariantConfig
 from pipeline.onnx.inspect import check_matches_request, inspect_onnx
 
 # The ONNX builder loads the checkpoint in PyTorch and quantizes it layer by layer. Not measured on the full

@@ -11,7 +11,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.config import OnnxVariantConfig
+from pipeline.onnx.config import OnnxVariantConfig
 
 DEFAULT_BLOCK_SIZE = 32  # builder default when block_size is not set
 # Provider-option key the builder writes into genai_config.json for each execution provider (cpu: none).

@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core.artifacts import ARTIFACTS, folder_bytes, staged_dir
-from pipeline.core.config import ConfigError, OpenVinoVariantConfig
+from pipeline.core.config import ConfigError
 from pipeline.core.errors import fail, run_main
 from pipeline.core.log import say, step
 from pipeline.core.manifest import read_manifest, write_manifest
 from pipeline.core.memory import check_resources, use_huge_pages
 from pipeline.core.stage import run_stage
+from pipeline.openvino.config import OpenVinoVariantConfig
 from pipeline.openvino.ir_inspect import check_matches_request, check_rotary, inspect_ir
 from pipeline.openvino.lean import needs
 from pipeline.openvino.upstream import TOKENIZER_FILES, compress_like_optimum_cli, export_float, quantization_dict

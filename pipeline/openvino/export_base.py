@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core.artifacts import ARTIFACTS, folder_bytes, staged_dir
-from pipeline.core.config import OpenVinoVariantConfig
 from pipeline.core.errors import fail, run_main
 from pipeline.core.log import say, step
 from pipeline.core.manifest import read_manifest, write_manifest
 from pipeline.core.memory import MappedPageTrimmer, check_resources, use_huge_pages, weight_files
+from pipeline.openvino.config import OpenVinoVariantConfig
 from pipeline.openvino.ir_inspect import check_rotary, inspect_ir
 from pipeline.openvino.lean import needs
 from pipeline.openvino.upstream import TOKENIZER_FILES, export_float, quantization_dict

@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core.artifacts import ARTIFACTS, folder_bytes, staged_dir, write_json_atomic
-from pipeline.core.config import NpuVariantConfig
 from pipeline.core.errors import fail, run_main
 from pipeline.core.log import say, step
 from pipeline.core.manifest import file_hashes, read_manifest, write_manifest
 from pipeline.core.memory import use_huge_pages
 from pipeline.core.stage import run_stage
 from pipeline.openvino import npu_lane
+from pipeline.openvino.config import NpuVariantConfig
 from pipeline.openvino.export import BASE_DIR, ROTARY_VERIFIED, check_group_size, export_into, manifest_fields
 from pipeline.validation import devices
 

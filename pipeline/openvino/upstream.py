@@ -10,8 +10,9 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.config import ASSETS_DIR, OpenVinoVariantConfig
+from pipeline.core.config import ASSETS_DIR
 from pipeline.core.log import step
+from pipeline.openvino.config import OpenVinoVariantConfig
 
 HELDOUT_TEXT = ASSETS_DIR / "tiny_phi3" / "heldout.txt"
 TOKENIZER_FILES = (

@@ -1,0 +1,22 @@
+"""Variant config of the ``npu_lib`` family (``npu_lib.<v>``): intel-npu-acceleration-library models."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pipeline.core.config import _typed
+
+NpuLibDtype = Literal["int4", "int8", "fp16"]  # intel_npu_acceleration_library: int4, int8, torch.float16
+NpuLibLoadDtype = Literal["float32", "float16", "bfloat16"]
+
+
+@_typed()
+class NpuLibVariantConfig:
+    """One intel-npu-acceleration-library model: ``CompilerConfig(dtype=...)`` and the checkpoint's load dtype.
+
+    Source: the library's README recipe, ``NPUModelForCausalLM.from_pretrained(model_id, use_cache=True,
+    config=CompilerConfig(dtype=int4))`` (github.com/intel/intel-npu-acceleration-library, v1.4.0).
+    """
+
+    dtype: NpuLibDtype = "int4"
+    load_dtype: NpuLibLoadDtype = "float32"

@@ -1,0 +1,117 @@
+"""Variant configs of the OpenVINO families: ``openvino.<v>`` (IR int4 / int8 / fp16) and ``npu.<v>`` (NPU-ready IR).
+
+The registry names these classes (``pipeline.core.registry``); ``pipeline.core.config`` builds the composed
+params with them, so a bad value fails at load time with one line naming its key.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pipeline.core.config import ConfigError, Positive, WeightFormat, _check, _typed
+
+GroupSize = Annotated[int, _check(lambda v: v == -1 or v > 0, "must be positive or -1 (per channel), got {}")]
+BackupPrecision = Literal["none", "int8_sym", "int8_asym"]
+SensitivityMetric = Literal[
+    "weight_quantization_error",
+    "hessian_input_activation",
+    "mean_activation_variance",
+    "max_activation_variance",
+    "mean_activation_magnitude",
+]
+GroupSizeFallback = Literal["error", "ignore", "adjust"]
+
+NEEDS_DATA = "awq/scale_estimation/gptq need data: set dataset=heldout (offline) or a dataset name"
+
+
+@_typed()
+class OpenVinoVariantConfig:
+    """One OpenVINO IR to export: weight format plus NNCF weight-compression parameters."""
+
+    weight_format: WeightFormat = "int4"
+    group_size: GroupSize = 128
+    ratio: Annotated[
+        float, _check(lambda v: 0.0 < v <= 1.0, "must be in (0, 1], got {}: it is the share of layers kept at 4 bits")
+    ] = 1.0
+    sym: bool = False
+    backup_precision: BackupPrecision = "int8_asym"
+    all_layers: bool = False
+    awq: bool = False
+    scale_estimation: bool = False
+    gptq: bool = False
+    dataset: str | None = None
+    num_samples: Positive | None = None
+    sensitivity_metric: SensitivityMetric | None = None
+    group_size_fallback: GroupSizeFallback = "error"
+
+    def __post_init__(self) -> None:
+        if (self.awq or self.scale_estimation or self.gptq) and self.dataset is None:
+            raise ConfigError(NEEDS_DATA)
+        if self.dataset is not None and self.weight_format != "int4":
+            raise ConfigError("dataset is only used by int4 data-aware compression; remove it for int8/fp16")
+
+    @property
+    def compressed(self) -> bool:
+        """True when NNCF weight compression applies (int4/int8)."""
+        return self.weight_format in ("int4", "int8")
+
+
+NpuGenerateHint = Literal["FAST_COMPILE", "BEST_PERF"]
+NpuPrefillHint = Literal["DYNAMIC", "STATIC"]
+NpuCacheMode = Literal["OPTIMIZE_SPEED", "OPTIMIZE_SIZE"]
+
+
+@_typed()
+class NpuVariantConfig:
+    """An NPU-ready OpenVINO IR: int4 symmetric, ratio 1.0, group 128 or channel-wise, plus NPU run settings.
+
+    Source of the layout rules: OpenVINO GenAI "on NPU" guide (docs.openvino.ai, inference-with-genai-on-npu).
+    """
+
+    group_size: int = 128
+    ratio: float = 1.0
+    sym: bool = True
+    awq: bool = False
+    scale_estimation: bool = False
+    gptq: bool = False
+    dataset: str | None = None
+    num_samples: Positive | None = None
+    max_prompt_len: Positive = 1024
+    min_response_len: Positive = 128
+    generate_hint: NpuGenerateHint = "FAST_COMPILE"
+    prefill_hint: NpuPrefillHint = "DYNAMIC"
+    cache_mode: NpuCacheMode = "OPTIMIZE_SPEED"
+
+    def __post_init__(self) -> None:
+        if not self.sym or self.ratio != 1.0 or self.group_size not in (128, -1):
+            raise ConfigError(
+                f"the NPU needs int4 symmetric weights, ratio 1.0 and group_size 128 or -1 (channel-wise); "
+                f"got sym={self.sym}, ratio={self.ratio}, group_size={self.group_size}"
+            )
+        if (self.awq or self.scale_estimation or self.gptq) and self.dataset is None:
+            raise ConfigError(NEEDS_DATA)
+
+    def as_openvino(self) -> OpenVinoVariantConfig:
+        """The equivalent weight-compression request for the OpenVINO exporter."""
+        return OpenVinoVariantConfig(
+            weight_format="int4",
+            group_size=self.group_size,
+            ratio=self.ratio,
+            sym=self.sym,
+            backup_precision="int8_asym",
+            awq=self.awq,
+            scale_estimation=self.scale_estimation,
+            gptq=self.gptq,
+            dataset=self.dataset,
+            num_samples=self.num_samples,
+        )
+
+    def run_settings(self) -> dict[str, Any]:
+        """The ``LLMPipeline(..., "NPU", **settings)`` properties stored beside the model."""
+        return {
+            "MAX_PROMPT_LEN": self.max_prompt_len,
+            "MIN_RESPONSE_LEN": self.min_response_len,
+            "GENERATE_HINT": self.generate_hint,
+            "PREFILL_HINT": self.prefill_hint,
+            "CACHE_MODE": self.cache_mode,
+        }
