@@ -109,6 +109,16 @@ FAMILIES: dict[str, Family] = {
             "pipeline.npu_lib.config:NpuLibVariantConfig",
             publishable=False,
         ),
+        Family(
+            "winml",
+            "Windows ML",
+            "Windows ML package (OpenVINO EP)",
+            "export_winml",
+            "pipeline.winml.export:run",
+            "validate_winml",
+            "pipeline.winml.validate:run",
+            "pipeline.winml.config:WinmlVariantConfig",
+        ),
     )
 }
 

@@ -1,0 +1,131 @@
+"""Stage ``export_winml@<variant>``: wrap an OpenVINO IR into a Windows ML package (ONNX Runtime GenAI + OpenVINO EP).
+
+The IR (``artifacts/<source>/<source_variant>``, built by ``export_openvino`` or ``export_npu``) is copied, byte for
+byte, beside an ``openvino_model.onnx`` whose single EPContext node points to it, with a ``genai_config.json`` for
+the target device and the tokenizer files (:mod:`pipeline.winml.package`). Files are copied, never hard-linked:
+DVC's cache files are read-only, and on Windows a read-only hard link cannot be deleted. The package is checked
+structurally and the stage fails in one line if it does not match.
+Output: ``artifacts/winml/<variant>`` with ``manifest.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from pipeline.core.artifacts import ARTIFACTS, folder_bytes, staged_dir
+from pipeline.core.errors import fail, run_main
+from pipeline.core.log import say, step
+from pipeline.core.manifest import write_manifest
+from pipeline.core.stage import run_stage
+from pipeline.core.verify import verify_folder
+from pipeline.winml import package
+from pipeline.winml.config import WinmlVariantConfig
+
+OUT_ROOT = ARTIFACTS / "winml"
+# Copied beside the context model. tokenizer_config.json's class is the one ONNX Runtime GenAI tokenizes Phi-3
+# right with (LlamaTokenizer, the class Phi-3's own tokenizer_config.json names; see pipeline/onnx/export.py).
+COPIED = (*package.IR_FILES, *package.TOKENIZER_FILES, "chat_template.jinja")
+ORT_TOKENIZER_CLASS = {"phi3": "LlamaTokenizer"}
+
+
+def source_ir(cfg: WinmlVariantConfig, artifacts: Path) -> tuple[Path, dict[str, Any]]:
+    """The IR folder the variant wraps, verified against its manifest (one line when it is missing or altered)."""
+    folder = artifacts / cfg.source / cfg.source_variant
+    if not (folder / package.IR_FILES[0]).is_file():
+        fail(
+            f"no OpenVINO IR in {folder}: build it first (`dvc repro export_{cfg.source}@{cfg.source_variant}`) "
+            f"or point source/source_variant at a configured {cfg.source} variant"
+        )
+    return folder, verify_folder(folder, lock_file=artifacts.parent / "dvc.lock")  # one line if altered
+
+
+def write_package(tmp: Path, ir_dir: Path, cfg: WinmlVariantConfig) -> dict[str, Any]:
+    """Copy the IR and tokenizer into ``tmp`` and write the context model and genai_config; return what was changed."""
+    import openvino as ov
+
+    for name in COPIED:
+        if (ir_dir / name).is_file():
+            shutil.copyfile(ir_dir / name, tmp / name)  # new, writable files: never a link into DVC's cache
+    config = json.loads((ir_dir / "config.json").read_text(encoding="utf-8"))
+    generation_file = ir_dir / "generation_config.json"
+    generation = json.loads(generation_file.read_text(encoding="utf-8")) if generation_file.is_file() else {}
+    sdk = ov.get_version().split("-")[0]  # 2026.4.1, as Olive records ov.get_version(); no build hash
+    (tmp / package.ONNX_FILE).write_bytes(package.context_model(tmp / package.IR_FILES[0], cfg.device_type, sdk))
+    inputs, outputs = package.ir_ports(tmp / package.IR_FILES[0])
+    io = ([p[0] for p in inputs], [p[0] for p in outputs])
+    genai = package.genai_config(config, generation, io, cfg.device_type)
+    (tmp / "genai_config.json").write_text(json.dumps(genai, indent=4) + "\n", encoding="utf-8", newline="\n")
+    tokenizer = tmp / "tokenizer_config.json"
+    tok = json.loads(tokenizer.read_text(encoding="utf-8"))
+    new = ORT_TOKENIZER_CLASS.get(config["model_type"])
+    if not new:
+        fail(f"model_type {config['model_type']!r} has no known ONNX Runtime GenAI tokenizer class")
+    changed = {"tokenizer_class": {"source": tok.get("tokenizer_class"), "now": new}}
+    tokenizer.write_text(json.dumps({**tok, "tokenizer_class": new}, indent=2) + "\n", encoding="utf-8", newline="\n")
+    return {"sdk_version": sdk, "io": io, **changed}
+
+
+def verify_package(folder: Path, device_type: str, source_ir: dict[str, str]) -> dict[str, Any]:
+    """Inspect ``folder`` and fail in one line if it is not a well-formed package of ``source_ir``; the summary."""
+    summary = package.inspect_package(folder)
+    inputs, outputs = (
+        package.ir_ports(Path(folder) / package.IR_FILES[0])
+        if summary["ir_files"].get(package.IR_FILES[0])
+        else ([], [])
+    )
+    problems = package.check_package(summary, device_type, source_ir, [[p[0] for p in inputs], [p[0] for p in outputs]])
+    if problems:
+        fail(f"[winml {Path(folder).name}] not a valid Windows ML package: {'; '.join(problems)}")
+    return summary
+
+
+def run(name: str, cfg: WinmlVariantConfig, artifacts: Path = ARTIFACTS, out_root: Path | None = None) -> dict:
+    """Package variant ``name``: the IR of ``cfg.source``/``cfg.source_variant`` for ``cfg.device_type``.
+
+    Args:
+        name: Variant name (the key under ``winml`` in params.yaml).
+        cfg: The IR to wrap and the target device.
+        artifacts: The artifacts folder holding the source IR.
+        out_root: Parent folder of the packages (``<artifacts>/winml``).
+
+    Returns:
+        The manifest written into the package.
+    """
+    out_root = out_root or artifacts / "winml"
+    ir_dir, ir_manifest = source_ir(cfg, artifacts)
+    ir_hashes = {f: ir_manifest["files"][f]["sha256"] for f in package.IR_FILES}
+    with staged_dir(out_root / name) as tmp:
+        with step(f"[winml {name}] wrapping {ir_dir} for the OpenVINO EP on {cfg.device_type}") as t_pack:
+            written = write_package(tmp, ir_dir, cfg)
+        summary = verify_package(tmp, cfg.device_type, ir_hashes)
+        manifest = write_manifest(
+            tmp,
+            stage="export_winml",
+            variant=name,
+            format="onnxruntime-genai + OpenVINO EP (EPContext over OpenVINO IR)",
+            source=ir_manifest.get("source", {}),
+            source_ir={"folder": f"{cfg.source}/{cfg.source_variant}", "files_sha256": ir_hashes},
+            source_ir_parameters=ir_manifest.get("parameters", {}),
+            parameters=dataclasses.asdict(cfg),
+            ep_sdk_version=written["sdk_version"],
+            tokenizer_fix={"tokenizer_class": written["tokenizer_class"]},
+            structure=summary,
+            timings={"package_s": t_pack["seconds"]},
+            size_bytes=folder_bytes(tmp),
+            verified={
+                "structure": "one com.microsoft EPContext node (embed_mode 0, ep_cache_context openvino_model.xml, "
+                "source OpenVINOExecutionProvider, main_context 1) with the IR's inputs and outputs; genai_config "
+                "provider_options OpenVINO device_type + enable_causallm 'True', ORT_DISABLE_ALL; IR files equal "
+                "the source IR's manifest sha256; tokenizer files present"
+            },
+        )
+    say(f"[winml {name}] Windows ML package ready in {out_root / name}")
+    return manifest
+
+
+if __name__ == "__main__":  # the stage: `python -m pipeline.winml.export <variant>`
+    run_main(lambda: run_stage("winml", "export"))

@@ -1,0 +1,165 @@
+"""Stage ``validate_winml@<variant>``: run a Windows ML package with onnxruntime-genai on the OpenVINO EP plugin.
+
+One matrix cell, the variant's target device (``winml.<v>.device_type``). The package runs exactly as a Windows ML
+or Foundry Local user runs it: ``og.Model`` on the package folder, the OpenVINO EP registered from its plugin
+(:mod:`pipeline.winml.runtime`). Where the plugin offers the target device, the cell runs there; where it offers
+only the CPU, the provider options are overridden to CPU at load time and the cell says so ("Windows ML package,
+OpenVINO EP, device overridden to CPU"); where it offers nothing (no Intel device: an AMD or Arm machine), the cell
+is skipped with that reason. Artifact fidelity runs with f32 compute requested through the EP's ``load_config``
+(the CPU default is bf16 on AMX / AVX512-BF16 CPUs); device numerics at the EP's defaults. Metrics format, speed
+and greedy comparison are those of every other validator.
+Output: ``artifacts/metrics/winml-<variant>.json`` (DVC metrics).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from pipeline.core.artifacts import ARTIFACTS
+from pipeline.core.config import ValidateConfig
+from pipeline.core.errors import run_main
+from pipeline.core.log import step
+from pipeline.core.manifest import read_manifest
+from pipeline.core.registry import FAMILIES
+from pipeline.core.stage import run_stage
+from pipeline.validation import fidelity, matrix, records
+from pipeline.validation.evidence import Evidence, verdicts_for
+from pipeline.winml import runtime
+
+WINML_ROOT = ARTIFACTS / "winml"
+REFERENCE = ARTIFACTS / "reference" / "reference.json"
+METRICS_DIR = ARTIFACTS / "metrics"
+OVERRIDDEN = "Windows ML package, OpenVINO EP, device overridden to CPU"
+
+
+def plan_cell(target: str, status: runtime.PluginStatus) -> matrix.CellPlan:
+    """The cell of a package built for ``target``: on it, on CPU by override, or skipped with the reason."""
+    if status.reason:
+        return matrix.CellPlan(target, target, skip_reason=status.reason)
+    if target in status.devices:
+        return matrix.CellPlan(target, target)
+    if "CPU" in status.devices:
+        note = f"the OpenVINO EP offers {', '.join(status.devices)} here, no {target}: device_type overridden to CPU"
+        return matrix.CellPlan(target, "CPU", note=note)
+    return matrix.CellPlan(
+        target, target, skip_reason=f"the OpenVINO EP offers {', '.join(status.devices)}, not {target} or CPU"
+    )
+
+
+def generate(
+    model: Any, prompt_ids: list[int], new_tokens: int, exact: bool = False
+) -> tuple[list[int], float, list[float]]:
+    """Greedy tokens after ``prompt_ids``, time to first token (s) and the later per-token times (s)."""
+    import onnxruntime_genai as og
+
+    params = og.GeneratorParams(model)
+    length = len(prompt_ids) + new_tokens
+    params.set_search_options(max_length=length, do_sample=False, **({"min_length": length} if exact else {}))
+    start = time.perf_counter()
+    generator = og.Generator(model, params)
+    generator.append_tokens(prompt_ids)
+    out: list[int] = []
+    first, steps = 0.0, []
+    while not generator.is_done():
+        tick = time.perf_counter()
+        generator.generate_next_token()
+        out.append(int(generator.get_next_tokens()[0]))
+        first = first or time.perf_counter() - start
+        if len(out) > 1:
+            steps.append(time.perf_counter() - tick)
+    return out, first, steps
+
+
+def forced_logits(model: Any, windows: list[list[int]]) -> list[Any]:
+    """The package's prefill logits (float32) over every teacher-forced window."""
+    import numpy as np
+    import onnxruntime_genai as og
+
+    out = []
+    for window in windows:
+        params = og.GeneratorParams(model)
+        params.set_search_options(max_length=len(window) + 1)
+        generator = og.Generator(model, params)
+        generator.append_tokens(window)
+        out.append(np.asarray(generator.get_output("logits"), dtype=np.float32)[0])
+    return out
+
+
+def measure_cell(folder: Path, plan: matrix.CellPlan, cfg: ValidateConfig, evidence: Evidence) -> matrix.Measurement:
+    """Generation and speed at the EP's defaults, then fidelity with f32 compute pinned and at the defaults."""
+    import onnxruntime_genai as og
+
+    records.reset_peak_rss()
+    reference, where = evidence.reference, f"[winml-{folder.name} @ {plan.column}]"
+    with step(f"{where} loading the package on the OpenVINO EP, device_type {plan.device}"):
+        start = time.perf_counter()
+        model = runtime.load_model(str(folder), plan.device, pinned=False)
+        load_s = time.perf_counter() - start
+    with step(f"{where} generating with onnxruntime-genai"):
+        outputs = [generate(model, case["prompt_ids"], cfg.max_new_tokens)[0] for case in reference["greedy"]]
+        perf = {}
+        for name, ids in reference["perf_prompts"].items():
+            runs = [generate(model, ids, cfg.perf_new_tokens, exact=True) for _ in range(cfg.warmup + cfg.repeats)]
+            kept = runs[cfg.warmup :]
+            perf[name] = matrix.Perf.from_runs(
+                len(ids),
+                cfg.perf_new_tokens,
+                [r[1] * 1000 for r in kept],
+                [statistics.mean(r[2]) * 1000 if r[2] else float("nan") for r in kept],
+            )
+        tokenizer = og.Tokenizer(model)
+        same = all([int(t) for t in tokenizer.encode(c["prompt"])] == c["prompt_ids"] for c in reference["greedy"])
+        defaults = forced_logits(model, evidence.windows)
+    del model
+    with step(f"{where} teacher-forced comparison with PyTorch, f32 compute requested"):
+        pinned = forced_logits(runtime.load_model(str(folder), plan.device, pinned=True), evidence.windows)
+    return matrix.Measurement(
+        executed=plan.device,  # the OpenVINO EP has no fallback: a device it cannot use fails the load
+        load_s=load_s,
+        peak_rss_mb=records.peak_rss_mb(),
+        perf=perf,
+        fidelity=fidelity.compare(evidence.logprobs, pinned).as_dict(),
+        outputs=outputs,
+        tokenizer_matches_reference=same,
+        sample=tokenizer.decode(outputs[0]),
+        artifact_numerics={"label": "f32 compute, f32 KV cache (requested through the EP's load_config)"},
+        device_fidelity=fidelity.compare(evidence.logprobs, defaults).as_dict(),
+        device_numerics={"label": f"the OpenVINO EP's {plan.device} defaults (not read back through ONNX Runtime)"},
+        drift=fidelity.agreement(pinned, defaults),
+    )
+
+
+def run(
+    name: str,
+    cfg: ValidateConfig,
+    root: Path = WINML_ROOT,
+    reference_path: Path = REFERENCE,
+    metrics_dir: Path = METRICS_DIR,
+    status: runtime.PluginStatus | None = None,
+) -> dict:
+    """Validate package ``name`` on its target device (or CPU by override, or skipped); write its metrics."""
+    folder = root / name
+    manifest = read_manifest(folder)
+    target = manifest["parameters"]["device_type"]
+    weight_format = manifest.get("source_ir_parameters", {}).get("weight_format", "int4")
+    kind = FAMILIES["winml"].kind
+    plan = plan_cell(target, status or runtime.plugin_status())
+    if plan.skip_reason:
+        cell = matrix.skipped_cell(plan, kind)
+        cell.label = f"{kind}, skipped: the OpenVINO EP cannot run it here"
+    else:
+        evidence = Evidence.load(reference_path)
+        got = measure_cell(folder, plan, cfg, evidence)
+        cell = matrix.judge(plan, got, evidence.reference, verdicts_for(cfg, weight_format), kind)
+        if plan.device != target:
+            cell.label = OVERRIDDEN
+    return records.publish_cells(
+        f"winml-{name}", "winml", weight_format, folder, cfg.thresholds(weight_format), {plan.column: cell}, metrics_dir
+    )
+
+
+if __name__ == "__main__":  # the stage: `python -m pipeline.winml.validate <variant>`
+    run_main(lambda: run_stage("winml", "validate"))
