@@ -32,6 +32,7 @@ FORMATS = {  # artifact kind -> (library_name, format tags, device tags)
     "openvino": ("openvino", ["openvino"], ["cpu", "gpu"]),
     "npu": ("openvino", ["openvino"], ["npu"]),
     "onnx": ("onnxruntime-genai", ["onnx", "onnxruntime-genai"], []),
+    "winml": ("onnxruntime-genai", ["onnx", "onnxruntime-genai", "openvino", "windows-ml"], []),
 }
 ONNX_DEVICE_TAGS = {"dml": "directml", "cpu": "cpu", "cuda": "cuda", "webgpu": "webgpu"}
 PROMPT = "<|user|>Can you introduce yourself?<|end|>\\n<|assistant|>\\n"
@@ -63,6 +64,8 @@ def card_metadata(facts: CardFacts) -> dict[str, Any]:
     library, format_tags, devices = FORMATS[facts.kind]
     if facts.kind == "onnx":
         devices = [ONNX_DEVICE_TAGS.get(facts.manifest["parameters"].get("execution_provider"), "cpu")]
+    if facts.kind == "winml":
+        devices = [str(facts.manifest["parameters"].get("device_type", "cpu")).lower()]
     fmt = weight_format(facts)
     compressed = fmt in ("int4", "int8") and facts.kind != "onnx"
     source = facts.manifest.get("source", {})
@@ -139,7 +142,12 @@ def _summary(facts: CardFacts) -> str:
     source = facts.manifest.get("source", {})
     fmt, kind = (
         weight_format(facts),
-        {"openvino": "OpenVINO IR", "npu": "NPU-ready OpenVINO IR", "onnx": "ONNX Runtime GenAI model"}[facts.kind],
+        {
+            "openvino": "OpenVINO IR",
+            "npu": "NPU-ready OpenVINO IR",
+            "onnx": "ONNX Runtime GenAI model",
+            "winml": "Windows ML package (ONNX Runtime GenAI, OpenVINO EP)",
+        }[facts.kind],
     )
     if source.get("repo_id"):
         origin = (
@@ -149,6 +157,8 @@ def _summary(facts: CardFacts) -> str:
         origin = f"the `{source.get('model')}` checkpoint (source: {source.get('source')}, not on the Hub)"
     passed = facts.metrics.get("passed")
     verdict = "passed" if passed else "**FAILED** (published with --force)"
+    if facts.metrics.get("status") == "skipped":
+        verdict = f"**not run** (published with --force: {facts.metrics.get('reason')})"
     return (
         f"# {facts.repo_id.split('/')[-1]}\n\n{fmt} {kind} of {origin}, built and validated by aipc-pipeline "
         f"(`{facts.manifest.get('stage')}@{facts.manifest.get('variant')}`). Validation {verdict}: "
@@ -245,6 +255,8 @@ def _usage(facts: CardFacts) -> str:
             "print(tokenizer.decode(generator.get_sequence(0)))"
         )
         install = "pip install onnxruntime-genai huggingface_hub   # Windows DirectML: onnxruntime-genai-directml"
+    elif facts.kind == "winml":
+        code, install = _winml_usage(facts, pin)
     elif facts.kind == "npu":
         code = (
             "import json, os\nimport openvino_genai as ov_genai\nfrom huggingface_hub import snapshot_download\n\n"
@@ -263,6 +275,31 @@ def _usage(facts: CardFacts) -> str:
         )
         install = "pip install openvino-genai huggingface_hub"
     return f"## Use it\n\n```bash\n{install}\n```\n\n```python\n{code}\n```"
+
+
+def _winml_usage(facts: CardFacts, pin: str) -> tuple[str, str]:
+    """Windows ML / Foundry Local users: onnxruntime-genai with the OpenVINO execution provider registered."""
+    device = facts.manifest.get("parameters", {}).get("device_type", "CPU")
+    code = (
+        "import onnxruntime_genai as og\nimport onnxruntime_ep_openvino as openvino_ep\n"
+        "from huggingface_hub import snapshot_download\n\n"
+        + pin
+        + "# The OpenVINO execution provider: from pip here; Windows ML hands out the same EP's library path.\n"
+        'og.register_execution_provider_library("OpenVINOExecutionProvider", openvino_ep.get_library_path())\n'
+        f'config = og.Config(path)   # genai_config.json: OpenVINO EP, device_type "{device}"\n'
+        f'# another Intel device: config.clear_providers(); config.append_provider("OpenVINO")\n'
+        '#   config.set_provider_option("OpenVINO", "device_type", "CPU")  # and enable_causallm "True"\n'
+        "model = og.Model(config)\ntokenizer = og.Tokenizer(model)\nparams = og.GeneratorParams(model)\n"
+        "params.set_search_options(max_length=256)\ngenerator = og.Generator(model, params)\n"
+        f'generator.append_tokens(tokenizer.encode("{PROMPT}"))\n'
+        "while not generator.is_done():\n    generator.generate_next_token()\n"
+        "print(tokenizer.decode(generator.get_sequence(0)))"
+    )
+    install = (
+        "pip install onnxruntime-genai onnxruntime-ep-openvino huggingface_hub   "
+        "# Intel CPU, GPU or NPU; the EP lists only Intel devices"
+    )
+    return code, install
 
 
 def _files(facts: CardFacts) -> str:

@@ -148,10 +148,11 @@ def check_publishable(name: str, metrics: dict[str, Any], force: bool) -> bool:
     """Whether validation passed; refuse an artifact whose validation failed or did not run, unless ``force``."""
     if metrics.get("passed") is True:
         return True
-    reason = "; ".join(metrics.get("problems") or []) or metrics.get("note") or "not validated"
+    reason = "; ".join(metrics.get("problems") or []) or metrics.get("note") or metrics.get("reason") or "not validated"
+    outcome = "was not validated here" if metrics.get("status") == "skipped" else "failed validation"
     if not force:
         fail(
-            f"{name} failed validation ({reason}): fix it and `dvc repro`, or pass --force to publish it "
+            f"{name} {outcome} ({reason}): fix it and `dvc repro`, or pass --force to publish it "
             "with a card that says so"
         )
     say(f"[{name}] publishing despite failed validation (--force): {reason}")

@@ -72,12 +72,15 @@ def write_package(tmp: Path, ir_dir: Path, cfg: WinmlVariantConfig) -> dict[str,
 def verify_package(folder: Path, device_type: str, source_ir: dict[str, str]) -> dict[str, Any]:
     """Inspect ``folder`` and fail in one line if it is not a well-formed package of ``source_ir``; the summary."""
     summary = package.inspect_package(folder)
-    inputs, outputs = (
-        package.ir_ports(Path(folder) / package.IR_FILES[0])
-        if summary["ir_files"].get(package.IR_FILES[0])
-        else ([], [])
-    )
-    problems = package.check_package(summary, device_type, source_ir, [[p[0] for p in inputs], [p[0] for p in outputs]])
+    io: list[list[str]] = [[], []]
+    unreadable = []
+    if summary["ir_files"].get(package.IR_FILES[0]):
+        try:
+            inputs, outputs = package.ir_ports(Path(folder) / package.IR_FILES[0])
+            io = [[p[0] for p in inputs], [p[0] for p in outputs]]
+        except RuntimeError as err:  # OpenVINO's multi-line report: its last line says what is wrong
+            unreadable = [f"OpenVINO cannot read the IR ({str(err).strip().splitlines()[-1]})"]
+    problems = package.check_package(summary, device_type, source_ir, io) + unreadable
     if problems:
         fail(f"[winml {Path(folder).name}] not a valid Windows ML package: {'; '.join(problems)}")
     return summary
