@@ -1,0 +1,72 @@
+"""Phi-4-mini presets: both compose, their variants are valid on every target, an asymmetric NPU request is refused."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.core.config import ConfigError, PipelineConfig, build, compose
+from pipeline.winml.config import WinmlVariantConfig
+
+PHI4_PRESETS = ["phi4-mini-instruct", "phi4-mini-reasoning"]
+
+
+def optimum_phi4_mini_int4() -> dict:
+    """optimum-intel's own tuned int4 config for Phi-4-mini-instruct, read from the installed package."""
+    from optimum.intel.openvino.configuration import _DEFAULT_4BIT_WQ_CONFIGS
+
+    return _DEFAULT_4BIT_WQ_CONFIGS["microsoft/Phi-4-mini-instruct"]
+
+
+@pytest.mark.parametrize("preset", PHI4_PRESETS)
+def test_phi4_preset_pins_a_revision_and_picks_optimum_intels_int4_for_cpu_gpu(preset: str) -> None:
+    cfg = build(PipelineConfig, compose([f"model={preset}"]))
+    assert cfg.model.repo_id.startswith("microsoft/Phi-4-mini-") and len(cfg.model.revision) == 40
+    int4, upstream = cfg.openvino["int4"], optimum_phi4_mini_int4()
+    assert (int4.group_size, int4.ratio, int4.sym) == (upstream["group_size"], upstream["ratio"], upstream["sym"])
+    assert (cfg.openvino["int8"].weight_format, cfg.openvino["fp16"].weight_format) == ("int8", "fp16")
+
+
+@pytest.mark.parametrize("preset", PHI4_PRESETS)
+def test_phi4_npu_variants_are_symmetric_int4_and_winml_npu_wraps_them(preset: str) -> None:
+    cfg = build(PipelineConfig, compose([f"model={preset}"]))
+    for npu in cfg.npu.values():
+        assert (npu.sym, npu.ratio) == (True, 1.0) and npu.group_size in (128, -1)
+        assert npu.as_openvino().sym
+    npu_packages = [w for w in cfg.winml.values() if w.device_type == "NPU"]
+    assert npu_packages and all(w.source == "npu" and w.source_variant in cfg.npu for w in npu_packages)
+
+
+@pytest.mark.parametrize("preset", PHI4_PRESETS)
+def test_optimum_intels_asymmetric_phi4_config_is_refused_for_the_npu(preset: str) -> None:
+    """optimum-intel's Phi-4-mini int4 (asym, group 64) asked of the NPU stops at load time in one line."""
+    upstream = optimum_phi4_mini_int4()
+    overrides = [f"npu.int4.sym={str(upstream['sym']).lower()}", f"npu.int4.group_size={upstream['group_size']}"]
+    with pytest.raises(ConfigError) as exc:
+        compose([f"model={preset}", *overrides])
+    message = str(exc.value)
+    assert "\n" not in message and "the NPU needs int4 symmetric weights" in message and "sym=False" in message
+    with pytest.raises(ConfigError, match=r"^npu.int4: the NPU needs int4 symmetric weights.*got sym=False"):
+        compose([f"model={preset}", "npu.int4.sym=false"])
+
+
+def test_a_winml_npu_package_cannot_wrap_the_asymmetric_cpu_gpu_ir() -> None:
+    with pytest.raises(ConfigError, match="device_type NPU needs the NPU-ready IR"):
+        WinmlVariantConfig(source="openvino", source_variant="int4", device_type="NPU")
+
+
+def test_phi3_presets_keep_the_original_int4_recipe() -> None:
+    """Only the Phi-4 presets pick conf/openvino/phi4-mini.yaml; openvino=default gives the Phi-3 recipe back."""
+    phi3 = build(PipelineConfig, compose(["model=phi3-mini-4k"])).openvino["int4"]
+    back = build(PipelineConfig, compose(["model=phi4-mini-instruct", "openvino=default"])).openvino["int4"]
+    assert (phi3.group_size, phi3.ratio, phi3.sym) == (back.group_size, back.ratio, back.sym) == (128, 0.6, True)
+
+
+def test_check_config_composes_both_phi4_presets(capsys: pytest.CaptureFixture[str]) -> None:
+    from pipeline.cli import cmd_check_config
+
+    try:
+        cmd_check_config([])
+    except SystemExit:  # params.yaml staleness is test_config's business; the presets are composed before it
+        pass
+    out = capsys.readouterr().out
+    assert all(f"ok: model={p}\n" in out for p in PHI4_PRESETS)
