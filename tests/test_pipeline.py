@@ -99,7 +99,9 @@ def test_second_repro_is_a_noop_and_group_size_change_reruns_only_int4(demo_proj
     run_cmd(["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid", "commit", "-qm", "demo"], project)
     run_cmd([sys.executable, "-m", "pipeline.cli", "compose", "model=tiny", "openvino.int4.group_size=64"], project)
     changed = run_cmd([sys.executable, "-m", "dvc", "repro"], project)
-    assert ran_stages(changed.stdout + changed.stderr) == {"export_openvino@int4", "validate@int4", "report", "verdict"}
+    winml = {f"{stage}@{v}" for stage in ("export_winml", "validate_winml") for v in ("gpu", "cpu")}  # wrap int4
+    assert ran_stages(changed.stdout + changed.stderr) == {"export_openvino@int4", "validate@int4", "report", "verdict",
+                                                           *winml}
     diff = json.loads(run_cmd([sys.executable, "-m", "dvc", "metrics", "diff", "--json"], project).stdout)
     int4 = diff["artifacts/metrics/openvino-int4.json"]
     for key in ("size_mb", "mean_kl", "top1_agreement", "perplexity"):

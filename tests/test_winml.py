@@ -239,6 +239,16 @@ def openvino_genai_tokens(ir: Path, prompt: str, new_tokens: int) -> list[int]:
 
 
 @pytest.mark.slow
+def test_each_variant_of_the_tiny_models_irs_builds_and_passes_its_structural_checks(real_artifacts: Path) -> None:
+    for name, (source, device) in VARIANTS.items():
+        folder = real_artifacts / "winml" / name
+        manifest = json.loads((folder / "manifest.json").read_text())
+        assert manifest["source_ir"]["folder"] == f"{source}/int4" and manifest["parameters"]["device_type"] == device
+        summary = export.verify_package(folder, device, manifest["source_ir"]["files_sha256"])
+        assert summary["inputs"] == ["input_ids", "attention_mask", "position_ids", "beam_idx"]
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(VARIANTS))
 def test_each_real_package_generates_openvino_genais_tokens_on_the_same_ir(real_artifacts: Path, name: str) -> None:
     folder = real_artifacts / "winml" / name
