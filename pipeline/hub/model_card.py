@@ -34,6 +34,8 @@ FORMATS = {  # artifact kind -> (library_name, format tags, device tags)
     "onnx": ("onnxruntime-genai", ["onnx", "onnxruntime-genai"], []),
     "winml": ("onnxruntime-genai", ["onnx", "onnxruntime-genai", "openvino", "windows-ml"], []),
 }
+KIND_NAMES = {"openvino": "OpenVINO IR", "npu": "NPU-ready OpenVINO IR", "onnx": "ONNX Runtime GenAI model"}
+KIND_NAMES["winml"] = "Windows ML package (ONNX Runtime GenAI, OpenVINO EP)"
 ONNX_DEVICE_TAGS = {"dml": "directml", "cpu": "cpu", "cuda": "cuda", "webgpu": "webgpu"}
 PROMPT = "<|user|>Can you introduce yourself?<|end|>\\n<|assistant|>\\n"
 
@@ -140,15 +142,7 @@ def metadata_problems(content: str) -> list[str]:
 
 def _summary(facts: CardFacts) -> str:
     source = facts.manifest.get("source", {})
-    fmt, kind = (
-        weight_format(facts),
-        {
-            "openvino": "OpenVINO IR",
-            "npu": "NPU-ready OpenVINO IR",
-            "onnx": "ONNX Runtime GenAI model",
-            "winml": "Windows ML package (ONNX Runtime GenAI, OpenVINO EP)",
-        }[facts.kind],
-    )
+    fmt, kind = weight_format(facts), KIND_NAMES[facts.kind]
     if source.get("repo_id"):
         origin = (
             f"[{source['repo_id']}](https://huggingface.co/{source['repo_id']}) at revision `{source.get('revision')}`"
@@ -242,21 +236,31 @@ def _validation(facts: CardFacts) -> str:
     return "## Validation\n\n" + header + "\n" + "\n".join(rows) + "\n\n" + " ".join(notes)
 
 
+OG_GENERATE = (  # onnxruntime-genai's generation loop, the same for every ONNX Runtime GenAI folder
+    "tokenizer = og.Tokenizer(model)\nparams = og.GeneratorParams(model)\n"
+    "params.set_search_options(max_length=256)\ngenerator = og.Generator(model, params)\n"
+    f'generator.append_tokens(tokenizer.encode("{PROMPT}"))\n'
+    "while not generator.is_done():\n    generator.generate_next_token()\n"
+    "print(tokenizer.decode(generator.get_sequence(0)))"
+)
+
+
 def _usage(facts: CardFacts) -> str:
     pin = f'path = snapshot_download("{facts.repo_id}", revision="{facts.revision}")\n'
+    og_import = "import onnxruntime_genai as og\nfrom huggingface_hub import snapshot_download\n\n"
     if facts.kind == "onnx":
-        code = (
-            "import onnxruntime_genai as og\nfrom huggingface_hub import snapshot_download\n\n"
-            + pin
-            + "model = og.Model(path)\ntokenizer = og.Tokenizer(model)\nparams = og.GeneratorParams(model)\n"
-            f"params.set_search_options(max_length=256)\ngenerator = og.Generator(model, params)\n"
-            f'generator.append_tokens(tokenizer.encode("{PROMPT}"))\n'
-            "while not generator.is_done():\n    generator.generate_next_token()\n"
-            "print(tokenizer.decode(generator.get_sequence(0)))"
-        )
+        code = og_import + pin + "model = og.Model(path)\n" + OG_GENERATE
         install = "pip install onnxruntime-genai huggingface_hub   # Windows DirectML: onnxruntime-genai-directml"
-    elif facts.kind == "winml":
-        code, install = _winml_usage(facts, pin)
+    elif facts.kind == "winml":  # Windows ML / Foundry Local: the OpenVINO EP, registered from its library
+        device = facts.manifest.get("parameters", {}).get("device_type", "CPU")
+        code = (
+            "import onnxruntime_ep_openvino as openvino_ep\n" + og_import + pin + "# Windows ML hands out the same "
+            'EP\'s library path\nog.register_execution_provider_library("OpenVINOExecutionProvider", '
+            f'openvino_ep.get_library_path())\nconfig = og.Config(path)   # OpenVINO EP, device_type "{device}"\n'
+            '# other Intel device: config.clear_providers(); config.append_provider("OpenVINO"); then set_provider_option'
+            '("OpenVINO", ...) device_type "CPU" and enable_causallm "True"\nmodel = og.Model(config)\n' + OG_GENERATE
+        )
+        install = "pip install onnxruntime-genai onnxruntime-ep-openvino huggingface_hub   # Intel CPU, GPU or NPU only"
     elif facts.kind == "npu":
         code = (
             "import json, os\nimport openvino_genai as ov_genai\nfrom huggingface_hub import snapshot_download\n\n"
@@ -275,31 +279,6 @@ def _usage(facts: CardFacts) -> str:
         )
         install = "pip install openvino-genai huggingface_hub"
     return f"## Use it\n\n```bash\n{install}\n```\n\n```python\n{code}\n```"
-
-
-def _winml_usage(facts: CardFacts, pin: str) -> tuple[str, str]:
-    """Windows ML / Foundry Local users: onnxruntime-genai with the OpenVINO execution provider registered."""
-    device = facts.manifest.get("parameters", {}).get("device_type", "CPU")
-    code = (
-        "import onnxruntime_genai as og\nimport onnxruntime_ep_openvino as openvino_ep\n"
-        "from huggingface_hub import snapshot_download\n\n"
-        + pin
-        + "# The OpenVINO execution provider: from pip here; Windows ML hands out the same EP's library path.\n"
-        'og.register_execution_provider_library("OpenVINOExecutionProvider", openvino_ep.get_library_path())\n'
-        f'config = og.Config(path)   # genai_config.json: OpenVINO EP, device_type "{device}"\n'
-        f'# another Intel device: config.clear_providers(); config.append_provider("OpenVINO")\n'
-        '#   config.set_provider_option("OpenVINO", "device_type", "CPU")  # and enable_causallm "True"\n'
-        "model = og.Model(config)\ntokenizer = og.Tokenizer(model)\nparams = og.GeneratorParams(model)\n"
-        "params.set_search_options(max_length=256)\ngenerator = og.Generator(model, params)\n"
-        f'generator.append_tokens(tokenizer.encode("{PROMPT}"))\n'
-        "while not generator.is_done():\n    generator.generate_next_token()\n"
-        "print(tokenizer.decode(generator.get_sequence(0)))"
-    )
-    install = (
-        "pip install onnxruntime-genai onnxruntime-ep-openvino huggingface_hub   "
-        "# Intel CPU, GPU or NPU; the EP lists only Intel devices"
-    )
-    return code, install
 
 
 def _files(facts: CardFacts) -> str:
