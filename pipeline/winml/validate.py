@@ -146,7 +146,8 @@ def run(
     target = manifest["parameters"]["device_type"]
     weight_format = manifest.get("source_ir_parameters", {}).get("weight_format", "int4")
     kind = FAMILIES["winml"].kind
-    plan = plan_cell(target, status or runtime.plugin_status())
+    status = status or runtime.plugin_status()
+    plan = plan_cell(target, status)
     if plan.skip_reason:
         cell = matrix.skipped_cell(plan, kind)
         cell.label = f"{kind}, skipped: the OpenVINO EP cannot run it here"
@@ -156,6 +157,8 @@ def run(
         cell = matrix.judge(plan, got, evidence.reference, verdicts_for(cfg, weight_format), kind)
         if plan.device != target:
             cell.label = OVERRIDDEN
+        ran_with = f"ran with {runtime.PLUGIN} {status.version} (OpenVINO {runtime.BUNDLED_OPENVINO.get(status.version or '')})"
+        cell.note = "; ".join(filter(None, [cell.note, ran_with]))
     return records.publish_cells(
         f"winml-{name}", "winml", weight_format, folder, cfg.thresholds(weight_format), {plan.column: cell}, metrics_dir
     )
