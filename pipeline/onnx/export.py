@@ -22,7 +22,7 @@ from pipeline.core.manifest import read_manifest, write_manifest
 from pipeline.core.memory import check_resources, needs_of, use_huge_pages
 from pipeline.core.stage import run_stage
 from pipeline.onnx.config import OnnxVariantConfig
-from pipeline.onnx.inspect import check_matches_request, inspect_onnx
+from pipeline.onnx.inspect import check_matches_request, gqa_rotary_problem, inspect_onnx
 
 # The ONNX builder loads the checkpoint in PyTorch and quantizes it layer by layer. Not measured on the full
 # model like the OpenVINO rows (pipeline.openvino.lean; only the tiny one runs here): estimates, one float copy
@@ -85,6 +85,9 @@ def check_model_request(cfg: OnnxVariantConfig, model_config: dict) -> None:
             f"model_type {model_config.get('model_type')!r} has no known ONNX Runtime GenAI "
             f"tokenizer class; supported: {', '.join(ORT_TOKENIZER_CLASS)}"
         )
+    problem = gqa_rotary_problem(model_config, cfg.execution_provider)
+    if problem:
+        raise ConfigError(problem)
 
 
 def build(model_dir: Path, out: Path, cfg: OnnxVariantConfig, options: dict[str, str]) -> None:

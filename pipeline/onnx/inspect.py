@@ -19,6 +19,36 @@ PROVIDER_ENTRY = {"dml": "dml", "cuda": "cuda", "webgpu": "webgpu", "cpu": None}
 MIXED_ALGOS = ("rtn_last", "k_quant_last", "k_quant_mixed", "k_quant_linear")
 
 
+# Providers whose builder graphs rotate inside GroupQueryAttention (do_rotary with cos/sin caches); on DML the
+# builder emits a separate RotaryEmbedding op (onnxruntime_genai builders/base.py, is_fused_rope_supported).
+FUSED_ROTARY_PROVIDERS = ("cpu", "cuda", "webgpu")
+
+
+def gqa_rotary_problem(model_config: dict[str, Any], execution_provider: str) -> str | None:
+    """Why onnxruntime's GroupQueryAttention cannot run this model's rotary, or None when it can.
+
+    The kernel checks "cos_cache dimension 1 must be <= head_size / 2 and a multiple of 8"
+    (onnxruntime contrib_ops group_query_attention_helper.h). The builder's cos cache is rotary_dim / 2 wide,
+    rotary_dim = head_size x partial_rotary_factor: Phi-4-mini's 128 x 0.75 = 96 gives 48, fine; a head of 32
+    at 0.75 gives 12, which the kernel refuses at the first run, long after a build that looked fine.
+    """
+    if execution_provider not in FUSED_ROTARY_PROVIDERS:
+        return None
+    heads = int(model_config["num_attention_heads"])
+    head_size = int(model_config.get("head_dim") or int(model_config["hidden_size"]) // heads)
+    rope = model_config.get("rope_parameters") or model_config.get("rope_scaling") or {}
+    partial = float(model_config.get("partial_rotary_factor") or rope.get("partial_rotary_factor") or 1.0)
+    cache = int(head_size * partial) // 2
+    if cache <= head_size // 2 and cache % 8 == 0:
+        return None
+    return (
+        f"onnxruntime's GroupQueryAttention cannot run this model on {execution_provider}: its cos_cache would be "
+        f"{cache} wide (head size {head_size} x partial_rotary_factor {partial:g} / 2), and the kernel needs "
+        f"cos_cache dimension 1 <= head_size / 2 = {head_size // 2} and a multiple of 8; "
+        "use the OpenVINO families for this model"
+    )
+
+
 def _attrs(node: Any) -> dict[str, Any]:
     import onnx
 
