@@ -26,7 +26,7 @@ from pipeline.core.errors import fail, run_main
 from pipeline.core.hashes import sha256_file
 from pipeline.core.log import say, step
 from pipeline.core.manifest import read_manifest, write_manifest
-from pipeline.core.memory import check_resources, needs_of
+from pipeline.core.memory import check_resources, check_stage_ram, needs_of
 from pipeline.core.registry import FAMILIES
 from pipeline.core.stage import run_stage
 from pipeline.npu_lib import env as npu_lib_env
@@ -99,6 +99,12 @@ def run(
     except npu_lib_env.EnvUnavailable as err:
         return write_skipped(name, cfg, source, out_root, str(err))
     recipe = RECIPE.format(dtype=cfg.dtype)
+    check_stage_ram(
+        f"export_npu_lib{'' if cfg.load_dtype == 'float32' else '_16bit'}",
+        cfg.dtype,
+        model_dir,
+        f"[npu_lib-{name}] compiling {cfg.dtype} with the NPU library",
+    )
     check_resources(
         f"[npu_lib-{name}] compiling {cfg.dtype} with the NPU library",
         *needs_of(NPU_LIB_NEEDS, cfg.dtype, model_dir),

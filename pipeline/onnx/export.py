@@ -19,7 +19,7 @@ from pipeline.core.config import ConfigError
 from pipeline.core.errors import fail, run_main
 from pipeline.core.log import say, step
 from pipeline.core.manifest import read_manifest, write_manifest
-from pipeline.core.memory import check_resources, needs_of, use_huge_pages
+from pipeline.core.memory import check_resources, check_stage_ram, needs_of, use_huge_pages
 from pipeline.core.stage import run_stage
 from pipeline.onnx.config import OnnxVariantConfig
 from pipeline.onnx.inspect import check_matches_request, gqa_rotary_problem, inspect_onnx
@@ -155,6 +155,9 @@ def run(name: str, cfg: OnnxVariantConfig, model_dir: Path = MODEL_DIR, out_root
     model_config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
     check_model_request(cfg, model_config)
     options = builder_options(cfg)
+    check_stage_ram(
+        "export_onnx", f"{cfg.execution_provider}_{cfg.precision}", model_dir, f"[{name}] building {cfg.precision} ONNX"
+    )
     check_resources(
         f"[{name}] building {cfg.precision} ONNX", *needs_of(ONNX_NEEDS, cfg.precision, model_dir), out_root
     )

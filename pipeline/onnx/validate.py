@@ -22,6 +22,7 @@ from pipeline.core.config import ValidateConfig
 from pipeline.core.errors import fail, run_main
 from pipeline.core.log import step
 from pipeline.core.manifest import read_manifest
+from pipeline.core.memory import check_stage_ram
 from pipeline.core.stage import run_stage
 from pipeline.validation import fidelity, matrix, records
 from pipeline.validation.devices import ONNX_PROVIDER_DEVICES, onnx_provider_status
@@ -204,6 +205,7 @@ def run(
         )
     evidence = Evidence.load(reference_path)
     provider, precision = params["execution_provider"], params["precision"]
+    check_stage_ram("validate_onnx", f"{provider}_{precision}", folder)
     device = ONNX_PROVIDER_DEVICES[provider]
     thresholds = verdicts_for_onnx(cfg, precision)
     kind = f"{device} graph"

@@ -23,6 +23,7 @@ from pipeline.core.config import ValidateConfig
 from pipeline.core.errors import fail, run_main
 from pipeline.core.log import step
 from pipeline.core.manifest import read_manifest
+from pipeline.core.memory import check_stage_ram
 from pipeline.core.registry import FAMILIES
 from pipeline.core.stage import run_stage
 from pipeline.openvino import npu_lane, numerics
@@ -332,6 +333,7 @@ def run(
     from pipeline.validation import devices
 
     weight_format = read_manifest(target.ir_dir)["parameters"].get("weight_format", "int4")
+    check_stage_ram("validate_npu" if target.family == "npu" else "validate", weight_format, target.ir_dir)
     evidence = Evidence.load(reference_path)
     verdicts = verdicts_for(cfg, weight_format)
     cells, pinned_runs, outputs = {}, {}, {}

@@ -11,6 +11,7 @@ Output: ``artifacts/reference/reference.json`` and ``logprobs.npz`` (plain array
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,9 @@ from pipeline.core.config import ASSETS_DIR, ValidateConfig, load_params
 from pipeline.core.errors import fail, run_main
 from pipeline.core.log import say, step
 from pipeline.core.manifest import read_manifest, write_manifest
-from pipeline.validation.fidelity import LOGPROBS_FILE, LONG_LOGPROBS_FILE, reference_from_logits
+from pipeline.core.memory import check_stage_ram
+from pipeline.validation.fidelity import LOGPROBS_FILE, LONG_LOGPROBS_FILE, ReferenceLogprobs, log_softmax
+from pipeline.validation.upcast import compute_in_float32
 
 MODEL_DIR = ARTIFACTS / "model"
 OUT_DIR = ARTIFACTS / "reference"
@@ -85,32 +88,60 @@ def perf_prompts(tokenizer: Any, cfg: ValidateConfig) -> dict[str, list[int]]:
     return {name: rest[:length] for name, length in cfg.perf_prompt_tokens.items()}
 
 
-def teacher_forced(model: Any, windows: list[list[int]]) -> tuple[list[dict[str, Any]], list[Any]]:
-    """Top-1 next-token ids and top-1/top-2 logit margins for each window, and the windows' logits."""
+LOGIT_ROWS = 256  # positions whose [rows, vocab] float32 logits exist at a time (a 6000-token window's are 734 MiB)
+
+
+def logit_chunks(model: Any, window: list[int]) -> Iterator[Any]:
+    """The float32 logits (a tensor) of ``window``, ``LOGIT_ROWS`` positions at a time, from one forward pass."""
     import torch
 
-    out, logits_out = [], []
     with torch.inference_mode():
-        for window in windows:
-            logits = model(torch.tensor([window])).logits[0].float()
+        hidden = model.model(torch.tensor([window]), use_cache=False).last_hidden_state[0]
+        for start in range(0, len(window), LOGIT_ROWS):
+            yield model.lm_head(hidden[start : start + LOGIT_ROWS]).float()
+
+
+def logprob_rows(logits: Any, following: Any, top_k: int) -> tuple[Any, ...]:
+    """Top-k ids and log-probs, and the log-prob of the ``following`` token (-1: unknown), per row of ``logits``.
+
+    The same arithmetic as :func:`pipeline.validation.fidelity.reference_from_logits`, on a chunk of a window.
+    """
+    import numpy as np
+
+    logp = log_softmax(logits)
+    top = np.argsort(-logp, axis=-1, kind="stable")[:, :top_k]
+    picked = np.take_along_axis(logp, np.maximum(following, 0)[:, None], axis=-1)[:, 0]
+    return (
+        top.astype(np.int32),
+        np.take_along_axis(logp, top, axis=-1).astype(np.float32),
+        following,
+        np.where(following >= 0, picked, np.nan).astype(np.float32),
+    )
+
+
+def reference_logprobs(
+    model: Any, windows: list[list[int]], top_k: int
+) -> tuple[ReferenceLogprobs, list[dict[str, Any]]]:
+    """Teacher-forced top-k log-probs of each window, and each window's top-1 ids with their top-1/top-2 margins.
+
+    No window's full ``[length, vocab]`` logits are held: each chunk is reduced to its top-k before the next.
+    """
+    import numpy as np
+
+    rows: list[tuple[Any, ...]] = []
+    forced = []
+    for window in windows:
+        following = np.array(list(window[1:]) + [-1], dtype=np.int32)
+        top1, margin, start = [], [], 0
+        for logits in logit_chunks(model, window):
+            rows.append(logprob_rows(logits.numpy(), following[start : start + len(logits)], top_k))
             top2 = logits.topk(2, dim=-1)
-            out.append(
-                {
-                    "input_ids": window,
-                    "top1": top2.indices[:, 0].tolist(),
-                    "margin": (top2.values[:, 0] - top2.values[:, 1]).tolist(),
-                }
-            )
-            logits_out.append(logits.numpy())
-    return out, logits_out
-
-
-def long_logits(model: Any, windows: list[list[int]]) -> list[Any]:
-    """PyTorch's logits over each long window, one forward pass each (no top-1 bookkeeping)."""
-    import torch
-
-    with torch.inference_mode():
-        return [model(torch.tensor([window])).logits[0].float().numpy() for window in windows]
+            top1 += top2.indices[:, 0].tolist()
+            margin += (top2.values[:, 0] - top2.values[:, 1]).tolist()
+            start += len(logits)
+        forced.append({"input_ids": window, "top1": top1, "margin": margin})
+    columns = [np.concatenate(column) for column in zip(*rows)]
+    return ReferenceLogprobs(*columns, np.array([len(w) for w in windows], dtype=np.int32)), forced
 
 
 def greedy(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int) -> list[dict[str, Any]]:
@@ -139,31 +170,44 @@ def greedy(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int) 
     return out
 
 
+def load_model(model_dir: Path, dtype: str) -> Any:
+    """The PyTorch model computing in ``dtype``; for float32, its weights stay as stored (no float32 copy).
+
+    A bf16 checkpoint read as float32 took 2x its size plus transformers' loading copies (21.0 GiB for
+    Phi-3-mini); :func:`pipeline.validation.upcast.compute_in_float32` gives the same float32 results from the
+    memory-mapped weights (``docs/benchmarks.md``).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if dtype != "float32":
+        return AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype)).eval()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto").eval()
+    compute_in_float32(model)
+    return model
+
+
 def run(cfg: ValidateConfig, model_dir: Path = MODEL_DIR, out_dir: Path = OUT_DIR) -> dict:
     """Compute the PyTorch reference for ``cfg`` from the model in ``model_dir``."""
     import statistics
 
     import numpy as np
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     source = read_manifest(model_dir)
-    with step(f"loading PyTorch model {source.get('model')} ({cfg.reference_dtype})"):
+    check_stage_ram("reference", cfg.reference_dtype, model_dir)
+    with step(f"loading PyTorch model {source.get('model')} (computing in {cfg.reference_dtype})"):
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, cfg.reference_dtype))
-        model.eval()
+        model = load_model(model_dir, cfg.reference_dtype)
     with step("teacher-forced pass over held-out text"):
         windows = eval_windows(tokenizer, cfg)
-        forced, logits = teacher_forced(model, windows)
-        logprobs = reference_from_logits(windows, logits, cfg.kl_top_k)
+        logprobs, forced = reference_logprobs(model, windows, cfg.kl_top_k)
     long = long_context_plan(tokenizer, cfg, context_limits(model.config))
     with step(
         f"teacher-forced long-context windows of {[len(w) for w in long['windows']]} tokens "
         f"(boundaries {long['boundaries']})"
     ):
-        long_logprobs = reference_from_logits(
-            long["windows"], long_logits(model, long["windows"]), cfg.long_context.top_k
-        )
+        long_logprobs, _ = reference_logprobs(model, long["windows"], cfg.long_context.top_k)
     with step(f"greedy generation for {len(cfg.prompts)} prompts"):
         generations = greedy(model, tokenizer, cfg.prompts, cfg.max_new_tokens)
     margins = sorted(m for w in forced for m in w["margin"])
