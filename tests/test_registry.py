@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
 import pytest
@@ -59,3 +60,21 @@ def test_stage_command_line_checks_the_variant_and_picks_the_flagged_family(monk
     assert (family.name, name) == ("npu", "int4")
     with pytest.raises(ConfigError, match=r"^unknown ONNX variant 'nope': configured ones are "):
         parse_variant(["nope"], "export", "onnx")
+
+
+def test_every_family_declares_its_variant_config_and_the_core_names_none() -> None:
+    """Each registry line names its variant config (``module:Class`` in the family's subpackage); the composed params
+    hold one typed section per family, and core/config.py names no family's config (a new family never edits it)."""
+    from pipeline.core.config import PipelineConfig, build, compose
+
+    params = build(PipelineConfig, compose(["model=tiny"]))
+    tree = ast.parse((ROOT / "pipeline" / "core" / "config.py").read_text(encoding="utf-8"))
+    core = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)} | {
+        a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names
+    }
+    for family in FAMILIES.values():
+        cls = family.variant_config()
+        assert cls.__module__ == family.module("export").rsplit(".", 1)[0] + ".config", family.config
+        variants = getattr(params, family.name)
+        assert variants and all(isinstance(v, cls) for v in variants.values()), family.name
+        assert cls.__name__ not in core, f"core/config.py uses {cls.__name__}"
