@@ -6,6 +6,8 @@ params with them, so a bad value fails at load time with one line naming its key
 
 from __future__ import annotations
 
+import re
+from dataclasses import field
 from typing import Annotated, Any, Literal
 
 from pipeline.core.config import ConfigError, Positive, WeightFormat, _check, _typed
@@ -43,12 +45,22 @@ class OpenVinoVariantConfig:
     num_samples: Positive | None = None
     sensitivity_metric: SensitivityMetric | None = None
     group_size_fallback: GroupSizeFallback = "error"
+    # Layers kept at the IR's float precision (NNCF ignored scope: Python regexes matched from the start of the
+    # IR layer name), e.g. [".*mlp\\.down_proj.*"] against degenerate int4 output; checked on the IR after export.
+    keep_float: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if (self.awq or self.scale_estimation or self.gptq) and self.dataset is None:
             raise ConfigError(NEEDS_DATA)
         if self.dataset is not None and self.weight_format != "int4":
             raise ConfigError("dataset is only used by int4 data-aware compression; remove it for int8/fp16")
+        if self.keep_float and not self.compressed:
+            raise ConfigError("keep_float applies to int4/int8 compression; an fp16 IR keeps every layer in float")
+        for pattern in self.keep_float:
+            try:
+                re.compile(pattern)
+            except re.error as err:
+                raise ConfigError(f"keep_float pattern {pattern!r} is not a regular expression ({err})") from None
 
     @property
     def compressed(self) -> bool:

@@ -107,7 +107,7 @@ def export_into(
     if qdict:
         stable_layer_names(tmp / "openvino_model.xml")
     summary = inspect_ir(tmp / "openvino_model.xml")
-    problems = check_matches_request(summary, cfg.weight_format, cfg.ratio) + check_rotary(summary)
+    problems = check_matches_request(summary, cfg.weight_format, cfg.ratio, cfg.keep_float) + check_rotary(summary)
     if problems:
         fail(f"[{name}] exported IR does not match the request: {'; '.join(problems)}")
     say(f"[{name}] weight layers: {summary['weight_layers']}")

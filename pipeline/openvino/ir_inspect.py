@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -168,16 +169,36 @@ def inspect_ir(xml_path: Path, rotary: bool = True) -> dict[str, Any]:
     return summary
 
 
-def check_matches_request(summary: dict[str, Any], weight_format: str, ratio: float = 1.0) -> list[str]:
+def kept_float_problems(summary: dict[str, Any], keep_float: list[str]) -> list[str]:
+    """The ways the IR ignores a ``keep_float`` request: a pattern that names no layer, a named layer compressed."""
+    problems = []
+    for pattern in keep_float:
+        named = [layer for layer in summary["layers"] if re.match(pattern, layer["layer"])]
+        compressed = [f"{layer['layer']} ({layer['precision']})" for layer in named if layer["precision"] != "float"]
+        if not named:
+            problems.append(f"keep_float pattern {pattern!r} names no weight layer of the IR")
+        elif compressed:
+            problems.append(
+                f"keep_float pattern {pattern!r}: {len(compressed)} layers compressed, e.g. {compressed[0]}"
+            )
+    return problems
+
+
+def check_matches_request(
+    summary: dict[str, Any], weight_format: str, ratio: float = 1.0, keep_float: list[str] | None = None
+) -> list[str]:
     """Return the ways an IR summary contradicts the requested weight format (empty when it matches)."""
     counts = summary["weight_layers"]
-    problems = []
+    problems, kept = [], 0
+    if keep_float:
+        problems = kept_float_problems(summary, keep_float)
+        kept = sum(any(re.match(p, layer["layer"]) for p in keep_float) for layer in summary["layers"])
     if counts["total"] == 0:
         problems.append("no weight layers found in the IR")
     if weight_format == "fp16" and (counts["int4"] or counts["int8"]):
         problems.append(f"fp16 IR holds {counts['int4']} int4 and {counts['int8']} int8 layers")
-    if weight_format == "int8" and (counts["int4"] or counts["int8"] == 0 or counts["float"]):
-        problems.append(f"int8 IR should be all int8, found {counts}")
+    if weight_format == "int8" and (counts["int4"] or counts["int8"] == 0 or counts["float"] > kept):
+        problems.append(f"int8 IR should be all int8 but the keep_float layers, found {counts}")
     if weight_format == "int4":
         if counts["int4"] == 0:
             problems.append("int4 requested but the IR has no 4-bit weight layer (quantization was skipped)")

@@ -35,6 +35,7 @@ def quantization_dict(cfg: OpenVinoVariantConfig) -> dict[str, Any]:
     dataset: Any = cfg.dataset
     if dataset == "heldout":
         dataset = calibration_texts(cfg.num_samples)
+    extra = {"ignored_scope": {"patterns": list(cfg.keep_float)}} if cfg.keep_float else {}
     return {
         "bits": 8 if is_int8 else 4,
         "ratio": 1.0 if is_int8 else cfg.ratio,
@@ -52,6 +53,7 @@ def quantization_dict(cfg: OpenVinoVariantConfig) -> dict[str, Any]:
         "backup_precision": None if is_int8 else cfg.backup_precision,
         "statistics_path": None,
         "group_size_fallback": cfg.group_size_fallback,
+        **extra,
     }
 
 
