@@ -55,5 +55,5 @@ def test_a_request_the_ir_ignores_is_named() -> None:
 )
 def test_bad_keep_float_fails_at_load_time_with_one_line(override: str, message: str) -> None:
     with pytest.raises(ConfigError) as exc:
-        compose(["model=tiny-phi4", override])
+        compose(["model=phi4-mini-instruct", override])
     assert message in str(exc.value) and "\n" not in str(exc.value)
