@@ -40,6 +40,16 @@ def test_keep_float_moves_exactly_the_named_layers_out_of_int4(int4_pair: tuple[
     assert kept["parameters"]["keep_float"] == [DOWN_PROJ]  # recorded in the manifest
 
 
+def test_the_tied_embedding_stays_one_int8_matrix_and_the_manifest_says_so(int4_pair: tuple[dict, dict, int]) -> None:
+    """Tied checkpoint: the embedding's Gather and the LM head's MatMul read one constant, at NNCF's backup int8."""
+    tie = int4_pair[0]["tied_embeddings"]
+    assert tie["checkpoint_tied"] and tie["shared_constant"]
+    assert (tie["embedding"]["precision"], tie["lm_head"]["precision"]) == ("int8", "int8")
+    assert tie["lm_head"]["layer"].startswith("__module.lm_head")
+    counts = int4_pair[0]["weight_layers"]
+    assert counts["int8"] == 2  # the one shared matrix, counted once per consumer (Gather and MatMul)
+
+
 def test_a_request_the_ir_ignores_is_named() -> None:
     summary = {"layers": [{"layer": "__module.model.layers.0.mlp.down_proj/aten::linear/MatMul", "precision": "int4"}]}
     assert "1 layers compressed" in kept_float_problems(summary, [DOWN_PROJ])[0]

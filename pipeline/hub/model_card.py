@@ -169,6 +169,13 @@ def _parameters(facts: CardFacts) -> str:
     mode = facts.manifest.get("nncf_rt_info", {}).get("weight_compression", {}).get("mode")
     if mode:
         text += f" NNCF `{facts.manifest['nncf_rt_info'].get('version')}` mode `{mode}`."
+    tie = facts.manifest.get("tied_embeddings")
+    if tie and tie.get("checkpoint_tied"):
+        kept = "one shared matrix" if tie["shared_constant"] else "two copies (the tie was not kept)"
+        text += (
+            f"\n\nTied embeddings: the input embedding and the LM head are {kept} in the IR, "
+            f"{tie['embedding']['precision']} / {tie['lm_head']['precision']}."
+        )
     if facts.manifest.get("npu_blob"):
         text += f"\n\nNPU blob: {facts.manifest['npu_blob'].get('blob')}."
     return text

@@ -126,6 +126,7 @@ def manifest_fields(source: dict, cfg: Any, summary: dict) -> dict[str, Any]:
         "layers": summary["layers"],
         "timings": summary["timings"],
         "rotary_embedding": summary.get("rotary"),
+        "tied_embeddings": summary.get("tied_embeddings"),  # the checkpoint's tie, kept in the IR or not, precisions
     }
 
 

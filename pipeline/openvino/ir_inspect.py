@@ -145,6 +145,35 @@ def check_rotary(summary: dict[str, Any]) -> list[str]:
     return problems
 
 
+def embedding_tie(model: Any) -> dict[str, Any] | None:
+    """How the IR holds the input embedding and the LM head: their precisions and whether they share one constant.
+
+    A tied checkpoint (``tie_word_embeddings``) has one matrix for both; the IR keeps the tie when the embedding's
+    Gather and the LM head's MatMul (the last weight MatMul) read the same stored constant, so it is stored once
+    and quantized once (NNCF's backup precision for both, int8 by default).
+    """
+    gathers, matmuls = [], []
+    for op in model.get_ordered_ops():
+        kind = op.get_type_name()
+        if kind in WEIGHT_CONSUMERS:
+            const = _weight_constant(op.input_value(0 if kind == "Gather" else 1).get_node())
+            if const is not None and len(const.get_output_shape(0)) >= 2:
+                (gathers if kind == "Gather" else matmuls).append((op, const))
+    if not gathers or not matmuls:
+        return None
+    (embed, embed_const), (head, head_const) = max(gathers, key=lambda g: _size(g[1])), matmuls[-1]
+
+    def precision(const: Any) -> str:
+        etype = const.get_output_element_type(0).get_type_name()
+        return PRECISION_OF.get(etype, etype)
+
+    return {
+        "shared_constant": embed_const.get_friendly_name() == head_const.get_friendly_name(),
+        "embedding": {"layer": embed.get_friendly_name(), "precision": precision(embed_const)},
+        "lm_head": {"layer": head.get_friendly_name(), "precision": precision(head_const)},
+    }
+
+
 def inspect_ir(xml_path: Path, rotary: bool = True) -> dict[str, Any]:
     """Summarise an IR: layer counts by precision, NNCF rt_info, per-layer list, rotary embedding."""
     import openvino as ov
@@ -161,10 +190,13 @@ def inspect_ir(xml_path: Path, rotary: bool = True) -> dict[str, Any]:
         },
         "nncf": nncf_rt_info(model),
         "layers": layers,
+        "tied_embeddings": embedding_tie(model),
     }
+    config_path = Path(xml_path).parent / "config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else None
+    if summary["tied_embeddings"] is not None and config is not None:
+        summary["tied_embeddings"]["checkpoint_tied"] = bool(config.get("tie_word_embeddings"))
     if rotary:
-        config_path = Path(xml_path).parent / "config.json"
-        config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else None
         summary["rotary"] = inspect_rotary(model, config)
     return summary
 
