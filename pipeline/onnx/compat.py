@@ -12,13 +12,11 @@ original tokenizer did, and generates from every prompt. ``--runtime`` picks one
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
 import subprocess
 import sys
 import tempfile
-import textwrap
 import venv
 from pathlib import Path
 
@@ -26,6 +24,7 @@ from pipeline.core.artifacts import ARTIFACTS, remove_tree, replace_dir, write_j
 from pipeline.core.config import PROJECT_ROOT
 from pipeline.core.errors import fail, run_main
 from pipeline.core.log import say, step
+from pipeline.onnx import runner
 from pipeline.validation.matrix import greedy_match
 
 # onnxruntime-genai(-directml) release -> the CPU packages that stand in for it (its onnxruntime requirement's floor)
@@ -36,17 +35,23 @@ RUNTIMES = {
 DEFAULT_RUNTIME = "0.13.1"
 COMPAT_PACKAGES = RUNTIMES[DEFAULT_RUNTIME]
 ENV_NAME = f"ortgenai-{DEFAULT_RUNTIME}"
+# The DirectML builds themselves (Windows only), for the DML cells of validate_onnx: the newest we claim, what
+# `pip install onnxruntime-genai-directml` gives users where onnxruntime-directml 1.26 is published.
+DML_RUNTIMES = {
+    "0.13.1": ("onnxruntime-genai-directml==0.13.1", "onnxruntime-directml==1.24.4"),
+    "0.14.1": ("onnxruntime-genai-directml==0.14.1", "onnxruntime-directml==1.26.0"),
+}
+DML_RUNTIME = "0.14.1"
 STAMP = "aipc-compat-env.json"
-RESULT_MARK = "AIPC_COMPAT_RESULT "
 ONNX_ROOT = ARTIFACTS / "onnx"
 REFERENCE = ARTIFACTS / "reference" / "reference.json"
 
 
-def env_dir(runtime: str = DEFAULT_RUNTIME) -> Path:
-    """Where a compat environment lives: beside the other isolated environments (``.aipc/envs``)."""
+def env_dir(runtime: str = DEFAULT_RUNTIME, directml: bool = False) -> Path:
+    """Where a runtime's environment lives: beside the other isolated environments (``.aipc/envs``)."""
     from pipeline.core.envs import envs_root  # one rule for every isolated environment
 
-    return envs_root() / f"ortgenai-{runtime}"
+    return envs_root() / f"ortgenai-{'directml-' if directml else ''}{runtime}"
 
 
 def env_python(env: Path) -> Path:
@@ -68,10 +73,10 @@ def _pip_constraints(folder: Path) -> list[str]:
     return ["-c", str(folder / "constraints.txt")]
 
 
-def ensure_env(env: Path | None = None, runtime: str = DEFAULT_RUNTIME) -> Path:
-    """Create a compat environment once (atomically) and return its interpreter; reuse it afterwards."""
-    env = Path(env or env_dir(runtime))
-    packages = RUNTIMES[runtime]
+def ensure_env(env: Path | None = None, runtime: str = DEFAULT_RUNTIME, directml: bool = False) -> Path:
+    """Create a runtime's environment once (atomically) and return its interpreter; reuse it afterwards."""
+    env = Path(env or env_dir(runtime, directml))
+    packages = (DML_RUNTIMES if directml else RUNTIMES)[runtime]
     wanted = {"packages": list(packages), "python": f"{sys.version_info[0]}.{sys.version_info[1]}"}
     if (
         env_python(env).is_file()
@@ -99,7 +104,7 @@ def ensure_env(env: Path | None = None, runtime: str = DEFAULT_RUNTIME) -> Path:
             done = subprocess.run(cmd, stdout=2, check=False)  # pip's progress lines go to stderr with ours
             if done.returncode:
                 fail(
-                    f"pip could not install {' '.join(packages)} (exit {done.returncode}): the compat check "
+                    f"pip could not install {' '.join(packages)} (exit {done.returncode}): {env.name} "
                     "needs PyPI once; check the network or PIP_INDEX_URL"
                 )
             write_json_atomic(tmp / STAMP, wanted)
@@ -109,53 +114,10 @@ def ensure_env(env: Path | None = None, runtime: str = DEFAULT_RUNTIME) -> Path:
     return env_python(env)
 
 
-def _probe() -> None:
-    """Runs inside the compat environment (standard library + onnxruntime_genai only); prints one result line."""
-    import json
-    import sys
-    from importlib import metadata
-
-    request = json.loads(sys.stdin.read())
-    result = {
-        "versions": {p: metadata.version(p) for p in ("onnxruntime-genai", "onnxruntime")},
-        "step": "load the model",
-    }
-    try:
-        import onnxruntime_genai as og
-
-        config = og.Config(request["folder"])
-        config.clear_providers()  # the CPU build of the same runtime; the DML entry would be refused
-        model = og.Model(config)
-        result["device"], result["step"], result["cases"] = str(model.device_type), "load the tokenizer", []
-        tokenizer = og.Tokenizer(model)
-        result["step"] = "generate"
-        for prompt, max_new in zip(request["prompts"], request["max_new_tokens"]):
-            ids = [int(t) for t in tokenizer.encode(prompt)]
-            params = og.GeneratorParams(model)
-            params.set_search_options(max_length=len(ids) + max_new, do_sample=False)
-            generator = og.Generator(model, params)
-            generator.append_tokens(ids)
-            out = []
-            while not generator.is_done():
-                generator.generate_next_token()
-                out.append(int(generator.get_next_tokens()[0]))
-            result["cases"].append({"prompt_ids": ids, "output_ids": out, "text": tokenizer.decode(out)})
-        result["step"] = "done"
-    except Exception as err:  # report any failure as data; the caller turns it into one line
-        result["error"] = f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0]}"
-    print("AIPC_COMPAT_RESULT " + json.dumps(result))
-
-
-def probe(folder: Path, reference: dict, python: Path | str = sys.executable) -> dict:
-    """Run :func:`_probe` on ``folder`` with interpreter ``python`` (isolated mode); return its result."""
-    request = {
-        "folder": str(Path(folder).resolve()),
-        "prompts": [c["prompt"] for c in reference["greedy"]],
-        "max_new_tokens": [max(len(c["output_ids"]), 1) for c in reference["greedy"]],
-    }
-    code = textwrap.dedent(inspect.getsource(_probe)) + "\n_probe()\n"
+def run_script(script: Path, request: dict, python: Path | str, mark: str) -> dict:
+    """Run ``script`` under ``python`` (isolated mode) with ``request`` on stdin; the JSON after ``mark``."""
     done = subprocess.run(
-        [str(python), "-I", "-c", code],
+        [str(python), "-I", str(script)],
         input=json.dumps(request),
         capture_output=True,
         text=True,
@@ -163,11 +125,28 @@ def probe(folder: Path, reference: dict, python: Path | str = sys.executable) ->
         errors="replace",
         check=False,
     )
-    line = next((x for x in reversed(done.stdout.splitlines()) if x.startswith(RESULT_MARK)), None)
+    line = next((x for x in reversed(done.stdout.splitlines()) if x.startswith(mark)), None)
     if line is None:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        fail(f"the compat probe crashed (exit {done.returncode}) under {python}: {last}")
-    return json.loads(line[len(RESULT_MARK) :])
+        fail(f"{script.name} crashed (exit {done.returncode}) under {python}: {last}")
+    return json.loads(line[len(mark) :])
+
+
+def probe(folder: Path, reference: dict, python: Path | str = sys.executable) -> dict:
+    """Load ``folder`` on the CPU under ``python``, tokenize and greedily generate every reference prompt."""
+    request = {
+        "folder": str(Path(folder).resolve()),
+        "provider": "any",  # not "cpu": clear the folder's providers, the CPU build of the runtime refuses DML
+        "device": "CPU",
+        "prompts": [c["prompt"] for c in reference["greedy"]],
+        "max_new_tokens": [max(len(c["output_ids"]), 1) for c in reference["greedy"]],
+    }
+    result = run_script(Path(runner.__file__), request, python, runner.RESULT_MARK)
+    result["cases"] = [
+        {"prompt_ids": ids, "output_ids": out, "text": text}
+        for ids, out, text in zip(result.get("prompt_ids", []), result.get("outputs", []), result.get("texts", []))
+    ]
+    return result
 
 
 def check(folder: Path, reference: dict, python: Path | str) -> dict:
@@ -202,7 +181,7 @@ def check(folder: Path, reference: dict, python: Path | str) -> dict:
     exact, divergence = greedy_match([c["output_ids"] for c in result["cases"]], reference)
     return {
         "runtime": result["versions"],
-        "device": result["device"],
+        "device": result["executed"],
         "prompts": len(result["cases"]),
         "tokenizer_matches_reference": True,
         "greedy_exact_match": exact,

@@ -12,20 +12,21 @@ Output: ``artifacts/metrics/onnx-<variant>.json`` (DVC metrics).
 from __future__ import annotations
 
 import json
-import statistics
-import time
+import platform
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from pipeline.core.artifacts import ARTIFACTS
 from pipeline.core.config import ValidateConfig
-from pipeline.core.errors import fail, run_main
+from pipeline.core.errors import StageError, fail, run_main
 from pipeline.core.log import step
 from pipeline.core.manifest import read_manifest
 from pipeline.core.memory import check_stage_ram
 from pipeline.core.stage import run_stage
+from pipeline.onnx import compat, runner
 from pipeline.validation import fidelity, matrix, records
-from pipeline.validation.devices import ONNX_PROVIDER_DEVICES, onnx_provider_status
+from pipeline.validation.devices import ONNX_PROVIDER_DEVICES, DeviceStatus, onnx_provider_status
 from pipeline.validation.evidence import Evidence, verdicts_for
 
 ONNX_ROOT = ARTIFACTS / "onnx"
@@ -38,91 +39,65 @@ def provider_available(provider: str) -> bool:
     return onnx_provider_status(provider).available
 
 
-def load_model(folder: Path, provider: str, device: str) -> tuple[Any, str, float]:
-    """Load ``folder`` with its ``provider`` (or, for a CPU cell, the default CPU provider); model, device, seconds."""
-    import onnxruntime_genai as og
-
-    start = time.perf_counter()
-    config = og.Config(str(folder))
-    if device == "CPU" and provider != "cpu":
-        config.clear_providers()  # same files, default (CPU) provider: the stand-in cell
-    model = og.Model(config)
-    return model, str(model.device_type).upper(), time.perf_counter() - start
-
-
-def generate(
-    model: Any, prompt_ids: list[int], max_new_tokens: int, exact: bool = False
-) -> tuple[list[int], float, list[float]]:
-    """Greedy generation (``exact``: ignore EOS); returns new token ids, time to first token (s), later per-token times (s)."""
-    import onnxruntime_genai as og
-
-    params = og.GeneratorParams(model)
-    length = len(prompt_ids) + max_new_tokens
-    params.set_search_options(max_length=length, do_sample=False, **({"min_length": length} if exact else {}))
-    start = time.perf_counter()
-    generator = og.Generator(model, params)
-    generator.append_tokens(prompt_ids)
-    out, steps, first = [], [], 0.0
-    while not generator.is_done():
-        tick = time.perf_counter()
-        generator.generate_next_token()
-        out.append(int(generator.get_next_tokens()[0]))
-        if len(out) == 1:
-            first = time.perf_counter() - start
-        else:
-            steps.append(time.perf_counter() - tick)
-    return out, first, steps
+def provider_status(provider: str) -> DeviceStatus:
+    """Whether ``provider`` can run here: DirectML in its own environment on Windows, others in this one."""
+    if provider != "dml" or platform.system() != "Windows":
+        return onnx_provider_status(provider)
+    runtime = compat.DML_RUNTIME
+    return DeviceStatus(
+        "DML",
+        True,
+        full_name=f"{' + '.join(compat.DML_RUNTIMES[runtime])} (own environment {compat.env_dir(runtime, True).name})",
+    )
 
 
-def time_prompt(model: Any, prompt_ids: list[int], cfg: ValidateConfig) -> matrix.Perf:
-    """TTFT/TPOT of greedy generation of exactly ``perf_new_tokens`` after ``prompt_ids`` (warm-up excluded)."""
-    ttft, tpot = [], []
-    for i in range(cfg.warmup + cfg.repeats):
-        _, first, steps = generate(model, prompt_ids, cfg.perf_new_tokens, exact=True)
-        if i >= cfg.warmup:
-            ttft.append(first * 1000)
-            tpot.append(statistics.mean(steps) * 1000 if steps else float("nan"))
-    return matrix.Perf.from_runs(len(prompt_ids), cfg.perf_new_tokens, ttft, tpot)
+class CellError(Exception):
+    """A cell that could not run: the step and the runtime's first line, for the cell's problems."""
 
 
-def measure_generation(model: Any, cfg: ValidateConfig, reference: dict) -> dict[str, Any]:
-    """Generate for every reference prompt and time every configured prompt length."""
-    import onnxruntime_genai as og
-
-    tokenizer = og.Tokenizer(model)
-    outputs = [generate(model, case["prompt_ids"], cfg.max_new_tokens)[0] for case in reference["greedy"]]
-    perf = {name: time_prompt(model, ids, cfg) for name, ids in reference["perf_prompts"].items()}
-    matches = [[int(t) for t in tokenizer.encode(case["prompt"])] == case["prompt_ids"] for case in reference["greedy"]]
+def cell_request(folder: Path, provider: str, device: str, cfg: ValidateConfig, evidence: Evidence) -> dict[str, Any]:
+    """What :func:`pipeline.onnx.runner.measure` runs for one cell (JSON, so it can cross into another environment)."""
+    greedy = evidence.reference["greedy"]
     return {
-        "outputs": outputs,
-        "perf": perf,
-        "text": tokenizer.decode(outputs[0]),
-        "tokenizer_matches_reference": all(matches),
+        "folder": str(folder.resolve()),
+        "provider": provider,
+        "device": device,
+        "prompts": [case["prompt"] for case in greedy],
+        "prompt_ids": [case["prompt_ids"] for case in greedy],
+        "max_new_tokens": [cfg.max_new_tokens] * len(greedy),
+        "perf_prompts": evidence.reference["perf_prompts"],
+        "perf_new_tokens": cfg.perf_new_tokens,
+        "warmup": cfg.warmup,
+        "repeats": cfg.repeats,
+        "windows": evidence.windows + evidence.long_windows,
+        "context": graph_context(folder),
     }
 
 
-def teacher_forced_logits(
-    model: Any, windows: list[list[int]], context: int | None = None, chunk: int = 1024
-) -> list[Any]:
-    """The model's prefill logits over every window (float32), appended in chunks of ``chunk`` tokens.
+def run_cell(request: dict[str, Any], python: Path | None = None) -> tuple[dict[str, Any], list[Any]]:
+    """Run ``request`` here (``python`` None) or under ``python``, an isolated environment; result and logits.
 
-    Chunks, because a graph built with a windowed KV cache (the builder's default for a sliding-window model on
-    CPU) rejects a single prompt longer than its window; ``context`` caps ``max_length`` at the graph's.
+    Raises :class:`CellError` with one line when the runtime cannot load or run the folder.
     """
+    if python is None:
+        result: dict[str, Any] = {}
+        records.reset_peak_rss()
+        try:
+            logits = runner.measure(request, result)
+        except Exception as err:  # the runtime refused the graph: a failed cell with its reason, not a traceback
+            raise CellError(f"cannot {result.get('step', 'run')}: {runner.error_line(err)}") from err
+        result["peak_rss_mb"] = records.peak_rss_mb()
+        return result, logits
     import numpy as np
-    import onnxruntime_genai as og
 
-    logits = []
-    for window in windows:
-        params = og.GeneratorParams(model)
-        params.set_search_options(max_length=min(len(window) + 1, context or len(window) + 1))
-        generator = og.Generator(model, params)
-        parts = []
-        for start in range(0, len(window), chunk):
-            generator.append_tokens(window[start : start + chunk])
-            parts.append(np.asarray(generator.get_output("logits"), dtype=np.float32)[0])
-        logits.append(np.concatenate(parts))
-    return logits
+    with tempfile.TemporaryDirectory(prefix="aipc-cell-") as tmp:
+        request = {**request, "logits_path": str(Path(tmp) / "logits.npz")}
+        result = compat.run_script(Path(runner.__file__), request, python, runner.RESULT_MARK)
+        if "error" in result:
+            raise CellError(f"{python} cannot {result['step']}: {result['error']}")
+        with np.load(request["logits_path"]) as saved:
+            logits = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+    return result, logits
 
 
 def graph_context(folder: Path) -> int | None:
@@ -132,37 +107,49 @@ def graph_context(folder: Path) -> int | None:
 
 
 def measure_cell(
-    folder: Path, provider: str, plan: matrix.CellPlan, cfg: ValidateConfig, evidence: Evidence
+    folder: Path,
+    provider: str,
+    plan: matrix.CellPlan,
+    cfg: ValidateConfig,
+    evidence: Evidence,
+    python: Path | None = None,
 ) -> matrix.Measurement:
-    """Run one cell: load on the cell's provider, generate and time, then fidelity from the prefill logits."""
+    """Run one cell (here, or in the isolated environment ``python``), then fidelity from the prefill logits."""
     name, reference = folder.name, evidence.reference
-    records.reset_peak_rss()
-    with step(f"[onnx-{name} @ {plan.column}] loading the {provider.upper()} graph on {plan.device}"):
-        model, executed, load_s = load_model(folder, provider, plan.device)
-    with step(f"[onnx-{name} @ {plan.column}] generating on {executed}"):
-        gen = measure_generation(model, cfg, reference)
-    with step(f"[onnx-{name} @ {plan.column}] teacher-forced comparison with PyTorch (short and long windows)"):
-        logits = teacher_forced_logits(model, evidence.windows + evidence.long_windows, graph_context(folder))
+    where = f" in {python}" if python else ""
+    with step(f"[onnx-{name} @ {plan.column}] running the {provider.upper()} graph on {plan.device}{where}"):
+        got, logits = run_cell(cell_request(folder, provider, plan.device, cfg, evidence), python)
     short, long = logits[: len(evidence.windows)], logits[len(evidence.windows) :]
     long_context = (
         fidelity.compare_ranges(evidence.long_logprobs, long, reference["long_context"]["boundaries"]) if long else []
     )
+    perf = {
+        key: matrix.Perf.from_runs(p["prompt_tokens"], p["new_tokens"], p["ttft_ms"], p["tpot_ms"])
+        for key, p in got["perf"].items()
+    }
     # The graph fixes its own arithmetic (its io dtype, the provider's kernels): one fidelity figure, no pinning.
     return matrix.Measurement(
-        executed=executed,
-        load_s=load_s,
-        peak_rss_mb=records.peak_rss_mb(),
-        perf=gen["perf"],
+        executed=got["executed"],
+        load_s=got["load_s"],
+        peak_rss_mb=got["peak_rss_mb"],
+        perf=perf,
         fidelity=fidelity.compare(evidence.logprobs, short).as_dict(),
-        outputs=gen["outputs"],
-        tokenizer_matches_reference=gen["tokenizer_matches_reference"],
-        sample=gen["text"],
+        outputs=got["outputs"],
+        tokenizer_matches_reference=got["prompt_ids"] == [case["prompt_ids"] for case in reference["greedy"]],
+        sample=got["texts"][0],
         artifact_numerics={"label": "as the graph computes"},
         long_context=long_context,
         note=long_context_note(
             long_context, cfg.long_context_thresholds(read_manifest(folder)["parameters"]["precision"])
         ),
     )
+
+
+def cell_python(provider: str, plan: matrix.CellPlan) -> Path | None:
+    """The isolated interpreter a cell runs under: DirectML's own environment for a DML cell, else None (here)."""
+    if provider == "dml" and plan.device == "DML":
+        return compat.ensure_env(runtime=compat.DML_RUNTIME, directml=True)
+    return None
 
 
 def long_context_note(ranges: list[dict[str, Any]], limits: dict[str, float | None]) -> str | None:
@@ -210,11 +197,15 @@ def run(
     thresholds = verdicts_for_onnx(cfg, precision)
     kind = f"{device} graph"
     cells = {}
-    for plan in matrix.plan_cells([device], {device: onnx_provider_status(provider)}, cfg.cpu_stand_in):
+    for plan in matrix.plan_cells([device], {device: provider_status(provider)}, cfg.cpu_stand_in):
         if plan.skip_reason:
             cells[plan.column] = matrix.skipped_cell(plan, kind)
             continue
-        got = measure_cell(folder, provider, plan, cfg, evidence)
+        try:
+            got = measure_cell(folder, provider, plan, cfg, evidence, cell_python(provider, plan))
+        except (CellError, StageError) as err:  # could not run (or no environment to run in): failed, with why
+            cells[plan.column] = matrix.failed_cell(plan, kind, str(err))
+            continue
         cells[plan.column] = matrix.judge(plan, got, evidence.reference, thresholds, kind)
     return records.publish_cells(
         f"onnx-{name}", "onnx", precision, folder, cfg.thresholds(precision), cells, metrics_dir

@@ -148,6 +148,13 @@ def skipped_cell(plan: CellPlan, kind: str) -> Cell:
     return Cell(plan.column, plan.device, "skipped", f"{kind}, skipped: no {plan.device} here", reason=plan.skip_reason)
 
 
+def failed_cell(plan: CellPlan, kind: str, reason: str) -> Cell:
+    """A cell whose device is here but which could not run (the runtime refused the artifact): failed, with why."""
+    return Cell(
+        plan.column, plan.device, "failed", f"{kind} on {plan.device}, could not run", reason=reason, problems=[reason]
+    )
+
+
 def greedy_match(outputs: list[list[int]], reference: dict) -> tuple[float, list[int | None]]:
     """Share of prompts whose greedy output equals the reference, and each first divergent index."""
     divergence = []

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -73,8 +74,8 @@ class MetricsRecord:
 
 def cell_line(cell: Cell) -> str:
     """One progress line for a cell: its verdict and both fidelity figures."""
-    if cell.status == "skipped":
-        return f"skipped: {cell.reason}"
+    if cell.status == "skipped" or cell.top1_agreement is None:  # skipped, or could not run
+        return f"{cell.status}: {cell.reason}"
     parts = [f"{cell.status}: {cell.label}: artifact (f32) top-1 {cell.top1_agreement:.3f}, KL {cell.mean_kl:.2g}"]
     if cell.device_numerics and cell.device_top1_agreement is not None:
         parts.append(
@@ -122,19 +123,60 @@ def publish_cells(
     return publish(record, Path(metrics_dir) / f"{artifact}.json")
 
 
+CLEAR_REFS = Path("/proc/self/clear_refs")  # windows-ok: writing 5 resets VmHWM (Linux); elsewhere we sample
+SAMPLE_EVERY_S = 0.02
+
+
+class _PeakSampler(threading.Thread):
+    """Where the peak cannot be reset (Windows, macOS): sample this process's RSS until stopped, keep the max."""
+
+    def __init__(self) -> None:
+        super().__init__(name="aipc-peak-rss", daemon=True)
+        self.peak = 0
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        import psutil
+
+        process = psutil.Process()
+        while True:
+            self.peak = max(self.peak, process.memory_info().rss)
+            if self.halt.wait(SAMPLE_EVERY_S):
+                return
+
+
+_SAMPLER: _PeakSampler | None = None
+
+
 def reset_peak_rss() -> bool:
-    """Restart this process's peak-RSS count (Linux ``clear_refs``), so the next cell is measured alone."""
+    """Start measuring the next cell's peak RSS alone: Linux resets ``VmHWM``; elsewhere a sampler thread starts.
+
+    Returns whether the peak is exact (``VmHWM``) rather than sampled every :data:`SAMPLE_EVERY_S` seconds.
+    """
+    global _SAMPLER
+    if _SAMPLER is not None:
+        _SAMPLER.halt.set()
+        _SAMPLER = None
     try:
-        Path("/proc/self/clear_refs").write_text("5")
+        CLEAR_REFS.write_text("5", encoding="ascii")
         return True
-    except OSError:  # not Linux, or not allowed: peak RSS is then the process's so far
+    except OSError:  # not Linux, or not allowed: sample (a spike shorter than the interval can be missed)
+        _SAMPLER = _PeakSampler()
+        _SAMPLER.start()
         return False
 
 
 def peak_rss_mb() -> float:
-    """Peak RSS since :func:`reset_peak_rss` (Linux ``VmHWM``), else of the whole process so far."""
+    """Peak RSS since :func:`reset_peak_rss`: exact on Linux (``VmHWM``), sampled elsewhere."""
+    if _SAMPLER is not None:
+        import psutil
+
+        return round(max(_SAMPLER.peak, psutil.Process().memory_info().rss) / 2**20, 1)
     try:
         status = Path("/proc/self/status").read_text()
-        return round(int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024, 1)
-    except (OSError, AttributeError):
-        return round(peak_rss_bytes() / 2**20, 1)
+        match = re.search(r"VmHWM:\s+(\d+) kB", status)
+        if match:
+            return round(int(match.group(1)) / 1024, 1)
+    except OSError:
+        pass
+    return round(peak_rss_bytes() / 2**20, 1)

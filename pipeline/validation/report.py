@@ -45,8 +45,8 @@ class Row:
 
     @property
     def ran(self) -> bool:
-        """Whether this cell executed (passed or failed), i.e. has numbers."""
-        return self.status in ("passed", "failed")
+        """Whether this cell executed and has numbers (a cell that could not run has none)."""
+        return self.status in ("passed", "failed") and self.data.get("top1_agreement") is not None
 
     def flat(self) -> dict[str, Any]:
         """The row for ``cells.json`` (``dvc plots``): identifiers and the numbers."""

@@ -1,0 +1,182 @@
+"""Run an ONNX Runtime GenAI folder for one validation cell: load, generate, time, prefill logits.
+
+Self-contained on purpose: the standard library, numpy and ``onnxruntime_genai`` only, no ``pipeline`` import.
+The same file therefore runs in the main environment (imported by :mod:`pipeline.onnx.validate`) and as a
+script inside an isolated one: the DirectML runtime on Windows, whose ``onnxruntime-genai-directml`` would
+replace the CPU package the model builder needs, and the older CPU runtimes ``aipc onnx-compat`` checks.
+The request and the result are plain JSON; the prefill logits go to an ``.npz`` file.
+
+As a script: ``python -I runner.py < request.json``; the last stdout line is ``AIPC_RUNNER_RESULT {json}``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import time
+from importlib import metadata
+from typing import Any
+
+RESULT_MARK = "AIPC_RUNNER_RESULT "
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (Linux/macOS ``ru_maxrss``; Windows peak working set)."""
+    if os.name == "nt":
+        import ctypes
+        from ctypes import wintypes
+
+        class Counters(ctypes.Structure):
+            _fields_ = [("cb", wintypes.DWORD), ("PageFaultCount", wintypes.DWORD)] + [
+                (name, ctypes.c_size_t)
+                for name in ("PeakWorkingSetSize", "WorkingSetSize", "QuotaPeakPagedPoolUsage", "QuotaPagedPoolUsage")
+                + ("QuotaPeakNonPagedPoolUsage", "QuotaNonPagedPoolUsage", "PagefileUsage", "PeakPagefileUsage")
+            ]
+
+        counters = Counters(cb=ctypes.sizeof(Counters))
+        process = ctypes.windll.kernel32.GetCurrentProcess()  # type: ignore[attr-defined]
+        ctypes.windll.psapi.GetProcessMemoryInfo(process, ctypes.byref(counters), counters.cb)  # type: ignore[attr-defined]
+        return round(counters.PeakWorkingSetSize / 2**20, 1)
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / 2**20 if sys.platform == "darwin" else peak / 1024, 1)
+
+
+def load(folder: str, provider: str, device: str) -> tuple[Any, str, float]:
+    """Load ``folder`` on its ``provider`` (a CPU cell of a non-CPU graph clears the providers); model, device, s."""
+    import onnxruntime_genai as og
+
+    start = time.perf_counter()
+    config = og.Config(folder)
+    if device == "CPU" and provider != "cpu":
+        config.clear_providers()  # same files, default (CPU) provider: the stand-in cell
+    model = og.Model(config)
+    return model, str(model.device_type).upper(), time.perf_counter() - start
+
+
+def generate(
+    model: Any, prompt_ids: list[int], max_new_tokens: int, exact: bool = False
+) -> tuple[list[int], float, list[float]]:
+    """Greedy generation (``exact``: ignore EOS); new token ids, time to first token (s), later per-token times (s)."""
+    import onnxruntime_genai as og
+
+    params = og.GeneratorParams(model)
+    length = len(prompt_ids) + max_new_tokens
+    params.set_search_options(max_length=length, do_sample=False, **({"min_length": length} if exact else {}))
+    start = time.perf_counter()
+    generator = og.Generator(model, params)
+    generator.append_tokens(prompt_ids)
+    out: list[int] = []
+    steps: list[float] = []
+    first = 0.0
+    while not generator.is_done():
+        tick = time.perf_counter()
+        generator.generate_next_token()
+        out.append(int(generator.get_next_tokens()[0]))
+        if len(out) == 1:
+            first = time.perf_counter() - start
+        else:
+            steps.append(time.perf_counter() - tick)
+    return out, first, steps
+
+
+def time_prompt(model: Any, prompt_ids: list[int], new_tokens: int, warmup: int, repeats: int) -> dict[str, Any]:
+    """TTFT and mean TPOT (ms) of each repeat of exactly ``new_tokens`` after ``prompt_ids`` (warm-up excluded)."""
+    ttft, tpot = [], []
+    for i in range(warmup + repeats):
+        _, first, steps = generate(model, prompt_ids, new_tokens, exact=True)
+        if i >= warmup:
+            ttft.append(first * 1000)
+            tpot.append(statistics.mean(steps) * 1000 if steps else float("nan"))
+    return {"prompt_tokens": len(prompt_ids), "new_tokens": new_tokens, "ttft_ms": ttft, "tpot_ms": tpot}
+
+
+def prefill_logits(model: Any, windows: list[list[int]], context: int | None = None, chunk: int = 1024) -> list[Any]:
+    """The model's prefill logits over every window (float32), appended in chunks of ``chunk`` tokens.
+
+    Chunks, because a graph built with a windowed KV cache (the builder's default for a sliding-window model on
+    CPU) rejects a single prompt longer than its window; ``context`` caps ``max_length`` at the graph's.
+    """
+    import numpy as np
+    import onnxruntime_genai as og
+
+    logits = []
+    for window in windows:
+        params = og.GeneratorParams(model)
+        params.set_search_options(max_length=min(len(window) + 1, context or len(window) + 1))
+        generator = og.Generator(model, params)
+        parts = []
+        for start in range(0, len(window), chunk):
+            generator.append_tokens(window[start : start + chunk])
+            parts.append(np.asarray(generator.get_output("logits"), dtype=np.float32)[0])
+        logits.append(np.concatenate(parts))
+    return logits
+
+
+def measure(request: dict[str, Any], result: dict[str, Any]) -> list[Any]:
+    """One cell: fills ``result`` with what :mod:`pipeline.onnx.validate` judges; the prefill logits of each window.
+
+    ``request``: ``folder``, ``provider``, ``device``; ``prompts`` (text, tokenized here), ``max_new_tokens``
+    (one per prompt), optional ``prompt_ids`` to generate from instead of this tokenizer's ids; optional ``perf_prompts`` (name -> ids) with ``perf_new_tokens``, ``warmup``, ``repeats``;
+    optional ``windows`` (token lists) with ``context``. ``result["step"]`` names the step that was running
+    if this raises.
+    """
+    result["versions"] = {p: _version(p) for p in ("onnxruntime-genai", "onnxruntime")}
+    result["step"] = "import onnxruntime_genai"
+    import onnxruntime_genai as og
+
+    result["step"] = "load the model"
+    model, result["executed"], result["load_s"] = load(request["folder"], request["provider"], request["device"])
+    result["step"] = "load the tokenizer"
+    tokenizer = og.Tokenizer(model)
+    result["step"] = "generate"
+    result["prompt_ids"] = [[int(t) for t in tokenizer.encode(p)] for p in request["prompts"]]
+    given = request.get("prompt_ids") or result["prompt_ids"]
+    result["outputs"] = [generate(model, ids, n)[0] for ids, n in zip(given, request["max_new_tokens"])]
+    result["texts"] = [tokenizer.decode(out) for out in result["outputs"]]
+    result["step"] = "time the prompts"
+    result["perf"] = {
+        name: time_prompt(model, ids, request["perf_new_tokens"], request["warmup"], request["repeats"])
+        for name, ids in request.get("perf_prompts", {}).items()
+    }
+    result["step"] = "compute the prefill logits"
+    logits = prefill_logits(model, request.get("windows", []), request.get("context"))
+    result["step"], result["peak_rss_mb"] = "done", peak_rss_mb()
+    return logits
+
+
+def _version(package: str) -> str | None:
+    """The installed version of ``package``, or of its DirectML build (``onnxruntime-genai-directml``)."""
+    for name in (package, package + "-directml"):
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def error_line(err: BaseException) -> str:
+    """An exception as one line: its type and the first line of its message (runtimes raise many lines)."""
+    return f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0]}"
+
+
+def main() -> None:
+    """Script mode: read the request on stdin, save the logits to ``request['logits_path']``, print one result line."""
+    request = json.loads(sys.stdin.read())
+    result: dict[str, Any] = {"step": "start"}
+    try:
+        import numpy as np
+
+        logits = measure(request, result)
+        if request.get("logits_path"):
+            np.savez(request["logits_path"], *logits)
+    except Exception as err:  # reported as data; the caller turns it into one line
+        result["error"] = error_line(err)
+    print(RESULT_MARK + json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
