@@ -1,7 +1,7 @@
 """ONNX validation cells: where each one runs (here, or in a runtime's own environment) and what a refused graph gives.
 
 DirectML's onnxruntime-genai would replace the CPU package the model builder needs, so a DML cell runs in its own
-environment through :mod:`pipeline.onnx.runner`. DirectML exists only on Windows; here the same path is proven
+environment through :mod:`pipeline.validation.genai_runner`. DirectML exists only on Windows; here the same path is proven
 with the CPU build of onnxruntime-genai 0.14.1 (the compat environment, from PyPI once).
 """
 

@@ -24,7 +24,7 @@ from pipeline.core.artifacts import ARTIFACTS, remove_tree, replace_dir, write_j
 from pipeline.core.config import PROJECT_ROOT
 from pipeline.core.errors import fail, run_main
 from pipeline.core.log import say, step
-from pipeline.onnx import runner
+from pipeline.validation import genai_runner as runner
 from pipeline.validation.matrix import greedy_match
 
 # onnxruntime-genai(-directml) release -> the CPU packages that stand in for it (its onnxruntime requirement's floor)

@@ -24,8 +24,9 @@ from pipeline.core.log import step
 from pipeline.core.manifest import read_manifest
 from pipeline.core.memory import check_stage_ram
 from pipeline.core.stage import run_stage
-from pipeline.onnx import compat, runner
+from pipeline.onnx import compat
 from pipeline.validation import fidelity, matrix, records
+from pipeline.validation import genai_runner as runner
 from pipeline.validation.devices import ONNX_PROVIDER_DEVICES, DeviceStatus, onnx_provider_status
 from pipeline.validation.evidence import Evidence, verdicts_for
 
@@ -56,7 +57,7 @@ class CellError(Exception):
 
 
 def cell_request(folder: Path, provider: str, device: str, cfg: ValidateConfig, evidence: Evidence) -> dict[str, Any]:
-    """What :func:`pipeline.onnx.runner.measure` runs for one cell (JSON, so it can cross into another environment)."""
+    """What :func:`pipeline.validation.genai_runner.measure` runs for one cell (JSON, so it can cross into another environment)."""
     greedy = evidence.reference["greedy"]
     return {
         "folder": str(folder.resolve()),

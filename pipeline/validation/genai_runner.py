@@ -1,4 +1,4 @@
-"""Run an ONNX Runtime GenAI folder for one validation cell: load, generate, time, prefill logits.
+"""Run an ONNX Runtime GenAI folder for one validation cell: load, generate, time, prefill logits (ONNX, Windows ML).
 
 Self-contained on purpose: the standard library, numpy and ``onnxruntime_genai`` only, no ``pipeline`` import.
 The same file therefore runs in the main environment (imported by :mod:`pipeline.onnx.validate`) and as a
