@@ -34,17 +34,17 @@ import torch
 from pipeline.core.artifacts import remove_tree
 from tiny_phi3.common import MAX_ASSET_DIR_BYTES, REPO_ROOT, folder_bytes, publish
 from tiny_phi3.longrope import gqa_from_tiny, make_config
-from tiny_phi3.report_128k import check_windows, readme_info, window_rows, write_readme
+from tiny_phi3.report_128k import README_TEMPLATE, check_windows, readme_info, window_rows, write_readme
 from tiny_phi3.train_128k import (BASE_DIR, copy_tokenizer, finetune, load_checked, log, measure, prepare_data,
                                   save_model)
 
 DEFAULT_OUT = REPO_ROOT / "pipeline" / "assets" / "tiny_phi3_128k"
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None, out: Path = DEFAULT_OUT, doc: str = __doc__) -> argparse.Namespace:
     """Parse the command line."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default=str(DEFAULT_OUT), help="output folder")
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--out", default=str(out), help="output folder")
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--short-steps", type=int, default=60)
     parser.add_argument("--short-batch", type=int, default=8)
@@ -57,15 +57,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def build(args: argparse.Namespace, argv: list[str] | None, stage: Path, started: float) -> dict:
-    """Make the model in ``stage``: convert, fine-tune, save, reload, measure, write the README."""
+def build(args: argparse.Namespace, argv: list[str] | None, stage: Path, started: float,
+          shape: str = "phi3_128k", template: str = README_TEMPLATE, script: str = "scripts/make_tiny_phi3_128k.py") -> dict:
+    """Make the model of ``shape`` in ``stage``: convert, fine-tune, save, reload, measure, write the README."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     copy_tokenizer(stage)
     tok = AutoTokenizer.from_pretrained(stage)
     stream, starts, heldout_ids = prepare_data(tok)
     base = AutoModelForCausalLM.from_pretrained(BASE_DIR).float()
-    config = make_config()
+    config = make_config(shape)
     torch.manual_seed(args.seed)
     model = gqa_from_tiny(base, config)
     result = finetune(model, stream, starts, args)
@@ -73,20 +74,24 @@ def build(args: argparse.Namespace, argv: list[str] | None, stage: Path, started
     model, tok = load_checked(stage)
     numbers = measure(model, tok, heldout_ids)
     check_windows(numbers["windows"])
-    info = readme_info(args, argv, model.config, stream, heldout_ids, result, numbers)
+    info = readme_info(args, argv, model.config, stream, heldout_ids, result, numbers, script)
     info["total_seconds"] = time.time() - started
-    write_readme(stage, info)
+    write_readme(stage, info, template)
     log(f"512-token held-out: {numbers['short']}; int4 agreement {numbers['int4_agreement']:.4f}")
     log("windows:\n" + window_rows(numbers["windows"]))
     log(f"sample: {numbers['sample']['text']!r}")
     return info
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Build the asset in a staging folder and move it into place only when every check passed."""
+def main(argv: list[str] | None = None, shape: str = "phi3_128k", out: Path = DEFAULT_OUT,
+         template: str = README_TEMPLATE, script: str = "scripts/make_tiny_phi3_128k.py", doc: str = __doc__) -> None:
+    """Build the asset of ``shape`` in a staging folder and move it into place only when every check passed.
+
+    ``scripts/make_tiny_phi4.py`` calls this with its own shape, folder and README template.
+    """
     from transformers.utils import logging as hf_logging
 
-    args = parse_args(argv)
+    args = parse_args(argv, out, doc)
     started = time.time()
     torch.set_num_threads(2)
     hf_logging.disable_progress_bar()
@@ -94,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     final_dir.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}-staging-", dir=final_dir.parent))
     try:
-        build(args, argv, stage, started)
+        build(args, argv, stage, started, shape, template, script)
         total = folder_bytes(stage)
         if total > MAX_ASSET_DIR_BYTES:
             raise SystemExit(f"{stage} is {total} bytes > {MAX_ASSET_DIR_BYTES}")

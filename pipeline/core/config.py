@@ -93,6 +93,7 @@ ModelSource = Literal["hub", "local", "tiny"]
 EmbeddedAsset = Literal[
     "tiny_phi3",  # 4k context, sliding window 2047, MHA (scripts/make_tiny_phi3.py)
     "tiny_phi3_128k",  # LongRoPE 128k, GQA, no sliding window (scripts/make_tiny_phi3_128k.py)
+    "tiny_phi4",  # Phi-4-mini-shaped: head 128, partial rotary 0.75, GQA 2:1, LongRoPE (scripts/make_tiny_phi4.py)
 ]
 WeightFormat = Literal["int4", "int8", "fp16"]
 EMBEDDED_ASSETS = typing.get_args(EmbeddedAsset)

@@ -59,23 +59,38 @@ def resample_factors(factors: tuple[float, ...], n: int) -> list[float]:
     return out
 
 
-def make_config():
-    """The tiny Phi-3 LongRoPE + GQA config (written the way Microsoft's configs are: ``rope_scaling``)."""
+# Attention shapes of the derived tiny models: (query heads, KV heads, partial_rotary_factor) over hidden 256.
+SHAPES = {
+    "phi3_128k": (4, NUM_KV_HEADS, 1.0),  # head dim 64, rotary 64: Phi-3-mini-128k / Phi-3.5-mini
+    # head dim 128, rotary 96 (cos/sin cache 48 wide), 2:1 GQA: Phi-4-mini's head and rotary shapes
+    # (3072 / 24 heads = 128, partial_rotary_factor 0.75; 24 query / 8 KV heads) at hidden 256.
+    "phi4": (2, 1, 0.75),
+}
+
+
+def make_config(shape: str = "phi3_128k"):
+    """The tiny LongRoPE + GQA config of ``shape`` (written the way Microsoft's configs are: ``rope_scaling``).
+
+    The factor lists have one entry per rotary frequency: ``head_dim * partial_rotary_factor / 2``.
+    """
     from transformers import Phi3Config
 
-    head_dim = 256 // 4
+    num_heads, num_kv_heads, partial = SHAPES[shape]
+    head_dim = 256 // num_heads
+    rotary_half = int(head_dim * partial) // 2
+    extra = {} if partial == 1.0 else {"partial_rotary_factor": partial}  # keeps the 128k config.json as it was
     return Phi3Config(
         vocab_size=VOCAB_SIZE, hidden_size=256, intermediate_size=512,
-        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=NUM_KV_HEADS,
+        num_hidden_layers=2, num_attention_heads=num_heads, num_key_value_heads=num_kv_heads,
         hidden_act="silu", max_position_embeddings=MAX_POSITIONS,
         original_max_position_embeddings=ORIGINAL_MAX_POSITIONS, rope_theta=10000.0,
         rope_scaling={"type": "longrope",
-                      "short_factor": resample_factors(PHI35_SHORT_FACTOR, head_dim // 2),
-                      "long_factor": resample_factors(PHI35_LONG_FACTOR, head_dim // 2)},
+                      "short_factor": resample_factors(PHI35_SHORT_FACTOR, rotary_half),
+                      "long_factor": resample_factors(PHI35_LONG_FACTOR, rotary_half)},
         rms_norm_eps=1e-5, bos_token_id=BOS_ID, eos_token_id=EOT_ID,
         pad_token_id=EOT_ID, sliding_window=SLIDING_WINDOW, tie_word_embeddings=True,
         initializer_range=0.02, attention_dropout=0.0, resid_pdrop=0.0, embd_pdrop=0.0,
-        use_cache=True,
+        use_cache=True, **extra,
     )
 
 
@@ -84,7 +99,8 @@ def gqa_from_tiny(base, config):
     """Build the GQA model from the 4-KV-head tiny model by mean-pooling K/V heads in groups.
 
     Query head ``h`` attends with KV head ``h // group`` (transformers' ``repeat_kv``), so the
-    K (and V) projections of the query heads of one group are averaged into that KV head.
+    K (and V) projections of the query heads of one group are averaged into that KV head. With
+    wider heads (``phi4``: 2 of 128) the same rows are regrouped: new head 0 is old heads 0-1.
 
     Args:
         base: The float32 ``tiny_phi3`` model.
@@ -119,7 +135,8 @@ def rope_factors_used(model) -> str:
     """Which factor list the rotary embedding used in the last forward (``short`` / ``long``)."""
     rotary = model.model.rotary_emb
     rope = model.config.rope_parameters
-    dim = model.config.hidden_size // model.config.num_attention_heads
+    head_dim = model.config.hidden_size // model.config.num_attention_heads
+    dim = int(head_dim * rope.get("partial_rotary_factor", 1.0))  # the rotated dimensions
     exponents = torch.arange(0, dim, 2, dtype=torch.int64).float() / dim
     for kind in ("short", "long"):
         expected = 1.0 / (torch.tensor(rope[f"{kind}_factor"]) * rope["rope_theta"] ** exponents)

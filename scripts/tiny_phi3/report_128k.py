@@ -132,8 +132,9 @@ def window_rows(windows: dict) -> str:
     return "\n".join(rows)
 
 
-def readme_info(args, argv, config, stream, heldout_ids, result, numbers) -> dict:
-    """The values of ``README_TEMPLATE``."""
+def readme_info(args, argv, config, stream, heldout_ids, result, numbers,
+                script: str = "scripts/make_tiny_phi3_128k.py") -> dict:
+    """The values of ``README_TEMPLATE`` (and of the other derived models' templates)."""
     import os
     import platform
 
@@ -144,13 +145,13 @@ def readme_info(args, argv, config, stream, heldout_ids, result, numbers) -> dic
     factor = MAX_POSITIONS / ORIGINAL_MAX_POSITIONS
     short = numbers["short"]
     load = os.getloadavg()[1] if hasattr(os, "getloadavg") else float("nan")  # no load average on Windows
-    command = [".venv/bin/python", "scripts/make_tiny_phi3_128k.py", *(sys.argv[1:] if argv is None else argv)]
+    command = [".venv/bin/python", script, *(sys.argv[1:] if argv is None else argv)]
     return {
         "command": " ".join(command),
         "heldout_tokens": len(heldout_ids), "budget": 512 + 1024 + 6000,
         "spare": len(heldout_ids) - (512 + 1024 + 6000),
         "attention_factor": math.sqrt(1 + math.log(factor) / math.log(ORIGINAL_MAX_POSITIONS)),
-        "n_inexact": sum(not fp16_exact(v) for v in factors),
+        "n_inexact": sum(not fp16_exact(v) for v in factors), "n_factors": len(factors),
         "max_fp16_err": max(abs(float(np.float16(v)) - v) for v in factors),
         "short_factor": rope["short_factor"], "long_factor": rope["long_factor"],
         "base_sha": sha256_file(BASE_DIR / "model.safetensors"), "python": platform.python_version(),
@@ -170,11 +171,11 @@ def readme_info(args, argv, config, stream, heldout_ids, result, numbers) -> dic
     }
 
 
-def write_readme(out_dir: Path, info: dict) -> None:
-    """Write ``README.md``; it states the folder size including itself, so rewrite until stable."""
+def write_readme(out_dir: Path, info: dict, template: str = README_TEMPLATE) -> None:
+    """Write ``README.md`` from ``template``; it states the folder size including itself, so rewrite until stable."""
     info = dict(info, file_rows=file_rows(out_dir), total_bytes=0)
     for _ in range(5):
-        (out_dir / "README.md").write_text(README_TEMPLATE.format(**info), encoding="utf-8")
+        (out_dir / "README.md").write_text(template.format(**info), encoding="utf-8")
         if info["total_bytes"] == folder_bytes(out_dir):
             return
         info["total_bytes"] = folder_bytes(out_dir)
