@@ -25,7 +25,8 @@ INTEL = 0x8086
 # The OpenVINO release each plugin version bundles (read from the wheel's libopenvino; PyPI onnxruntime-ep-openvino).
 BUNDLED_OPENVINO = {"1.8.1": "2026.4.1"}
 # Full-precision compute for artifact fidelity, passed through the EP's ``load_config`` (OpenVINO properties per
-# device); the same settings as pipeline/openvino/numerics.py PINNED.
+# device); the same settings as pipeline/openvino/numerics.py PINNED. The plugin ignores the old ``precision`` option
+# (its own message: "Provider option {} is ignored. Please set it via the load_config as: ... INFERENCE_PRECISION_HINT").
 PINNED = {"INFERENCE_PRECISION_HINT": "f32", "KV_CACHE_PRECISION": "f32", "DYNAMIC_QUANTIZATION_GROUP_SIZE": "0"}
 
 
