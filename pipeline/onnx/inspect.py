@@ -105,6 +105,46 @@ def external_data_problems(graph: Any, folder: Path) -> tuple[dict[str, int], li
     return files, problems
 
 
+def _stored_root(graph: Any, name: str) -> str | None:
+    """The initializer a weight input is read from, through the builder's Reshape / Cast / Transpose views."""
+    inits = {i.name for i in graph.initializer}
+    producer = {out: node for node in graph.node for out in node.output}
+    for _ in range(4):
+        if name in inits:
+            return name
+        node = producer.get(name)
+        if node is None or node.op_type not in ("Reshape", "Cast", "Transpose", "Identity"):
+            return None
+        name = node.input[0]
+    return name if name in inits else None
+
+
+def _node_precision(node: Any) -> str:
+    if node.op_type in ("MatMulNBits", "GatherBlockQuantized"):
+        return f"int{_attrs(node).get('bits', 4)}"
+    return "float"
+
+
+def embedding_tie(graph: Any) -> dict[str, Any] | None:
+    """The input embedding and the LM head of a builder graph: their precisions and whether they read one weight.
+
+    With ``shared_embeddings`` (the builder's default for a tied checkpoint) the embedding's GatherBlockQuantized
+    reads the LM head's quantized MatMulNBits weight, so the tied matrix is stored once, at the LM head's bits.
+    """
+    embed = next((n for n in graph.node if n.op_type in ("GatherBlockQuantized", "Gather") and "embed" in n.name), None)
+    head = next(
+        (n for n in reversed(graph.node) if n.op_type in ("MatMulNBits", "MatMul") and "lm_head" in n.name), None
+    )
+    if embed is None or head is None:
+        return None
+    embed_root, head_root = _stored_root(graph, embed.input[0]), _stored_root(graph, head.input[1])
+    return {
+        "shared_constant": embed_root is not None and embed_root == head_root,
+        "embedding": {"layer": embed.name, "precision": _node_precision(embed)},
+        "lm_head": {"layer": head.name, "precision": _node_precision(head)},
+    }
+
+
 def inspect_onnx(folder: Path) -> dict[str, Any]:
     """Summarise a builder output folder: genai_config provider entry, graph I/O and dtypes, quantized ops."""
     import onnx
@@ -130,6 +170,7 @@ def inspect_onnx(folder: Path) -> dict[str, Any]:
         "ops": dict(Counter(n.op_type for n in graph.node)),
         "quantization": quantized_ops(graph),
         "float_weight_matmuls": float_weight_matmuls(graph),
+        "tied_embeddings": embedding_tie(graph),
         "external_data": {"files": data_files, "problems": data_problems},
         "opsets": {imp.domain or "ai.onnx": imp.version for imp in model.opset_import},
         "tokenizer_class": (
