@@ -37,8 +37,11 @@ def stage_command(model: Path, out: Path, overrides: list[str]) -> list[str]:
     ]
 
 
-def measure(cmd: list[str]) -> dict:
-    """Run ``cmd``; the peak memory and wall time of each step it announces (``... ``/``: done in``)."""
+def measure(cmd: list[str], progress: Path | None = None) -> dict:
+    """Run ``cmd``; the peak memory and wall time of each step it announces (``... ``/``: done in``).
+
+    Every 10 s the steps so far are written to ``progress`` (a run cut short still leaves its numbers).
+    """
     import psutil
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
@@ -49,7 +52,7 @@ def measure(cmd: list[str]) -> dict:
     def follow() -> None:
         for line in proc.stdout:
             lines.append(line.rstrip())
-            text = line.strip()
+            text = line.strip().split("] ", 1)[-1]  # without the "[aipc HH:MM:SS] " prefix
             if text.endswith(" ..."):
                 current[0] = text[:-4].split(" (")[0].split(" of ")[0][:40]
                 steps[current[0]] = {"peak_gib": 0.0, "began_s": round(time.perf_counter() - start, 1)}
@@ -58,12 +61,16 @@ def measure(cmd: list[str]) -> dict:
 
     reader = threading.Thread(target=follow, daemon=True)
     reader.start()
-    root, peak = psutil.Process(proc.pid), 0
+    root, peak, written = psutil.Process(proc.pid), 0, time.perf_counter()
     while proc.poll() is None:
         with contextlib.suppress(psutil.Error):
             now = tree_memory(root) / 2**30
             peak = max(peak, now)
             steps[current[0]]["peak_gib"] = round(max(steps[current[0]]["peak_gib"], now), 2)
+        if progress and time.perf_counter() - written > 10:
+            written = time.perf_counter()
+            progress.write_text(json.dumps({"running_s": round(written - start), "peak_rss_gib": round(peak, 2),
+                                            "steps": steps, "tail": lines[-3:]}, indent=2))
         time.sleep(0.2)
     reader.join()
     return {"returncode": proc.returncode, "wall_s": round(time.perf_counter() - start, 1),
@@ -82,7 +89,7 @@ def main() -> None:
     model = build_checkpoint(args.work / "phi3-mini-shaped")
     size = sum(f.stat().st_size for f in model.glob("*.safetensors")) / 2**30
     load = os.getloadavg()
-    result = measure(stage_command(model, args.work / "reference", args.override))
+    result = measure(stage_command(model, args.work / "reference", args.override), args.work / "reference_progress.json")
     print(f"\ncheckpoint {size:.2f} GiB; exit {result['returncode']}; load average before {load}")
     print("| step | time | peak RSS |\n|---|---|---|")
     for name, s in result["steps"].items():

@@ -90,3 +90,17 @@ def test_validation_refuses_before_reading_the_reference_or_writing_metrics(tmp_
     with pytest.raises(StageError, match=r"^validate@fp16 needs about 1[56]\.\d GiB of RAM but 12\.0 GiB"):
         validate_openvino.run(target, cfg, tmp_path / "missing.json", tmp_path / "metrics", status={})
     assert not (tmp_path / "metrics").exists()
+
+
+def test_openvino_float_export_without_the_native_trimmer_expects_the_whole_checkpoint(tmp_path, monkeypatch) -> None:
+    from pipeline.openvino import lean
+
+    checkpoint = sparse(tmp_path, "model.safetensors", CHECKPOINT)
+    monkeypatch.setattr(lean, "pages_can_be_trimmed", lambda: True)  # Linux
+    monkeypatch.setattr(memory, "_pagetrim", object())
+    native = {kind: lean.needs(kind, "int4", checkpoint)[0] / GIB for kind in ("export", "compress")}
+    monkeypatch.setattr(memory, "_pagetrim", None)  # no C compiler at install: the Python trimmer
+    python = {kind: lean.needs(kind, "int4", checkpoint)[0] / GIB for kind in ("export", "compress")}
+    assert native["export"] == pytest.approx(0.25 * 7.12 + 1.0)
+    assert python["export"] == pytest.approx(1.15 * 7.12 + 1.0)  # save_model holds the GIL: nothing is trimmed
+    assert python["compress"] == native["compress"]  # NNCF lets the Python thread run between weights

@@ -174,11 +174,23 @@ def pages_can_be_trimmed() -> bool:
     return sys.platform.startswith("linux")
 
 
+def native_trimmer() -> bool:
+    """Whether the compiled trimmer (``pipeline/core/_pagetrim.c``) is there: OpenVINO's ``save_model`` holds the
+    GIL, so only a native thread trims while a float IR is written (a Python one leaves it at about 1.1x)."""
+    from pipeline.core import memory
+
+    return memory._pagetrim is not None
+
+
 def needs(kind: str, weight_format: str, model_dir: Path, lean: bool = True) -> tuple[int, int]:
-    """(RAM, disk) in bytes that an export of ``model_dir`` needs: ``kind`` is ``export`` or ``compress``."""
+    """(RAM, disk) in bytes that an export of ``model_dir`` needs: ``kind`` is ``export`` or ``compress``.
+
+    The lean rows hold on Linux with the native trimmer; without madvise (Windows, macOS), or for a float export
+    without the native trimmer, the mapped checkpoint stays resident (:data:`UNTRIMMED_RAM_NEEDS`).
+    """
     size = sum(f.stat().st_size for f in weight_files(model_dir)) or 1
     share, fixed = RAM_NEEDS[(kind, lean)]
-    if lean and not pages_can_be_trimmed():
+    if lean and (not pages_can_be_trimmed() or (kind == "export" and not native_trimmer())):
         share, fixed = UNTRIMMED_RAM_NEEDS[kind]
     disk = COMPRESSED_DISK.get(weight_format, 1.05) if kind == "compress" else DISK_NEEDS.get(weight_format, 1.05)
     return int(share * size + fixed * 2**30), int(disk * size)

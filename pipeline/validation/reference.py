@@ -20,7 +20,7 @@ from pipeline.core.config import ASSETS_DIR, ValidateConfig, load_params
 from pipeline.core.errors import fail, run_main
 from pipeline.core.log import say, step
 from pipeline.core.manifest import read_manifest, write_manifest
-from pipeline.core.memory import check_stage_ram
+from pipeline.core.memory import MappedPageTrimmer, check_stage_ram, weight_files
 from pipeline.validation.fidelity import LOGPROBS_FILE, LONG_LOGPROBS_FILE, ReferenceLogprobs, log_softmax
 from pipeline.validation.upcast import compute_in_float32
 
@@ -175,7 +175,9 @@ def load_model(model_dir: Path, dtype: str) -> Any:
 
     A bf16 checkpoint read as float32 took 2x its size plus transformers' loading copies (21.0 GiB for
     Phi-3-mini); :func:`pipeline.validation.upcast.compute_in_float32` gives the same float32 results from the
-    memory-mapped weights (``docs/benchmarks.md``).
+    memory-mapped weights (``docs/benchmarks.md``). The mapped checkpoint is then most of the stage's memory; a
+    long window's activations (0.9 GiB per decoder layer at 4096 tokens) would come on top of it, so during that
+    pass the pages each layer has used are handed back (Linux; greedy decoding reads them again, once).
     """
     import torch
     from transformers import AutoModelForCausalLM
@@ -203,9 +205,12 @@ def run(cfg: ValidateConfig, model_dir: Path = MODEL_DIR, out_dir: Path = OUT_DI
         windows = eval_windows(tokenizer, cfg)
         logprobs, forced = reference_logprobs(model, windows, cfg.kl_top_k)
     long = long_context_plan(tokenizer, cfg, context_limits(model.config))
-    with step(
-        f"teacher-forced long-context windows of {[len(w) for w in long['windows']]} tokens "
-        f"(boundaries {long['boundaries']})"
+    with (
+        step(
+            f"teacher-forced long-context windows of {[len(w) for w in long['windows']]} tokens "
+            f"(boundaries {long['boundaries']})"
+        ),
+        MappedPageTrimmer(weight_files(model_dir)),  # see load_model
     ):
         long_logprobs, _ = reference_logprobs(model, long["windows"], cfg.long_context.top_k)
     with step(f"greedy generation for {len(cfg.prompts)} prompts"):

@@ -3,9 +3,10 @@
 Loading Phi-3-mini in float32 doubles its 7.1 GiB of bf16 weights (the reference stage peaked at 21.0 GiB,
 issue 20). Here the weights stay as stored, memory-mapped by transformers, and only the computation is float32:
 
-* every ``nn.Linear`` widens its weight into one reusable float32 scratch buffer just before its matmul (the
-  size of the largest weight: the LM head, 376 MiB for Phi-3-mini), then calls the same ``F.linear`` on the
-  same shapes as a float32 model would;
+* every ``nn.Linear`` widens its weight into one reusable float32 scratch buffer just before its matmul, then
+  calls the same ``F.linear`` on the same shapes as a float32 model would. The buffer holds the largest weight
+  of a decoder layer (``gate_up_proj``: 192 MiB for Phi-3-mini); the LM head (376 MiB in float32) is widened
+  and multiplied a block of vocabulary rows at a time;
 * every ``nn.Embedding`` looks its rows up in 16 bits and widens them, so the residual stream is float32;
 * the remaining small parameters (RMSNorm weights, biases) are converted to float32 once.
 
@@ -30,6 +31,10 @@ class Float32Scratch:
 
         self.buffer = torch.empty(elements, dtype=torch.float32)
 
+    def rows(self, weight: Any) -> int:
+        """How many rows of ``weight`` fit in the buffer at once."""
+        return max(1, self.buffer.numel() // max(1, weight[0].numel()))
+
     def widen(self, weight: Any) -> Any:
         """``weight`` as float32: itself if it already is, else a view of the buffer holding its values."""
         import torch
@@ -42,10 +47,17 @@ class Float32Scratch:
 
 
 def _linear(module: Any, scratch: Float32Scratch, x: Any) -> Any:
+    import torch
     import torch.nn.functional as F
 
+    weight, x = module.weight, x.float()
     bias = None if module.bias is None else module.bias.float()
-    return F.linear(x.float(), scratch.widen(module.weight), bias)
+    step = scratch.rows(weight)
+    if weight.dtype == torch.float32 or step >= len(weight):
+        return F.linear(x, scratch.widen(weight), bias)
+    blocks = [F.linear(x, scratch.widen(weight[r : r + step])) for r in range(0, len(weight), step)]
+    out = torch.cat(blocks, dim=-1)
+    return out if bias is None else out + bias
 
 
 def _embedding(module: Any, ids: Any) -> Any:
@@ -64,8 +76,9 @@ def compute_in_float32(model: Any) -> int:
 
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     embeddings = [m for m in model.modules() if isinstance(m, nn.Embedding)]
-    wide = [m.weight.numel() for m in linears if m.weight.dtype != torch.float32]
-    scratch = Float32Scratch(max(wide, default=0))
+    head = model.get_output_embeddings()
+    wide = [m.weight.numel() for m in linears if m.weight.dtype != torch.float32 and m is not head]
+    scratch = Float32Scratch(max(wide, default=head.weight.numel() if head is not None else 0))
     for module in linears:
         module.forward = partial(_linear, module, scratch)
     for module in embeddings:
