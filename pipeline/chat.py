@@ -13,6 +13,7 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from pipeline.core.errors import fail
 
@@ -64,7 +65,7 @@ class OnnxChat:
         return "".join(pieces)
 
 
-def open_pipeline(artifact: Path, device: str):
+def open_pipeline(artifact: Path, device: str) -> Any:
     """Load ``artifact`` (an OpenVINO IR folder) on ``device`` with its NPU settings where relevant."""
     import openvino_genai as ov_genai
 
@@ -105,10 +106,12 @@ def chat(artifact: Path, device: str = "CPU", prompt: str | None = None, max_new
 
     verify_folder(Path(artifact))
     onnx = (Path(artifact) / "genai_config.json").is_file()
-    pipe = OnnxChat(Path(artifact), device) if onnx else open_pipeline(Path(artifact), device)
+    pipe: OnnxChat | Any  # Any: openvino_genai.LLMPipeline (untyped)
+    config: int | Any  # the ONNX chat takes a token budget, openvino_genai a GenerationConfig
     if onnx:
-        config = max_new_tokens
+        pipe, config = OnnxChat(Path(artifact), device), max_new_tokens
     else:
+        pipe = open_pipeline(Path(artifact), device)
         config = pipe.get_generation_config()
         config.max_new_tokens, config.do_sample, config.apply_chat_template = max_new_tokens, False, False
     history: list[tuple[str, str]] = []

@@ -1,7 +1,7 @@
 """Static check for code that works on Linux and breaks on Windows (most of our users convert on Windows laptops).
 
 Run:      python scripts/check_windows.py                 (checks pipeline/ and bootstrap.py; exit 1 on findings)
-Override: python scripts/check_windows.py pipeline/cli.py (any files or folders)
+Override: python scripts/check_windows.py pipeline/cli (any files or folders)
 
 Rules (all from the Python AST, never from regular expressions over the text):
 
@@ -75,9 +75,9 @@ ALLOWED: dict[tuple[str, str, str], str] = {
         "puts back a previous output moved aside by a killed run; the helper module owns folder renames",
     ("pipeline/core/memory.py", "posix-path", "MappedPageTrimmer._mappings"):
         "called only by trim() from the trimmer thread, which starts only when enabled (sys.platform linux)",
-    ("pipeline/npu_lib/env.py", "posix-path", "linux_build_reason"):
+    ("pipeline/npu_lib/build.py", "posix-path", "linux_build_reason"):
         "checks Path('/proc/cpuinfo').is_file() first and assumes AVX2/F16C when absent",
-    ("pipeline/npu_lib/env.py", "encoding", "linux_build_reason"):
+    ("pipeline/npu_lib/build.py", "encoding", "linux_build_reason"):
         "reads /proc/cpuinfo (ASCII, errors='replace'), which exists only on Linux",
 }
 

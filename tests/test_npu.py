@@ -10,7 +10,7 @@ import pytest
 from pipeline.core.config import ConfigError, ModelConfig, compose
 from pipeline.openvino.config import NpuVariantConfig
 from pipeline.hub import download
-from pipeline.openvino import export_npu, npu_lane, validate
+from pipeline.openvino import export_npu, generation, npu_lane, validate
 from pipeline.openvino.ir_inspect import inspect_ir
 from pipeline.validation import devices, matrix
 
@@ -156,9 +156,9 @@ def test_validation_without_npu_skips_the_npu_cell_and_runs_a_labelled_cpu_stand
     assert matrix.plan_cells(["NPU"], no_npu(), cpu_stand_in=False) == [skipped]
     (on_npu,) = matrix.plan_cells(["NPU"], with_npu(), cpu_stand_in=True)
     assert on_npu.device == "NPU" and on_npu.skip_reason is None
-    settings = validate.device_properties(folder, "NPU")
+    settings = generation.device_properties(folder, "NPU")
     assert settings["GENERATE_HINT"] == "FAST_COMPILE" and settings["MAX_PROMPT_LEN"] == 1024
-    assert "GENERATE_HINT" not in validate.device_properties(folder, "CPU")
+    assert "GENERATE_HINT" not in generation.device_properties(folder, "CPU")
 
 
 def test_compiling_a_deferred_artifact_needs_an_npu(deferred, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -25,6 +25,7 @@ from pipeline.core.errors import StageError
 from pipeline.core.hashes import dvc_dir_md5
 from pipeline.core.manifest import write_manifest
 from pipeline.hub import download
+from pipeline.npu_lib import build as npu_lib_build
 from pipeline.npu_lib import env as npu_lib_env
 from pipeline.npu_lib import export as export_npu_lib
 from pipeline.npu_lib import validate as validate_npu_lib
@@ -86,7 +87,7 @@ def test_env_is_keyed_by_its_pins(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 def test_cmake_patch_refuses_a_cmakelists_it_does_not_know() -> None:
     with pytest.raises(StageError, match="does not look like the 1.4.0 sdist's"):
-        npu_lib_env.patch_cmakelists("cmake_minimum_required(VERSION 3.16)\n")
+        npu_lib_build.patch_cmakelists("cmake_minimum_required(VERSION 3.16)\n")
 
 
 def test_unsupported_platform_and_missing_compiler_are_reasons(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -62,7 +62,7 @@ def test_phi3_presets_keep_the_original_int4_recipe() -> None:
 
 
 def test_check_config_composes_both_phi4_presets(capsys: pytest.CaptureFixture[str]) -> None:
-    from pipeline.cli import cmd_check_config
+    from pipeline.cli.project import cmd_check_config
 
     try:
         cmd_check_config([])

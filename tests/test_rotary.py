@@ -21,7 +21,7 @@ from pipeline.core.errors import StageError
 from pipeline.hub import download
 from pipeline.openvino import export as export_openvino
 from pipeline.openvino import export_base as export_openvino_base
-from pipeline.openvino import export_npu, rotary
+from pipeline.openvino import export_npu, rotary, rotary_graph
 from pipeline.openvino.ir_inspect import check_rotary, inspect_ir
 from pipeline.validation import devices
 
@@ -116,8 +116,8 @@ def test_rotary_nodes_carry_keep_precision_mark(exports: dict[str, Path]) -> Non
         unmarked = [nodes[k].get_friendly_name() for k in found.nodes | found.constants
                     if rotary.PRECISE_KEY not in nodes[k].get_rt_info()]
         assert found.nodes and unmarked == [], (variant, unmarked)
-        layers, kinds, inputs = rotary.xml_graph(ET.parse(exports[variant] / "openvino_model.xml").getroot())
-        from_xml = {layers[k].get("name") for k in rotary.find_rotary(kinds, inputs).constants}
+        layers, kinds, inputs = rotary_graph.xml_graph(ET.parse(exports[variant] / "openvino_model.xml").getroot())
+        from_xml = {layers[k].get("name") for k in rotary_graph.find_rotary(kinds, inputs).constants}
         assert from_xml == {nodes[k].get_friendly_name() for k in found.constants}, "XML and ov.Model walks agree"
 
 

@@ -118,7 +118,9 @@ def dvc_dir_md5(folder: Path) -> str:
                 digest.update(block)
         tree.add(path.relative_to(folder).parts, Meta(size=path.stat().st_size), HashInfo("md5", digest.hexdigest()))
     tree.digest()
-    return tree.hash_info.value
+    value = tree.hash_info.value
+    assert value is not None, "Tree.digest() sets the folder hash"
+    return value
 
 
 def locked_md5(stage: str, out: Path, lock_file: Path = LOCK_FILE) -> str | None:

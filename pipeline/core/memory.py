@@ -35,7 +35,7 @@ from pipeline.core.errors import fail
 try:  # compiled at install on Linux (setup.py); optional
     from pipeline.core import _pagetrim
 except ImportError:
-    _pagetrim = None
+    _pagetrim = None  # type: ignore[assignment]  # the optional module's usual spelling: None when not built
 
 MADV_DONTNEED = 4  # unmap: the page stays in the page cache; used only on read-only mappings (nothing to lose)
 MADV_PAGEOUT = 21  # Linux >= 5.4: reclaim now; a request, never a discard (pages a program wrote stay)
@@ -63,10 +63,10 @@ class MappedPageTrimmer:
         # cache leaves at most a few hundred MiB resident between passes. A Python pass also takes the GIL.
         self.interval = interval or (0.1 if self.native else 0.5)
         self.passes = 0  # trimming passes the native thread made (0 for the Python thread)
-        self._handle = None
+        self._handle: object | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="aipc-page-trimmer", daemon=True)
-        self._libc = None
+        self._libc: ctypes.CDLL | None = None
 
     def _mappings(self) -> list[tuple[int, int, bool]]:
         """(start, length, writable) of this process's mappings of the tracked files."""
@@ -147,7 +147,7 @@ def huge_pages_available() -> bool:
     if not sys.platform.startswith("linux"):
         return False
     try:
-        libc, version = os.confstr("CS_GNU_LIBC_VERSION").split()  # "glibc 2.36"; musl has none
+        libc, version = (os.confstr("CS_GNU_LIBC_VERSION") or "").split()  # "glibc 2.36"; musl has none
         if libc != "glibc" or tuple(int(x) for x in version.split(".")[:2]) < (2, 35):
             return False
         mode = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
@@ -292,12 +292,11 @@ def check_stage_ram(stage: str, variant: str, input_dir: Path, what: str | None 
 
 def peak_rss_bytes() -> int:
     """Peak resident set size of this process so far (Linux, macOS and Windows)."""
-    try:
-        import resource
-
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return peak if platform.system() == "Darwin" else peak * 1024
-    except ImportError:  # Windows
+    if sys.platform == "win32":  # no resource module there
         import psutil
 
         return int(psutil.Process().memory_info().peak_wset)
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if platform.system() == "Darwin" else peak * 1024

@@ -47,7 +47,7 @@ class Family:
     def variant_config(self) -> type:
         """The variant config class (imports the family's config module; the core never imports it directly)."""
         module, _, cls = self.config.partition(":")
-        return getattr(importlib.import_module(module), cls)  # type: ignore[no-any-return]
+        return getattr(importlib.import_module(module), cls)
 
     def module(self, which: str) -> str:
         """The module of the ``export`` or ``validate`` entry point (``pipeline.openvino.export``)."""

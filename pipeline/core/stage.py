@@ -44,7 +44,7 @@ def parse_variant(
             help=f"the {other.kind} variant (key under `{alternative}`) instead",
         )
     args = parser.parse_args(argv)
-    chosen = FAMILIES[alternative if getattr(args, "alternative", False) else family]
+    chosen = FAMILIES[alternative if alternative and args.alternative else family]
     params = load_params()
     pick_variant(getattr(params, chosen.name), args.variant, chosen.title)
     return chosen, args.variant, params

@@ -68,7 +68,9 @@ def _dir_md5(entries: dict[str, tuple[int, str]]) -> str:
     for rel, (size, md5) in sorted(entries.items()):
         tree.add(tuple(rel.split("/")), Meta(size=size), HashInfo("md5", md5))
     tree.digest()
-    return tree.hash_info.value
+    value = tree.hash_info.value
+    assert value is not None, "Tree.digest() sets the folder hash"
+    return value
 
 
 def verify_folder(folder: Path, stage: str | None = None, lock_file: Path = LOCK_FILE) -> dict[str, Any]:

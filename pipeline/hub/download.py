@@ -11,6 +11,7 @@ import fnmatch
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 from pipeline.core.artifacts import ARTIFACTS, remove_tree, staged_dir
 from pipeline.core.config import ASSETS_DIR, ModelConfig, load_params  # ASSETS_DIR/<name>: EMBEDDED_ASSETS
@@ -99,6 +100,8 @@ def fetch_snapshot(
 
 def download_hub(cfg: ModelConfig, dest: Path) -> str:
     """Download ``cfg.repo_id`` at ``cfg.revision`` into ``dest`` (no pickles); return the resolved commit."""
+    if not cfg.repo_id or not cfg.revision:  # ModelConfig refuses this at load; the check narrows the types
+        fail("model.repo_id and model.revision must be set for source=hub")
     patterns = [p for p in (cfg.allow_patterns or MODEL_FILES) if not p.endswith(PICKLE_SUFFIXES)]
     return fetch_snapshot(cfg.repo_id, cfg.revision, dest, patterns, [f"*{s}" for s in PICKLE_SUFFIXES])
 
@@ -150,7 +153,8 @@ def check_safetensors(path: Path, shown: str) -> int:
         except (ValueError, UnicodeDecodeError):
             fail(f"{shown} is corrupt: its safetensors header is not valid JSON: {again}")
     end, tensors = 0, 0
-    for name, info in header.items() if isinstance(header, dict) else [("?", None)]:
+    entries: list[tuple[str, Any]] = list(header.items()) if isinstance(header, dict) else [("?", None)]
+    for name, info in entries:
         if name == "__metadata__":
             continue
         try:
@@ -233,7 +237,9 @@ def run(cfg: ModelConfig, out_dir: Path = OUT_DIR) -> dict:
         if cfg.source == "hub":
             revision = download_hub(cfg, tmp)
         elif cfg.source == "local":
+            assert cfg.local_path  # refused above when unset
             copy_folder(Path(cfg.local_path), tmp)
+
             revision = None
         else:
             copy_folder(ASSETS_DIR / cfg.asset, tmp)

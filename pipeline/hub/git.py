@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -152,3 +153,35 @@ def read_file(git_dir: Path, entry: RepoFile) -> bytes:
             f"LFS object {entry.sha256[:12]} of '{entry.path}' is missing from {git_dir}: push it with `git lfs push --all`"
         )
     return obj.read_bytes()
+
+
+def write_commit(path: Path, parent: str | None, items: list[dict], header: dict) -> str:
+    """Apply the Hub's NDJSON file operations on top of ``parent`` with a temporary index; return the new commit.
+
+    ``items``: ``file`` (base64 content), ``lfsFile`` (an uploaded object: its pointer is committed) and
+    ``deletedFile`` operations; ``header``: the commit's ``summary`` and ``description``.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {
+            "GIT_INDEX_FILE": str(Path(tmp) / "index"),
+            "GIT_AUTHOR_NAME": "hub",
+            "GIT_AUTHOR_EMAIL": "hub@localhost",
+            "GIT_COMMITTER_NAME": "hub",
+            "GIT_COMMITTER_EMAIL": "hub@localhost",
+        }
+        git(["read-tree", *([parent] if parent else ["--empty"])], cwd=path, env=env)
+        for item in items:
+            value = item["value"]
+            if item["key"] == "deletedFile":
+                git(["update-index", "--force-remove", value["path"]], cwd=path, env=env)
+                continue
+            if item["key"] == "lfsFile":  # the caller checked the object is there
+                data = lfs_pointer(value["oid"], value["size"])
+            else:
+                data = base64.b64decode(value["content"])
+            blob = git(["hash-object", "-w", "--stdin"], cwd=path, input=data).decode().strip()
+            git(["update-index", "--add", "--cacheinfo", f"100644,{blob},{value['path']}"], cwd=path, env=env)
+        tree_id = git(["write-tree"], cwd=path, env=env).decode().strip()
+        message = header["summary"] + (f"\n\n{header['description']}" if header.get("description") else "")
+        args = ["commit-tree", tree_id, *(["-p", parent] if parent else []), "-m", message]
+        return git(args, cwd=path, env=env).decode().strip()

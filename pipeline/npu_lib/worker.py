@@ -202,7 +202,8 @@ class UntiedCausalLM:
 
         model = AutoModelForCausalLM.from_pretrained(*args, **kwargs)
         head, embeddings = model.get_output_embeddings(), model.get_input_embeddings()
-        if head is not None and head.weight is embeddings.weight:
+        # isinstance: a Module's attributes are typed Tensor | Module (always the Parameter here)
+        if head is not None and isinstance(head.weight, torch.Tensor) and head.weight is embeddings.weight:
             head.weight = torch.nn.Parameter(head.weight.detach().clone(), requires_grad=False)
             model.config.tie_word_embeddings = False
         return model
@@ -343,14 +344,13 @@ def save_teacher_forced_logits(model: Any, windows: list[dict], path: Path) -> N
 
 def peak_rss_mb() -> float:
     """Peak resident set size of this worker process."""
-    try:
-        import resource
-
-        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-    except ImportError:  # Windows
+    if sys.platform == "win32":  # no resource module there
         import psutil
 
         return round(psutil.Process().memory_info().peak_wset / 2**20, 1)
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def validate_model(args: argparse.Namespace) -> dict[str, Any]:

@@ -63,7 +63,10 @@ def _dtype(value_info: Any) -> str:
 
 def quantized_ops(graph: Any) -> dict[str, Any]:
     """MatMulNBits / GatherBlockQuantized nodes by bits, block size and accuracy level."""
-    bits, blocks, levels, gathers = Counter(), Counter(), Counter(), 0
+    bits: Counter[int] = Counter()
+    blocks: Counter[int | None] = Counter()
+    levels: Counter[int] = Counter()
+    gathers = 0
     for node in graph.node:
         if node.op_type == "MatMulNBits":
             attrs = _attrs(node)
@@ -89,7 +92,9 @@ def float_weight_matmuls(graph: Any) -> list[str]:
 
 def external_data_problems(graph: Any, folder: Path) -> tuple[dict[str, int], list[str]]:
     """Check every externally stored initializer lies inside its data file; return file sizes and problems."""
-    files, problems = {}, []
+    files: dict[str, int] = {}
+    problems: list[str] = []
+
     for init in graph.initializer:
         if init.data_location != 1:  # TensorProto.EXTERNAL
             continue

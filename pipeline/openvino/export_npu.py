@@ -140,7 +140,9 @@ def run(
         blob = blob_step(tmp, cfg.run_settings(), status, npuw_max_size_mb)
         fields = manifest_fields(source, cfg, summary)
         # blob timings differ between runs: the run log gets them (with the export's), the manifest does not
-        check = blob.get("npuw_blob_check") if isinstance(blob.get("npuw_blob_check"), dict) else {}
+        found = blob.get("npuw_blob_check")
+        check: dict[str, Any] = found if isinstance(found, dict) else {}
+
         fields["timings"] = {
             **fields["timings"],
             **{k: blob.pop(k) for k in ("compile_s", "load_from_blob_s") if k in blob},

@@ -44,17 +44,18 @@ def bf16_ir_to_f16(xml_path: Path) -> int:
     constants are left out (:mod:`pipeline.openvino.rotary`): a bf16 one is widened to f32 instead, exactly,
     its copy appended to the ``.bin``.
     """
-    from pipeline.openvino.rotary import find_rotary, xml_graph
+    from pipeline.openvino.rotary_graph import find_rotary, xml_graph
 
     xml_path = Path(xml_path)
     bin_path, tree = xml_path.with_suffix(".bin"), ET.parse(xml_path)
-    consts = [(layer, layer.find("data")) for layer in tree.getroot().find("layers") if layer.get("type") == "Const"]
+    layers = _child(tree.getroot(), "layers")
+    consts = [(layer, _child(layer, "data")) for layer in layers if layer.get("type") == "Const"]
     rotary = find_rotary(*xml_graph(tree.getroot())[1:]).constants
     widen = [
         (layer, data) for layer, data in consts if layer.get("id") in rotary and data.get("element_type") == "bf16"
     ]
-    kept = {(int(d.get("offset")), int(d.get("size"))) for layer, d in consts if layer.get("id") in rotary}
-    ranges = {(int(d.get("offset")), int(d.get("size"))): d.get("element_type") for _, d in consts}
+    kept = {(int(_attr(d, "offset")), int(_attr(d, "size"))) for layer, d in consts if layer.get("id") in rotary}
+    ranges = {(int(_attr(d, "offset")), int(_attr(d, "size"))): d.get("element_type") for _, d in consts}
     bf16 = sorted(r for r, t in ranges.items() if t == "bf16" and r not in kept)
     if not bf16 and not widen:
         return 0
@@ -71,12 +72,12 @@ def bf16_ir_to_f16(xml_path: Path) -> int:
         )
     tail = _widen_bf16_to_f32(bin_path, [data for _, data in widen])
     remember_sha256(bin_path, _convert_in_place(bin_path, bf16, tail))
-    rewritten = {layer.get("id") for layer, data in consts if data.get("element_type") == "bf16"} - rotary
+    rewritten = {_attr(layer, "id") for layer, data in consts if data.get("element_type") == "bf16"} - rotary
     for layer, data in consts:
         if layer.get("id") in rewritten:
             data.set("element_type", "f16")
     _retype_ports(tree.getroot(), rewritten)
-    _retype_ports(tree.getroot(), {layer.get("id") for layer, _ in widen}, "FP32")
+    _retype_ports(tree.getroot(), {_attr(layer, "id") for layer, _ in widen}, "FP32")
     tree.write(xml_path.with_suffix(".xml.f16"), encoding="utf-8", xml_declaration=True)
     os.replace(xml_path.with_suffix(".xml.f16"), xml_path)
     return len(rewritten)
@@ -92,8 +93,8 @@ def _widen_bf16_to_f32(bin_path: Path, datas: list[ET.Element]) -> bytes:
     tail, end = bytearray(), bin_path.stat().st_size
     with open(bin_path, "rb") as f:
         for data in datas:
-            f.seek(int(data.get("offset")))
-            bits = np.frombuffer(f.read(int(data.get("size"))), dtype=np.uint16)
+            f.seek(int(_attr(data, "offset")))
+            bits = np.frombuffer(f.read(int(_attr(data, "size"))), dtype=np.uint16)
             widened = (bits.astype(np.uint32) << 16).tobytes()  # bf16 is the top half of an f32: exact
             data.set("offset", str(end + len(tail)))
             data.set("size", str(len(widened)))
@@ -139,16 +140,32 @@ def _convert_in_place(bin_path: Path, bf16: list[tuple[int, int]], tail: bytes =
 
 def _retype_ports(root: ET.Element, const_ids: set[str], precision: str = "FP16") -> None:
     """Mark the outputs of the rewritten constants, and the inputs they feed, as ``precision``."""
-    layers = {layer.get("id"): layer for layer in root.find("layers")}
+    layers = {layer.get("id"): layer for layer in _child(root, "layers")}
     for const_id in const_ids:
-        for port in layers[const_id].find("output"):
+        for port in _child(layers[const_id], "output"):
             port.set("precision", precision)
-    for edge in root.find("edges"):
+    for edge in _child(root, "edges"):
         if edge.get("from-layer") in const_ids:
-            target = layers[edge.get("to-layer")].find("input")
+            target = _child(layers[edge.get("to-layer")], "input")
             for port in target:
                 if port.get("id") == edge.get("to-port"):
                     port.set("precision", precision)
+
+
+def _child(element: ET.Element, tag: str) -> ET.Element:
+    """The ``tag`` child of an IR element (OpenVINO writes it for every layer, port list and net)."""
+    found = element.find(tag)
+    if found is None:
+        raise ValueError(f"IR element <{element.tag} {element.attrib}> has no <{tag}>")
+    return found
+
+
+def _attr(element: ET.Element, name: str) -> str:
+    """Attribute ``name`` of an IR element (ids, offsets and sizes are always written)."""
+    value = element.get(name)
+    if value is None:
+        raise ValueError(f"IR element <{element.tag} {element.attrib}> has no {name}")
+    return value
 
 
 # Peak RAM and disk of each export, as (share of the checkpoint, fixed GiB), from

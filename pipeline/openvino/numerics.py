@@ -15,6 +15,7 @@ that precision forced, labelled as an emulation of the targets' numerics (never 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -118,7 +119,7 @@ class EmulationPlan:
     skip_reason: str | None = None
 
 
-def emulation_plans(precisions: list[str], core: Any | None = None) -> list[EmulationPlan]:
+def emulation_plans(precisions: Sequence[str], core: Any | None = None) -> list[EmulationPlan]:
     """A plan per requested precision; skipped with the reason where this CPU cannot compute in it.
 
     Args:

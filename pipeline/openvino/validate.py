@@ -12,22 +12,22 @@ Output: ``artifacts/metrics/openvino-<variant>.json`` / ``npu-<variant>.json`` (
 
 from __future__ import annotations
 
-import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pipeline.core.artifacts import ARTIFACTS
 from pipeline.core.config import ValidateConfig
-from pipeline.core.errors import fail, run_main
+from pipeline.core.errors import run_main
 from pipeline.core.log import step
 from pipeline.core.manifest import read_manifest
 from pipeline.core.memory import check_stage_ram
 from pipeline.core.registry import FAMILIES
 from pipeline.core.stage import run_stage
-from pipeline.openvino import npu_lane, numerics
-from pipeline.validation import fidelity, matrix, records
+from pipeline.openvino import npu_lane
+from pipeline.openvino.generation import measure_generation
+from pipeline.openvino.teacher_forced import numerics_fidelity, pinned_fidelity
+from pipeline.validation import matrix, records
 from pipeline.validation.evidence import Evidence, verdicts_for
 
 IR_ROOT = ARTIFACTS / "openvino"
@@ -49,163 +49,6 @@ class Target:
     def kind(self) -> str:
         """Human name of the artifact family, used in labels."""
         return FAMILIES[self.family].kind
-
-
-def device_properties(ir_dir: Path, device: str) -> dict[str, Any]:
-    """``LLMPipeline`` properties: an NPU IR's stored run settings (and blob) on the NPU; no prefix cache elsewhere."""
-    import openvino_genai as ov_genai
-
-    settings_file = ir_dir / "npu_config.json"
-    if device != "NPU":
-        # Without an explicit scheduler config GenAI's default CPU/GPU pipeline caches prompt prefixes, so every
-        # repeat of a speed prompt would report a cache hit (2 ms instead of 125 ms TTFT for 1k tokens here).
-        scheduler = ov_genai.SchedulerConfig()
-        scheduler.enable_prefix_caching = False
-        return {"scheduler_config": scheduler}
-    if not settings_file.is_file():
-        return {}
-    settings = json.loads(settings_file.read_text(encoding="utf-8"))
-    blob = ir_dir / "openvino_model.npu.blob"
-    if blob.is_file():
-        settings["BLOB_PATH"] = str(blob)
-    return settings
-
-
-def time_prompt(pipe: Any, prompt_ids: list[int], cfg: ValidateConfig) -> matrix.Perf:
-    """TTFT/TPOT of greedy generation of exactly ``perf_new_tokens`` after ``prompt_ids`` (warm-up excluded)."""
-    import numpy as np
-    import openvino as ov
-
-    gen_cfg = pipe.get_generation_config()
-    gen_cfg.max_new_tokens, gen_cfg.do_sample, gen_cfg.ignore_eos = cfg.perf_new_tokens, False, True
-    ttft, tpot = [], []
-    for i in range(cfg.warmup + cfg.repeats):
-        result = pipe.generate(ov.Tensor(np.array([prompt_ids], dtype=np.int64)), gen_cfg)
-        if i >= cfg.warmup:
-            ttft.append(result.perf_metrics.get_ttft().mean)
-            tpot.append(result.perf_metrics.get_tpot().mean)
-    return matrix.Perf.from_runs(len(prompt_ids), cfg.perf_new_tokens, ttft, tpot)
-
-
-def measure_generation(
-    ir_dir: Path, device: str, cfg: ValidateConfig, reference: dict, backend: str | None = None
-) -> dict[str, Any]:
-    """Load the IR in ``LLMPipeline`` on ``device``, generate greedily for every prompt and time each prompt length.
-
-    ``backend="CPU"`` on the NPU runs the NPU pipeline through NPUW on the CPU (:mod:`pipeline.openvino.npu_lane`). A prompt
-    over an NPU artifact's MAX_PROMPT_LEN fails with one line instead of NPUW's multi-line error.
-    """
-    try:
-        return _measure_generation(ir_dir, device, cfg, reference, backend)
-    except RuntimeError as err:
-        line = npu_lane.as_prompt_limit_error(err) if device == "NPU" else None
-        if line:
-            fail(line)
-        raise
-
-
-def _measure_generation(
-    ir_dir: Path, device: str, cfg: ValidateConfig, reference: dict, backend: str | None
-) -> dict[str, Any]:
-    import numpy as np
-    import openvino as ov
-    import openvino_genai as ov_genai
-
-    properties = device_properties(ir_dir, device)
-    if backend:
-        properties = {k: v for k, v in properties.items() if k != "BLOB_PATH"}  # an NPU blob is not for NPUW
-        properties.update(npu_lane.NPUW_CPU)
-    start = time.perf_counter()
-    pipe = ov_genai.LLMPipeline(str(ir_dir), device, **properties)
-    load_s = time.perf_counter() - start
-    gen_cfg = pipe.get_generation_config()
-    gen_cfg.max_new_tokens, gen_cfg.do_sample = cfg.max_new_tokens, False
-    outputs = [
-        list(pipe.generate(ov.Tensor(np.array([case["prompt_ids"]], dtype=np.int64)), gen_cfg).tokens[0])
-        for case in reference["greedy"]
-    ]
-    perf = {name: time_prompt(pipe, ids, cfg) for name, ids in reference["perf_prompts"].items()}
-    text_cfg = pipe.get_generation_config()
-    text_cfg.max_new_tokens, text_cfg.do_sample, text_cfg.apply_chat_template = cfg.max_new_tokens, False, False
-    first = reference["greedy"][0]
-    text = pipe.generate(first["prompt"], text_cfg)
-    ov_ids = [int(i) for i in pipe.get_tokenizer().encode(first["prompt"], add_special_tokens=False).input_ids.data[0]]
-    return {
-        "load_s": load_s,
-        "outputs": outputs,
-        "perf": perf,
-        "text": str(text),
-        "tokenizer_matches_reference": ov_ids == first["prompt_ids"],
-    }
-
-
-def forced_logits(
-    ir_dir: Path, device: str, windows: list[list[int]], compute: str | None
-) -> tuple[list[Any], str, numerics.Numerics]:
-    """The IR's logits over ``windows`` (``ov.Core`` infer), the device that executed, and the numerics that ran.
-
-    ``compute``: ``"f32"`` pins full precision (artifact fidelity), ``"bf16"``/``"f16"`` forces a target's compute
-    precision, ``None`` keeps the device's defaults (device numerics).
-    """
-    import numpy as np
-    import openvino as ov
-
-    core = ov.Core()
-    compiled = core.compile_model(
-        core.read_model(str(ir_dir / "openvino_model.xml")), device, numerics.settings(compute)
-    )
-    executed = ",".join(compiled.get_property("EXECUTION_DEVICES"))
-    ran = numerics.read_back(compiled)
-    request = compiled.create_infer_request()
-    logits = []
-    for window in windows:
-        ids = np.array([window], dtype=np.int64)
-        request.reset_state()
-        request.infer(
-            {
-                "input_ids": ids,
-                "attention_mask": np.ones_like(ids),
-                "position_ids": np.arange(ids.shape[1], dtype=np.int64)[None],
-                "beam_idx": np.zeros(1, dtype=np.int32),
-            }
-        )
-        logits.append(np.array(request.get_tensor("logits").data[0], dtype=np.float32))
-    return logits, executed, ran
-
-
-def pinned_fidelity(ir_dir: Path, device: str, evidence: Evidence) -> tuple[dict[str, Any], list[Any], str]:
-    """Artifact fidelity: the IR at f32 runtime precision, short windows and long-context ranges."""
-    windows = evidence.windows + evidence.long_windows
-    logits, executed, ran = forced_logits(ir_dir, device, windows, "f32")
-    short = logits[: len(evidence.windows)]
-    long = (
-        fidelity.compare_ranges(
-            evidence.long_logprobs, logits[len(evidence.windows) :], evidence.reference["long_context"]["boundaries"]
-        )
-        if evidence.long_windows
-        else []
-    )
-    return (
-        {
-            "fidelity": fidelity.compare(evidence.logprobs, short).as_dict(),
-            "numerics": ran.as_dict(),
-            "long_context": long,
-        },
-        short,
-        executed,
-    )
-
-
-def numerics_fidelity(
-    ir_dir: Path, device: str, evidence: Evidence, pinned: list[Any], compute: str | None
-) -> dict[str, Any]:
-    """Device numerics: the IR at the device's defaults (or a forced precision), against PyTorch and the pinned run."""
-    logits, _, ran = forced_logits(ir_dir, device, evidence.windows, compute)
-    return {
-        "device_fidelity": fidelity.compare(evidence.logprobs, logits).as_dict(),
-        "device_numerics": ran.as_dict(),
-        "drift": fidelity.agreement(pinned, logits),
-    }
 
 
 def measure_cell(
@@ -336,7 +179,9 @@ def run(
     check_stage_ram("validate_npu" if target.family == "npu" else "validate", weight_format, target.ir_dir)
     evidence = Evidence.load(reference_path)
     verdicts = verdicts_for(cfg, weight_format)
-    cells, pinned_runs, outputs = {}, {}, {}
+    cells: dict[str, matrix.Cell] = {}
+    pinned_runs: dict[str, Any] = {}
+    outputs: dict[str, list[list[int]]] = {}
     for plan in npu_lanes(target, cfg, matrix.plan_cells(target.devices, status or devices.detect(), cfg.cpu_stand_in)):
         if plan.skip_reason:
             cells[plan.column] = matrix.skipped_cell(plan, target.kind)

@@ -8,6 +8,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from pipeline.core.config import ValidateConfig
 from pipeline.validation import fidelity, matrix
@@ -41,6 +44,12 @@ class Evidence:
     def long_windows(self) -> list[list[int]]:
         """The long-context windows (none when the reference has no long-context part)."""
         return (self.reference.get("long_context") or {}).get("windows", []) if self.long_logprobs else []
+
+    def compare_long(self, logits: list[np.ndarray]) -> list[dict[str, Any]]:
+        """Fidelity per long-context range of ``logits`` (one per :attr:`long_windows`); none without them."""
+        if self.long_logprobs is None or not self.long_windows:
+            return []
+        return fidelity.compare_ranges(self.long_logprobs, logits, self.reference["long_context"]["boundaries"])
 
 
 def verdicts_for(cfg: ValidateConfig, weight_format: str) -> matrix.Verdicts:

@@ -1,0 +1,123 @@
+"""``aipc``: one console script; each subcommand is a plain typed function, its help from the docstring.
+
+The commands live in :mod:`pipeline.cli.stages` (one stage or one family tool) and :mod:`pipeline.cli.project`
+(compose, DVC, the demo, the sweep, the report); :data:`COMMANDS` names them. A function's parameters are the
+command's arguments (:func:`add_arguments`): one without a default is positional, one with a default is an
+option (``--device``), ``overrides: list[str]`` takes any number of Hydra overrides, and ``argv: list[str]``
+takes the rest of the command line as it is (the command parses its own flags and ``--help``). The command's
+help is the docstring's first line; each argument's help is its entry under ``Args:``.
+
+Why argparse, not typer (issue 16 part 3): reading the signatures is :func:`add_arguments`, about 25 lines.
+With typer the three commands that pass their command line on (``repro``, ``exp-run``, ``publish``) each need
+``allow_extra_args``, ``ignore_unknown_options`` and no ``--help`` of their own; a usage error becomes a
+multi-line box (rich) instead of argparse's ``usage:`` and one ``error:`` line; and typer is only a transitive
+dependency here (huggingface_hub's), not one of ours.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import re
+import typing
+from collections.abc import Callable
+
+from pipeline.cli import project, stages
+from pipeline.core.errors import run_main
+
+COMMANDS: dict[str, Callable[..., None]] = {
+    "download": stages.cmd_download,
+    "reference": stages.cmd_reference,
+    "export-openvino": stages.cmd_export_openvino,
+    "validate": stages.cmd_validate,
+    "export-onnx": stages.cmd_export_onnx,
+    "validate-onnx": stages.cmd_validate_onnx,
+    "onnx-compat": stages.cmd_onnx_compat,
+    "export-npu": stages.cmd_export_npu,
+    "validate-npu": stages.cmd_validate_npu,
+    "compile-npu-blob": stages.cmd_compile_npu_blob,
+    "export-npu-lib": stages.cmd_export_npu_lib,
+    "validate-npu-lib": stages.cmd_validate_npu_lib,
+    "npu-lib-env": stages.cmd_npu_lib_env,
+    "devices": stages.cmd_devices,
+    "sweep": project.cmd_sweep,
+    "sweep-report": project.cmd_sweep_report,
+    "chat": stages.cmd_chat,
+    "compose": project.cmd_compose,
+    "check-config": project.cmd_check_config,
+    "demo": project.cmd_demo,
+    "repro": project.cmd_repro,
+    "exp-run": project.cmd_exp_run,
+    "report": project.cmd_report,
+    "publish": stages.cmd_publish,
+    "pull": stages.cmd_pull,
+    "verify": stages.cmd_verify,
+    "repair": stages.cmd_repair,
+}
+EXPORTS = {"export-openvino", "export-onnx", "export-npu"}  # run like their DVC stages (core.memory.use_huge_pages)
+PASS_ON = "argv"  # the parameter that takes the rest of the command line, flags included
+ARGUMENT_TYPES = (str, str | None, list[str])  # what a command line gives; a command asking for more is refused
+
+
+def argument_help(func: Callable[..., None]) -> dict[str, str]:
+    """Each argument's help: its entry under ``Args:`` in ``func``'s (Google-style) docstring."""
+    helps: dict[str, str] = {}
+    lines = (inspect.getdoc(func) or "").splitlines()
+    start = lines.index("Args:") + 1 if "Args:" in lines else len(lines)
+    name = None
+    for line in lines[start:]:
+        if not line.startswith("    "):  # a blank line or the next section ends the arguments
+            break
+        entry = re.fullmatch(r" {4}(\w+): (.*)", line)
+        if entry:
+            name, helps[entry[1]] = entry[1], entry[2]
+        elif name:
+            helps[name] += " " + line.strip()
+    return helps
+
+
+def add_arguments(parser: argparse.ArgumentParser, func: Callable[..., None]) -> list[str]:
+    """Add ``func``'s parameters to ``parser`` as its arguments; return their names.
+
+    Raises:
+        TypeError: When a parameter's type is not one a command line gives (:data:`ARGUMENT_TYPES`).
+    """
+    helps, hints = argument_help(func), typing.get_type_hints(func)
+    for name, param in inspect.signature(func).parameters.items():
+        if hints.get(name) not in ARGUMENT_TYPES:
+            raise TypeError(f"{func.__name__}({name}: {hints.get(name)}): a command takes str, str | None or list[str]")
+        if hints[name] == list[str]:  # Hydra overrides, or the rest of the command line (PASS_ON)
+            parser.add_argument(name, nargs="*", help=helps.get(name))
+        elif param.default is inspect.Parameter.empty:
+            parser.add_argument(name, help=helps.get(name))
+        else:
+            parser.add_argument(f"--{name}", default=None, help=helps.get(name))
+    return list(inspect.signature(func).parameters)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``aipc`` argument parser, one subcommand per entry of :data:`COMMANDS`."""
+    parser = argparse.ArgumentParser(prog="aipc", description="Phi-3 -> Intel AI PC models, proven by running them.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, func in COMMANDS.items():
+        doc = (inspect.getdoc(func) or "").splitlines()[0]
+        own_flags = PASS_ON in inspect.signature(func).parameters  # the command parses its own flags (and --help)
+        p = sub.add_parser(
+            name, help=doc, description=doc, add_help=not own_flags, prefix_chars="+" if own_flags else "-"
+        )
+        p.set_defaults(func=func, argnames=add_arguments(p, func))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``aipc`` console script."""
+    from pipeline.core.log import console_safe
+
+    console_safe()
+    args = build_parser().parse_args(argv)
+    if argv is None and args.command in EXPORTS:
+        from pipeline.core.memory import use_huge_pages
+
+        use_huge_pages()
+    values = {a: getattr(args, a) for a in args.argnames}
+    run_main(lambda: args.func(**{k: v for k, v in values.items() if v is not None}))

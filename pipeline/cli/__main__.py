@@ -1,0 +1,5 @@
+"""``python -m pipeline.cli``: the ``aipc`` console script."""
+
+from pipeline.cli import main
+
+main()

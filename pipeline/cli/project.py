@@ -1,0 +1,151 @@
+"""``aipc`` commands over the whole project: compose ``params.yaml``, run DVC, the demo, the sweep, the report."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from pipeline.cli.dvc_lock import dvc_repo_lock
+from pipeline.core.config import PARAMS_FILE, build, compose, dump_yaml, load_params
+from pipeline.core.errors import fail
+
+
+def cmd_compose(overrides: list[str]) -> None:
+    """Compose conf/ (with Hydra overrides such as model=tiny) into params.yaml (refused while DVC runs here).
+
+    Args:
+        overrides: Hydra overrides, e.g. model=tiny openvino.int4.ratio=0.8.
+    """
+    data = compose(overrides)
+    with dvc_repo_lock(rerun=" ".join(["aipc compose", *overrides])):
+        PARAMS_FILE.write_text(dump_yaml(data), encoding="utf-8")
+    print(f"wrote {PARAMS_FILE} (model={data['model']['name']}, variants={', '.join(data['openvino'])})")
+
+
+def cmd_check_config(overrides: list[str]) -> None:
+    """Compose and type-check every model preset, and check params.yaml is not stale.
+
+    Args:
+        overrides: The Hydra overrides params.yaml was composed with, e.g. model=tiny.
+    """
+    from pipeline.core.config import CONF_DIR, PipelineConfig
+
+    for preset in sorted((CONF_DIR / "model").glob("*.yaml")):
+        extra = ["model.local_path=."] if preset.stem == "local" else []
+        compose([f"model={preset.stem}", *extra])
+        print(f"ok: model={preset.stem}")
+    import yaml
+
+    expected = compose(overrides)
+    actual = yaml.safe_load(PARAMS_FILE.read_text(encoding="utf-8")) if PARAMS_FILE.is_file() else None
+    if actual != expected:
+        build(PipelineConfig, actual or {})
+        stale = sorted(k for k in set(expected) | set(actual or {}) if (actual or {}).get(k) != expected.get(k))
+        fail(
+            f"params.yaml is stale (sections {', '.join(stale)} differ from conf/ with overrides "
+            f"{overrides or 'none'}): run `aipc compose {' '.join(overrides)}`".rstrip()
+        )
+    print(f"ok: params.yaml matches conf/ (overrides: {' '.join(overrides) or 'none'})")
+
+
+def cmd_sweep(overrides: list[str]) -> None:
+    """Queue the sweep grid from params.yaml as DVC experiments, run them, and write the sweep report.
+
+    Args:
+        overrides: Hydra overrides applied to every sweep point, e.g. model=tiny.
+    """
+    from pipeline import sweep
+
+    cfg = load_params().sweep
+    sweep.queue_and_run(cfg, overrides)
+    sweep.report(cfg)
+
+
+def cmd_sweep_report() -> None:
+    """Rebuild artifacts/sweep/ (table, Pareto plot, recommended point) from `dvc exp show`."""
+    from pipeline import sweep
+
+    sweep.report(load_params().sweep)
+
+
+def run_dvc(args: list[str], **extra_env: str) -> int:
+    """Run ``dvc <args>`` with this venv first on PATH, from the project root; its exit code."""
+    if not Path("dvc.yaml").is_file() or not Path(".dvc").is_dir():
+        fail("run this from the project root (the folder with dvc.yaml and .dvc/)")
+    from pipeline.core.envs import venv_env
+
+    return subprocess.run([sys.executable, "-m", "dvc", *args], env=venv_env(**extra_env), check=False).returncode
+
+
+def cmd_repro(argv: list[str]) -> None:
+    """`dvc repro [args]` with this venv's Python for every stage, no activation needed (e.g. `aipc repro validate@int4`).
+
+    Args:
+        argv: ``dvc repro``'s arguments, e.g. validate@int4.
+    """
+    code = run_dvc(["repro", *argv])
+    if code:
+        fail(f"dvc repro failed (exit {code}); the lines above say which stage and why")
+
+
+def cmd_exp_run(argv: list[str]) -> None:
+    """`dvc exp run [args]` with this venv's Python for every stage (e.g. `aipc exp-run -S model=phi35-mini`).
+
+    Args:
+        argv: ``dvc exp run``'s arguments, e.g. -S model=phi35-mini.
+    """
+    code = run_dvc(["exp", "run", *argv])
+    if code:
+        fail(f"dvc exp run failed (exit {code}); the lines above say which stage and why")
+
+
+def cmd_demo() -> None:
+    """Run the whole pipeline offline on the embedded tiny Phi-3 (compose model=tiny, dvc repro)."""
+    if not Path("dvc.yaml").is_file() or not Path(".dvc").is_dir():
+        fail("run `aipc demo` from the project root (the folder with dvc.yaml and .dvc/)")
+    cmd_compose(["model=tiny"])
+    code = run_dvc(["repro"], HF_HUB_OFFLINE="1")
+    report = Path("artifacts/report/report.md")
+    if report.is_file():  # written even when a cell failed: it is the report people most need then
+        print(report.read_text(encoding="utf-8"))
+    if code:
+        from pipeline.validation import report as report_stage
+
+        params = load_params()
+        line = report_stage.verdict_line(
+            report_stage.collect_rows(report_stage.configured_artifacts(params), report_stage.METRICS_DIR)
+        )
+        fail(line or f"dvc repro failed (exit {code}); the lines above say which stage and why")
+    if not report.is_file():
+        print(summary_table(Path("artifacts/metrics")))
+
+
+def cmd_report() -> None:
+    """Write artifacts/report/ (artifact x device table, plots) from artifacts/metrics, as the `report` stage does."""
+    from pipeline.validation import report
+
+    report.run(load_params())
+
+
+def summary_table(metrics_dir: Path) -> str:
+    """A Markdown table of every validation metrics file under ``metrics_dir``."""
+    cols = [
+        "artifact",
+        "device_executed",
+        "size_mb",
+        "load_s",
+        "ttft_ms",
+        "tpot_ms",
+        "tokens_per_s",
+        "peak_rss_mb",
+        "top1_agreement",
+        "greedy_exact_match",
+        "passed",
+    ]
+    rows = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for path in sorted(metrics_dir.glob("*.json")):
+        data = json.loads(path.read_text(encoding="utf-8"))
+        rows.append("| " + " | ".join(str(data.get(c, "")) for c in cols) + " |")
+    return "\n".join(rows)

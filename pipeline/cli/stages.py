@@ -1,0 +1,206 @@
+"""``aipc`` commands that run one stage, or one tool of a family, on one artifact (see ``aipc --help``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pipeline.core.config import load_params
+from pipeline.core.errors import fail
+from pipeline.core.stage import run_stage
+
+
+def cmd_download() -> None:
+    """Download the configured model into artifacts/model (hub, local folder or tiny)."""
+    from pipeline.hub import download
+
+    download.run(load_params().model)
+
+
+def cmd_reference() -> None:
+    """Run the original PyTorch model once and record the reference outputs."""
+    from pipeline.validation import reference
+
+    reference.run(load_params().validate)
+
+
+def cmd_export_openvino(variant: str) -> None:
+    """Export one OpenVINO IR variant (int4, int8, fp16, ...) from artifacts/model.
+
+    Args:
+        variant: Key under ``openvino`` in params.yaml, e.g. int4.
+    """
+    run_stage("openvino", "export", [variant])
+
+
+def cmd_validate(variant: str) -> None:
+    """Run one IR variant with openvino_genai and compare it with the PyTorch reference.
+
+    Args:
+        variant: Key under ``openvino`` in params.yaml, e.g. int4.
+    """
+    run_stage("openvino", "validate", [variant])
+
+
+def cmd_export_onnx(variant: str) -> None:
+    """Build one ONNX Runtime GenAI variant (dml_int4, dml_fp16, cpu_int4, ...) from artifacts/model.
+
+    Args:
+        variant: Key under ``onnx`` in params.yaml, e.g. dml_int4.
+    """
+    run_stage("onnx", "export", [variant])
+
+
+def cmd_validate_onnx(variant: str) -> None:
+    """Run one ONNX variant with onnxruntime-genai and compare it with the PyTorch reference.
+
+    Args:
+        variant: Key under ``onnx`` in params.yaml, e.g. dml_int4.
+    """
+    run_stage("onnx", "validate", [variant])
+
+
+def cmd_onnx_compat(target: str) -> None:
+    """Check an ONNX variant (or folder) loads and runs in onnxruntime-genai 0.13.1 and 0.14.1 (Windows DML users).
+
+    Args:
+        target: An ONNX variant under artifacts/onnx (e.g. dml_int4) or a folder.
+    """
+    from pipeline.onnx import compat as onnx_compat
+
+    onnx_compat.main([target])
+
+
+def cmd_export_npu(variant: str) -> None:
+    """Export an NPU-ready IR (int4 sym, ratio 1.0) and, where an NPU exists, its compiled blob.
+
+    Args:
+        variant: Key under ``npu`` in params.yaml, e.g. int4.
+    """
+    run_stage("npu", "export", [variant])
+
+
+def cmd_validate_npu(variant: str) -> None:
+    """Validate an NPU-ready IR on the NPU, or on CPU (labelled so) where there is none.
+
+    Args:
+        variant: Key under ``npu`` in params.yaml, e.g. int4.
+    """
+    run_stage("openvino", "validate", ["--npu", variant])
+
+
+def cmd_compile_npu_blob(artifact: str) -> None:
+    """On the NPU machine: compile a deferred NPU artifact folder into a blob (weights included).
+
+    Args:
+        artifact: The deferred NPU artifact folder, e.g. artifacts/npu/int4.
+    """
+    from pipeline.openvino import export_npu
+
+    facts = export_npu.compile_deferred(Path(artifact))
+    print(json.dumps(facts, indent=2))
+
+
+def cmd_export_npu_lib(variant: str) -> None:
+    """Compile the original NPU recipe (intel-npu-acceleration-library int4/int8/fp16) in its own environment.
+
+    Args:
+        variant: Key under ``npu_lib`` in params.yaml, e.g. int4.
+    """
+    run_stage("npu_lib", "export", [variant])
+
+
+def cmd_validate_npu_lib(variant: str) -> None:
+    """Load an intel-npu-acceleration-library model (after its hash check), generate and compare with PyTorch.
+
+    Args:
+        variant: Key under ``npu_lib`` in params.yaml, e.g. int4.
+    """
+    run_stage("npu_lib", "validate", [variant])
+
+
+def cmd_npu_lib_env() -> None:
+    """Create (first use) or show the isolated intel-npu-acceleration-library environment."""
+    from pipeline.npu_lib import env as npu_lib_env
+
+    try:
+        env = npu_lib_env.ensure(retry=True)
+    except npu_lib_env.EnvUnavailable as err:
+        fail(f"the isolated environment cannot be built here: {err}")
+    print(json.dumps({"path": str(env.path), "python": str(env.python), **env.info}, indent=2))
+
+
+def cmd_devices() -> None:
+    """List CPU/GPU/NPU as OpenVINO sees them here, with versions or the reason a device is absent."""
+    from pipeline.validation import devices
+
+    for name, status in devices.detect().items():
+        detail = status.full_name if status.available else status.reason
+        print(f"{name:4} {'yes' if status.available else 'no ':3} {detail}")
+
+
+def cmd_chat(artifact: str, device: str = "CPU", prompt: str | None = None) -> None:
+    """Chat with an exported IR (Phi-3 chat template, streamed); one-shot with --prompt.
+
+    Args:
+        artifact: An exported IR or ONNX folder, e.g. artifacts/openvino/int4.
+        device: Device to run on (CPU, GPU, NPU; DML for an ONNX folder).
+        prompt: Answer this one prompt and exit, instead of chatting.
+    """
+    from pipeline import chat
+
+    chat.chat(Path(artifact), device, prompt)
+
+
+def cmd_verify(artifact: str) -> None:
+    """Check an artifact folder's files against its manifest and dvc.lock, as validate/chat/publish do first.
+
+    Args:
+        artifact: The artifact folder, e.g. artifacts/openvino/int4.
+    """
+    from pipeline.core.verify import stage_of, verify_folder
+
+    manifest = verify_folder(Path(artifact))
+    stage = stage_of(Path(artifact))
+    print(
+        f"ok: {artifact}: {len(manifest['files'])} files match {Path(artifact) / 'manifest.json'}"
+        + (f" and dvc.lock's record of {stage}" if stage else "")
+    )
+
+
+def cmd_repair(stage: str) -> None:
+    """Rebuild a stage's tampered output: drop its bad DVC cache entries, `dvc repro -f -s <stage>`, verify.
+
+    Args:
+        stage: The DVC stage whose output was tampered with, e.g. export@int4.
+    """
+    from pipeline.core.verify import repair
+
+    for folder in repair(stage):
+        print(f"repaired: {folder} matches its manifest and dvc.lock")
+
+
+def cmd_publish(argv: list[str]) -> None:
+    """Publish validated artifacts (with a model card) to the Hugging Face Hub or a git remote; see `aipc publish --help`.
+
+    Args:
+        argv: ``aipc publish``'s own arguments (``aipc publish --help``).
+    """
+    from pipeline.hub import publish
+
+    publish.main(argv)
+
+
+def cmd_pull(repo: str, revision: str, dest: str, endpoint: str | None = None) -> None:
+    """Download a published artifact at a pinned revision (tag, branch or commit) and check it against its manifest.
+
+    Args:
+        repo: The published repository, e.g. someone/phi3-int4.
+        revision: The tag, branch or commit to pull.
+        dest: Folder to download into.
+        endpoint: Hub endpoint (default: HF_ENDPOINT or https://huggingface.co).
+    """
+    from pipeline.hub import publish
+
+    manifest = publish.pull(repo, revision, Path(dest), endpoint=endpoint)
+    print(f"{repo}@{manifest['commit']}: {len(manifest['files'])} files in {dest}, every sha256 matches the manifest")
