@@ -121,9 +121,7 @@ def measure_cell(
     with step(f"[onnx-{name} @ {plan.column}] running the {provider.upper()} graph on {plan.device}{where}"):
         got, logits = run_cell(cell_request(folder, provider, plan.device, cfg, evidence), python)
     short, long = logits[: len(evidence.windows)], logits[len(evidence.windows) :]
-    long_context = (
-        fidelity.compare_ranges(evidence.long_logprobs, long, reference["long_context"]["boundaries"]) if long else []
-    )
+    long_context = evidence.compare_long(long)
     perf = {
         key: matrix.Perf.from_runs(p["prompt_tokens"], p["new_tokens"], p["ttft_ms"], p["tpot_ms"])
         for key, p in got["perf"].items()

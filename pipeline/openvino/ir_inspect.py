@@ -152,7 +152,8 @@ def embedding_tie(model: Any) -> dict[str, Any] | None:
     Gather and the LM head's MatMul (the last weight MatMul) read the same stored constant, so it is stored once
     and quantized once (NNCF's backup precision for both, int8 by default).
     """
-    gathers, matmuls = [], []
+    gathers: list[tuple[Any, Any]] = []  # (op, the weight constant it reads)
+    matmuls: list[tuple[Any, Any]] = []
     for op in model.get_ordered_ops():
         kind = op.get_type_name()
         if kind in WEIGHT_CONSUMERS:
@@ -181,7 +182,7 @@ def inspect_ir(xml_path: Path, rotary: bool = True) -> dict[str, Any]:
     model = ov.Core().read_model(str(xml_path))
     layers = weight_layers(model)
     counts = Counter(layer["precision"] for layer in layers)
-    summary = {
+    summary: dict[str, Any] = {
         "weight_layers": {
             "int4": counts.get("int4", 0),
             "int8": counts.get("int8", 0),

@@ -178,12 +178,11 @@ class Thresholds:
     def problems(self, fidelity: dict[str, float], what: str = "") -> list[str]:
         """One line per threshold the fidelity misses (``what`` prefixes each, e.g. ``positions 4096-6000: ``)."""
         out = []
-        top1, kl = fidelity.get("top1_agreement"), fidelity.get("mean_kl")
-        if self.min_top1_agreement is not None and top1 < self.min_top1_agreement:
+        if self.min_top1_agreement is not None and (top1 := fidelity["top1_agreement"]) < self.min_top1_agreement:
             out.append(
                 f"{what}top-1 agreement {top1:.3f} below the {self.precision} threshold {self.min_top1_agreement}"
             )
-        if self.max_mean_kl is not None and kl > self.max_mean_kl:
+        if self.max_mean_kl is not None and (kl := fidelity["mean_kl"]) > self.max_mean_kl:
             out.append(f"{what}mean KL {kl:.4g} above the {self.precision} threshold {self.max_mean_kl}")
         return out
 
@@ -202,9 +201,10 @@ class Verdicts:
         out = [f"artifact fidelity (f32 runtime): {p}" for p in self.artifact.problems(got.fidelity)]
         if got.device_numerics:
             out += self.drift_problems(got, f"device numerics ({got.device_numerics['label']})")
-        for rng in (got.long_context or []) if self.long_context else []:
-            where = f"long context, {rng['window']}-token window, positions {rng['start']}-{rng['stop']}: "
-            out += self.long_context.problems(rng, where)
+        if self.long_context is not None:
+            for rng in got.long_context or []:
+                where = f"long context, {rng['window']}-token window, positions {rng['start']}-{rng['stop']}: "
+                out += self.long_context.problems(rng, where)
         return out
 
     def drift_problems(self, got: Measurement, what: str) -> list[str]:
@@ -232,6 +232,7 @@ def judge(plan: CellPlan, got: Measurement, reference: dict, thresholds: Thresho
     if plan.stand_in_for:
         label = f"{kind}, validated on {executed} (stand-in: no {plan.stand_in_for} here)"
     short = next(iter(got.perf.values()))
+    figures: dict[str, Any] = {**got.fidelity, **numerics_fields(got)}  # Cell fields by name
     return Cell(
         plan.column,
         plan.device,
@@ -247,14 +248,13 @@ def judge(plan: CellPlan, got: Measurement, reference: dict, thresholds: Thresho
         tpot_ms=short.tpot_ms,
         tokens_per_s=short.tokens_per_s,
         perf={k: asdict(v) for k, v in got.perf.items()},
-        **got.fidelity,
         greedy_exact_match=round(exact, 4),
         first_divergence=divergence,
         tokenizer_matches_reference=got.tokenizer_matches_reference,
         fidelity_device=got.fidelity_device or executed,
         sample=got.sample[:200],
         note=got.note or (plan.note if plan.backend else None),
-        **numerics_fields(got),
+        **figures,
     )
 
 
@@ -282,6 +282,7 @@ def emulation_cell(column: str, label: str, got: Measurement, verdicts: Verdicts
     problems = verdicts.drift_problems(got, str((got.device_numerics or {}).get("label")))
     if mismatch:
         problems.append(mismatch)
+    figures: dict[str, Any] = {**got.fidelity, **numerics_fields(got)}  # Cell fields by name
     return Cell(
         column,
         "CPU",
@@ -290,8 +291,7 @@ def emulation_cell(column: str, label: str, got: Measurement, verdicts: Verdicts
         got.executed,
         problems=problems,
         peak_rss_mb=got.peak_rss_mb,
-        **got.fidelity,
         fidelity_device="CPU",
         note=got.note,
-        **numerics_fields(got),
+        **figures,
     )

@@ -71,7 +71,7 @@ def long_context_plan(tokenizer: Any, cfg: ValidateConfig, limits: dict[str, int
         fail(
             f"validate.long_context.lengths asks for {lengths[-1]} tokens but the held-out text has {len(ids)}: lower it"
         )
-    model_cuts = [limits[k] for k in ("sliding_window", "original_max_position_embeddings") if limits[k]]
+    model_cuts = [cut for k in ("sliding_window", "original_max_position_embeddings") if (cut := limits[k])]
     boundaries = sorted({*cfg.long_context.boundaries, *model_cuts})
     return {"windows": [ids[:length] for length in lengths], "boundaries": boundaries, "limits": limits}
 
@@ -140,8 +140,9 @@ def reference_logprobs(
             margin += (top2.values[:, 0] - top2.values[:, 1]).tolist()
             start += len(logits)
         forced.append({"input_ids": window, "top1": top1, "margin": margin})
-    columns = [np.concatenate(column) for column in zip(*rows)]
-    return ReferenceLogprobs(*columns, np.array([len(w) for w in windows], dtype=np.int32)), forced
+    topk_ids, topk_logprobs, next_ids, next_logprobs = (np.concatenate(column) for column in zip(*rows))
+    lengths = np.array([len(w) for w in windows], dtype=np.int32)
+    return ReferenceLogprobs(topk_ids, topk_logprobs, next_ids, next_logprobs, lengths), forced
 
 
 def greedy(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int) -> list[dict[str, Any]]:
@@ -216,7 +217,7 @@ def run(cfg: ValidateConfig, model_dir: Path = MODEL_DIR, out_dir: Path = OUT_DI
     with step(f"greedy generation for {len(cfg.prompts)} prompts"):
         generations = greedy(model, tokenizer, cfg.prompts, cfg.max_new_tokens)
     margins = sorted(m for w in forced for m in w["margin"])
-    result = {
+    result: dict[str, Any] = {
         "model": source.get("model"),
         "dtype": cfg.reference_dtype,
         "teacher_forced": forced,

@@ -121,7 +121,8 @@ def row_note(row: Row) -> str:
 
 def markdown_table(rows: list[Row]) -> str:
     """The artifact x device table (Markdown); one TTFT column per configured prompt length."""
-    prompts = next((r.data["perf"] for r in rows if r.ran and r.data.get("perf")), {})
+    prompts: dict[str, dict[str, Any]] = next((r.data["perf"] for r in rows if r.ran and r.data.get("perf")), {})
+
     ttft_cols = [f"TTFT ms ({p['prompt_tokens']} tok)" for p in prompts.values()]
     head = [
         "artifact",

@@ -79,10 +79,11 @@ def compute_in_float32(model: Any) -> int:
     head = model.get_output_embeddings()
     wide = [m.weight.numel() for m in linears if m.weight.dtype != torch.float32 and m is not head]
     scratch = Float32Scratch(max(wide, default=head.weight.numel() if head is not None else 0))
-    for module in linears:
-        module.forward = partial(_linear, module, scratch)
-    for module in embeddings:
-        module.forward = partial(_embedding, module)
+    # Each module's own forward, set on the instance: torch calls it through Module.__call__
+    for linear in linears:
+        linear.forward = partial(_linear, linear, scratch)  # type: ignore[method-assign]
+    for embedding in embeddings:
+        embedding.forward = partial(_embedding, embedding)  # type: ignore[method-assign]
     kept = {id(m) for m in (*linears, *embeddings)}
     for module in model.modules():
         if id(module) in kept:
