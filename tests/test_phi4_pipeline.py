@@ -74,7 +74,7 @@ def greedy(ir_dir: Path, device: str, prompt_ids: list[int], new_tokens: int) ->
     import openvino_genai as ov_genai
 
     from pipeline.openvino import npu_lane
-    from pipeline.openvino.validate import device_properties
+    from pipeline.openvino.generation import device_properties
 
     props = {k: v for k, v in device_properties(ir_dir, device).items() if k != "BLOB_PATH"}
     if device == "NPU":
