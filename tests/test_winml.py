@@ -246,6 +246,10 @@ def test_each_variant_of_the_tiny_models_irs_builds_and_passes_its_structural_ch
         status = runtime.plugin_status()  # the validate stage's cell: ran (by override where needed) or skipped, why
         assert cell["status"] == ("passed" if status.devices else "skipped") and cell["problems"] == [], cell
         assert status.devices or cell["reason"] == status.reason
+        report = winml_project / "artifacts" / "report" / "report.md"  # the demo project's: every family has its rows
+        if report.is_file():
+            want = f"| winml-{name} | {device} | {'passed' if status.devices else 'skipped'} |"
+            assert any(line.startswith(want) for line in report.read_text(encoding="utf-8").splitlines()), want
 
 
 @pytest.mark.slow
