@@ -15,7 +15,6 @@ OVER_SIZE = {
                                "pydantic rewrite of issue 16 part 3 (the hand-written coercer goes then)",
     "pipeline/core/memory.py": "page trimming, huge pages and the RAM/disk checks; grew past the target with "
                                "STAGE_RAM (b92cd07): the checks move to their own module once their callers settle",
-    "pipeline/hub/model_card.py": "the card's sections per family; grew past the target with the winml family",
     "pipeline/npu_lib/worker.py": "runs alone in the NPU library's venv with `-I` (standard library only, no package "
                                   "to import helpers from), so it stays one file",
 }

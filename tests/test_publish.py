@@ -19,7 +19,7 @@ import pytest
 
 from pipeline.core.errors import StageError
 from pipeline.hub import git as hub_git
-from pipeline.hub.model_card import metadata_problems
+from pipeline.hub.card_rules import metadata_problems
 from pipeline.hub.publish import PublishOptions, publish
 from pipeline.hub.server import HubServer
 

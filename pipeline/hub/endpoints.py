@@ -108,8 +108,8 @@ def create_repo(h, hub: HubState, user: str | None, query: dict) -> None:
 
 
 def validate_yaml(h, hub: HubState, user: str | None, query: dict) -> None:
-    """The Hub's README metadata check, with :func:`pipeline.hub.model_card.metadata_problems`."""
-    from pipeline.hub.model_card import metadata_problems
+    """The Hub's README metadata check, with :func:`pipeline.hub.card_rules.metadata_problems`."""
+    from pipeline.hub.card_rules import metadata_problems
 
     problems = metadata_problems(json.loads(h.body())["content"])
     h.reply(400 if problems else 200, {"errors": [{"message": p} for p in problems], "warnings": []})
