@@ -2,8 +2,15 @@
 
 Fast tests wrap a small real OpenVINO IR (built here with ``openvino.opset13``: the I/O of an optimum-intel LLM IR,
 input_ids / attention_mask / position_ids / beam_idx -> logits) and the tiny Phi-3's configs and tokenizer. The slow
-ones wrap the tiny model's real int4 and NPU IRs and, where the plugin offers an Intel device, run the package with
-onnxruntime-genai and compare its greedy tokens with openvino_genai's on the same IR.
+ones wrap the tiny model's real int4 and NPU IRs, run each package with onnxruntime-genai and compare its greedy
+tokens with openvino_genai's on the same IR, and run the validate stage's cell on it.
+
+On a machine whose CPU is not Intel's (the AMD EPYC CI machine here) the plugin offers no device: its factory skips
+every ``OrtHardwareDevice`` whose vendor id is not 0x8086, and ONNX Runtime reads the CPU's vendor with the CPUID
+instruction (pytorch/cpuinfo, ``CPUIDInfo::VendorInfoInit``), not from a file, so no mount namespace can change it
+and this kernel has no CPUID faulting (``arch_prctl(ARCH_SET_CPUID)``: ENODEV). Those tests then run in a child
+process that rewrites ONNX Runtime's already discovered CPU device to vendor Intel (:func:`emulate_intel_vendor`,
+:data:`EMULATED`): the OpenVINO CPU plugin itself runs on any x86-64 CPU. Their results say so.
 """
 
 from __future__ import annotations
@@ -21,9 +28,133 @@ from pipeline.core.errors import StageError
 from pipeline.core.manifest import write_manifest
 from pipeline.winml import export, package, runtime, validate
 from pipeline.winml.config import WinmlVariantConfig
-from tests.conftest import TINY_DIR, make_project, run_cmd
+from tests.conftest import ROOT, TINY_DIR, make_project, run_cmd
 
 VARIANTS = {"npu": ("npu", "NPU"), "gpu": ("openvino", "GPU"), "cpu": ("openvino", "CPU")}
+EMULATED = "Intel vendor emulated on an AMD CPU"
+CHILD_MARK = "WINML-CHILD-RESULT "
+
+
+class EmulationUnavailable(Exception):
+    """The Intel vendor cannot be emulated in this process (the reason, for a skip)."""
+
+
+def emulate_intel_vendor() -> str:
+    """In this process only: make ONNX Runtime's CPU device read vendor Intel (0x8086), so the plugin offers the CPU.
+
+    ONNX Runtime discovers its hardware devices once per library (``DeviceDiscovery::GetDevices``, cached) and the
+    CPU's vendor comes from CPUID (``CPUIDInfo::VendorInfoInit`` through pytorch/cpuinfo). The plugin's
+    ``GetSupportedDevices`` then skips every device whose ``HardwareDevice_VendorId`` is not 0x8086. Two copies of
+    ONNX Runtime live in the process (``onnxruntime``'s pybind module and the ``libonnxruntime.so`` that
+    onnxruntime-genai loads); each discovers its devices when its environment is created: on ``import onnxruntime``
+    and on onnxruntime-genai's first ``register_execution_provider_library``. After both, every discovered CPU
+    device, an ``OrtHardwareDevice {type, vendor_id, device_id, std::string vendor, ...}`` on the heap
+    (onnxruntime/core/session/abi_devices.h; libstdc++'s string: pointer, size, in-place buffer), is rewritten to
+    vendor ``Intel`` / 0x8086, and the plugin is registered afresh. Nothing else changes: OpenVINO still sees this
+    CPU, with its own instruction set and defaults. Returns the label; raises :class:`EmulationUnavailable`.
+    """
+    import ctypes
+    import platform
+    import re
+    import struct
+
+    if platform.machine() not in ("x86_64", "AMD64") or sys.platform != "linux":
+        raise EmulationUnavailable(f"the Intel vendor is emulated on x86-64 Linux only, not {platform.machine()}")
+    import onnxruntime as ort
+    import onnxruntime_ep_openvino as plugin
+    import onnxruntime_genai as og
+
+    cpus = {(d.device.vendor, int(d.device.vendor_id)) for d in ort.get_ep_devices() if d.device.type.name == "CPU"}
+    if len(cpus) != 1:
+        raise EmulationUnavailable(f"ONNX Runtime lists CPU devices {sorted(cpus)}, expected one")
+    vendor, vendor_id = cpus.pop()
+    if vendor_id == runtime.INTEL:
+        raise EmulationUnavailable("this CPU is Intel's already: nothing to emulate")
+    if not 0 < len(vendor) <= 15:  # libstdc++ keeps strings up to 15 bytes in place, as "Intel" will be
+        raise EmulationUnavailable(f"CPU vendor name {vendor!r} is not a short string")
+    og.register_execution_provider_library(runtime.EP_NAME, plugin.get_library_path())  # genai's devices now exist
+    found = []
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        fields = line.split()
+        path = fields[5] if len(fields) > 5 else ""
+        if not fields[1].startswith("rw") or path not in ("", "[heap]"):
+            continue
+        low, high = (int(x, 16) for x in fields[0].split("-"))
+        if high - low > 1 << 30:
+            continue
+        memory = ctypes.string_at(low, high - low)
+        for hit in re.finditer(re.escape(vendor.encode()) + b"\0", memory):
+            start = hit.start() - 32  # type, vendor_id, device_id, padding, then the string (pointer, size, buffer)
+            if start < 0 or start % 8:
+                continue
+            kind, vid = struct.unpack_from("<II", memory, start)
+            pointer, size = struct.unpack_from("<QQ", memory, start + 16)
+            if (kind, vid, pointer, size) == (0, vendor_id, low + start + 32, len(vendor)):
+                found.append(low + start)
+    if len(found) != 2:
+        og.unregister_execution_provider_library(runtime.EP_NAME)
+        raise EmulationUnavailable(
+            f"found {len(found)} discovered CPU devices of {vendor} in memory, expected 2 (onnxruntime and "
+            "onnxruntime-genai): this ONNX Runtime's OrtHardwareDevice layout is not the one emulated"
+        )
+    for address in found:
+        ctypes.memmove(address + 4, struct.pack("<I", runtime.INTEL), 4)
+        ctypes.memmove(address + 24, struct.pack("<Q", 5), 8)
+        ctypes.memmove(address + 32, b"Intel\0", 6)
+    og.unregister_execution_provider_library(runtime.EP_NAME)  # registered again, now on "Intel", by plugin_status
+    runtime.plugin_status.cache_clear()
+    status = runtime.plugin_status()
+    if "CPU" not in status.devices:
+        raise EmulationUnavailable(f"the plugin still offers no CPU with the vendor emulated: {status.reason}")
+    return EMULATED if vendor == "AMD" else f"Intel vendor emulated on a {vendor} CPU"
+
+
+def emulated_status() -> runtime.PluginStatus:
+    """:func:`runtime.plugin_status` with the Intel vendor emulated, labelled so in every cell it plans."""
+    label = emulate_intel_vendor()
+    status = runtime.plugin_status()
+    return runtime.PluginStatus(status.version, status.devices, status.reason, emulated=label)
+
+
+def child_main() -> None:
+    """In a child process: emulate the Intel vendor, run one request (stdin, JSON), print the result line."""
+    request = json.loads(sys.stdin.read())
+    try:
+        status = emulated_status()
+    except EmulationUnavailable as err:
+        print(CHILD_MARK + json.dumps({"unavailable": str(err)}), flush=True)
+        return
+    if request["task"] == "greedy":
+        result = greedy_both(Path(request["folder"]), Path(request["source"]), request["prompt"], request["new_tokens"])
+    else:
+        from pipeline.core.config import load_params
+
+        cfg = load_params(Path(request["project"]) / "params.yaml").validate
+        artifacts = Path(request["project"]) / "artifacts"
+        result = validate.run(
+            request["name"], cfg, artifacts / "winml", artifacts / "reference" / "reference.json",
+            Path(request["metrics_dir"]), status=status,
+        )
+    print(CHILD_MARK + json.dumps({"emulated": status.emulated, "result": result}), flush=True)
+
+
+def run_emulated(request: dict) -> tuple[str, object]:
+    """Run ``request`` in a child process with the Intel vendor emulated: (label, result); skips if impossible."""
+    done = subprocess.run(
+        [sys.executable, "-c", "from tests.test_winml import child_main; child_main()"],
+        input=json.dumps(request), cwd=ROOT, capture_output=True, text=True,
+        env={
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+            "DVC_STAGE": "validate_winml",  # a failed cell is recorded and returned (as under dvc repro), not raised
+        },
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith(CHILD_MARK)]
+    assert done.returncode == 0 and lines, f"the emulated run failed ({done.returncode}):\n{done.stderr[-4000:]}"
+    answer = json.loads(lines[-1][len(CHILD_MARK) :])
+    if "unavailable" in answer:
+        pytest.skip(f"{runtime.plugin_status().reason}; {EMULATED} is not possible here: {answer['unavailable']}")
+    return answer["emulated"], answer["result"]
 
 
 def llm_shaped_ir(folder: Path, vocab: int = 32064) -> None:
@@ -201,6 +332,33 @@ def test_cells_run_on_the_target_or_on_cpu_by_override_and_say_so() -> None:
     assert reason.endswith("this machine has CPU AMD (vendor 0x1022)")
 
 
+def test_a_package_the_ep_cannot_run_is_a_failed_cell_with_a_one_line_reason(
+    small_artifacts: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The device is offered but the EP refuses the package (as ONNX Runtime does, in many lines): a failed cell."""
+    from types import SimpleNamespace
+
+    from pipeline.core.config import ValidateConfig
+
+    folder = build(small_artifacts, "cpu", tmp_path / "winml")
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("Exception during initialization: openvino_model.xml: cannot compile\n  at line 2\n")
+
+    monkeypatch.setattr(runtime, "load_model", refuse)
+    monkeypatch.setenv("DVC_STAGE", "validate_winml@cpu")  # recorded, not raised: the stage under dvc repro
+    monkeypatch.setattr(validate.Evidence, "load", staticmethod(lambda path: SimpleNamespace(reference={})))
+    status = runtime.PluginStatus("1.8.1", ["CPU"])
+    metrics = validate.run("cpu", ValidateConfig(prompts=["x"]), folder.parent, metrics_dir=tmp_path / "m", status=status)
+    cell = metrics["cells"]["CPU"]
+    want = (
+        "cannot load the package on the OpenVINO EP (device_type CPU): "
+        "RuntimeError: Exception during initialization: openvino_model.xml: cannot compile"
+    )
+    assert (metrics["status"], cell["status"], cell["reason"], cell["problems"]) == ("failed", "failed", want, [want])
+    assert "ran with onnxruntime-ep-openvino 1.8.1 (OpenVINO 2026.4.1)" in cell["note"]
+
+
 def test_a_plugin_bundling_another_openvino_is_refused_in_one_line() -> None:
     assert runtime.check_bundled_openvino("1.8.1", "2026.4.1") is None
     line = runtime.check_bundled_openvino("1.8.1", "2026.5.0")
@@ -223,15 +381,6 @@ def winml_project(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
     return project
 
 
-def openvino_genai_tokens(ir: Path, prompt: str, new_tokens: int) -> list[int]:
-    import openvino_genai as ov_genai
-
-    pipe = ov_genai.LLMPipeline(str(ir), "CPU", INFERENCE_PRECISION_HINT="f32")
-    config = pipe.get_generation_config()
-    config.max_new_tokens, config.do_sample, config.apply_chat_template = new_tokens, False, False
-    return list(pipe.generate([prompt], config).tokens[0])
-
-
 @pytest.mark.slow
 def test_each_variant_of_the_tiny_models_irs_builds_and_passes_its_structural_checks(winml_project: Path) -> None:
     for name, (source, device) in VARIANTS.items():
@@ -252,22 +401,85 @@ def test_each_variant_of_the_tiny_models_irs_builds_and_passes_its_structural_ch
             assert any(line.startswith(want) for line in report.read_text(encoding="utf-8").splitlines()), want
 
 
+def greedy_both(folder: Path, source: Path, prompt: str, new_tokens: int) -> dict[str, list[int]]:
+    """Greedy tokens of the package (onnxruntime-genai, OpenVINO EP on CPU) and of openvino_genai on its source IR.
+
+    Both from the same prompt ids (the package's tokenizer), both with :data:`runtime.PINNED` (f32 compute, f32 KV
+    cache, no dynamic quantization: the EP through ``load_config``, openvino_genai directly): once stopping at the
+    end-of-sequence token, once for exactly ``new_tokens`` tokens with it suppressed on both sides
+    (``min_length`` / ``min_new_tokens``).
+    """
+    import numpy as np
+    import onnxruntime_genai as og
+    import openvino as ov
+    import openvino_genai as ov_genai
+
+    model = runtime.load_model(str(folder), "CPU", pinned=True)
+    ids = [int(t) for t in og.Tokenizer(model).encode(prompt)]
+    pipe = ov_genai.LLMPipeline(str(source), "CPU", **runtime.PINNED)
+    tokens = ov_genai.TokenizedInputs(ov.Tensor(np.array([ids], dtype=np.int64)), ov.Tensor(np.ones((1, len(ids)), np.int64)))
+
+    def reference(exact: bool) -> list[int]:
+        config = pipe.get_generation_config()
+        config.max_new_tokens, config.do_sample = new_tokens, False
+        if exact:
+            config.min_new_tokens = new_tokens
+        return [int(t) for t in pipe.generate(tokens, config).tokens[0]]
+
+    return {
+        "prompt_ids": ids,
+        "package": validate.generate(model, ids, new_tokens)[0],
+        "openvino_genai": reference(exact=False),
+        "package_exact": validate.generate(model, ids, new_tokens, exact=True)[0],
+        "openvino_genai_exact": reference(exact=True),
+    }
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(VARIANTS))
 def test_each_real_package_generates_openvino_genais_tokens_on_the_same_ir(winml_project: Path, name: str) -> None:
+    """On an Intel CPU as is; elsewhere in a child process with the Intel vendor emulated (:data:`EMULATED`)."""
     folder = winml_project / "artifacts" / "winml" / name
     manifest = json.loads((folder / "manifest.json").read_text())
     source = winml_project / "artifacts" / manifest["source_ir"]["folder"]
-    status = runtime.plugin_status()
-    if not status.devices:
-        pytest.skip(status.reason)
-    import onnxruntime_genai as og
-
     prompt = "<|user|>What does the json module do?<|end|><|assistant|>"
-    model = runtime.load_model(str(folder), "CPU", pinned=True)
-    ids = [int(t) for t in og.Tokenizer(model).encode(prompt)]
-    tokens = validate.generate(model, ids, 16, exact=True)[0]
-    assert tokens == openvino_genai_tokens(source, prompt, 16)[:16]
+    if runtime.plugin_status().devices:
+        got = greedy_both(folder, source, prompt, 16)
+    else:
+        request = {"task": "greedy", "folder": str(folder), "source": str(source), "prompt": prompt, "new_tokens": 16}
+        label, result = run_emulated(request)
+        assert label == EMULATED
+        got = dict(result)  # type: ignore[call-overload]
+    assert got["package"] == got["openvino_genai"] and got["package"], got
+    assert got["package_exact"] == got["openvino_genai_exact"] and len(got["package_exact"]) == 16, got
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_the_validate_cell_of_each_package_runs_and_passes_with_the_intel_vendor_emulated(
+    winml_project: Path, tmp_path: Path, name: str
+) -> None:
+    """Where the plugin offers nothing, the stage's own cell (load, generate, speed, fidelity) in the emulated child.
+
+    On an Intel machine the stage itself ran the cell (checked in the structural test above): nothing to emulate.
+    """
+    if runtime.plugin_status().devices:
+        pytest.skip("the plugin offers an Intel device here: validate_winml ran the cells itself")
+    request = {"task": "validate", "name": name, "project": str(winml_project), "metrics_dir": str(tmp_path)}
+    label, metrics = run_emulated(request)
+    device = VARIANTS[name][1]
+    cell = metrics["cells"][device]  # type: ignore[index]
+    assert (metrics["status"], cell["status"], cell["problems"]) == ("passed", "passed", []), cell  # type: ignore[index]
+    assert cell["label"].endswith(f"({EMULATED})") and EMULATED in cell["note"] and cell["device_executed"] == "CPU"
+    if device != "CPU":
+        assert cell["label"].startswith(validate.OVERRIDDEN) and "device_type overridden to CPU" in cell["reason"]
+    assert cell["greedy_exact_match"] == 1.0 and cell["tokenizer_matches_reference"] is True
+    assert cell["top1_agreement"] is not None and cell["mean_kl"] is not None and cell["ttft_ms"] > 0
+    written = json.loads((tmp_path / f"winml-{name}.json").read_text())
+    assert written["cells"][device]["label"] == cell["label"]
+    # the stage's own metrics in the project stay the honest skip
+    stage = json.loads((winml_project / "artifacts/metrics" / f"winml-{name}.json").read_text())
+    assert stage["cells"][device]["status"] == "skipped"
 
 
 # --- aipc publish -------------------------------------------------------------------------------------------

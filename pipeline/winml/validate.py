@@ -5,7 +5,8 @@ or Foundry Local user runs it: ``og.Model`` on the package folder, the OpenVINO 
 (:mod:`pipeline.winml.runtime`). Where the plugin offers the target device, the cell runs there; where it offers
 only the CPU, the provider options are overridden to CPU at load time and the cell says so ("Windows ML package,
 OpenVINO EP, device overridden to CPU"); where it offers nothing (no Intel device: an AMD or Arm machine), the cell
-is skipped with that reason. Artifact fidelity runs with f32 compute requested through the EP's ``load_config``
+is skipped with that reason; where it offers the device but the package does not run (the EP or onnxruntime-genai
+raising), the cell fails with one line. Artifact fidelity runs with f32 compute requested through the EP's ``load_config``
 (the CPU default is bf16 on AMX / AVX512-BF16 CPUs); device numerics at the EP's defaults. Metrics format, speed
 and greedy comparison are those of every other validator.
 Output: ``artifacts/metrics/winml-<variant>.json`` (DVC metrics).
@@ -13,8 +14,10 @@ Output: ``artifacts/metrics/winml-<variant>.json`` (DVC metrics).
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +30,26 @@ from pipeline.core.registry import FAMILIES
 from pipeline.core.stage import run_stage
 from pipeline.validation import fidelity, matrix, records
 from pipeline.validation.evidence import Evidence, verdicts_for
+from pipeline.validation.genai_runner import error_line
 from pipeline.winml import runtime
 
 WINML_ROOT = ARTIFACTS / "winml"
 REFERENCE = ARTIFACTS / "reference" / "reference.json"
 METRICS_DIR = ARTIFACTS / "metrics"
 OVERRIDDEN = "Windows ML package, OpenVINO EP, device overridden to CPU"
+
+
+class CellError(Exception):
+    """A cell that could not run: the step and the runtime's first line, for the cell's problems."""
+
+
+@contextlib.contextmanager
+def attempt(what: str) -> Iterator[None]:
+    """Turn any exception of the runtime while doing ``what`` into a one-line :class:`CellError`."""
+    try:
+        yield
+    except Exception as err:  # the EP or onnxruntime-genai refused: a failed cell with its reason, not a traceback
+        raise CellError(f"cannot {what}: {error_line(err)}") from err
 
 
 def plan_cell(target: str, status: runtime.PluginStatus) -> matrix.CellPlan:
@@ -74,7 +91,13 @@ def generate(
 
 
 def forced_logits(model: Any, windows: list[list[int]]) -> list[Any]:
-    """The package's prefill logits (float32) over every teacher-forced window."""
+    """The package's logits (float32, one row per position) over every teacher-forced window.
+
+    One token at a time: with ``enable_causallm`` the EP runs the IR statefully and onnxruntime-genai hands back
+    only the last position's logits ("trimmed prefill logits", src/models/logits.cpp), so a whole-window prefill
+    gives one row. Each window starts a new generator, which starts from an empty KV cache. Measured on the tiny
+    model with f32 compute: equal to the IR's own full-sequence logits (``ov.Core``, same settings) within 1e-5.
+    """
     import numpy as np
     import onnxruntime_genai as og
 
@@ -83,8 +106,11 @@ def forced_logits(model: Any, windows: list[list[int]]) -> list[Any]:
         params = og.GeneratorParams(model)
         params.set_search_options(max_length=len(window) + 1)
         generator = og.Generator(model, params)
-        generator.append_tokens(window)
-        out.append(np.asarray(generator.get_output("logits"), dtype=np.float32)[0])
+        rows = []
+        for token in window:
+            generator.append_tokens([token])
+            rows.append(np.asarray(generator.get_output("logits"), dtype=np.float32).reshape(-1))
+        out.append(np.stack(rows))
     return out
 
 
@@ -94,11 +120,12 @@ def measure_cell(folder: Path, plan: matrix.CellPlan, cfg: ValidateConfig, evide
 
     records.reset_peak_rss()
     reference, where = evidence.reference, f"[winml-{folder.name} @ {plan.column}]"
-    with step(f"{where} loading the package on the OpenVINO EP, device_type {plan.device}"):
+    loading = f"load the package on the OpenVINO EP (device_type {plan.device})"
+    with step(f"{where} loading the package on the OpenVINO EP, device_type {plan.device}"), attempt(loading):
         start = time.perf_counter()
         model = runtime.load_model(str(folder), plan.device, pinned=False)
         load_s = time.perf_counter() - start
-    with step(f"{where} generating with onnxruntime-genai"):
+    with step(f"{where} generating with onnxruntime-genai"), attempt("generate with onnxruntime-genai"):
         outputs = [generate(model, case["prompt_ids"], cfg.max_new_tokens)[0] for case in reference["greedy"]]
         perf = {}
         for name, ids in reference["perf_prompts"].items():
@@ -114,7 +141,8 @@ def measure_cell(folder: Path, plan: matrix.CellPlan, cfg: ValidateConfig, evide
         same = all([int(t) for t in tokenizer.encode(c["prompt"])] == c["prompt_ids"] for c in reference["greedy"])
         defaults = forced_logits(model, evidence.windows)
     del model
-    with step(f"{where} teacher-forced comparison with PyTorch, f32 compute requested"):
+    pinning = f"run the package with f32 compute requested through load_config ({runtime.PINNED})"
+    with step(f"{where} teacher-forced comparison with PyTorch, f32 compute requested"), attempt(pinning):
         pinned = forced_logits(runtime.load_model(str(folder), plan.device, pinned=True), evidence.windows)
     return matrix.Measurement(
         executed=plan.device,  # the OpenVINO EP has no fallback: a device it cannot use fails the load
@@ -153,12 +181,19 @@ def run(
         cell.label = f"{kind}, skipped: the OpenVINO EP cannot run it here"
     else:
         evidence = Evidence.load(reference_path)
-        got = measure_cell(folder, plan, cfg, evidence)
-        cell = matrix.judge(plan, got, evidence.reference, verdicts_for(cfg, weight_format), kind)
-        if plan.device != target:
-            cell.label = OVERRIDDEN
-        ran_with = f"ran with {runtime.PLUGIN} {status.version} (OpenVINO {runtime.BUNDLED_OPENVINO.get(status.version or '')})"
-        cell.note = "; ".join(filter(None, [cell.note, ran_with]))
+        try:
+            got = measure_cell(folder, plan, cfg, evidence)
+        except CellError as err:  # the device is offered but the package did not run on it: failed, with why
+            cell = matrix.failed_cell(plan, kind, str(err))
+        else:
+            cell = matrix.judge(plan, got, evidence.reference, verdicts_for(cfg, weight_format), kind)
+            if plan.device != target:
+                cell.label = OVERRIDDEN
+        bundled = runtime.BUNDLED_OPENVINO.get(status.version or "")
+        ran_with = f"ran with {runtime.PLUGIN} {status.version} (OpenVINO {bundled})"
+        cell.note = "; ".join(filter(None, [cell.note, ran_with, status.emulated]))
+        if status.emulated:  # tests only: never presented as what the plugin offers on this machine
+            cell.label = f"{cell.label} ({status.emulated})"
     return records.publish_cells(
         f"winml-{name}", "winml", weight_format, folder, cfg.thresholds(weight_format), {plan.column: cell}, metrics_dir
     )
