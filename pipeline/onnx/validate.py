@@ -72,6 +72,7 @@ def cell_request(folder: Path, provider: str, device: str, cfg: ValidateConfig, 
         "repeats": cfg.repeats,
         "windows": evidence.windows + evidence.long_windows,
         "context": graph_context(folder),
+        "chunk": kv_window(folder),
     }
 
 
@@ -99,6 +100,13 @@ def run_cell(request: dict[str, Any], python: Path | None = None) -> tuple[dict[
         with np.load(request["logits_path"]) as saved:
             logits = [saved[f"arr_{i}"] for i in range(len(saved.files))]
     return result, logits
+
+
+def kv_window(folder: Path) -> int | None:
+    """The windowed KV cache's size if the graph has one (``decoder.sliding_window``): prompts longer are refused."""
+    config = json.loads((folder / "genai_config.json").read_text(encoding="utf-8"))
+    window = config.get("model", {}).get("decoder", {}).get("sliding_window") or {}
+    return window.get("window_size")
 
 
 def graph_context(folder: Path) -> int | None:
