@@ -13,8 +13,6 @@ MAX_LINES = 300  # a module a newcomer reads in one sitting; split by topic beyo
 OVER_SIZE = {
     "pipeline/core/config.py": "pydantic models of every conf group plus Hydra composition; splits with the "
                                "pydantic rewrite of issue 16 part 3 (the hand-written coercer goes then)",
-    "pipeline/core/memory.py": "page trimming, huge pages and the RAM/disk checks; grew past the target with "
-                               "STAGE_RAM (b92cd07): the checks move to their own module once their callers settle",
     "pipeline/npu_lib/worker.py": "runs alone in the NPU library's venv with `-I` (standard library only, no package "
                                   "to import helpers from), so it stays one file",
 }

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from pipeline.core import memory
+from pipeline.core import memory, resources
 from pipeline.core.config import ModelConfig
 from pipeline.openvino.config import OpenVinoVariantConfig
 from pipeline.core.errors import StageError
@@ -316,7 +316,7 @@ def test_export_stops_early_when_disk_is_short(tmp_path: Path, monkeypatch: pyte
     assert "of disk under" in str(exc.value) and "is free: free" in str(exc.value)
     assert not (tmp_path / "base").exists()
     monkeypatch.setenv("AIPC_SKIP_RESOURCE_CHECK", "1")
-    memory.check_resources("x", 2**60, 2**60, tmp_path)  # the documented escape hatch
+    resources.check_resources("x", 2**60, 2**60, tmp_path)  # the documented escape hatch
 
 
 def test_resource_check_expects_the_whole_checkpoint_where_pages_cannot_be_trimmed(

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.core import artifacts
-from pipeline.core import memory as lean
+from pipeline.core import resources as lean
 from pipeline.core.artifacts import staged_dir
 from pipeline.core.config import ModelConfig, PipelineConfig, build, compose
 from pipeline.npu_lib.config import NpuLibVariantConfig

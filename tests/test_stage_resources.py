@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.core import memory
+from pipeline.core import memory, resources
 from pipeline.core.config import ModelConfig, ValidateConfig, build, compose
 from pipeline.core.errors import StageError
 from pipeline.hub import download
@@ -20,7 +20,7 @@ from pipeline.validation import reference
 
 GIB = 2**30
 CHECKPOINT = 7.12 * GIB  # the full-size Phi-3-mini-shaped checkpoint issue 20 measured on
-# issue 20's peaks (GiB) and the input each is scaled from: the checkpoint, or the artifact's size (memory.py)
+# issue 20's peaks (GiB) and the input each is scaled from: the checkpoint, or the artifact's size (resources.py)
 MEASURED = [
     ("export_onnx", "dml_int4", CHECKPOINT, 9.6),
     ("export_onnx", "cpu_int4", CHECKPOINT, 18.9),
@@ -43,24 +43,24 @@ def sparse(folder: Path, name: str, size: float) -> Path:
 @pytest.fixture(autouse=True)
 def checks_on(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("AIPC_SKIP_RESOURCE_CHECK", raising=False)
-    monkeypatch.delenv(memory.ASSUME_RAM_ENV, raising=False)
+    monkeypatch.delenv(resources.ASSUME_RAM_ENV, raising=False)
 
 
 @pytest.mark.parametrize(("stage", "variant", "size", "peak_gib"), MEASURED)
 def test_estimates_cover_the_measured_peaks(
     stage: str, variant: str, size: float, peak_gib: float, tmp_path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(memory.sys, "platform", "win32")  # issue 20 measured before validate handed pages back
-    need = memory.stage_ram(stage, variant, sparse(tmp_path, "model.safetensors", size)) / GIB
+    monkeypatch.setattr(resources.sys, "platform", "win32")  # issue 20 measured before validate handed pages back
+    need = resources.stage_ram(stage, variant, sparse(tmp_path, "model.safetensors", size)) / GIB
     assert peak_gib <= need <= 1.15 * peak_gib + 0.3, (stage, variant, need)
 
 
 def test_a_16_gb_laptop_is_told_which_stages_will_not_fit(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     checkpoint = sparse(tmp_path / "model", "model.safetensors", CHECKPOINT)
-    monkeypatch.setenv(memory.ASSUME_RAM_ENV, "12")  # 16 GB, a desktop and a browser open
-    memory.check_stage_ram("reference", "float32", checkpoint)  # 1.1x the checkpoint: fits
+    monkeypatch.setenv(resources.ASSUME_RAM_ENV, "12")  # 16 GB, a desktop and a browser open
+    resources.check_stage_ram("reference", "float32", checkpoint)  # 1.1x the checkpoint: fits
     with pytest.raises(StageError) as refused:
-        memory.check_stage_ram("export_onnx", "cpu_int4", checkpoint)
+        resources.check_stage_ram("export_onnx", "cpu_int4", checkpoint)
     message = str(refused.value)
     assert "\n" not in message
     assert message.startswith("export_onnx@cpu_int4 needs about 19.5 GiB of RAM but 12.0 GiB is available")
@@ -68,7 +68,7 @@ def test_a_16_gb_laptop_is_told_which_stages_will_not_fit(tmp_path, monkeypatch:
 
 def test_unknown_variant_takes_the_stages_largest_estimate(tmp_path) -> None:
     checkpoint = sparse(tmp_path, "model.safetensors", GIB)
-    assert memory.stage_ram("export_onnx", "cuda_int4", checkpoint) == memory.stage_ram(
+    assert resources.stage_ram("export_onnx", "cuda_int4", checkpoint) == resources.stage_ram(
         "export_onnx", "cpu_int4", checkpoint
     )
 
@@ -77,7 +77,7 @@ def test_reference_refuses_before_writing_anything(tmp_path, monkeypatch: pytest
     params = compose(["model=tiny"])
     model_dir = tmp_path / "model"
     download.run(build(ModelConfig, params["model"]), model_dir)
-    monkeypatch.setenv(memory.ASSUME_RAM_ENV, "0.01")  # the tiny model: 1.1x its 19 MB + 0.3 GiB of runtime
+    monkeypatch.setenv(resources.ASSUME_RAM_ENV, "0.01")  # the tiny model: 1.1x its 19 MB + 0.3 GiB of runtime
     with pytest.raises(StageError, match=r"^reference@float32 needs about 327 MiB of RAM but 10 MiB is available"):
         reference.run(build(ValidateConfig, params["validate"]), model_dir, tmp_path / "reference")
     assert not (tmp_path / "reference").exists()
@@ -87,10 +87,10 @@ def test_reference_refuses_before_writing_anything(tmp_path, monkeypatch: pytest
 def test_validation_refuses_before_reading_the_reference_or_writing_metrics(tmp_path, monkeypatch) -> None:
     ir = sparse(tmp_path / "openvino" / "fp16", "openvino_model.bin", CHECKPOINT)
     (ir / "manifest.json").write_text(json.dumps({"parameters": {"weight_format": "fp16"}}))
-    monkeypatch.setenv(memory.ASSUME_RAM_ENV, "8")
+    monkeypatch.setenv(resources.ASSUME_RAM_ENV, "8")
     cfg = build(ValidateConfig, compose([])["validate"])
     target = validate_openvino.openvino_target("fp16", cfg, tmp_path / "openvino")
-    monkeypatch.setattr(memory.sys, "platform", "linux")  # the lean path: the IR's pages handed back
+    monkeypatch.setattr(resources.sys, "platform", "linux")  # the lean path: the IR's pages handed back
     with pytest.raises(StageError, match=r"^validate@fp16 needs about 9\.0 GiB of RAM but 8\.0 GiB"):
         validate_openvino.run(target, cfg, tmp_path / "missing.json", tmp_path / "metrics", status={})
     assert not (tmp_path / "metrics").exists()
@@ -112,9 +112,9 @@ def test_openvino_float_export_without_the_native_trimmer_expects_the_whole_chec
 
 def test_validation_tells_the_lean_path_from_the_plain_one(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     ir = sparse(tmp_path, "openvino_model.bin", CHECKPOINT)
-    monkeypatch.setattr(memory.sys, "platform", "linux")
-    lean = memory.stage_ram("validate", "fp16", ir) / GIB
-    monkeypatch.setattr(memory.sys, "platform", "win32")  # no madvise: the mapped IR stays resident
-    plain = memory.stage_ram("validate", "fp16", ir) / GIB
+    monkeypatch.setattr(resources.sys, "platform", "linux")
+    lean = resources.stage_ram("validate", "fp16", ir) / GIB
+    monkeypatch.setattr(resources.sys, "platform", "win32")  # no madvise: the mapped IR stays resident
+    plain = resources.stage_ram("validate", "fp16", ir) / GIB
     assert lean == pytest.approx(1.2 * 7.12 + 0.5, abs=0.01)
     assert plain == pytest.approx(2.1 * 7.12 + 0.3, abs=0.01)

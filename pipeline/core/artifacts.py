@@ -126,7 +126,7 @@ def _sibling(final: Path, kind: str) -> Path:
 
 
 LOW_DISK = 64 * 2**20  # a stage that fails with less free space than this under its output failed on a full disk
-_DISK_NEEDS: dict[str, int] = {}  # folder -> bytes its next output needs (pipeline.core.memory.check_resources)
+_DISK_NEEDS: dict[str, int] = {}  # folder -> bytes its next output needs (pipeline.core.resources.check_resources)
 
 
 def expect_disk(at: Path, need: int) -> None:

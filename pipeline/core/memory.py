@@ -1,4 +1,4 @@
-"""Memory and disk tools every export uses: page trimming, read-ahead, huge pages, RAM/disk checks.
+"""Memory tools every export uses: page trimming, read-ahead, huge pages, peak RSS.
 
 Measured on a Phi-3-mini-shaped checkpoint (``benchmarks/memory_breakdown.py``); the OpenVINO-only
 measures (bf16 trace, in-place fp16 rewrite, the export's RAM/disk table) are in :mod:`pipeline.openvino.lean`.
@@ -9,9 +9,7 @@ measures (bf16 trace, in-place fp16 rewrite, the export's RAM/disk table) are in
   page it has read mapped holds a checkpoint's worth of RAM for nothing. It runs in a native thread
   (``_pagetrim.c``), since ``save_model`` holds the GIL, and also returns freed heap to the system.
   :func:`prefetch` reads the checkpoint ahead so that ``save_model`` does not wait for the disk.
-* :func:`check_resources` stops a heavy stage before it starts when RAM or disk is short;
-  :func:`check_stage_ram` does it from :data:`STAGE_RAM`, the measured peak of every heavy stage other than the
-  OpenVINO exports (whose table, lean and plain, is :data:`pipeline.openvino.lean.RAM_NEEDS`).
+* The RAM/disk checks that stop a heavy stage before it starts are :mod:`pipeline.core.resources`.
 
 And one for time: :func:`use_huge_pages` backs large allocations with transparent huge pages, since
 NNCF and OpenVINO allocate and free hundreds of MiB per weight and, in 4 KiB pages, the kernel's
@@ -24,13 +22,10 @@ import contextlib
 import ctypes
 import os
 import platform
-import shutil
 import sys
 import threading
 from collections.abc import Iterable
 from pathlib import Path
-
-from pipeline.core.errors import fail
 
 try:  # compiled at install on Linux (setup.py); optional
     from pipeline.core import _pagetrim
@@ -189,111 +184,6 @@ def weight_files(folder: Path) -> list[Path]:
     """The weight files of a checkpoint or IR folder (what an export memory-maps)."""
     folder = Path(folder)
     return sorted([*folder.glob("*.safetensors"), *folder.glob("openvino_model.bin")])
-
-
-ASSUME_RAM_ENV = "AIPC_ASSUME_RAM_GB"  # GiB to take as available instead of asking the OS (tests; "would it fit?")
-
-
-def check_resources(what: str, ram_bytes: int, disk_bytes: int, disk_at: Path) -> None:
-    """Stop with one line when available RAM or free disk is below what ``what`` needs.
-
-    ``AIPC_ASSUME_RAM_GB=11`` checks against 11 GiB of available RAM instead of what the OS reports: what a
-    16 GB laptop with a browser open would refuse (the tests fake a small machine with it).
-    The disk need is also recorded (:func:`pipeline.core.artifacts.expect_disk`), so a disk that fills later
-    anyway (another writer, ``AIPC_SKIP_RESOURCE_CHECK=1``) is reported with the size needed.
-    """
-    import psutil
-
-    from pipeline.core.artifacts import expect_disk
-    from pipeline.core.errors import size_text
-
-    expect_disk(Path(disk_at), disk_bytes)
-    if os.environ.get("AIPC_SKIP_RESOURCE_CHECK") == "1":
-        return
-    assumed = os.environ.get(ASSUME_RAM_ENV)
-    available = int(float(assumed) * 2**30) if assumed else psutil.virtual_memory().available
-    if available < ram_bytes:
-        fail(
-            f"{what} needs about {size_text(ram_bytes)} of RAM but {size_text(available)} is available: "
-            f"free {size_text(ram_bytes - available)} (close other programs) or set AIPC_SKIP_RESOURCE_CHECK=1"
-        )
-    disk_at = Path(disk_at)
-    while not disk_at.exists():
-        disk_at = disk_at.parent
-    free = shutil.disk_usage(disk_at).free
-    if free < disk_bytes:
-        fail(
-            f"{what} needs about {size_text(disk_bytes)} of disk under {disk_at} but {size_text(free)} is free: "
-            f"free {size_text(disk_bytes - free)} or set AIPC_SKIP_RESOURCE_CHECK=1"
-        )
-
-
-def needs_of(table: dict[str, tuple[float, float, float]], key: str, model_dir: Path) -> tuple[int, int]:
-    """(RAM, disk) in bytes from a table of (RAM share of the checkpoint, fixed RAM GiB, disk share)."""
-    size = sum(f.stat().st_size for f in weight_files(model_dir)) or 1
-    share, fixed, disk = table.get(key, max(table.values()))
-    return int(share * size + fixed * 2**30), int(disk * size)
-
-
-# Peak RSS of the heavy stages on the full-size Phi-3-mini-shaped checkpoint (random bf16, 7.12 GiB; issue 20's
-# `dvc repro`, Linux, 2 contended cores, sampled every 2 s), as (share of the stage's input, fixed GiB): the input
-# is the checkpoint for the reference and the exports, the artifact folder for a validation. A validation's share
-# is its peak over the artifact's size from Phi-3-mini's shapes (IRs: int4 2.6, int8 3.6, fp16 7.1, NPU int4
-# 1.9 GiB; ONNX: int4 2.1, fp16 7.1 GiB), rounded up. None of these stages trims mapped pages, so the lean and
-# the plain path need the same; the OpenVINO exports, which do, are in pipeline.openvino.lean.
-STAGE_RAM: dict[str, dict[str, tuple[float, float]]] = {
-    # float32 compute from the mapped 16-bit weights (pipeline.validation.upcast): benchmarks/reference_memory.py
-    "reference": {"float32": (1.1, 0.3), "bfloat16": (1.1, 0.3), "float16": (1.1, 0.3)},
-    # LLMPipeline, plus a second compile of the same IR for the teacher-forced pass: int4 5.4, int8 7.7, fp16 14.5
-    "validate": {"int4": (2.1, 0.3), "int8": (2.2, 0.3), "fp16": (2.1, 0.3), "fp32": (2.1, 0.3)},
-    "validate_npu": {"int4": (2.4, 0.3)},  # 4.4 GiB (CPU stand-in)
-    # Linux: the IR's mapped pages are handed back once the plugin has packed them (openvino/validate.py): peak
-    # 1.97 -> 1.10 GB on a 1.1 GB fp16 IR; not yet measured at full size, so 1.2x plus margin
-    "validate_lean": {"int4": (1.2, 0.5), "int8": (1.2, 0.5), "fp16": (1.2, 0.5), "fp32": (1.2, 0.5)},
-    "validate_npu_lean": {"int4": (1.2, 0.5)},
-    # the builder holds its whole graph: fp16 for DirectML (9.6 GiB), fp32 for the CPU provider (18.9 GiB);
-    # dml_fp16 stayed under 1 GiB (the checkpoint's 16-bit weights written as they are)
-    "export_onnx": {"dml_int4": (1.35, 0.3), "cpu_int4": (2.7, 0.3), "dml_fp16": (0.15, 0.5)},
-    "validate_onnx": {"dml_int4": (1.45, 0.3), "cpu_int4": (2.1, 0.3), "dml_fp16": (2.35, 0.3)},  # 3.0 / 4.4 / 16.5
-    # load_dtype float32: a float32 copy of the checkpoint (2x) plus the library's quantization, 16.6 / 20.2 /
-    # 16.1 GiB; a 16-bit load_dtype is estimated one checkpoint lower (not measured)
-    "export_npu_lib": {"int4": (2.35, 0.3), "int8": (2.85, 0.3), "fp16": (2.3, 0.3)},
-    "export_npu_lib_16bit": {"int4": (1.35, 0.3), "int8": (1.85, 0.3), "fp16": (1.3, 0.3)},
-    # the library's model loaded from its .pt on the CPU stand-in: not measured at full size, estimated like validate
-    "validate_npu_lib": {"int4": (2.1, 0.3), "int8": (2.2, 0.3), "fp16": (2.1, 0.3)},
-}
-
-
-def input_bytes(folder: Path) -> int:
-    """Bytes a stage loads from ``folder``: a checkpoint's weight files, or every file of an artifact folder."""
-    from pipeline.core.artifacts import folder_bytes
-
-    checkpoint = list(Path(folder).glob("*.safetensors"))
-    return sum(f.stat().st_size for f in checkpoint) if checkpoint else folder_bytes(folder)
-
-
-def stage_ram(stage: str, variant: str, input_dir: Path) -> int:
-    """Bytes of RAM ``stage`` (a :data:`STAGE_RAM` key) needs for ``variant``, scaled to ``input_dir``'s size.
-
-    An unknown variant takes the stage's largest share, so a new variant is checked, conservatively. A stage
-    with a ``<stage>_lean`` row uses it where mapped pages can be handed back (Linux ``madvise``).
-    """
-    lean = f"{stage}_lean" in STAGE_RAM and sys.platform.startswith("linux")
-    table = STAGE_RAM[f"{stage}_lean" if lean else stage]
-    share, fixed = table.get(variant, max(table.values()))
-    return int(share * input_bytes(input_dir) + fixed * 2**30)
-
-
-def check_stage_ram(stage: str, variant: str, input_dir: Path, what: str | None = None) -> None:
-    """Stop ``stage`` (a :data:`STAGE_RAM` key) in one line, before it writes anything, if RAM is short.
-
-    Args:
-        stage: The stage, e.g. ``validate_onnx``.
-        variant: Its variant (weight format, ``<provider>_<precision>``, or the reference's dtype).
-        input_dir: The checkpoint (reference, exports) or the artifact folder (validations) it loads.
-        what: What the message calls the step (default ``<stage>@<variant>``).
-    """
-    check_resources(what or f"{stage}@{variant}", stage_ram(stage, variant, input_dir), 0, Path(input_dir))
 
 
 def peak_rss_bytes() -> int:

@@ -26,8 +26,8 @@ from pipeline.core.errors import fail, run_main
 from pipeline.core.hashes import sha256_file
 from pipeline.core.log import say, step
 from pipeline.core.manifest import read_manifest, write_manifest
-from pipeline.core.memory import check_resources, check_stage_ram, needs_of
 from pipeline.core.registry import FAMILIES
+from pipeline.core.resources import check_resources, check_stage_ram, needs_of
 from pipeline.core.stage import run_stage
 from pipeline.npu_lib import env as npu_lib_env
 from pipeline.npu_lib.config import NpuLibVariantConfig

@@ -20,7 +20,7 @@ from pipeline.core.errors import fail, run_main
 from pipeline.core.hashes import LOCK_FILE, dvc_dir_md5, locked_md5
 from pipeline.core.log import step
 from pipeline.core.manifest import read_manifest
-from pipeline.core.memory import check_stage_ram
+from pipeline.core.resources import check_stage_ram
 from pipeline.core.stage import run_stage
 from pipeline.npu_lib import env as npu_lib_env
 from pipeline.npu_lib.export import KIND, OUT_ROOT, call_worker

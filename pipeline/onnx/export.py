@@ -19,7 +19,8 @@ from pipeline.core.config import ConfigError
 from pipeline.core.errors import fail, run_main
 from pipeline.core.log import say, step
 from pipeline.core.manifest import read_manifest, write_manifest
-from pipeline.core.memory import check_resources, check_stage_ram, needs_of, use_huge_pages
+from pipeline.core.memory import use_huge_pages
+from pipeline.core.resources import check_resources, check_stage_ram, needs_of
 from pipeline.core.stage import run_stage
 from pipeline.onnx.config import OnnxVariantConfig
 from pipeline.onnx.inspect import check_matches_request, gqa_rotary_problem, inspect_onnx

@@ -22,7 +22,7 @@ from pipeline.core.config import ValidateConfig
 from pipeline.core.errors import StageError, fail, run_main
 from pipeline.core.log import step
 from pipeline.core.manifest import read_manifest
-from pipeline.core.memory import check_stage_ram
+from pipeline.core.resources import check_stage_ram
 from pipeline.core.stage import run_stage
 from pipeline.onnx import compat
 from pipeline.validation import fidelity, matrix, records

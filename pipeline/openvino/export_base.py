@@ -21,7 +21,8 @@ from pipeline.core.artifacts import ARTIFACTS, folder_bytes, staged_dir
 from pipeline.core.errors import fail, run_main
 from pipeline.core.log import say, step
 from pipeline.core.manifest import read_manifest, write_manifest
-from pipeline.core.memory import MappedPageTrimmer, check_resources, use_huge_pages, weight_files
+from pipeline.core.memory import MappedPageTrimmer, use_huge_pages, weight_files
+from pipeline.core.resources import check_resources
 from pipeline.openvino.config import OpenVinoVariantConfig
 from pipeline.openvino.ir_inspect import check_rotary, inspect_ir
 from pipeline.openvino.lean import needs

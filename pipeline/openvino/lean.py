@@ -8,8 +8,8 @@ all mapped at once. The measures keep the output identical to the plain path:
 * The model is loaded in the checkpoint's own dtype, so transformers hands out memory-mapped
   weights (no copy); an fp16 IR is then made from the bf16 trace by :func:`bf16_ir_to_f16`, which
   converts the weights in place in the IR's weight file, instead of converting in PyTorch.
-* The page trimming, read-ahead, huge pages and RAM/disk checks that every export family uses are
-  in :mod:`pipeline.core.memory`; :func:`needs` here is the OpenVINO export's RAM/disk table.
+* The page trimming, read-ahead and huge pages that every export family uses are in :mod:`pipeline.core.memory`,
+  the RAM/disk checks in :mod:`pipeline.core.resources`; :func:`needs` here is the OpenVINO export's RAM/disk table.
 """
 
 from __future__ import annotations

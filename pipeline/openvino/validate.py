@@ -21,8 +21,9 @@ from pipeline.core.config import ValidateConfig
 from pipeline.core.errors import run_main
 from pipeline.core.log import step
 from pipeline.core.manifest import read_manifest
-from pipeline.core.memory import MappedPageTrimmer, check_stage_ram, weight_files
+from pipeline.core.memory import MappedPageTrimmer, weight_files
 from pipeline.core.registry import FAMILIES
+from pipeline.core.resources import check_stage_ram
 from pipeline.core.stage import run_stage
 from pipeline.openvino import npu_lane
 from pipeline.openvino.generation import measure_generation

@@ -20,7 +20,8 @@ from pipeline.core.config import ASSETS_DIR, ValidateConfig, load_params
 from pipeline.core.errors import fail, run_main
 from pipeline.core.log import say, step
 from pipeline.core.manifest import read_manifest, write_manifest
-from pipeline.core.memory import MappedPageTrimmer, check_stage_ram, weight_files
+from pipeline.core.memory import MappedPageTrimmer, weight_files
+from pipeline.core.resources import check_stage_ram
 from pipeline.validation.fidelity import LOGPROBS_FILE, LONG_LOGPROBS_FILE, ReferenceLogprobs, log_softmax
 from pipeline.validation.upcast import compute_in_float32
 
