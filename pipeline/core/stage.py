@@ -13,8 +13,9 @@ import importlib
 from typing import Any
 
 from pipeline.core.artifacts import ARTIFACTS
-from pipeline.core.config import PipelineConfig, load_params, pick_variant
+from pipeline.core.config import PipelineConfig, load_params
 from pipeline.core.registry import FAMILIES, Family, entry
+from pipeline.core.typed import pick_variant
 
 
 def parse_variant(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pipeline.core.config import _typed
+from pipeline.core.typed import _typed
 
 NpuLibDtype = Literal["int4", "int8", "fp16"]  # intel_npu_acceleration_library: int4, int8, torch.float16
 NpuLibLoadDtype = Literal["float32", "float16", "bfloat16"]

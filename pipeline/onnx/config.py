@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import field
 from typing import Annotated, Any, Literal
 
-from pipeline.core.config import ConfigError, _check, _typed
+from pipeline.core.typed import ConfigError, _check, _typed
 
 # ONNX Runtime GenAI model builder (onnxruntime_genai.models.builder 0.18). Precisions per provider: the builder's
 # own "valid combinations" list, minus fp32 for dml and cuda: the builder writes those graphs, but their present.*

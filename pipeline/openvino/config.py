@@ -10,7 +10,8 @@ import re
 from dataclasses import field
 from typing import Annotated, Any, Literal
 
-from pipeline.core.config import ConfigError, Positive, WeightFormat, _check, _typed
+from pipeline.core.config import WeightFormat
+from pipeline.core.typed import ConfigError, Positive, _check, _typed
 
 GroupSize = Annotated[int, _check(lambda v: v == -1 or v > 0, "must be positive or -1 (per channel), got {}")]
 BackupPrecision = Literal["none", "int8_sym", "int8_asym"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pipeline.core.config import ConfigError, _typed
+from pipeline.core.typed import ConfigError, _typed
 
 WinmlSource = Literal["openvino", "npu"]  # the family whose IR is wrapped: artifacts/<source>/<source_variant>
 WinmlDevice = Literal["CPU", "GPU", "NPU"]  # the OpenVINO EP's device_type written into genai_config.json

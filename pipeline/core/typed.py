@@ -1,0 +1,154 @@
+"""Strict typed config sections: pydantic dataclasses whose errors are one line that names the key.
+
+:func:`_typed` makes a class a strict pydantic dataclass (``extra="forbid"``, no coercion) whose constructor raises
+:class:`ConfigError`; :func:`build` builds one from a YAML mapping; :func:`_one_line` turns pydantic's report into
+the line (``openvino.int4.ratio must be in [0, 1], got 1.5``). :mod:`pipeline.core.config` declares the sections.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import field
+from typing import Annotated, Any, TypeVar
+
+from pydantic import AfterValidator, ConfigDict, ValidationError
+from pydantic.dataclasses import dataclass as pydantic_dataclass
+from typing_extensions import dataclass_transform
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message says which key and how to fix it."""
+
+
+def pick_variant(section: dict[str, Any], name: str, what: str) -> Any:
+    """``section[name]``, or a one-line :class:`ConfigError` listing the configured ``what`` variants."""
+    if name not in section:
+        raise ConfigError(f"unknown {what} variant '{name}': configured ones are {', '.join(section)}")
+    return section[name]
+
+
+T = TypeVar("T")
+# Strict: no "1" -> 1, no 1 -> true. Nested sections are read from JSON (see build), where strict mode still
+# accepts a mapping for a dataclass; from Python, strict mode wants an instance.
+_STRICT = ConfigDict(extra="forbid", strict=True)
+
+
+@dataclass_transform(field_specifiers=(field,))
+def _typed(home: str = "") -> Callable[[type[T]], type[T]]:
+    """Make ``cls`` a strict pydantic dataclass whose constructor raises a one-line :class:`ConfigError`.
+
+    Args:
+        home: The dotted key the section always lives at (``"validate"``), used to name keys in messages.
+    """
+
+    def wrap(cls: type[T]) -> type[T]:
+        checked = pydantic_dataclass(cls, config=_STRICT)
+        init = checked.__init__
+
+        @functools.wraps(init)
+        def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+            try:
+                init(self, *args, **kwargs)
+            except ValidationError as err:
+                raise _one_line(err, checked, home) from None
+
+        checked.__init__ = __init__  # type: ignore[method-assign]  # the one-line error wraps pydantic's __init__
+        checked._home = home  # type: ignore[attr-defined]
+        return typing.cast(type[T], checked)  # pydantic_dataclass returns the class it was given, checked
+
+    return wrap
+
+
+def _check(test: Callable[[Any], bool], message: str) -> AfterValidator:
+    """A field check; ``message`` follows the key name and formats the bad value, e.g. ``"must be positive, got {}"``."""
+
+    def check(value: Any) -> Any:
+        if not test(value):
+            raise ValueError(message.format(value))
+        return value
+
+    return AfterValidator(check)
+
+
+Positive = Annotated[int, _check(lambda v: v > 0, "must be positive, got {}")]
+Share = Annotated[float, _check(lambda v: 0.0 <= v <= 1.0, "must be in [0, 1], got {}")]
+Nats = Annotated[float, _check(lambda v: v > 0, "must be positive (nats), got {}")]
+
+
+def _check_choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
+
+
+_KINDS = {
+    "bool_type": "true or false",
+    "int_type": "an integer",
+    "float_type": "a number",
+    "string_type": "a string",
+    "list_type": "a list",
+    "dict_type": "a mapping",
+    "dataclass_type": "a mapping",
+}
+
+
+def _one_line(err: ValidationError, cls: type, where: str) -> ConfigError:
+    """pydantic's report, first error only, as one line naming the dotted key (``openvino.int4.ratio``)."""
+    first = err.errors(include_url=False)[0]
+    kind, loc, value = first["type"], first["loc"], first["input"]
+    is_key = loc[-1:] == ("[key]",)  # a dict key outside its Literal
+    path = [where] if where else []
+    path += [f"[{p}]" if isinstance(p, int) else str(p) for p in (loc[:-2] if is_key else loc)]
+    key = ".".join(path).replace(".[", "[")
+    if kind == "unexpected_keyword_argument":
+        valid = [f.name for f in dataclasses.fields(_type_at(cls, loc[:-1]))]
+        return ConfigError(f"unknown config key '{key}'; valid keys here: {', '.join(sorted(valid))}")
+    if kind == "literal_error":  # expected: "'int4', 'int8' or 'fp16'"
+        choices = first["ctx"]["expected"].replace("'", "").replace(" or ", ", ")
+        return ConfigError(f"{key}{' key' if is_key else ''} must be one of {choices}; got {value!r}")
+    if kind in _KINDS:
+        return ConfigError(f"{key or 'config'} must be {_KINDS[kind]}, got {value!r}")
+    if kind == "missing":
+        return ConfigError(f"missing config key '{key}'")
+    error = first.get("ctx", {}).get("error")
+    if isinstance(error, ConfigError):  # from a __post_init__: the message names its key, or is relative to `key`
+        return ConfigError(f"{key}: {error}" if key and not str(error).startswith(key) else str(error))
+    return ConfigError(f"{key} {error}" if error else f"{key or 'config'}: {first['msg']}")
+
+
+def _type_at(cls: type, loc: tuple[Any, ...]) -> Any:
+    """The declared type at ``loc`` under dataclass ``cls`` (to list the valid keys there)."""
+    tp: Any = cls
+    for part in loc:  # a field's type, or the value type of a dict
+        tp = typing.get_type_hints(tp)[part] if dataclasses.is_dataclass(tp) else typing.get_args(tp)[-1]
+        if typing.get_origin(tp) in (typing.Union, types.UnionType):  # X | None
+            tp = typing.get_args(tp)[0]
+    return tp
+
+
+def build(cls: type[T], data: Any, where: str | None = None) -> T:
+    """Build config dataclass ``cls`` from a mapping, rejecting unknown keys, wrong types and bad values.
+
+    Args:
+        cls: The config class (e.g. :class:`PipelineConfig`).
+        data: A mapping (from YAML).
+        where: Dotted key prefix used in error messages; defaults to where ``cls`` always lives (``validate``).
+
+    Returns:
+        An instance of ``cls``; its checks have run.
+
+    Raises:
+        ConfigError: On an unknown key, a wrong type or a value out of range; one line.
+    """
+    where = getattr(cls, "_home", "") if where is None else where
+    # Validated as JSON: YAML values are JSON values, and pydantic's strict mode takes a mapping for a nested
+    # dataclass only from JSON. Dates and other YAML extras become their text.
+    text = json.dumps(data, default=str)
+    try:
+        return cls.__pydantic_validator__.validate_json(text)  # type: ignore[attr-defined]
+    except ValidationError as err:
+        raise _one_line(err, cls, where) from None
