@@ -26,6 +26,7 @@ import pytest
 
 from pipeline.core.errors import StageError
 from pipeline.core.manifest import write_manifest
+from pipeline.validation import genai_runner
 from pipeline.winml import export, package, runtime, validate
 from pipeline.winml.config import WinmlVariantConfig
 from tests.conftest import ROOT, TINY_DIR, make_project, run_cmd
@@ -428,9 +429,9 @@ def greedy_both(folder: Path, source: Path, prompt: str, new_tokens: int) -> dic
 
     return {
         "prompt_ids": ids,
-        "package": validate.generate(model, ids, new_tokens)[0],
+        "package": genai_runner.generate(model, ids, new_tokens)[0],
         "openvino_genai": reference(exact=False),
-        "package_exact": validate.generate(model, ids, new_tokens, exact=True)[0],
+        "package_exact": genai_runner.generate(model, ids, new_tokens, exact=True)[0],
         "openvino_genai_exact": reference(exact=True),
     }
 

@@ -15,7 +15,6 @@ Output: ``artifacts/metrics/winml-<variant>.json`` (DVC metrics).
 from __future__ import annotations
 
 import contextlib
-import statistics
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,7 +29,7 @@ from pipeline.core.registry import FAMILIES
 from pipeline.core.stage import run_stage
 from pipeline.validation import fidelity, matrix, records
 from pipeline.validation.evidence import Evidence, verdicts_for
-from pipeline.validation.genai_runner import error_line
+from pipeline.validation.genai_runner import error_line, generate, time_prompt
 from pipeline.winml import runtime
 
 WINML_ROOT = ARTIFACTS / "winml"
@@ -64,30 +63,6 @@ def plan_cell(target: str, status: runtime.PluginStatus) -> matrix.CellPlan:
     return matrix.CellPlan(
         target, target, skip_reason=f"the OpenVINO EP offers {', '.join(status.devices)}, not {target} or CPU"
     )
-
-
-def generate(
-    model: Any, prompt_ids: list[int], new_tokens: int, exact: bool = False
-) -> tuple[list[int], float, list[float]]:
-    """Greedy tokens after ``prompt_ids``, time to first token (s) and the later per-token times (s)."""
-    import onnxruntime_genai as og
-
-    params = og.GeneratorParams(model)
-    length = len(prompt_ids) + new_tokens
-    params.set_search_options(max_length=length, do_sample=False, **({"min_length": length} if exact else {}))
-    start = time.perf_counter()
-    generator = og.Generator(model, params)
-    generator.append_tokens(prompt_ids)
-    out: list[int] = []
-    first, steps = 0.0, []
-    while not generator.is_done():
-        tick = time.perf_counter()
-        generator.generate_next_token()
-        out.append(int(generator.get_next_tokens()[0]))
-        first = first or time.perf_counter() - start
-        if len(out) > 1:
-            steps.append(time.perf_counter() - tick)
-    return out, first, steps
 
 
 def forced_logits(model: Any, windows: list[list[int]]) -> list[Any]:
@@ -127,16 +102,10 @@ def measure_cell(folder: Path, plan: matrix.CellPlan, cfg: ValidateConfig, evide
         load_s = time.perf_counter() - start
     with step(f"{where} generating with onnxruntime-genai"), attempt("generate with onnxruntime-genai"):
         outputs = [generate(model, case["prompt_ids"], cfg.max_new_tokens)[0] for case in reference["greedy"]]
-        perf = {}
-        for name, ids in reference["perf_prompts"].items():
-            runs = [generate(model, ids, cfg.perf_new_tokens, exact=True) for _ in range(cfg.warmup + cfg.repeats)]
-            kept = runs[cfg.warmup :]
-            perf[name] = matrix.Perf.from_runs(
-                len(ids),
-                cfg.perf_new_tokens,
-                [r[1] * 1000 for r in kept],
-                [statistics.mean(r[2]) * 1000 if r[2] else float("nan") for r in kept],
-            )
+        perf = {
+            name: matrix.Perf.from_runs(**time_prompt(model, ids, cfg.perf_new_tokens, cfg.warmup, cfg.repeats))
+            for name, ids in reference["perf_prompts"].items()
+        }
         tokenizer = og.Tokenizer(model)
         same = all([int(t) for t in tokenizer.encode(c["prompt"])] == c["prompt_ids"] for c in reference["greedy"])
         defaults = forced_logits(model, evidence.windows)
