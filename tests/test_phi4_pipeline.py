@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.openvino import validate as ov_validate
 from pipeline.winml import runtime
 
 from conftest import make_project, run_cmd
@@ -123,25 +124,28 @@ def test_every_openvino_ir_passes_including_long_context_on_both_sides_of_4096(p
 
 @pytest.mark.slow
 def test_the_npu_pipeline_differs_from_the_cpu_one_only_at_near_ties(phi4_project: Path) -> None:
-    """The NPUW lane passes, or its only problem is another greedy token where the IR's top-2 gap is a near tie."""
+    """The NPUW lane passes; where its greedy tokens differ from the CPU pipeline's, the IR's own top-2 gap is a near
+    tie (checked here independently) and the cell's note names each one. A real divergence is refused."""
     cell = metrics(phi4_project, "npu-int4")["cells"]["NPU"]
-    assert cell["device_executed"] == "CPU (NPUW)" and cell["top1_agreement"] is not None
-    if cell["status"] == "passed":
-        return
-    assert len(cell["problems"]) == 1 and "NPUW generated other tokens than the CPU pipeline" in cell["problems"][0]
+    assert cell["device_executed"] == "CPU (NPUW)" and cell["status"] == "passed", cell["problems"]
     ir_dir = phi4_project / "artifacts" / "npu" / "int4"
     reference = json.loads((phi4_project / "artifacts" / "reference" / "reference.json").read_text())
-    differing = 0
+    differing, cpu_runs = 0, []
     for case in reference["greedy"]:
         new = len(case["output_ids"])
         npuw, cpu = (greedy(ir_dir, d, case["prompt_ids"], new) for d in ("NPU", "CPU"))
+        cpu_runs.append(cpu)
         if npuw == cpu:
             continue
         differing += 1
         at = next(i for i, (a, b) in enumerate(zip(npuw, cpu, strict=False)) if a != b)
         gap = top2_gap(ir_dir, case["prompt_ids"] + cpu[:at])
         assert gap < NEAR_TIE, f"{case['prompt']!r}: NPUW departs at token {at} where the IR's top-2 gap is {gap:.3f}"
-    assert differing, "the cell failed on tokens, so some prompt must differ"
+    assert ("broke near ties" in (cell["note"] or "")) == bool(differing), cell["note"]
+    # A token the IR ranks far below the first is no tie: the same check refuses it.
+    forced = [list(run) for run in cpu_runs]
+    forced[0][0] = (forced[0][0] + 1000) % 32064  # tiny_phi4 has the Phi-3 vocabulary
+    assert ov_validate.near_ties(ir_dir, reference, cpu_runs, forced) is None
 
 
 @pytest.mark.slow

@@ -141,18 +141,64 @@ def npu_lanes(target: Target, cfg: ValidateConfig, plans: list[matrix.CellPlan])
     return out
 
 
-def same_tokens_as_cpu(cells: dict[str, matrix.Cell], outputs: dict[str, list[list[int]]]) -> None:
-    """The NPU pipeline through NPUW must generate the CPU pipeline's tokens: a difference fails its cell."""
+NEAR_TIE = 0.1  # logits, f32: the IR's own top-1 minus top-2 below this is a tie two correct runtimes can break apart
+
+
+def near_ties(ir_dir: Path, reference: dict, ours: list[list[int]], theirs: list[list[int]]) -> list[str] | None:
+    """Where two greedy runs of one IR part ways: each first divergence as text if every one is a near tie, else None.
+
+    A near tie: at the first differing position the IR's own f32 logits (teacher-forced on the shared prefix) rank
+    the other run's token second, less than :data:`NEAR_TIE` below the first. Any other divergence is a real one.
+    """
+    import numpy as np
+
+    from pipeline.openvino.teacher_forced import forced_logits
+
+    points = [
+        (i, next(j for j in range(min(len(a), len(b)) + 1) if j == len(a) or j == len(b) or a[j] != b[j]))
+        for i, (a, b) in enumerate(zip(ours, theirs))
+        if a != b
+    ]
+    if any(j >= min(len(ours[i]), len(theirs[i])) for i, j in points):
+        return None  # one run stopped early (EOS) where the other went on: not a tie between two tokens
+    windows = [reference["greedy"][i]["prompt_ids"] + ours[i][:j] for i, j in points]
+    logits, _, _ = forced_logits(ir_dir, "CPU", windows, "f32")
+    found = []
+    for (i, j), window_logits in zip(points, logits):
+        last = np.asarray(window_logits[-1], dtype=np.float64)
+        first, second = np.argsort(last)[-2:][::-1]
+        gap = float(last[first] - last[second])
+        if {int(first), int(second)} != {ours[i][j], theirs[i][j]} or gap >= NEAR_TIE:
+            return None
+        found.append(f"prompt {i} token {j}: gap {gap:.3f}")
+    return found
+
+
+def same_tokens_as_cpu(
+    cells: dict[str, matrix.Cell], outputs: dict[str, list[list[int]]], ir_dir: Path, reference: dict
+) -> None:
+    """The NPU pipeline through NPUW must generate the CPU pipeline's tokens, but for near ties of the IR itself.
+
+    The two runs differ in more than the backend (NPUW's static shapes and f16 KV cache; the CPU plugin's own
+    defaults), so where the IR's f32 logits leave the two candidates within :data:`NEAR_TIE` either token is right:
+    the cell keeps its verdict and says where. Any other difference fails the cell.
+    """
     npuw = cells.get("NPU")
     cpu = next((c for c in (matrix.STAND_IN, "CPU") if c in outputs), None)
     if npuw is None or "NPU" not in outputs or cpu is None or npuw.device_executed == "NPU":
         return
-    if outputs["NPU"] != outputs[cpu]:
-        npuw.problems.append(
-            f"the NPU pipeline through NPUW generated other tokens than the CPU pipeline "
-            f"({cpu} cell) at the same compute precision"
-        )
-        npuw.status = "failed"
+    if outputs["NPU"] == outputs[cpu]:
+        return
+    ties = near_ties(ir_dir, reference, outputs[cpu], outputs["NPU"])
+    if ties is not None:
+        note = f"NPUW broke near ties differently from the CPU pipeline ({cpu} cell; f32 top-2 gap < {NEAR_TIE}): "
+        npuw.note = "; ".join(filter(None, [npuw.note, note + ", ".join(ties)]))
+        return
+    npuw.problems.append(
+        f"the NPU pipeline through NPUW generated other tokens than the CPU pipeline ({cpu} cell), "
+        f"not at a near tie of the IR's own logits"
+    )
+    npuw.status = "failed"
 
 
 def run(
@@ -194,7 +240,7 @@ def run(
             got = measure_cell(target, plan, cfg, evidence, pinned_runs)
             outputs[plan.column] = got.outputs
             cells[plan.column] = matrix.judge(plan, got, evidence.reference, verdicts, target.kind)
-        same_tokens_as_cpu(cells, outputs)
+        same_tokens_as_cpu(cells, outputs, target.ir_dir, evidence.reference)
         cells.update(emulation_cells(target, cfg, evidence, verdicts, pinned_runs))
     return records.publish_cells(
         target.artifact, target.family, weight_format, target.ir_dir, cfg.thresholds(weight_format), cells, metrics_dir
