@@ -54,11 +54,10 @@ def fresh_project(work: Path) -> Path:
     return project
 
 
-def run_stages(project: Path, log_path: Path) -> dict[str, Any]:
-    """``aipc repro`` in ``project``: per-stage wall time and peak tree memory, the exit code, the last lines."""
+def run_stages(project: Path, log_path: Path, tree_memory: Any) -> dict[str, Any]:
+    """``aipc repro`` in ``project``: per-stage wall time and peak ``tree_memory``, the exit code, the last lines."""
     import psutil
 
-    tree_memory = sibling("full_size_export").tree_memory
     stages: dict[str, dict[str, float]] = {}
     current: list[str | None] = [None]
     started = time.perf_counter()
@@ -146,15 +145,16 @@ def main() -> None:
     args = parser.parse_args()
     out = args.out or ROOT / "benchmarks" / "results" / f"full_pipeline{'' if args.model == 'full' else '-tiny'}.json"
     args.work.mkdir(parents=True, exist_ok=True)
+    export_bench = sibling("full_size_export")  # the checkpoint builder and the process-tree memory measure
     if args.model == "full":
-        checkpoint = sibling("full_size_export").build_checkpoint(args.work / "phi3-mini-shaped")
+        checkpoint = export_bench.build_checkpoint(args.work / "phi3-mini-shaped")
         overrides = ["model=local", f"model.local_path={checkpoint.as_posix()}"]
     else:
         overrides = ["model=tiny"]
     project = fresh_project(args.work)
     subprocess.run([sys.executable, "-m", "pipeline.cli", "compose", *overrides], cwd=project, check=True)
     before = machine()
-    result = run_stages(project, args.work / "full_pipeline.log")
+    result = run_stages(project, args.work / "full_pipeline.log", export_bench.tree_memory)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
     over = [name for name, s in result["stages"].items() if s["peak_gib"] > args.budget_gib]
     data = {

@@ -35,11 +35,6 @@ REFERENCE = ARTIFACTS / "reference" / "reference.json"
 METRICS_DIR = ARTIFACTS / "metrics"
 
 
-def provider_available(provider: str) -> bool:
-    """Whether the installed onnxruntime-genai can run ``provider`` on this machine."""
-    return onnx_provider_status(provider).available
-
-
 def provider_status(provider: str) -> DeviceStatus:
     """Whether ``provider`` can run here: DirectML in its own environment on Windows, others in this one."""
     if provider != "dml" or platform.system() != "Windows":
@@ -52,13 +47,10 @@ def provider_status(provider: str) -> DeviceStatus:
     )
 
 
-class CellError(Exception):
-    """A cell that could not run: the step and the runtime's first line, for the cell's problems."""
-
-
 def cell_request(folder: Path, provider: str, device: str, cfg: ValidateConfig, evidence: Evidence) -> dict[str, Any]:
     """What :func:`pipeline.validation.genai_runner.measure` runs for one cell (JSON, so it can cross into another environment)."""
     greedy = evidence.reference["greedy"]
+    context, kv_window = graph_limits(folder)
     return {
         "folder": str(folder.resolve()),
         "provider": provider,
@@ -71,15 +63,15 @@ def cell_request(folder: Path, provider: str, device: str, cfg: ValidateConfig, 
         "warmup": cfg.warmup,
         "repeats": cfg.repeats,
         "windows": evidence.windows + evidence.long_windows,
-        "context": graph_context(folder),
-        "chunk": kv_window(folder),
+        "context": context,
+        "chunk": kv_window,
     }
 
 
 def run_cell(request: dict[str, Any], python: Path | None = None) -> tuple[dict[str, Any], list[Any]]:
     """Run ``request`` here (``python`` None) or under ``python``, an isolated environment; result and logits.
 
-    Raises :class:`CellError` with one line when the runtime cannot load or run the folder.
+    Raises :class:`~pipeline.validation.genai_runner.CellError` with one line when the runtime cannot load or run the folder.
     """
     if python is None:
         result: dict[str, Any] = {}
@@ -87,7 +79,7 @@ def run_cell(request: dict[str, Any], python: Path | None = None) -> tuple[dict[
         try:
             logits = runner.measure(request, result)
         except Exception as err:  # the runtime refused the graph: a failed cell with its reason, not a traceback
-            raise CellError(f"cannot {result.get('step', 'run')}: {runner.error_line(err)}") from err
+            raise runner.CellError(f"cannot {result.get('step', 'run')}: {runner.error_line(err)}") from err
         result["peak_rss_mb"] = records.peak_rss_mb()
         return result, logits
     import numpy as np
@@ -96,23 +88,18 @@ def run_cell(request: dict[str, Any], python: Path | None = None) -> tuple[dict[
         request = {**request, "logits_path": str(Path(tmp) / "logits.npz")}
         result = compat.run_script(Path(runner.__file__), request, python, runner.RESULT_MARK)
         if "error" in result:
-            raise CellError(f"{python} cannot {result['step']}: {result['error']}")
+            raise runner.CellError(f"{python} cannot {result['step']}: {result['error']}")
         with np.load(request["logits_path"]) as saved:
             logits = [saved[f"arr_{i}"] for i in range(len(saved.files))]
     return result, logits
 
 
-def kv_window(folder: Path) -> int | None:
-    """The windowed KV cache's size if the graph has one (``decoder.sliding_window``): prompts longer are refused."""
-    config = json.loads((folder / "genai_config.json").read_text(encoding="utf-8"))
-    window = config.get("model", {}).get("decoder", {}).get("sliding_window") or {}
-    return window.get("window_size")
-
-
-def graph_context(folder: Path) -> int | None:
-    """The context length written into ``genai_config.json`` (the longest sequence the graph accepts)."""
-    config = json.loads((folder / "genai_config.json").read_text(encoding="utf-8"))
-    return config.get("model", {}).get("context_length")
+def graph_limits(folder: Path) -> tuple[int | None, int | None]:
+    """From ``genai_config.json``: the context length (the longest sequence the graph accepts) and, if the graph
+    has a windowed KV cache (``decoder.sliding_window``), its size: prompts longer than that are refused."""
+    model = json.loads((folder / "genai_config.json").read_text(encoding="utf-8")).get("model", {})
+    window = model.get("decoder", {}).get("sliding_window") or {}
+    return model.get("context_length"), window.get("window_size")
 
 
 def measure_cell(
@@ -210,7 +197,7 @@ def run(
             continue
         try:
             got = measure_cell(folder, provider, plan, cfg, evidence, cell_python(provider, plan))
-        except (CellError, StageError) as err:  # could not run (or no environment to run in): failed, with why
+        except (runner.CellError, StageError) as err:  # could not run (or no environment to run in): failed, with why
             cells[plan.column] = matrix.failed_cell(plan, kind, str(err))
             continue
         cells[plan.column] = matrix.judge(plan, got, evidence.reference, thresholds, kind)

@@ -154,11 +154,7 @@ def near_ties(ir_dir: Path, reference: dict, ours: list[list[int]], theirs: list
 
     from pipeline.openvino.teacher_forced import forced_logits
 
-    points = [
-        (i, next(j for j in range(min(len(a), len(b)) + 1) if j == len(a) or j == len(b) or a[j] != b[j]))
-        for i, (a, b) in enumerate(zip(ours, theirs))
-        if a != b
-    ]
+    points = [(i, j) for i, (a, b) in enumerate(zip(ours, theirs)) if (j := matrix.first_divergence(a, b)) is not None]
     if any(j >= min(len(ours[i]), len(theirs[i])) for i, j in points):
         return None  # one run stopped early (EOS) where the other went on: not a tie between two tokens
     windows = [reference["greedy"][i]["prompt_ids"] + ours[i][:j] for i, j in points]

@@ -11,11 +11,13 @@ As a script: ``python -I runner.py < request.json``; the last stdout line is ``A
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import statistics
 import sys
 import time
+from collections.abc import Iterator
 from importlib import metadata
 from typing import Any
 
@@ -167,6 +169,19 @@ def _version(package: str) -> str | None:
 def error_line(err: BaseException) -> str:
     """An exception as one line: its type and the first line of its message (runtimes raise many lines)."""
     return f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0]}"
+
+
+class CellError(Exception):
+    """A cell that could not run: the step and the runtime's first line, for the cell's problems."""
+
+
+@contextlib.contextmanager
+def attempt(what: str) -> Iterator[None]:
+    """Turn any exception of the runtime while doing ``what`` into a one-line :class:`CellError`."""
+    try:
+        yield
+    except Exception as err:  # the runtime refused the graph: a failed cell with its reason, not a traceback
+        raise CellError(f"cannot {what}: {error_line(err)}") from err
 
 
 def main() -> None:

@@ -155,15 +155,17 @@ def failed_cell(plan: CellPlan, kind: str, reason: str) -> Cell:
     )
 
 
+def first_divergence(got: list[int], want: list[int]) -> int | None:
+    """The first index where two token runs differ (the shorter one's length if one stops early); None if equal."""
+    index = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), None)
+    if index is None and len(got) != len(want):
+        index = min(len(got), len(want))
+    return index
+
+
 def greedy_match(outputs: list[list[int]], reference: dict) -> tuple[float, list[int | None]]:
     """Share of prompts whose greedy output equals the reference, and each first divergent index."""
-    divergence = []
-    for got, case in zip(outputs, reference["greedy"]):
-        want = case["output_ids"]
-        index = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), None)
-        if index is None and len(got) != len(want):
-            index = min(len(got), len(want))
-        divergence.append(index)
+    divergence = [first_divergence(got, case["output_ids"]) for got, case in zip(outputs, reference["greedy"])]
     return sum(d is None for d in divergence) / len(divergence), divergence
 
 

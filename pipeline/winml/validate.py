@@ -14,9 +14,7 @@ Output: ``artifacts/metrics/winml-<variant>.json`` (DVC metrics).
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,26 +27,13 @@ from pipeline.core.registry import FAMILIES
 from pipeline.core.stage import run_stage
 from pipeline.validation import fidelity, matrix, records
 from pipeline.validation.evidence import Evidence, verdicts_for
-from pipeline.validation.genai_runner import error_line, generate, time_prompt
+from pipeline.validation.genai_runner import CellError, attempt, generate, time_prompt
 from pipeline.winml import runtime
 
 WINML_ROOT = ARTIFACTS / "winml"
 REFERENCE = ARTIFACTS / "reference" / "reference.json"
 METRICS_DIR = ARTIFACTS / "metrics"
 OVERRIDDEN = "Windows ML package, OpenVINO EP, device overridden to CPU"
-
-
-class CellError(Exception):
-    """A cell that could not run: the step and the runtime's first line, for the cell's problems."""
-
-
-@contextlib.contextmanager
-def attempt(what: str) -> Iterator[None]:
-    """Turn any exception of the runtime while doing ``what`` into a one-line :class:`CellError`."""
-    try:
-        yield
-    except Exception as err:  # the EP or onnxruntime-genai refused: a failed cell with its reason, not a traceback
-        raise CellError(f"cannot {what}: {error_line(err)}") from err
 
 
 def plan_cell(target: str, status: runtime.PluginStatus) -> matrix.CellPlan:
