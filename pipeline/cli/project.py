@@ -50,15 +50,36 @@ def cmd_check_config(overrides: list[str]) -> None:
     print(f"ok: params.yaml matches conf/ (overrides: {' '.join(overrides) or 'none'})")
 
 
-def cmd_sweep(overrides: list[str]) -> None:
-    """Queue the sweep grid from params.yaml as DVC experiments, run them, and write the sweep report.
+def cmd_sweep(
+    overrides: list[str],
+    executor: str | None = None,
+    address: str | None = None,
+    git: str | None = None,
+    remote: str | None = None,
+    memory: str | None = None,
+) -> None:
+    """Run the sweep grid from params.yaml as DVC experiments (local queue or Ray), and write the sweep report.
 
     Args:
         overrides: Hydra overrides applied to every sweep point, e.g. model=tiny.
+        executor: local (default: DVC's queue on this machine) or ray (one Ray task per point; docs/sweeps.md).
+        address: Ray cluster address (ray executor; default: RAY_ADDRESS or the cluster started on this machine).
+        git: Git remote the Ray nodes clone from and push experiments to (default: origin).
+        remote: DVC remote for the shared stages and the points' outputs (default: the project's default remote).
+        memory: GiB of RAM Ray reserves per point (default: the measured peak of an earlier sweep, x 1.25).
     """
     from pipeline import sweep
 
     cfg = load_params().sweep
+    if (executor or "local") not in sweep.EXECUTORS:
+        fail(f"--executor must be one of {', '.join(sweep.EXECUTORS)}, got {executor!r}")
+    if executor == "ray":
+        from pipeline.sweep.ray_executor import run_sweep
+
+        run_sweep(cfg, overrides, address, git or "origin", remote, memory)
+        return
+    if address or git or remote or memory:
+        fail("--address, --git, --remote and --memory are for --executor ray")
     sweep.queue_and_run(cfg, overrides)
     sweep.report(cfg)
 

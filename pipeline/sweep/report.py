@@ -1,83 +1,24 @@
-"""``aipc sweep``: queue a group-size / ratio grid as DVC experiments, run it, and pick the winner.
+"""The sweep report: one row per finished experiment, the Pareto front, and the recommended point.
 
-Each point is a DVC experiment (``dvc exp run --queue -S key=v1,v2 ...``), so every result is
-reproducible and shows in ``dvc exp show``. Points share the download, reference and uncompressed
-base-IR stages through DVC's run cache: a point only compresses the base IR and validates it.
-The report (``artifacts/sweep/``) lists every point, draws size against fidelity with the Pareto
-front, and recommends the smallest artifact whose fidelity meets the configured budget.
+Both executors end here: the local queue and the Ray executor leave ordinary DVC experiments, and the
+report reads them from ``dvc exp show --json``. It lists every point, draws size against fidelity with
+the Pareto front, and recommends the smallest artifact whose fidelity meets the configured budget.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 from pipeline.core.artifacts import write_json_atomic
-from pipeline.core.config import PARAMS_FILE, SweepConfig, compose
-from pipeline.core.envs import venv_env
+from pipeline.core.config import SweepConfig
 from pipeline.core.errors import fail
-from pipeline.core.log import say, step
+from pipeline.core.log import say
+from pipeline.sweep.grid import hydra_value
+from pipeline.sweep.local import dvc
 
 OUT_DIR = Path("artifacts") / "sweep"
-
-
-def dvc(*args: str, capture: bool = False) -> subprocess.CompletedProcess:
-    """Run ``python -m dvc ...`` with this interpreter's scripts first on PATH."""
-    done = subprocess.run(
-        [sys.executable, "-m", "dvc", *args],
-        env=venv_env(),
-        text=True,
-        encoding="utf-8",
-        errors="replace",
-        capture_output=capture,
-        check=False,
-    )
-    if done.returncode:
-        detail = (done.stderr or "").strip().splitlines()[-1:] if capture else []
-        fail(f"`dvc {' '.join(args)}` failed (exit {done.returncode}) {' '.join(detail)}".strip())
-    return done
-
-
-def set_params(cfg: SweepConfig, overrides: list[str]) -> list[str]:
-    """The ``-S`` arguments that make DVC queue the whole grid (plus fixed overrides)."""
-    args = []
-    for key, values in cfg.grid.items():
-        args += ["-S", f"{key}={','.join(str(v) for v in values)}"]
-    for override in overrides:
-        args += ["-S", override]
-    return args
-
-
-def check_overrides(overrides: list[str], params_file: Path = PARAMS_FILE) -> None:
-    """Fail unless ``params.yaml`` is ``conf/`` composed with ``overrides``.
-
-    DVC composes every queued experiment from ``conf/`` plus its ``-S`` arguments, so a workspace
-    composed with other overrides (say ``model=tiny``) would silently sweep a different model.
-    """
-    import yaml
-
-    current = yaml.safe_load(params_file.read_text(encoding="utf-8"))
-    expected = compose(overrides)
-    differ = sorted(k for k in expected if k != "sweep" and current.get(k) != expected[k])
-    if differ:
-        fail(
-            f"params.yaml is not conf/ + overrides {overrides or '(none)'} (sections {', '.join(differ)} differ): "
-            f"pass the overrides you composed with, e.g. `aipc sweep model=tiny`"
-        )
-
-
-def queue_and_run(cfg: SweepConfig, overrides: list[str]) -> None:
-    """Queue one experiment per grid point and run the queue to completion."""
-    check_overrides(overrides)
-    points = len(list(itertools.product(*cfg.grid.values())))
-    with step(f"queueing {points} experiments ({', '.join(cfg.grid)})"):
-        dvc("exp", "run", "--queue", *set_params(cfg, overrides), *cfg.targets)
-    with step(f"running the queue ({points} points, {cfg.jobs} at a time)"):
-        dvc("exp", "run", "--run-all", "-j", str(cfg.jobs))
 
 
 def _flatten(prefix: str, data: Any, out: dict[str, Any]) -> None:
@@ -88,8 +29,14 @@ def _flatten(prefix: str, data: Any, out: dict[str, Any]) -> None:
         out[prefix] = data
 
 
-def collect_points(exp_show: list[dict], cfg: SweepConfig) -> list[dict[str, Any]]:
-    """Turn ``dvc exp show --json`` into one row per finished experiment: grid values + metrics."""
+def collect_points(exp_show: list[dict], cfg: SweepConfig, only: set[str] | None = None) -> list[dict[str, Any]]:
+    """Turn ``dvc exp show --json`` into one row per finished experiment: grid values + metrics.
+
+    Args:
+        exp_show: The parsed output of ``dvc exp show --json``.
+        cfg: The sweep (its grid keys name the columns, ``metrics_file`` the metrics).
+        only: Experiment names to keep (a Ray sweep's points); ``None`` keeps every experiment.
+    """
     rows = []
     for baseline in exp_show:
         for exp in baseline.get("experiments") or []:
@@ -98,7 +45,7 @@ def collect_points(exp_show: list[dict], cfg: SweepConfig) -> list[dict[str, Any
                 params: dict[str, Any] = {}
                 _flatten("", (data.get("params") or {}).get("params.yaml", {}).get("data", {}), params)
                 metrics_file = (data.get("metrics") or {}).get(cfg.metrics_file, {}).get("data")
-                if not metrics_file or rev.get("error"):
+                if not metrics_file or rev.get("error") or (only is not None and rev.get("name") not in only):
                     continue
                 rows.append(
                     {
@@ -133,8 +80,12 @@ def recommend(rows: list[dict], budget: float) -> dict | None:
     return min(ok, key=lambda r: (r["size_mb"], -r["top1_agreement"])) if ok else None
 
 
-def write_report(rows: list[dict], cfg: SweepConfig, out_dir: Path = OUT_DIR) -> dict:
-    """Write ``sweep.json``, ``report.md``, ``pareto.png`` and ``winner.yaml`` (when there is a winner)."""
+def write_report(rows: list[dict], cfg: SweepConfig, out_dir: Path = OUT_DIR, failed: list[dict] | None = None) -> dict:
+    """Write ``sweep.json``, ``report.md``, ``pareto.png`` and ``winner.yaml`` (when there is a winner).
+
+    ``failed`` lists points whose experiment did not finish (``{"experiment", "error", <grid values>}``);
+    they get their own section and never count for the front or the recommendation.
+    """
     if not rows:
         fail("no finished sweep experiment found: run `aipc sweep` first, or check `dvc exp show`")
     front, winner = pareto_front(rows), recommend(rows, cfg.min_top1_agreement)
@@ -144,6 +95,7 @@ def write_report(rows: list[dict], cfg: SweepConfig, out_dir: Path = OUT_DIR) ->
         "points": rows,
         "pareto": [r["experiment"] for r in front],
         "recommended": winner,
+        "failed": failed or [],
     }
     write_json_atomic(out_dir / "sweep.json", result)
     cols = ["experiment", *cfg.grid, "size_mb", "top1_agreement", "greedy_exact_match", "tokens_per_s"]
@@ -157,18 +109,23 @@ def write_report(rows: list[dict], cfg: SweepConfig, out_dir: Path = OUT_DIR) ->
     ]
     for row in sorted(rows, key=lambda r: r["size_mb"]):
         mark = "yes" if row in front else ""
-        lines.append("| " + " | ".join(str(row[c]) for c in cols) + f" | {mark} |")
+        lines.append("| " + " | ".join(str(row.get(c)) for c in cols) + f" | {mark} |")
     if winner:
-        overrides = " ".join(f"-S {k}={winner[k]}" for k in cfg.grid)
+        overrides = " ".join(f"-S {k}={hydra_value(winner[k])}" for k in cfg.grid)
         lines += [
             "",
             f"**Recommended:** `{winner['experiment']}` ({winner['size_mb']} MB, top-1 "
             f"{winner['top1_agreement']}). Promote it: `dvc exp apply {winner['experiment']}` or "
             f"`aipc compose {overrides.replace('-S ', '')}`; overrides in `winner.yaml`.",
         ]
-        (out_dir / "winner.yaml").write_text("".join(f"{k}: {winner[k]}\n" for k in cfg.grid), encoding="utf-8")
+        (out_dir / "winner.yaml").write_text(
+            "".join(f"{k}: {json.dumps(winner[k])}\n" for k in cfg.grid), encoding="utf-8"
+        )
     else:
         lines += ["", f"**No point meets the budget** (top-1 >= {cfg.min_top1_agreement})."]
+    for point in failed or []:
+        values = ", ".join(f"{k}={point.get(k)}" for k in cfg.grid)
+        lines.append(f"- **failed:** `{point['experiment']}` ({values}): {point['error']}")
     (out_dir / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     plot_pareto(rows, front, winner, out_dir / "pareto.png")
     say(
@@ -210,7 +167,9 @@ def plot_pareto(rows: list[dict], front: list[dict], winner: dict | None, path: 
     plt.close(fig)
 
 
-def report(cfg: SweepConfig, out_dir: Path = OUT_DIR) -> dict:
-    """Read every experiment from ``dvc exp show --json`` and write the sweep report."""
+def report(
+    cfg: SweepConfig, out_dir: Path = OUT_DIR, only: set[str] | None = None, failed: list[dict] | None = None
+) -> dict:
+    """Read the experiments from ``dvc exp show --json`` (all, or the names in ``only``) and write the report."""
     shown = dvc("exp", "show", "--json", "--hide-queued", capture=True)
-    return write_report(collect_points(json.loads(shown.stdout), cfg), cfg, out_dir)
+    return write_report(collect_points(json.loads(shown.stdout), cfg, only), cfg, out_dir, failed)

@@ -1,0 +1,65 @@
+"""The local executor (the default): DVC's own queue runs every point on this machine.
+
+``dvc exp run --queue -S key=v1,v2 ...`` queues one experiment per grid point and ``dvc exp run --run-all``
+runs them. Points share the download, reference and uncompressed base-IR stages through DVC's run
+cache: a point only compresses the base IR and validates it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+import sys
+from pathlib import Path
+
+from pipeline.core.config import PARAMS_FILE, SweepConfig, compose
+from pipeline.core.envs import venv_env
+from pipeline.core.errors import fail
+from pipeline.core.log import step
+from pipeline.sweep.grid import set_params
+
+
+def dvc(*args: str, capture: bool = False, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m dvc ...`` with this interpreter's scripts first on PATH."""
+    done = subprocess.run(
+        [sys.executable, "-m", "dvc", *args],
+        env=venv_env(),
+        cwd=cwd,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        capture_output=capture,
+        check=False,
+    )
+    if done.returncode:
+        detail = (done.stderr or "").strip().splitlines()[-1:] if capture else []
+        fail(f"`dvc {' '.join(args)}` failed (exit {done.returncode}) {' '.join(detail)}".strip())
+    return done
+
+
+def check_overrides(overrides: list[str], params_file: Path = PARAMS_FILE) -> None:
+    """Fail unless ``params.yaml`` is ``conf/`` composed with ``overrides``.
+
+    DVC composes every queued experiment from ``conf/`` plus its ``-S`` arguments, so a workspace
+    composed with other overrides (say ``model=tiny``) would silently sweep a different model.
+    """
+    import yaml
+
+    current = yaml.safe_load(params_file.read_text(encoding="utf-8"))
+    expected = compose(overrides)
+    differ = sorted(k for k in expected if k != "sweep" and current.get(k) != expected[k])
+    if differ:
+        fail(
+            f"params.yaml is not conf/ + overrides {overrides or '(none)'} (sections {', '.join(differ)} differ): "
+            f"pass the overrides you composed with, e.g. `aipc sweep model=tiny`"
+        )
+
+
+def queue_and_run(cfg: SweepConfig, overrides: list[str]) -> None:
+    """Queue one experiment per grid point and run the queue to completion."""
+    check_overrides(overrides)
+    points = len(list(itertools.product(*cfg.grid.values())))
+    with step(f"queueing {points} experiments ({', '.join(cfg.grid)})"):
+        dvc("exp", "run", "--queue", *set_params(cfg, overrides), *cfg.targets)
+    with step(f"running the queue ({points} points, {cfg.jobs} at a time)"):
+        dvc("exp", "run", "--run-all", "-j", str(cfg.jobs))

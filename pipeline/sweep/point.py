@@ -1,0 +1,124 @@
+"""One sweep point on one node (the body of a Ray task; plain Python, no Ray): clone, fetch, run, push.
+
+The clone is the point's clean workspace at the driver's commit, so the experiment runs in it directly:
+``dvc exp run`` there does what ``--temp`` does in a shared workspace, and leaves the outputs checked out
+so they can be pushed before the experiment is published. The order is what keeps both remotes free of
+half-written points: (1) ``dvc push`` uploads the outputs (content-addressed objects, each written whole),
+(2) ``dvc exp push --no-cache`` publishes the experiment's git ref last. A worker killed before (2) leaves
+at most unreferenced whole objects in the DVC remote and nothing in the git remote; Ray's retry runs the
+point again under the same name and, the outputs being deterministic, uploads the same objects.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.core.envs import venv_env
+
+NODE_CACHE_ENV = "AIPC_SWEEP_CACHE"  # the node's DVC cache, shared by the points it runs (default: a temp folder)
+SCRATCH_ENV = "AIPC_SWEEP_SCRATCH"  # where the node makes the points' workspaces (default: the temp folder)
+
+
+@dataclass
+class PointSpec:
+    """What a node needs to run one point: where the code and data are, and which point it is."""
+
+    name: str  # the experiment name (pipeline.sweep.grid.point_name)
+    values: dict[str, Any]  # the grid values of this point
+    set_params: list[str]  # its ``-S`` arguments, fixed overrides included
+    targets: list[str]  # the stages it runs (sweep.targets)
+    git_url: str  # the git remote both sides push to and pull from
+    commit: str  # the driver's commit: every point starts from it
+    metrics_file: str  # sweep.metrics_file, read back for the driver's log
+    dvc_remote: str | None = None  # a DVC remote name in the project's .dvc/config (None: its default remote)
+    keep_workspace: bool = False  # leave the clone on the node (debugging)
+    env: dict[str, str] = field(default_factory=dict)  # extra environment for the stages (not secrets)
+
+
+class PointFailed(RuntimeError):
+    """A command of the point failed: the point is reported as failed, and not retried by Ray."""
+
+
+def _run(args: list[str], cwd: Path, env: dict[str, str]) -> tuple[str, Any]:
+    """Run ``args`` in ``cwd``; its output and its rusage (peak RSS of it and its descendants)."""
+    with tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") as log:
+        proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        log.seek(0)
+        out = log.read()
+    if proc.returncode:
+        tail = [line for line in out.strip().splitlines() if line.strip()][-3:]
+        raise PointFailed(
+            f"`{' '.join(args[2:] if args[1:2] == ['-m'] else args)}` exit {proc.returncode}: {' | '.join(tail)}"
+        )
+    return out, usage
+
+
+def run_point(spec: PointSpec) -> dict[str, Any]:
+    """Run one point in a fresh clone and publish it; never raises for a failing point.
+
+    Returns:
+        ``{"name", "status": "ok"|"failed", "error", "metrics", "peak_rss_bytes", "seconds": {phase: s}, "host"}``.
+    """
+    scratch = Path(os.environ.get(SCRATCH_ENV) or tempfile.gettempdir())
+    scratch.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f"aipc-{spec.name}-", dir=scratch))
+    result: dict[str, Any] = {
+        "name": spec.name,
+        "values": spec.values,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+    }
+    seconds: dict[str, float] = {}
+    try:
+        result.update(status="ok", error=None, **_phases(spec, work, seconds))
+    except PointFailed as err:
+        result.update(status="failed", error=str(err))
+    finally:
+        result["seconds"] = seconds
+        if not spec.keep_workspace:
+            shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
+def _phases(spec: PointSpec, work: Path, seconds: dict[str, float]) -> dict[str, Any]:
+    env = venv_env(**spec.env)
+    env.pop("DVC_ROOT", None)  # a DVC stage environment must not leak into the clone's DVC
+    dvc = [sys.executable, "-m", "dvc"]
+    node_cache = Path(os.environ.get(NODE_CACHE_ENV) or Path(tempfile.gettempdir()) / "aipc-sweep-cache")
+
+    def timed(phase: str, args: list[str], cwd: Path = work) -> tuple[str, Any]:
+        start = time.perf_counter()
+        try:
+            return _run(args, cwd, env)
+        finally:
+            seconds[phase] = round(seconds.get(phase, 0.0) + time.perf_counter() - start, 3)
+
+    timed("clone", ["git", "clone", "-q", "--no-checkout", spec.git_url, str(work)], work.parent)
+    timed("clone", ["git", "checkout", "-q", "--detach", spec.commit])
+    timed("clone", [*dvc, "config", "--local", "cache.dir", str(node_cache)])
+    if spec.dvc_remote:  # `exp run --pull` reads the run cache from the default remote
+        timed("clone", [*dvc, "remote", "default", "--local", spec.dvc_remote])
+    # --pull: the shared stages' run-cache entries, then only the objects of the entries that match
+    _, usage = timed("run", [*dvc, "exp", "run", "--pull", "-n", spec.name, *spec.set_params, *spec.targets])
+    metrics_path = work / spec.metrics_file
+    metrics = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.is_file() else None
+    timed("push", [*dvc, "push", "-q"])
+    timed("push", [*dvc, "exp", "push", "--no-cache", "--force", "origin", spec.name])
+    return {"metrics": metrics, "peak_rss_bytes": usage.ru_maxrss * 1024}
+
+
+def spec_json(spec: PointSpec) -> str:
+    """The spec as JSON (logged by the driver, readable on any node)."""
+    return json.dumps(asdict(spec), sort_keys=True)

@@ -1,0 +1,140 @@
+"""aipc sweep --executor ray on a real local cluster: the same points as DVC's queue, and a worker killed mid-point.
+
+One module-scoped cluster (tests/sweep/sweep_cluster.py): moto's S3 server as the DVC remote, a Ray head with no
+CPUs and two worker nodes of one CPU each, all on 127.0.0.1, stopped by process id afterwards. The git remote is a
+bare repository. The 4-point tiny sweep runs once through Ray (one worker is killed while it validates a point)
+and once through the local DVC queue, and both must agree point for point.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+
+from conftest import make_project, run_cmd
+from sweep_cluster import BUCKET, Cluster, local_cluster
+
+GRID = "sweep.grid={openvino.int4.group_size:[64,128],openvino.int4.ratio:[0.8,1.0]}"
+KEYS = ("openvino.int4.group_size", "openvino.int4.ratio")
+GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory):
+    with local_cluster(tmp_path_factory.mktemp("cluster")) as started:
+        yield started
+
+
+def sweep_project(dest: Path, cluster: Cluster | None = None) -> Path:
+    """A fresh tiny project composed for the 2x2 grid; with ``cluster``, its S3 remote and a bare git remote."""
+    project = make_project(dest)
+    run_cmd([sys.executable, "-m", "pipeline.cli", "compose", "model=tiny", GRID], project)
+    if cluster:
+        run_cmd([sys.executable, "-m", "dvc", "remote", "add", "-d", "shared", f"s3://{BUCKET}/dvc"], project)
+        run_cmd([sys.executable, "-m", "dvc", "remote", "modify", "shared", "endpointurl", cluster.endpoint], project)
+        run_cmd(["git", "init", "-q", "--bare", str(dest.parent / f"{dest.name}-origin.git")], project)
+        run_cmd(["git", "remote", "add", "origin", str(dest.parent / f"{dest.name}-origin.git")], project)
+    run_cmd([*GIT, "commit", "-qam", "tiny sweep"], project)
+    if cluster:
+        run_cmd(["git", "push", "-q", "origin", "HEAD:main"], project)
+    return project
+
+
+def experiments(project: Path, env: dict[str, str] | None = None) -> dict[str, dict]:
+    """``dvc exp show`` on ``project``: experiment name -> {grid values, the .bin md5 of its int4 IR}."""
+    shown = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json", "--hide-queued"], cwd=project,
+                           env=env, capture_output=True, text=True, check=True)
+    out = {}
+    for baseline in json.loads(shown.stdout):
+        for exp in baseline.get("experiments") or []:
+            for rev in exp["revs"]:
+                params = rev["data"]["params"]["params.yaml"]["data"]["openvino"]["int4"]
+                lock = yaml.safe_load(run_cmd(["git", "show", f"{rev['rev']}:dvc.lock"], project).stdout)
+                ir = lock["stages"]["export_openvino@int4"]["outs"][0]["md5"]
+                entries = json.loads((project / ".dvc" / "cache" / "files" / "md5" / ir[:2] / ir[2:]).read_text())
+                bin_md5 = next(e["md5"] for e in entries if e["relpath"] == "openvino_model.bin")
+                out[rev["name"]] = {"point": (params["group_size"], params["ratio"]), "bin_md5": bin_md5}
+    return out
+
+
+def kill_a_worker_mid_point(cluster: Cluster, driver: subprocess.Popen) -> tuple[str, int]:
+    """Wait for a point's validation to start on a node, then SIGKILL its Ray worker and everything under it.
+
+    Returns the point's experiment name (from its workspace folder) and the killed worker's pid.
+    """
+    while driver.poll() is None:
+        for proc in psutil.process_iter(["cmdline", "cwd"]):
+            cmd, cwd = proc.info["cmdline"] or [], proc.info["cwd"] or ""
+            if "pipeline.openvino.validate" in cmd and cwd.startswith(str(cluster.scratch)):
+                worker = next(p for p in proc.parents() if " ".join(p.cmdline()).startswith("ray::"))
+                tree = [worker, *worker.children(recursive=True)]
+                for victim in tree:
+                    victim.send_signal(signal.SIGKILL)
+                psutil.wait_procs(tree)
+                return Path(cwd).name[len("aipc-") : -len("-12345678")], worker.pid
+        time.sleep(0.05)
+    raise AssertionError("the driver ended before any point started validating")
+
+
+def assert_remotes_whole(cluster: Cluster, origin: Path, names: set[str], metrics_file: str) -> None:
+    """The git remote holds exactly the finished experiments; every S3 object is whole and every IR complete."""
+    refs = run_cmd(["git", "for-each-ref", "--format=%(objectname) %(refname)", "refs/exps"], origin).stdout.split("\n")
+    pushed = {ref.rsplit("/", 1)[-1]: sha for sha, ref in (line.split() for line in refs if line)}
+    assert set(pushed) == names
+    objects = cluster.objects()
+    files = {key.split("/files/md5/")[1].replace("/", ""): body for key, body in objects.items() if "/files/md5/" in key}
+    for md5, body in files.items():  # content-addressed: a half-written object would not match its name
+        assert hashlib.md5(body).hexdigest() == md5.removesuffix(".dir"), md5
+    for sha in pushed.values():
+        assert json.loads(run_cmd(["git", "show", f"{sha}:{metrics_file}"], origin).stdout)["top1_agreement"] > 0.5
+        lock = yaml.safe_load(run_cmd(["git", "show", f"{sha}:dvc.lock"], origin).stdout)
+        ir = lock["stages"]["export_openvino@int4"]["outs"][0]["md5"]
+        assert {e["md5"] for e in json.loads(files[ir])} <= set(files), f"{ir} is not complete in the remote"
+
+
+@pytest.mark.slow
+def test_ray_sweep_matches_the_local_queue_and_a_killed_worker_is_retried(cluster: Cluster, tmp_path: Path) -> None:
+    project = sweep_project(tmp_path / "ray", cluster)
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "sweep", "--executor", "ray", "--address", cluster.address,
+         "model=tiny", GRID],
+        cwd=project, env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    killed_point, killed_pid = kill_a_worker_mid_point(cluster, driver)
+    log, _ = driver.communicate()
+    assert driver.returncode == 0, log[-4000:]
+    ray_result = json.loads((project / "artifacts" / "sweep" / "sweep.json").read_text())
+    ray_points = json.loads((project / "artifacts" / "sweep" / "ray_points.json").read_text())["points"]
+    assert {p["status"] for p in ray_points} == {"ok"}
+    retried = next(p for p in ray_points if p["name"] == killed_point)
+    assert retried["pid"] != killed_pid  # Ray ran the point again, in another worker
+    assert len({p["host"] + str(p["pid"]) for p in ray_points}) >= 2  # points ran in more than one worker
+    # The killed attempt's workspace is still on the node, and nothing of it reached either remote.
+    assert any(d.name.startswith(f"aipc-{killed_point}-") for d in cluster.scratch.iterdir())
+    assert_remotes_whole(cluster, tmp_path / "ray-origin.git", {p["name"] for p in ray_points},
+                         "artifacts/metrics/openvino-int4.json")
+    shown = experiments(project, cluster.env)  # the experiments are ordinary DVC experiments on the driver
+    assert set(shown) == {p["name"] for p in ray_points}
+    assert all(p["peak_rss_bytes"] > 100 * 2**20 for p in ray_points)
+    assert (project / ".aipc" / "sweep" / "point_memory.json").is_file()
+
+    local = sweep_project(tmp_path / "local")
+    run_cmd([sys.executable, "-m", "pipeline.cli", "sweep", "model=tiny", GRID], local)
+    local_result = json.loads((local / "artifacts" / "sweep" / "sweep.json").read_text())
+    by_point = {e["point"]: e["bin_md5"] for e in experiments(local).values()}
+    assert {e["point"]: e["bin_md5"] for e in shown.values()} == by_point
+    assert len(by_point) == 4 and len(set(by_point.values())) == 4
+    assert {k: ray_result["recommended"][k] for k in KEYS} == {k: local_result["recommended"][k] for k in KEYS}
+    assert sorted((p[KEYS[0]], p[KEYS[1]], p["size_mb"], p["top1_agreement"]) for p in ray_result["points"]) == sorted(
+        (p[KEYS[0]], p[KEYS[1]], p["size_mb"], p["top1_agreement"]) for p in local_result["points"])
+    assert os.path.isfile(project / "artifacts" / "sweep" / "pareto.png")
