@@ -30,7 +30,9 @@ def hydra_value(value: Any) -> str:
     text = str(value)
     if PLAIN.fullmatch(text) and text.lower() not in KEYWORDS:
         return text
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    # In a quoted Hydra string a backslash escapes only quotes (and backslashes right before a quote or the end)
+    text = re.sub(r"(\\+)(?='|$)", lambda m: m.group(1) * 2, text)
+    return "'" + text.replace("'", "\\'") + "'"
 
 
 def set_params(cfg: SweepConfig, overrides: list[str]) -> list[str]:

@@ -19,13 +19,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pipeline.core.envs import venv_env
 
-NODE_CACHE_ENV = "AIPC_SWEEP_CACHE"  # the node's DVC cache, shared by the points it runs (default: a temp folder)
+NODE_CACHE_ENV = "AIPC_SWEEP_CACHE"  # the node's caches, shared by the points it runs (default: a temp folder)
+NODE_SHARED = ("nncf_statistics", "nncf_sensitivity")  # .aipc/ caches keyed by base IR (+ dataset): safe to share
 SCRATCH_ENV = "AIPC_SWEEP_SCRATCH"  # where the node makes the points' workspaces (default: the temp folder)
 
 
@@ -107,7 +108,8 @@ def _phases(spec: PointSpec, work: Path, seconds: dict[str, float]) -> dict[str,
 
     timed("clone", ["git", "clone", "-q", "--no-checkout", spec.git_url, str(work)], work.parent)
     timed("clone", ["git", "checkout", "-q", "--detach", spec.commit])
-    timed("clone", [*dvc, "config", "--local", "cache.dir", str(node_cache)])
+    timed("clone", [*dvc, "config", "--local", "cache.dir", str(node_cache / "dvc")])
+    share_node_caches(work, node_cache)
     if spec.dvc_remote:  # `exp run --pull` reads the run cache from the default remote
         timed("clone", [*dvc, "remote", "default", "--local", spec.dvc_remote])
     # --pull: the shared stages' run-cache entries, then only the objects of the entries that match
@@ -119,6 +121,10 @@ def _phases(spec: PointSpec, work: Path, seconds: dict[str, float]) -> dict[str,
     return {"metrics": metrics, "peak_rss_bytes": usage.ru_maxrss * 1024}
 
 
-def spec_json(spec: PointSpec) -> str:
-    """The spec as JSON (logged by the driver, readable on any node)."""
-    return json.dumps(asdict(spec), sort_keys=True)
+def share_node_caches(work: Path, node_cache: Path) -> None:
+    """Point the clone's NNCF caches (sensitivities, data-aware statistics) at the node's, so the points a node
+    runs compute them once per base IR and dataset, as one workspace does. ``.aipc/`` is git-ignored."""
+    (work / ".aipc").mkdir(exist_ok=True)
+    for name in NODE_SHARED:
+        (node_cache / name).mkdir(parents=True, exist_ok=True)
+        (work / ".aipc" / name).symlink_to(node_cache / name, target_is_directory=True)

@@ -24,7 +24,7 @@ def git(*args: str, cwd: Path | None = None) -> str:
     if done.returncode:
         detail = (done.stderr.strip().splitlines() or [""])[-1]
         fail(f"`git {' '.join(args)}` failed: {detail}")
-    return done.stdout.strip()
+    return done.stdout.rstrip()
 
 
 def checked_commit(git_remote: str) -> tuple[str, str]:
@@ -36,7 +36,7 @@ def checked_commit(git_remote: str) -> tuple[str, str]:
     dirty = [line[3:] for line in git("status", "--porcelain", "--untracked-files=no").splitlines()]
     if dirty:
         fail(f"uncommitted changes ({', '.join(dirty[:3])}): commit them and push, every node clones the commit")
-    commit = git("rev-parse", "HEAD")
+    commit = git("rev-parse", "HEAD").strip()
     url = subprocess.run(["git", "remote", "get-url", git_remote], capture_output=True, text=True, check=False)
     if url.returncode:
         fail(f"no git remote '{git_remote}': add the remote every node can reach (`git remote add {git_remote} URL`)")

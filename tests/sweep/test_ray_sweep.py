@@ -25,6 +25,8 @@ from conftest import make_project, run_cmd
 from sweep_cluster import BUCKET, Cluster, local_cluster
 
 GRID = "sweep.grid={openvino.int4.group_size:[64,128],openvino.int4.ratio:[0.8,1.0]}"
+# Fixed for every point of both executors: a shorter long-context window, one timed run, no emulation cells.
+FIXED = ["model=tiny", "validate.long_context.lengths=[700]", "validate.repeats=1", "validate.emulate_numerics=[]"]
 KEYS = ("openvino.int4.group_size", "openvino.int4.ratio")
 GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
 
@@ -38,7 +40,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
 def sweep_project(dest: Path, cluster: Cluster | None = None) -> Path:
     """A fresh tiny project composed for the 2x2 grid; with ``cluster``, its S3 remote and a bare git remote."""
     project = make_project(dest)
-    run_cmd([sys.executable, "-m", "pipeline.cli", "compose", "model=tiny", GRID], project)
+    run_cmd([sys.executable, "-m", "pipeline.cli", "compose", *FIXED, GRID], project)
     if cluster:
         run_cmd([sys.executable, "-m", "dvc", "remote", "add", "-d", "shared", f"s3://{BUCKET}/dvc"], project)
         run_cmd([sys.executable, "-m", "dvc", "remote", "modify", "shared", "endpointurl", cluster.endpoint], project)
@@ -107,7 +109,7 @@ def test_ray_sweep_matches_the_local_queue_and_a_killed_worker_is_retried(cluste
     project = sweep_project(tmp_path / "ray", cluster)
     driver = subprocess.Popen(
         [sys.executable, "-m", "pipeline.cli", "sweep", "--executor", "ray", "--address", cluster.address,
-         "model=tiny", GRID],
+         *FIXED, GRID],
         cwd=project, env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     killed_point, killed_pid = kill_a_worker_mid_point(cluster, driver)
@@ -129,7 +131,7 @@ def test_ray_sweep_matches_the_local_queue_and_a_killed_worker_is_retried(cluste
     assert (project / ".aipc" / "sweep" / "point_memory.json").is_file()
 
     local = sweep_project(tmp_path / "local")
-    run_cmd([sys.executable, "-m", "pipeline.cli", "sweep", "model=tiny", GRID], local)
+    run_cmd([sys.executable, "-m", "pipeline.cli", "sweep", *FIXED, GRID], local)
     local_result = json.loads((local / "artifacts" / "sweep" / "sweep.json").read_text())
     by_point = {e["point"]: e["bin_md5"] for e in experiments(local).values()}
     assert {e["point"]: e["bin_md5"] for e in shown.values()} == by_point

@@ -1,0 +1,112 @@
+"""The sweep grid as DVC/Hydra overrides, the stages a Ray sweep shares, the memory it asks Ray for, bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.core.config import SweepConfig, compose
+from pipeline.sweep import grid, ray_executor, remote
+
+from conftest import make_project, run_cmd
+
+KEEP_FLOAT = [[], [".*mlp\\.down_proj.*"], ["a,b", "c'd"]]
+
+
+@pytest.mark.parametrize(
+    "value", [True, False, None, 64, -1, 0.8, "heldout", "int8_sym", "null", "a,b", "x y", *KEEP_FLOAT]
+)
+def test_values_read_back_through_hydra_as_themselves(value: object) -> None:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_override(f"k={grid.hydra_value(value)}").value()
+    assert parsed == value
+
+
+def test_a_list_valued_key_is_one_choice_per_list_in_the_local_queue() -> None:
+    """keep_float values are lists: DVC's sweep expansion must give one experiment per list, not per comma."""
+    from dvc.utils.hydra import get_hydra_sweeps
+
+    cfg = SweepConfig(grid={"openvino.int4.keep_float": KEEP_FLOAT, "openvino.int4.ratio": [0.8, 1.0]})
+    args = grid.set_params(cfg, ["model=tiny"])
+    sweeps = get_hydra_sweeps({"params.yaml": args[1::2]})
+    got = sorted(
+        (str(dict(o.split("=", 1) for o in s["params.yaml"])["openvino.int4.keep_float"]), s["params.yaml"][1])
+        for s in sweeps
+    )
+    assert len(sweeps) == 6 == len(grid.points(cfg))
+    assert sorted({g[0] for g in got}) == sorted(grid.hydra_value(v) for v in KEEP_FLOAT)
+
+
+def test_a_ray_point_composes_to_its_values() -> None:
+    cfg = SweepConfig(grid={"openvino.int4.keep_float": KEEP_FLOAT[1:2], "openvino.int4.awq": [True],
+                            "openvino.int4.dataset": ["heldout"], "openvino.int4.sensitivity_metric": [None]})
+    [point] = grid.points(cfg)
+    args = grid.point_overrides(point, ["model=tiny"])
+    composed = compose(args[1::2])["openvino"]["int4"]
+    assert composed["keep_float"] == [".*mlp\\.down_proj.*"] and composed["awq"] is True
+    assert composed["dataset"] == "heldout" and composed["sensitivity_metric"] is None
+
+
+def test_point_names_are_stable_distinct_git_refs(tmp_path: Path) -> None:
+    cfg = SweepConfig(grid={"openvino.int4.group_size": [64, 128], "openvino.int4.keep_float": KEEP_FLOAT})
+    names = [grid.point_name(p, "c0ffee") for p in grid.points(cfg)]
+    assert len(set(names)) == 6
+    assert names == [grid.point_name(p, "c0ffee") for p in grid.points(cfg)]
+    assert grid.point_name(grid.points(cfg)[0], "other") != names[0]
+    for name in names:
+        subprocess.run(["git", "check-ref-format", f"refs/exps/{name}"], check=True)
+
+
+def test_full_size_points_get_a_16gb_node_each(tmp_path: Path) -> None:
+    """From the measured full-size tables: Ray gives a 16 GB node ~70 % of it (the rest is the object store)."""
+    model = tmp_path / "model"
+    model.mkdir()
+    with open(model / "model.safetensors", "wb") as f:  # sparse: the Phi-3-mini checkpoint's 7.12 GiB of bf16
+        f.truncate(int(7.12 * 2**30))
+    request = ray_executor.estimated_point_bytes(model) * ray_executor.MARGIN
+    node = 0.7 * 16 * 2**30
+    assert request < node < 2 * request
+    opts = ray_executor.task_options(int(request), 1, "p")
+    assert opts["memory"] == int(request) and opts["max_retries"] > 0 and opts["retry_exceptions"] is False
+
+
+def test_a_measured_peak_wins_over_the_estimate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    ray_executor.record_memory("tiny-phi3", [{"peak_rss_bytes": 2**30}, {"peak_rss_bytes": 3 * 2**30}])
+    assert ray_executor.point_memory("tiny-phi3", None)[0] == int(3 * 2**30 * ray_executor.MARGIN)
+    assert ray_executor.point_memory("tiny-phi3", "12")[0] == 12 * 2**30
+    with pytest.raises(Exception, match="--memory must be a number of GiB"):
+        ray_executor.point_memory("tiny-phi3", "lots")
+
+
+def test_shared_stages_are_the_ones_no_grid_key_reaches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    project = make_project(tmp_path / "p")
+    monkeypatch.chdir(project)
+    shared = ["download", "export_openvino_base", "reference"]
+    assert remote.shared_stages(["validate@int4"], ["openvino.int4.group_size"]) == shared
+    assert remote.shared_stages(["validate_npu@int4"], ["npu.int4.awq"]) == shared
+    assert remote.shared_stages(["validate@int4"], ["model"]) == []  # the model itself: nothing is shared
+
+
+def test_bad_sweep_input_fails_in_one_line(tmp_path: Path) -> None:
+    project = make_project(tmp_path / "p")
+    cli = [sys.executable, "-m", "pipeline.cli", "sweep"]
+    run_cmd([sys.executable, "-m", "pipeline.cli", "compose", "model=tiny"], project)
+    for args, message in [
+        (["--executor", "slurm", "model=tiny"], "--executor must be one of local, ray"),
+        (["--address", "127.0.0.1:6379", "model=tiny"], "are for --executor ray"),
+        (["--executor", "ray", "model=tiny"], "uncommitted changes (params.yaml)"),
+    ]:
+        done = run_cmd([*cli, *args], project, check=False)
+        assert done.returncode == 2 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    run_cmd(["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid", "commit", "-qam", "tiny"], project)
+    done = run_cmd([*cli, "--executor", "ray", "model=tiny"], project, check=False)
+    assert done.returncode == 2 and "no git remote 'origin'" in done.stderr
+    run_cmd(["git", "init", "-q", "--bare", str(tmp_path / "origin.git")], project)
+    run_cmd(["git", "remote", "add", "origin", str(tmp_path / "origin.git")], project)
+    done = run_cmd([*cli, "--executor", "ray", "model=tiny"], project, check=False)
+    assert done.returncode == 2 and "is not on git remote 'origin': `git push origin HEAD` first" in done.stderr
