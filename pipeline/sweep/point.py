@@ -80,6 +80,7 @@ def run_point(spec: PointSpec) -> dict[str, Any]:
         "values": spec.values,
         "host": socket.gethostname(),
         "pid": os.getpid(),
+        "started": time.time(),
     }
     seconds: dict[str, float] = {}
     try:
@@ -88,6 +89,7 @@ def run_point(spec: PointSpec) -> dict[str, Any]:
         result.update(status="failed", error=str(err))
     finally:
         result["seconds"] = seconds
+        result["ended"] = time.time()
         if not spec.keep_workspace:
             shutil.rmtree(work, ignore_errors=True)
     return result

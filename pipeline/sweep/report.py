@@ -98,7 +98,7 @@ def write_report(rows: list[dict], cfg: SweepConfig, out_dir: Path = OUT_DIR, fa
         "failed": failed or [],
     }
     write_json_atomic(out_dir / "sweep.json", result)
-    cols = ["experiment", *cfg.grid, "size_mb", "top1_agreement", "greedy_exact_match", "tokens_per_s"]
+    cols = ["experiment", *cfg.grid, "size_mb", "top1_agreement", "greedy_exact_match", "tokens_per_s", "passed"]
     lines = [
         "# Sweep report",
         "",

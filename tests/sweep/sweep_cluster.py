@@ -16,9 +16,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from typing import IO
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 BIN = Path(sys.executable).parent
 BUCKET = "aipc-sweep"
@@ -145,8 +145,8 @@ def local_cluster(tmp: Path, workers: int = 2) -> Iterator[Cluster]:
 def alive_nodes(cluster: Cluster) -> int:
     """How many nodes of the cluster are alive (asked by a short-lived driver)."""
     probe = (
-        "import ray, json; ray.init(address=%r, logging_level='ERROR'); "
-        "print(json.dumps(sum(n['Alive'] for n in ray.nodes())))" % cluster.address
+        f"import ray, json; ray.init(address={cluster.address!r}, logging_level='ERROR'); "
+        "print(json.dumps(sum(n['Alive'] for n in ray.nodes())))"
     )
     done = subprocess.run([sys.executable, "-c", probe], env=cluster.env, capture_output=True, text=True)
     return json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else 0

@@ -52,8 +52,12 @@ def sweep_project(dest: Path, cluster: Cluster | None = None) -> Path:
     return project
 
 
-def experiments(project: Path, env: dict[str, str] | None = None) -> dict[str, dict]:
-    """``dvc exp show`` on ``project``: experiment name -> {grid values, the .bin md5 of its int4 IR}."""
+def experiments(project: Path, env: dict[str, str] | None = None, objects: dict[str, bytes] | None = None) -> dict:
+    """``dvc exp show`` on ``project``: experiment name -> {grid values, the .bin md5 of its int4 IR}.
+
+    The IR's directory listing comes from the project's cache, or from the S3 remote's ``objects`` (a Ray
+    sweep's driver pulls only the experiments' git refs).
+    """
     shown = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json", "--hide-queued"], cwd=project,
                            env=env, capture_output=True, text=True, check=True)
     out = {}
@@ -63,7 +67,12 @@ def experiments(project: Path, env: dict[str, str] | None = None) -> dict[str, d
                 params = rev["data"]["params"]["params.yaml"]["data"]["openvino"]["int4"]
                 lock = yaml.safe_load(run_cmd(["git", "show", f"{rev['rev']}:dvc.lock"], project).stdout)
                 ir = lock["stages"]["export_openvino@int4"]["outs"][0]["md5"]
-                entries = json.loads((project / ".dvc" / "cache" / "files" / "md5" / ir[:2] / ir[2:]).read_text())
+                listing = (
+                    objects[f"dvc/files/md5/{ir[:2]}/{ir[2:]}"]
+                    if objects is not None
+                    else (project / ".dvc" / "cache" / "files" / "md5" / ir[:2] / ir[2:]).read_bytes()
+                )
+                entries = json.loads(listing)
                 bin_md5 = next(e["md5"] for e in entries if e["relpath"] == "openvino_model.bin")
                 out[rev["name"]] = {"point": (params["group_size"], params["ratio"]), "bin_md5": bin_md5}
     return out
@@ -85,7 +94,7 @@ def kill_a_worker_mid_point(cluster: Cluster, driver: subprocess.Popen) -> tuple
                 psutil.wait_procs(tree)
                 return Path(cwd).name[len("aipc-") : -len("-12345678")], worker.pid
         time.sleep(0.05)
-    raise AssertionError("the driver ended before any point started validating")
+    raise AssertionError(f"the driver ended before any point started validating:\n{driver.communicate()[0][-3000:]}")
 
 
 def assert_remotes_whole(cluster: Cluster, origin: Path, names: set[str], metrics_file: str) -> None:
@@ -125,7 +134,7 @@ def test_ray_sweep_matches_the_local_queue_and_a_killed_worker_is_retried(cluste
     assert any(d.name.startswith(f"aipc-{killed_point}-") for d in cluster.scratch.iterdir())
     assert_remotes_whole(cluster, tmp_path / "ray-origin.git", {p["name"] for p in ray_points},
                          "artifacts/metrics/openvino-int4.json")
-    shown = experiments(project, cluster.env)  # the experiments are ordinary DVC experiments on the driver
+    shown = experiments(project, cluster.env, cluster.objects())  # the experiments are ordinary DVC experiments on the driver
     assert set(shown) == {p["name"] for p in ray_points}
     assert all(p["peak_rss_bytes"] > 100 * 2**20 for p in ray_points)
     assert (project / ".aipc" / "sweep" / "point_memory.json").is_file()

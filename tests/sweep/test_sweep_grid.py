@@ -110,3 +110,24 @@ def test_bad_sweep_input_fails_in_one_line(tmp_path: Path) -> None:
     run_cmd(["git", "remote", "add", "origin", str(tmp_path / "origin.git")], project)
     done = run_cmd([*cli, "--executor", "ray", "model=tiny"], project, check=False)
     assert done.returncode == 2 and "is not on git remote 'origin': `git push origin HEAD` first" in done.stderr
+
+
+@pytest.mark.parametrize("preset", ["default", "data_aware", "npu"])
+def test_every_sweep_preset_composes_and_each_point_is_a_valid_config(preset: str) -> None:
+    from pipeline.core.config import build, pipeline_config_class
+
+    cfg = compose(["model=tiny", f"sweep={preset}"])
+    sweep = SweepConfig(**cfg["sweep"])
+    for point in grid.points(sweep):
+        build(pipeline_config_class(), compose(grid.point_overrides(point, ["model=tiny"])[1::2]))
+
+
+def test_a_failed_point_gets_its_line_and_never_wins(tmp_path: Path) -> None:
+    from pipeline.sweep.report import write_report
+
+    cfg = SweepConfig(grid={"openvino.int4.group_size": [48, 64]})
+    rows = [{"experiment": "ok", "openvino.int4.group_size": 64, "size_mb": 9.0, "top1_agreement": 0.97}]
+    failed = [{"experiment": "bad", "openvino.int4.group_size": 48, "error": "group_size 48 does not divide 256"}]
+    result = write_report(rows, cfg, tmp_path, failed)
+    assert result["recommended"]["experiment"] == "ok" and result["failed"] == failed
+    assert "**failed:** `bad` (openvino.int4.group_size=48): group_size 48" in (tmp_path / "report.md").read_text()
