@@ -159,10 +159,10 @@ def run_sweep(
     commit, git_url = remote.checked_commit(git_remote)
     model = load_params().model.name
     points = specs(cfg, overrides, commit, git_url, dvc_remote)
-    remote.push_shared(list(cfg.targets), list(cfg.grid), dvc_remote)
     memory, source = point_memory(model, memory_gb)
-    ray = connect(address)
+    ray = connect(address)  # before the shared stages: no cluster, no work
     try:
+        remote.push_shared(list(cfg.targets), list(cfg.grid), dvc_remote)
         with step(f"running {len(points)} points on Ray ({cpus} CPU, {size_text(memory)} each: {source})"):
             results = run_tasks(ray, points, memory, max(1, math.ceil(cpus)))
     finally:

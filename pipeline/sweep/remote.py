@@ -41,7 +41,7 @@ def checked_commit(git_remote: str) -> tuple[str, str]:
     if url.returncode:
         fail(f"no git remote '{git_remote}': add the remote every node can reach (`git remote add {git_remote} URL`)")
     git("fetch", "-q", git_remote)
-    if not git("branch", "-r", "--contains", commit):
+    if not git("branch", "-r", "--contains", commit, "--list", f"{git_remote}/*"):
         fail(f"commit {commit[:7]} is not on git remote '{git_remote}': `git push {git_remote} HEAD` first")
     return commit, url.stdout.strip()
 

@@ -110,6 +110,7 @@ def local_cluster(tmp: Path, workers: int = 2) -> Iterator[Cluster]:
     """moto's S3 server with one bucket, a Ray head (no CPUs: it schedules only) and ``workers`` worker nodes."""
     import tempfile
 
+    tmp.mkdir(parents=True, exist_ok=True)
     env = node_env(tmp)
     procs: list[subprocess.Popen] = []
     ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay short

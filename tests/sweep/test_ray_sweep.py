@@ -37,9 +37,15 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
         yield started
 
 
-def sweep_project(dest: Path, cluster: Cluster | None = None) -> Path:
-    """A fresh tiny project composed for the 2x2 grid; with ``cluster``, its S3 remote and a bare git remote."""
+def sweep_project(dest: Path, cluster: Cluster | None = None, cache: Path | None = None) -> Path:
+    """A fresh tiny project composed for the 2x2 grid; with ``cluster``, its S3 remote and a bare git remote.
+
+    ``cache``: another project's DVC cache, whose run cache then gives the shared stages (download, reference,
+    base IR) without running them again; every point still compresses and validates.
+    """
     project = make_project(dest)
+    if cache:
+        run_cmd([sys.executable, "-m", "dvc", "cache", "dir", "--local", str(cache)], project)
     run_cmd([sys.executable, "-m", "pipeline.cli", "compose", *FIXED, GRID], project)
     if cluster:
         run_cmd([sys.executable, "-m", "dvc", "remote", "add", "-d", "shared", f"s3://{BUCKET}/dvc"], project)
@@ -52,7 +58,7 @@ def sweep_project(dest: Path, cluster: Cluster | None = None) -> Path:
     return project
 
 
-def experiments(project: Path, env: dict[str, str] | None = None, objects: dict[str, bytes] | None = None) -> dict:
+def experiments(project: Path, env: dict | None = None, objects: dict | None = None, cache: Path | None = None) -> dict:
     """``dvc exp show`` on ``project``: experiment name -> {grid values, the .bin md5 of its int4 IR}.
 
     The IR's directory listing comes from the project's cache, or from the S3 remote's ``objects`` (a Ray
@@ -70,7 +76,7 @@ def experiments(project: Path, env: dict[str, str] | None = None, objects: dict[
                 listing = (
                     objects[f"dvc/files/md5/{ir[:2]}/{ir[2:]}"]
                     if objects is not None
-                    else (project / ".dvc" / "cache" / "files" / "md5" / ir[:2] / ir[2:]).read_bytes()
+                    else ((cache or project / ".dvc" / "cache") / "files" / "md5" / ir[:2] / ir[2:]).read_bytes()
                 )
                 entries = json.loads(listing)
                 bin_md5 = next(e["md5"] for e in entries if e["relpath"] == "openvino_model.bin")
@@ -139,10 +145,10 @@ def test_ray_sweep_matches_the_local_queue_and_a_killed_worker_is_retried(cluste
     assert all(p["peak_rss_bytes"] > 100 * 2**20 for p in ray_points)
     assert (project / ".aipc" / "sweep" / "point_memory.json").is_file()
 
-    local = sweep_project(tmp_path / "local")
+    local = sweep_project(tmp_path / "local", cache=project / ".dvc" / "cache")
     run_cmd([sys.executable, "-m", "pipeline.cli", "sweep", *FIXED, GRID], local)
     local_result = json.loads((local / "artifacts" / "sweep" / "sweep.json").read_text())
-    by_point = {e["point"]: e["bin_md5"] for e in experiments(local).values()}
+    by_point = {e["point"]: e["bin_md5"] for e in experiments(local, cache=project / ".dvc" / "cache").values()}
     assert {e["point"]: e["bin_md5"] for e in shown.values()} == by_point
     assert len(by_point) == 4 and len(set(by_point.values())) == 4
     assert {k: ray_result["recommended"][k] for k in KEYS} == {k: local_result["recommended"][k] for k in KEYS}
