@@ -25,6 +25,7 @@ import argparse
 import importlib.util
 import json
 import math
+import os
 import platform
 import re
 import shutil
@@ -55,6 +56,8 @@ def load(path: Path, name: str) -> Any:
 
 
 def run(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> tuple[float, str]:
+    """Run ``args`` (this venv first on PATH, so DVC's stages run its Python); seconds taken and stderr."""
+    env = env or {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])}
     start = time.perf_counter()
     done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
     if done.returncode:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -141,6 +142,7 @@ def local_cluster(tmp: Path, workers: int = 2) -> Iterator[Cluster]:
     finally:
         stop(procs)
         log.close()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 def alive_nodes(cluster: Cluster) -> int:
