@@ -60,9 +60,8 @@ def _run(args: list[str], cwd: Path, env: dict[str, str]) -> tuple[str, Any]:
         out = log.read()
     if proc.returncode:
         tail = [line for line in out.strip().splitlines() if line.strip()][-3:]
-        raise PointFailed(
-            f"`{' '.join(args[2:] if args[1:2] == ['-m'] else args)}` exit {proc.returncode}: {' | '.join(tail)}"
-        )
+        command = " ".join((args[2:] if args[1:2] == ["-m"] else args)[:3])  # "dvc exp run", not its -S list
+        raise PointFailed(f"`{command}` exit {proc.returncode}: {' | '.join(tail)}")
     return out, usage
 
 

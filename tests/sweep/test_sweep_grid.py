@@ -131,3 +131,16 @@ def test_a_failed_point_gets_its_line_and_never_wins(tmp_path: Path) -> None:
     result = write_report(rows, cfg, tmp_path, failed)
     assert result["recommended"]["experiment"] == "ok" and result["failed"] == failed
     assert "**failed:** `bad` (openvino.int4.group_size=48): group_size 48" in (tmp_path / "report.md").read_text()
+
+
+def test_a_point_that_cannot_run_returns_failed_and_leaves_no_workspace(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline.sweep.point import SCRATCH_ENV, PointSpec, run_point
+
+    monkeypatch.setenv(SCRATCH_ENV, str(tmp_path / "scratch"))
+    spec = PointSpec(name="p", values={"openvino.int4.ratio": 0.8}, set_params=[], targets=["validate@int4"],
+                     git_url=str(tmp_path / "missing.git"), commit="0" * 40, metrics_file="m.json")
+    result = run_point(spec)
+    assert result["status"] == "failed" and result["error"].startswith("`git clone -q` exit 128")
+    assert list((tmp_path / "scratch").iterdir()) == []
