@@ -43,6 +43,7 @@ GIB = 2**30
 # Phi-3-mini at full size (docs/benchmarks.md): what a node fetches once, what each point pushes.
 FULL_FETCH_BYTES = int((7.12 + 7.12) * GIB)  # the bf16 checkpoint and the uncompressed base IR
 FULL_POINT_PUSH_BYTES = int(2.6 * GIB)  # one int4 IR
+DRIVER_STEPS = ("reproducing", "pushing", "pulling")  # the driver's own steps in its log (pipeline/sweep/remote.py)
 STEP_DONE = re.compile(r"\] (.+?): done in ([\d.]+) s")
 
 
@@ -107,7 +108,7 @@ def measure_ray(work: Path, workers: int) -> dict[str, Any]:
         "sweep_s": round(total_s, 1),
         "makespan_s": round(makespan, 1),
         "driver_fixed_s": round(total_s - makespan, 1),
-        "driver_steps_s": {k: v for k, v in steps.items() if not k.startswith("running")},
+        "driver_steps_s": {k.split(" ")[0]: v for k, v in steps.items() if k.startswith(DRIVER_STEPS)},
         "per_point_task_s": round(sum(task) / len(task), 1),
         "per_point_phases_s": phases,
         "peak_rss_mib": round(max(p["peak_rss_bytes"] for p in points) / 2**20),
