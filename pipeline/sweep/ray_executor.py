@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,12 @@ def connect(address: str | None) -> Any:
         import ray
     except ImportError:
         fail("the Ray executor needs Ray: pip install -c constraints.txt -e .[ray]")
+    if address:  # ray.init waits minutes on an address where nothing listens: ask once, in one line
+        host, _, port = address.removeprefix("ray://").rpartition(":")
+        try:
+            socket.create_connection((host or "127.0.0.1", int(port)), timeout=10).close()
+        except (OSError, ValueError) as err:
+            fail(f"no Ray cluster at {address} ({err}): start one with `ray start --head` or fix --address")
     try:
         ray.init(address=address or "auto", log_to_driver=False, logging_level=logging.ERROR)
     except (ConnectionError, RuntimeError, ValueError) as err:

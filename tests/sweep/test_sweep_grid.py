@@ -74,6 +74,13 @@ def test_full_size_points_get_a_16gb_node_each(tmp_path: Path) -> None:
     assert opts["memory"] == int(request) and opts["max_retries"] > 0 and opts["retry_exceptions"] is False
 
 
+def test_no_cluster_at_the_address_is_one_line() -> None:
+    from sweep_cluster import free_port
+
+    with pytest.raises(Exception, match=r"no Ray cluster at 127\.0\.0\.1:\d+ .*start one with `ray start --head`"):
+        ray_executor.connect(f"127.0.0.1:{free_port()}")
+
+
 def test_a_measured_peak_wins_over_the_estimate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     ray_executor.record_memory("tiny-phi3", [{"peak_rss_bytes": 2**30}, {"peak_rss_bytes": 3 * 2**30}])
