@@ -59,9 +59,11 @@ def _run(args: list[str], cwd: Path, env: dict[str, str]) -> tuple[str, Any]:
         log.seek(0)
         out = log.read()
     if proc.returncode:
-        tail = [line for line in out.strip().splitlines() if line.strip()][-3:]
+        lines = [line.strip() for line in out.splitlines() if line.strip()]
+        ours = [line for line in lines if line.startswith("error: ")]  # a stage's own one-line reason
+        detail = ours[-1].removeprefix("error: ") if ours else " | ".join(lines[-2:])
         command = " ".join((args[2:] if args[1:2] == ["-m"] else args)[:3])  # "dvc exp run", not its -S list
-        raise PointFailed(f"`{command}` exit {proc.returncode}: {' | '.join(tail)}")
+        raise PointFailed(f"`{command}` exit {proc.returncode}: {detail}")
     return out, usage
 
 

@@ -178,6 +178,8 @@ def run_sweep(
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     write_json_atomic(OUT_DIR / "ray_points.json", {"memory_request_bytes": memory, "points": results})
     done = [r["name"] for r in results if r["status"] == "ok"]
+    if not done:
+        fail(f"every point failed ({len(results)}; {OUT_DIR / 'ray_points.json'}), e.g. {results[0]['error']}")
     remote.pull_experiments(done, git_remote)
     failed = [{"experiment": r["name"], "error": r["error"], **r["values"]} for r in results if r["status"] != "ok"]
     return report(cfg, only=set(done), failed=failed)

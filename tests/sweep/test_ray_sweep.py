@@ -37,8 +37,14 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
         yield started
 
 
-def sweep_project(dest: Path, cluster: Cluster | None = None, cache: Path | None = None) -> Path:
-    """A fresh tiny project composed for the 2x2 grid; with ``cluster``, its S3 remote and a bare git remote.
+@pytest.fixture(scope="module")
+def driver_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One DVC cache for the drivers' projects: the shared stages run once for the module (run cache)."""
+    return tmp_path_factory.mktemp("driver-cache")
+
+
+def sweep_project(dest: Path, cluster: Cluster | None = None, cache: Path | None = None, grid: str = GRID) -> Path:
+    """A fresh tiny project composed for ``grid``; with ``cluster``, its S3 remote and a bare git remote.
 
     ``cache``: another project's DVC cache, whose run cache then gives the shared stages (download, reference,
     base IR) without running them again; every point still compresses and validates.
@@ -46,7 +52,7 @@ def sweep_project(dest: Path, cluster: Cluster | None = None, cache: Path | None
     project = make_project(dest)
     if cache:
         run_cmd([sys.executable, "-m", "dvc", "cache", "dir", "--local", str(cache)], project)
-    run_cmd([sys.executable, "-m", "pipeline.cli", "compose", *FIXED, GRID], project)
+    run_cmd([sys.executable, "-m", "pipeline.cli", "compose", *FIXED, grid], project)
     if cluster:
         run_cmd([sys.executable, "-m", "dvc", "remote", "add", "-d", "shared", f"s3://{BUCKET}/dvc"], project)
         run_cmd([sys.executable, "-m", "dvc", "remote", "modify", "shared", "endpointurl", cluster.endpoint], project)
@@ -120,8 +126,10 @@ def assert_remotes_whole(cluster: Cluster, origin: Path, names: set[str], metric
 
 
 @pytest.mark.slow
-def test_ray_sweep_matches_the_local_queue_and_a_killed_worker_is_retried(cluster: Cluster, tmp_path: Path) -> None:
-    project = sweep_project(tmp_path / "ray", cluster)
+def test_ray_sweep_matches_the_local_queue_and_a_killed_worker_is_retried(
+    cluster: Cluster, driver_cache: Path, tmp_path: Path
+) -> None:
+    project = sweep_project(tmp_path / "ray", cluster, driver_cache)
     driver = subprocess.Popen(
         [sys.executable, "-m", "pipeline.cli", "sweep", "--executor", "ray", "--address", cluster.address,
          *FIXED, GRID],
@@ -145,13 +153,27 @@ def test_ray_sweep_matches_the_local_queue_and_a_killed_worker_is_retried(cluste
     assert all(p["peak_rss_bytes"] > 100 * 2**20 for p in ray_points)
     assert (project / ".aipc" / "sweep" / "point_memory.json").is_file()
 
-    local = sweep_project(tmp_path / "local", cache=project / ".dvc" / "cache")
+    local = sweep_project(tmp_path / "local", cache=driver_cache)
     run_cmd([sys.executable, "-m", "pipeline.cli", "sweep", *FIXED, GRID], local)
     local_result = json.loads((local / "artifacts" / "sweep" / "sweep.json").read_text())
-    by_point = {e["point"]: e["bin_md5"] for e in experiments(local, cache=project / ".dvc" / "cache").values()}
+    by_point = {e["point"]: e["bin_md5"] for e in experiments(local, cache=driver_cache).values()}
     assert {e["point"]: e["bin_md5"] for e in shown.values()} == by_point
     assert len(by_point) == 4 and len(set(by_point.values())) == 4
     assert {k: ray_result["recommended"][k] for k in KEYS} == {k: local_result["recommended"][k] for k in KEYS}
     assert sorted((p[KEYS[0]], p[KEYS[1]], p["size_mb"], p["top1_agreement"]) for p in ray_result["points"]) == sorted(
         (p[KEYS[0]], p[KEYS[1]], p["size_mb"], p["top1_agreement"]) for p in local_result["points"])
     assert os.path.isfile(project / "artifacts" / "sweep" / "pareto.png")
+
+
+@pytest.mark.slow
+def test_a_point_that_fails_is_reported_and_never_pushed(cluster: Cluster, driver_cache: Path, tmp_path: Path) -> None:
+    grid = "sweep.grid={openvino.int4.group_size:[48]}"  # 48 does not divide tiny's hidden size 256
+    project = sweep_project(tmp_path / "bad", cluster, driver_cache, grid)
+    done = run_cmd([sys.executable, "-m", "pipeline.cli", "sweep", "--executor", "ray", "--address", cluster.address,
+                    *FIXED, grid], project, check=False)
+    assert done.returncode == 2, done.stderr[-3000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: every point failed (1;") and "group_size 48 does not divide hidden_size 256" in last
+    [point] = json.loads((project / "artifacts" / "sweep" / "ray_points.json").read_text())["points"]
+    assert point["status"] == "failed" and point["seconds"]["run"] > 0
+    assert run_cmd(["git", "for-each-ref", "refs/exps"], tmp_path / "bad-origin.git").stdout == ""
