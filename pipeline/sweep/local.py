@@ -32,7 +32,8 @@ def dvc(*args: str, capture: bool = False, cwd: Path | None = None) -> subproces
         check=False,
     )
     if done.returncode:
-        detail = (done.stderr or "").strip().splitlines()[-1:] if capture else []
+        lines = (done.stderr or "").strip().splitlines() if capture else []
+        detail = [line for line in lines if line.startswith("ERROR")][:1] or lines[-1:]  # DVC's own reason first
         fail(f"`dvc {' '.join(args)}` failed (exit {done.returncode}) {' '.join(detail)}".strip())
     return done
 

@@ -167,10 +167,10 @@ def test_ray_sweep_matches_the_local_queue_and_a_killed_worker_is_retried(
 
 @pytest.mark.slow
 def test_a_point_that_fails_is_reported_and_never_pushed(cluster: Cluster, driver_cache: Path, tmp_path: Path) -> None:
-    grid = "sweep.grid={openvino.int4.group_size:[48]}"  # 48 does not divide tiny's hidden size 256
+    grid = "sweep.grid={openvino.int4.group_size:[48],openvino.int4.ratio:[1.0]}"  # 48 does not divide 256
     project = sweep_project(tmp_path / "bad", cluster, driver_cache, grid)
-    done = run_cmd([sys.executable, "-m", "pipeline.cli", "sweep", "--executor", "ray", "--address", cluster.address,
-                    *FIXED, grid], project, check=False)
+    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "sweep", "--executor", "ray", "--address",
+                           cluster.address, *FIXED, grid], cwd=project, env=cluster.env, capture_output=True, text=True)
     assert done.returncode == 2, done.stderr[-3000:]
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("error: every point failed (1;") and "group_size 48 does not divide hidden_size 256" in last
