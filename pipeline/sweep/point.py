@@ -11,6 +11,7 @@ point again under the same name and, the outputs being deterministic, uploads th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,7 @@ class PointSpec:
     git_url: str  # the git remote both sides push to and pull from
     commit: str  # the driver's commit: every point starts from it
     metrics_file: str  # sweep.metrics_file, read back for the driver's log
+    shared: list[str] = field(default_factory=list)  # stages every point shares (restored from the run cache)
     dvc_remote: str | None = None  # a DVC remote name in the project's .dvc/config (None: its default remote)
     keep_workspace: bool = False  # leave the clone on the node (debugging)
     env: dict[str, str] = field(default_factory=dict)  # extra environment for the stages (not secrets)
@@ -115,13 +118,27 @@ def _phases(spec: PointSpec, work: Path, seconds: dict[str, float]) -> dict[str,
     share_node_caches(work, node_cache)
     if spec.dvc_remote:  # `exp run --pull` reads the run cache from the default remote
         timed("clone", [*dvc, "remote", "default", "--local", spec.dvc_remote])
-    # --pull: the shared stages' run-cache entries, then only the objects of the entries that match
+    if spec.shared:  # one point of the node at a time fills the node's cache (two DVCs pulling one cache race)
+        with node_lock(node_cache):
+            timed("fetch", [*dvc, "repro", "--pull", *spec.shared])
+    # --pull: run-cache entries from the remote, then only the objects of the entries that match
     _, usage = timed("run", [*dvc, "exp", "run", "--pull", "-n", spec.name, *spec.set_params, *spec.targets])
     metrics_path = work / spec.metrics_file
     metrics = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.is_file() else None
     timed("push", [*dvc, "push", "-q"])
     timed("push", [*dvc, "exp", "push", "--no-cache", "--force", "origin", spec.name])
     return {"metrics": metrics, "peak_rss_bytes": usage.ru_maxrss * 1024}
+
+
+@contextlib.contextmanager
+def node_lock(node_cache: Path) -> Iterator[None]:
+    """Hold the node's fetch lock (released by the kernel if this worker dies)."""
+    import fcntl
+
+    node_cache.mkdir(parents=True, exist_ok=True)
+    with open(node_cache / "fetch.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
 
 
 def share_node_caches(work: Path, node_cache: Path) -> None:

@@ -115,7 +115,9 @@ def connect(address: str | None) -> Any:
     return ray
 
 
-def specs(cfg: SweepConfig, overrides: list[str], commit: str, git_url: str, dvc_remote: str | None) -> list[PointSpec]:
+def specs(
+    cfg: SweepConfig, overrides: list[str], commit: str, git_url: str, dvc_remote: str | None, shared: list[str]
+) -> list[PointSpec]:
     """One :class:`PointSpec` per grid point."""
     return [
         PointSpec(
@@ -127,6 +129,7 @@ def specs(cfg: SweepConfig, overrides: list[str], commit: str, git_url: str, dvc
             commit=commit,
             metrics_file=cfg.metrics_file,
             dvc_remote=dvc_remote,
+            shared=shared,
         )
         for values in grid.points(cfg)
     ]
@@ -165,11 +168,11 @@ def run_sweep(
     check_overrides(overrides)
     commit, git_url = remote.checked_commit(git_remote)
     model = load_params().model.name
-    points = specs(cfg, overrides, commit, git_url, dvc_remote)
     memory, source = point_memory(model, memory_gb)
     ray = connect(address)  # before the shared stages: no cluster, no work
     try:
-        remote.push_shared(list(cfg.targets), list(cfg.grid), dvc_remote)
+        shared = remote.push_shared(list(cfg.targets), list(cfg.grid), dvc_remote)
+        points = specs(cfg, overrides, commit, git_url, dvc_remote, shared)
         with step(f"running {len(points)} points on Ray ({cpus} CPU, {size_text(memory)} each: {source})"):
             results = run_tasks(ray, points, memory, max(1, math.ceil(cpus)))
     finally:
