@@ -84,6 +84,9 @@ STAGE_RAM: dict[str, dict[str, tuple[float, float]]] = {
     "export_npu_lib": {"int4": (2.35, 0.3), "int8": (2.85, 0.3), "fp16": (2.3, 0.3)},
     "export_npu_lib_16bit": {"int4": (1.35, 0.3), "int8": (1.85, 0.3), "fp16": (1.3, 0.3)},
     # the library's model loaded from its .pt on the CPU stand-in: not measured at full size, estimated like validate
+    # the package's IR compiled by the OpenVINO EP (no page trimming through ONNX Runtime), then once more with f32
+    # pinned for teacher forcing after the first is freed: estimated like the plain validate row (not run here: AMD)
+    "validate_winml": {"npu": (2.4, 0.3), "gpu": (2.1, 0.3), "cpu": (2.1, 0.3)},
     "validate_npu_lib": {"int4": (2.1, 0.3), "int8": (2.2, 0.3), "fp16": (2.1, 0.3)},
 }
 

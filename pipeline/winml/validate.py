@@ -24,6 +24,7 @@ from pipeline.core.errors import run_main
 from pipeline.core.log import step
 from pipeline.core.manifest import read_manifest
 from pipeline.core.registry import FAMILIES
+from pipeline.core.resources import check_stage_ram
 from pipeline.core.stage import run_stage
 from pipeline.validation import fidelity, matrix, records
 from pipeline.validation.evidence import Evidence, verdicts_for
@@ -134,6 +135,7 @@ def run(
         cell = matrix.skipped_cell(plan, kind)
         cell.label = f"{kind}, skipped: the OpenVINO EP cannot run it here"
     else:
+        check_stage_ram("validate_winml", name, folder)
         evidence = Evidence.load(reference_path)
         try:
             got = measure_cell(folder, plan, cfg, evidence)

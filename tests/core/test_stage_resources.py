@@ -118,3 +118,17 @@ def test_validation_tells_the_lean_path_from_the_plain_one(tmp_path, monkeypatch
     plain = resources.stage_ram("validate", "fp16", ir) / GIB
     assert lean == pytest.approx(1.2 * 7.12 + 0.5, abs=0.01)
     assert plain == pytest.approx(2.1 * 7.12 + 0.3, abs=0.01)
+
+
+def test_windows_ml_validation_refuses_before_loading_the_package(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.winml import runtime
+    from pipeline.winml import validate as validate_winml
+
+    package = sparse(tmp_path / "winml" / "npu", "openvino_model.bin", 2.2 * GIB)  # Phi-3-mini's NPU int4 IR
+    (package / "manifest.json").write_text(json.dumps({"parameters": {"device_type": "NPU"}}))
+    monkeypatch.setenv(resources.ASSUME_RAM_ENV, "4")
+    offered = runtime.PluginStatus(version="1.8.1", devices=["CPU", "GPU", "NPU"])  # an Intel laptop's plugin
+    cfg = build(ValidateConfig, compose([])["validate"])
+    with pytest.raises(StageError, match=r"^validate_winml@npu needs about 5\.6 GiB of RAM but 4\.0 GiB"):
+        validate_winml.run("npu", cfg, tmp_path / "winml", tmp_path / "missing.json", tmp_path / "metrics", offered)
+    assert not (tmp_path / "metrics").exists()
