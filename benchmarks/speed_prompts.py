@@ -32,7 +32,8 @@ def export_int4(model: Path, work: Path) -> Path:
 
     ir = work / "aipc" / "int4"
     if not (ir / "openvino_model.xml").is_file():
-        for cmd in commands(model, work)["aipc-int4"]:
+        base, compress = commands(model, work)["aipc-int4"]
+        for cmd in ([] if (work / "aipc" / "base" / "openvino_model.xml").is_file() else [base]) + [compress]:
             subprocess.run(cmd, cwd=ROOT, check=True)
     return ir
 
