@@ -47,14 +47,23 @@ def peak_rss_mb() -> float:
     return round(peak / 2**20 if sys.platform == "darwin" else peak / 1024, 1)
 
 
-def load(folder: str, provider: str, device: str) -> tuple[Any, str, float]:
-    """Load ``folder`` on its ``provider`` (a CPU cell of a non-CPU graph clears the providers); model, device, s."""
+def load(
+    folder: str, provider: str, device: str, session_options: dict[str, str | bool] | None = None
+) -> tuple[Any, str, float]:
+    """Load ``folder`` on its ``provider`` (a CPU cell of a non-CPU graph clears the providers); model, device, s.
+
+    ``session_options``: entries laid over the decoder's ``session_options`` of ``genai_config.json``
+    (``enable_cpu_mem_arena``, ``graph_optimization_level``, or any ONNX Runtime session config entry); the files
+    are not changed.
+    """
     import onnxruntime_genai as og
 
     start = time.perf_counter()
     config = og.Config(folder)
     if device == "CPU" and provider != "cpu":
         config.clear_providers()  # same files, default (CPU) provider: the stand-in cell
+    if session_options:
+        config.overlay(json.dumps({"model": {"decoder": {"session_options": session_options}}}))
     model = og.Model(config)
     return model, str(model.device_type).upper(), time.perf_counter() - start
 
@@ -120,14 +129,14 @@ def prefill_logits(
         for start in range(0, len(window), step):
             generator.append_tokens(window[start : start + step])
             parts.append(np.asarray(generator.get_output("logits"), dtype=np.float32)[0])
-        logits.append(np.concatenate(parts))
+        logits.append(parts[0] if len(parts) == 1 else np.concatenate(parts))  # one window: no second copy
     return logits
 
 
 def measure(request: dict[str, Any], result: dict[str, Any]) -> list[Any]:
     """One cell: fills ``result`` with what :mod:`pipeline.onnx.validate` judges; the prefill logits of each window.
 
-    ``request``: ``folder``, ``provider``, ``device``; ``prompts`` (text, tokenized here), ``max_new_tokens``
+    ``request``: ``folder``, ``provider``, ``device``, optional ``session_options`` (see :func:`load`); ``prompts`` (text, tokenized here), ``max_new_tokens``
     (one per prompt), optional ``prompt_ids`` to generate from instead of this tokenizer's ids; optional ``perf_prompts`` (name -> ids) with ``perf_new_tokens``, ``warmup``, ``repeats``;
     optional ``windows`` (token lists) with ``context`` and ``chunk`` (see :func:`prefill_logits`).
     ``result["step"]`` names the step that was running if this raises.
@@ -137,7 +146,9 @@ def measure(request: dict[str, Any], result: dict[str, Any]) -> list[Any]:
     import onnxruntime_genai as og
 
     result["step"] = "load the model"
-    model, result["executed"], result["load_s"] = load(request["folder"], request["provider"], request["device"])
+    model, result["executed"], result["load_s"] = load(
+        request["folder"], request["provider"], request["device"], request.get("session_options")
+    )
     result["step"] = "load the tokenizer"
     tokenizer = og.Tokenizer(model)
     result["step"] = "generate"
