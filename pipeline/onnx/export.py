@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +94,26 @@ def check_model_request(cfg: OnnxVariantConfig, model_config: dict) -> None:
         raise ConfigError(problem)
 
 
+@contextlib.contextmanager
+def builders_own_commit() -> Iterator[None]:
+    """Keep the project's git commit out of ``model.onnx``.
+
+    The builder stamps ``producer_version`` with ``git rev-parse HEAD`` run five folders above its own file: in a
+    virtual environment inside a git checkout (``.venv/lib``) that is this project's commit, so every commit changed
+    the graph's bytes. With ``GIT_DIR`` pointing at no repository, git fails and the builder uses the wheel's own
+    ``onnxruntime_genai.__commit__``: the same bytes from any checkout, and the right commit.
+    """
+    saved = os.environ.get("GIT_DIR")
+    os.environ["GIT_DIR"] = os.devnull
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("GIT_DIR", None)
+        else:
+            os.environ["GIT_DIR"] = saved
+
+
 def build(model_dir: Path, out: Path, cfg: OnnxVariantConfig, options: dict[str, str]) -> None:
     """Run the builder's Python API into ``out`` (its scratch cache lives in ``out`` and is removed)."""
     import logging
@@ -115,7 +137,8 @@ def build(model_dir: Path, out: Path, cfg: OnnxVariantConfig, options: dict[str,
         quantized = cfg.precision in ("int4", "int8")
         # hand back checkpoint pages once read (pipeline.core.memory); quantize one float weight at a time
         with MappedPageTrimmer(weights), lean_quantization() if quantized else contextlib.nullcontext():
-            create_model(*args, **parsed)
+            with builders_own_commit():
+                create_model(*args, **parsed)
     except (ValueError, RuntimeError, NotImplementedError, KeyError, OSError) as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         fail(f"the onnxruntime-genai model builder failed: {first}")

@@ -89,7 +89,9 @@ def measure_cell(folder: Path, plan: matrix.CellPlan, cfg: ValidateConfig, evide
     with step(f"{where} generating with onnxruntime-genai"), attempt("generate with onnxruntime-genai"):
         outputs = [generate(model, case["prompt_ids"], cfg.max_new_tokens)[0] for case in reference["greedy"]]
         perf = {
-            name: matrix.Perf.from_runs(**time_prompt(model, ids, cfg.perf_new_tokens, cfg.warmup, cfg.repeats))
+            name: matrix.Perf.from_runs(
+                **time_prompt(model, ids, cfg.perf_new_tokens, cfg.warmup, cfg.repeats, cfg.perf_budget_s)
+            )
             for name, ids in reference["perf_prompts"].items()
         }
         tokenizer = og.Tokenizer(model)

@@ -8,6 +8,7 @@ files byte for byte. Full-size evidence (the same bytes on Phi-3-mini's shapes) 
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -114,3 +115,15 @@ def test_the_builders_method_is_restored_afterwards() -> None:
     with lean_nbits.lean_quantization():
         assert base.Model.to_nbits is not original
     assert base.Model.to_nbits is original
+
+
+def test_the_graph_names_the_builders_commit_not_the_projects(checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    """The builder's `git rev-parse HEAD` runs above its own file: in `.venv/lib` that is this project's commit."""
+    import onnx
+    import onnxruntime_genai as og
+
+    cfg = OnnxVariantConfig(**CASES["cpu_int4"])
+    build(checkpoints["tiny"], tmp_path, cfg, builder_options(cfg))
+    stamped = onnx.load(tmp_path / "model.onnx", load_external_data=False).producer_version
+    assert stamped == f"{og.__version__}+{og.__commit__[:7]}", stamped
+    assert "GIT_DIR" not in os.environ
