@@ -156,7 +156,7 @@ STAGE_START = "from pipeline.core.memory import use_huge_pages; use_huge_pages()
 
 def ours(code: str) -> list[str]:
     """A Python command running pipeline code in a fresh process (as a DVC stage would)."""
-    return [sys.executable, "-c", STAGE_START + "from pathlib import Path; from pipeline.core.config import "
+    return [sys.executable, "-c", STAGE_START + "from pathlib import Path; from pipeline.openvino.config import "
             "OpenVinoVariantConfig as C; from pipeline.openvino import export as eo, export_base as eb; " + code]
 
 

@@ -114,6 +114,7 @@ class ValidateConfig:
     perf_new_tokens: Positive = 32
     warmup: Annotated[int, _check(lambda v: v >= 0, "must be >= 0, got {}")] = 1
     repeats: Positive = 3
+    perf_budget_s: Annotated[float, _check(lambda v: v >= 0, "must be >= 0 (seconds; 0 = no cap), got {}")] = 120.0
     reference_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     min_top1_agreement: dict[WeightFormat, Share] = field(default_factory=dict)
     max_mean_kl: dict[WeightFormat, Nats] = field(default_factory=dict)

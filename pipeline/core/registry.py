@@ -6,7 +6,7 @@ both ``foreach`` stages in ``dvc.yaml`` whose ``cmd`` runs the modules named her
 as ``module:function`` strings so that the core never imports a family; :func:`entry` resolves them.
 Adding a family: a subpackage with its export, validate and config modules (the variant config class is
 named here as ``module:Class`` too, and :mod:`pipeline.core.config` builds the params with it), a conf group,
-a ``dvc.yaml`` stage pair, and one entry in :data:`FAMILIES` (``tests/test_registry.py`` checks that they agree).
+a ``dvc.yaml`` stage pair, and one entry in :data:`FAMILIES` (``tests/core/test_registry.py`` checks that they agree).
 """
 
 from __future__ import annotations

@@ -75,15 +75,26 @@ STAGE_RAM: dict[str, dict[str, tuple[float, float]]] = {
     # 1.97 -> 1.10 GB on a 1.1 GB fp16 IR; not yet measured at full size, so 1.2x plus margin
     "validate_lean": {"int4": (1.2, 0.5), "int8": (1.2, 0.5), "fp16": (1.2, 0.5), "fp32": (1.2, 0.5)},
     "validate_npu_lean": {"int4": (1.2, 0.5)},
-    # the builder holds its whole graph: fp16 for DirectML (9.6 GiB), fp32 for the CPU provider (18.9 GiB);
-    # dml_fp16 stayed under 1 GiB (the checkpoint's 16-bit weights written as they are)
-    "export_onnx": {"dml_int4": (1.35, 0.3), "cpu_int4": (2.7, 0.3), "dml_fp16": (0.15, 0.5)},
-    "validate_onnx": {"dml_int4": (1.45, 0.3), "cpu_int4": (2.1, 0.3), "dml_fp16": (2.35, 0.3)},  # 3.0 / 4.4 / 16.5
+    # int4 quantized one float weight at a time (pipeline.onnx.lean_nbits): `python benchmarks/onnx_memory.py
+    # --only export-cpu_int4 export-dml_int4 export-dml_fp16`, 5.54 / 2.94 / 0.85 GiB (2026-12-01, 2 shared cores)
+    "export_onnx": {"dml_int4": (0.42, 0.3), "cpu_int4": (0.8, 0.3), "dml_fp16": (0.15, 0.5)},
+    # the builder's own int4 pass (algo_config rtn/k_quant*, matmul_mixed_precision, use_qdq, a quantized
+    # checkpoint): its whole graph in one ModelProto, fp16 for DirectML (9.6 GiB), fp32 for the CPU (18.9 GiB)
+    "export_onnx_builder": {"dml_int4": (1.35, 0.3), "cpu_int4": (2.7, 0.3)},
+    # CPU cells without ONNX Runtime's arena (pipeline/onnx/validate.py), the reference's 4096-token window included:
+    # `python benchmarks/onnx_memory.py --only validate-cpu_int4 validate-dml_int4 --validate-override
+    # validate.max_new_tokens=4 validate.perf_new_tokens=2 validate.repeats=1 validate.warmup=0`: cpu_int4 7.77 GiB
+    # (2.54 GiB folder), dml_int4 7.89 GiB (1.98 GiB); dml_fp16 on the CPU stand-in keeps a float32 copy of the
+    # weights (no fp16 MatMul on x86): >= 17.9 GiB (7.12 GiB folder; stopped there to spare the shared machine)
+    "validate_onnx": {"dml_int4": (4.0, 0.3), "cpu_int4": (3.1, 0.3), "dml_fp16": (2.7, 0.3)},
     # load_dtype float32: a float32 copy of the checkpoint (2x) plus the library's quantization, 16.6 / 20.2 /
     # 16.1 GiB; a 16-bit load_dtype is estimated one checkpoint lower (not measured)
     "export_npu_lib": {"int4": (2.35, 0.3), "int8": (2.85, 0.3), "fp16": (2.3, 0.3)},
     "export_npu_lib_16bit": {"int4": (1.35, 0.3), "int8": (1.85, 0.3), "fp16": (1.3, 0.3)},
     # the library's model loaded from its .pt on the CPU stand-in: not measured at full size, estimated like validate
+    # the package's IR compiled by the OpenVINO EP (no page trimming through ONNX Runtime), then once more with f32
+    # pinned for teacher forcing after the first is freed: estimated like the plain validate row (not run here: AMD)
+    "validate_winml": {"npu": (2.4, 0.3), "gpu": (2.1, 0.3), "cpu": (2.1, 0.3)},
     "validate_npu_lib": {"int4": (2.1, 0.3), "int8": (2.2, 0.3), "fp16": (2.1, 0.3)},
 }
 

@@ -9,8 +9,11 @@ Output: ``artifacts/onnx/<variant>`` with ``manifest.json``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,16 +27,16 @@ from pipeline.core.resources import check_resources, check_stage_ram, needs_of
 from pipeline.core.stage import run_stage
 from pipeline.onnx.config import OnnxVariantConfig
 from pipeline.onnx.inspect import check_matches_request, gqa_rotary_problem, inspect_onnx
+from pipeline.onnx.lean_nbits import lean_expected, lean_quantization
 
-# The ONNX builder loads the checkpoint in PyTorch and quantizes it layer by layer. Not measured on the full
-# model like the OpenVINO rows (pipeline.openvino.lean; only the tiny one runs here): estimates, one float copy
-# of the checkpoint plus half for the quantized layers and 1 GiB of runtime; disk is the output's share of it.
+# Disk for the output, as a share of the checkpoint. RAM is checked against the measured peaks instead
+# (pipeline.core.resources.STAGE_RAM, export_onnx / export_onnx_builder), so its parts here are zero.
 ONNX_NEEDS = {
-    "int4": (1.5, 1.0, 0.45),
-    "int8": (1.5, 1.0, 0.6),
-    "fp16": (1.5, 1.0, 1.05),
-    "bf16": (1.5, 1.0, 1.05),
-    "fp32": (2.5, 1.0, 2.1),
+    "int4": (0.0, 0.0, 0.45),
+    "int8": (0.0, 0.0, 0.6),
+    "fp16": (0.0, 0.0, 1.05),
+    "bf16": (0.0, 0.0, 1.05),
+    "fp32": (0.0, 0.0, 2.1),
 }  # precision: (RAM share, RAM GiB, disk share)
 
 MODEL_DIR = ARTIFACTS / "model"
@@ -91,6 +94,26 @@ def check_model_request(cfg: OnnxVariantConfig, model_config: dict) -> None:
         raise ConfigError(problem)
 
 
+@contextlib.contextmanager
+def builders_own_commit() -> Iterator[None]:
+    """Keep the project's git commit out of ``model.onnx``.
+
+    The builder stamps ``producer_version`` with ``git rev-parse HEAD`` run five folders above its own file: in a
+    virtual environment inside a git checkout (``.venv/lib``) that is this project's commit, so every commit changed
+    the graph's bytes. With ``GIT_DIR`` pointing at no repository, git fails and the builder uses the wheel's own
+    ``onnxruntime_genai.__commit__``: the same bytes from any checkout, and the right commit.
+    """
+    saved = os.environ.get("GIT_DIR")
+    os.environ["GIT_DIR"] = os.devnull
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("GIT_DIR", None)
+        else:
+            os.environ["GIT_DIR"] = saved
+
+
 def build(model_dir: Path, out: Path, cfg: OnnxVariantConfig, options: dict[str, str]) -> None:
     """Run the builder's Python API into ``out`` (its scratch cache lives in ``out`` and is removed)."""
     import logging
@@ -111,8 +134,11 @@ def build(model_dir: Path, out: Path, cfg: OnnxVariantConfig, options: dict[str,
         parsed = parse_extra_options(*args, [f"{k}={v}" for k, v in options.items()])
         weights = weight_files(model_dir)
         prefetch(weights)  # the builder reads the weights lazily while it quantizes: read them ahead
-        with MappedPageTrimmer(weights):  # hand back checkpoint pages once read (pipeline.core.memory)
-            create_model(*args, **parsed)
+        quantized = cfg.precision in ("int4", "int8")
+        # hand back checkpoint pages once read (pipeline.core.memory); quantize one float weight at a time
+        with MappedPageTrimmer(weights), lean_quantization() if quantized else contextlib.nullcontext():
+            with builders_own_commit():
+                create_model(*args, **parsed)
     except (ValueError, RuntimeError, NotImplementedError, KeyError, OSError) as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         fail(f"the onnxruntime-genai model builder failed: {first}")
@@ -156,8 +182,15 @@ def run(name: str, cfg: OnnxVariantConfig, model_dir: Path = MODEL_DIR, out_root
     model_config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
     check_model_request(cfg, model_config)
     options = builder_options(cfg)
+    # int4/int8 through the lean pass (pipeline.onnx.lean_nbits), or the builder's own (every float weight at once)
+    lean = cfg.precision not in ("int4", "int8") or lean_expected(
+        cfg.precision, cfg.algo_config, cfg.extra_options, model_config
+    )
     check_stage_ram(
-        "export_onnx", f"{cfg.execution_provider}_{cfg.precision}", model_dir, f"[{name}] building {cfg.precision} ONNX"
+        "export_onnx" if lean else "export_onnx_builder",
+        f"{cfg.execution_provider}_{cfg.precision}",
+        model_dir,
+        f"[{name}] building {cfg.precision} ONNX",
     )
     check_resources(
         f"[{name}] building {cfg.precision} ONNX", *needs_of(ONNX_NEEDS, cfg.precision, model_dir), out_root

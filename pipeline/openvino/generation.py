@@ -16,6 +16,7 @@ from pipeline.core.config import ValidateConfig
 from pipeline.core.errors import fail
 from pipeline.openvino import npu_lane
 from pipeline.validation import matrix
+from pipeline.validation.records import speed_runs
 
 
 def device_properties(ir_dir: Path, device: str) -> dict[str, Any]:
@@ -39,16 +40,19 @@ def device_properties(ir_dir: Path, device: str) -> dict[str, Any]:
 
 
 def time_prompt(pipe: Any, prompt_ids: list[int], cfg: ValidateConfig) -> matrix.Perf:
-    """TTFT/TPOT of greedy generation of exactly ``perf_new_tokens`` after ``prompt_ids`` (warm-up excluded)."""
+    """TTFT/TPOT of greedy generation of exactly ``perf_new_tokens`` after ``prompt_ids`` (warm-up excluded).
+
+    Up to ``repeats`` measured runs, fewer once ``perf_budget_s`` is spent (:func:`pipeline.validation.records.speed_runs`).
+    """
     import numpy as np
     import openvino as ov
 
     gen_cfg = pipe.get_generation_config()
     gen_cfg.max_new_tokens, gen_cfg.do_sample, gen_cfg.ignore_eos = cfg.perf_new_tokens, False, True
     ttft, tpot = [], []
-    for i in range(cfg.warmup + cfg.repeats):
+    for measured in speed_runs(cfg.warmup, cfg.repeats, cfg.perf_budget_s):
         result = pipe.generate(ov.Tensor(np.array([prompt_ids], dtype=np.int64)), gen_cfg)
-        if i >= cfg.warmup:
+        if measured:
             ttft.append(result.perf_metrics.get_ttft().mean)
             tpot.append(result.perf_metrics.get_tpot().mean)
     return matrix.Perf.from_runs(len(prompt_ids), cfg.perf_new_tokens, ttft, tpot)

@@ -226,7 +226,7 @@ def run(
     pinned_runs: dict[str, Any] = {}
     outputs: dict[str, list[list[int]]] = {}
     # OpenVINO maps the IR's .bin and, once the plugin has packed the weights into its own buffers (first
-    # inference), never reads those pages again: handing them back halves every cell's peak (tests/test_validate_memory.py).
+    # inference), never reads those pages again: handing them back halves every cell's peak (tests/openvino/test_validate_memory.py).
     with MappedPageTrimmer(weight_files(target.ir_dir)):
         plans = npu_lanes(target, cfg, matrix.plan_cells(target.devices, status or devices.detect(), cfg.cpu_stand_in))
         for plan in plans:

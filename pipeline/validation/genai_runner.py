@@ -47,14 +47,23 @@ def peak_rss_mb() -> float:
     return round(peak / 2**20 if sys.platform == "darwin" else peak / 1024, 1)
 
 
-def load(folder: str, provider: str, device: str) -> tuple[Any, str, float]:
-    """Load ``folder`` on its ``provider`` (a CPU cell of a non-CPU graph clears the providers); model, device, s."""
+def load(
+    folder: str, provider: str, device: str, session_options: dict[str, str | bool] | None = None
+) -> tuple[Any, str, float]:
+    """Load ``folder`` on its ``provider`` (a CPU cell of a non-CPU graph clears the providers); model, device, s.
+
+    ``session_options``: entries laid over the decoder's ``session_options`` of ``genai_config.json``
+    (``enable_cpu_mem_arena``, ``graph_optimization_level``, or any ONNX Runtime session config entry); the files
+    are not changed.
+    """
     import onnxruntime_genai as og
 
     start = time.perf_counter()
     config = og.Config(folder)
     if device == "CPU" and provider != "cpu":
         config.clear_providers()  # same files, default (CPU) provider: the stand-in cell
+    if session_options:
+        config.overlay(json.dumps({"model": {"decoder": {"session_options": session_options}}}))
     model = og.Model(config)
     return model, str(model.device_type).upper(), time.perf_counter() - start
 
@@ -85,10 +94,19 @@ def generate(
     return out, first, steps
 
 
-def time_prompt(model: Any, prompt_ids: list[int], new_tokens: int, warmup: int, repeats: int) -> dict[str, Any]:
-    """TTFT and mean TPOT (ms) of each repeat of exactly ``new_tokens`` after ``prompt_ids`` (warm-up excluded)."""
+def time_prompt(
+    model: Any, prompt_ids: list[int], new_tokens: int, warmup: int, repeats: int, budget_s: float = 0.0
+) -> dict[str, Any]:
+    """TTFT and mean TPOT (ms) of each measured run of exactly ``new_tokens`` after ``prompt_ids`` (warm-up excluded).
+
+    Up to ``repeats`` measured runs; once ``budget_s`` seconds are spent (0: no cap), no run starts after the first
+    measured one: the rule of ``pipeline.validation.records.speed_runs``, repeated here because this file runs alone.
+    """
     ttft, tpot = [], []
+    start = time.perf_counter()
     for i in range(warmup + repeats):
+        if i > warmup and budget_s and time.perf_counter() - start >= budget_s:
+            break
         _, first, steps = generate(model, prompt_ids, new_tokens, exact=True)
         if i >= warmup:
             ttft.append(first * 1000)
@@ -120,14 +138,14 @@ def prefill_logits(
         for start in range(0, len(window), step):
             generator.append_tokens(window[start : start + step])
             parts.append(np.asarray(generator.get_output("logits"), dtype=np.float32)[0])
-        logits.append(np.concatenate(parts))
+        logits.append(parts[0] if len(parts) == 1 else np.concatenate(parts))  # one window: no second copy
     return logits
 
 
 def measure(request: dict[str, Any], result: dict[str, Any]) -> list[Any]:
     """One cell: fills ``result`` with what :mod:`pipeline.onnx.validate` judges; the prefill logits of each window.
 
-    ``request``: ``folder``, ``provider``, ``device``; ``prompts`` (text, tokenized here), ``max_new_tokens``
+    ``request``: ``folder``, ``provider``, ``device``, optional ``session_options`` (see :func:`load`); ``prompts`` (text, tokenized here), ``max_new_tokens``
     (one per prompt), optional ``prompt_ids`` to generate from instead of this tokenizer's ids; optional ``perf_prompts`` (name -> ids) with ``perf_new_tokens``, ``warmup``, ``repeats``;
     optional ``windows`` (token lists) with ``context`` and ``chunk`` (see :func:`prefill_logits`).
     ``result["step"]`` names the step that was running if this raises.
@@ -137,7 +155,9 @@ def measure(request: dict[str, Any], result: dict[str, Any]) -> list[Any]:
     import onnxruntime_genai as og
 
     result["step"] = "load the model"
-    model, result["executed"], result["load_s"] = load(request["folder"], request["provider"], request["device"])
+    model, result["executed"], result["load_s"] = load(
+        request["folder"], request["provider"], request["device"], request.get("session_options")
+    )
     result["step"] = "load the tokenizer"
     tokenizer = og.Tokenizer(model)
     result["step"] = "generate"
@@ -147,7 +167,14 @@ def measure(request: dict[str, Any], result: dict[str, Any]) -> list[Any]:
     result["texts"] = [tokenizer.decode(out) for out in result["outputs"]]
     result["step"] = "time the prompts"
     result["perf"] = {
-        name: time_prompt(model, ids, request["perf_new_tokens"], request["warmup"], request["repeats"])
+        name: time_prompt(
+            model,
+            ids,
+            request["perf_new_tokens"],
+            request["warmup"],
+            request["repeats"],
+            request.get("perf_budget_s", 0),
+        )
         for name, ids in request.get("perf_prompts", {}).items()
     }
     result["step"] = "compute the prefill logits"

@@ -58,13 +58,14 @@ def plan_cells(targets: list[str], status: dict[str, DeviceStatus], cpu_stand_in
 
 @dataclass
 class Perf:
-    """Generation speed for one prompt length: warm-up runs excluded, median of the repeats."""
+    """Generation speed for one prompt length: warm-up runs excluded, median of the measured runs (``runs``)."""
 
     prompt_tokens: int
     new_tokens: int
     ttft_ms: float
     tpot_ms: float
     tokens_per_s: float
+    runs: int = 0  # measured runs behind the medians: ``repeats``, or fewer once ``perf_budget_s`` ran out
 
     @classmethod
     def from_runs(cls, prompt_tokens: int, new_tokens: int, ttft_ms: list[float], tpot_ms: list[float]) -> Perf:
@@ -76,6 +77,7 @@ class Perf:
             round(statistics.median(ttft_ms), 3),
             round(tpot, 3),
             round(1000.0 / tpot, 2) if tpot > 0 else 0.0,
+            len(tpot_ms),
         )
 
 
@@ -158,9 +160,7 @@ def failed_cell(plan: CellPlan, kind: str, reason: str) -> Cell:
 def first_divergence(got: list[int], want: list[int]) -> int | None:
     """The first index where two token runs differ (the shorter one's length if one stops early); None if equal."""
     index = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), None)
-    if index is None and len(got) != len(want):
-        index = min(len(got), len(want))
-    return index
+    return min(len(got), len(want)) if index is None and len(got) != len(want) else index
 
 
 def greedy_match(outputs: list[list[int]], reference: dict) -> tuple[float, list[int | None]]:

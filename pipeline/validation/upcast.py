@@ -12,7 +12,7 @@ issue 20). Here the weights stay as stored, memory-mapped by transformers, and o
 
 bf16 and fp16 values are exactly representable in float32, so the model computes what its float32 copy would:
 on the embedded tiny model (fp16 weights) the logits are bit-identical to a float32 load
-(``tests/test_reference_memory.py``). The cost is time: each forward pass widens every weight once, about as
+(``tests/validation/test_reference_memory.py``). The cost is time: each forward pass widens every weight once, about as
 long as a float32 matrix-vector product over it, so token-by-token generation takes about twice as long.
 A fresh buffer per weight would be slower still: the kernel then zero-fills its pages on every call.
 """

@@ -4,7 +4,7 @@ The plugin (PyPI ``onnxruntime-ep-openvino``) is registered with ``register_exec
 Windows ML registers the OpenVINO EP it downloads. It lists only Intel devices (vendor 0x8086; its
 ``GetSupportedDevices`` skips every other vendor; ONNX Runtime reads the CPU's vendor with CPUID, through
 pytorch/cpuinfo), so on an AMD or Arm machine it offers nothing and the cells are skipped with that reason. The
-tests run the same code there with the vendor emulated (tests/test_winml.py, ``emulate_intel_vendor``); the stage
+tests run the same code there with the vendor emulated (tests/winml/test_winml.py, ``emulate_intel_vendor``); the stage
 never does. A device type it does not list fails hard (there is no fallback), so a package built
 for the NPU or GPU runs here with the provider options overridden to CPU, and its cell says so.
 
@@ -39,7 +39,7 @@ class PluginStatus:
     version: str | None
     devices: list[str] = field(default_factory=list)  # OpenVINO device names (``CPU``, ``GPU``, ``NPU``)
     reason: str | None = None
-    # Set only by the tests (tests/test_winml.py ``emulate_intel_vendor``): the devices were offered because ONNX
+    # Set only by the tests (tests/winml/test_winml.py ``emulate_intel_vendor``): the devices were offered because ONNX
     # Runtime's CPU device was made to read vendor Intel on a CPU of another vendor; every cell says so.
     emulated: str | None = None
 

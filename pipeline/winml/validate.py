@@ -24,6 +24,7 @@ from pipeline.core.errors import run_main
 from pipeline.core.log import step
 from pipeline.core.manifest import read_manifest
 from pipeline.core.registry import FAMILIES
+from pipeline.core.resources import check_stage_ram
 from pipeline.core.stage import run_stage
 from pipeline.validation import fidelity, matrix, records
 from pipeline.validation.evidence import Evidence, verdicts_for
@@ -88,7 +89,9 @@ def measure_cell(folder: Path, plan: matrix.CellPlan, cfg: ValidateConfig, evide
     with step(f"{where} generating with onnxruntime-genai"), attempt("generate with onnxruntime-genai"):
         outputs = [generate(model, case["prompt_ids"], cfg.max_new_tokens)[0] for case in reference["greedy"]]
         perf = {
-            name: matrix.Perf.from_runs(**time_prompt(model, ids, cfg.perf_new_tokens, cfg.warmup, cfg.repeats))
+            name: matrix.Perf.from_runs(
+                **time_prompt(model, ids, cfg.perf_new_tokens, cfg.warmup, cfg.repeats, cfg.perf_budget_s)
+            )
             for name, ids in reference["perf_prompts"].items()
         }
         tokenizer = og.Tokenizer(model)
@@ -134,6 +137,7 @@ def run(
         cell = matrix.skipped_cell(plan, kind)
         cell.label = f"{kind}, skipped: the OpenVINO EP cannot run it here"
     else:
+        check_stage_ram("validate_winml", name, folder)
         evidence = Evidence.load(reference_path)
         try:
             got = measure_cell(folder, plan, cfg, evidence)

@@ -86,3 +86,22 @@ def test_a_dml_cell_without_its_runtime_is_a_failed_cell_not_a_traceback(demo_pr
     cell = json.loads((metrics / "onnx-dml_int4.json").read_text())["cells"]["DML"]
     assert cell["status"] == "failed" and "PIP_INDEX_URL" in cell["reason"]
     assert not (tmp_path / "envs" / "ortgenai-directml-0.14.1").exists(), "no half-made environment is left"
+
+
+@pytest.mark.slow
+def test_ram_short_stand_in_cell_is_skipped_and_a_ram_short_target_cell_stops(demo_project, tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    project, _ = demo_project
+    monkeypatch.chdir(project)
+    monkeypatch.delenv("AIPC_SKIP_RESOURCE_CHECK", raising=False)
+    monkeypatch.setenv("AIPC_ASSUME_RAM_GB", "0.01")  # the tiny graphs need ~0.3 GiB: nothing fits
+    metrics = tmp_path / "metrics"
+    onnx_validate.run("dml_fp16", load_params().validate, metrics_dir=metrics)  # no DirectML here: CPU stand-in only
+    cells = json.loads((metrics / "onnx-dml_fp16.json").read_text())["cells"]
+    stand_in = cells[matrix.STAND_IN]
+    assert cells["DML"]["status"] == "skipped" and stand_in["status"] == "skipped"
+    assert stand_in["label"].endswith("not enough RAM here") and "\n" not in stand_in["reason"]
+    assert "validate_onnx@dml_fp16 needs about" in stand_in["reason"]
+    with pytest.raises(StageError, match=r"^validate_onnx@cpu_int4 needs about .* but 10 MiB is available"):
+        onnx_validate.run("cpu_int4", load_params().validate, metrics_dir=tmp_path / "cpu")  # CPU is its target
+    assert not (tmp_path / "cpu").exists()

@@ -1,6 +1,6 @@
 """Tied embeddings in the ONNX family (issue 21, item 4): what is quantized, at which bits, and whether the tie survives.
 
-The OpenVINO side is in tests/test_phi4_overrides.py (one int8 matrix shared by Gather and LM head).
+The OpenVINO side is in tests/openvino/test_phi4_overrides.py (one int8 matrix shared by Gather and LM head).
 """
 
 from __future__ import annotations

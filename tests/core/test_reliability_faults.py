@@ -237,7 +237,7 @@ def test_interrupt_message_is_true_and_alone(tmp_path: Path, when: str) -> None:
     (tmp_path / "int4" / "keep.txt").write_text("previous")
     start = time.monotonic()
     done = subprocess.run([sys.executable, "-c", INTERRUPTED, str(tmp_path), when], capture_output=True, text=True,
-                          cwd=Path(__file__).parent.parent)
+                          cwd=Path(__file__).resolve().parents[2])
     assert done.returncode == 130 and time.monotonic() - start < 3, "exits without waiting for the thread"
     expected = {"before": f"error: interrupted; nothing was moved into artifacts/ ({tmp_path / 'int4'} keeps its previous contents)",
                 "after": f"error: interrupted after {tmp_path / 'first'} was replaced; {tmp_path / 'int4'} keeps its "

@@ -12,7 +12,7 @@ from pipeline.core.config import ConfigError
 from pipeline.core.registry import FAMILIES, SHARED_STAGES, entry
 from pipeline.core.stage import parse_variant
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def dvc_stages() -> dict:

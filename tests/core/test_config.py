@@ -12,7 +12,7 @@ from pipeline.core.config import CONF_DIR, ConfigError, PipelineConfig, Validate
 from pipeline.openvino.config import OpenVinoVariantConfig
 from pipeline.openvino.export import check_group_size
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PRESETS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("check_windows", ROOT / "scripts" / "check_windows.py")
 check_windows = sys.modules["check_windows"] = importlib.util.module_from_spec(_spec)  # dataclasses look it up
 _spec.loader.exec_module(check_windows)

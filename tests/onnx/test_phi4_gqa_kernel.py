@@ -19,7 +19,7 @@ from pipeline.onnx import export
 from pipeline.onnx.config import OnnxVariantConfig
 from pipeline.onnx.inspect import gqa_rotary_problem
 
-TINY_PHI4 = Path(__file__).resolve().parent.parent / "pipeline" / "assets" / "tiny_phi4" / "config.json"
+TINY_PHI4 = Path(__file__).resolve().parents[2] / "pipeline" / "assets" / "tiny_phi4" / "config.json"
 
 
 def run_gqa_kernel(head_size: int, cache_width: int) -> str | None:

@@ -282,7 +282,7 @@ print(old); print(new); print(short_cache_name(model + "2", *args[0], **args[1])
 
 @pytest.mark.slow
 def test_library_cache_folder_stays_under_cache_models_for_a_windows_drive_path(npu_env) -> None:
-    out = subprocess.run([str(npu_env.python), "-c", WINDOWS_CACHE_CHECK, str(Path(__file__).parent.parent)],
+    out = subprocess.run([str(npu_env.python), "-c", WINDOWS_CACHE_CHECK, str(Path(__file__).resolve().parents[2])],
                          capture_output=True, text=True, check=True).stdout.split()
     old, new, other = out
     assert old.startswith("C:_Users"), "the library's own name escapes cache\\models on a drive path (the blocker)"

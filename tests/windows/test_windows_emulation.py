@@ -1,6 +1,6 @@
-"""Windows semantics emulated on Linux (tests/winemu): each emulated rule, then the tiny pipeline under all of them.
+"""Windows semantics emulated on Linux (tests/windows/winemu): each emulated rule, then the tiny pipeline under all of them.
 
-The emulation (see ``tests/winemu/_aipc_winemu.py``): read-only files cannot be deleted or replaced, a folder
+The emulation (see ``tests/windows/winemu/_aipc_winemu.py``): read-only files cannot be deleted or replaced, a folder
 holding an open or mapped file cannot be renamed, created paths must fit MAX_PATH from
 ``C:\\Users\\<20 chars>\\source\\repos\\aipc-pipeline``, consoles and ``open()`` default to cp1252.
 """

@@ -1,0 +1,45 @@
+"""validate.perf_budget_s: the speed runs of one prompt length stop once the budget is spent (issue 20.5)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from pipeline.core.config import ConfigError, ValidateConfig, build, compose
+from pipeline.validation.matrix import Perf
+from pipeline.validation.records import speed_runs
+
+
+def test_no_budget_runs_warmup_then_every_repeat() -> None:
+    assert list(speed_runs(1, 3, 0)) == [False, True, True, True]
+    assert list(speed_runs(0, 2, 1e9)) == [True, True]
+
+
+def test_a_spent_budget_keeps_the_warmup_and_one_measured_run() -> None:
+    taken = []
+    for measured in speed_runs(2, 5, 0.01):
+        time.sleep(0.02)  # every run outlasts the whole budget
+        taken.append(measured)
+    assert taken == [False, False, True]
+
+
+def test_the_budget_is_checked_before_each_run_not_after() -> None:
+    taken = []
+    for measured in speed_runs(1, 4, 0.05):
+        taken.append(measured)
+        time.sleep(0.03 if len(taken) < 3 else 0.0)
+    # runs 1-2 take 0.06 s in all, past the budget: run 3 does not start
+    assert taken == [False, True]
+
+
+def test_perf_records_how_many_runs_its_medians_come_from() -> None:
+    perf = Perf.from_runs(1024, 32, [900.0, 1000.0], [50.0, 70.0])
+    assert perf.runs == 2 and perf.tpot_ms == 60.0 and perf.tokens_per_s == pytest.approx(16.67)
+
+
+def test_default_budget_and_refused_negative_budget() -> None:
+    cfg = build(ValidateConfig, compose([])["validate"], "validate")
+    assert cfg.perf_budget_s == 120.0
+    with pytest.raises(ConfigError, match="perf_budget_s"):
+        build(ValidateConfig, {**compose([])["validate"], "perf_budget_s": -1}, "validate")
