@@ -107,8 +107,11 @@ def connect(address: str | None) -> Any:
             socket.create_connection((host or "127.0.0.1", int(port)), timeout=10).close()
         except (OSError, ValueError) as err:
             fail(f"no Ray cluster at {address} ({err}): start one with `ray start --head` or fix --address")
+    host = (address or "").removeprefix("ray://").rpartition(":")[0]
+    # a cluster on this machine's loopback: the driver registers there too (Ray would take the host's own address)
+    local: dict[str, Any] = {"_node_ip_address": host} if host in ("127.0.0.1", "localhost") else {}
     try:
-        ray.init(address=address or "auto", log_to_driver=False, logging_level=logging.ERROR)
+        ray.init(address=address or "auto", log_to_driver=False, logging_level=logging.ERROR, **local)
     except (ConnectionError, RuntimeError, ValueError) as err:
         detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         fail(f"no Ray cluster at {address or 'auto'} ({detail}): start one with `ray start --head` or pass --address")
