@@ -38,17 +38,31 @@ def tensor_files(model_dir: Path) -> dict[str, Path]:
 
 
 class CheckpointReader:
-    """Reads named tensors from a checkpoint's safetensors files, cast to one dtype."""
+    """Reads named tensors from a checkpoint's safetensors files, cast to ``dtype`` (``nn.Linear`` weights: ``linear_dtype``).
 
-    def __init__(self, model_dir: Path, dtype: Any) -> None:
+    ``linear_dtype`` is for the fp16 variant, whose lowering only casts every Linear weight to float16: reading
+    it as float16 directly gives the same bits (a bf16 or fp16 checkpoint widens to float32 exactly, so both
+    paths round the same value once) without a float32 copy of the layer.
+    """
+
+    def __init__(self, model_dir: Path, dtype: Any, linear_dtype: Any = None) -> None:
         self.files = tensor_files(model_dir)
         self.dtype = dtype
+        self.linear_dtype = linear_dtype or dtype
+
+    def target_dtypes(self, module: Any) -> dict[str, Any]:
+        """The dtype each state-dict entry of ``module`` is read as."""
+        import torch
+
+        linear = {f"{n}.weight" if n else "weight" for n, m in module.named_modules() if isinstance(m, torch.nn.Linear)}
+        return {name: self.linear_dtype if name in linear else self.dtype for name in module.state_dict()}
 
     def load_into(self, module: Any, prefix: str) -> None:
         """Give ``module`` (on the meta device) its tensors ``prefix + name``, read and cast, nothing else."""
         from safetensors import safe_open
 
-        names = list(module.state_dict())
+        dtypes = self.target_dtypes(module)
+        names = list(dtypes)
         missing = [prefix + n for n in names if prefix + n not in self.files]
         if missing:
             raise RuntimeError(f"the checkpoint has no {missing[0]} (layer-by-layer build; set layer_by_layer: false)")
@@ -57,7 +71,7 @@ class CheckpointReader:
             with safe_open(str(file), "pt") as handle:
                 for name in names:
                     if self.files[prefix + name] == file:
-                        state[name] = handle.get_tensor(prefix + name).to(self.dtype)
+                        state[name] = handle.get_tensor(prefix + name).to(dtypes[name])
         module.load_state_dict(state, assign=True, strict=True)
 
     def unused(self, used_prefixes: list[str]) -> list[str]:
@@ -97,8 +111,11 @@ def build_layer_by_layer(model_dir: Path, compiler_config: Any, load_dtype: Any)
     :class:`pipeline.npu_lib.worker_compile.UntiedCausalLM` gives the whole-model recipe (the library would
     otherwise quantize the shared table in place).
     """
+    import torch
+
     model = skeleton(Path(model_dir), load_dtype)
-    reader = CheckpointReader(Path(model_dir), load_dtype)
+    fp16 = compiler_config.dtype == torch.float16  # the fp16 variant: Linear weights are only cast to float16
+    reader = CheckpointReader(Path(model_dir), load_dtype, torch.float16 if fp16 else None)
     reader.load_into(model.model.embed_tokens, "model.embed_tokens.")
     reader.load_into(model.model.norm, "model.norm.")
     # Tied: transformers would share the embedding table with the LM head; the head gets its own copy instead.
