@@ -10,7 +10,8 @@ teacher-forced window of the reference are still run). Wrap each call in ``flock
 Usage:
     flock /work/bench/fullsize.lock python benchmarks/npu_lib_memory.py export int4 --model DIR --reference DIR
     flock /work/bench/fullsize.lock python benchmarks/npu_lib_memory.py validate int4 --model DIR --reference DIR
-    (extra ``key=value`` arguments override ``npu_lib.<v>``, e.g. ``layer_by_layer=false``)
+    (extra ``key=value`` arguments override ``npu_lib.<v>``, e.g. ``layer_by_layer=false``; ``--layers 4 --work DIR``
+    measures on a 4-layer cut of the checkpoint instead: not full size, no lock needed)
 """
 
 from __future__ import annotations
@@ -28,7 +29,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from full_size_export import ROOT, tree_memory  # noqa: E402
 
-SHORT_VALIDATION = ["validate.max_new_tokens=8", "validate.perf_new_tokens=4", "validate.warmup=0", "validate.repeats=1"]
+SHORT_VALIDATION = [
+    "validate.max_new_tokens=8",
+    "validate.perf_new_tokens=4",
+    "validate.warmup=0",
+    "validate.repeats=1",
+]
 
 
 def stage_code(stage: str, variant: str, model: Path, reference: Path, work: Path, overrides: dict[str, str]) -> str:
@@ -52,21 +58,57 @@ def stage_code(stage: str, variant: str, model: Path, reference: Path, work: Pat
     )
 
 
+def layer_cut(model: Path, layers: int, dest: Path) -> Path:
+    """The checkpoint's first ``layers`` decoder layers with its embeddings, norm and LM head (built once in ``dest``).
+
+    A validation's overhead over its model (the library's kernels, runtime) does not grow with the layers, so a cut
+    measures it in minutes and without the full-size lock; the full size adds the artifact's size and caches.
+    """
+    import shutil
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    if (dest / "model.safetensors").is_file():
+        return dest
+    dest.mkdir(parents=True, exist_ok=True)
+    weight_map = json.loads((model / "model.safetensors.index.json").read_text(encoding="utf-8"))["weight_map"]
+    keep = {k: f for k, f in weight_map.items() if not k.startswith("model.layers.") or int(k.split(".")[2]) < layers}
+    tensors = {}
+    for file in sorted(set(keep.values())):
+        with safe_open(str(model / file), "pt") as handle:
+            tensors.update({k: handle.get_tensor(k) for k in handle.keys() if k in keep})
+    save_file(tensors, str(dest / "model.safetensors"), metadata={"format": "pt"})
+    config = json.loads((model / "config.json").read_text(encoding="utf-8"))
+    (dest / "config.json").write_text(json.dumps({**config, "num_hidden_layers": layers}, indent=2), encoding="utf-8")
+    for name in ("generation_config.json", "tokenizer.json", "tokenizer_config.json", "manifest.json"):
+        shutil.copy(model / name, dest / name)
+    return dest
+
+
 def measure(code: str, log: Path) -> dict:
     """Run ``code`` in a fresh interpreter of this environment; its wall time and the tree's peak memory."""
     import psutil
 
     start, peak = time.perf_counter(), 0
     with open(log, "w", encoding="utf-8") as out:
-        proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        )
         root = psutil.Process(proc.pid)
         while proc.poll() is None:
             with contextlib.suppress(psutil.Error):
                 peak = max(peak, tree_memory(root))
             time.sleep(0.2)
-    return {"wall_s": round(time.perf_counter() - start, 1), "peak_gib": round(peak / 2**30, 2),
-            "returncode": proc.returncode}
+    return {
+        "wall_s": round(time.perf_counter() - start, 1),
+        "peak_gib": round(peak / 2**30, 2),
+        "returncode": proc.returncode,
+    }
 
 
 def main() -> None:
@@ -77,15 +119,21 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=Path("/work/bench/phi3-mini-shaped"))
     parser.add_argument("--reference", type=Path, default=Path("/work/bench/reference"))
     parser.add_argument("--work", type=Path, default=Path("/work/bench/npulib"))
+    parser.add_argument("--layers", type=int, help="measure on a cut of the checkpoint with this many decoder layers")
     args = parser.parse_args()
+    if args.layers:
+        args.model = layer_cut(args.model, args.layers, args.work / f"cut-{args.layers}")
     overrides = dict(o.split("=", 1) for o in args.overrides)
     args.work.mkdir(parents=True, exist_ok=True)
     tag = args.variant + "".join(f"-{k}{v}" for k, v in overrides.items())
     code = stage_code(args.stage, args.variant, args.model, args.reference, args.work, overrides)
-    result = {"stage": f"{args.stage}_npu_lib@{args.variant}", "overrides": overrides,
-              **measure(code, args.work / f"{args.stage}-{tag}.log"),
-              "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-              "loadavg": os.getloadavg()}
+    result = {
+        "stage": f"{args.stage}_npu_lib@{args.variant}",
+        "overrides": overrides,
+        **measure(code, args.work / f"{args.stage}-{tag}.log"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "loadavg": os.getloadavg(),
+    }
     print(json.dumps(result))
     with open(args.work / "results.jsonl", "a", encoding="utf-8") as f:
         f.write(json.dumps(result) + "\n")

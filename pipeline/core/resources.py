@@ -80,19 +80,22 @@ STAGE_RAM: dict[str, dict[str, tuple[float, float]]] = {
     "export_onnx": {"dml_int4": (1.35, 0.3), "cpu_int4": (2.7, 0.3), "dml_fp16": (0.15, 0.5)},
     "validate_onnx": {"dml_int4": (1.45, 0.3), "cpu_int4": (2.1, 0.3), "dml_fp16": (2.35, 0.3)},  # 3.0 / 4.4 / 16.5
     # layer by layer (npu_lib.<v>.layer_by_layer, the default; pipeline/npu_lib/worker_layers.py): int4 3.30 GiB in
-    # 288 s (contended), `flock /work/bench/fullsize.lock python benchmarks/npu_lib_memory.py export int4`; int8 and
-    # fp16 estimated as the quantized model plus the int4 run's overhead (pending measurement)
-    "export_npu_lib": {"int4": (0.43, 0.3), "int8": (0.7, 0.3), "fp16": (1.15, 0.3)},
+    # 288 s, fp16 7.78 GiB in 189 s (contended), `flock /work/bench/fullsize.lock python benchmarks/npu_lib_memory.py
+    # export int4|fp16`; int8 extrapolated from the same command on a 4-layer cut (--layers 4 --work /tmp/cut: peak
+    # minus the artifact's size, which does not grow with the layers) to the full artifact: about 5.0 GiB
+    "export_npu_lib": {"int4": (0.43, 0.3), "int8": (0.66, 0.3), "fp16": (1.06, 0.3)},
     # the library's whole-model from_pretrained (layer_by_layer: false) at load_dtype float32: a float32 copy of the
     # checkpoint (2x) plus the library's quantization, 16.6 / 20.2 / 16.1 GiB (issue 20's run); at a 16-bit
     # load_dtype estimated one checkpoint lower (not measured)
     "export_npu_lib_whole": {"int4": (2.35, 0.3), "int8": (2.85, 0.3), "fp16": (2.3, 0.3)},
     "export_npu_lib_whole_16bit": {"int4": (1.35, 0.3), "int8": (1.85, 0.3), "fp16": (1.3, 0.3)},
-    # the library's model loaded from its .pt on the CPU stand-in, as a share of the artifact folder (int4 2.10 GiB):
-    # int4 7.42 GiB when the library kept the kernels of every prompt length (about 0.85 GiB each), measured with
-    # `flock /work/bench/fullsize.lock python benchmarks/npu_lib_memory.py validate int4`; the worker now drops them
-    # between prompts (worker_measure.drop_kernels): pending measurement, so the share stays at the old peak's
-    "validate_npu_lib": {"int4": (3.4, 0.3), "int8": (2.2, 0.3), "fp16": (1.5, 0.3)},
+    # the library's model loaded from its .pt on the CPU stand-in, as a share of the artifact folder (int4 2.10, int8
+    # about 3.8, fp16 7.3 GiB). With the kernels of every prompt length kept, int4 peaked at 7.42 GiB
+    # (`flock /work/bench/fullsize.lock python benchmarks/npu_lib_memory.py validate int4`); the worker now drops
+    # them between prompts (worker_measure.drop_kernels): on a 4-layer cut 4.71 -> 2.84 GiB (int4), 3.49 (int8),
+    # 4.47 (fp16); extrapolated to full size (plus the full run's 1.2 GiB for 28 more layers' caches) about
+    # 5.6 / 7.7 / 11.6 GiB
+    "validate_npu_lib": {"int4": (2.5, 0.3), "int8": (1.95, 0.3), "fp16": (1.55, 0.3)},
 }
 
 
