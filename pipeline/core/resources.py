@@ -79,23 +79,22 @@ STAGE_RAM: dict[str, dict[str, tuple[float, float]]] = {
     # dml_fp16 stayed under 1 GiB (the checkpoint's 16-bit weights written as they are)
     "export_onnx": {"dml_int4": (1.35, 0.3), "cpu_int4": (2.7, 0.3), "dml_fp16": (0.15, 0.5)},
     "validate_onnx": {"dml_int4": (1.45, 0.3), "cpu_int4": (2.1, 0.3), "dml_fp16": (2.35, 0.3)},  # 3.0 / 4.4 / 16.5
-    # layer by layer (npu_lib.<v>.layer_by_layer, the default; pipeline/npu_lib/worker_layers.py): int4 3.30 GiB in
-    # 288 s, fp16 7.78 GiB in 189 s (contended), `flock /work/bench/fullsize.lock python benchmarks/npu_lib_memory.py
-    # export int4|fp16`; int8 extrapolated from the same command on a 4-layer cut (--layers 4 --work /tmp/cut: peak
-    # minus the artifact's size, which does not grow with the layers) to the full artifact: about 5.0 GiB
-    "export_npu_lib": {"int4": (0.43, 0.3), "int8": (0.66, 0.3), "fp16": (1.06, 0.3)},
+    # layer by layer (npu_lib.<v>.layer_by_layer, the default; pipeline/npu_lib/worker_layers.py), contended 2 cores:
+    # int4 3.30-3.35 GiB in 161-288 s, int8 4.81 GiB in 141 s, fp16 7.78 GiB in 189 s,
+    # `flock /work/bench/fullsize.lock python benchmarks/npu_lib_memory.py export int4|int8|fp16`
+    "export_npu_lib": {"int4": (0.43, 0.3), "int8": (0.64, 0.3), "fp16": (1.06, 0.3)},
     # the library's whole-model from_pretrained (layer_by_layer: false) at load_dtype float32: a float32 copy of the
     # checkpoint (2x) plus the library's quantization, 16.6 / 20.2 / 16.1 GiB (issue 20's run); at a 16-bit
     # load_dtype estimated one checkpoint lower (not measured)
     "export_npu_lib_whole": {"int4": (2.35, 0.3), "int8": (2.85, 0.3), "fp16": (2.3, 0.3)},
     "export_npu_lib_whole_16bit": {"int4": (1.35, 0.3), "int8": (1.85, 0.3), "fp16": (1.3, 0.3)},
     # the library's model loaded from its .pt on the CPU stand-in, as a share of the artifact folder (int4 2.10, int8
-    # about 3.8, fp16 7.3 GiB). With the kernels of every prompt length kept, int4 peaked at 7.42 GiB
-    # (`flock /work/bench/fullsize.lock python benchmarks/npu_lib_memory.py validate int4`); the worker now drops
-    # them between prompts (worker_measure.drop_kernels): on a 4-layer cut 4.71 -> 2.84 GiB (int4), 3.49 (int8),
-    # 4.47 (fp16); extrapolated to full size (plus the full run's 1.2 GiB for 28 more layers' caches) about
-    # 5.6 / 7.7 / 11.6 GiB
-    "validate_npu_lib": {"int4": (2.5, 0.3), "int8": (1.95, 0.3), "fp16": (1.55, 0.3)},
+    # 3.84, fp16 about 7.3 GiB): int4 5.81 GiB in 646 s, `flock /work/bench/fullsize.lock python
+    # benchmarks/npu_lib_memory.py validate int4` (7.42 GiB before the worker dropped the library's kernels between
+    # prompts, worker_measure.drop_kernels). int8 and fp16 extrapolated from a 4-layer cut of the checkpoint
+    # (`... validate int8|fp16 --layers 4 --work /tmp/cut`: 3.49 / 4.47 GiB; int4 there 2.84) by the artifact's growth
+    # and int4's full-size excess: about 7.9 / 11.8 GiB
+    "validate_npu_lib": {"int4": (2.65, 0.3), "int8": (2.0, 0.3), "fp16": (1.6, 0.3)},
 }
 
 

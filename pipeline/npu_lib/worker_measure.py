@@ -54,8 +54,8 @@ def drop_kernels() -> None:
 
     The library compiles one OpenVINO model per layer shape and token count and keeps all of them
     (``backend.runtime._model_cache``); on the CPU each holds buffers the size of its layer's weights widened to
-    float, about 0.85 GiB per token count for Phi-3-mini. The validation's prompts have six lengths, so they
-    piled up to 7.4 GiB for the 2.1 GiB int4 model. Each phase now starts from an empty cache: a prompt's
+    float. The validation's prompts have six lengths, so they piled up: 7.42 GiB for the 2.1 GiB int4 Phi-3-mini,
+    5.81 GiB with this (docs/npu.md). Each phase now starts from an empty cache: a prompt's
     prefill and decode kernels are compiled again on first use (the warm-up run of a timed prompt still
     compiles them before anything is timed).
     """
