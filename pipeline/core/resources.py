@@ -89,11 +89,11 @@ STAGE_RAM: dict[str, dict[str, tuple[float, float]]] = {
     "export_npu_lib_whole": {"int4": (2.35, 0.3), "int8": (2.85, 0.3), "fp16": (2.3, 0.3)},
     "export_npu_lib_whole_16bit": {"int4": (1.35, 0.3), "int8": (1.85, 0.3), "fp16": (1.3, 0.3)},
     # the library's model loaded from its .pt on the CPU stand-in, as a share of the artifact folder (int4 2.10, int8
-    # 3.84, fp16 about 7.3 GiB): int4 5.81 GiB in 646 s, `flock /work/bench/fullsize.lock python
-    # benchmarks/npu_lib_memory.py validate int4` (7.42 GiB before the worker dropped the library's kernels between
-    # prompts, worker_measure.drop_kernels). int8 and fp16 extrapolated from a 4-layer cut of the checkpoint
-    # (`... validate int8|fp16 --layers 4 --work /tmp/cut`: 3.49 / 4.47 GiB; int4 there 2.84) by the artifact's growth
-    # and int4's full-size excess: about 7.9 / 11.8 GiB
+    # 3.84, fp16 about 7.3 GiB): int4 5.81 GiB in 646 s, int8 7.78 GiB in 134 s, `flock /work/bench/fullsize.lock
+    # python benchmarks/npu_lib_memory.py validate int4|int8` (int4 7.42 GiB before the worker dropped the library's
+    # kernels between prompts, worker_measure.drop_kernels). fp16 extrapolated from a 4-layer cut of the checkpoint
+    # (`... validate fp16 --layers 4 --work /tmp/cut`: 4.47 GiB; int4 / int8 there 2.84 / 3.49) by the artifact's
+    # growth and int4's full-size excess: about 11.8 GiB
     "validate_npu_lib": {"int4": (2.65, 0.3), "int8": (2.0, 0.3), "fp16": (1.6, 0.3)},
 }
 

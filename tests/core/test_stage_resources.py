@@ -30,7 +30,8 @@ MEASURED = [
     ("export_npu_lib", "int4", CHECKPOINT, 3.30),  # layer by layer: benchmarks/npu_lib_memory.py
     ("export_npu_lib", "int8", CHECKPOINT, 4.81),
     ("export_npu_lib", "fp16", CHECKPOINT, 7.78),
-    ("validate_npu_lib", "int4", 2259686903, 5.81),  # the int4 artifact folder's bytes
+    ("validate_npu_lib", "int4", 2259686903, 5.81),  # the artifact folder's bytes
+    ("validate_npu_lib", "int8", 4120887611, 7.78),
     ("validate", "fp16", CHECKPOINT, 14.5),
     ("validate_onnx", "dml_fp16", CHECKPOINT, 16.5),
 ]
