@@ -20,3 +20,6 @@ class NpuLibVariantConfig:
 
     dtype: NpuLibDtype = "int4"
     load_dtype: NpuLibLoadDtype = "float32"
+    # Build the recipe's model one decoder layer at a time (pipeline/npu_lib/worker_layers.py): the same tensors,
+    # a fraction of the memory. False runs the library's own whole-model NPUModel.from_pretrained.
+    layer_by_layer: bool = True

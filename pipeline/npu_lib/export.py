@@ -2,7 +2,9 @@
 
 The recipe is ``NPUModelForCausalLM.from_pretrained(model_id, use_cache=True, config=CompilerConfig(dtype=int4))``.
 The library (1.4.0, archived) cannot share the main environment: it runs in its own
-(:mod:`pipeline.npu_lib.env`) through :mod:`pipeline.npu_lib.worker`, one process per dtype. Its model file
+(:mod:`pipeline.npu_lib.env`) through :mod:`pipeline.npu_lib.worker`, one process per dtype. By default the worker
+builds the recipe's model one decoder layer at a time (:mod:`pipeline.npu_lib.worker_layers`: the same tensors as
+the library's whole-model build, a fraction of its memory) and records the embedding tie. Its model file
 is a pickle; :mod:`pipeline.npu_lib.validate` loads it only when the whole folder matches the hash ``dvc.lock`` recorded for
 ``export_npu_lib@<variant>`` (git-tracked, outside the folder, so a swapped pickle cannot bring its own hash),
 then its sha256 matches the (so verified) manifest, and then only with ``torch.load(weights_only=True)`` and an
@@ -32,10 +34,8 @@ from pipeline.core.stage import run_stage
 from pipeline.npu_lib import env as npu_lib_env
 from pipeline.npu_lib.config import NpuLibVariantConfig
 
-# The NPU library loads the checkpoint in PyTorch and quantizes it layer by layer. Not measured on the full
-# model like the OpenVINO rows (pipeline.openvino.lean; only the tiny one runs here): estimates, one float copy
-# of the checkpoint plus half for the quantized layers and 1 GiB of runtime; disk is the output's share of it.
-NPU_LIB_NEEDS = {"int4": (1.5, 1.0, 0.45), "int8": (1.5, 1.0, 0.6), "fp16": (1.5, 1.0, 1.05)}
+# Disk for the library's pickle, as a share of the checkpoint (RAM: pipeline.core.resources.STAGE_RAM).
+NPU_LIB_DISK = {"int4": (0.0, 0.0, 0.45), "int8": (0.0, 0.0, 0.6), "fp16": (0.0, 0.0, 1.05)}
 
 MODEL_DIR = ARTIFACTS / "model"
 OUT_ROOT = ARTIFACTS / "npu_lib"
@@ -53,7 +53,7 @@ RECIPE = "NPUModelForCausalLM.from_pretrained(model, use_cache=True, config=Comp
 KIND = FAMILIES["npu_lib"].kind  # "NPU library model"
 LOADING = (
     "pickle: loaded only when the folder matches dvc.lock's hash of export_npu_lib@<variant> and the file "
-    "model_sha256, with torch.load(weights_only=True) allowing only pipeline/npu_lib/worker.py SAFE_CLASSES"
+    "model_sha256, with torch.load(weights_only=True) allowing only pipeline/npu_lib/worker_pickle.py SAFE_CLASSES"
 )
 
 
@@ -99,17 +99,9 @@ def run(
     except npu_lib_env.EnvUnavailable as err:
         return write_skipped(name, cfg, source, out_root, str(err))
     recipe = RECIPE.format(dtype=cfg.dtype)
-    check_stage_ram(
-        f"export_npu_lib{'' if cfg.load_dtype == 'float32' else '_16bit'}",
-        cfg.dtype,
-        model_dir,
-        f"[npu_lib-{name}] compiling {cfg.dtype} with the NPU library",
-    )
-    check_resources(
-        f"[npu_lib-{name}] compiling {cfg.dtype} with the NPU library",
-        *needs_of(NPU_LIB_NEEDS, cfg.dtype, model_dir),
-        out_root,
-    )
+    what = f"[npu_lib-{name}] compiling {cfg.dtype} with the NPU library"
+    check_stage_ram(ram_row(cfg), cfg.dtype, model_dir, what)
+    check_resources(what, *needs_of(NPU_LIB_DISK, cfg.dtype, model_dir), out_root)
     with staged_dir(out_root / name) as tmp, tempfile.TemporaryDirectory(prefix="npu-lib-") as scratch:
         args = [
             "--model",
@@ -120,8 +112,12 @@ def run(
             cfg.load_dtype,
             "--out",
             str((tmp / MODEL_FILE).resolve()),
+            *(["--layer-by-layer"] if cfg.layer_by_layer else []),
         ]
-        with step(f"[npu_lib-{name}] {recipe} in the isolated environment") as timing:
+        how = "layer by layer" if cfg.layer_by_layer else "whole model"
+        with step(
+            f"[npu_lib-{name}] {recipe} ({how}, load_dtype {cfg.load_dtype}) in the isolated environment"
+        ) as timing:
             result = call_worker(name, env, "compile", args, Path(scratch))
         for file in MODEL_SIDE_FILES:
             if (Path(model_dir) / file).is_file():
@@ -144,6 +140,7 @@ def run(
             device_compiled=result["device_executed"],
             library_warnings=result["warnings"],
             linear_layers=result["linear_layers"],
+            tied_embeddings=result["tied_embeddings"],
             timings={"compile_s": result["compile_s"], "stage_s": timing.get("seconds")},
             loading=LOADING,
             size_bytes=folder_bytes(tmp),
@@ -151,6 +148,13 @@ def run(
         )
     say(f"[npu_lib-{name}] {cfg.dtype} model ready in {out_root / name} (compiled for {result['device_executed']})")
     return manifest
+
+
+def ram_row(cfg: NpuLibVariantConfig) -> str:
+    """The :data:`pipeline.core.resources.STAGE_RAM` row of a build: layer by layer, or the whole model at its load dtype."""
+    if cfg.layer_by_layer:
+        return "export_npu_lib"
+    return "export_npu_lib_whole" if cfg.load_dtype == "float32" else "export_npu_lib_whole_16bit"
 
 
 def call_worker(name: str, env: npu_lib_env.NpuLibEnv, command: str, args: list[str], cwd: Path) -> dict[str, Any]:

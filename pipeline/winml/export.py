@@ -113,6 +113,9 @@ def run(name: str, cfg: WinmlVariantConfig, artifacts: Path = ARTIFACTS, out_roo
             source=ir_manifest.get("source", {}),
             source_ir={"folder": f"{cfg.source}/{cfg.source_variant}", "files_sha256": ir_hashes},
             source_ir_parameters=ir_manifest.get("parameters", {}),
+            # The IR is the source's byte for byte (checked above): its record of the embedding tie (the checkpoint's
+            # tie, whether the IR keeps one shared matrix, each side's precision) holds for the package as it is.
+            tied_embeddings=ir_manifest.get("tied_embeddings"),
             parameters=dataclasses.asdict(cfg),
             ep_sdk_version=written["sdk_version"],
             tokenizer_fix={"tokenizer_class": written["tokenizer_class"]},

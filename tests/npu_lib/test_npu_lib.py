@@ -71,7 +71,10 @@ def test_stages_do_not_depend_on_openvino_params() -> None:
     for name in ("export_npu_lib", "validate_npu_lib"):
         params = stages[name]["do"]["params"]
         assert params and not any(str(p).startswith(("openvino", "npu.")) for p in params), params
-    assert "pipeline/npu_lib/worker.py" in stages["export_npu_lib"]["do"]["deps"]
+    worker = {p.relative_to(ROOT).as_posix() for p in (ROOT / "pipeline" / "npu_lib").glob("worker*.py")}
+    assert "pipeline/npu_lib/worker.py" in worker and len(worker) > 1
+    assert worker <= set(stages["export_npu_lib"]["do"]["deps"]), "every module the worker runs is a dependency"
+    assert worker <= set(stages["validate_npu_lib"]["do"]["deps"])
 
 
 def test_env_is_keyed_by_its_pins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -271,7 +274,7 @@ WINDOWS_CACHE_CHECK = r"""
 import ntpath, sys
 sys.path.insert(0, sys.argv[1])
 from intel_npu_acceleration_library import modelling
-from pipeline.npu_lib.worker import short_cache_name
+from pipeline.npu_lib.worker_compile import short_cache_name
 model = r"C:\Users\someone-with-a-name\source\repos\aipc-pipeline\artifacts\model"
 args = (("int4",), {"use_cache": True})
 old = ntpath.join("cache\\models", modelling.get_mangled_model_name(model, *args[0], **args[1]))

@@ -133,10 +133,14 @@ def test_payload_with_matching_manifest_and_lock_is_refused_and_nothing_runs(
 @pytest.mark.slow
 def test_genuine_pickle_loads_with_the_allow_list_only(int4_artifact, npu_env) -> None:  # noqa: F811
     root, _, _ = int4_artifact
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); import worker as w; from pathlib import Path; "
-            "w.import_library(); m = w.load_model(Path(sys.argv[2])); "
-            "print(type(m).__name__, sum(p.numel() for p in m.parameters()), w.unsafe_globals(Path(sys.argv[2])))")
-    done = subprocess.run([str(npu_env.python), "-I", "-c", code, str(npu_lib_env.WORKER.parent),
+    code = ("import importlib.util, sys; from pathlib import Path; "  # worker.py as `python -I worker.py` sees its helpers
+            "spec = importlib.util.spec_from_file_location('npu_lib_worker', sys.argv[1]); "
+            "w = importlib.util.module_from_spec(spec); spec.loader.exec_module(w); w.expose_this_folder(); "
+            "from pipeline.npu_lib.worker_compile import import_library; "
+            "from pipeline.npu_lib.worker_pickle import load_model, unsafe_globals; "
+            "import_library(); m = load_model(Path(sys.argv[2])); "
+            "print(type(m).__name__, sum(p.numel() for p in m.parameters()), unsafe_globals(Path(sys.argv[2])))")
+    done = subprocess.run([str(npu_env.python), "-I", "-c", code, str(npu_lib_env.WORKER),
                            str(root / "int4" / export_npu_lib.MODEL_FILE)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     name, params, unknown = done.stdout.split(maxsplit=2)

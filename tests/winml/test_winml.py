@@ -142,7 +142,7 @@ def child_main() -> None:
 def run_emulated(request: dict) -> tuple[str, object]:
     """Run ``request`` in a child process with the Intel vendor emulated: (label, result); skips if impossible."""
     done = subprocess.run(
-        [sys.executable, "-c", "from tests.test_winml import child_main; child_main()"],
+        [sys.executable, "-c", "from tests.winml.test_winml import child_main; child_main()"],
         input=json.dumps(request), cwd=ROOT, capture_output=True, text=True,
         env={
             **os.environ,

@@ -1,0 +1,141 @@
+"""``worker.py validate``: load the library's model (hash first, allow-listed), generate, time, save logits.
+
+Runs in the library's environment (standard library + torch + transformers + the library), imported by
+:mod:`pipeline.npu_lib.worker`; fidelity is computed in the main environment from the saved logits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from pipeline.npu_lib.worker_compile import import_library, versions
+from pipeline.npu_lib.worker_pickle import check_hash, load_model
+
+
+class TokenTimes:
+    """A ``generate`` streamer that only records when each chunk of tokens arrives."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def put(self, value: Any) -> None:
+        """Called with the prompt first, then with every new token."""
+        self.times.append(time.perf_counter())
+
+    def end(self) -> None:
+        """Called once generation stops."""
+
+
+def generate(
+    model: Any, prompt_ids: list[int], max_new_tokens: int, streamer: Any = None, exact: bool = False
+) -> list[int]:
+    """Greedy continuation of ``prompt_ids`` (new token ids only; ``exact``: ignore EOS)."""
+    import torch
+
+    ids = torch.tensor([prompt_ids])
+    out = model.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=max_new_tokens,
+        min_new_tokens=max_new_tokens if exact else None,
+        do_sample=False,
+        streamer=streamer,
+    )
+    return out[0, ids.shape[1] :].tolist()
+
+
+def drop_kernels() -> None:
+    """Drop the library's compiled kernels before a prompt of another length (its results do not change).
+
+    The library compiles one OpenVINO model per layer shape and token count and keeps all of them
+    (``backend.runtime._model_cache``); on the CPU each holds buffers the size of its layer's weights widened to
+    float. The validation's prompts have six lengths, so they piled up: 7.42 GiB for the 2.1 GiB int4 Phi-3-mini,
+    5.81 GiB with this (docs/npu.md). Each phase now starts from an empty cache: a prompt's
+    prefill and decode kernels are compiled again on first use (the warm-up run of a timed prompt still
+    compiles them before anything is timed).
+    """
+    import gc
+
+    from intel_npu_acceleration_library.backend import runtime
+
+    runtime.clear_cache()
+    gc.collect()
+
+
+def timings(model: Any, prompt_ids: list[int], args: argparse.Namespace) -> dict[str, list[float]]:
+    """TTFT and TPOT (ms) of each measured run of exactly ``--new-tokens`` tokens (warm-up runs dropped)."""
+    drop_kernels()
+    ttft, tpot = [], []
+    for i in range(args.warmup + args.repeats):
+        timer = TokenTimes()
+        start = time.perf_counter()
+        generate(model, prompt_ids, args.new_tokens, timer, exact=True)
+        if i < args.warmup:
+            continue
+        new = timer.times[1:]  # times[0] is the prompt
+        ttft.append((new[0] - start) * 1000)
+        tpot.append((new[-1] - new[0]) / max(len(new) - 1, 1) * 1000)
+    return {"prompt_tokens": len(prompt_ids), "new_tokens": args.new_tokens, "ttft_ms": ttft, "tpot_ms": tpot}
+
+
+def save_teacher_forced_logits(model: Any, windows: list[dict], path: Path) -> None:
+    """Save the model's logits over each held-out window as ``w0, w1, ...`` in an ``.npz`` (float32, no pickles)."""
+    import numpy as np
+    import torch
+
+    drop_kernels()
+    with torch.inference_mode():
+        logits = {
+            f"w{i}": model(torch.tensor([w["input_ids"]])).logits[0].float().numpy() for i, w in enumerate(windows)
+        }
+    np.savez(path, **logits)
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this worker process."""
+    if sys.platform == "win32":  # no resource module there
+        import psutil
+
+        return round(psutil.Process().memory_info().peak_wset / 2**20, 1)
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def validate_model(args: argparse.Namespace) -> dict[str, Any]:
+    """Check the hash, load the pickle, then measure speed and fidelity against the reference."""
+    check_hash(Path(args.model_file), args.sha256)  # before torch or the library is even imported
+    import torch
+    from transformers import AutoTokenizer
+
+    device = import_library()
+    start = time.perf_counter()
+    model = load_model(Path(args.model_file))
+    load_s = time.perf_counter() - start
+    model.eval()
+    reference = json.loads(Path(args.reference).read_text(encoding="utf-8"))
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    with torch.inference_mode():
+        outputs = []
+        for case in reference["greedy"]:
+            drop_kernels()
+            outputs.append(generate(model, case["prompt_ids"], args.max_new_tokens))
+        perf = {name: timings(model, ids, args) for name, ids in reference["perf_prompts"].items()}
+    save_teacher_forced_logits(model, reference["teacher_forced"], Path(args.logits))
+    first = reference["greedy"][0]
+    return {
+        **device,
+        "perf": perf,
+        "load_s": round(load_s, 4),
+        "outputs": outputs,
+        "text": tokenizer.decode(outputs[0], skip_special_tokens=True),
+        "tokenizer_matches_reference": tokenizer(first["prompt"], add_special_tokens=False)["input_ids"]
+        == first["prompt_ids"],
+        "peak_rss_mb": peak_rss_mb(),
+        "versions": versions(),
+    }
