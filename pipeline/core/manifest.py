@@ -38,6 +38,17 @@ TRACKED_PACKAGES = (
 RUN_FIELDS = ("timings",)
 RUNS_DIR = Path(".aipc") / "runs"
 
+# a checkpoint's config and tokenizer files: downloaded beside the weights, copied beside a converted model
+CHECKPOINT_SIDE_FILES = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "special_tokens_map.json",
+    "added_tokens.json",
+)
+
 
 def file_hashes(folder: Path) -> dict[str, dict[str, Any]]:
     """Hash every file under ``folder`` except the manifest: relative POSIX path -> size, sha256."""

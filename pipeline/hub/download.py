@@ -17,19 +17,13 @@ from pipeline.core.artifacts import ARTIFACTS, remove_tree, staged_dir
 from pipeline.core.config import ASSETS_DIR, ModelConfig, load_params  # ASSETS_DIR/<name>: EMBEDDED_ASSETS
 from pipeline.core.errors import fail, run_main
 from pipeline.core.log import say, step
-from pipeline.core.manifest import write_manifest
+from pipeline.core.manifest import CHECKPOINT_SIDE_FILES, write_manifest
 
 OUT_DIR = ARTIFACTS / "model"
 MODEL_FILES = [
     "*.safetensors",
     "*.safetensors.index.json",
-    "config.json",
-    "generation_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "tokenizer.model",
-    "special_tokens_map.json",
-    "added_tokens.json",
+    *CHECKPOINT_SIDE_FILES,
     "*.jinja",
     "LICENSE",
 ]

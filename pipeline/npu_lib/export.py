@@ -27,7 +27,7 @@ from pipeline.core.artifacts import ARTIFACTS, folder_bytes, staged_dir
 from pipeline.core.errors import fail, run_main
 from pipeline.core.hashes import sha256_file
 from pipeline.core.log import say, step
-from pipeline.core.manifest import read_manifest, write_manifest
+from pipeline.core.manifest import CHECKPOINT_SIDE_FILES, read_manifest, write_manifest
 from pipeline.core.registry import FAMILIES
 from pipeline.core.resources import check_resources, check_stage_ram, needs_of
 from pipeline.core.stage import run_stage
@@ -40,15 +40,6 @@ NPU_LIB_DISK = {"int4": (0.0, 0.0, 0.45), "int8": (0.0, 0.0, 0.6), "fp16": (0.0,
 MODEL_DIR = ARTIFACTS / "model"
 OUT_ROOT = ARTIFACTS / "npu_lib"
 MODEL_FILE = "pytorch_npu_model.pt"  # the name the library's own export gives it
-MODEL_SIDE_FILES = (
-    "config.json",
-    "generation_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "tokenizer.model",
-    "special_tokens_map.json",
-    "added_tokens.json",
-)
 RECIPE = "NPUModelForCausalLM.from_pretrained(model, use_cache=True, config=CompilerConfig(dtype={dtype}))"
 KIND = FAMILIES["npu_lib"].kind  # "NPU library model"
 LOADING = (
@@ -119,7 +110,7 @@ def run(
             f"[npu_lib-{name}] {recipe} ({how}, load_dtype {cfg.load_dtype}) in the isolated environment"
         ) as timing:
             result = call_worker(name, env, "compile", args, Path(scratch))
-        for file in MODEL_SIDE_FILES:
+        for file in CHECKPOINT_SIDE_FILES:
             if (Path(model_dir) / file).is_file():
                 shutil.copy2(Path(model_dir) / file, tmp / file)
         if sha256_file(tmp / MODEL_FILE) != result["sha256"]:
