@@ -257,6 +257,9 @@ def worker_env() -> dict[str, str]:
         "TOKENIZERS_PARALLELISM": "false",
         "HF_HUB_DISABLE_PROGRESS_BARS": "1",
         "TQDM_DISABLE": "1",
+        # the pickle keeps transformers' set-ordered lists and GenerationConfig's hash(): fixed string hashing makes
+        # the same build give the same bytes (with worker_layers.make_reproducible)
+        "PYTHONHASHSEED": "0",
     }
 
 

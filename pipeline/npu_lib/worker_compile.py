@@ -114,9 +114,10 @@ def compile_model(args: argparse.Namespace) -> dict[str, Any]:
     load_dtype = getattr(torch, args.load_dtype)
     start = time.perf_counter()
     if args.layer_by_layer:
-        from pipeline.npu_lib.worker_layers import build_layer_by_layer
+        from pipeline.npu_lib.worker_layers import build_layer_by_layer, make_reproducible
 
         model = build_layer_by_layer(Path(args.model), config, load_dtype)
+        make_reproducible(model, Path(args.model))
         torch.save(model, args.out)  # what the library's export does (modelling.NPUModel.from_pretrained)
     else:
         model = whole_model(args.model, config, load_dtype, Path(args.out))

@@ -135,3 +135,28 @@ def build_layer_by_layer(model_dir: Path, compiler_config: Any, load_dtype: Any)
     if leftover:
         raise RuntimeError(f"the checkpoint's {leftover[0]} has no place in the model (layer-by-layer build)")
     return model.eval()
+
+
+def make_reproducible(model: Any, model_dir: Path) -> None:
+    """Give the pickle the same bytes for the same checkpoint and library: no random ids, no absolute paths.
+
+    The library names each compiled layer with ``uuid.uuid4()`` (``op_id``, its kernel-cache key: only unique within
+    a process) and transformers keeps the checkpoint's absolute path in ``config._name_or_path``; both went into the
+    pickle, so two builds differed (and so did torch's ``serialization_id``, a CRC of the contents). Each ``op_id``
+    becomes a UUID derived from the layer's module path and its weights (unique, also across two models loaded in
+    one process), and the path the folder's name.
+    """
+    import hashlib
+    import uuid
+
+    import torch
+
+    for name, module in model.named_modules():
+        if isinstance(getattr(module, "op_id", None), str):
+            digest = hashlib.sha256(name.encode())
+            for key in ("weight", "scale"):
+                value = getattr(module, key, None)
+                if isinstance(value, torch.Tensor):
+                    digest.update(value.detach().contiguous().view(torch.uint8).numpy().tobytes())
+            module.op_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"aipc-pipeline/npu_lib/{digest.hexdigest()}"))
+    model.config._name_or_path = Path(model_dir).name

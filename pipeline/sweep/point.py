@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.core.artifacts import remove_tree
 from pipeline.core.envs import venv_env
 
 NODE_CACHE_ENV = "AIPC_SWEEP_CACHE"  # the node's caches, shared by the points it runs (default: a temp folder)
@@ -56,9 +56,15 @@ class PointFailed(RuntimeError):
 def _run(args: list[str], cwd: Path, env: dict[str, str]) -> tuple[str, Any]:
     """Run ``args`` in ``cwd``; its output and its rusage (peak RSS of it and its descendants)."""
     with tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") as log:
-        proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        proc = subprocess.Popen(
+            args, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True, encoding="utf-8", errors="replace"
+        )
+        if sys.platform == "win32":  # Ray nodes run Linux (docs/sweeps.md); no rusage of the children here
+            proc.wait()
+            usage = None
+        else:
+            _, status, usage = os.wait4(proc.pid, 0)
+            proc.returncode = os.waitstatus_to_exitcode(status)
         log.seek(0)
         out = log.read()
     if proc.returncode:
@@ -95,7 +101,8 @@ def run_point(spec: PointSpec) -> dict[str, Any]:
         result["seconds"] = seconds
         result["ended"] = time.time()
         if not spec.keep_workspace:
-            shutil.rmtree(work, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                remove_tree(work)
     return result
 
 
@@ -127,17 +134,16 @@ def _phases(spec: PointSpec, work: Path, seconds: dict[str, float]) -> dict[str,
     metrics = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.is_file() else None
     timed("push", [*dvc, "push", "-q"])
     timed("push", [*dvc, "exp", "push", "--no-cache", "--force", "origin", spec.name])
-    return {"metrics": metrics, "peak_rss_bytes": usage.ru_maxrss * 1024}
+    return {"metrics": metrics, "peak_rss_bytes": usage.ru_maxrss * 1024 if usage else None}
 
 
 @contextlib.contextmanager
 def node_lock(node_cache: Path) -> Iterator[None]:
-    """Hold the node's fetch lock (released by the kernel if this worker dies)."""
-    import fcntl
+    """Hold the node's fetch lock (an OS lock: released if this worker dies)."""
+    from filelock import FileLock
 
     node_cache.mkdir(parents=True, exist_ok=True)
-    with open(node_cache / "fetch.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    with FileLock(str(node_cache / "fetch.lock")):
         yield
 
 

@@ -20,7 +20,9 @@ from pipeline.sweep.local import dvc
 
 def git(*args: str, cwd: Path | None = None) -> str:
     """Run ``git ...``; its stdout, or one line naming the command that failed."""
-    done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        ["git", *args], cwd=cwd, capture_output=True, text=True, encoding="utf-8", errors="replace", check=False
+    )
     if done.returncode:
         detail = (done.stderr.strip().splitlines() or [""])[-1]
         fail(f"`git {' '.join(args)}` failed: {detail}")
@@ -37,7 +39,9 @@ def checked_commit(git_remote: str) -> tuple[str, str]:
     if dirty:
         fail(f"uncommitted changes ({', '.join(dirty[:3])}): commit them and push, every node clones the commit")
     commit = git("rev-parse", "HEAD").strip()
-    url = subprocess.run(["git", "remote", "get-url", git_remote], capture_output=True, text=True, check=False)
+    url = subprocess.run(
+        ["git", "remote", "get-url", git_remote], capture_output=True, text=True, encoding="utf-8", check=False
+    )
     if url.returncode:
         fail(f"no git remote '{git_remote}': add the remote every node can reach (`git remote add {git_remote} URL`)")
     git("fetch", "-q", git_remote)

@@ -8,6 +8,7 @@ compare every tensor of the two pickles, loaded through the worker's own allow-l
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 from pathlib import Path
@@ -65,6 +66,8 @@ def builds(npu_env, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dic
         for dtype in DTYPES
         for build in ("layers", "whole")
     }
+    config = NpuLibVariantConfig(dtype="int4", layer_by_layer=True)  # once more, in another folder: same bytes?
+    manifests["int4", "again"] = export_npu_lib.run("int4", config, root / "model", root / "again")
     return root, manifests
 
 
@@ -93,3 +96,12 @@ def test_the_manifest_says_the_tie_is_broken_and_what_each_side_is_stored_as(bui
             "embedding": {"layer": "model.embed_tokens", "precision": "float32"},
             "lm_head": {"layer": "lm_head", "precision": "int4" if dtype == "int4" else "float16"},
         }, (dtype, build)
+
+
+@pytest.mark.slow
+def test_a_layer_by_layer_build_gives_the_same_bytes_twice(builds) -> None:
+    """No random layer ids or absolute paths in the pickle (the library's own whole-model path keeps both)."""
+    root, _ = builds
+    first, again = (root / build / "int4" / export_npu_lib.MODEL_FILE for build in ("layers", "again"))
+    assert hashlib.sha256(first.read_bytes()).hexdigest() == hashlib.sha256(again.read_bytes()).hexdigest()
+    assert str(root).encode() not in again.read_bytes()
