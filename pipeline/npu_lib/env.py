@@ -270,7 +270,9 @@ def run_worker(python: Path, command: str, args: list[str], cwd: Path) -> dict[s
         WorkerError: When the worker exits non-zero (message: its last output line).
     """
     result = Path(cwd) / f"{command}-result.json"
-    cmd = [str(python), "-I", "-u", str(WORKER), command, "--result", str(result), *args]
+    # -P -s with worker_env (no PYTHON* of ours but its own): what -I isolates, but PYTHONHASHSEED, PYTHONUTF8 and
+    # PYTHONIOENCODING take effect (-I ignores every PYTHON* variable, so set iteration order changed the pickle)
+    cmd = [str(python), "-P", "-s", "-u", str(WORKER), command, "--result", str(result), *args]
     tail: collections.deque[str] = collections.deque(maxlen=1)
     with subprocess.Popen(
         cmd,

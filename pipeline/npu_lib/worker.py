@@ -1,7 +1,7 @@
 """Runs INSIDE the isolated intel-npu-acceleration-library environment: probe, compile, or load + validate.
 
-Started by :mod:`pipeline.npu_lib.export` as ``<env python> -I worker.py <command> --result FILE ...``
-(``-I``: neither this folder nor ``PYTHONPATH`` is on ``sys.path``, so nothing of the main environment leaks
+Started by :mod:`pipeline.npu_lib.export` as ``<env python> -P -s worker.py <command> --result FILE ...``
+(``-P -s``, PYTHON* variables our own: neither this folder nor ``PYTHONPATH`` is on ``sys.path``, so nothing of the main environment leaks
 in). Its helpers are the ``worker_*`` modules beside it, imported as ``pipeline.npu_lib.worker_*`` from this
 folder alone (:func:`expose_this_folder`: no other module of ``pipeline`` can be imported there); they import
 only the standard library at module level and the isolated environment's packages (torch, transformers, the

@@ -159,4 +159,14 @@ def make_reproducible(model: Any, model_dir: Path) -> None:
                 if isinstance(value, torch.Tensor):
                     digest.update(value.detach().contiguous().view(torch.uint8).numpy().tobytes())
             module.op_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"aipc-pipeline/npu_lib/{digest.hexdigest()}"))
-    model.config._name_or_path = Path(model_dir).name
+    for module in model.modules():  # transformers keeps the path on the model (name_or_path) and its config
+        if isinstance(getattr(module, "name_or_path", None), str):
+            module.name_or_path = Path(model_dir).name
+        config: Any = getattr(module, "config", None)
+        if isinstance(getattr(config, "_name_or_path", None), str):
+            config._name_or_path = Path(model_dir).name
+    generation = getattr(model, "generation_config", None)
+    if generation is not None and getattr(generation, "_original_object_hash", None) is not None:
+        # hash() of its JSON: salted per process (it never matches after loading in another one anyway)
+        text = generation.to_json_string(ignore_metadata=True).encode()
+        generation._original_object_hash = int.from_bytes(hashlib.sha256(text).digest()[:8], "big", signed=True)
