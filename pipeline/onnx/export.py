@@ -103,15 +103,10 @@ def builders_own_commit() -> Iterator[None]:
     the graph's bytes. With ``GIT_DIR`` pointing at no repository, git fails and the builder uses the wheel's own
     ``onnxruntime_genai.__commit__``: the same bytes from any checkout, and the right commit.
     """
-    saved = os.environ.get("GIT_DIR")
-    os.environ["GIT_DIR"] = os.devnull
-    try:
+    from unittest import mock
+
+    with mock.patch.dict(os.environ, {"GIT_DIR": os.devnull}):
         yield
-    finally:
-        if saved is None:
-            os.environ.pop("GIT_DIR", None)
-        else:
-            os.environ["GIT_DIR"] = saved
 
 
 def build(model_dir: Path, out: Path, cfg: OnnxVariantConfig, options: dict[str, str]) -> None:
