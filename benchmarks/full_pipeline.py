@@ -55,7 +55,10 @@ def fresh_project(work: Path) -> Path:
 
 
 def run_stages(project: Path, log_path: Path, tree_memory: Any) -> dict[str, Any]:
-    """``aipc repro`` in ``project``: per-stage wall time and peak ``tree_memory``, the exit code, the last lines."""
+    """``aipc repro`` in ``project``: per-stage wall time and peak ``tree_memory``, the exit code, the last lines.
+
+    The stages so far are also written to ``<log>.progress.json`` every 30 s, so a run cut short keeps them.
+    """
     import psutil
 
     stages: dict[str, dict[str, float]] = {}
@@ -83,7 +86,14 @@ def run_stages(project: Path, log_path: Path, tree_memory: Any) -> dict[str, Any
         reader = threading.Thread(target=follow, daemon=True)
         reader.start()
         root = psutil.Process(proc.pid)
+        progress, last_write = log_path.with_suffix(".progress.json"), 0.0
         while proc.poll() is None:
+            if time.perf_counter() - last_write > 30:
+                last_write = time.perf_counter()
+                snapshot = {name: dict(s) for name, s in list(stages.items())}
+                progress.write_text(
+                    json.dumps({"elapsed_s": round(last_write - started), "stages": snapshot}, indent=1)
+                )
             with contextlib.suppress(psutil.Error):
                 used = tree_memory(root) / 2**30
                 if current[0]:
