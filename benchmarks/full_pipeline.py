@@ -94,10 +94,11 @@ def run_stages(project: Path, log_path: Path, tree_memory: Any) -> dict[str, Any
                 progress.write_text(
                     json.dumps({"elapsed_s": round(last_write - started), "stages": snapshot}, indent=1)
                 )
+            stage = current[0]  # the stage running when the sample starts: the next one may begin while it is taken
             with contextlib.suppress(psutil.Error):
                 used = tree_memory(root) / 2**30
-                if current[0]:
-                    stages[current[0]]["peak_gib"] = max(stages[current[0]]["peak_gib"], used)
+                if stage:
+                    stages[stage]["peak_gib"] = max(stages[stage]["peak_gib"], used)
             time.sleep(SAMPLE_EVERY_S)
         reader.join()
     total = time.perf_counter() - started

@@ -105,6 +105,7 @@ class ValidateConfig:
 
     devices: dict[str, list[str]] = field(default_factory=lambda: dict(DEFAULT_TARGET_DEVICES))
     cpu_stand_in: bool = True
+    stand_in_max_ram_gib: Annotated[float, _check(lambda v: v >= 0, "must be >= 0 (GiB; 0 = no cap), got {}")] = 8.0
     prompts: list[str] = field(default_factory=list)
     max_new_tokens: Positive = 32
     eval_tokens: Positive = 512

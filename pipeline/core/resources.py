@@ -12,7 +12,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from pipeline.core.errors import fail
+from pipeline.core.errors import StageError, fail, size_text
 from pipeline.core.memory import weight_files
 
 ASSUME_RAM_ENV = "AIPC_ASSUME_RAM_GB"  # GiB to take as available instead of asking the OS (tests; "would it fit?")
@@ -29,7 +29,6 @@ def check_resources(what: str, ram_bytes: int, disk_bytes: int, disk_at: Path) -
     import psutil
 
     from pipeline.core.artifacts import expect_disk
-    from pipeline.core.errors import size_text
 
     expect_disk(Path(disk_at), disk_bytes)
     if os.environ.get("AIPC_SKIP_RESOURCE_CHECK") == "1":
@@ -86,7 +85,7 @@ STAGE_RAM: dict[str, dict[str, tuple[float, float]]] = {
     # validate.max_new_tokens=4 validate.perf_new_tokens=2 validate.repeats=1 validate.warmup=0`: cpu_int4 7.77 GiB
     # (2.54 GiB folder), dml_int4 7.89 GiB (1.98 GiB); dml_fp16 on the CPU stand-in keeps a float32 copy of the
     # weights (no fp16 MatMul on x86): >= 17.9 GiB (7.12 GiB folder; stopped there to spare the shared machine)
-    "validate_onnx": {"dml_int4": (4.0, 0.3), "cpu_int4": (3.1, 0.3), "dml_fp16": (2.7, 0.3)},
+    "validate_onnx": {"dml_int4": (3.85, 0.3), "cpu_int4": (3.1, 0.3), "dml_fp16": (2.7, 0.3)},
     # layer by layer (npu_lib.<v>.layer_by_layer, the default; pipeline/npu_lib/worker_layers.py), contended 2 cores:
     # int4 3.30-3.35 GiB in 161-288 s, int8 4.81 GiB in 141 s, fp16 7.78-7.94 GiB in 68-189 s,
     # `flock /work/bench/fullsize.lock python benchmarks/npu_lib_memory.py export int4|int8|fp16`
@@ -138,3 +137,30 @@ def check_stage_ram(stage: str, variant: str, input_dir: Path, what: str | None 
         what: What the message calls the step (default ``<stage>@<variant>``).
     """
     check_resources(what or f"{stage}@{variant}", stage_ram(stage, variant, input_dir), 0, Path(input_dir))
+
+
+RAM_SKIP = "not run here"  # how a cell's skip reason starts when RAM, not an absent device, is why
+
+
+def fit_cell_ram(stage: str, variant: str, input_dir: Path, stand_in: bool, cap_gib: float) -> str | None:
+    """Why a validation cell of ``stage`` is not run here for RAM, or None when it fits.
+
+    A cell on its target device that cannot fit stops the stage in one line (:func:`check_stage_ram`). A CPU
+    stand-in runs only because the target device is absent, so it is skipped instead, with that line: when RAM
+    is short, and when its estimate is over ``cap_gib`` (``validate.stand_in_max_ram_gib``; 0 = no cap), so that
+    a stand-in never takes a 16 GB laptop past half its memory. ``dvc repro`` goes on without it.
+    """
+    if not stand_in:
+        check_stage_ram(stage, variant, input_dir)
+        return None
+    need = stage_ram(stage, variant, input_dir)
+    if cap_gib and need > cap_gib * 2**30:
+        return (
+            f"{RAM_SKIP}: the CPU stand-in of {stage}@{variant} needs about {size_text(need)} of RAM, over "
+            f"validate.stand_in_max_ram_gib={cap_gib:g} GiB (raise it to run the stand-in anyway)"
+        )
+    try:
+        check_stage_ram(stage, variant, input_dir)
+    except StageError as err:
+        return f"{RAM_SKIP}: {err}"
+    return None

@@ -20,7 +20,7 @@ from pipeline.core.errors import fail, run_main
 from pipeline.core.hashes import LOCK_FILE, dvc_dir_md5, locked_md5
 from pipeline.core.log import step
 from pipeline.core.manifest import read_manifest
-from pipeline.core.resources import check_stage_ram
+from pipeline.core.resources import fit_cell_ram
 from pipeline.core.stage import run_stage
 from pipeline.npu_lib import env as npu_lib_env
 from pipeline.npu_lib.export import KIND, OUT_ROOT, call_worker
@@ -125,7 +125,7 @@ def run_cells(
     folder: Path,
     reference_path: Path,
     cfg: ValidateConfig,
-    status: dict,
+    plans: list[matrix.CellPlan],
 ) -> dict[str, matrix.Cell]:
     """Fill every cell: the library picks its device itself, so one worker run serves the cell that runs."""
     reference = json.loads(Path(reference_path).read_text(encoding="utf-8"))
@@ -133,7 +133,7 @@ def run_cells(
     weight_format = manifest["parameters"]["dtype"]
     thresholds = matrix.Thresholds(weight_format, **cfg.thresholds(weight_format))
     cells = {}
-    for plan in matrix.plan_cells(cfg.devices["npu_lib"], status, cfg.cpu_stand_in):
+    for plan in plans:
         if plan.skip_reason:
             cells[plan.column] = matrix.skipped_cell(plan, KIND)
             continue
@@ -185,17 +185,21 @@ def run(
     dtype = manifest["parameters"].get("dtype")
     if manifest.get("status") == "skipped":
         return records.publish(skipped_record(name, dtype, manifest["reason"], cfg), out)
-    check_stage_ram("validate_npu_lib", dtype, folder)
+    if status is None:
+        from pipeline.validation import devices
+
+        status = devices.detect()
+    plans = matrix.plan_cells(cfg.devices["npu_lib"], status, cfg.cpu_stand_in)
+    for plan in plans:  # RAM first: a target cell that cannot fit stops here, a stand-in is skipped with the line
+        if not plan.skip_reason:
+            stand_in = bool(plan.stand_in_for)
+            plan.skip_reason = fit_cell_ram("validate_npu_lib", dtype, folder, stand_in, cfg.stand_in_max_ram_gib)
     model_file = checked_model_file(folder, manifest, lock_file)
     try:
         env = npu_lib_env.ensure(envs_root)
     except npu_lib_env.EnvUnavailable as err:
         return records.publish(skipped_record(name, dtype, str(err), cfg), out)
-    if status is None:
-        from pipeline.validation import devices
-
-        status = devices.detect()
-    cells = run_cells(name, env, model_file, manifest, folder, reference_path, cfg, status)
+    cells = run_cells(name, env, model_file, manifest, folder, reference_path, cfg, plans)
     return records.publish_cells(f"npu_lib-{name}", "npu_lib", dtype, folder, cfg.thresholds(dtype), cells, metrics_dir)
 
 

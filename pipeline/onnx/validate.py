@@ -22,7 +22,7 @@ from pipeline.core.config import ValidateConfig
 from pipeline.core.errors import StageError, fail, run_main
 from pipeline.core.log import step
 from pipeline.core.manifest import read_manifest
-from pipeline.core.resources import check_stage_ram
+from pipeline.core.resources import fit_cell_ram
 from pipeline.core.stage import run_stage
 from pipeline.onnx import compat
 from pipeline.validation import fidelity, matrix, records
@@ -205,19 +205,11 @@ def run(
     cells = {}
     plans = matrix.plan_cells([device], {device: provider_status(provider)}, cfg.cpu_stand_in)
     for plan in plans:
-        # RAM, measured on the CPU provider (the rows of validate_onnx): a CPU target cell that cannot fit stops the
-        # stage in one line; a CPU stand-in cell is skipped with that line, so `dvc repro` goes on without it
-        if not plan.skip_reason and plan.device == "CPU":
-            try:
-                check_stage_ram("validate_onnx", f"{provider}_{precision}", folder)
-            except StageError as err:
-                if not plan.stand_in_for:
-                    raise
-                plan.skip_reason = f"not run here: {err}"
+        if not plan.skip_reason and plan.device == "CPU":  # RAM, measured on the CPU provider (validate_onnx rows)
+            variant, stand_in = f"{provider}_{precision}", bool(plan.stand_in_for)
+            plan.skip_reason = fit_cell_ram("validate_onnx", variant, folder, stand_in, cfg.stand_in_max_ram_gib)
         if plan.skip_reason:
             cells[plan.column] = matrix.skipped_cell(plan, kind)
-            if plan.skip_reason.startswith("not run here"):
-                cells[plan.column].label = f"{kind}, skipped: not enough RAM here"
             continue
         try:
             got = measure_cell(folder, provider, plan, cfg, evidence, cell_python(provider, plan))

@@ -146,8 +146,9 @@ class Cell:
 
 
 def skipped_cell(plan: CellPlan, kind: str) -> Cell:
-    """A cell whose device is absent here."""
-    return Cell(plan.column, plan.device, "skipped", f"{kind}, skipped: no {plan.device} here", reason=plan.skip_reason)
+    """A cell whose device is absent here, or that does not fit this machine's RAM (its reason says which)."""
+    why = "not enough RAM here" if (plan.skip_reason or "").startswith("not run here") else f"no {plan.device} here"
+    return Cell(plan.column, plan.device, "skipped", f"{kind}, skipped: {why}", reason=plan.skip_reason)
 
 
 def failed_cell(plan: CellPlan, kind: str, reason: str) -> Cell:

@@ -77,6 +77,33 @@ def test_a_16_gb_laptop_is_told_which_stages_will_not_fit(tmp_path, monkeypatch:
     assert message.startswith("export_onnx_builder@cpu_int4 needs about 19.5 GiB of RAM but 12.0 GiB is available")
 
 
+@pytest.mark.parametrize(("stage", "variant", "folder_gib", "runs"), [
+    ("validate_onnx", "dml_int4", 1.98, True),  # measured 7.89 GiB: under the 8 GiB cap
+    ("validate_onnx", "dml_fp16", 7.12, False),  # >= 17.9 GiB: a float32 copy of the weights on the CPU provider
+    ("validate_npu_lib", "int4", 2.10, True),
+    ("validate_npu_lib", "int8", 3.84, True),
+    ("validate_npu_lib", "fp16", 7.30, False),  # 11.68 GiB
+])
+def test_a_full_size_stand_in_over_the_cap_is_skipped_with_one_line_and_a_target_cell_stops(
+    stage: str, variant: str, folder_gib: float, runs: bool, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = sparse(tmp_path / "artifact", "model.bin", folder_gib * GIB)
+    monkeypatch.setenv(resources.ASSUME_RAM_ENV, "64")  # plenty: only the cap decides
+    cap = ValidateConfig(prompts=["x"]).stand_in_max_ram_gib
+    reason = resources.fit_cell_ram(stage, variant, folder, stand_in=True, cap_gib=cap)
+    if runs:
+        assert reason is None
+    else:
+        assert reason and "\n" not in reason and reason.startswith(f"not run here: the CPU stand-in of {stage}@{variant}")
+        assert "validate.stand_in_max_ram_gib=8 GiB" in reason
+        assert resources.fit_cell_ram(stage, variant, folder, stand_in=True, cap_gib=0) is None, "0 = no cap"
+    monkeypatch.setenv(resources.ASSUME_RAM_ENV, "1")
+    short = resources.fit_cell_ram(stage, variant, folder, stand_in=True, cap_gib=0)
+    assert short and short.startswith(f"not run here: {stage}@{variant} needs about"), "RAM short: skipped"
+    with pytest.raises(StageError, match=rf"^{stage}@{variant} needs about .* but 1.0 GiB is available"):
+        resources.fit_cell_ram(stage, variant, folder, stand_in=False, cap_gib=cap)  # on its target: stops
+
+
 def test_unknown_variant_takes_the_stages_largest_estimate(tmp_path) -> None:
     checkpoint = sparse(tmp_path, "model.safetensors", GIB)
     assert resources.stage_ram("export_onnx", "cuda_int4", checkpoint) == resources.stage_ram(
