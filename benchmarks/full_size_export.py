@@ -157,7 +157,8 @@ STAGE_START = "from pipeline.core.memory import use_huge_pages; use_huge_pages()
 def ours(code: str) -> list[str]:
     """A Python command running pipeline code in a fresh process (as a DVC stage would)."""
     return [sys.executable, "-c", STAGE_START + "from pathlib import Path; from pipeline.openvino.config import "
-            "OpenVinoVariantConfig as C; from pipeline.openvino import export as eo, export_base as eb; " + code]
+            "OpenVinoVariantConfig as C; from pipeline.openvino import export as eo, export_base as eb; "
+            "from pipeline.core.workspace import Workspace as W; " + code]
 
 
 def optimum_cli(model: Path, out: Path, *args: str) -> list[str]:
@@ -176,19 +177,20 @@ def commands(model: Path, work: Path) -> dict[str, list[list[str]]]:
     base_cmd = ours(f"eb.run(Path(r'{model}'), Path(r'{base}'))")
 
     def compress(name: str, cfg: str) -> list[str]:
-        return ours(f"eo.run('{name}', {cfg}, Path(r'{model}'), Path(r'{work / 'aipc'}'), base_dir=Path(r'{base}'))")
+        return ours(f"eo.run('{name}', {cfg}, W(model=Path(r'{model}'), out=Path(r'{work / 'aipc'}')), base_dir=Path(r'{base}'))")
 
-    onnx_ours = [sys.executable, "-c", STAGE_START + "from pathlib import Path; from pipeline.onnx.export import run; from "
+    onnx_ours = [sys.executable, "-c", STAGE_START + "from pathlib import Path; from pipeline.onnx.export import run; "
+                 "from pipeline.core.workspace import Workspace as W; from "
                  "pipeline.onnx.config import OnnxVariantConfig as C; cfg = C(execution_provider='dml', precision='int4', "
                  "block_size=128, is_symmetric=True, algo_config='default', enable_dml_graph=True);"
-                 f"run('onnx-dml-int4', cfg, Path(r'{model}'), Path(r'{work / 'aipc'}'))"]
+                 f"run('onnx-dml-int4', cfg, W(model=Path(r'{model}'), out=Path(r'{work / 'aipc'}')))"]
     npu = ours(f"from pipeline.openvino.config import NpuVariantConfig as N; from pipeline.openvino import export_npu; export_npu.run("
-               f"'npu-int4', N(), Path(r'{model}'), Path(r'{work / 'aipc'}'), base_dir=Path(r'{base}'))")
+               f"'npu-int4', N(), W(model=Path(r'{model}'), out=Path(r'{work / 'aipc'}')), base_dir=Path(r'{base}'))")
     table = {
         # the pipeline's int4: export_openvino_base then export_openvino@int4 (two stages, two processes)
         "aipc-int4": [base_cmd, compress("int4", int4_args(128, 0.6))],
         "optimum-cli-int4": [optimum_cli(model, work / "cli" / "int4", *INT4_ARGS)],
-        "aipc-fp16": [ours(f"eo.run('fp16', C(weight_format='fp16'), Path(r'{model}'), Path(r'{work / 'aipc'}'), "
+        "aipc-fp16": [ours(f"eo.run('fp16', C(weight_format='fp16'), W(model=Path(r'{model}'), out=Path(r'{work / 'aipc'}')), "
                            "base_dir=None)")],
         "optimum-cli-fp16": [optimum_cli(model, work / "cli" / "fp16", "--weight-format", "fp16")],
         "aipc-npu-int4": [base_cmd, npu],  # export_npu@int4 compresses the same base IR

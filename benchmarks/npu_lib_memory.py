@@ -43,8 +43,8 @@ def stage_code(stage: str, variant: str, model: Path, reference: Path, work: Pat
         values = {k: v == "true" if v in ("true", "false") else v for k, v in overrides.items()}
         return (
             "from pathlib import Path; from pipeline.npu_lib.config import NpuLibVariantConfig as C; "
-            "from pipeline.npu_lib import export as e; "
-            f"e.run({variant!r}, C(dtype={variant!r}, **{values!r}), Path({str(model)!r}), Path({str(work / 'npu_lib')!r}))"
+            "from pipeline.npu_lib import export as e; from pipeline.core.workspace import Workspace as W; "
+            f"e.run({variant!r}, C(dtype={variant!r}, **{values!r}), W(model=Path({str(model)!r}), out=Path({str(work / 'npu_lib')!r})))"
         )
     given = ["model=local", f"model.local_path={model}", *SHORT_VALIDATION]
     return (
@@ -52,9 +52,9 @@ def stage_code(stage: str, variant: str, model: Path, reference: Path, work: Pat
         "from pathlib import Path; from test_npu_lib import record_in_lock; "
         "from pipeline.core.config import ValidateConfig, build, compose; from pipeline.npu_lib import validate as v; "
         f"root = Path({str(work / 'npu_lib')!r}); lock = record_in_lock(Path({str(work / 'dvc.lock')!r}), root / {variant!r}); "
-        f"cfg = build(ValidateConfig, compose({given!r})['validate']); "
-        f"v.run({variant!r}, cfg, root, Path({str(reference / 'reference.json')!r}), Path({str(work / 'metrics')!r}), "
-        "lock_file=lock)"
+        f"cfg = build(ValidateConfig, compose({given!r})['validate']); from pipeline.core.workspace import Workspace as W; "
+        f"v.run({variant!r}, cfg, W(out=root, reference=Path({str(reference / 'reference.json')!r}), "
+        f"metrics=Path({str(work / 'metrics')!r}), lock_file=lock))"
     )
 
 

@@ -44,7 +44,8 @@ def export_command(model: Path, out_root: Path, variant: str) -> list[str]:
         STAGE_START + "from pathlib import Path; from pipeline.core.config import build, compose; "
         "from pipeline.onnx.config import OnnxVariantConfig; from pipeline.onnx import export; "
         f"cfg = build(OnnxVariantConfig, compose(['model=local', 'model.local_path={model}'])['onnx']['{variant}']); "
-        f"export.run('{variant}', cfg, Path(r'{model}'), Path(r'{out_root}'))",
+        "from pipeline.core.workspace import Workspace as W; "
+        f"export.run('{variant}', cfg, W(model=Path(r'{model}'), out=Path(r'{out_root}')))",
     ]
 
 
@@ -56,8 +57,9 @@ def validate_command(model: Path, work: Path, variant: str, overrides: list[str]
         "from pathlib import Path; from pipeline.core.config import ValidateConfig, build, compose; "
         "from pipeline.onnx import validate; "
         f"cfg = build(ValidateConfig, compose({given!r})['validate']); "
-        f"validate.run('{variant}', cfg, Path(r'{work / 'onnx'}'), Path(r'{work / 'reference' / 'reference.json'}'), "
-        f"Path(r'{work / 'metrics'}'))",
+        "from pipeline.core.workspace import Workspace as W; "
+        f"validate.run('{variant}', cfg, W(out=Path(r'{work / 'onnx'}'), reference=Path(r'{work / 'reference' / 'reference.json'}'), "
+        f"metrics=Path(r'{work / 'metrics'}')))",
     ]
 
 

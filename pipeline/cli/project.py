@@ -152,19 +152,9 @@ def cmd_report() -> None:
 
 def summary_table(metrics_dir: Path) -> str:
     """A Markdown table of every validation metrics file under ``metrics_dir``."""
-    cols = [
-        "artifact",
-        "device_executed",
-        "size_mb",
-        "load_s",
-        "ttft_ms",
-        "tpot_ms",
-        "tokens_per_s",
-        "peak_rss_mb",
-        "top1_agreement",
-        "greedy_exact_match",
-        "passed",
-    ]
+    from pipeline.validation.report import SPEED_KEYS
+
+    cols = ["artifact", "size_mb", *SPEED_KEYS, "top1_agreement", "greedy_exact_match", "passed"]
     rows = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for path in sorted(metrics_dir.glob("*.json")):
         data = json.loads(path.read_text(encoding="utf-8"))

@@ -18,7 +18,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.artifacts import MANIFEST, write_json_atomic
+from pipeline.core.artifacts import MANIFEST, folder_bytes, write_json_atomic
 from pipeline.core.hashes import sha256_file
 
 TRACKED_PACKAGES = (
@@ -100,15 +100,17 @@ def log_run(stage: str, record: dict[str, Any]) -> Path | None:
 
 
 def write_manifest(folder: Path, run_log: dict[str, Any] | None = None, **fields: Any) -> dict[str, Any]:
-    """Write ``manifest.json`` into ``folder`` with the given fields, versions and file hashes.
+    """Write ``manifest.json`` into ``folder`` with the given fields, its size, versions and file hashes.
 
     Fields in :data:`RUN_FIELDS` and ``run_log`` (durations, absolute paths) differ between runs with
-    the same inputs: they go to the run log (:func:`log_run`), not into the manifest.
+    the same inputs: they go to the run log (:func:`log_run`), not into the manifest. ``size_bytes`` (the
+    folder's files before the manifest) is added unless given.
 
     Returns:
         The manifest as written, plus the run-only fields.
     """
     run_only = {k: fields.pop(k) for k in RUN_FIELDS if k in fields}
+    fields.setdefault("size_bytes", folder_bytes(folder))
     manifest = {
         **fields,
         "versions": package_versions(),

@@ -4,9 +4,10 @@ A family is a conf group (``conf/<name>/default.yaml``, a key per variant), an e
 (``artifacts/<name>/<variant>`` + manifest) and a validate stage (``artifacts/metrics/<name>-<variant>.json``),
 both ``foreach`` stages in ``dvc.yaml`` whose ``cmd`` runs the modules named here. Entry points are written
 as ``module:function`` strings so that the core never imports a family; :func:`entry` resolves them.
-Adding a family: a subpackage with its export, validate and config modules (the variant config class is
-named here as ``module:Class`` too, and :mod:`pipeline.core.config` builds the params with it), a conf group,
-a ``dvc.yaml`` stage pair, and one entry in :data:`FAMILIES` (``tests/core/test_registry.py`` checks that they agree).
+Adding a family: a subpackage with its export and validate entry points (``run(name, cfg, ws)``, ``ws`` a
+:class:`pipeline.core.workspace.Workspace`) and a config module (the variant config class is named here as
+``module:Class`` too, and :mod:`pipeline.core.config` builds the params with it), a conf group, a ``dvc.yaml``
+stage pair, and one entry in :data:`FAMILIES` (``tests/core/test_registry.py`` checks that they agree).
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.artifacts import ARTIFACTS, folder_bytes, staged_dir
+from pipeline.core.artifacts import staged_dir
 from pipeline.core.errors import fail, run_main
 from pipeline.core.hashes import sha256_file
 from pipeline.core.log import say, step
@@ -31,14 +31,13 @@ from pipeline.core.manifest import CHECKPOINT_SIDE_FILES, read_manifest, write_m
 from pipeline.core.registry import FAMILIES
 from pipeline.core.resources import check_resources, check_stage_ram, needs_of
 from pipeline.core.stage import run_stage
+from pipeline.core.workspace import PROJECT, Workspace
 from pipeline.npu_lib import env as npu_lib_env
 from pipeline.npu_lib.config import NpuLibVariantConfig
 
 # Disk for the library's pickle, as a share of the checkpoint (RAM: pipeline.core.resources.STAGE_RAM).
 NPU_LIB_DISK = {"int4": (0.0, 0.0, 0.45), "int8": (0.0, 0.0, 0.6), "fp16": (0.0, 0.0, 1.05)}
 
-MODEL_DIR = ARTIFACTS / "model"
-OUT_ROOT = ARTIFACTS / "npu_lib"
 MODEL_FILE = "pytorch_npu_model.pt"  # the name the library's own export gives it
 RECIPE = "NPUModelForCausalLM.from_pretrained(model, use_cache=True, config=CompilerConfig(dtype={dtype}))"
 KIND = FAMILIES["npu_lib"].kind  # "NPU library model"
@@ -65,25 +64,19 @@ def write_skipped(name: str, cfg: NpuLibVariantConfig, source: dict, out_root: P
     return manifest
 
 
-def run(
-    name: str,
-    cfg: NpuLibVariantConfig,
-    model_dir: Path = MODEL_DIR,
-    out_root: Path = OUT_ROOT,
-    envs_root: Path | None = None,
-) -> dict:
-    """Compile ``model_dir`` with the library for variant ``name`` into ``out_root/name``.
+def run(name: str, cfg: NpuLibVariantConfig, ws: Workspace = PROJECT, *, envs_root: Path | None = None) -> dict:
+    """Compile the checkpoint ``ws.model_dir`` with the library for variant ``name`` into ``ws.root("npu_lib")/name``.
 
     Args:
         name: Variant name (key under ``npu_lib`` in params.yaml).
         cfg: The library dtype and how the checkpoint is loaded.
-        model_dir: The ``download`` stage output.
-        out_root: Parent folder of the library's model folders.
+        ws: Where the checkpoint is and the library's model folders go.
         envs_root: Where the isolated environment lives (default: :func:`npu_lib_env.envs_root`).
 
     Returns:
         The manifest written (``status`` is ``compiled`` or ``skipped``).
     """
+    model_dir, out_root = ws.model_dir, ws.root("npu_lib")
     source = read_manifest(model_dir)
     try:
         env = npu_lib_env.ensure(envs_root)
@@ -134,7 +127,6 @@ def run(
             tied_embeddings=result["tied_embeddings"],
             timings={"compile_s": result["compile_s"], "stage_s": timing.get("seconds")},
             loading=LOADING,
-            size_bytes=folder_bytes(tmp),
             run_log={"npu_lib_env": str(env.path)},
         )
     say(f"[npu_lib-{name}] {cfg.dtype} model ready in {out_root / name} (compiled for {result['device_executed']})")

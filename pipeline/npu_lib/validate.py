@@ -14,7 +14,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.artifacts import ARTIFACTS
 from pipeline.core.config import ValidateConfig
 from pipeline.core.errors import fail, run_main
 from pipeline.core.hashes import LOCK_FILE, dvc_dir_md5, locked_md5
@@ -22,12 +21,10 @@ from pipeline.core.log import step
 from pipeline.core.manifest import read_manifest
 from pipeline.core.resources import fit_cell_ram
 from pipeline.core.stage import run_stage
+from pipeline.core.workspace import PROJECT, Workspace
 from pipeline.npu_lib import env as npu_lib_env
-from pipeline.npu_lib.export import KIND, OUT_ROOT, call_worker
+from pipeline.npu_lib.export import KIND, call_worker
 from pipeline.validation import fidelity, matrix, records
-
-REFERENCE = ARTIFACTS / "reference" / "reference.json"
-METRICS_DIR = ARTIFACTS / "metrics"
 
 
 def checked_model_file(folder: Path, manifest: dict, lock_file: Path = LOCK_FILE) -> Path:
@@ -157,31 +154,27 @@ def run_cells(
 def run(
     name: str,
     cfg: ValidateConfig,
-    artifact_root: Path = OUT_ROOT,
-    reference_path: Path = REFERENCE,
-    metrics_dir: Path = METRICS_DIR,
+    ws: Workspace = PROJECT,
+    *,
     envs_root: Path | None = None,
     status: dict | None = None,
-    lock_file: Path = LOCK_FILE,
 ) -> dict:
     """Load the library's model (after the hash checks, allow-listed), generate, and compare it with PyTorch.
 
     Args:
         name: Variant name (key under ``npu_lib``).
         cfg: The ``validate`` section (prompts, lengths, repeats, thresholds, target devices).
-        artifact_root: Parent folder of the library's model folders.
-        reference_path: The ``reference`` stage's JSON (``logprobs.npz`` beside it).
-        metrics_dir: Where ``npu_lib-<name>.json`` is written.
+        ws: The library's model folders (``ws.root("npu_lib")``), the reference, where ``npu_lib-<name>.json`` goes,
+            and the ``dvc.lock`` whose record of ``export_npu_lib@<name>`` vouches for the folder.
         envs_root: Where the isolated environment lives (default: :func:`npu_lib_env.envs_root`).
         status: Device status (detected when omitted; tests pass a fake).
-        lock_file: The ``dvc.lock`` whose record of ``export_npu_lib@<name>`` vouches for the folder.
 
     Returns:
         The metrics written; ``status`` is ``passed``, ``failed`` or ``skipped`` (then ``passed`` is null).
     """
-    folder = Path(artifact_root) / name
+    folder = ws.root("npu_lib") / name
     manifest = read_manifest(folder)
-    out = Path(metrics_dir) / f"npu_lib-{name}.json"
+    out = ws.metrics_dir / f"npu_lib-{name}.json"
     dtype = manifest["parameters"].get("dtype")
     if manifest.get("status") == "skipped":
         return records.publish(skipped_record(name, dtype, manifest["reason"], cfg), out)
@@ -194,13 +187,15 @@ def run(
         if not plan.skip_reason:
             stand_in = bool(plan.stand_in_for)
             plan.skip_reason = fit_cell_ram("validate_npu_lib", dtype, folder, stand_in, cfg.stand_in_max_ram_gib)
-    model_file = checked_model_file(folder, manifest, lock_file)
+    model_file = checked_model_file(folder, manifest, ws.lock_file)
     try:
         env = npu_lib_env.ensure(envs_root)
     except npu_lib_env.EnvUnavailable as err:
         return records.publish(skipped_record(name, dtype, str(err), cfg), out)
-    cells = run_cells(name, env, model_file, manifest, folder, reference_path, cfg, plans)
-    return records.publish_cells(f"npu_lib-{name}", "npu_lib", dtype, folder, cfg.thresholds(dtype), cells, metrics_dir)
+    cells = run_cells(name, env, model_file, manifest, folder, ws.reference_path, cfg, plans)
+    return records.publish_cells(
+        f"npu_lib-{name}", "npu_lib", dtype, folder, cfg.thresholds(dtype), cells, ws.metrics_dir
+    )
 
 
 if __name__ == "__main__":  # the stage: `python -m pipeline.npu_lib.validate <variant>`

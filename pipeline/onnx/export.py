@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.artifacts import ARTIFACTS, folder_bytes, remove_tree, staged_dir, write_json_atomic
+from pipeline.core.artifacts import remove_tree, staged_dir, write_json_atomic
 from pipeline.core.config import ConfigError
 from pipeline.core.errors import fail, run_main
 from pipeline.core.log import say, step
@@ -25,6 +25,7 @@ from pipeline.core.manifest import read_manifest, write_manifest
 from pipeline.core.memory import use_huge_pages
 from pipeline.core.resources import check_resources, check_stage_ram, needs_of
 from pipeline.core.stage import run_stage
+from pipeline.core.workspace import PROJECT, Workspace
 from pipeline.onnx.config import OnnxVariantConfig
 from pipeline.onnx.inspect import check_matches_request, gqa_rotary_problem, inspect_onnx
 from pipeline.onnx.lean_nbits import lean_expected, lean_quantization
@@ -39,8 +40,6 @@ ONNX_NEEDS = {
     "fp32": (0.0, 0.0, 2.1),
 }  # precision: (RAM share, RAM GiB, disk share)
 
-MODEL_DIR = ARTIFACTS / "model"
-OUT_ROOT = ARTIFACTS / "onnx"
 LIST_SEPARATOR = {"op_types_to_quantize": "/", "nodes_to_exclude": ","}  # how the builder splits list options
 # tokenizer_class values written by transformers 5 that onnxruntime-genai 0.13.1 refuses ("Unsupported tokenizer
 # class"), plus PreTrainedTokenizerFast, which 0.13.1 loads but tokenizes wrongly (below).
@@ -161,18 +160,18 @@ def make_tokenizer_loadable_by_ort_genai_0_13(folder: Path, model_type: str) -> 
     return {"tokenizer_class": {"written_by_builder": old, "now": new}}
 
 
-def run(name: str, cfg: OnnxVariantConfig, model_dir: Path = MODEL_DIR, out_root: Path = OUT_ROOT) -> dict:
-    """Build variant ``name`` of the model in ``model_dir`` into ``out_root/name``.
+def run(name: str, cfg: OnnxVariantConfig, ws: Workspace = PROJECT) -> dict:
+    """Build variant ``name`` of the checkpoint ``ws.model_dir`` into ``ws.root("onnx")/name``.
 
     Args:
         name: Variant name (the key under ``onnx`` in params.yaml).
         cfg: Execution provider, precision and builder options.
-        model_dir: The ``download`` stage output.
-        out_root: Parent folder of the ONNX folders.
+        ws: Where the checkpoint is and the ONNX folders go.
 
     Returns:
         The manifest written next to the model.
     """
+    model_dir, out_root = ws.model_dir, ws.root("onnx")
     source = read_manifest(model_dir)
     model_config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
     check_model_request(cfg, model_config)
@@ -216,7 +215,6 @@ def run(name: str, cfg: OnnxVariantConfig, model_dir: Path = MODEL_DIR, out_root
             structure=summary,
             tokenizer_fix=tokenizer_fix,
             timings={"build_s": t_build["seconds"]},
-            size_bytes=folder_bytes(tmp),
             verified={
                 "structure": "provider entry, graph inputs/outputs and dtypes, MatMulNBits bits/block size, "
                 "every graph output produced, external data in range (onnx.checker rejects "

@@ -17,13 +17,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.artifacts import ARTIFACTS
 from pipeline.core.config import ValidateConfig
 from pipeline.core.errors import StageError, fail, run_main
 from pipeline.core.log import step
 from pipeline.core.manifest import read_manifest
 from pipeline.core.resources import fit_cell_ram
 from pipeline.core.stage import run_stage
+from pipeline.core.workspace import PROJECT, Workspace
 from pipeline.onnx import compat
 from pipeline.validation import fidelity, matrix, records
 from pipeline.validation import genai_runner as runner
@@ -35,9 +35,6 @@ from pipeline.validation.evidence import Evidence, verdicts_for
 # at full size) until the end; without it they are returned: the same logits, bit for bit, at the same speed.
 # (An fp16 graph still needs a float32 copy of its weights there: the CPU provider has no fp16 MatMul on x86.)
 CPU_SESSION_OPTIONS: dict[str, str | bool] = {"enable_cpu_mem_arena": False}
-ONNX_ROOT = ARTIFACTS / "onnx"
-REFERENCE = ARTIFACTS / "reference" / "reference.json"
-METRICS_DIR = ARTIFACTS / "metrics"
 
 
 def provider_status(provider: str) -> DeviceStatus:
@@ -182,22 +179,16 @@ def verdicts_for_onnx(cfg: ValidateConfig, precision: str) -> matrix.Verdicts:
     return verdicts
 
 
-def run(
-    name: str,
-    cfg: ValidateConfig,
-    onnx_root: Path = ONNX_ROOT,
-    reference_path: Path = REFERENCE,
-    metrics_dir: Path = METRICS_DIR,
-) -> dict:
+def run(name: str, cfg: ValidateConfig, ws: Workspace = PROJECT) -> dict:
     """Validate ONNX variant ``name`` on its provider (or a labelled CPU stand-in); write metrics; fail on a failed cell."""
-    folder = onnx_root / name
+    folder = ws.root("onnx") / name
     params = read_manifest(folder)["parameters"]
     if params["exclude_embeds"] or params["exclude_lm_head"]:
         fail(
             f"[{name}] was built with exclude_embeds/exclude_lm_head: it is a pipeline component, not a text "
             f"model that validate_onnx can run; build it with `dvc repro export_onnx@{name}` only"
         )
-    evidence = Evidence.load(reference_path)
+    evidence = Evidence.load(ws.reference_path)
     provider, precision = params["execution_provider"], params["precision"]
     device = ONNX_PROVIDER_DEVICES[provider]
     thresholds = verdicts_for_onnx(cfg, precision)
@@ -218,7 +209,7 @@ def run(
             continue
         cells[plan.column] = matrix.judge(plan, got, evidence.reference, thresholds, kind)
     return records.publish_cells(
-        f"onnx-{name}", "onnx", precision, folder, cfg.thresholds(precision), cells, metrics_dir
+        f"onnx-{name}", "onnx", precision, folder, cfg.thresholds(precision), cells, ws.metrics_dir
     )
 
 

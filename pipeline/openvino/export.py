@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.artifacts import ARTIFACTS, folder_bytes, staged_dir
+from pipeline.core.artifacts import ARTIFACTS, staged_dir
 from pipeline.core.config import ConfigError
 from pipeline.core.errors import fail, run_main
 from pipeline.core.log import say, step
@@ -22,13 +22,12 @@ from pipeline.core.manifest import read_manifest, write_manifest
 from pipeline.core.memory import use_huge_pages
 from pipeline.core.resources import check_resources
 from pipeline.core.stage import run_stage
+from pipeline.core.workspace import PROJECT, Workspace
 from pipeline.openvino.config import OpenVinoVariantConfig
 from pipeline.openvino.ir_inspect import check_matches_request, check_rotary, inspect_ir
 from pipeline.openvino.lean import needs
 from pipeline.openvino.upstream import TOKENIZER_FILES, compress_like_optimum_cli, export_float, quantization_dict
 
-MODEL_DIR = ARTIFACTS / "model"
-OUT_ROOT = ARTIFACTS / "openvino"
 BASE_DIR = ARTIFACTS / "openvino_base"
 ROTARY_VERIFIED = "rotary constants f32; cos/sin (f32 compute) match transformers' within tolerance"
 
@@ -134,24 +133,24 @@ def manifest_fields(source: dict, cfg: Any, summary: dict) -> dict[str, Any]:
 def run(
     name: str,
     cfg: OpenVinoVariantConfig,
-    model_dir: Path = MODEL_DIR,
-    out_root: Path = OUT_ROOT,
+    ws: Workspace = PROJECT,
+    *,
     base_dir: Path | None = BASE_DIR,
     lean: bool = True,
 ) -> dict:
-    """Export variant ``name`` of the model in ``model_dir`` to ``out_root/name``.
+    """Export variant ``name`` of the checkpoint ``ws.model_dir`` to ``ws.root("openvino")/name``.
 
     Args:
         name: Variant name (the key under ``openvino`` in params.yaml).
         cfg: Its weight format and compression parameters.
-        model_dir: The ``download`` stage output.
-        out_root: Parent folder of the IR folders.
+        ws: Where the checkpoint is and the IR folders go.
         base_dir: Uncompressed base IR to compress from (``None``: export from PyTorch).
         lean: Use the low-memory path (:mod:`pipeline.openvino.lean`); ``False`` runs the plain upstream calls.
 
     Returns:
         The manifest written next to the IR.
     """
+    model_dir, out_root = ws.model_dir, ws.root("openvino")
     source = read_manifest(model_dir)
     model_config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
     check_group_size(cfg, model_config)  # before any folder is created
@@ -171,7 +170,6 @@ def run(
             format="openvino-ir",
             **manifest_fields(source, cfg, summary),
             compressed_from="openvino_base" if from_base else "pytorch",
-            size_bytes=folder_bytes(tmp),
             verified={"structure": "weight precisions and rt_info match request", "rotary_embedding": ROTARY_VERIFIED},
         )
     say(f"[{name}] IR ready in {out_root / name}")

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.artifacts import ARTIFACTS, folder_bytes, staged_dir
+from pipeline.core.artifacts import ARTIFACTS, staged_dir
 from pipeline.core.errors import fail, run_main
 from pipeline.core.log import say, step
 from pipeline.core.manifest import read_manifest, write_manifest
@@ -169,7 +169,6 @@ def run(model_dir: Path = MODEL_DIR, out_dir: Path = OUT_DIR, lean: bool = True)
             weight_layers=summary["weight_layers"],
             rotary_embedding=summary["rotary"],
             timings={"export_s": timing["seconds"]},
-            size_bytes=folder_bytes(tmp),
         )
     say(f"base IR ready in {out_dir} ({manifest['size_bytes'] / 2**20:.1f} MiB)")
     return manifest

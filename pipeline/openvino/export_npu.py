@@ -16,19 +16,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.artifacts import ARTIFACTS, folder_bytes, staged_dir, write_json_atomic
+from pipeline.core.artifacts import staged_dir, write_json_atomic
 from pipeline.core.errors import fail, run_main
 from pipeline.core.log import say, step
 from pipeline.core.manifest import file_hashes, read_manifest, write_manifest
 from pipeline.core.memory import use_huge_pages
 from pipeline.core.stage import run_stage
+from pipeline.core.workspace import PROJECT, Workspace
 from pipeline.openvino import npu_lane
 from pipeline.openvino.config import NpuVariantConfig
 from pipeline.openvino.export import BASE_DIR, ROTARY_VERIFIED, check_group_size, export_into, manifest_fields
 from pipeline.validation import devices
 
-MODEL_DIR = ARTIFACTS / "model"
-OUT_ROOT = ARTIFACTS / "npu"
 NPU_CONFIG = "npu_config.json"
 BLOB = "openvino_model.npu.blob"
 DEFERRED = "deferred - no NPU device; compiled on first load on the target"
@@ -108,25 +107,25 @@ def prompt_ids(folder: Path) -> list[int]:
 def run(
     name: str,
     cfg: NpuVariantConfig,
-    model_dir: Path = MODEL_DIR,
-    out_root: Path = OUT_ROOT,
+    ws: Workspace = PROJECT,
+    *,
     status: dict[str, devices.DeviceStatus] | None = None,
     base_dir: Path | None = BASE_DIR,
     npuw_max_size_mb: float = 0.0,
 ) -> dict:
-    """Export NPU variant ``name`` from ``model_dir`` to ``out_root/name`` (with a blob where an NPU exists).
+    """Export NPU variant ``name`` of ``ws.model_dir`` to ``ws.root("npu")/name`` (with a blob where an NPU exists).
 
     Args:
         name: Variant name (key under ``npu`` in params.yaml).
         cfg: NPU layout and run settings.
-        model_dir: The ``download`` stage output.
-        out_root: Parent folder of the NPU artifacts.
+        ws: Where the checkpoint is and the NPU artifacts go.
         status: Device status (detected when omitted; tests pass a fake).
         base_dir: Uncompressed base IR to compress from (``None`` or missing: export from PyTorch).
 
     Returns:
         The manifest written next to the IR.
     """
+    model_dir, out_root = ws.model_dir, ws.root("npu")
     source = read_manifest(model_dir)
     ov_cfg = cfg.as_openvino()
     check_group_size(ov_cfg, json.loads((model_dir / "config.json").read_text(encoding="utf-8")))
@@ -157,7 +156,6 @@ def run(
             npu_run_settings=cfg.run_settings(),
             npu_blob=blob,
             devices={k: v.as_dict() for k, v in status.items()},
-            size_bytes=folder_bytes(tmp),
             verified={
                 "structure": "int4 symmetric in every layer but embeddings/lm_head (int8 backup)",
                 "rotary_embedding": ROTARY_VERIFIED,

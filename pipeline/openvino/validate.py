@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.artifacts import ARTIFACTS
 from pipeline.core.config import ValidateConfig
 from pipeline.core.errors import run_main
 from pipeline.core.log import step
@@ -25,16 +24,12 @@ from pipeline.core.memory import MappedPageTrimmer, weight_files
 from pipeline.core.registry import FAMILIES
 from pipeline.core.resources import check_stage_ram
 from pipeline.core.stage import run_stage
+from pipeline.core.workspace import PROJECT, Workspace
 from pipeline.openvino import npu_lane
 from pipeline.openvino.generation import measure_generation
 from pipeline.openvino.teacher_forced import numerics_fidelity, pinned_fidelity
 from pipeline.validation import matrix, records
 from pipeline.validation.evidence import Evidence, verdicts_for
-
-IR_ROOT = ARTIFACTS / "openvino"
-NPU_ROOT = ARTIFACTS / "npu"
-REFERENCE = ARTIFACTS / "reference" / "reference.json"
-METRICS_DIR = ARTIFACTS / "metrics"
 
 
 @dataclass
@@ -197,20 +192,13 @@ def same_tokens_as_cpu(
     npuw.status = "failed"
 
 
-def run(
-    target: Target,
-    cfg: ValidateConfig,
-    reference_path: Path = REFERENCE,
-    metrics_dir: Path = METRICS_DIR,
-    status: dict | None = None,
-) -> dict:
+def run(target: Target, cfg: ValidateConfig, ws: Workspace = PROJECT, *, status: dict | None = None) -> dict:
     """Validate one IR on every device it targets; write its metrics; fail (one line) if a cell failed.
 
     Args:
         target: The IR and its target devices.
         cfg: The ``validate`` section.
-        reference_path: The ``reference`` stage's JSON (``logprobs.npz`` beside it).
-        metrics_dir: Where ``<artifact>.json`` is written.
+        ws: Where the reference is (``ws.reference_path``) and ``<artifact>.json`` goes (``ws.metrics_dir``).
         status: Device status (detected when omitted; tests pass a fake).
 
     Returns:
@@ -220,7 +208,7 @@ def run(
 
     weight_format = read_manifest(target.ir_dir)["parameters"].get("weight_format", "int4")
     check_stage_ram("validate_npu" if target.family == "npu" else "validate", weight_format, target.ir_dir)
-    evidence = Evidence.load(reference_path)
+    evidence = Evidence.load(ws.reference_path)
     verdicts = verdicts_for(cfg, weight_format)
     cells: dict[str, matrix.Cell] = {}
     pinned_runs: dict[str, Any] = {}
@@ -239,28 +227,34 @@ def run(
         same_tokens_as_cpu(cells, outputs, target.ir_dir, evidence.reference)
         cells.update(emulation_cells(target, cfg, evidence, verdicts, pinned_runs))
     return records.publish_cells(
-        target.artifact, target.family, weight_format, target.ir_dir, cfg.thresholds(weight_format), cells, metrics_dir
+        target.artifact,
+        target.family,
+        weight_format,
+        target.ir_dir,
+        cfg.thresholds(weight_format),
+        cells,
+        ws.metrics_dir,
     )
 
 
-def openvino_target(name: str, cfg: ValidateConfig, root: Path = IR_ROOT) -> Target:
+def openvino_target(name: str, cfg: ValidateConfig, ws: Workspace = PROJECT) -> Target:
     """An OpenVINO IR variant on its configured devices."""
-    return Target(f"openvino-{name}", "openvino", root / name, cfg.devices["openvino"])
+    return Target(f"openvino-{name}", "openvino", ws.root("openvino") / name, cfg.devices["openvino"])
 
 
-def npu_target(name: str, cfg: ValidateConfig, root: Path = NPU_ROOT) -> Target:
+def npu_target(name: str, cfg: ValidateConfig, ws: Workspace = PROJECT) -> Target:
     """An NPU-ready IR on its configured devices (the NPU by default)."""
-    return Target(f"npu-{name}", "npu", root / name, cfg.devices["npu"])
+    return Target(f"npu-{name}", "npu", ws.root("npu") / name, cfg.devices["npu"])
 
 
-def run_openvino(name: str, cfg: ValidateConfig, **kwargs: Any) -> dict:
+def run_openvino(name: str, cfg: ValidateConfig, ws: Workspace = PROJECT, **kwargs: Any) -> dict:
     """Validate ``artifacts/openvino/<name>`` (the registry's entry point; ``kwargs`` go to :func:`run`)."""
-    return run(openvino_target(name, cfg), cfg, **kwargs)
+    return run(openvino_target(name, cfg, ws), cfg, ws, **kwargs)
 
 
-def run_npu(name: str, cfg: ValidateConfig, **kwargs: Any) -> dict:
+def run_npu(name: str, cfg: ValidateConfig, ws: Workspace = PROJECT, **kwargs: Any) -> dict:
     """Validate ``artifacts/npu/<name>`` (the registry's entry point; ``kwargs`` go to :func:`run`)."""
-    return run(npu_target(name, cfg), cfg, **kwargs)
+    return run(npu_target(name, cfg, ws), cfg, ws, **kwargs)
 
 
 if __name__ == "__main__":  # the stage: `python -m pipeline.openvino.validate [--npu] <variant>`

@@ -24,6 +24,8 @@ from pipeline.core.log import say
 from pipeline.core.registry import FAMILIES
 
 METRICS_DIR = ARTIFACTS / "metrics"
+# where a cell ran and how fast: the first numbers of every table of cells
+SPEED_KEYS = ("device_executed", "load_s", "ttft_ms", "tpot_ms", "tokens_per_s", "peak_rss_mb")
 OUT_DIR = ARTIFACTS / "report"
 
 
@@ -51,12 +53,7 @@ class Row:
     def flat(self) -> dict[str, Any]:
         """The row for ``cells.json`` (``dvc plots``): identifiers and the numbers."""
         keys = (
-            "device_executed",
-            "load_s",
-            "ttft_ms",
-            "tpot_ms",
-            "tokens_per_s",
-            "peak_rss_mb",
+            *SPEED_KEYS,
             "top1_agreement",
             "mean_kl",
             "perplexity_delta_pct",

@@ -16,16 +16,16 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.artifacts import ARTIFACTS, folder_bytes, staged_dir
+from pipeline.core.artifacts import staged_dir
 from pipeline.core.errors import fail, run_main
 from pipeline.core.log import say, step
 from pipeline.core.manifest import write_manifest
 from pipeline.core.stage import run_stage
 from pipeline.core.verify import verify_folder
+from pipeline.core.workspace import PROJECT, Workspace
 from pipeline.winml import package
 from pipeline.winml.config import WinmlVariantConfig
 
-OUT_ROOT = ARTIFACTS / "winml"
 # Copied beside the context model. tokenizer_config.json's class is the one ONNX Runtime GenAI tokenizes Phi-3
 # right with (LlamaTokenizer, the class Phi-3's own tokenizer_config.json names; see pipeline/onnx/export.py).
 COPIED = (*package.IR_FILES, *package.TOKENIZER_FILES, "chat_template.jinja")
@@ -86,20 +86,20 @@ def verify_package(folder: Path, device_type: str, source_ir: dict[str, str]) ->
     return summary
 
 
-def run(name: str, cfg: WinmlVariantConfig, artifacts: Path = ARTIFACTS, out_root: Path | None = None) -> dict:
+def run(name: str, cfg: WinmlVariantConfig, ws: Workspace = PROJECT) -> dict:
     """Package variant ``name``: the IR of ``cfg.source``/``cfg.source_variant`` for ``cfg.device_type``.
 
     Args:
         name: Variant name (the key under ``winml`` in params.yaml).
         cfg: The IR to wrap and the target device.
-        artifacts: The artifacts folder holding the source IR.
-        out_root: Parent folder of the packages (``<artifacts>/winml``).
+        ws: The artifacts folder holding the source IR (``ws.artifacts``) and where the packages go
+            (``ws.root("winml")``).
 
     Returns:
         The manifest written into the package.
     """
-    out_root = out_root or artifacts / "winml"
-    ir_dir, ir_manifest = source_ir(cfg, artifacts)
+    out_root = ws.root("winml")
+    ir_dir, ir_manifest = source_ir(cfg, ws.artifacts)
     ir_hashes = {f: ir_manifest["files"][f]["sha256"] for f in package.IR_FILES}
     with staged_dir(out_root / name) as tmp:
         with step(f"[winml {name}] wrapping {ir_dir} for the OpenVINO EP on {cfg.device_type}") as t_pack:
@@ -121,7 +121,6 @@ def run(name: str, cfg: WinmlVariantConfig, artifacts: Path = ARTIFACTS, out_roo
             tokenizer_fix={"tokenizer_class": written["tokenizer_class"]},
             structure=summary,
             timings={"package_s": t_pack["seconds"]},
-            size_bytes=folder_bytes(tmp),
             verified={
                 "structure": "one com.microsoft EPContext node (embed_mode 0, ep_cache_context openvino_model.xml, "
                 "source OpenVINOExecutionProvider, main_context 1) with the IR's inputs and outputs; genai_config "

@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.artifacts import ARTIFACTS
 from pipeline.core.config import ValidateConfig
 from pipeline.core.errors import run_main
 from pipeline.core.log import step
@@ -26,14 +25,12 @@ from pipeline.core.manifest import read_manifest
 from pipeline.core.registry import FAMILIES
 from pipeline.core.resources import check_stage_ram
 from pipeline.core.stage import run_stage
+from pipeline.core.workspace import PROJECT, Workspace
 from pipeline.validation import fidelity, matrix, records
 from pipeline.validation.evidence import Evidence, verdicts_for
 from pipeline.validation.genai_runner import CellError, attempt, generate, time_prompt
 from pipeline.winml import runtime
 
-WINML_ROOT = ARTIFACTS / "winml"
-REFERENCE = ARTIFACTS / "reference" / "reference.json"
-METRICS_DIR = ARTIFACTS / "metrics"
 OVERRIDDEN = "Windows ML package, OpenVINO EP, device overridden to CPU"
 
 
@@ -117,16 +114,9 @@ def measure_cell(folder: Path, plan: matrix.CellPlan, cfg: ValidateConfig, evide
     )
 
 
-def run(
-    name: str,
-    cfg: ValidateConfig,
-    root: Path = WINML_ROOT,
-    reference_path: Path = REFERENCE,
-    metrics_dir: Path = METRICS_DIR,
-    status: runtime.PluginStatus | None = None,
-) -> dict:
+def run(name: str, cfg: ValidateConfig, ws: Workspace = PROJECT, *, status: runtime.PluginStatus | None = None) -> dict:
     """Validate package ``name`` on its target device (or CPU by override, or skipped); write its metrics."""
-    folder = root / name
+    folder = ws.root("winml") / name
     manifest = read_manifest(folder)
     target = manifest["parameters"]["device_type"]
     weight_format = manifest.get("source_ir_parameters", {}).get("weight_format", "int4")
@@ -138,7 +128,7 @@ def run(
         cell.label = f"{kind}, skipped: the OpenVINO EP cannot run it here"
     else:
         check_stage_ram("validate_winml", name, folder)
-        evidence = Evidence.load(reference_path)
+        evidence = Evidence.load(ws.reference_path)
         try:
             got = measure_cell(folder, plan, cfg, evidence)
         except CellError as err:  # the device is offered but the package did not run on it: failed, with why
@@ -153,7 +143,13 @@ def run(
         if status.emulated:  # tests only: never presented as what the plugin offers on this machine
             cell.label = f"{cell.label} ({status.emulated})"
     return records.publish_cells(
-        f"winml-{name}", "winml", weight_format, folder, cfg.thresholds(weight_format), {plan.column: cell}, metrics_dir
+        f"winml-{name}",
+        "winml",
+        weight_format,
+        folder,
+        cfg.thresholds(weight_format),
+        {plan.column: cell},
+        ws.metrics_dir,
     )
 
 

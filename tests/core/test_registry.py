@@ -78,3 +78,18 @@ def test_every_family_declares_its_variant_config_and_the_core_names_none() -> N
         variants = getattr(params, family.name)
         assert variants and all(isinstance(v, cls) for v in variants.values()), family.name
         assert cls.__name__ not in core, f"core/config.py uses {cls.__name__}"
+
+
+def test_every_entry_point_takes_name_config_and_one_workspace() -> None:
+    """One interface: ``run(name, cfg, ws=PROJECT, *, <family's own keywords>)`` for every export and validate."""
+    import inspect
+
+    from pipeline.core.workspace import PROJECT, Workspace
+
+    for family in FAMILIES.values():
+        for which in ("export", "validate"):
+            params = list(inspect.signature(entry(family.name, which)).parameters.values())
+            assert [p.name for p in params[:3]] == ["name", "cfg", "ws"], (family.name, which, params)
+            assert params[2].default is PROJECT and params[2].annotation in (Workspace, "Workspace")
+            rest = [p for p in params[3:] if p.kind is not inspect.Parameter.VAR_KEYWORD]
+            assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in rest), (family.name, which, rest)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.core.workspace import Workspace
 from pipeline.core import artifacts
 from pipeline.core import resources as lean
 from pipeline.core.artifacts import staged_dir
@@ -94,11 +95,11 @@ def test_disk_full_during_a_real_export_is_one_line(tmpfs: Path, tiny_model: Pat
     (previous / "keep.txt").write_text("previous")
     monkeypatch.delenv("AIPC_SKIP_RESOURCE_CHECK", raising=False)
     with pytest.raises(StageError) as err:  # the resource check stops it first, in MiB
-        export_openvino.run("int4", cfg, tiny_model, tmpfs, base_dir=None)
+        export_openvino.run("int4", cfg, Workspace(model=tiny_model, out=tmpfs), base_dir=None)
     assert "MiB of disk under" in str(err.value) and "0.0 GiB" not in str(err.value)
     monkeypatch.setenv("AIPC_SKIP_RESOURCE_CHECK", "1")  # then the disk fills during the export
     with pytest.raises(StageError) as err:
-        export_openvino.run("int4", cfg, tiny_model, tmpfs, base_dir=None)
+        export_openvino.run("int4", cfg, Workspace(model=tiny_model, out=tmpfs), base_dir=None)
     message = str(err.value)
     assert message.startswith(f"disk full under {tmpfs} while writing {previous}: it needs about ") and "\n" not in message
     assert (previous / "keep.txt").read_text() == "previous" and sorted(p.name for p in tmpfs.iterdir()) == ["int4"]
@@ -143,7 +144,7 @@ def test_real_int4_export_with_tmpdir_on_another_drive(tmp_path: Path, tiny_mode
     scratch = Path(tempfile.mkdtemp(dir=other))
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # was: Invalid cross-device link from optimum's save
     cfg = build(PipelineConfig, compose(["model=tiny"])).openvino["int4"]
-    manifest = export_openvino.run("int4", cfg, tiny_model, tmp_path / "ov", base_dir=None)
+    manifest = export_openvino.run("int4", cfg, Workspace(model=tiny_model, out=tmp_path / "ov"), base_dir=None)
     assert manifest["files"]["openvino_model.bin"]["bytes"] > 0
     shutil.rmtree(scratch)
 
@@ -196,8 +197,7 @@ def short_of_ram(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_onnx_export_checks_resources_first(tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     short_of_ram(monkeypatch)
     with pytest.raises(StageError, match=r"^\[cpu_int4\] building int4 ONNX needs about .* of RAM but 1.0 MiB"):
-        export_onnx.run("cpu_int4", OnnxVariantConfig(execution_provider="cpu", precision="int4"), tiny_model,
-                        tmp_path / "onnx")
+        export_onnx.run("cpu_int4", OnnxVariantConfig(execution_provider="cpu", precision="int4"), Workspace(model=tiny_model, out=tmp_path / "onnx"))
     assert not (tmp_path / "onnx").exists()
 
 
@@ -205,7 +205,7 @@ def test_npu_lib_export_checks_resources_first(tmp_path: Path, tiny_model: Path,
     short_of_ram(monkeypatch)
     monkeypatch.setattr(npu_lib_env, "ensure", lambda root=None: npu_lib_env.NpuLibEnv(tmp_path, Path(sys.executable), {}))
     with pytest.raises(StageError, match=r"^\[npu_lib-int4\] compiling int4 with the NPU library needs about .* of RAM"):
-        export_npu_lib.run("int4", NpuLibVariantConfig(dtype="int4"), tiny_model, tmp_path / "npu_lib")
+        export_npu_lib.run("int4", NpuLibVariantConfig(dtype="int4"), Workspace(model=tiny_model, out=tmp_path / "npu_lib"))
     assert not (tmp_path / "npu_lib").exists()
 
 

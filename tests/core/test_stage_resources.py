@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.core.workspace import Workspace
 from pipeline.core import memory, resources
 from pipeline.core.config import ModelConfig, ValidateConfig, build, compose
 from pipeline.core.errors import StageError
@@ -127,10 +128,10 @@ def test_validation_refuses_before_reading_the_reference_or_writing_metrics(tmp_
     (ir / "manifest.json").write_text(json.dumps({"parameters": {"weight_format": "fp16"}}))
     monkeypatch.setenv(resources.ASSUME_RAM_ENV, "8")
     cfg = build(ValidateConfig, compose([])["validate"])
-    target = validate_openvino.openvino_target("fp16", cfg, tmp_path / "openvino")
+    target = validate_openvino.openvino_target("fp16", cfg, Workspace(out=tmp_path / "openvino"))
     monkeypatch.setattr(resources.sys, "platform", "linux")  # the lean path: the IR's pages handed back
     with pytest.raises(StageError, match=r"^validate@fp16 needs about 9\.0 GiB of RAM but 8\.0 GiB"):
-        validate_openvino.run(target, cfg, tmp_path / "missing.json", tmp_path / "metrics", status={})
+        validate_openvino.run(target, cfg, Workspace(reference=tmp_path / "missing.json", metrics=tmp_path / "metrics"), status={})
     assert not (tmp_path / "metrics").exists()
 
 
@@ -168,5 +169,6 @@ def test_windows_ml_validation_refuses_before_loading_the_package(tmp_path, monk
     offered = runtime.PluginStatus(version="1.8.1", devices=["CPU", "GPU", "NPU"])  # an Intel laptop's plugin
     cfg = build(ValidateConfig, compose([])["validate"])
     with pytest.raises(StageError, match=r"^validate_winml@npu needs about 5\.6 GiB of RAM but 4\.0 GiB"):
-        validate_winml.run("npu", cfg, tmp_path / "winml", tmp_path / "missing.json", tmp_path / "metrics", offered)
+        ws = Workspace(out=tmp_path / "winml", reference=tmp_path / "missing.json", metrics=tmp_path / "metrics")
+        validate_winml.run("npu", cfg, ws, status=offered)
     assert not (tmp_path / "metrics").exists()

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.core.workspace import Workspace
 from pipeline.core.errors import StageError
 from pipeline.hub import git as hub_git
 from pipeline.hub.card_rules import metadata_problems
@@ -97,7 +98,7 @@ def validate_pulled(project: Path, folder: Path, tmp_path: Path) -> dict:
 
     cfg = load_params(project / "params.yaml").validate
     target = validate.Target("openvino-int4-pulled", "openvino", folder, ["CPU"])
-    return validate.run(target, cfg, project / "artifacts/reference/reference.json", tmp_path / "metrics")
+    return validate.run(target, cfg, Workspace(reference=project / "artifacts/reference/reference.json", metrics=tmp_path / "metrics"))
 
 
 @pytest.mark.slow

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipeline.core.workspace import Workspace
 from pipeline.core.config import ConfigError, ModelConfig, PipelineConfig, ValidateConfig, build, compose
 from pipeline.npu_lib.config import NpuLibVariantConfig
 from pipeline.core.errors import StageError
@@ -158,8 +159,7 @@ def test_stage_refuses_a_tampered_model_before_any_worker_starts(tmp_path: Path,
     monkeypatch.setattr(npu_lib_env, "ensure", lambda *a, **k: pytest.fail("the environment was asked for"))
     cfg = build(ValidateConfig, compose(["model=tiny"])["validate"])
     with pytest.raises(StageError) as exc:
-        validate_npu_lib.run("int4", cfg, tmp_path / "npu_lib", tmp_path / "ref.json", tmp_path / "metrics",
-                                lock_file=lock)
+        validate_npu_lib.run("int4", cfg, Workspace(out=tmp_path / "npu_lib", reference=tmp_path / "ref.json", metrics=tmp_path / "metrics", lock_file=lock))
     message = str(exc.value)
     assert message.startswith("refusing to load") and "not unpickled" in message and "\n" not in message
     assert "export_npu_lib@int4" in message and "repair with `aipc repair export_npu_lib@int4`" in message
@@ -170,11 +170,11 @@ def test_without_a_buildable_env_both_stages_record_a_skipped_target(
         tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AIPC_ENVS_DIR", str(tmp_path / "envs"))  # no environment built there
     monkeypatch.setattr(npu_lib_env, "unavailable_reason", lambda: "no C++ compiler ('c++' not found) (simulated)")
-    manifest = export_npu_lib.run("int4", NpuLibVariantConfig(), tiny_model, tmp_path / "npu_lib")
+    manifest = export_npu_lib.run("int4", NpuLibVariantConfig(), Workspace(model=tiny_model, out=tmp_path / "npu_lib"))
     assert manifest["status"] == "skipped" and "no C++ compiler" in manifest["reason"]
     assert json.loads((tmp_path / "npu_lib" / "int4" / "manifest.json").read_text())["status"] == "skipped"
     cfg = build(ValidateConfig, compose(["model=tiny"])["validate"])
-    metrics = validate_npu_lib.run("int4", cfg, tmp_path / "npu_lib", tmp_path / "ref.json", tmp_path / "metrics")
+    metrics = validate_npu_lib.run("int4", cfg, Workspace(out=tmp_path / "npu_lib", reference=tmp_path / "ref.json", metrics=tmp_path / "metrics"))
     written = json.loads((tmp_path / "metrics" / "npu_lib-int4.json").read_text())
     assert written == metrics and metrics["status"] == "skipped" and metrics["passed"] is None
     assert metrics["cells"]["NPU"]["status"] == "skipped" and "no C++ compiler" in metrics["cells"]["NPU"]["reason"]
@@ -201,7 +201,7 @@ def int4_artifact(npu_env, tiny_model: Path) -> tuple[Path, dict, Path]:
     cfg = build(ValidateConfig, compose(["model=tiny"])["validate"])
     ref_dir = tiny_model.parent / "reference"
     reference.run(cfg, tiny_model, ref_dir)
-    manifest = export_npu_lib.run("int4", NpuLibVariantConfig(), tiny_model, tiny_model.parent / "npu_lib")
+    manifest = export_npu_lib.run("int4", NpuLibVariantConfig(), Workspace(model=tiny_model, out=tiny_model.parent / "npu_lib"))
     record_in_lock(tiny_model.parent / "dvc.lock", tiny_model.parent / "npu_lib" / "int4")
     return tiny_model.parent / "npu_lib", manifest, ref_dir / "reference.json"
 
@@ -231,7 +231,7 @@ def test_tiny_model_compiles_to_int4_with_a_manifest(int4_artifact) -> None:
 def test_int4_model_loads_after_the_hash_check_generates_and_matches(int4_artifact, tmp_path: Path) -> None:
     root, _, ref = int4_artifact
     cfg = build(ValidateConfig, compose(["model=tiny"])["validate"])
-    metrics = validate_npu_lib.run("int4", cfg, root, ref, tmp_path, status=no_npu(), lock_file=root.parent / "dvc.lock")
+    metrics = validate_npu_lib.run("int4", cfg, Workspace(out=root, reference=ref, metrics=tmp_path, lock_file=root.parent / "dvc.lock"), status=no_npu())
     assert metrics["status"] == "passed" and metrics["passed"], metrics["problems"]
     assert metrics["cells"]["NPU"]["status"] == "skipped" and metrics["headline_cell"] == "CPU stand-in"
     assert metrics["label"] == "NPU library model, validated on CPU (stand-in: no NPU here)"
@@ -254,7 +254,7 @@ def test_tampered_library_model_is_refused(int4_artifact, tmp_path: Path) -> Non
     cfg = build(ValidateConfig, compose(["model=tiny"])["validate"])
     lock = Path(shutil.copy(root.parent / "dvc.lock", tmp_path / "dvc.lock"))  # same layout: npu_lib/int4
     with pytest.raises(StageError, match=r"^refusing to load .*not unpickled"):
-        validate_npu_lib.run("int4", cfg, copy, ref, tmp_path / "metrics", status=no_npu(), lock_file=lock)
+        validate_npu_lib.run("int4", cfg, Workspace(out=copy, reference=ref, metrics=tmp_path / "metrics", lock_file=lock), status=no_npu())
 
 
 @pytest.mark.slow

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from test_npu_lib import npu_env  # noqa: F401  (fixture)
 
+from pipeline.core.workspace import Workspace
 from pipeline.core.config import ModelConfig
 from pipeline.hub import download
 from pipeline.npu_lib import env as npu_lib_env
@@ -61,13 +62,13 @@ def builds(npu_env, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dic
     download.run(ModelConfig(source="tiny", asset="tiny_phi4"), root / "model")
     manifests = {
         (dtype, build): export_npu_lib.run(
-            dtype, NpuLibVariantConfig(dtype=dtype, layer_by_layer=build == "layers"), root / "model", root / build
+            dtype, NpuLibVariantConfig(dtype=dtype, layer_by_layer=build == "layers"), Workspace(model=root / "model", out=root / build)
         )
         for dtype in DTYPES
         for build in ("layers", "whole")
     }
     config = NpuLibVariantConfig(dtype="int4", layer_by_layer=True)  # once more, in another folder: same bytes?
-    manifests["int4", "again"] = export_npu_lib.run("int4", config, root / "model", root / "again")
+    manifests["int4", "again"] = export_npu_lib.run("int4", config, Workspace(model=root / "model", out=root / "again"))
     return root, manifests
 
 

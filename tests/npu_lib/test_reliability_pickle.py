@@ -19,6 +19,7 @@ import torch
 import yaml
 from test_npu_lib import int4_artifact, npu_env, record_in_lock, tiny_model  # noqa: F401  (fixtures)
 
+from pipeline.core.workspace import Workspace
 from pipeline.core.config import ValidateConfig, build, compose
 from pipeline.core.errors import StageError
 from pipeline.core.hashes import dvc_dir_md5
@@ -102,8 +103,7 @@ def test_an_artifact_dvc_lock_does_not_record_is_never_unpickled(tmp_path: Path,
     monkeypatch.setattr(npu_lib_env, "run_worker", lambda *a, **k: pytest.fail("a worker was started"))
     cfg = build(ValidateConfig, compose(["model=tiny"])["validate"])
     with pytest.raises(StageError) as exc:
-        validate_npu_lib.run("int4", cfg, folder.parent, tmp_path / "ref.json", tmp_path / "m",
-                                lock_file=tmp_path / "no-dvc.lock")
+        validate_npu_lib.run("int4", cfg, Workspace(out=folder.parent, reference=tmp_path / "ref.json", metrics=tmp_path / "m", lock_file=tmp_path / "no-dvc.lock"))
     assert str(exc.value).startswith("refusing to load") and "records no export_npu_lib@int4 output" in str(exc.value)
     assert not marker.exists()
 

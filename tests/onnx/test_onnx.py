@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipeline.core.workspace import Workspace
 from pipeline.core.config import ConfigError, ModelConfig, compose
 from pipeline.onnx.config import ONNX_EXTRA_OPTIONS, OnnxVariantConfig
 from pipeline.core.errors import StageError
@@ -97,7 +98,7 @@ def test_bad_params_through_the_cli_write_nothing(tiny_model: Path, monkeypatch:
 def test_asymmetric_int4_with_tied_embeddings_is_refused_before_building(tiny_model: Path) -> None:
     out = previous_artifact(tiny_model.parent / "onnx" / "dml_int4")
     with pytest.raises(ConfigError, match="is_symmetric false with tied") as exc:
-        export_onnx.run("dml_int4", OnnxVariantConfig(is_symmetric=False), tiny_model, out.parent)
+        export_onnx.run("dml_int4", OnnxVariantConfig(is_symmetric=False), Workspace(model=tiny_model, out=out.parent))
     assert "\n" not in str(exc.value)
     assert_untouched(out)
 
@@ -146,7 +147,7 @@ def test_failed_structural_check_keeps_the_previous_output(tiny_model: Path, mon
     out = previous_artifact(tiny_model.parent / "onnx" / "dml_int4")
     monkeypatch.setattr(export_onnx, "check_matches_request", lambda *a: ["forced defect"])
     with pytest.raises(StageError, match="does not match the request: forced defect"):
-        export_onnx.run("dml_int4", OnnxVariantConfig(block_size=128), tiny_model, out.parent)
+        export_onnx.run("dml_int4", OnnxVariantConfig(block_size=128), Workspace(model=tiny_model, out=out.parent))
     assert_untouched(out)
 
 

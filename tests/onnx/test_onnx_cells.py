@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.core.workspace import PROJECT, Workspace
 from pipeline.core.config import load_params
 from pipeline.core.errors import StageError
 from pipeline.onnx import compat as onnx_compat
@@ -39,7 +40,7 @@ def test_a_cell_in_a_runtime_environment_measures_what_the_main_one_does(demo_pr
     project, _ = demo_project
     monkeypatch.chdir(project)
     folder, cfg = Path("artifacts/onnx/dml_int4"), load_params().validate
-    evidence = Evidence.load(onnx_validate.REFERENCE)
+    evidence = Evidence.load(PROJECT.reference_path)
     plan = matrix.CellPlan(matrix.STAND_IN, "CPU", stand_in_for="DML")
     here = onnx_validate.measure_cell(folder, "dml", plan, cfg, evidence)
     python = onnx_compat.ensure_env(runtime="0.14.1")
@@ -63,7 +64,7 @@ def test_a_graph_the_runtime_refuses_is_a_failed_cell_with_its_reason(demo_proje
     model.write_bytes(model.read_bytes()[:4096])  # truncated: onnxruntime cannot parse it
     metrics = tmp_path / "metrics"
     with pytest.raises(StageError) as exc:
-        onnx_validate.run("cpu_int4", load_params().validate, onnx_root=root, metrics_dir=metrics)
+        onnx_validate.run("cpu_int4", load_params().validate, Workspace(out=root, metrics=metrics))
     message = str(exc.value)
     assert "\n" not in message and "cannot load the model" in message
     cell = json.loads((metrics / "onnx-cpu_int4.json").read_text())["cells"]["CPU"]
@@ -81,7 +82,7 @@ def test_a_dml_cell_without_its_runtime_is_a_failed_cell_not_a_traceback(demo_pr
     monkeypatch.setattr(onnx_validate.platform, "system", lambda: "Windows")  # DirectML wheels exist for Windows only
     metrics = tmp_path / "metrics"
     with pytest.raises(StageError) as exc:
-        onnx_validate.run("dml_int4", load_params().validate, metrics_dir=metrics)
+        onnx_validate.run("dml_int4", load_params().validate, Workspace(metrics=metrics))
     assert "\n" not in str(exc.value) and "onnxruntime-genai-directml==0.14.1" in str(exc.value)
     cell = json.loads((metrics / "onnx-dml_int4.json").read_text())["cells"]["DML"]
     assert cell["status"] == "failed" and "PIP_INDEX_URL" in cell["reason"]
@@ -96,12 +97,12 @@ def test_ram_short_stand_in_cell_is_skipped_and_a_ram_short_target_cell_stops(de
     monkeypatch.delenv("AIPC_SKIP_RESOURCE_CHECK", raising=False)
     monkeypatch.setenv("AIPC_ASSUME_RAM_GB", "0.01")  # the tiny graphs need ~0.3 GiB: nothing fits
     metrics = tmp_path / "metrics"
-    onnx_validate.run("dml_fp16", load_params().validate, metrics_dir=metrics)  # no DirectML here: CPU stand-in only
+    onnx_validate.run("dml_fp16", load_params().validate, Workspace(metrics=metrics))  # no DirectML here: CPU stand-in only
     cells = json.loads((metrics / "onnx-dml_fp16.json").read_text())["cells"]
     stand_in = cells[matrix.STAND_IN]
     assert cells["DML"]["status"] == "skipped" and stand_in["status"] == "skipped"
     assert stand_in["label"].endswith("not enough RAM here") and "\n" not in stand_in["reason"]
     assert "validate_onnx@dml_fp16 needs about" in stand_in["reason"]
     with pytest.raises(StageError, match=r"^validate_onnx@cpu_int4 needs about .* but 10 MiB is available"):
-        onnx_validate.run("cpu_int4", load_params().validate, metrics_dir=tmp_path / "cpu")  # CPU is its target
+        onnx_validate.run("cpu_int4", load_params().validate, Workspace(metrics=tmp_path / "cpu"))  # CPU is its target
     assert not (tmp_path / "cpu").exists()

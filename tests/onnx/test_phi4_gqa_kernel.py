@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipeline.core.workspace import Workspace
 from pipeline.core.config import ConfigError
 from pipeline.onnx import export
 from pipeline.onnx.config import OnnxVariantConfig
@@ -119,7 +120,7 @@ def test_export_refuses_a_head_32_partial_rotary_checkpoint_before_building(tmp_
     out_root = tmp_path / "onnx"
     cfg = OnnxVariantConfig(execution_provider="cpu", precision="int4", block_size=32)
     with pytest.raises(ConfigError) as exc:
-        export.run("cpu_int4", cfg, model_dir, out_root)
+        export.run("cpu_int4", cfg, Workspace(model=model_dir, out=out_root))
     message = str(exc.value)
     assert "\n" not in message
     assert "cos_cache would be 12 wide (head size 32 x partial_rotary_factor 0.75 / 2)" in message

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.core.workspace import Workspace
 from pipeline.core.config import ModelConfig
 from pipeline.openvino.config import OpenVinoVariantConfig
 from pipeline.core.hashes import sha256_file
@@ -27,8 +28,8 @@ def test_compress_from_base_ir_equals_export_from_scratch(tmp_path: Path, cfg: O
     base = tmp_path / "base"
     export_openvino_base.run(model, base)
     base_bin = sha256_file(base / "openvino_model.bin")
-    fast = export_openvino.run("fast", cfg, model, tmp_path / "out", base_dir=base)
-    slow = export_openvino.run("slow", cfg, model, tmp_path / "out", base_dir=None)
+    fast = export_openvino.run("fast", cfg, Workspace(model=model, out=tmp_path / "out"), base_dir=base)
+    slow = export_openvino.run("slow", cfg, Workspace(model=model, out=tmp_path / "out"), base_dir=None)
     assert fast["compressed_from"] == "openvino_base" and slow["compressed_from"] == "pytorch"
     assert fast["timings"]["export_s"] == 0.0 < slow["timings"]["export_s"]
     assert fast["weight_layers"] == slow["weight_layers"] and fast["layers"] == slow["layers"]
@@ -53,19 +54,19 @@ def test_sweep_points_reuse_sensitivities_and_stay_identical(tmp_path: Path, mon
     download.run(ModelConfig(source="tiny"), model)
     export_openvino_base.run(model, base)
     first = OpenVinoVariantConfig(weight_format="int4", group_size=128, ratio=0.8, sym=True)
-    export_openvino.run("first", first, model, tmp_path / "out", base_dir=base)
+    export_openvino.run("first", first, Workspace(model=model, out=tmp_path / "out"), base_dir=base)
     [cache] = (tmp_path / "sensitivity").glob("*.json")
     scores = json.loads(cache.read_text())
     assert len(scores) == 8 and all(isinstance(v, float) and v > 0 for v in scores.values())  # 2 layers x 4 MatMuls
     second = OpenVinoVariantConfig(weight_format="int4", group_size=64, ratio=0.6, sym=True)
-    reused = export_openvino.run("reused", second, model, tmp_path / "out", base_dir=base)
+    reused = export_openvino.run("reused", second, Workspace(model=model, out=tmp_path / "out"), base_dir=base)
     assert len(computed) == 1, "the second point must reuse the first point's sensitivities"
-    scratch = export_openvino.run("scratch", second, model, tmp_path / "out", base_dir=None)
+    scratch = export_openvino.run("scratch", second, Workspace(model=model, out=tmp_path / "out"), base_dir=None)
     assert reused["weight_layers"] == scratch["weight_layers"] and reused["weight_layers"]["int8"] > 0
     assert sha256_file(tmp_path / "out" / "reused" / "openvino_model.bin") == \
         sha256_file(tmp_path / "out" / "scratch" / "openvino_model.bin")
     assert len(computed) == 2 and json.loads(cache.read_text()) == scores  # from scratch: computed, not cached
-    again = export_openvino.run("again", first, model, tmp_path / "out", base_dir=base)  # warm cache, same process
+    again = export_openvino.run("again", first, Workspace(model=model, out=tmp_path / "out"), base_dir=base)  # warm cache, same process
     for name in ("openvino_model.xml", "openvino_model.bin"):  # OpenVINO's node counter does not leak into names
         assert sha256_file(tmp_path / "out" / "again" / name) == sha256_file(tmp_path / "out" / "first" / name), name
     assert again["files"]["openvino_model.xml"] == json.loads(

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.core.workspace import Workspace
 from pipeline.core.config import ConfigError, ModelConfig
 from pipeline.openvino.config import OpenVinoVariantConfig
 from pipeline.hub import download
@@ -18,7 +19,7 @@ def test_group_size_100_on_hidden_256_fails_before_writing_anything(tmp_path: Pa
     download.run(ModelConfig(source="tiny"), model_dir)
     out_root = tmp_path / "artifacts" / "openvino"
     with pytest.raises(ConfigError) as exc:
-        export_openvino.run("int4", OpenVinoVariantConfig(group_size=100, ratio=1.0), model_dir, out_root)
+        export_openvino.run("int4", OpenVinoVariantConfig(group_size=100, ratio=1.0), Workspace(model=model_dir, out=out_root))
     assert "does not divide hidden_size 256" in str(exc.value) and "\n" not in str(exc.value)
     assert not out_root.exists() or not any(out_root.iterdir())
 

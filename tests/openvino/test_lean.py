@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from pipeline.core.workspace import Workspace
 from pipeline.core import memory, resources
 from pipeline.core.config import ModelConfig
 from pipeline.openvino.config import OpenVinoVariantConfig
@@ -44,8 +45,8 @@ def test_lean_fp16_export_of_bf16_checkpoint_equals_plain(tmp_path: Path) -> Non
     model = bf16_tiny(tmp_path / "model")
     assert lean.checkpoint_dtype(model) == "bfloat16"
     cfg = OpenVinoVariantConfig(weight_format="fp16")
-    plain = export_openvino.run("plain", cfg, model, tmp_path / "out", base_dir=None, lean=False)
-    fast = export_openvino.run("lean", cfg, model, tmp_path / "out", base_dir=None, lean=True)
+    plain = export_openvino.run("plain", cfg, Workspace(model=model, out=tmp_path / "out"), base_dir=None, lean=False)
+    fast = export_openvino.run("lean", cfg, Workspace(model=model, out=tmp_path / "out"), base_dir=None, lean=True)
     assert fast["weight_layers"] == plain["weight_layers"] and fast["layers"] == plain["layers"]
     xml = (tmp_path / "out" / "lean" / "openvino_model.xml").read_text()
     assert 'element_type="bf16"' not in xml and 'precision="BF16"' not in xml
@@ -73,8 +74,8 @@ def test_lean_compression_equals_plain(tmp_path: Path, monkeypatch: pytest.Monke
     base_lean = export_openvino_base.run(model, tmp_path / "base-lean", lean=True)
     assert base_lean["files"]["openvino_model.bin"] == base_plain["files"]["openvino_model.bin"]
     cfg = OpenVinoVariantConfig(weight_format="int4", group_size=64, ratio=0.8, sym=True)  # mixed precision
-    plain = export_openvino.run("plain", cfg, model, tmp_path / "out", base_dir=tmp_path / "base-plain", lean=False)
-    fast = export_openvino.run("lean", cfg, model, tmp_path / "out", base_dir=tmp_path / "base-lean", lean=True)
+    plain = export_openvino.run("plain", cfg, Workspace(model=model, out=tmp_path / "out"), base_dir=tmp_path / "base-plain", lean=False)
+    fast = export_openvino.run("lean", cfg, Workspace(model=model, out=tmp_path / "out"), base_dir=tmp_path / "base-lean", lean=True)
     assert len(list((tmp_path / "sensitivity").iterdir())) == 1, "only the lean path caches sensitivities"
     assert fast["weight_layers"] == plain["weight_layers"] and fast["nncf_rt_info"] == plain["nncf_rt_info"]
     assert fast["weight_layers"]["int4"] > 0 and fast["weight_layers"]["int8"] > 0
@@ -298,7 +299,7 @@ def test_export_stops_early_when_ram_is_short(tmp_path: Path, monkeypatch: pytes
     monkeypatch.setattr(psutil, "virtual_memory", lambda: SimpleNamespace(available=200 * 2**20))
     out_root = tmp_path / "out"
     with pytest.raises(StageError) as exc:
-        export_openvino.run("fp16", OpenVinoVariantConfig(weight_format="fp16"), model, out_root, base_dir=None)
+        export_openvino.run("fp16", OpenVinoVariantConfig(weight_format="fp16"), Workspace(model=model, out=out_root), base_dir=None)
     message = str(exc.value)
     assert "needs about 1.0 GiB of RAM but 200 MiB is available: free 829 MiB" in message and "\n" not in message
     assert not out_root.exists() or not any(out_root.iterdir()), "nothing may be written"

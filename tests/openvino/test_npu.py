@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.core.workspace import Workspace
 from pipeline.core.config import ConfigError, ModelConfig, compose
 from pipeline.openvino.config import NpuVariantConfig
 from pipeline.hub import download
@@ -67,7 +68,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def deferred(tiny_model: Path) -> tuple[Path, dict]:
     out_root = tiny_model.parent / "npu"
-    manifest = export_npu.run("int4", NpuVariantConfig(), tiny_model, out_root, status=no_npu())
+    manifest = export_npu.run("int4", NpuVariantConfig(), Workspace(model=tiny_model, out=out_root), status=no_npu())
     return out_root / "int4", manifest
 
 
@@ -93,7 +94,7 @@ def test_without_npu_the_blob_is_deferred_not_claimed(deferred) -> None:
 
 def test_without_npu_the_blob_round_trips_through_npuw_on_cpu_and_is_not_shipped(
         tiny_model: Path, tmp_path: Path) -> None:
-    manifest = export_npu.run("int4", NpuVariantConfig(), tiny_model, tmp_path / "npu", status=no_npu(),
+    manifest = export_npu.run("int4", NpuVariantConfig(), Workspace(model=tiny_model, out=tmp_path / "npu"), status=no_npu(),
                               npuw_max_size_mb=1000)
     check = manifest["npu_blob"]["npuw_blob_check"]
     assert check["compiled_by"] == npu_lane.BLOB_BACKEND and "NPU blob" not in check["compiled_by"]
@@ -136,7 +137,7 @@ def test_with_an_npu_the_stage_compiles_a_blob_and_times_the_reload(
         return object()
 
     monkeypatch.setattr(export_npu, "load_llm_pipeline", fake_pipeline)
-    manifest = export_npu.run("int4", NpuVariantConfig(), tiny_model, tmp_path / "npu", status=with_npu())
+    manifest = export_npu.run("int4", NpuVariantConfig(), Workspace(model=tiny_model, out=tmp_path / "npu"), status=with_npu())
     (device, first), (_, second) = calls
     assert device == "NPU" and first["EXPORT_BLOB"] == "YES" and first["CACHE_MODE"] == "OPTIMIZE_SPEED"
     assert first["MAX_PROMPT_LEN"] == 1024 and "EXPORT_BLOB" not in second and second["BLOB_PATH"] == first["BLOB_PATH"]

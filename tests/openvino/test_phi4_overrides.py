@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from pipeline.core.workspace import Workspace
 from pipeline.core.config import ConfigError, ModelConfig, compose
 from pipeline.hub import download
 from pipeline.openvino import export as export_openvino
@@ -23,8 +24,8 @@ def int4_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict, int
     download.run(ModelConfig(source="tiny"), model_dir)
     plain = OpenVinoVariantConfig(group_size=64, ratio=1.0, sym=False)
     kept = OpenVinoVariantConfig(group_size=64, ratio=1.0, sym=False, keep_float=[DOWN_PROJ])
-    a = export_openvino.run("int4", plain, model_dir, root / "plain", base_dir=None)
-    b = export_openvino.run("int4", kept, model_dir, root / "kept", base_dir=None)
+    a = export_openvino.run("int4", plain, Workspace(model=model_dir, out=root / "plain"), base_dir=None)
+    b = export_openvino.run("int4", kept, Workspace(model=model_dir, out=root / "kept"), base_dir=None)
     layers = json.loads((model_dir / "config.json").read_text())["num_hidden_layers"]
     return a, b, layers
 

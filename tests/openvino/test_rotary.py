@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipeline.core.workspace import Workspace
 from pipeline.core.config import ASSETS_DIR, ModelConfig
 from pipeline.openvino.config import NpuVariantConfig, OpenVinoVariantConfig
 from pipeline.core.errors import StageError
@@ -65,13 +66,13 @@ def exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     folders = {"model": model, "base": root / "base"}
     for name, cfg in VARIANTS.items():
         base = None if name.startswith("fp16") else root / "base"
-        export_openvino.run(name, cfg, model, root / "out", base_dir=base, lean=name != "fp16-plain")
+        export_openvino.run(name, cfg, Workspace(model=model, out=root / "out"), base_dir=base, lean=name != "fp16-plain")
         folders[name] = root / "out" / name
 
     class NoNpu:  # devices.detect on a machine without an NPU: the blob is deferred
         available_devices = ["CPU"]
 
-    export_npu.run("int4", NpuVariantConfig(), model, root / "npu", status=devices.detect(NoNpu()),
+    export_npu.run("int4", NpuVariantConfig(), Workspace(model=model, out=root / "npu"), status=devices.detect(NoNpu()),
                    base_dir=root / "base")
     folders["npu"] = root / "npu" / "int4"
     return folders
@@ -176,7 +177,7 @@ def test_workaround_changes_only_rotary_constants(exports: dict[str, Path], tmp_
 
     monkeypatch.setattr(export_openvino, "export_float", copy_upstream)
     with pytest.raises(StageError) as exc:
-        export_openvino.run("fp16", VARIANTS["fp16"], exports["model"], tmp_path / "out", base_dir=None)
+        export_openvino.run("fp16", VARIANTS["fp16"], Workspace(model=exports["model"], out=tmp_path / "out"), base_dir=None)
     assert "feed the rotary embedding" in str(exc.value) and "\n" not in str(exc.value)
     assert not (tmp_path / "out" / "fp16").exists()
 
@@ -211,7 +212,7 @@ def test_embedded_tiny_fp16_keeps_inverse_frequencies_f32(tmp_path: Path) -> Non
     """The default-rope 4k tiny model: its fp16 IR had its inverse frequencies in fp16 before."""
     model = tmp_path / "model"
     download.run(ModelConfig(source="tiny"), model)
-    manifest = export_openvino.run("fp16", VARIANTS["fp16"], model, tmp_path / "out", base_dir=None)
+    manifest = export_openvino.run("fp16", VARIANTS["fp16"], Workspace(model=model, out=tmp_path / "out"), base_dir=None)
     rope = manifest["rotary_embedding"]
     assert rope["float_constants"] and set(rope["float_constants"].values()) == {"f32"}
     assert set(rope["vs_transformers"]["positions"]) == {"0-4095", "4095 (decode)"}

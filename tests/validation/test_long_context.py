@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipeline.core.workspace import Workspace
 from pipeline.core.config import ValidateConfig, build, compose
 from pipeline.core.errors import StageError
 from pipeline.openvino import validate
@@ -80,7 +81,7 @@ def test_a_broken_rope_factor_fails_the_long_context_check_past_the_switch(long_
     cfg = build(ValidateConfig, params["validate"])
     target = validate.Target("openvino-fp16", "openvino", broken, ["CPU"])
     with pytest.raises(StageError) as exc:
-        validate.run(target, cfg, artifacts / "reference" / "reference.json", tmp_path / "metrics")
+        validate.run(target, cfg, Workspace(reference=artifacts / "reference" / "reference.json", metrics=tmp_path / "metrics"))
     assert "\n" not in str(exc.value) and "long context, 6000-token window" in str(exc.value)
     cell = json.loads((tmp_path / "metrics" / "openvino-fp16.json").read_text())["cells"]["CPU"]
     assert all("6000-token window" in p for p in cell["problems"]), "short-factor positions are untouched"

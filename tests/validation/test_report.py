@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipeline.core.workspace import Workspace
 from pipeline.core.config import ConfigError, PipelineConfig, ValidateConfig, build, compose
 from pipeline.core.errors import StageError
 from pipeline.npu_lib import validate as validate_npu_lib
@@ -301,7 +302,7 @@ def test_an_ir_with_one_zeroed_layer_fails_validation_with_one_line(demo_project
     cfg = tiny_cfg("validate.repeats=1", "validate.warmup=0")
     target = validate.Target("openvino-fp16", "openvino", tmp_path / "openvino" / "fp16", ["CPU"])
     with pytest.raises(StageError) as exc:
-        validate.run(target, cfg, project / "artifacts" / "reference" / "reference.json", tmp_path / "metrics")
+        validate.run(target, cfg, Workspace(reference=project / "artifacts" / "reference" / "reference.json", metrics=tmp_path / "metrics"))
     message = str(exc.value)
     assert "\n" not in message and message.startswith("[openvino-fp16] validation failed: CPU: ")
     assert "above the fp16 threshold" in message
@@ -336,7 +337,7 @@ def test_artifact_verdicts_hold_whatever_the_cpu_computes_in(demo_project, tmp_p
         for variant in ("int4", "fp16"):
             target = validate.Target(f"openvino-{variant}", "openvino", project / "artifacts" / "openvino" / variant,
                                      ["CPU"])
-            cell = validate.run(target, cfg, ref, tmp_path / compute)["cells"]["CPU"]
+            cell = validate.run(target, cfg, Workspace(reference=ref, metrics=tmp_path / compute))["cells"]["CPU"]
             seen[compute, variant] = cell
             assert cell["device_numerics"]["compute"] == compute, "the label says what really ran"
     for compute in reduced:
@@ -352,9 +353,8 @@ def test_npu_library_running_on_cpu_while_an_npu_is_reported_fails(demo_project,
     project, _ = demo_project
     cfg = tiny_cfg("validate.repeats=1", "validate.warmup=0", "validate.perf_prompt_tokens={short: 32}")
     with pytest.raises(StageError, match=r"NPU: asked for NPU but ran on CPU \(silent fallback\)"):
-        validate_npu_lib.run("int8", cfg, project / "artifacts" / "npu_lib",
-                                project / "artifacts" / "reference" / "reference.json", tmp_path, status=status("NPU"),
-                                lock_file=project / "dvc.lock")
+        validate_npu_lib.run("int8", cfg, Workspace(out=project / "artifacts" / "npu_lib", reference=project / "artifacts" / "reference" / "reference.json", metrics=tmp_path, lock_file=project / "dvc.lock"), 
+                                status=status("NPU"))
     metrics = json.loads((tmp_path / "npu_lib-int8.json").read_text())
     assert list(metrics["cells"]) == ["NPU"], "with an NPU reported there is no stand-in"
     assert metrics["cells"]["NPU"]["status"] == "failed" and metrics["device_executed"] == "CPU"
