@@ -47,10 +47,13 @@ def sibling(name: str) -> Any:
 
 
 def fresh_project(work: Path) -> Path:
-    """A clone of this repository at HEAD (committed files only), like a user's fresh checkout."""
+    """A clone of this repository at HEAD (committed files only) with its native page trimmer built, like a user's install."""
     project = work / "project"
     shutil.rmtree(project, ignore_errors=True)
     subprocess.run(["git", "clone", "-q", str(ROOT), str(project)], check=True)
+    # what `python bootstrap.py install` builds into the package: the page trimmer the lean paths need (Linux)
+    build = [sys.executable, "setup.py", "-q", "build_ext", "--inplace"]
+    subprocess.run(build, cwd=project, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return project
 
 
