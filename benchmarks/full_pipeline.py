@@ -57,10 +57,11 @@ def fresh_project(work: Path) -> Path:
     return project
 
 
-def run_stages(project: Path, log_path: Path, tree_memory: Any) -> dict[str, Any]:
+def run_stages(project: Path, log_path: Path, tree_memory: Any, after_download: Any = None) -> dict[str, Any]:
     """``aipc repro`` in ``project``: per-stage wall time and peak ``tree_memory``, the exit code, the last lines.
 
     The stages so far are also written to ``<log>.progress.json`` every 30 s, so a run cut short keeps them.
+    ``after_download`` is called once the ``download`` stage is over (``--drop-source``).
     """
     import psutil
 
@@ -83,6 +84,8 @@ def run_stages(project: Path, log_path: Path, tree_memory: Any) -> dict[str, Any
                     now = time.perf_counter() - started
                     if current[0]:
                         stages[current[0]]["end_s"] = now
+                    if current[0] == "download" and after_download:
+                        after_download()
                     current[0] = match.group(1)
                     stages[current[0]] = {"start_s": now, "end_s": now, "peak_gib": 0.0}
 
@@ -156,6 +159,11 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path.home() / ".cache" / "aipc-bench")
     parser.add_argument("--budget-gib", type=float, default=8.0, help="per-stage memory budget (issue 20)")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--drop-source",
+        action="store_true",
+        help="delete the random checkpoint once `download` has copied it (7.1 GiB; the whole run writes about 60 GB)",
+    )
     args = parser.parse_args()
     out = args.out or ROOT / "benchmarks" / "results" / f"full_pipeline{'' if args.model == 'full' else '-tiny'}.json"
     args.work.mkdir(parents=True, exist_ok=True)
@@ -168,7 +176,8 @@ def main() -> None:
     project = fresh_project(args.work)
     subprocess.run([sys.executable, "-m", "pipeline.cli", "compose", *overrides], cwd=project, check=True)
     before = machine()
-    result = run_stages(project, args.work / "full_pipeline.log", export_bench.tree_memory)
+    drop = (lambda: shutil.rmtree(checkpoint)) if args.drop_source and args.model == "full" else None
+    result = run_stages(project, args.work / "full_pipeline.log", export_bench.tree_memory, drop)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
     over = [name for name, s in result["stages"].items() if s["peak_gib"] > args.budget_gib]
     data = {
