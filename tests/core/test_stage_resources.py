@@ -57,6 +57,25 @@ def checks_on(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(resources.ASSUME_RAM_ENV, raising=False)
 
 
+# the lean path (Linux): the whole default `dvc repro`, benchmarks/results/full_pipeline.json, IR sizes from the manifests
+MEASURED_LEAN = [
+    ("validate", "int4", 2.589 * GIB, 8.86),
+    ("validate", "int8", 3.569 * GIB, 9.76),
+    ("validate", "fp16", 7.125 * GIB, 12.71),
+]
+
+
+@pytest.mark.parametrize(("stage", "variant", "size", "peak_gib"), MEASURED_LEAN)
+def test_lean_estimates_cover_the_whole_pipeline_run(
+    stage: str, variant: str, size: float, peak_gib: float, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(resources.sys, "platform", "linux")
+    need = resources.stage_ram(stage, variant, sparse(tmp_path, "openvino_model.bin", size)) / GIB
+    assert peak_gib <= need <= 1.15 * peak_gib + 0.3, (stage, variant, need)
+    monkeypatch.setattr(resources.sys, "platform", "win32")  # not measured off Linux: never expected to need less
+    assert resources.stage_ram(stage, variant, tmp_path) / GIB >= need
+
+
 @pytest.mark.parametrize(("stage", "variant", "size", "peak_gib"), MEASURED)
 def test_estimates_cover_the_measured_peaks(
     stage: str, variant: str, size: float, peak_gib: float, tmp_path, monkeypatch: pytest.MonkeyPatch
@@ -130,7 +149,7 @@ def test_validation_refuses_before_reading_the_reference_or_writing_metrics(tmp_
     cfg = build(ValidateConfig, compose([])["validate"])
     target = validate_openvino.openvino_target("fp16", cfg, Workspace(out=tmp_path / "openvino"))
     monkeypatch.setattr(resources.sys, "platform", "linux")  # the lean path: the IR's pages handed back
-    with pytest.raises(StageError, match=r"^validate@fp16 needs about 9\.0 GiB of RAM but 8\.0 GiB"):
+    with pytest.raises(StageError, match=r"^validate@fp16 needs about 13\.0 GiB of RAM but 8\.0 GiB"):
         validate_openvino.run(target, cfg, Workspace(reference=tmp_path / "missing.json", metrics=tmp_path / "metrics"), status={})
     assert not (tmp_path / "metrics").exists()
 
@@ -155,7 +174,7 @@ def test_validation_tells_the_lean_path_from_the_plain_one(tmp_path, monkeypatch
     lean = resources.stage_ram("validate", "fp16", ir) / GIB
     monkeypatch.setattr(resources.sys, "platform", "win32")  # no madvise: the mapped IR stays resident
     plain = resources.stage_ram("validate", "fp16", ir) / GIB
-    assert lean == pytest.approx(1.2 * 7.12 + 0.5, abs=0.01)
+    assert lean == pytest.approx(1.78 * 7.12 + 0.3, abs=0.01)
     assert plain == pytest.approx(2.1 * 7.12 + 0.3, abs=0.01)
 
 
