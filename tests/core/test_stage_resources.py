@@ -62,6 +62,7 @@ MEASURED_LEAN = [
     ("validate", "int4", 2.589 * GIB, 8.86),
     ("validate", "int8", 3.569 * GIB, 9.76),
     ("validate", "fp16", 7.125 * GIB, 12.71),
+    ("validate_npu", "int4", 1.932 * GIB, 8.23),
 ]
 
 
