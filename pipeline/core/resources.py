@@ -89,7 +89,8 @@ STAGE_RAM: dict[str, dict[str, tuple[float, float]]] = {
     # validate.max_new_tokens=4 validate.perf_new_tokens=2 validate.repeats=1 validate.warmup=0`: cpu_int4 7.77 GiB
     # (2.54 GiB folder), dml_int4 7.89 GiB (1.98 GiB); dml_fp16 on the CPU stand-in keeps a float32 copy of the
     # weights (no fp16 MatMul on x86): >= 17.9 GiB (7.12 GiB folder; stopped there to spare the shared machine)
-    "validate_onnx": {"dml_int4": (3.85, 0.3), "cpu_int4": (3.1, 0.3), "dml_fp16": (2.7, 0.3)},
+    # (the whole-pipeline run, benchmarks/full_pipeline.py: dml_int4 8.11 GiB, so its CPU stand-in is over the cap)
+    "validate_onnx": {"dml_int4": (4.0, 0.3), "cpu_int4": (3.1, 0.3), "dml_fp16": (2.7, 0.3)},
     # layer by layer (npu_lib.<v>.layer_by_layer, the default; pipeline/npu_lib/worker_layers.py), contended 2 cores:
     # int4 3.30-3.35 GiB in 161-288 s, int8 4.81 GiB in 141 s, fp16 7.78-7.94 GiB in 68-189 s,
     # `flock /work/bench/fullsize.lock python benchmarks/npu_lib_memory.py export int4|int8|fp16`

@@ -63,6 +63,7 @@ MEASURED_LEAN = [
     ("validate", "int8", 3.569 * GIB, 9.76),
     ("validate", "fp16", 7.125 * GIB, 12.71),
     ("validate_npu", "int4", 1.932 * GIB, 8.23),
+    ("validate_onnx", "dml_int4", 1.98 * GIB, 8.11),
 ]
 
 
@@ -99,7 +100,7 @@ def test_a_16_gb_laptop_is_told_which_stages_will_not_fit(tmp_path, monkeypatch:
 
 
 @pytest.mark.parametrize(("stage", "variant", "folder_gib", "runs"), [
-    ("validate_onnx", "dml_int4", 1.98, True),  # measured 7.89 GiB: under the 8 GiB cap
+    ("validate_onnx", "dml_int4", 1.98, False),  # 7.89 GiB alone, 8.11 GiB in the whole-pipeline run
     ("validate_onnx", "dml_fp16", 7.12, False),  # >= 17.9 GiB: a float32 copy of the weights on the CPU provider
     ("validate_npu_lib", "int4", 2.10, True),
     ("validate_npu_lib", "int8", 3.84, True),
