@@ -12,7 +12,7 @@ expected and recorded: the ``verdict`` stage fails last, which this benchmark re
 as a failure); ``tiny`` is the embedded tiny Phi-3 (the demo), to check the benchmark itself in a minute.
 
 Usage:
-    python benchmarks/full_pipeline.py [--model full|tiny] [--work DIR] [--budget-gib 8]
+    python benchmarks/full_pipeline.py [--model full|tiny] [--work DIR] [--budget-gib 8] [--stages validate@int4 ...]
 """
 
 from __future__ import annotations
@@ -57,8 +57,10 @@ def fresh_project(work: Path) -> Path:
     return project
 
 
-def run_stages(project: Path, log_path: Path, tree_memory: Any, after_download: Any = None) -> dict[str, Any]:
-    """``aipc repro`` in ``project``: per-stage wall time and peak ``tree_memory``, the exit code, the last lines.
+def run_stages(
+    project: Path, log_path: Path, tree_memory: Any, after_download: Any = None, targets: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """``aipc repro [targets]`` in ``project``: per-stage wall time and peak ``tree_memory``, the exit code, the last lines.
 
     The stages so far are also written to ``<log>.progress.json`` every 30 s, so a run cut short keeps them.
     ``after_download`` is called once the ``download`` stage is over (``--drop-source``).
@@ -68,7 +70,7 @@ def run_stages(project: Path, log_path: Path, tree_memory: Any, after_download: 
     stages: dict[str, dict[str, float]] = {}
     current: list[str | None] = [None]
     started = time.perf_counter()
-    cmd = [sys.executable, "-m", "pipeline.cli", "repro"]
+    cmd = [sys.executable, "-m", "pipeline.cli", "repro", *targets]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     with open(log_path, "w", encoding="utf-8") as log:
         proc = subprocess.Popen(
@@ -160,12 +162,19 @@ def main() -> None:
     parser.add_argument("--budget-gib", type=float, default=8.0, help="per-stage memory budget (issue 20)")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument(
+        "--stages",
+        nargs="*",
+        default=[],
+        help="only these stages and what they need (dvc repro targets, e.g. validate@int4); written to full_pipeline-stages.json",
+    )
+    parser.add_argument(
         "--drop-source",
         action="store_true",
         help="delete the random checkpoint once `download` has copied it (7.1 GiB; the whole run writes about 60 GB)",
     )
     args = parser.parse_args()
-    out = args.out or ROOT / "benchmarks" / "results" / f"full_pipeline{'' if args.model == 'full' else '-tiny'}.json"
+    suffix = ("" if args.model == "full" else "-tiny") + ("-stages" if args.stages else "")
+    out = args.out or ROOT / "benchmarks" / "results" / f"full_pipeline{suffix}.json"
     args.work.mkdir(parents=True, exist_ok=True)
     export_bench = sibling("full_size_export")  # the checkpoint builder and the process-tree memory measure
     if args.model == "full":
@@ -177,12 +186,13 @@ def main() -> None:
     subprocess.run([sys.executable, "-m", "pipeline.cli", "compose", *overrides], cwd=project, check=True)
     before = machine()
     drop = (lambda: shutil.rmtree(checkpoint)) if args.drop_source and args.model == "full" else None
-    result = run_stages(project, args.work / "full_pipeline.log", export_bench.tree_memory, drop)
+    result = run_stages(project, args.work / "full_pipeline.log", export_bench.tree_memory, drop, tuple(args.stages))
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
     over = [name for name, s in result["stages"].items() if s["peak_gib"] > args.budget_gib]
     data = {
         "model": "Phi-3-mini-4k shapes, random bf16" if args.model == "full" else "embedded tiny Phi-3",
         "overrides": overrides,
+        "targets": args.stages or "the whole pipeline",
         "commit": commit.strip(),
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "machine": before,
