@@ -133,12 +133,19 @@ def prefill_logits(
         params = og.GeneratorParams(model)
         params.set_search_options(max_length=min(len(window) + 1, context or len(window) + 1))
         generator = og.Generator(model, params)
-        parts = []
-        step = chunk or len(window)
+        step, out = chunk or len(window), None
         for start in range(0, len(window), step):
             generator.append_tokens(window[start : start + step])
-            parts.append(np.asarray(generator.get_output("logits"), dtype=np.float32)[0])
-        logits.append(parts[0] if len(parts) == 1 else np.concatenate(parts))  # one window: no second copy
+            part = np.asarray(generator.get_output("logits"), dtype=np.float32)[0]
+            if step >= len(window):
+                out = part  # one prompt: no second copy
+                break
+            if out is None:  # chunks go straight into one array: never the parts and their concatenation at once
+                out = np.empty((len(window), part.shape[-1]), dtype=np.float32)
+            out[start : start + len(part)] = part
+            del part
+        del generator  # its KV cache (3 GiB in f32 for 4096 tokens of Phi-3-mini) goes before the next window's
+        logits.append(out)
     return logits
 
 

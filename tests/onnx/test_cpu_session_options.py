@@ -58,3 +58,13 @@ def test_no_arena_gives_the_same_logits_bit_for_bit(folders: dict[str, Path], va
 def test_the_runner_lays_the_entries_over_genai_config(folders: dict[str, Path]) -> None:
     with pytest.raises(Exception, match="Unrecognized value"):
         genai_runner.load(str(folders["cpu_int4"]), "cpu", "CPU", {"graph_optimization_level": "ORT_ENABLE_SOME"})
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_a_prefill_in_chunks_fills_the_same_logits_as_one_prompt(folders: dict[str, Path], variant: str) -> None:
+    """Chunks (graphs with a windowed KV cache) are written into one array per window, in order, none missing."""
+    model, _, _ = genai_runner.load(str(folders[variant]), "dml" if "dml" in variant else "cpu", "CPU")
+    whole, chunked = genai_runner.prefill_logits(model, WINDOWS), genai_runner.prefill_logits(model, WINDOWS, chunk=128)
+    for a, b in zip(whole, chunked, strict=True):
+        assert a.shape == b.shape and np.isfinite(b).all()
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
