@@ -111,6 +111,8 @@ def worker_args(
         str(cfg.warmup),
         "--repeats",
         str(cfg.repeats),
+        "--budget-s",
+        str(cfg.perf_budget_s),
     ]
 
 

@@ -66,6 +66,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         check.add_argument(name, required=True)
     for name, default in (("--max-new-tokens", 32), ("--new-tokens", 32), ("--warmup", 1), ("--repeats", 3)):
         check.add_argument(name, type=int, default=default)
+    check.add_argument("--budget-s", type=float, default=0.0, help="validate.perf_budget_s (0: no cap)")
     return parser.parse_args(argv)
 
 

@@ -94,21 +94,33 @@ def generate(
     return out, first, steps
 
 
+def speed_runs(warmup: int, repeats: int, budget_s: float) -> Iterator[bool]:
+    """Yield once per speed run, ``True`` for a measured one: ``warmup`` runs, then up to ``repeats`` measured runs.
+
+    Once ``budget_s`` seconds have passed (warm-up included), no further run starts after the first measured one
+    (``0``: no cap). A full-size model's 1024-token prompt costs ~1 min a run on 2 cores, so ``validate.perf_budget_s``
+    keeps each prompt length of each cell near two minutes; the number of runs taken is recorded (``Perf.runs``).
+    It lives in this self-contained file so that the ONNX runner and the NPU-library worker, which run in other
+    environments, apply the same rule (:mod:`pipeline.openvino.generation` imports it through ``records``).
+    """
+    start = time.perf_counter()
+    for i in range(warmup + repeats):
+        if i > warmup and budget_s and time.perf_counter() - start >= budget_s:
+            return
+        yield i >= warmup
+
+
 def time_prompt(
     model: Any, prompt_ids: list[int], new_tokens: int, warmup: int, repeats: int, budget_s: float = 0.0
 ) -> dict[str, Any]:
     """TTFT and mean TPOT (ms) of each measured run of exactly ``new_tokens`` after ``prompt_ids`` (warm-up excluded).
 
-    Up to ``repeats`` measured runs; once ``budget_s`` seconds are spent (0: no cap), no run starts after the first
-    measured one: the rule of ``pipeline.validation.records.speed_runs``, repeated here because this file runs alone.
+    Up to ``repeats`` measured runs, fewer once ``budget_s`` seconds are spent (:func:`speed_runs`).
     """
     ttft, tpot = [], []
-    start = time.perf_counter()
-    for i in range(warmup + repeats):
-        if i > warmup and budget_s and time.perf_counter() - start >= budget_s:
-            break
+    for measured in speed_runs(warmup, repeats, budget_s):
         _, first, steps = generate(model, prompt_ids, new_tokens, exact=True)
-        if i >= warmup:
+        if measured:
             ttft.append(first * 1000)
             tpot.append(statistics.mean(steps) * 1000 if steps else float("nan"))
     return {"prompt_tokens": len(prompt_ids), "new_tokens": new_tokens, "ttft_ms": ttft, "tpot_ms": tpot}

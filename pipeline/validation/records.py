@@ -9,8 +9,6 @@ from __future__ import annotations
 import os
 import re
 import threading
-import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ from pipeline.core.artifacts import folder_bytes, write_json_atomic
 from pipeline.core.errors import fail
 from pipeline.core.log import say
 from pipeline.core.memory import peak_rss_bytes
+from pipeline.validation.genai_runner import speed_runs  # noqa: F401  (one rule for every family; stdlib only)
 from pipeline.validation.matrix import Cell
 
 
@@ -182,18 +181,3 @@ def peak_rss_mb() -> float:
     except OSError:
         pass
     return round(peak_rss_bytes() / 2**20, 1)
-
-
-def speed_runs(warmup: int, repeats: int, budget_s: float) -> Iterator[bool]:
-    """Yield once per speed run, ``True`` for a measured one: ``warmup`` runs, then up to ``repeats`` measured runs.
-
-    Once ``budget_s`` seconds have passed (warm-up included), no further run starts after the first measured one
-    (``0``: no cap). A full-size model's 1024-token prompt costs ~1 min a run on 2 cores, so ``validate.perf_budget_s``
-    keeps each prompt length of each cell near two minutes; the number of runs taken is recorded (``Perf.runs``).
-    ``pipeline.validation.genai_runner`` and the NPU-library worker run in other environments and repeat this rule.
-    """
-    start = time.perf_counter()
-    for i in range(warmup + repeats):
-        if i > warmup and budget_s and time.perf_counter() - start >= budget_s:
-            return
-        yield i >= warmup

@@ -43,3 +43,28 @@ def test_default_budget_and_refused_negative_budget() -> None:
     assert cfg.perf_budget_s == 120.0
     with pytest.raises(ConfigError, match="perf_budget_s"):
         build(ValidateConfig, {**compose([])["validate"], "perf_budget_s": -1}, "validate")
+
+
+def test_the_npu_library_worker_keeps_the_same_budget(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """The worker runs in the library's own environment; it gets ``perf_budget_s`` and applies the same rule."""
+    from pipeline.npu_lib import validate as npu_lib_validate
+    from pipeline.npu_lib import worker, worker_measure
+
+    settings = {**compose([])["validate"], "perf_budget_s": 0.01, "warmup": 1, "repeats": 3}
+    cfg = build(ValidateConfig, settings, "validate")
+    argv = npu_lib_validate.worker_args(
+        tmp_path / "m.pt", {"model_sha256": "0" * 64}, tmp_path, tmp_path / "r.json", cfg, tmp_path / "l.npz"
+    )
+    args = worker.parse(["validate", "--result", str(tmp_path / "out.json"), *argv])
+    assert args.budget_s == 0.01
+
+    def slow_generate(model, prompt_ids, new_tokens, streamer=None, exact=False):  # each run outlasts the budget
+        for _ in range(new_tokens + 1):
+            streamer.put(None)
+        time.sleep(0.02)
+        return []
+
+    monkeypatch.setattr(worker_measure, "drop_kernels", lambda: None)
+    monkeypatch.setattr(worker_measure, "generate", slow_generate)
+    got = worker_measure.timings(None, [1, 2, 3], args)
+    assert len(got["ttft_ms"]) == len(got["tpot_ms"]) == 1  # warm-up, one measured run, then the budget stops it
