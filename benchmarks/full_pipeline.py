@@ -46,11 +46,18 @@ def sibling(name: str) -> Any:
     return module
 
 
-def fresh_project(work: Path) -> Path:
-    """A clone of this repository at HEAD (committed files only) with its native page trimmer built, like a user's install."""
+def fresh_project(work: Path, keep: bool = False) -> Path:
+    """A clone of this repository at HEAD (committed files only) with its native page trimmer built, like a user's install.
+
+    ``keep``: an earlier run's project is brought to HEAD instead (``git pull``), its outputs and DVC cache kept, so
+    ``dvc repro`` runs only the stages whose code or inputs changed.
+    """
     project = work / "project"
-    shutil.rmtree(project, ignore_errors=True)
-    subprocess.run(["git", "clone", "-q", str(ROOT), str(project)], check=True)
+    if keep and (project / ".git").is_dir():
+        subprocess.run(["git", "pull", "-q", "--ff-only", str(ROOT), "HEAD"], cwd=project, check=True)
+    else:
+        shutil.rmtree(project, ignore_errors=True)
+        subprocess.run(["git", "clone", "-q", str(ROOT), str(project)], check=True)
     # what `python bootstrap.py install` builds into the package: the page trimmer the lean paths need (Linux)
     build = [sys.executable, "setup.py", "-q", "build_ext", "--inplace"]
     subprocess.run(build, cwd=project, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -172,6 +179,9 @@ def main() -> None:
         action="store_true",
         help="delete the random checkpoint once `download` has copied it (7.1 GiB; the whole run writes about 60 GB)",
     )
+    parser.add_argument(
+        "--keep-project", action="store_true", help="reuse --work's project from an earlier run (git pull to HEAD)"
+    )
     args = parser.parse_args()
     suffix = ("" if args.model == "full" else "-tiny") + ("-stages" if args.stages else "")
     out = args.out or ROOT / "benchmarks" / "results" / f"full_pipeline{suffix}.json"
@@ -182,7 +192,7 @@ def main() -> None:
         overrides = ["model=local", f"model.local_path={checkpoint.as_posix()}"]
     else:
         overrides = ["model=tiny"]
-    project = fresh_project(args.work)
+    project = fresh_project(args.work, args.keep_project)
     subprocess.run([sys.executable, "-m", "pipeline.cli", "compose", *overrides], cwd=project, check=True)
     before = machine()
     drop = (lambda: shutil.rmtree(checkpoint)) if args.drop_source and args.model == "full" else None
