@@ -147,25 +147,34 @@ def check_stage_ram(stage: str, variant: str, input_dir: Path, what: str | None 
 RAM_SKIP = "not run here"  # how a cell's skip reason starts when RAM, not an absent device, is why
 
 
+def skip_for_ram(what: str, need: int, cap_gib: float, loads: Path) -> str | None:
+    """Why an optional cell (a CPU stand-in, an emulated precision) is not run here, or None when it fits.
+
+    Optional cells are skipped, never fatal: when ``need`` is over ``cap_gib`` (``validate.stand_in_max_ram_gib``;
+    0 = no cap), so that they never take a 16 GB laptop past half its memory, and when RAM is short. ``loads``: the
+    artifact the cell reads.
+    """
+    if cap_gib and need > cap_gib * 2**30:
+        return (
+            f"{RAM_SKIP}: {what} needs about {size_text(need)} of RAM, over "
+            f"validate.stand_in_max_ram_gib={cap_gib:g} GiB (raise it to run it anyway)"
+        )
+    try:
+        check_resources(what, need, 0, loads)
+    except StageError as err:
+        return f"{RAM_SKIP}: {err}"
+    return None
+
+
 def fit_cell_ram(stage: str, variant: str, input_dir: Path, stand_in: bool, cap_gib: float) -> str | None:
     """Why a validation cell of ``stage`` is not run here for RAM, or None when it fits.
 
     A cell on its target device that cannot fit stops the stage in one line (:func:`check_stage_ram`). A CPU
-    stand-in runs only because the target device is absent, so it is skipped instead, with that line: when RAM
-    is short, and when its estimate is over ``cap_gib`` (``validate.stand_in_max_ram_gib``; 0 = no cap), so that
-    a stand-in never takes a 16 GB laptop past half its memory. ``dvc repro`` goes on without it.
+    stand-in runs only because the target device is absent, so it is skipped instead (:func:`skip_for_ram`);
+    ``dvc repro`` goes on without it.
     """
     if not stand_in:
         check_stage_ram(stage, variant, input_dir)
         return None
     need = stage_ram(stage, variant, input_dir)
-    if cap_gib and need > cap_gib * 2**30:
-        return (
-            f"{RAM_SKIP}: the CPU stand-in of {stage}@{variant} needs about {size_text(need)} of RAM, over "
-            f"validate.stand_in_max_ram_gib={cap_gib:g} GiB (raise it to run the stand-in anyway)"
-        )
-    try:
-        check_stage_ram(stage, variant, input_dir)
-    except StageError as err:
-        return f"{RAM_SKIP}: {err}"
-    return None
+    return skip_for_ram(f"the CPU stand-in of {stage}@{variant}", need, cap_gib, input_dir)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 # Full-precision runtime settings for judging an artifact (CPU and GPU plugins accept all three).
@@ -117,6 +118,34 @@ class EmulationPlan:
     column: str
     label: str
     skip_reason: str | None = None
+
+
+# An emulation cell's extra RAM per weight of the IR, where the CPU plugin unpacks the weights for that precision:
+# f16 compute unpacks int4/int8 weights to f16 and repacks them (14.8 GB peak for the NPU int4 IR of Phi-3-mini,
+# 3.8e9 weights, on a Xeon with AMX-FP16, OpenVINO 2026.4.1: benchmarks/full_pipeline.py --stages, 2026-12-02).
+# bf16 compute keeps them compressed (2.5 GB there): nothing over the stage's own estimate.
+EMULATION_BYTES_PER_WEIGHT = {"f16": 3.9}
+
+
+def weight_count(ir_dir: Path) -> int:
+    """Weights of an IR: elements of its constants of rank >= 2 and at least 64k elements (read from the .xml)."""
+    import math
+
+    import openvino as ov
+
+    total = 0
+    for op in ov.Core().read_model(str(Path(ir_dir) / "openvino_model.xml")).get_ops():
+        if op.get_type_name() == "Constant":
+            shape = list(op.get_output_shape(0))
+            if len(shape) >= 2 and math.prod(shape) >= 65536:
+                total += math.prod(shape)
+    return total
+
+
+def emulation_ram(precision: str, ir_dir: Path) -> int:
+    """Estimated peak bytes of the cell that forces ``precision`` on ``ir_dir`` (0: within the stage's estimate)."""
+    per_weight = EMULATION_BYTES_PER_WEIGHT.get(precision)
+    return int(per_weight * weight_count(ir_dir) + 0.3 * 2**30) if per_weight else 0
 
 
 def emulation_plans(precisions: Sequence[str], core: Any | None = None) -> list[EmulationPlan]:

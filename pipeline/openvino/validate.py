@@ -22,7 +22,7 @@ from pipeline.core.log import step
 from pipeline.core.manifest import read_manifest
 from pipeline.core.memory import MappedPageTrimmer, weight_files
 from pipeline.core.registry import FAMILIES
-from pipeline.core.resources import check_stage_ram
+from pipeline.core.resources import check_stage_ram, skip_for_ram
 from pipeline.core.stage import run_stage
 from pipeline.core.workspace import PROJECT, Workspace
 from pipeline.openvino import npu_lane
@@ -88,10 +88,15 @@ def emulation_cells(
     target: Target, cfg: ValidateConfig, evidence: Evidence, verdicts: matrix.Verdicts, pinned_runs: dict[str, Any]
 ) -> dict[str, matrix.Cell]:
     """CPU cells that force the targets' compute precisions (``validate.emulate_numerics``), where this CPU can."""
-    from pipeline.openvino.numerics import emulation_plans
+    from pipeline.openvino.numerics import emulation_plans, emulation_ram
 
     cells: dict[str, matrix.Cell] = {}
     for plan in emulation_plans(cfg.emulate_numerics):
+        if not plan.skip_reason and (need := emulation_ram(plan.precision, target.ir_dir)):
+            what = (
+                f"the {plan.column} cell of {target.artifact} (the CPU plugin unpacks its weights to {plan.precision})"
+            )
+            plan.skip_reason = skip_for_ram(what, need, cfg.stand_in_max_ram_gib, target.ir_dir)
         if plan.skip_reason:
             cells[plan.column] = matrix.Cell(plan.column, "CPU", "skipped", plan.label, reason=plan.skip_reason)
             continue

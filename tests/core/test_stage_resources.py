@@ -121,7 +121,7 @@ def test_a_full_size_stand_in_over_the_cap_is_skipped_with_one_line_and_a_target
         assert resources.fit_cell_ram(stage, variant, folder, stand_in=True, cap_gib=0) is None, "0 = no cap"
     monkeypatch.setenv(resources.ASSUME_RAM_ENV, "1")
     short = resources.fit_cell_ram(stage, variant, folder, stand_in=True, cap_gib=0)
-    assert short and short.startswith(f"not run here: {stage}@{variant} needs about"), "RAM short: skipped"
+    assert short and short.startswith(f"not run here: the CPU stand-in of {stage}@{variant} needs about"), "RAM short"
     with pytest.raises(StageError, match=rf"^{stage}@{variant} needs about .* but 1.0 GiB is available"):
         resources.fit_cell_ram(stage, variant, folder, stand_in=False, cap_gib=cap)  # on its target: stops
 

@@ -61,3 +61,24 @@ def test_the_ir_pages_go_back_after_the_weights_are_packed(trim: bool, tmp_path:
         assert resident < weight_kb // 8, f"{resident} kB of the {weight_kb} kB weight file still resident"
     else:
         assert resident > weight_kb // 2, "OpenVINO keeps the mapped weights resident (what the trimmer fixes)"
+
+
+def test_an_emulation_cell_over_the_cap_is_skipped_with_one_line_before_it_compiles(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """f16 compute on the CPU plugin unpacks the weights (14.8 GB for Phi-3-mini's int4 IR): an emulation cell is an
+    extra, so over ``validate.stand_in_max_ram_gib`` it is skipped, never run, and the stage goes on."""
+    from pipeline.core.config import ValidateConfig
+    from pipeline.openvino import numerics, validate
+
+    fp16_ir(tmp_path)
+    assert numerics.weight_count(tmp_path) == 2048 * 2048
+    assert numerics.emulation_ram("f16", tmp_path) > 3.9 * 2048 * 2048 and numerics.emulation_ram("bf16", tmp_path) == 0
+    runnable = [numerics.EmulationPlan("f16", "CPU f16 compute", "CPU f16 compute (emulated)")]
+    monkeypatch.setattr(numerics, "emulation_plans", lambda precisions, core=None: runnable)
+    target = validate.Target("openvino-x", "openvino", tmp_path, ["CPU"])
+    cfg = ValidateConfig(prompts=["x"], stand_in_max_ram_gib=0.01)  # 10 MiB: under the 16 MiB weight's need
+    cell = validate.emulation_cells(target, cfg, None, None, {})["CPU f16 compute"]  # type: ignore[arg-type]
+    assert cell.status == "skipped" and "\n" not in cell.reason
+    assert cell.reason.startswith("not run here: the CPU f16 compute cell of openvino-x (the CPU plugin unpacks")
+    assert "validate.stand_in_max_ram_gib=0.01 GiB" in cell.reason
