@@ -197,7 +197,8 @@ def main() -> None:
     before = machine()
     drop = (lambda: shutil.rmtree(checkpoint)) if args.drop_source and args.model == "full" else None
     result = run_stages(project, args.work / "full_pipeline.log", export_bench.tree_memory, drop, tuple(args.stages))
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
+    # the commit the project ran (with --keep-project it is the one pulled at the start, not ROOT's HEAD at the end)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=project, capture_output=True, text=True).stdout
     over = [name for name, s in result["stages"].items() if s["peak_gib"] > args.budget_gib]
     data = {
         "model": "Phi-3-mini-4k shapes, random bf16" if args.model == "full" else "embedded tiny Phi-3",
