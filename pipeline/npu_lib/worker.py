@@ -34,14 +34,21 @@ REFUSED = 3  # exit code: the model file failed its hash or allow-list check; no
 
 
 def expose_this_folder() -> None:
-    """Make ``pipeline.npu_lib.<module>`` resolve to the files of this folder, and nothing else of ``pipeline``.
+    """Make ``pipeline.npu_lib.<module>`` resolve to the files of this folder, and nothing else of ``pipeline``
+    but the standard-library-only :mod:`pipeline.validation.genai_runner` (the speed-run rule every family keeps).
 
     The worker runs as a script with ``-I`` in the library's environment, where ``pipeline`` is not installed.
-    Two empty package objects stand in for ``pipeline`` (no path: none of its other subpackages can be found)
-    and ``pipeline.npu_lib`` (this folder), so the helpers keep the names they have in the main environment.
+    Empty package objects stand in for ``pipeline`` (no path: none of its other subpackages can be found),
+    ``pipeline.npu_lib`` (this folder) and ``pipeline.validation``, so the helpers keep the names they have in the
+    main environment; the import contract in ``pyproject.toml`` allows the worker that one module of it.
     """
-    here = str(Path(__file__).resolve().parent)
-    for name, path in (("pipeline", []), ("pipeline.npu_lib", [here])):
+    here = Path(__file__).resolve().parent
+    folders = (
+        ("pipeline", []),
+        ("pipeline.npu_lib", [str(here)]),
+        ("pipeline.validation", [str(here.parent / "validation")]),
+    )
+    for name, path in folders:
         if name not in sys.modules:
             package = types.ModuleType(name)
             package.__path__ = path
