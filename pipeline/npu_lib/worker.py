@@ -43,7 +43,7 @@ def expose_this_folder() -> None:
     main environment; the import contract in ``pyproject.toml`` allows the worker that one module of it.
     """
     here = Path(__file__).resolve().parent
-    folders = (
+    folders: tuple[tuple[str, list[str]], ...] = (
         ("pipeline", []),
         ("pipeline.npu_lib", [str(here)]),
         ("pipeline.validation", [str(here.parent / "validation")]),
