@@ -345,8 +345,8 @@ def test_artifact_verdicts_hold_whatever_the_cpu_computes_in(demo_project, tmp_p
             base, other = seen["f32", variant], seen[compute, variant]
             assert (other["status"], other["top1_agreement"], other["mean_kl"]) == \
                 (base["status"], base["top1_agreement"], base["mean_kl"]), f"artifact verdict moved with {compute}"
-            if compute == "bf16":  # its 8-bit mantissa outweighs the u8 KV cache both runs share; f16's need not
-                assert other["drift_mean_kl"] > base["drift_mean_kl"], "bf16 numerics must show in the device figures"
+            # the device figures move (against the pinned run); not necessarily more than the f32-compute run's,
+            # which keeps the same u8 KV cache and dynamic quantization (AMX Xeon: bf16 4.99e-5 < f32 5.46e-5)
             assert other["drift_mean_kl"] > 0, f"{compute} numerics must show in the device figures"
 
 
