@@ -16,7 +16,7 @@ from pipeline.core.config import ValidateConfig
 from pipeline.core.errors import fail
 from pipeline.openvino import npu_lane
 from pipeline.validation import matrix
-from pipeline.validation.records import speed_runs
+from pipeline.validation.genai_runner import speed_runs
 
 
 def device_properties(ir_dir: Path, device: str) -> dict[str, Any]:
@@ -42,7 +42,7 @@ def device_properties(ir_dir: Path, device: str) -> dict[str, Any]:
 def time_prompt(pipe: Any, prompt_ids: list[int], cfg: ValidateConfig) -> matrix.Perf:
     """TTFT/TPOT of greedy generation of exactly ``perf_new_tokens`` after ``prompt_ids`` (warm-up excluded).
 
-    Up to ``repeats`` measured runs, fewer once ``perf_budget_s`` is spent (:func:`pipeline.validation.records.speed_runs`).
+    Up to ``repeats`` measured runs, fewer once ``perf_budget_s`` is spent (:func:`pipeline.validation.genai_runner.speed_runs`).
     """
     import numpy as np
     import openvino as ov

@@ -101,7 +101,7 @@ def speed_runs(warmup: int, repeats: int, budget_s: float) -> Iterator[bool]:
     (``0``: no cap). A full-size model's 1024-token prompt costs ~1 min a run on 2 cores, so ``validate.perf_budget_s``
     keeps each prompt length of each cell near two minutes; the number of runs taken is recorded (``Perf.runs``).
     It lives in this self-contained file so that the ONNX runner and the NPU-library worker, which run in other
-    environments, apply the same rule (:mod:`pipeline.openvino.generation` imports it through ``records``).
+    environments, apply the same rule as :mod:`pipeline.openvino.generation`.
     """
     start = time.perf_counter()
     for i in range(warmup + repeats):

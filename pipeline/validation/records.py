@@ -17,7 +17,6 @@ from pipeline.core.artifacts import folder_bytes, write_json_atomic
 from pipeline.core.errors import fail
 from pipeline.core.log import say
 from pipeline.core.memory import peak_rss_bytes
-from pipeline.validation.genai_runner import speed_runs  # noqa: F401  (one rule for every family; stdlib only)
 from pipeline.validation.matrix import Cell
 
 

@@ -4,20 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from pipeline.validation import records
-
-MIB = 2**20
-
-
-def touch(n_mib: int) -> np.ndarray:
-    """Allocate and write ``n_mib`` MiB, so the pages are resident."""
-    block = np.empty(n_mib * MIB, dtype=np.uint8)
-    block.fill(1)
-    return block
-
 
 CELLS = """
 import json, sys

@@ -7,8 +7,8 @@ import time
 import pytest
 
 from pipeline.core.config import ConfigError, ValidateConfig, build, compose
+from pipeline.validation.genai_runner import speed_runs
 from pipeline.validation.matrix import Perf
-from pipeline.validation.records import speed_runs
 
 
 def test_no_budget_runs_warmup_then_every_repeat() -> None:
