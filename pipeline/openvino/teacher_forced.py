@@ -8,6 +8,10 @@ for Phi-3-mini's 4096-token long-context window) where a stateless pass frees ea
 attention is the same; measured on Phi-3-mini-shaped int4, 4096 tokens: peak 8.7 -> 6.0 GiB, 300 -> 214 s, logits
 within 6e-5 and the same argmax everywhere (``docs/benchmarks.md``). The device-default and forced-precision runs
 keep the state: there the KV cache precision (u8, f16, bf16) is part of the numerics under test.
+
+At f32 the CPU plugin widens f16 weights to f32 (Phi-3-mini's fp16 IR: 14.0 GiB), so a pinned pass whose widened
+weights exceed :data:`pipeline.openvino.pieces.PIECE_BYTES` runs a run of decoder layers at a time
+(:mod:`pipeline.openvino.pieces`): Phi-3-mini fp16, windows of 64 + 512 + 4096 tokens, peak 5.89 GiB in 6 pieces.
 """
 
 from __future__ import annotations
@@ -36,39 +40,56 @@ def without_state(model: Any) -> Any:
 
 
 def forced_logits(
-    ir_dir: Path, device: str, windows: list[list[int]], compute: str | None, stateful: bool | None = None
+    ir_dir: Path,
+    device: str,
+    windows: list[list[int]],
+    compute: str | None,
+    stateful: bool | None = None,
+    piece_bytes: int | None = None,
 ) -> tuple[list[Any], str, numerics.Numerics]:
     """The IR's logits over ``windows`` (``ov.Core`` infer), the device that executed, and the numerics that ran.
 
     ``compute``: ``"f32"`` pins full precision (artifact fidelity; compiled :func:`without_state`), ``"bf16"``/``"f16"``
     forces a target's compute precision, ``None`` keeps the device's defaults (device numerics). ``stateful``
-    overrides whether the IR keeps its KV-cache state (default: all but the pinned runs do).
+    overrides whether the IR keeps its KV-cache state (default: all but the pinned runs do). A pinned pass whose
+    widened float weights exceed ``piece_bytes`` (default :data:`pieces.PIECE_BYTES`) runs in runs of layers
+    (:mod:`pipeline.openvino.pieces`).
     """
     import numpy as np
     import openvino as ov
 
+    from pipeline.openvino import pieces
+
     core = ov.Core()
     model = core.read_model(str(ir_dir / "openvino_model.xml"))
     stateful = compute != "f32" if stateful is None else stateful
-    compiled = core.compile_model(model if stateful else without_state(model), device, numerics.settings(compute))
-    executed = ",".join(compiled.get_property("EXECUTION_DEVICES"))
-    ran = numerics.read_back(compiled)
-    request = compiled.create_infer_request()
-    logits = []
-    for window in windows:
-        ids = np.array([window], dtype=np.int64)
-        if stateful:
-            request.reset_state()
-        request.infer(
-            {
+    if not stateful:
+        model = without_state(model)
+    count = pieces.piece_count(model, piece_bytes) if compute == "f32" and not stateful else 1
+    carried: list[Any] = [None] * len(windows)
+    runs: list[tuple[str, numerics.Numerics]] = []
+    for number, piece in enumerate(pieces.pieces(model, count) if count > 1 else [model], start=1):
+        compiled = core.compile_model(piece, device, numerics.settings(compute))
+        runs.append((",".join(compiled.get_property("EXECUTION_DEVICES")), numerics.read_back(compiled)))
+        request = compiled.create_infer_request()
+        for index, window in enumerate(windows):
+            ids = np.array([window], dtype=np.int64)
+            if stateful:
+                request.reset_state()
+            feed = {
                 "input_ids": ids,
                 "attention_mask": np.ones_like(ids),
                 "position_ids": np.arange(ids.shape[1], dtype=np.int64)[None],
                 "beam_idx": np.zeros(1, dtype=np.int32),
             }
-        )
-        logits.append(np.array(request.get_tensor("logits").data[0], dtype=np.float32))
-    return logits, executed, ran
+            if carried[index] is not None:
+                feed["hidden"] = carried[index]
+            request.infer(feed)
+            out = request.get_tensor("logits") if number == count else request.get_output_tensor(0)
+            carried[index] = np.array(out.data, dtype=np.float32)
+        del request, compiled  # one piece's widened weights at a time
+    executed, ran = runs[0]
+    return [out[0] for out in carried], executed, ran
 
 
 def pinned_fidelity(ir_dir: Path, device: str, evidence: Evidence) -> tuple[dict[str, Any], list[Any], str]:

@@ -278,3 +278,33 @@ def test_the_stateless_pinned_pass_gives_the_stateful_logits(exports: dict[str, 
         assert a.shape == b.shape
         np.testing.assert_allclose(a, b, atol=1e-4, rtol=0)
         assert (a.argmax(-1) == b.argmax(-1)).all()
+
+
+@pytest.mark.parametrize("variant", ["fp16", "int4", "npu"])
+def test_the_pinned_pass_in_runs_of_layers_gives_the_whole_models_logits(exports: dict[str, Path], variant: str) -> None:
+    """At f32 OpenVINO widens f16 weights to f32 (Phi-3-mini's fp16 IR: 14 GiB), so an IR over the budget is
+    compiled one run of decoder layers at a time. The cuts are found by structure, and the logits are the whole
+    model's on windows on both sides of the LongRoPE switch."""
+    import openvino as ov
+
+    from pipeline.openvino import pieces
+    from pipeline.openvino.teacher_forced import forced_logits, without_state
+
+    model = without_state(ov.Core().read_model(str(exports[variant] / "openvino_model.xml")))
+    assert len(pieces.residual_stream(model)) == 1 + 2 * 2  # the embedding, two residual Adds per decoder layer
+    assert pieces.piece_count(model) == 1  # a tiny IR fits the default budget whole
+    assert pieces.piece_count(model, budget=1) == 2  # at most one piece per layer
+    split = list(pieces.pieces(model, 2))
+    assert [piece.get_friendly_name() for piece in split] == ["layers 0-0", "layers 1-1"]
+    assert "hidden" in split[1].input("hidden").get_names()
+    widened = [pieces.widened_bytes(piece) for piece in split]
+    assert max(widened) < pieces.widened_bytes(model) <= sum(widened)  # each piece holds only its own layers
+    rng = np.random.default_rng(2)
+    windows = [rng.integers(0, 32000, n).tolist() for n in (40, 150)]  # original context 64, max 256
+    whole, _, _ = forced_logits(exports[variant], "CPU", windows, "f32", piece_bytes=1 << 62)
+    cut, executed, ran = forced_logits(exports[variant], "CPU", windows, "f32", piece_bytes=1)
+    assert executed == "CPU" and ran.compute == "f32"
+    for a, b in zip(whole, cut):
+        assert a.shape == b.shape == (len(a), 32064)
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
+        assert (a.argmax(-1) == b.argmax(-1)).all()
