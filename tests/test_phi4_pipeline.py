@@ -54,12 +54,46 @@ def test_the_phi4_shapes_reach_every_family(phi4_project: Path) -> None:
     assert int4["nncf_rt_info"]["weight_compression"]["group_size"] == 64
     npu = json.loads((phi4_project / "artifacts" / "npu" / "int4" / "manifest.json").read_text())
     assert npu["nncf_rt_info"]["weight_compression"]["mode"] == "int4_sym"
-    # the tie: one matrix for embedding and LM head, int8 in OpenVINO's int4 IR, int4 in the ONNX builder's folder
-    tie = int4["tied_embeddings"]
-    assert tie["checkpoint_tied"] and tie["shared_constant"] and tie["lm_head"]["precision"] == "int8"
-    onnx_cpu = json.loads((phi4_project / "artifacts" / "onnx" / "cpu_int4" / "manifest.json").read_text())
-    onnx_tie = onnx_cpu["structure"]["tied_embeddings"]
-    assert onnx_tie["shared_constant"] and onnx_tie["lm_head"]["precision"] == "int4"
+
+
+def manifest(project: Path, folder: str) -> dict:
+    return json.loads((project / "artifacts" / folder / "manifest.json").read_text())
+
+
+# Issue 21.4, every family dvc repro built here (the NPU library's: tests/npu_lib/test_npu_lib_layers.py): the tie
+# survives as one matrix, int8 in OpenVINO's int4 IRs (NNCF's backup precision), int4 in the ONNX builder's folders.
+TIES = {
+    "openvino/int4": "int8",
+    "openvino/int8": "int8",
+    "openvino/fp16": "float",
+    "npu/int4": "int8",
+    "onnx/cpu_int4": "int4",
+    "onnx/dml_int4": "int4",
+    "winml/npu": "int8",
+}
+
+
+@pytest.mark.slow
+def test_every_manifest_and_card_say_the_tie_survives_and_at_which_precision(phi4_project: Path) -> None:
+    from pipeline.hub.model_card import TIE_HOLDER
+    from pipeline.hub.publish import PublishOptions
+    from pipeline.hub.staging import load_artifact, render_card
+
+    for folder, precision in TIES.items():
+        tie = manifest(phi4_project, folder)["tied_embeddings"]
+        assert tie["checkpoint_tied"] and tie["shared_constant"], folder
+        assert tie["embedding"]["precision"] == tie["lm_head"]["precision"] == precision, (folder, tie)
+        card = render_card(load_artifact(phi4_project, folder, force=True), "me/tiny-phi4", PublishOptions())
+        said = f"one shared matrix in {TIE_HOLDER[folder.split('/')[0]]}, {precision} / {precision}"
+        assert said in card, folder
+    # the weight-layer counts: every linear layer of the int4 IRs at 4 bits (ratio 1), the shared matrix at int8,
+    # counted once per reader (the embedding's Gather, the LM head's MatMul); the Windows ML package carries the
+    # counts of the NPU IR it wraps
+    npu, winml = manifest(phi4_project, "npu/int4"), manifest(phi4_project, "winml/npu")
+    assert winml["weight_layers"] == npu["weight_layers"] and winml["tied_embeddings"] == npu["tied_embeddings"]
+    for folder in ("openvino/int4", "npu/int4"):
+        counts = manifest(phi4_project, folder)["weight_layers"]
+        assert counts["int8"] == 2 and counts["float"] == 0 and counts["int4"] == counts["total"] - 2, (folder, counts)
 
 
 # A token the NPU pipeline (NPUW) may pick differently from the CPU pipeline: the IR's own top-1 / top-2 logit gap

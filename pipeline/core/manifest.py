@@ -131,3 +131,23 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} missing: rebuild this artifact with `dvc repro`")
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def tied_embeddings(found: dict[str, Any] | None, model_config: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The manifest's ``tied_embeddings`` record, one layout in every family (issue 21.4).
+
+    Args:
+        found: What the family read back from its artifact: ``shared_constant`` (the input embedding and the LM
+            head read one stored weight, so the tie survived), ``embedding`` and ``lm_head`` (each one's
+            ``layer`` and ``precision``); None where it found no embedding or no LM head.
+        model_config: The checkpoint's ``config.json``, whose ``tie_word_embeddings`` says whether the source
+            ties them; None where it is not at hand (then the record does not claim either way).
+
+    Returns:
+        ``found`` with ``checkpoint_tied`` added, or None.
+    """
+    if found is None:
+        return None
+    if model_config is None:
+        return dict(found)
+    return {"checkpoint_tied": bool(model_config.get("tie_word_embeddings")), **found}

@@ -19,6 +19,12 @@ FORMATS = {  # artifact kind -> (library_name, format tags, device tags)
 }
 KIND_NAMES = {"openvino": "OpenVINO IR", "npu": "NPU-ready OpenVINO IR", "onnx": "ONNX Runtime GenAI model"}
 KIND_NAMES["winml"] = "Windows ML package (ONNX Runtime GenAI, OpenVINO EP)"
+TIE_HOLDER = {  # artifact kind -> where the manifest's tied_embeddings was read back from
+    "openvino": "the IR",
+    "npu": "the IR",
+    "onnx": "the ONNX graph",
+    "winml": "the wrapped IR (the source IR's record: the package holds it byte for byte)",
+}
 ONNX_DEVICE_TAGS = {"dml": "directml", "cpu": "cpu", "cuda": "cuda", "webgpu": "webgpu"}
 PROMPT = "<|user|>Can you introduce yourself?<|end|>\\n<|assistant|>\\n"
 
@@ -121,16 +127,23 @@ def _parameters(facts: CardFacts) -> str:
     mode = facts.manifest.get("nncf_rt_info", {}).get("weight_compression", {}).get("mode")
     if mode:
         text += f" NNCF `{facts.manifest['nncf_rt_info'].get('version')}` mode `{mode}`."
-    tie = facts.manifest.get("tied_embeddings")
-    if tie and tie.get("checkpoint_tied"):
-        kept = "one shared matrix" if tie["shared_constant"] else "two copies (the tie was not kept)"
-        text += (
-            f"\n\nTied embeddings: the input embedding and the LM head are {kept} in the IR, "
-            f"{tie['embedding']['precision']} / {tie['lm_head']['precision']}."
-        )
+    text += _tie(facts)
     if facts.manifest.get("npu_blob"):
         text += f"\n\nNPU blob: {facts.manifest['npu_blob'].get('blob')}."
     return text
+
+
+def _tie(facts: CardFacts) -> str:
+    """The manifest's ``tied_embeddings`` in one sentence, for a checkpoint that ties them (nothing otherwise)."""
+    tie = facts.manifest.get("tied_embeddings")
+    if not (tie and tie.get("checkpoint_tied")):
+        return ""
+    kept = "one shared matrix" if tie["shared_constant"] else "two copies (the tie was not kept)"
+    return (
+        f"\n\nTied embeddings: the source ties the LM head to the input embedding; they are {kept} in "
+        f"{TIE_HOLDER[facts.kind]}, {tie['embedding']['precision']} / {tie['lm_head']['precision']} "
+        "(embedding / LM head)."
+    )
 
 
 VALIDATION_COLUMNS = [  # (header, metrics key): one row per device cell of the validation record

@@ -18,6 +18,7 @@ Output: ``artifacts/npu_lib/<variant>`` (pickle, tokenizer, manifest).
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -27,7 +28,7 @@ from pipeline.core.artifacts import staged_dir
 from pipeline.core.errors import fail, run_main
 from pipeline.core.hashes import sha256_file
 from pipeline.core.log import say, step
-from pipeline.core.manifest import CHECKPOINT_SIDE_FILES, read_manifest, write_manifest
+from pipeline.core.manifest import CHECKPOINT_SIDE_FILES, read_manifest, tied_embeddings, write_manifest
 from pipeline.core.registry import FAMILIES
 from pipeline.core.resources import check_resources, check_stage_ram, needs_of
 from pipeline.core.stage import run_stage
@@ -78,6 +79,7 @@ def run(name: str, cfg: NpuLibVariantConfig, ws: Workspace = PROJECT, *, envs_ro
     """
     model_dir, out_root = ws.model_dir, ws.root("npu_lib")
     source = read_manifest(model_dir)
+    model_config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
     try:
         env = npu_lib_env.ensure(envs_root)
     except npu_lib_env.EnvUnavailable as err:
@@ -124,7 +126,7 @@ def run(name: str, cfg: NpuLibVariantConfig, ws: Workspace = PROJECT, *, envs_ro
             device_compiled=result["device_executed"],
             library_warnings=result["warnings"],
             linear_layers=result["linear_layers"],
-            tied_embeddings=result["tied_embeddings"],
+            tied_embeddings=tied_embeddings(result["tied_embeddings"], model_config),
             timings={"compile_s": result["compile_s"], "stage_s": timing.get("seconds")},
             loading=LOADING,
             run_log={"npu_lib_env": str(env.path)},

@@ -8,7 +8,6 @@ at a time (:mod:`pipeline.npu_lib.worker_layers`); without it, the library's own
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -132,7 +131,7 @@ def compile_model(args: argparse.Namespace) -> dict[str, Any]:
         **device,
         "compile_s": round(compile_s, 3),
         "linear_layers": linear_kinds(model),
-        "tied_embeddings": embedding_tie(model, Path(args.model)),
+        "tied_embeddings": embedding_tie(model),
         "versions": versions(),
         "sha256": sha256_file(Path(args.out)),
         "bytes": Path(args.out).stat().st_size,
@@ -172,12 +171,12 @@ def precision(module: Any) -> str:
     return str(weight.dtype).removeprefix("torch.")
 
 
-def embedding_tie(model: Any, model_dir: Path) -> dict[str, Any]:
-    """The checkpoint's tie and what the compiled model holds: the layout of ``pipeline.openvino.ir_inspect.embedding_tie``."""
+def embedding_tie(model: Any) -> dict[str, Any]:
+    """What the compiled model holds for the input embedding and the LM head, in the layout the other families read
+    back from their artifacts (``pipeline.openvino.ir_inspect.embedding_tie``); the export adds the checkpoint's
+    tie with ``pipeline.core.manifest.tied_embeddings``, which this environment cannot import."""
     embed, head = model.get_input_embeddings(), model.get_output_embeddings()
-    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
     return {
-        "checkpoint_tied": bool(config.get("tie_word_embeddings")),
         "shared_constant": embed.weight.data_ptr() == head.weight.data_ptr(),
         "embedding": {"layer": "model.embed_tokens", "precision": precision(embed)},
         "lm_head": {"layer": "lm_head", "precision": precision(head)},

@@ -21,7 +21,7 @@ from pipeline.core.artifacts import remove_tree, staged_dir, write_json_atomic
 from pipeline.core.config import ConfigError
 from pipeline.core.errors import fail, run_main
 from pipeline.core.log import say, step
-from pipeline.core.manifest import read_manifest, write_manifest
+from pipeline.core.manifest import read_manifest, tied_embeddings, write_manifest
 from pipeline.core.memory import use_huge_pages
 from pipeline.core.resources import check_resources, check_stage_ram, needs_of
 from pipeline.core.stage import run_stage
@@ -213,6 +213,8 @@ def run(name: str, cfg: OnnxVariantConfig, ws: Workspace = PROJECT) -> dict:
             parameters=dataclasses.asdict(cfg),
             builder_options=options,
             structure=summary,
+            # the checkpoint's tie, whether the graph keeps one stored matrix for both, each side's precision
+            tied_embeddings=tied_embeddings(summary["tied_embeddings"], model_config),
             tokenizer_fix=tokenizer_fix,
             timings={"build_s": t_build["seconds"]},
             verified={

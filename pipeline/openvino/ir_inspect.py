@@ -8,6 +8,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from pipeline.core.manifest import tied_embeddings
+
 # Ops that carry the weight of a linear or embedding layer.
 WEIGHT_CONSUMERS = {"MatMul", "Gather"}
 # Ops between a stored weight constant and its consumer (decompression subgraph).
@@ -191,12 +193,10 @@ def inspect_ir(xml_path: Path, rotary: bool = True) -> dict[str, Any]:
         },
         "nncf": nncf_rt_info(model),
         "layers": layers,
-        "tied_embeddings": embedding_tie(model),
     }
     config_path = Path(xml_path).parent / "config.json"
     config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else None
-    if summary["tied_embeddings"] is not None and config is not None:
-        summary["tied_embeddings"]["checkpoint_tied"] = bool(config.get("tie_word_embeddings"))
+    summary["tied_embeddings"] = tied_embeddings(embedding_tie(model), config)
     if rotary:
         summary["rotary"] = inspect_rotary(model, config)
     return summary

@@ -113,8 +113,10 @@ def run(name: str, cfg: WinmlVariantConfig, ws: Workspace = PROJECT) -> dict:
             source=ir_manifest.get("source", {}),
             source_ir={"folder": f"{cfg.source}/{cfg.source_variant}", "files_sha256": ir_hashes},
             source_ir_parameters=ir_manifest.get("parameters", {}),
-            # The IR is the source's byte for byte (checked above): its record of the embedding tie (the checkpoint's
-            # tie, whether the IR keeps one shared matrix, each side's precision) holds for the package as it is.
+            # The IR is the source's byte for byte (checked above): what its manifest read back from it (weight
+            # layers by precision; the embedding tie: the checkpoint's, whether the IR keeps one shared matrix, each
+            # side's precision) holds for the package as it is.
+            weight_layers=ir_manifest.get("weight_layers"),
             tied_embeddings=ir_manifest.get("tied_embeddings"),
             parameters=dataclasses.asdict(cfg),
             ep_sdk_version=written["sdk_version"],

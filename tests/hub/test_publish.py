@@ -241,6 +241,30 @@ def test_card_for_hub_sources_npu_and_onnx(project: Path) -> None:
     assert ModelCard(str(onnx)).data.library_name == "onnxruntime-genai"
 
 
+def test_every_publishable_family_states_the_tie_in_its_card() -> None:
+    """Issue 21.4: the card says whether the tie survived and at which precisions, naming where it was read back."""
+    from pipeline.core.registry import FAMILIES
+    from pipeline.hub.model_card import FORMATS, TIE_HOLDER, CardFacts, build_card
+
+    publishable = {f.name for f in FAMILIES.values() if f.publishable}
+    assert publishable == set(FORMATS) == set(TIE_HOLDER)
+    metrics = {"label": "validated on CPU", "device_requested": "CPU", "device_executed": "CPU", "passed": True}
+    parameters = {"onnx": {"execution_provider": "cpu", "precision": "int4"}, "winml": {"device_type": "NPU"}}
+    tie = {"checkpoint_tied": True, "shared_constant": True, "embedding": {"layer": "e", "precision": "int8"},
+           "lm_head": {"layer": "h", "precision": "int8"}}
+    for kind in sorted(publishable):
+        manifest = {"parameters": parameters.get(kind, {"weight_format": "int4"}), "tied_embeddings": tie}
+        card = build_card(CardFacts(REPO, "main", kind, f"{kind}-v", manifest, metrics, "mit", "source card"))
+        said = f"they are one shared matrix in {TIE_HOLDER[kind]}, int8 / int8 (embedding / LM head)."
+        assert said in card.text, kind
+        untied = {**manifest, "tied_embeddings": {**tie, "shared_constant": False}}
+        card = build_card(CardFacts(REPO, "main", kind, f"{kind}-v", untied, metrics, "mit", "source card"))
+        assert "two copies (the tie was not kept)" in card.text, kind
+        phi3 = {**manifest, "tied_embeddings": {**tie, "checkpoint_tied": False}}  # nothing to say for an untied source
+        card = build_card(CardFacts(REPO, "main", kind, f"{kind}-v", phi3, metrics, "mit", "source card"))
+        assert "Tied embeddings" not in card.text, kind
+
+
 def test_metadata_problems_catches_what_the_hub_rejects() -> None:
     assert metadata_problems("---\nlicense: mit\npipeline_tag: text-generation\n---\nok") == []
     assert "not a Hub licence" in metadata_problems("---\nlicense: my-own\npipeline_tag: text-generation\n---\n")[0]

@@ -11,7 +11,7 @@ import pytest
 from pipeline.core.config import SweepConfig, compose
 from pipeline.sweep import grid, ray_executor, remote
 
-from conftest import make_project, run_cmd
+from conftest import ROOT, make_project, run_cmd
 
 KEEP_FLOAT = [[], [".*mlp\\.down_proj.*"], ["a,b", "c'd"]]
 
@@ -119,14 +119,29 @@ def test_bad_sweep_input_fails_in_one_line(tmp_path: Path) -> None:
     assert done.returncode == 2 and "is not on git remote 'origin': `git push origin HEAD` first" in done.stderr
 
 
-@pytest.mark.parametrize("preset", ["default", "data_aware", "npu"])
-def test_every_sweep_preset_composes_and_each_point_is_a_valid_config(preset: str) -> None:
+@pytest.mark.parametrize(
+    ("preset", "model"), [("default", "tiny"), ("data_aware", "tiny"), ("npu", "tiny"), ("keep_float", "tiny-phi4")]
+)
+def test_every_sweep_preset_composes_and_each_point_is_a_valid_config(preset: str, model: str) -> None:
     from pipeline.core.config import build, pipeline_config_class
 
-    cfg = compose(["model=tiny", f"sweep={preset}"])
+    cfg = compose([f"model={model}", f"sweep={preset}"])
     sweep = SweepConfig(**cfg["sweep"])
     for point in grid.points(sweep):
-        build(pipeline_config_class(), compose(grid.point_overrides(point, ["model=tiny"])[1::2]))
+        build(pipeline_config_class(), compose(grid.point_overrides(point, [f"model={model}"])[1::2]))
+    assert sorted(p.name.removesuffix(".yaml") for p in (ROOT / "conf" / "sweep").glob("*.yaml")) == sorted(
+        ["default", "data_aware", "npu", "keep_float"]
+    ), "a new sweep preset joins this test"
+
+
+def test_the_keep_float_preset_sweeps_down_proj_kept_and_not() -> None:
+    """Issue 21.5: the per-layer override is a sweep axis; each point's params keep exactly its list."""
+    sweep = SweepConfig(**compose(["model=tiny-phi4", "sweep=keep_float"])["sweep"])
+    kept = []
+    for point in grid.points(sweep):
+        composed = compose(grid.point_overrides(point, ["model=tiny-phi4"])[1::2])["openvino"]["int4"]
+        kept.append((composed["keep_float"], composed["ratio"]))
+    assert kept == [([], 0.8), ([], 1.0), ([".*mlp\\.down_proj.*"], 0.8), ([".*mlp\\.down_proj.*"], 1.0)]
 
 
 def test_a_failed_point_gets_its_line_and_never_wins(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""Issue 21.4: a Windows ML package records the embedding tie of the IR it wraps (tiny Phi-4: tied embeddings)."""
+"""Issue 21.4: a Windows ML package records the embedding tie and the weight-layer counts of the IR it wraps (tiny
+Phi-4: tied embeddings)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,9 @@ def test_the_package_records_the_tie_of_the_ir_it_wraps(packaged: tuple[dict, di
     tie = manifest["tied_embeddings"]
     assert tie == ir["tied_embeddings"] and tie["checkpoint_tied"], "tiny Phi-4 ties its embeddings"
     assert json.loads((folder / "manifest.json").read_text())["tied_embeddings"] == tie
+    # the IR's weight layers by precision come along too: the int4 IR's linear layers at 4 bits, the one shared
+    # matrix at NNCF's backup int8 once per reader (the embedding's Gather and the LM head's MatMul)
+    assert manifest["weight_layers"] == ir["weight_layers"] and manifest["weight_layers"]["int8"] == 2
     import openvino as ov
 
     found = embedding_tie(ov.Core().read_model(str(folder / package.IR_FILES[0])))  # the packaged IR itself
