@@ -8,6 +8,7 @@ Output: ``artifacts/openvino/<variant>`` with ``manifest.json``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -82,25 +83,28 @@ def export_into(
     """
     from optimum.intel import OVConfig
 
-    from pipeline.openvino.export_base import compress_from_base, statistics_path
+    from pipeline.openvino.export_base import compress_from_base, statistics_once, statistics_path
 
     model_config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
     check_group_size(cfg, model_config)
     qdict = quantization_dict(cfg) if cfg.compressed else None
-    if qdict and qdict["dataset"] is not None:
-        qdict["statistics_path"] = statistics_path(read_manifest(model_dir), cfg.dataset, cfg.num_samples)
-    ov_config = OVConfig(quantization_config=qdict) if qdict else OVConfig(dtype=cfg.weight_format)
     t_export: dict = {"seconds": 0.0}
     t_compress: dict = {"seconds": 0.0}
-    if qdict and base_dir is not None:
-        with step(f"[{name}] compressing the base IR to {cfg.weight_format} with NNCF") as t_compress:
-            compress_from_base(base_dir, model_dir, tmp, ov_config.quantization_config, lean)
-    else:
-        with step(f"[{name}] exporting {model_dir} to OpenVINO IR") as t_export:
-            export_float(model_dir, tmp, ov_config, lean)
-        if qdict:
-            with step(f"[{name}] compressing weights to {cfg.weight_format} with NNCF") as t_compress:
-                compress_like_optimum_cli(model_dir, tmp, ov_config.quantization_config, lean)
+    with contextlib.ExitStack() as stack:
+        if qdict and qdict["dataset"] is not None:  # collected once per IR (base IR, else checkpoint) and dataset
+            source = read_manifest(base_dir if base_dir is not None else model_dir)
+            stats = statistics_path(source, qdict["dataset"], cfg.num_samples)
+            qdict["statistics_path"] = str(stack.enter_context(statistics_once(stats)))
+        ov_config = OVConfig(quantization_config=qdict) if qdict else OVConfig(dtype=cfg.weight_format)
+        if qdict and base_dir is not None:
+            with step(f"[{name}] compressing the base IR to {cfg.weight_format} with NNCF") as t_compress:
+                compress_from_base(base_dir, model_dir, tmp, ov_config.quantization_config, lean)
+        else:
+            with step(f"[{name}] exporting {model_dir} to OpenVINO IR") as t_export:
+                export_float(model_dir, tmp, ov_config, lean)
+            if qdict:
+                with step(f"[{name}] compressing weights to {cfg.weight_format} with NNCF") as t_compress:
+                    compress_like_optimum_cli(model_dir, tmp, ov_config.quantization_config, lean)
     missing = [f for f in TOKENIZER_FILES if not (tmp / f).is_file()]
     if missing:
         fail(f"tokenizer conversion produced no {', '.join(missing)}: check openvino-tokenizers matches openvino")
