@@ -70,6 +70,22 @@ def stable_layer_names(xml_path: Path) -> int:
     return count
 
 
+def stable_statistics_path(xml_path: Path, used: str, cached: Path) -> bool:
+    """Record the statistics folder NNCF read in the IR as ``nncf_statistics/<key>``; whether it was recorded.
+
+    NNCF writes ``statistics_path`` into ``rt_info['nncf']['weight_compression']``: where this run found the cache
+    (a private folder while collecting, a workspace's or a Ray node's cache) would make one point's ``.xml``
+    differ from run to run and machine to machine. The key names the statistics themselves.
+    """
+    text = xml_path.read_text(encoding="utf-8")
+    stable = text.replace(f"'statistics_path': {used!r}", f"'statistics_path': 'nncf_statistics/{cached.name}'")
+    if stable != text:
+        tmp = xml_path.with_name(xml_path.name + ".stable")
+        tmp.write_text(stable, encoding="utf-8", newline="")
+        os.replace(tmp, xml_path)
+    return stable != text
+
+
 def export_into(
     tmp: Path, name: str, cfg: OpenVinoVariantConfig, model_dir: Path, base_dir: Path | None = None, lean: bool = True
 ) -> dict[str, Any]:
@@ -90,6 +106,7 @@ def export_into(
     qdict = quantization_dict(cfg) if cfg.compressed else None
     t_export: dict = {"seconds": 0.0}
     t_compress: dict = {"seconds": 0.0}
+    stats = None
     with contextlib.ExitStack() as stack:
         if qdict and qdict["dataset"] is not None:  # collected once per IR (base IR, else checkpoint) and dataset
             source = read_manifest(base_dir if base_dir is not None else model_dir)
@@ -110,6 +127,12 @@ def export_into(
         fail(f"tokenizer conversion produced no {', '.join(missing)}: check openvino-tokenizers matches openvino")
     if qdict:
         stable_layer_names(tmp / "openvino_model.xml")
+    if (
+        qdict
+        and stats is not None
+        and not stable_statistics_path(tmp / "openvino_model.xml", qdict["statistics_path"], stats)
+    ):
+        fail(f"[{name}] NNCF did not record statistics_path {qdict['statistics_path']} in the IR as expected")
     summary = inspect_ir(tmp / "openvino_model.xml")
     problems = check_matches_request(summary, cfg.weight_format, cfg.ratio, cfg.keep_float) + check_rotary(summary)
     if problems:
