@@ -9,6 +9,7 @@ folder.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,3 +48,12 @@ class Workspace:
 
 
 PROJECT = Workspace()
+
+# NNCF's caches (data-aware statistics, mixed-precision sensitivities), keyed by base IR (+ dataset): a sweep points
+# every run at one folder so its points share them (the DVC queue's temporary workspaces, a Ray node's points).
+NNCF_CACHE_ENV = "AIPC_NNCF_CACHE"
+
+
+def nncf_cache(name: str = "") -> Path:
+    """The folder of one NNCF cache (or their root): ``$AIPC_NNCF_CACHE/<name>``, else ``.aipc/<name>``."""
+    return Path(os.environ.get(NNCF_CACHE_ENV) or ".aipc") / name

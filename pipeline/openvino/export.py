@@ -8,6 +8,7 @@ Output: ``artifacts/openvino/<variant>`` with ``manifest.json``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -69,6 +70,22 @@ def stable_layer_names(xml_path: Path) -> int:
     return count
 
 
+def stable_statistics_path(xml_path: Path, used: str, cached: Path) -> bool:
+    """Record the statistics folder NNCF read in the IR as ``nncf_statistics/<key>``; whether it was recorded.
+
+    NNCF writes ``statistics_path`` into ``rt_info['nncf']['weight_compression']``: where this run found the cache
+    (a private folder while collecting, a workspace's or a Ray node's cache) would make one point's ``.xml``
+    differ from run to run and machine to machine. The key names the statistics themselves.
+    """
+    text = xml_path.read_text(encoding="utf-8")
+    stable = text.replace(f"'statistics_path': {used!r}", f"'statistics_path': 'nncf_statistics/{cached.name}'")
+    if stable != text:
+        tmp = xml_path.with_name(xml_path.name + ".stable")
+        tmp.write_text(stable, encoding="utf-8", newline="")
+        os.replace(tmp, xml_path)
+    return stable != text
+
+
 def export_into(
     tmp: Path, name: str, cfg: OpenVinoVariantConfig, model_dir: Path, base_dir: Path | None = None, lean: bool = True
 ) -> dict[str, Any]:
@@ -82,30 +99,40 @@ def export_into(
     """
     from optimum.intel import OVConfig
 
-    from pipeline.openvino.export_base import compress_from_base, statistics_path
+    from pipeline.openvino.export_base import compress_from_base, statistics_once, statistics_path
 
     model_config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
     check_group_size(cfg, model_config)
     qdict = quantization_dict(cfg) if cfg.compressed else None
-    if qdict and qdict["dataset"] is not None:
-        qdict["statistics_path"] = statistics_path(read_manifest(model_dir), cfg.dataset, cfg.num_samples)
-    ov_config = OVConfig(quantization_config=qdict) if qdict else OVConfig(dtype=cfg.weight_format)
     t_export: dict = {"seconds": 0.0}
     t_compress: dict = {"seconds": 0.0}
-    if qdict and base_dir is not None:
-        with step(f"[{name}] compressing the base IR to {cfg.weight_format} with NNCF") as t_compress:
-            compress_from_base(base_dir, model_dir, tmp, ov_config.quantization_config, lean)
-    else:
-        with step(f"[{name}] exporting {model_dir} to OpenVINO IR") as t_export:
-            export_float(model_dir, tmp, ov_config, lean)
-        if qdict:
-            with step(f"[{name}] compressing weights to {cfg.weight_format} with NNCF") as t_compress:
-                compress_like_optimum_cli(model_dir, tmp, ov_config.quantization_config, lean)
+    stats = None
+    with contextlib.ExitStack() as stack:
+        if qdict and qdict["dataset"] is not None:  # collected once per IR (base IR, else checkpoint) and dataset
+            source = read_manifest(base_dir if base_dir is not None else model_dir)
+            stats = statistics_path(source, qdict["dataset"], cfg.num_samples)
+            qdict["statistics_path"] = str(stack.enter_context(statistics_once(stats)))
+        ov_config = OVConfig(quantization_config=qdict) if qdict else OVConfig(dtype=cfg.weight_format)
+        if qdict and base_dir is not None:
+            with step(f"[{name}] compressing the base IR to {cfg.weight_format} with NNCF") as t_compress:
+                compress_from_base(base_dir, model_dir, tmp, ov_config.quantization_config, lean)
+        else:
+            with step(f"[{name}] exporting {model_dir} to OpenVINO IR") as t_export:
+                export_float(model_dir, tmp, ov_config, lean)
+            if qdict:
+                with step(f"[{name}] compressing weights to {cfg.weight_format} with NNCF") as t_compress:
+                    compress_like_optimum_cli(model_dir, tmp, ov_config.quantization_config, lean)
     missing = [f for f in TOKENIZER_FILES if not (tmp / f).is_file()]
     if missing:
         fail(f"tokenizer conversion produced no {', '.join(missing)}: check openvino-tokenizers matches openvino")
     if qdict:
         stable_layer_names(tmp / "openvino_model.xml")
+    if (
+        qdict
+        and stats is not None
+        and not stable_statistics_path(tmp / "openvino_model.xml", qdict["statistics_path"], stats)
+    ):
+        fail(f"[{name}] NNCF did not record statistics_path {qdict['statistics_path']} in the IR as expected")
     summary = inspect_ir(tmp / "openvino_model.xml")
     problems = check_matches_request(summary, cfg.weight_format, cfg.ratio, cfg.keep_float) + check_rotary(summary)
     if problems:

@@ -10,19 +10,22 @@ re-exports the model. Output: ``artifacts/openvino_base`` with ``manifest.json``
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.artifacts import ARTIFACTS, staged_dir
+from pipeline.core.artifacts import ARTIFACTS, remove_tree, staged_dir
 from pipeline.core.errors import fail, run_main
 from pipeline.core.log import say, step
 from pipeline.core.manifest import read_manifest, write_manifest
 from pipeline.core.memory import MappedPageTrimmer, use_huge_pages, weight_files
 from pipeline.core.resources import check_resources
+from pipeline.core.workspace import nncf_cache
 from pipeline.openvino.config import OpenVinoVariantConfig
 from pipeline.openvino.ir_inspect import check_rotary, inspect_ir
 from pipeline.openvino.lean import needs
@@ -31,8 +34,8 @@ from pipeline.openvino.upstream import TOKENIZER_FILES, export_float, quantizati
 MODEL_DIR = ARTIFACTS / "model"
 OUT_DIR = ARTIFACTS / "openvino_base"
 MODEL_FILES = ("openvino_model.xml", "openvino_model.bin")
-STATISTICS_CACHE = Path(".aipc") / "nncf_statistics"
-SENSITIVITY_CACHE = Path(".aipc") / "nncf_sensitivity"
+STATISTICS_CACHE = "nncf_statistics"  # folders under pipeline.core.workspace.nncf_cache (default .aipc/)
+SENSITIVITY_CACHE = "nncf_sensitivity"
 
 
 def base_ov_config() -> Any:
@@ -103,7 +106,7 @@ def reuse_data_free_sensitivity(base_dir: Path, enabled: bool = True) -> Iterato
     With ``ratio < 1`` and no dataset, NNCF ranks layers by ``1 / int8 error`` of each weight
     (``DataFreeCriterion``): it depends on the weights only, not on group size or ratio, yet every
     sweep point recomputes it over the whole model. The scores are cached per base-IR hash under
-    ``.aipc/nncf_sensitivity`` and given back unchanged (same floats, same ranking), so the IR is
+    ``.aipc/nncf_sensitivity`` (or ``$AIPC_NNCF_CACHE``) and given back unchanged (same floats, same ranking), so the IR is
     byte-identical. Data-aware criteria (subclasses) are never cached. ``enabled=False`` (the plain
     path) computes them every time, as upstream does.
     """
@@ -115,7 +118,7 @@ def reuse_data_free_sensitivity(base_dir: Path, enabled: bool = True) -> Iterato
     from pipeline.core.artifacts import write_json_atomic
 
     key = read_manifest(base_dir)["files"]["openvino_model.bin"]["sha256"][:16]
-    cache_file = SENSITIVITY_CACHE / f"{key}.json"
+    cache_file = nncf_cache(SENSITIVITY_CACHE) / f"{key}.json"
     original = mixed_precision.DataFreeCriterion._calc_sensitivity
 
     def cached(self: Any, model: Any, graph: Any, weight_params: list, statistic_points: Any = None) -> list:
@@ -137,12 +140,40 @@ def reuse_data_free_sensitivity(base_dir: Path, enabled: bool = True) -> Iterato
         mixed_precision.DataFreeCriterion._calc_sensitivity = original
 
 
-def statistics_path(model_manifest: dict, dataset: Any, num_samples: int | None) -> str:
-    """A per-model, per-dataset cache folder for NNCF's data-aware statistics (reused across a sweep)."""
-    import hashlib
+def statistics_path(ir_manifest: dict, dataset: Any, num_samples: int | None) -> Path:
+    """The cache folder of NNCF's data-aware statistics for one IR and one dataset (reused across a sweep).
 
-    key = json.dumps([sorted((k, v["sha256"]) for k, v in model_manifest["files"].items()), dataset, num_samples])
-    return str(STATISTICS_CACHE / hashlib.sha256(key.encode()).hexdigest()[:16])
+    ``ir_manifest``: the base IR's manifest when compressing it (its files' hashes are the key), else the
+    checkpoint's. ``dataset``: what NNCF gets (the held-out texts themselves, or a dataset name).
+    """
+    key = json.dumps([sorted((k, v["sha256"]) for k, v in ir_manifest["files"].items()), dataset, num_samples])
+    return nncf_cache(STATISTICS_CACHE) / hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def statistics_once(path: Path) -> Iterator[Path]:
+    """The folder to hand NNCF as ``statistics_path``: ``path`` when it exists, else a private one moved there after.
+
+    NNCF collects statistics into ``statistics_path`` only when the folder does not exist, and loads whatever
+    is in it otherwise: a point killed while NNCF wrote there would leave a partial folder that every later
+    point sharing the cache loads (or fails on). Here the first point collects into ``.<key>.tmp-<pid>`` and
+    renames it to ``path`` once its compression succeeded, so ``path`` only ever appears whole; a point that
+    collected at the same time keeps the first one's folder and drops its own.
+    """
+    if path.is_dir():
+        say(f"reusing NNCF statistics ({path})")
+        yield path
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    private = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    remove_tree(private)  # left by a killed process that had this pid
+    try:
+        yield private
+        if private.is_dir():
+            with contextlib.suppress(OSError):  # lost the race: ``path`` is another point's whole folder
+                os.rename(private, path)
+    finally:
+        remove_tree(private)
 
 
 def run(model_dir: Path = MODEL_DIR, out_dir: Path = OUT_DIR, lean: bool = True) -> dict:

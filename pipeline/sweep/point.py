@@ -26,9 +26,9 @@ from typing import Any
 
 from pipeline.core.artifacts import remove_tree
 from pipeline.core.envs import venv_env
+from pipeline.core.workspace import NNCF_CACHE_ENV
 
 NODE_CACHE_ENV = "AIPC_SWEEP_CACHE"  # the node's caches, shared by the points it runs (default: a temp folder)
-NODE_SHARED = ("nncf_statistics", "nncf_sensitivity")  # .aipc/ caches keyed by base IR (+ dataset): safe to share
 SCRATCH_ENV = "AIPC_SWEEP_SCRATCH"  # where the node makes the points' workspaces (default: the temp folder)
 
 
@@ -107,10 +107,11 @@ def run_point(spec: PointSpec) -> dict[str, Any]:
 
 
 def _phases(spec: PointSpec, work: Path, seconds: dict[str, float]) -> dict[str, Any]:
-    env = venv_env(**spec.env)
+    node_cache = Path(os.environ.get(NODE_CACHE_ENV) or Path(tempfile.gettempdir()) / "aipc-sweep-cache")
+    # The NNCF caches (statistics, sensitivities; keyed by base IR and dataset) are the node's: its points share them
+    env = venv_env(**{NNCF_CACHE_ENV: str(node_cache.absolute()), **spec.env})
     env.pop("DVC_ROOT", None)  # a DVC stage environment must not leak into the clone's DVC
     dvc = [sys.executable, "-m", "dvc"]
-    node_cache = Path(os.environ.get(NODE_CACHE_ENV) or Path(tempfile.gettempdir()) / "aipc-sweep-cache")
 
     def timed(phase: str, args: list[str], cwd: Path = work) -> tuple[str, Any]:
         start = time.perf_counter()
@@ -122,7 +123,6 @@ def _phases(spec: PointSpec, work: Path, seconds: dict[str, float]) -> dict[str,
     timed("clone", ["git", "clone", "-q", "--no-checkout", spec.git_url, str(work)], work.parent)
     timed("clone", ["git", "checkout", "-q", "--detach", spec.commit])
     timed("clone", [*dvc, "config", "--local", "cache.dir", str(node_cache / "dvc")])
-    share_node_caches(work, node_cache)
     if spec.dvc_remote:  # `exp run --pull` reads the run cache from the default remote
         timed("clone", [*dvc, "remote", "default", "--local", spec.dvc_remote])
     if spec.shared:  # one point of the node at a time fills the node's cache (two DVCs pulling one cache race)
@@ -145,12 +145,3 @@ def node_lock(node_cache: Path) -> Iterator[None]:
     node_cache.mkdir(parents=True, exist_ok=True)
     with FileLock(str(node_cache / "fetch.lock")):
         yield
-
-
-def share_node_caches(work: Path, node_cache: Path) -> None:
-    """Point the clone's NNCF caches (sensitivities, data-aware statistics) at the node's, so the points a node
-    runs compute them once per base IR and dataset, as one workspace does. ``.aipc/`` is git-ignored."""
-    (work / ".aipc").mkdir(exist_ok=True)
-    for name in NODE_SHARED:
-        (node_cache / name).mkdir(parents=True, exist_ok=True)
-        (work / ".aipc" / name).symlink_to(node_cache / name, target_is_directory=True)

@@ -19,6 +19,7 @@ from pipeline.sweep.grid import hydra_value
 from pipeline.sweep.local import dvc
 
 OUT_DIR = Path("artifacts") / "sweep"
+METRICS = ("size_mb", "top1_agreement", "greedy_exact_match", "tokens_per_s", "passed")  # the report's columns
 
 
 def _flatten(prefix: str, data: Any, out: dict[str, Any]) -> None:
@@ -51,10 +52,7 @@ def collect_points(exp_show: list[dict], cfg: SweepConfig, only: set[str] | None
                     {
                         "experiment": rev.get("name") or rev.get("rev", "")[:7],
                         **{k: params.get(k) for k in cfg.grid},
-                        **{
-                            m: metrics_file.get(m)
-                            for m in ("size_mb", "top1_agreement", "greedy_exact_match", "tokens_per_s", "passed")
-                        },
+                        **{m: metrics_file.get(m) for m in (*METRICS, "problems")},
                     }
                 )
     return rows
@@ -75,8 +73,16 @@ def pareto_front(rows: list[dict]) -> list[dict]:
 
 
 def recommend(rows: list[dict], budget: float) -> dict | None:
-    """The smallest point whose top-1 agreement meets ``budget`` (ties: higher agreement)."""
-    ok = [r for r in rows if r["top1_agreement"] is not None and r["top1_agreement"] >= budget]
+    """The smallest point whose top-1 agreement meets ``budget`` (ties: higher agreement).
+
+    A point whose validation failed (``passed: false``: a threshold, the exact-match or long-context check) is
+    never recommended, however small and close it is.
+    """
+    ok = [
+        r
+        for r in rows
+        if r.get("passed") is not False and r["top1_agreement"] is not None and r["top1_agreement"] >= budget
+    ]
     return min(ok, key=lambda r: (r["size_mb"], -r["top1_agreement"])) if ok else None
 
 
@@ -96,9 +102,10 @@ def write_report(rows: list[dict], cfg: SweepConfig, out_dir: Path = OUT_DIR, fa
         "pareto": [r["experiment"] for r in front],
         "recommended": winner,
         "failed": failed or [],
+        "failed_validation": [r["experiment"] for r in rows if r.get("passed") is False],
     }
     write_json_atomic(out_dir / "sweep.json", result)
-    cols = ["experiment", *cfg.grid, "size_mb", "top1_agreement", "greedy_exact_match", "tokens_per_s", "passed"]
+    cols = ["experiment", *cfg.grid, *METRICS]
     lines = [
         "# Sweep report",
         "",
@@ -123,6 +130,11 @@ def write_report(rows: list[dict], cfg: SweepConfig, out_dir: Path = OUT_DIR, fa
         )
     else:
         lines += ["", f"**No point meets the budget** (top-1 >= {cfg.min_top1_agreement})."]
+    for row in (r for r in rows if r.get("passed") is False):
+        values = ", ".join(f"{k}={row.get(k)}" for k in cfg.grid)
+        lines.append(
+            f"- **failed validation:** `{row['experiment']}` ({values}): {'; '.join(row.get('problems') or [])}"
+        )
     for point in failed or []:
         values = ", ".join(f"{k}={point.get(k)}" for k in cfg.grid)
         lines.append(f"- **failed:** `{point['experiment']}` ({values}): {point['error']}")

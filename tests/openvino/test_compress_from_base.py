@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from pipeline.core.workspace import Workspace
 from pipeline.core.config import ModelConfig
-from pipeline.openvino.config import OpenVinoVariantConfig
 from pipeline.core.hashes import sha256_file
+from pipeline.core.workspace import NNCF_CACHE_ENV, Workspace
 from pipeline.hub import download
 from pipeline.openvino import export as export_openvino
 from pipeline.openvino import export_base as export_openvino_base
+from pipeline.openvino.config import OpenVinoVariantConfig
 
 pytestmark = pytest.mark.slow
 
@@ -46,7 +48,7 @@ def test_compress_from_base_ir_equals_export_from_scratch(tmp_path: Path, cfg: O
 def test_sweep_points_reuse_sensitivities_and_stay_identical(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from nncf.quantization.algorithms.weight_compression.mixed_precision import DataFreeCriterion
 
-    monkeypatch.setattr(export_openvino_base, "SENSITIVITY_CACHE", tmp_path / "sensitivity")
+    monkeypatch.setenv(NNCF_CACHE_ENV, str(tmp_path / "nncf"))
     computed = []
     real = DataFreeCriterion._calc_sensitivity
     monkeypatch.setattr(DataFreeCriterion, "_calc_sensitivity", lambda *a, **k: computed.append(1) or real(*a, **k))
@@ -55,7 +57,7 @@ def test_sweep_points_reuse_sensitivities_and_stay_identical(tmp_path: Path, mon
     export_openvino_base.run(model, base)
     first = OpenVinoVariantConfig(weight_format="int4", group_size=128, ratio=0.8, sym=True)
     export_openvino.run("first", first, Workspace(model=model, out=tmp_path / "out"), base_dir=base)
-    [cache] = (tmp_path / "sensitivity").glob("*.json")
+    [cache] = (tmp_path / "nncf" / "nncf_sensitivity").glob("*.json")
     scores = json.loads(cache.read_text())
     assert len(scores) == 8 and all(isinstance(v, float) and v > 0 for v in scores.values())  # 2 layers x 4 MatMuls
     second = OpenVinoVariantConfig(weight_format="int4", group_size=64, ratio=0.6, sym=True)
@@ -71,3 +73,39 @@ def test_sweep_points_reuse_sensitivities_and_stay_identical(tmp_path: Path, mon
         assert sha256_file(tmp_path / "out" / "again" / name) == sha256_file(tmp_path / "out" / "first" / name), name
     assert again["files"]["openvino_model.xml"] == json.loads(
         (tmp_path / "out" / "first" / "manifest.json").read_text())["files"]["openvino_model.xml"]
+
+
+def test_data_aware_points_collect_statistics_once_per_base_ir_and_dataset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """AWQ and scale-estimation points of a sweep share NNCF's statistics (statistics_path), collected once."""
+    from nncf.openvino.quantization import quantize_model
+
+    monkeypatch.setenv(NNCF_CACHE_ENV, str(tmp_path / "nncf"))
+    collected: list[Path] = []
+    real = quantize_model.cache_weight_compression_statistics
+    monkeypatch.setattr(quantize_model, "cache_weight_compression_statistics",
+                        lambda *a, **k: collected.append(Path(a[-1])) or real(*a, **k))
+    model, base, out = tmp_path / "model", tmp_path / "base", tmp_path / "out"
+    download.run(ModelConfig(source="tiny"), model)
+    export_openvino_base.run(model, base)
+    awq = OpenVinoVariantConfig(weight_format="int4", group_size=64, ratio=1.0, awq=True, dataset="heldout", num_samples=4)
+    scale = OpenVinoVariantConfig(weight_format="int4", group_size=128, ratio=0.8, scale_estimation=True,
+                                  dataset="heldout", num_samples=4)
+    first = export_openvino.run("awq", awq, Workspace(model=model, out=out), base_dir=base)
+    [stats] = (tmp_path / "nncf" / "nncf_statistics").iterdir()  # one whole folder: the private one was renamed
+    assert (stats / "statistics_metadata.json").is_file()
+    assert [p.name for p in collected] == [f".{stats.name}.tmp-{os.getpid()}"]  # NNCF wrote elsewhere first
+    recorded = first["nncf_rt_info"]["weight_compression"]["advanced_parameters"]
+    assert f"'statistics_path': 'nncf_statistics/{stats.name}'" in recorded  # the key, not where it was found
+    export_openvino.run("scale", scale, Workspace(model=model, out=out), base_dir=base)
+    assert len(collected) == 1, "the second point must reuse the first point's statistics"
+    export_openvino.run("awq8", replace(awq, num_samples=8), Workspace(model=model, out=out), base_dir=base)
+    assert len(collected) == 2 and len(list(stats.parent.iterdir())) == 2  # another dataset: its own statistics
+    scratch = export_openvino.run("scratch", awq, Workspace(model=model, out=out), base_dir=None)  # cold, own IR
+    assert len(collected) == 3 and scratch["compressed_from"] == "pytorch"
+    assert sha256_file(out / "scratch" / "openvino_model.bin") == sha256_file(out / "awq" / "openvino_model.bin")
+    again = export_openvino.run("again", awq, Workspace(model=model, out=out), base_dir=base)  # warm cache
+    assert len(collected) == 3
+    for name in ("openvino_model.xml", "openvino_model.bin"):  # warm cache: the same IR, rt_info included
+        assert again["files"][name] == first["files"][name], name

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.core.workspace import Workspace
 from pipeline.core.config import ConfigError, ModelConfig
-from pipeline.openvino.config import OpenVinoVariantConfig
+from pipeline.core.workspace import Workspace
 from pipeline.hub import download
 from pipeline.openvino import export as export_openvino
+from pipeline.openvino.config import OpenVinoVariantConfig
 from pipeline.openvino.ir_inspect import check_matches_request, check_rotary
 
 
@@ -60,3 +60,29 @@ def test_rotary_check_names_fp16_constants_and_cos_sin_drift() -> None:
     assert drift == "rotary cos/sin differ from transformers' by 0.8 at positions 0-8191 (long factors) (tolerance 0.001)"
     assert check_rotary(_rotary([], float("nan"))), "NaN tables fail"
     assert check_rotary(_rotary([], 0.0, angle_ops=0)) == ["no rotary embedding (Cos/Sin ops) found in the IR"]
+
+
+def test_statistics_folder_appears_only_whole(tmp_path: Path) -> None:
+    """A point that dies while NNCF collects statistics leaves nothing the next point would load."""
+    from pipeline.openvino.export_base import statistics_once
+
+    final = tmp_path / "nncf_statistics" / "k"
+    with pytest.raises(RuntimeError), statistics_once(final) as private:
+        private.mkdir()
+        (private / "part.safetensors").write_bytes(b"half")
+        raise RuntimeError("killed while collecting")
+    assert list(final.parent.iterdir()) == []
+    with statistics_once(final) as private:
+        assert private != final and not private.exists()
+        private.mkdir()
+        (private / "statistics_metadata.json").write_text("{}")
+    assert (final / "statistics_metadata.json").is_file() and list(final.parent.iterdir()) == [final]
+    with statistics_once(final) as reused:
+        assert reused == final
+    other = tmp_path / "nncf_statistics" / "j"
+    with statistics_once(other) as private:  # two points collected at once: the first rename wins, the other drops
+        private.mkdir()
+        (private / "mine").write_text("late")
+        other.mkdir()
+        (other / "theirs").write_text("first")
+    assert [p.name for p in other.iterdir()] == ["theirs"] and sorted(p.name for p in final.parent.iterdir()) == ["j", "k"]

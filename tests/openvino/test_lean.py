@@ -13,16 +13,16 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from pipeline.core.workspace import Workspace
 from pipeline.core import memory, resources
 from pipeline.core.config import ModelConfig
-from pipeline.openvino.config import OpenVinoVariantConfig
 from pipeline.core.errors import StageError
 from pipeline.core.hashes import sha256_file
+from pipeline.core.workspace import NNCF_CACHE_ENV, Workspace
 from pipeline.hub import download
 from pipeline.openvino import export as export_openvino
 from pipeline.openvino import export_base as export_openvino_base
 from pipeline.openvino import lean
+from pipeline.openvino.config import OpenVinoVariantConfig
 
 
 def bf16_tiny(dest: Path) -> Path:
@@ -68,7 +68,7 @@ def logits(ir_dir: Path) -> list[float]:
 
 @pytest.mark.slow
 def test_lean_compression_equals_plain(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(export_openvino_base, "SENSITIVITY_CACHE", tmp_path / "sensitivity")
+    monkeypatch.setenv(NNCF_CACHE_ENV, str(tmp_path / "nncf"))
     model = bf16_tiny(tmp_path / "model")  # bf16 weights in the base IR, as with the real Phi-3
     base_plain = export_openvino_base.run(model, tmp_path / "base-plain", lean=False)
     base_lean = export_openvino_base.run(model, tmp_path / "base-lean", lean=True)
@@ -76,7 +76,7 @@ def test_lean_compression_equals_plain(tmp_path: Path, monkeypatch: pytest.Monke
     cfg = OpenVinoVariantConfig(weight_format="int4", group_size=64, ratio=0.8, sym=True)  # mixed precision
     plain = export_openvino.run("plain", cfg, Workspace(model=model, out=tmp_path / "out"), base_dir=tmp_path / "base-plain", lean=False)
     fast = export_openvino.run("lean", cfg, Workspace(model=model, out=tmp_path / "out"), base_dir=tmp_path / "base-lean", lean=True)
-    assert len(list((tmp_path / "sensitivity").iterdir())) == 1, "only the lean path caches sensitivities"
+    assert len(list((tmp_path / "nncf" / "nncf_sensitivity").iterdir())) == 1, "only the lean path caches sensitivities"
     assert fast["weight_layers"] == plain["weight_layers"] and fast["nncf_rt_info"] == plain["nncf_rt_info"]
     assert fast["weight_layers"]["int4"] > 0 and fast["weight_layers"]["int8"] > 0
     assert sha256_file(tmp_path / "out" / "lean" / "openvino_model.bin") == \
@@ -282,7 +282,7 @@ def cached_fraction(mapped: mmap.mmap) -> float:
 
 def status_kib(field: str) -> int:
     """A ``/proc/self/status`` field in KiB."""
-    line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith(field + ":"))
+    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith(field + ":"))
     return int(line.split()[1])
 
 

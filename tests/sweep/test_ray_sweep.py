@@ -1,9 +1,9 @@
-"""aipc sweep --executor ray on a real local cluster: the same points as DVC's queue, and a worker killed mid-point.
+"""aipc sweep on both executors: DVC's queue, and --executor ray on a real local cluster (a worker killed mid-point).
 
 One module-scoped cluster (tests/sweep/sweep_cluster.py): moto's S3 server as the DVC remote, a Ray head with no
 CPUs and two worker nodes of one CPU each, all on 127.0.0.1, stopped by process id afterwards. The git remote is a
-bare repository. The 4-point tiny sweep runs once through Ray (one worker is killed while it validates a point)
-and once through the local DVC queue, and both must agree point for point.
+bare repository. The 4-point tiny sweep runs once through the local DVC queue (``local_sweep``, checked on its
+own) and once through Ray (one worker is killed while it validates a point), and both must agree point for point.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
-
 from conftest import make_project, run_cmd
 from sweep_cluster import BUCKET, Cluster, local_cluster
 
@@ -125,9 +124,48 @@ def assert_remotes_whole(cluster: Cluster, origin: Path, names: set[str], metric
         assert {e["md5"] for e in json.loads(files[ir])} <= set(files), f"{ir} is not complete in the remote"
 
 
+@pytest.fixture(scope="module")
+def local_sweep(tmp_path_factory: pytest.TempPathFactory, driver_cache: Path) -> tuple[Path, str]:
+    """The 4-point sweep through DVC's queue (the default executor), once for the module; its project and log.
+
+    Its DVC cache is the drivers' one: the shared stages run here once, the Ray driver restores them.
+    """
+    local = sweep_project(tmp_path_factory.mktemp("local") / "local", cache=driver_cache)
+    refused = run_cmd([sys.executable, "-m", "pipeline.cli", "sweep"], local, check=False)  # params.yaml is model=tiny
+    assert refused.returncode == 2 and "aipc sweep model=tiny" in refused.stderr
+    done = run_cmd([sys.executable, "-m", "pipeline.cli", "sweep", *FIXED, GRID], local)
+    return local, done.stderr
+
+
+@pytest.mark.slow
+def test_two_by_two_sweep_through_the_dvc_queue(local_sweep: tuple[Path, str]) -> None:
+    project, log = local_sweep
+    result = json.loads((project / "artifacts" / "sweep" / "sweep.json").read_text())
+    points = {(p[KEYS[0]], p[KEYS[1]]) for p in result["points"]}
+    assert points == {(64, 0.8), (64, 1.0), (128, 0.8), (128, 1.0)}, log[-2000:]
+    assert all(p["size_mb"] > 0 and p["top1_agreement"] > 0.5 and p["passed"] for p in result["points"])
+    winner = result["recommended"]
+    assert winner is not None and winner["top1_agreement"] >= result["budget"]["min_top1_agreement"]
+    assert winner["size_mb"] == min(p["size_mb"] for p in result["points"]
+                                    if p["top1_agreement"] >= result["budget"]["min_top1_agreement"])
+    assert (project / "artifacts" / "sweep" / "pareto.png").stat().st_size > 1000
+    assert "Recommended" in (project / "artifacts" / "sweep" / "report.md").read_text()
+    winner_yaml = (project / "artifacts" / "sweep" / "winner.yaml").read_text()
+    assert f"openvino.int4.group_size: {winner['openvino.int4.group_size']}" in winner_yaml
+    # Cheap points: the model is traced to IR once; every point only compresses the cached base IR.
+    logs = "".join(p.read_text(errors="replace") for p in (project / ".dvc" / "tmp" / "exps" / "run").glob("*/*.out"))
+    assert logs.count("compressing the base IR to int4 with NNCF: done") == 4
+    assert logs.count("Running stage 'export_openvino_base'") <= 1
+    assert "exporting tiny-phi3 to OpenVINO IR" not in logs
+    # Each point runs in its own temporary workspace, yet they share the workspace's NNCF caches: of the two
+    # ratio-0.8 points (mixed precision) the second reuses the first one's sensitivities.
+    assert logs.count("reusing the mixed-precision sensitivities") == 1
+    assert len(list((project / ".aipc" / "nncf_sensitivity").glob("*.json"))) == 1
+
+
 @pytest.mark.slow
 def test_ray_sweep_matches_the_local_queue_and_a_killed_worker_is_retried(
-    cluster: Cluster, driver_cache: Path, tmp_path: Path
+    cluster: Cluster, local_sweep: tuple[Path, str], driver_cache: Path, tmp_path: Path
 ) -> None:
     project = sweep_project(tmp_path / "ray", cluster, driver_cache)
     driver = subprocess.Popen(
@@ -153,8 +191,7 @@ def test_ray_sweep_matches_the_local_queue_and_a_killed_worker_is_retried(
     assert all(p["peak_rss_bytes"] > 100 * 2**20 for p in ray_points)
     assert (project / ".aipc" / "sweep" / "point_memory.json").is_file()
 
-    local = sweep_project(tmp_path / "local", cache=driver_cache)
-    run_cmd([sys.executable, "-m", "pipeline.cli", "sweep", *FIXED, GRID], local)
+    local = local_sweep[0]
     local_result = json.loads((local / "artifacts" / "sweep" / "sweep.json").read_text())
     by_point = {e["point"]: e["bin_md5"] for e in experiments(local, cache=driver_cache).values()}
     assert {e["point"]: e["bin_md5"] for e in shown.values()} == by_point
@@ -166,14 +203,30 @@ def test_ray_sweep_matches_the_local_queue_and_a_killed_worker_is_retried(
 
 
 @pytest.mark.slow
-def test_a_point_that_fails_is_reported_and_never_pushed(cluster: Cluster, driver_cache: Path, tmp_path: Path) -> None:
+def test_a_point_that_fails_is_reported_the_sweep_goes_on_and_it_is_never_pushed(
+    cluster: Cluster, driver_cache: Path, tmp_path: Path
+) -> None:
     grid = "sweep.grid={openvino.int4.group_size:[48],openvino.int4.ratio:[1.0]}"  # 48 does not divide 256
     project = sweep_project(tmp_path / "bad", cluster, driver_cache, grid)
-    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "sweep", "--executor", "ray", "--address",
-                           cluster.address, *FIXED, grid], cwd=project, env=cluster.env, capture_output=True, text=True)
-    assert done.returncode == 2, done.stderr[-3000:]
+    cli = [sys.executable, "-m", "pipeline.cli", "sweep", "--executor", "ray", "--address", cluster.address, *FIXED]
+    done = subprocess.run([*cli, grid], cwd=project, env=cluster.env, capture_output=True, text=True)
+    assert done.returncode == 2, done.stderr[-3000:]  # every point failed: one line
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("error: every point failed (1;") and "group_size 48 does not divide hidden_size 256" in last
-    [point] = json.loads((project / "artifacts" / "sweep" / "ray_points.json").read_text())["points"]
-    assert point["status"] == "failed" and point["seconds"]["run"] > 0
-    assert run_cmd(["git", "for-each-ref", "refs/exps"], tmp_path / "bad-origin.git").stdout == ""
+    # With a point that works beside it, the sweep goes on: the failed point is listed, the other one recommended.
+    grid = "sweep.grid={openvino.int4.group_size:[48,64],openvino.int4.ratio:[1.0]}"
+    run_cmd([sys.executable, "-m", "pipeline.cli", "compose", *FIXED, grid], project)
+    run_cmd([*GIT, "commit", "-qam", "a good point beside the bad one"], project)
+    run_cmd(["git", "push", "-q", "origin", "HEAD:main"], project)
+    done = subprocess.run([*cli, grid], cwd=project, env=cluster.env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    points = {p["values"]["openvino.int4.group_size"]: p for p in json.loads(
+        (project / "artifacts" / "sweep" / "ray_points.json").read_text())["points"]}
+    assert points[48]["status"] == "failed" and points[48]["seconds"]["run"] > 0 and points[64]["status"] == "ok"
+    assert "group_size 48 does not divide hidden_size 256" in points[48]["error"]
+    result = json.loads((project / "artifacts" / "sweep" / "sweep.json").read_text())
+    assert [p["experiment"] for p in result["points"]] == [points[64]["name"]] == [result["recommended"]["experiment"]]
+    assert [p["experiment"] for p in result["failed"]] == [points[48]["name"]]
+    assert f"**failed:** `{points[48]['name']}`" in (project / "artifacts" / "sweep" / "report.md").read_text()
+    refs = run_cmd(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], tmp_path / "bad-origin.git").stdout
+    assert [ref.rsplit("/", 1)[-1] for ref in refs.split()] == [points[64]["name"]]  # failed points: never pushed
