@@ -99,6 +99,14 @@ def read_back(compiled: Any) -> Numerics:
     )
 
 
+def cpu_default_compute(core: Any | None = None) -> str:
+    """The compute precision OpenVINO's CPU plugin picks on this CPU when asked nothing: ``bf16`` with AVX512-BF16 or
+    AMX, ``f32`` on the AVX2 CPUs of most laptops (there it also widens an fp16 IR's weights to f32)."""
+    import openvino as ov
+
+    return short_type((core or ov.Core()).get_property("CPU", "INFERENCE_PRECISION_HINT"))
+
+
 def settings(compute: str | None) -> dict[str, str]:
     """Properties for a teacher-forced compile: pinned (``compute='f32'``), forced, or the defaults (``None``)."""
     if compute is None:

@@ -197,6 +197,20 @@ def same_tokens_as_cpu(
     npuw.status = "failed"
 
 
+def check_ram(target: Target, weight_format: str) -> None:
+    """Stop in one line, before anything is read or written, if the stage's RAM row does not fit. An fp16 IR's CPU
+    cell on a CPU that computes in f32 by default (the AVX2 CPUs of most laptops) holds the weights widened to f32,
+    twice the IR, where an AVX512-BF16/AMX CPU holds a bf16 copy (row ``fp16_on_f32_cpu``)."""
+    from pipeline.openvino.numerics import cpu_default_compute
+
+    stage = "validate_npu" if target.family == "npu" else "validate"
+    if weight_format == "fp16" and "CPU" in target.devices and cpu_default_compute() == "f32":
+        what = f"{stage}@fp16 (this CPU computes in f32, so its CPU cell widens the f16 weights to f32)"
+        check_stage_ram(stage, "fp16_on_f32_cpu", target.ir_dir, what)
+    else:
+        check_stage_ram(stage, weight_format, target.ir_dir)
+
+
 def run(target: Target, cfg: ValidateConfig, ws: Workspace = PROJECT, *, status: dict | None = None) -> dict:
     """Validate one IR on every device it targets; write its metrics; fail (one line) if a cell failed.
 
@@ -212,7 +226,7 @@ def run(target: Target, cfg: ValidateConfig, ws: Workspace = PROJECT, *, status:
     from pipeline.validation import devices
 
     weight_format = read_manifest(target.ir_dir)["parameters"].get("weight_format", "int4")
-    check_stage_ram("validate_npu" if target.family == "npu" else "validate", weight_format, target.ir_dir)
+    check_ram(target, weight_format)
     evidence = Evidence.load(ws.reference_path)
     verdicts = verdicts_for(cfg, weight_format)
     cells: dict[str, matrix.Cell] = {}
