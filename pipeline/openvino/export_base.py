@@ -171,7 +171,7 @@ def statistics_once(path: Path) -> Iterator[Path]:
         yield private
         if private.is_dir():
             with contextlib.suppress(OSError):  # lost the race: ``path`` is another point's whole folder
-                os.rename(private, path)
+                os.rename(private, path)  # windows-ok: failing where ``path`` exists is the point (first one wins)
     finally:
         remove_tree(private)
 
