@@ -1,45 +1,48 @@
 """The pinned (f32) pass of an IR in runs of decoder layers, for IRs whose float weights would not fit widened.
 
 At ``INFERENCE_PRECISION_HINT=f32`` OpenVINO's CPU plugin keeps int4/int8 weights compressed (it decompresses them
-inside its FullyConnected kernels) but widens every f16 weight to f32: Phi-3-mini's fp16 IR (7.1 GiB) becomes 14.0
-GiB of packed weights before the first token (OpenVINO 2026.4.1, measured on a Xeon with AMX and an EPYC). There is
-no f16-weight decompression at f32 compute to ask for, so the pinned pass compiles the IR a run of layers at a time:
-each piece takes the residual stream where the previous piece stopped, every window goes through one piece before
-the next is compiled, and only one piece's widened weights are held at once. The arithmetic is the same f32
-arithmetic; only where the plugin may fuse across a cut could rounding differ (``tests/openvino/test_pieces.py``
-bounds it).
+inside its FullyConnected kernels) but widens every f16 weight to f32: Phi-3-mini's fp16 IR (7.1 GiB of weights)
+is 14.0 GiB once packed, a 14.4 GiB peak with a 512-token window (OpenVINO 2026.4.1). There is no f16-weight
+decompression at f32 compute to ask for, so the pinned pass compiles the IR a run of layers at a time: every
+window goes through one piece before the next is compiled, and only one piece's widened weights are held.
 
 The cuts are found by structure, not by layer names: the residual stream starts at the token-embedding ``Gather``
-and goes through the one ``Add`` that consumes each stream value (the norms consume it through ``Power``/``Multiply``),
-two ``Add``\\ s per decoder layer.
+and goes through the one ``Add`` that consumes each stream value (the norms read it through ``Power``/``Multiply``),
+two ``Add``\\ s per decoder layer. A piece holds what its run of layers computes; every tensor an earlier piece
+computed that it reads (the stream, but also the rotary tables, the attention mask and the shape values the
+layers share) comes in as a parameter, and weight subgraphs (constants and their decompression) are copied into
+the piece that uses them, so a tied embedding is in the first and the last piece only. Each piece computes the
+same ops on the same inputs as the whole model (``tests/openvino/test_rotary.py``: logits bit-identical).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 # Widened float weights held by one piece of the pinned pass (the rest of a cell's peak is the activations and the
 # window's logits). 2.5 GiB cuts Phi-3-mini's fp16 IR into 6 pieces.
 PIECE_BYTES = int(2.5 * 2**30)
 _FLOAT_WEIGHTS = ("f16", "bf16", "f32")
+_KEPT = ("Constant", "Parameter")
 
 
 def widened_bytes(model: Any) -> int:
     """Bytes the f32 pass holds for the model's float weight constants once widened to f32."""
     total = 0
     for op in model.get_ops():
-        if op.get_type_name() != "Constant" or op.get_output_element_type(0).get_type_name() not in _FLOAT_WEIGHTS:
-            continue
-        total += 4 * math.prod(op.get_output_shape(0))
+        if op.get_type_name() == "Constant" and op.get_output_element_type(0).get_type_name() in _FLOAT_WEIGHTS:
+            total += 4 * math.prod(op.get_output_shape(0))
     return total
 
 
 def _embedding(model: Any) -> Any:
     """The token-embedding ``Gather``: rank-3 float output, indices from the ``input_ids`` parameter."""
     for op in model.get_ordered_ops():
-        if op.get_type_name() != "Gather" or op.get_output_partial_shape(0).rank.get_length() != 3:
+        rank = op.get_output_partial_shape(0).rank if op.get_output_size() else None
+        if op.get_type_name() != "Gather" or not rank or not rank.is_static or rank.get_length() != 3:
             continue
         source = op.input_value(1).get_node()
         while source.get_type_name() == "Convert":
@@ -61,32 +64,95 @@ def residual_stream(model: Any) -> list[Any]:
 
 
 def piece_count(model: Any, budget: int | None = None) -> int:
-    """How many runs of layers the pinned pass needs so that one run's widened weights fit ``budget`` (1 = whole)."""
+    """How many runs of layers the pinned pass needs so that one run's widened weights fit ``budget`` (1 = whole;
+    also 1 where no residual stream is found: :func:`unsplittable` says so)."""
     layers = (len(residual_stream(model)) - 1) // 2
     if layers < 2:
         return 1
     return max(1, min(layers, math.ceil(widened_bytes(model) / (budget or PIECE_BYTES))))
 
 
+def unsplittable(model: Any, budget: int | None = None) -> bool:
+    """True when the model's widened weights are over ``budget`` but no residual stream was found to cut it at."""
+    return widened_bytes(model) > (budget or PIECE_BYTES) and not residual_stream(model)
+
+
+@dataclass
+class Plan:
+    """Which piece computes each node (by its index in ``get_ordered_ops``), and the tensors that cross cuts."""
+
+    count: int
+    piece_of: dict[int, int] = field(default_factory=dict)  # weight subgraphs and parameters: in none, copied
+    crossing: dict[tuple[int, int], set[int]] = field(default_factory=dict)  # (node, port) -> the pieces reading it
+
+    def name(self, tensor: tuple[int, int]) -> str:
+        """The tensor name a crossing value has as the output of one piece and the input of the next."""
+        return f"cut_{tensor[0]}_{tensor[1]}"
+
+
+def plan(model: Any, count: int) -> Plan:
+    """Assign every node that depends on an input to the first piece whose last stream value needs it."""
+    ops = model.get_ordered_ops()
+    index = {op.get_instance_id(): i for i, op in enumerate(ops)}
+    stream = residual_stream(model)
+    layers = (len(stream) - 1) // 2
+    ends = [stream[round((k + 1) * layers / count) * 2] for k in range(count - 1)]
+    varies = set()  # nodes that depend on a parameter (the rest are weights and their decompression)
+    for i, op in enumerate(ops):
+        if op.get_type_name() == "Parameter" or any(
+            index[v.get_node().get_instance_id()] in varies for v in op.input_values()
+        ):
+            varies.add(i)
+    result = Plan(count)
+    for k, end in enumerate(ends):
+        pending = [end]
+        while pending:
+            node = pending.pop()
+            i = index[node.get_instance_id()]
+            if i in result.piece_of or i not in varies or node.get_type_name() in _KEPT:
+                continue
+            result.piece_of[i] = k
+            pending.extend(v.get_node() for v in node.input_values())
+    for i in varies:
+        if ops[i].get_type_name() not in _KEPT:
+            result.piece_of.setdefault(i, count - 1)
+    for i, piece in result.piece_of.items():
+        for value in ops[i].input_values():
+            j = index[value.get_node().get_instance_id()]
+            if j in result.piece_of and result.piece_of[j] < piece:
+                result.crossing.setdefault((j, value.get_index()), set()).add(piece)
+    return result
+
+
 def pieces(model: Any, count: int) -> Iterator[Any]:
-    """``count`` models that together compute ``model``: the first ends at a residual-stream value, each next one
-    takes it as its ``hidden`` parameter, the last ends at the model's own results. ``model`` is left as it was."""
+    """``count`` models that together compute ``model`` (left as it was). Piece ``k`` takes the original inputs
+    plus every ``cut_<node>_<port>`` an earlier piece computed and it reads, and returns the ones it computes that
+    later pieces read (the last piece returns the model's own results)."""
     import openvino as ov
 
-    layers = (len(residual_stream(model)) - 1) // 2
-    bounds = [round(i * layers / count) * 2 for i in range(count + 1)]
-    for index in range(count):
+    layout = plan(model, count)
+    for k in range(count):
         piece = model.clone()
-        stream = residual_stream(piece)
+        ops = piece.get_ordered_ops()
         parameters = list(piece.get_parameters())
-        if index > 0:
-            start = stream[bounds[index]].output(0)
-            hidden = ov.opset13.parameter(start.get_partial_shape(), start.get_element_type(), name="hidden")
-            hidden.output(0).get_tensor().set_names({"hidden"})
-            start.replace(hidden.output(0))
-            parameters.append(hidden)
-        if index < count - 1:
-            results = [ov.opset13.result(stream[bounds[index + 1]].output(0))]
-        else:
+        results = []
+        for tensor, readers in sorted(layout.crossing.items()):
+            output = ops[tensor[0]].output(tensor[1])
+            if k in readers:  # computed by an earlier piece
+                cut = ov.opset13.parameter(output.get_partial_shape(), output.get_element_type())
+                output.replace(cut.output(0))  # (hands the value's own tensor names to the parameter)
+                cut.output(0).get_tensor().set_names({layout.name(tensor)})
+                parameters.append(cut)
+            elif layout.piece_of[tensor[0]] == k:  # computed here, read later
+                output.get_tensor().set_names({layout.name(tensor)})
+                results.append(ov.opset13.result(output))
+        if k == count - 1:
             results = list(piece.get_results())
-        yield ov.Model(results, parameters, f"layers {bounds[index] // 2}-{bounds[index + 1] // 2 - 1}")
+        first, last_layer = _layers(layout, k, model)
+        yield ov.Model(results, parameters, f"layers {first}-{last_layer}")
+
+
+def _layers(layout: Plan, k: int, model: Any) -> tuple[int, int]:
+    """The decoder layers piece ``k`` runs."""
+    layers = (len(residual_stream(model)) - 1) // 2
+    return round(k * layers / layout.count), round((k + 1) * layers / layout.count) - 1
