@@ -14,6 +14,7 @@ import os
 import re
 from pathlib import Path
 from typing import Any
+from xml.sax.saxutils import escape
 
 from pipeline.core.artifacts import ARTIFACTS, staged_dir
 from pipeline.core.config import ConfigError
@@ -78,7 +79,10 @@ def stable_statistics_path(xml_path: Path, used: str, cached: Path) -> bool:
     differ from run to run and machine to machine. The key names the statistics themselves.
     """
     text = xml_path.read_text(encoding="utf-8")
-    stable = text.replace(f"'statistics_path': {used!r}", f"'statistics_path': 'nncf_statistics/{cached.name}'")
+    written = f"'statistics_path': {used!r}"  # as XML may escape it: a path like C:\Users\O'Brien or R&D
+    stable = text
+    for form in (written, escape(written), escape(written, {"'": "&apos;", '"': "&quot;"})):
+        stable = stable.replace(form, escape(f"'statistics_path': 'nncf_statistics/{cached.name}'"))
     if stable != text:
         tmp = xml_path.with_name(xml_path.name + ".stable")
         tmp.write_text(stable, encoding="utf-8", newline="")

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.artifacts import ARTIFACTS, remove_tree, staged_dir
+from pipeline.core.artifacts import ARTIFACTS, remove_tree, staged_dir, sweep_stale
 from pipeline.core.errors import fail, run_main
 from pipeline.core.log import say, step
 from pipeline.core.manifest import read_manifest, write_manifest
@@ -165,6 +165,7 @@ def statistics_once(path: Path) -> Iterator[Path]:
         yield path
         return
     path.parent.mkdir(parents=True, exist_ok=True)
+    sweep_stale(path)  # what points killed while collecting left (their pids are gone)
     private = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     remove_tree(private)  # left by a killed process that had this pid
     try:

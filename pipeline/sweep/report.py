@@ -59,7 +59,9 @@ def collect_points(exp_show: list[dict], cfg: SweepConfig, only: set[str] | None
 
 
 def pareto_front(rows: list[dict]) -> list[dict]:
-    """Points no other point beats on both size (smaller) and top-1 agreement (higher)."""
+    """Points no other point beats on both size (smaller) and top-1 agreement (higher); a point whose validation
+    failed (``passed: false``) is on no front, whatever its numbers."""
+    rows = [r for r in rows if r.get("passed") is not False]
     return [
         r
         for r in rows

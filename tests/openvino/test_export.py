@@ -86,3 +86,25 @@ def test_statistics_folder_appears_only_whole(tmp_path: Path) -> None:
         other.mkdir()
         (other / "theirs").write_text("first")
     assert [p.name for p in other.iterdir()] == ["theirs"] and sorted(p.name for p in final.parent.iterdir()) == ["j", "k"]
+
+
+@pytest.mark.parametrize("used", ["/home/ci/.cache/aipc/nncf/ab12", "C:\\Users\\O'Brien\\aipc\\nncf", "D:\\R&D <x>\\nncf"])
+def test_the_statistics_folder_is_recorded_by_its_key_whatever_the_path(used: str, tmp_path: Path) -> None:
+    """A point's .xml names its statistics by key, not by where this machine keeps them; a path that Python
+    quotes with double quotes or that XML escapes (an apostrophe in a Windows user name, an ampersand) too."""
+    from xml.sax.saxutils import escape
+
+    from pipeline.openvino.export import stable_statistics_path
+
+    cached = tmp_path / "0123456789abcdef"
+    written = f"'statistics_path': {used!r}"
+    for n, form in enumerate([written, escape(written), escape(written, {"'": "&apos;", '"': "&quot;"})]):
+        xml = tmp_path / f"m{n}.xml"
+        xml.write_text(f'<rt_info><weight_compression value="{{{form}, \'ratio\': 1.0}}" /></rt_info>', encoding="utf-8")
+        assert stable_statistics_path(xml, used, cached), form
+        text = xml.read_text(encoding="utf-8")
+        assert "'statistics_path': 'nncf_statistics/0123456789abcdef', 'ratio': 1.0" in text
+        assert used not in text and escape(used) not in text
+    other = tmp_path / "other.xml"
+    other.write_text("<rt_info />", encoding="utf-8")
+    assert not stable_statistics_path(other, used, cached)

@@ -34,6 +34,8 @@ def test_a_point_that_fails_validation_is_reported_failed_and_never_recommended(
         {**_row("big", 9, 0.99), "openvino.int4.group_size": 32, "passed": True},
     ]
     assert sweep.recommend(rows, 0.95)["experiment"] == "mid"
+    # "small" would beat "mid" on both size and agreement; failed, it is on no front, and "mid" is
+    assert {r["experiment"] for r in sweep.pareto_front(rows)} == {"mid", "big"}
     result = sweep.write_report(rows, cfg, tmp_path)
     assert result["recommended"]["experiment"] == "mid" and result["failed_validation"] == ["small"]
     report = (tmp_path / "report.md").read_text()
