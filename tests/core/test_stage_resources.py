@@ -39,6 +39,8 @@ MEASURED = [
     ("validate_npu_lib", "int8", 4120887611, 7.78),
     ("validate_npu_lib", "fp16", 7.30 * GIB, 11.68),
     ("validate_onnx", "dml_fp16", CHECKPOINT, 17.9),  # a lower bound (benchmarks/results/onnx_memory.json)
+    ("validate_winml", "npu", 1.932 * GIB, 4.81),  # the whole run of 2026-12-02 on an Intel CPU
+    ("validate_winml", "gpu", 2.589 * GIB, 6.04),
 ]
 
 
