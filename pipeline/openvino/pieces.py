@@ -22,6 +22,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline.core.log import say
+
 # Widened float weights held by one piece of the pinned pass (the rest of a cell's peak is the activations and the
 # window's logits). 2.5 GiB cuts Phi-3-mini's fp16 IR into 6 pieces.
 PIECE_BYTES = int(2.5 * 2**30)
@@ -63,18 +65,18 @@ def residual_stream(model: Any) -> list[Any]:
     return stream if len(stream) >= 3 and len(stream) % 2 == 1 else []
 
 
-def piece_count(model: Any, budget: int | None = None) -> int:
-    """How many runs of layers the pinned pass needs so that one run's widened weights fit ``budget`` (1 = whole;
-    also 1 where no residual stream is found: :func:`unsplittable` says so)."""
-    layers = (len(residual_stream(model)) - 1) // 2
-    if layers < 2:
-        return 1
-    return max(1, min(layers, math.ceil(widened_bytes(model) / (budget or PIECE_BYTES))))
-
-
-def unsplittable(model: Any, budget: int | None = None) -> bool:
-    """True when the model's widened weights are over ``budget`` but no residual stream was found to cut it at."""
-    return widened_bytes(model) > (budget or PIECE_BYTES) and not residual_stream(model)
+def piece_count(model: Any, budget: int | None = None, name: str = "") -> int:
+    """How many runs of layers the pinned pass needs so that one run's widened weights fit ``budget`` (1 = whole).
+    Over the budget with no residual stream to cut at, it says so in one line (naming ``name``) and answers 1."""
+    widened, limit = widened_bytes(model), budget or PIECE_BYTES
+    stream = residual_stream(model)
+    if widened > limit and not stream:
+        say(
+            f"{name or model.get_friendly_name()}: no residual stream to cut the f32 pass at, so it holds all "
+            f"{widened / 2**30:.1f} GiB of float weights widened at once"
+        )
+    layers = (len(stream) - 1) // 2
+    return 1 if layers < 2 else max(1, min(layers, math.ceil(widened / limit)))
 
 
 @dataclass
@@ -82,6 +84,7 @@ class Plan:
     """Which piece computes each node (by its index in ``get_ordered_ops``), and the tensors that cross cuts."""
 
     count: int
+    layers: int
     piece_of: dict[int, int] = field(default_factory=dict)  # weight subgraphs and parameters: in none, copied
     crossing: dict[tuple[int, int], set[int]] = field(default_factory=dict)  # (node, port) -> the pieces reading it
 
@@ -89,21 +92,24 @@ class Plan:
         """The tensor name a crossing value has as the output of one piece and the input of the next."""
         return f"cut_{tensor[0]}_{tensor[1]}"
 
+    def bound(self, k: int) -> int:
+        """The first decoder layer of piece ``k`` (``bound(count)`` is the number of layers)."""
+        return round(k * self.layers / self.count)
+
 
 def plan(model: Any, count: int) -> Plan:
     """Assign every node that depends on an input to the first piece whose last stream value needs it."""
     ops = model.get_ordered_ops()
     index = {op.get_instance_id(): i for i, op in enumerate(ops)}
     stream = residual_stream(model)
-    layers = (len(stream) - 1) // 2
-    ends = [stream[round((k + 1) * layers / count) * 2] for k in range(count - 1)]
+    result = Plan(count, (len(stream) - 1) // 2)
+    ends = [stream[result.bound(k + 1) * 2] for k in range(count - 1)]
     varies = set()  # nodes that depend on a parameter (the rest are weights and their decompression)
     for i, op in enumerate(ops):
         if op.get_type_name() == "Parameter" or any(
             index[v.get_node().get_instance_id()] in varies for v in op.input_values()
         ):
             varies.add(i)
-    result = Plan(count)
     for k, end in enumerate(ends):
         pending = [end]
         while pending:
@@ -148,11 +154,4 @@ def pieces(model: Any, count: int) -> Iterator[Any]:
                 results.append(ov.opset13.result(output))
         if k == count - 1:
             results = list(piece.get_results())
-        first, last_layer = _layers(layout, k, model)
-        yield ov.Model(results, parameters, f"layers {first}-{last_layer}")
-
-
-def _layers(layout: Plan, k: int, model: Any) -> tuple[int, int]:
-    """The decoder layers piece ``k`` runs."""
-    layers = (len(residual_stream(model)) - 1) // 2
-    return round(k * layers / layout.count), round((k + 1) * layers / layout.count) - 1
+        yield ov.Model(results, parameters, f"layers {layout.bound(k)}-{layout.bound(k + 1) - 1}")

@@ -19,7 +19,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.log import say
 from pipeline.openvino import numerics
 from pipeline.validation import fidelity
 from pipeline.validation.evidence import Evidence
@@ -66,12 +65,7 @@ def forced_logits(
     stateful = compute != "f32" if stateful is None else stateful
     if not stateful:
         model = without_state(model)
-    count = pieces.piece_count(model, piece_bytes) if compute == "f32" and not stateful else 1
-    if compute == "f32" and not stateful and pieces.unsplittable(model, piece_bytes):
-        say(
-            f"{ir_dir}: no residual stream to cut the f32 pass at, so it holds all "
-            f"{pieces.widened_bytes(model) / 2**30:.1f} GiB of float weights widened at once"
-        )
+    count = pieces.piece_count(model, piece_bytes, str(ir_dir)) if compute == "f32" and not stateful else 1
     carried: list[dict[str, Any]] = [{} for _ in windows]  # per window: the values handed from piece to piece
     runs: list[tuple[str, numerics.Numerics]] = []
     for number, piece in enumerate(pieces.pieces(model, count) if count > 1 else [model], start=1):
