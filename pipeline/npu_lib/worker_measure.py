@@ -71,14 +71,15 @@ def timings(model: Any, prompt_ids: list[int], args: argparse.Namespace) -> dict
     """TTFT and TPOT (ms) of each measured run of exactly ``--new-tokens`` tokens (warm-up runs dropped), fewer
     runs once ``--budget-s`` is spent (``validate.perf_budget_s``: at 0.23 tokens/s on a 2-core CPU, the full-size
     int4 stand-in took 19 minutes for its speed runs without it)."""
-    from pipeline.validation.genai_runner import speed_runs  # standard library only: importable in this environment
+    # standard library only: importable in this environment
+    from pipeline.validation.genai_runner import run_tokens, speed_runs
 
     drop_kernels()
     ttft, tpot = [], []
     for measured in speed_runs(args.warmup, args.repeats, args.budget_s):
         timer = TokenTimes()
         start = time.perf_counter()
-        generate(model, prompt_ids, args.new_tokens, timer, exact=True)
+        generate(model, prompt_ids, run_tokens(measured, args.new_tokens), timer, exact=True)
         if not measured:
             continue
         new = timer.times[1:]  # times[0] is the prompt

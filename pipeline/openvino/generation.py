@@ -16,7 +16,7 @@ from pipeline.core.config import ValidateConfig
 from pipeline.core.errors import fail
 from pipeline.openvino import npu_lane
 from pipeline.validation import matrix
-from pipeline.validation.genai_runner import speed_runs
+from pipeline.validation.genai_runner import run_tokens, speed_runs
 
 
 def device_properties(ir_dir: Path, device: str) -> dict[str, Any]:
@@ -48,9 +48,10 @@ def time_prompt(pipe: Any, prompt_ids: list[int], cfg: ValidateConfig) -> matrix
     import openvino as ov
 
     gen_cfg = pipe.get_generation_config()
-    gen_cfg.max_new_tokens, gen_cfg.do_sample, gen_cfg.ignore_eos = cfg.perf_new_tokens, False, True
+    gen_cfg.do_sample, gen_cfg.ignore_eos = False, True
     ttft, tpot = [], []
     for measured in speed_runs(cfg.warmup, cfg.repeats, cfg.perf_budget_s):
+        gen_cfg.max_new_tokens = run_tokens(measured, cfg.perf_new_tokens)
         result = pipe.generate(ov.Tensor(np.array([prompt_ids], dtype=np.int64)), gen_cfg)
         if measured:
             ttft.append(result.perf_metrics.get_ttft().mean)

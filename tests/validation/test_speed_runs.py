@@ -7,7 +7,7 @@ import time
 import pytest
 
 from pipeline.core.config import ConfigError, ValidateConfig, build, compose
-from pipeline.validation.genai_runner import speed_runs
+from pipeline.validation.genai_runner import WARMUP_NEW_TOKENS, run_tokens, speed_runs
 from pipeline.validation.matrix import Perf
 
 
@@ -58,7 +58,10 @@ def test_the_npu_library_worker_keeps_the_same_budget(monkeypatch: pytest.Monkey
     args = worker.parse(["validate", "--result", str(tmp_path / "out.json"), *argv])
     assert args.budget_s == 0.01
 
+    asked = []
+
     def slow_generate(model, prompt_ids, new_tokens, streamer=None, exact=False):  # each run outlasts the budget
+        asked.append(new_tokens)
         for _ in range(new_tokens + 1):
             streamer.put(None)
         time.sleep(0.02)
@@ -68,3 +71,21 @@ def test_the_npu_library_worker_keeps_the_same_budget(monkeypatch: pytest.Monkey
     monkeypatch.setattr(worker_measure, "generate", slow_generate)
     got = worker_measure.timings(None, [1, 2, 3], args)
     assert len(got["ttft_ms"]) == len(got["tpot_ms"]) == 1  # warm-up, one measured run, then the budget stops it
+    assert asked == [WARMUP_NEW_TOKENS, cfg.perf_new_tokens] and got["new_tokens"] == cfg.perf_new_tokens
+
+
+def test_a_warmup_run_is_a_prefill_and_one_decode_step_not_a_whole_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Warm-ups compile and allocate (prefill, one decode step); only measured runs generate the configured length."""
+    from pipeline.validation import genai_runner
+
+    asked = []
+
+    def fake_generate(model, prompt_ids, new_tokens, exact=False):
+        asked.append((new_tokens, exact))
+        return [0] * new_tokens, 0.5, [0.1] * (new_tokens - 1)
+
+    monkeypatch.setattr(genai_runner, "generate", fake_generate)
+    got = genai_runner.time_prompt(None, [1, 2, 3], 32, warmup=2, repeats=2)
+    assert asked == [(WARMUP_NEW_TOKENS, True)] * 2 + [(32, True)] * 2
+    assert got["ttft_ms"] == [500.0, 500.0] and got["new_tokens"] == 32
+    assert run_tokens(False, 1) == 1  # a measured length below the warm-up's is not exceeded
