@@ -61,14 +61,20 @@ def drop_kernels() -> None:
     ``malloc_trim``): without it 0.3 GiB of it stayed resident per phase, and the full-size int8 stand-in, whose
     1024-token prefill adds 2.8 GiB of kernels and activations, peaked at 8.09 GiB.
     """
-    import ctypes
-    import ctypes.util
     import gc
 
     from intel_npu_acceleration_library.backend import runtime
 
     runtime.clear_cache()
     gc.collect()
+    trim_heap()
+
+
+def trim_heap() -> None:
+    """Hand the heap's freed pages back to the system (glibc's ``malloc_trim``; a no-op elsewhere)."""
+    import ctypes
+    import ctypes.util
+
     libc = ctypes.util.find_library("c") if sys.platform.startswith("linux") else None
     if libc and hasattr(ctypes.CDLL(libc), "malloc_trim"):  # glibc; musl and Windows' heap have none
         ctypes.CDLL(libc).malloc_trim(0)
@@ -87,6 +93,7 @@ def timings(model: Any, prompt_ids: list[int], args: argparse.Namespace) -> dict
         timer = TokenTimes()
         start = time.perf_counter()
         generate(model, prompt_ids, run_tokens(measured, args.new_tokens), timer, exact=True)
+        trim_heap()  # a run's freed activations, before the next run's prefill (after the timed part)
         if not measured:
             continue
         new = timer.times[1:]  # times[0] is the prompt
