@@ -66,13 +66,12 @@ def forced_logits(
     if not stateful:
         model = without_state(model)
     count = pieces.piece_count(model, piece_bytes, str(ir_dir)) if compute == "f32" and not stateful else 1
-    carried: list[dict[str, Any]] = [{} for _ in windows]  # per window: the values handed from piece to piece
+    carried: list[Any] = [None] * len(windows)
     runs: list[tuple[str, numerics.Numerics]] = []
     for number, piece in enumerate(pieces.pieces(model, count) if count > 1 else [model], start=1):
         compiled = core.compile_model(piece, device, numerics.settings(compute))
         runs.append((",".join(compiled.get_property("EXECUTION_DEVICES")), numerics.read_back(compiled)))
         request = compiled.create_infer_request()
-        names = [port.get_any_name() for port in compiled.inputs]
         for index, window in enumerate(windows):
             ids = np.array([window], dtype=np.int64)
             if stateful:
@@ -82,19 +81,17 @@ def forced_logits(
                 "attention_mask": np.ones_like(ids),
                 "position_ids": np.arange(ids.shape[1], dtype=np.int64)[None],
                 "beam_idx": np.zeros(1, dtype=np.int32),
-                **carried[index],
             }
-            request.infer({name: feed[name] for name in names})
-            if number == count:
-                carried[index] = {"logits": np.array(request.get_tensor("logits").data[0], dtype=np.float32)}
-            else:
-                for port in compiled.outputs:
-                    carried[index][port.get_any_name()] = np.array(request.get_tensor(port).data, copy=True)
+            if carried[index] is not None:
+                feed["hidden"] = carried[index]
+            request.infer(feed)
+            out = request.get_tensor("logits") if number == count else request.get_output_tensor(0)
+            carried[index] = np.array(out.data, dtype=np.float32)
         del request, compiled  # one piece's widened weights at a time
     if any(run != runs[0] for run in runs):  # every piece must have run as the whole model would have
         raise RuntimeError(f"the pieces of {ir_dir} did not run alike: {runs}")
     executed, ran = runs[0]
-    return [values["logits"] for values in carried], executed, ran
+    return [out[0] for out in carried], executed, ran
 
 
 def pinned_fidelity(ir_dir: Path, device: str, evidence: Evidence) -> tuple[dict[str, Any], list[Any], str]:
