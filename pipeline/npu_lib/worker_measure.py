@@ -71,13 +71,17 @@ def drop_kernels() -> None:
 
 
 def trim_heap() -> None:
-    """Hand the heap's freed pages back to the system (glibc's ``malloc_trim``; a no-op elsewhere)."""
-    import ctypes
-    import ctypes.util
+    """Hand the heap's freed pages back to the system (glibc's ``malloc_trim``; a no-op elsewhere).
 
-    libc = ctypes.util.find_library("c") if sys.platform.startswith("linux") else None
-    if libc and hasattr(ctypes.CDLL(libc), "malloc_trim"):  # glibc; musl and Windows' heap have none
-        ctypes.CDLL(libc).malloc_trim(0)
+    The twin of what :class:`pipeline.core.memory.MappedPageTrimmer` does after each pass, which this worker may
+    not import (it runs in the library's environment: ``pyproject.toml``'s import contract).
+    """
+    import ctypes
+
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None)  # the process's own C library, as memory.py loads it (no ldconfig lookup)
+        if hasattr(libc, "malloc_trim"):  # glibc; musl has none
+            libc.malloc_trim(0)
 
 
 def timings(model: Any, prompt_ids: list[int], args: argparse.Namespace) -> dict[str, list[float]]:

@@ -33,16 +33,16 @@ def widened_bytes(model: Any) -> int:
     """Bytes the f32 pass holds for the model's float weight constants once widened to f32."""
     total = 0
     for op in model.get_ops():
-        if op.get_type_name() != "Constant" or op.get_output_element_type(0).get_type_name() not in _FLOAT_WEIGHTS:
-            continue
-        total += 4 * math.prod(op.get_output_shape(0))
+        if op.get_type_name() == "Constant" and op.get_output_element_type(0).get_type_name() in _FLOAT_WEIGHTS:
+            total += 4 * math.prod(op.get_output_shape(0))
     return total
 
 
 def _embedding(model: Any) -> Any:
     """The token-embedding ``Gather``: rank-3 float output, indices from the ``input_ids`` parameter."""
     for op in model.get_ordered_ops():
-        if op.get_type_name() != "Gather" or op.get_output_partial_shape(0).rank.get_length() != 3:
+        rank = op.get_output_partial_shape(0).rank if op.get_output_size() else None
+        if op.get_type_name() != "Gather" or not rank or not rank.is_static or rank.get_length() != 3:
             continue
         source = op.input_value(1).get_node()
         while source.get_type_name() == "Convert":

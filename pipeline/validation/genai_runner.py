@@ -102,8 +102,9 @@ def speed_runs(warmup: int, repeats: int, budget_s: float) -> Iterator[bool]:
     """Yield once per speed run, ``True`` for a measured one: ``warmup`` runs, then up to ``repeats`` measured runs.
 
     Once ``budget_s`` seconds have passed (warm-up included), no further run starts after the first measured one
-    (``0``: no cap). A warm-up run generates :func:`run_tokens` tokens, not the measured length. A full-size model's 1024-token prompt costs ~1 min a run on 2 cores, so ``validate.perf_budget_s``
-    keeps each prompt length of each cell near two minutes; the number of runs taken is recorded (``Perf.runs``).
+    (``0``: no cap). A warm-up run generates :func:`run_tokens` tokens, not the measured length. A full-size
+    model's 1024-token prompt costs ~1 min a run on 2 cores, so ``validate.perf_budget_s`` keeps each prompt length
+    of each cell near two minutes; the number of runs taken is recorded (``Perf.runs``).
     It lives in this self-contained file so that the ONNX runner and the NPU-library worker, which run in other
     environments, apply the same rule as :mod:`pipeline.openvino.generation`.
     """

@@ -280,6 +280,7 @@ def test_the_stateless_pinned_pass_gives_the_stateful_logits(exports: dict[str, 
         assert (a.argmax(-1) == b.argmax(-1)).all()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["fp16", "int4", "npu"])
 def test_the_pinned_pass_in_runs_of_layers_gives_the_whole_models_logits(exports: dict[str, Path], variant: str) -> None:
     """At f32 OpenVINO widens f16 weights to f32 (Phi-3-mini's fp16 IR: 14 GiB), so an IR over the budget is
@@ -298,7 +299,8 @@ def test_the_pinned_pass_in_runs_of_layers_gives_the_whole_models_logits(exports
     assert [piece.get_friendly_name() for piece in split] == ["layers 0-0", "layers 1-1"]
     assert "hidden" in split[1].input("hidden").get_names()
     widened = [pieces.widened_bytes(piece) for piece in split]
-    assert max(widened) < pieces.widened_bytes(model) <= sum(widened)  # each piece holds only its own layers
+    # no piece holds all the weights; together they may hold some twice (each recomputes what the layers share)
+    assert max(widened) < pieces.widened_bytes(model) <= sum(widened)
     rng = np.random.default_rng(2)
     windows = [rng.integers(0, 32000, n).tolist() for n in (40, 150)]  # original context 64, max 256
     whole, _, _ = forced_logits(exports[variant], "CPU", windows, "f32", piece_bytes=1 << 62)
