@@ -49,8 +49,18 @@ class PointSpec:
     env: dict[str, str] = field(default_factory=dict)  # extra environment for the stages (not secrets)
 
 
+TAIL_LINES = 40  # lines of a failed command's output kept in the point's result (``ray_points.json``)
+
+
 class PointFailed(RuntimeError):
-    """A command of the point failed: the point is reported as failed, and not retried by Ray."""
+    """A command of the point failed: the point is reported as failed, and not retried by Ray.
+
+    ``tail``: the last :data:`TAIL_LINES` lines the command printed, so the driver's record says why.
+    """
+
+    def __init__(self, message: str, tail: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.tail = tail or []
 
 
 def _run(args: list[str], cwd: Path, env: dict[str, str]) -> tuple[str, Any]:
@@ -72,7 +82,7 @@ def _run(args: list[str], cwd: Path, env: dict[str, str]) -> tuple[str, Any]:
         ours = [line for line in lines if line.startswith("error: ")]  # a stage's own one-line reason
         detail = ours[-1].removeprefix("error: ") if ours else " | ".join(lines[-2:])
         command = " ".join((args[2:] if args[1:2] == ["-m"] else args)[:3])  # "dvc exp run", not its -S list
-        raise PointFailed(f"`{command}` exit {proc.returncode}: {detail}")
+        raise PointFailed(f"`{command}` exit {proc.returncode}: {detail}", lines[-TAIL_LINES:])
     return out, usage
 
 
@@ -96,7 +106,7 @@ def run_point(spec: PointSpec) -> dict[str, Any]:
     try:
         result.update(status="ok", error=None, **_phases(spec, work, seconds))
     except PointFailed as err:
-        result.update(status="failed", error=str(err))
+        result.update(status="failed", error=f"{err} (in {next(reversed(seconds), '?')})", log_tail=err.tail)
     finally:
         result["seconds"] = seconds
         result["ended"] = time.time()

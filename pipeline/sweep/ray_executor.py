@@ -138,6 +138,19 @@ def specs(
     ]
 
 
+def task_error(err: BaseException) -> str:
+    """One line for a task that did not return: the task's own exception when it raised, else Ray's reason.
+
+    A task that raised comes back as ``RayTaskError``, whose first line only names the task and worker; the
+    exception it wraps (``cause``) is what says why.
+    """
+    cause = getattr(err, "cause", None)
+    if isinstance(cause, BaseException):
+        err = cause
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return f"{type(err).__name__}: {lines[0] if lines else 'no message'}"
+
+
 def run_tasks(ray: Any, points: list[PointSpec], memory: int, cpus: int) -> list[dict]:
     """Submit every point as a task and gather the results as they finish."""
     task = ray.remote(run_point)
@@ -148,8 +161,8 @@ def run_tasks(ray: Any, points: list[PointSpec], memory: int, cpus: int) -> list
         spec = pending.pop(ref)
         try:
             result = ray.get(ref)
-        except Exception as err:  # the task died more often than MAX_RETRIES, or Ray itself failed
-            result = {"name": spec.name, "values": spec.values, "status": "failed", "error": str(err).splitlines()[0]}
+        except Exception as err:  # the task raised, died more often than MAX_RETRIES, or Ray itself failed
+            result = {"name": spec.name, "values": spec.values, "status": "failed", "error": task_error(err)}
         results.append(result)
         took = sum((result.get("seconds") or {}).values())
         say(

@@ -178,7 +178,7 @@ def test_ray_sweep_matches_the_local_queue_and_a_killed_worker_is_retried(
     assert driver.returncode == 0, log[-4000:]
     ray_result = json.loads((project / "artifacts" / "sweep" / "sweep.json").read_text())
     ray_points = json.loads((project / "artifacts" / "sweep" / "ray_points.json").read_text())["points"]
-    assert {p["status"] for p in ray_points} == {"ok"}
+    assert {p["status"] for p in ray_points} == {"ok"}, [(p["name"], p.get("error")) for p in ray_points]
     retried = next(p for p in ray_points if p["name"] == killed_point)
     assert retried["pid"] != killed_pid  # Ray ran the point again, in another worker
     assert len({p["host"] + str(p["pid"]) for p in ray_points}) >= 2  # points ran in more than one worker

@@ -165,4 +165,20 @@ def test_a_point_that_cannot_run_returns_failed_and_leaves_no_workspace(
                      git_url=str(tmp_path / "missing.git"), commit="0" * 40, metrics_file="m.json")
     result = run_point(spec)
     assert result["status"] == "failed" and result["error"].startswith("`git clone -q` exit 128")
+    assert result["error"].endswith("(in clone)")  # the phase that failed
+    assert any("missing.git" in line for line in result["log_tail"])  # what git printed, kept for the record
     assert list((tmp_path / "scratch").iterdir()) == []
+
+
+def test_a_task_that_raised_is_reported_by_its_own_exception() -> None:
+    """A point whose Python raised comes back from Ray wrapped; the record names the exception, not the wrapper."""
+    from ray.exceptions import RayTaskError, WorkerCrashedError
+
+    try:
+        raise ChildProcessError(10, "No child processes")
+    except ChildProcessError as cause:
+        wrapped = RayTaskError("run_point", "Traceback ...", cause, proctitle="ray::aipc-sweep:p", pid=1, ip="127.0.0.1")
+    first = str(wrapped).splitlines()[0]  # what the record kept before: the task's name and worker, no reason
+    assert "ray::aipc-sweep:p()" in first and "ChildProcessError" not in first
+    assert ray_executor.task_error(wrapped) == "ChildProcessError: [Errno 10] No child processes"
+    assert ray_executor.task_error(WorkerCrashedError()).startswith("WorkerCrashedError: The worker died")
