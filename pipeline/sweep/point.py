@@ -49,6 +49,8 @@ class PointSpec:
     env: dict[str, str] = field(default_factory=dict)  # extra environment for the stages (not secrets)
 
 
+REMOTE_TRIES = 3  # clone, fetch and push talk to the remotes: a failure there is tried again, twice
+RETRY_WAIT_S = 2.0  # before the second try; twice that before the third
 TAIL_LINES = 40  # lines of a failed command's output kept in the point's result (``ray_points.json``)
 
 
@@ -90,7 +92,8 @@ def run_point(spec: PointSpec) -> dict[str, Any]:
     """Run one point in a fresh clone and publish it; never raises for a failing point.
 
     Returns:
-        ``{"name", "status": "ok"|"failed", "error", "metrics", "peak_rss_bytes", "seconds": {phase: s}, "host"}``.
+        ``{"name", "status": "ok"|"failed", "error", "metrics", "peak_rss_bytes", "seconds": {phase: s}, "host",
+        "retried": [{"phase", "error"}]}``, and ``"log_tail"`` (the failing command's last lines) when it failed.
     """
     scratch = Path(os.environ.get(SCRATCH_ENV) or tempfile.gettempdir())
     scratch.mkdir(parents=True, exist_ok=True)
@@ -103,12 +106,14 @@ def run_point(spec: PointSpec) -> dict[str, Any]:
         "started": time.time(),
     }
     seconds: dict[str, float] = {}
+    retried: list[dict[str, str]] = []
     try:
-        result.update(status="ok", error=None, **_phases(spec, work, seconds))
+        result.update(status="ok", error=None, **_phases(spec, work, seconds, retried))
     except PointFailed as err:
         result.update(status="failed", error=f"{err} (in {next(reversed(seconds), '?')})", log_tail=err.tail)
     finally:
         result["seconds"] = seconds
+        result["retried"] = retried
         result["ended"] = time.time()
         if not spec.keep_workspace:
             with contextlib.suppress(OSError):
@@ -116,34 +121,51 @@ def run_point(spec: PointSpec) -> dict[str, Any]:
     return result
 
 
-def _phases(spec: PointSpec, work: Path, seconds: dict[str, float]) -> dict[str, Any]:
+def _phases(spec: PointSpec, work: Path, seconds: dict[str, float], retried: list[dict[str, str]]) -> dict[str, Any]:
+    """Clone, fetch, run, push; ``seconds`` gets each phase's time, ``retried`` each remote command tried again.
+
+    Only the commands that talk to a remote (git clone, ``dvc repro --pull``, ``dvc push``, ``dvc exp push``) are
+    tried again, :data:`REMOTE_TRIES` times in all: a network or server hiccup after a long run must not lose the
+    point. They are idempotent (content-addressed objects, a forced ref). The experiment itself is never tried
+    again: a point that fails there fails the same way every time.
+    """
     node_cache = Path(os.environ.get(NODE_CACHE_ENV) or Path(tempfile.gettempdir()) / "aipc-sweep-cache")
     # The NNCF caches (statistics, sensitivities; keyed by base IR and dataset) are the node's: its points share them
     env = venv_env(**{NNCF_CACHE_ENV: str(node_cache.absolute()), **spec.env})
     env.pop("DVC_ROOT", None)  # a DVC stage environment must not leak into the clone's DVC
     dvc = [sys.executable, "-m", "dvc"]
 
-    def timed(phase: str, args: list[str], cwd: Path = work) -> tuple[str, Any]:
-        start = time.perf_counter()
-        try:
-            return _run(args, cwd, env)
-        finally:
-            seconds[phase] = round(seconds.get(phase, 0.0) + time.perf_counter() - start, 3)
+    def timed(phase: str, args: list[str], cwd: Path = work, tries: int = 1) -> tuple[str, Any]:
+        for attempt in range(1, tries + 1):
+            start = time.perf_counter()
+            try:
+                return _run(args, cwd, env)
+            except PointFailed as err:
+                if attempt == tries:
+                    raise
+                retried.append({"phase": phase, "error": str(err)})
+                if phase == "clone":  # git clone wants an empty folder
+                    for leftover in work.iterdir():
+                        remove_tree(leftover)
+                time.sleep(RETRY_WAIT_S * attempt)
+            finally:
+                seconds[phase] = round(seconds.get(phase, 0.0) + time.perf_counter() - start, 3)
+        raise AssertionError("unreachable: the last try returns or raises")
 
-    timed("clone", ["git", "clone", "-q", "--no-checkout", spec.git_url, str(work)], work.parent)
+    timed("clone", ["git", "clone", "-q", "--no-checkout", spec.git_url, str(work)], work.parent, REMOTE_TRIES)
     timed("clone", ["git", "checkout", "-q", "--detach", spec.commit])
     timed("clone", [*dvc, "config", "--local", "cache.dir", str(node_cache / "dvc")])
     if spec.dvc_remote:  # `exp run --pull` reads the run cache from the default remote
         timed("clone", [*dvc, "remote", "default", "--local", spec.dvc_remote])
     if spec.shared:  # one point of the node at a time fills the node's cache (two DVCs pulling one cache race)
         with node_lock(node_cache):
-            timed("fetch", [*dvc, "repro", "--pull", *spec.shared])
+            timed("fetch", [*dvc, "repro", "--pull", *spec.shared], tries=REMOTE_TRIES)
     # --pull: run-cache entries from the remote, then only the objects of the entries that match
     _, usage = timed("run", [*dvc, "exp", "run", "--pull", "-n", spec.name, *spec.set_params, *spec.targets])
     metrics_path = work / spec.metrics_file
     metrics = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.is_file() else None
-    timed("push", [*dvc, "push", "-q"])
-    timed("push", [*dvc, "exp", "push", "--no-cache", "--force", "origin", spec.name])
+    timed("push", [*dvc, "push", "-q"], tries=REMOTE_TRIES)
+    timed("push", [*dvc, "exp", "push", "--no-cache", "--force", "origin", spec.name], tries=REMOTE_TRIES)
     return {"metrics": metrics, "peak_rss_bytes": usage.ru_maxrss * 1024 if usage else None}
 
 

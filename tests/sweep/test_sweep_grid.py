@@ -158,16 +158,52 @@ def test_a_failed_point_gets_its_line_and_never_wins(tmp_path: Path) -> None:
 def test_a_point_that_cannot_run_returns_failed_and_leaves_no_workspace(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from pipeline.sweep.point import SCRATCH_ENV, PointSpec, run_point
+    from pipeline.sweep import point
 
-    monkeypatch.setenv(SCRATCH_ENV, str(tmp_path / "scratch"))
-    spec = PointSpec(name="p", values={"openvino.int4.ratio": 0.8}, set_params=[], targets=["validate@int4"],
-                     git_url=str(tmp_path / "missing.git"), commit="0" * 40, metrics_file="m.json")
-    result = run_point(spec)
+    monkeypatch.setenv(point.SCRATCH_ENV, str(tmp_path / "scratch"))
+    monkeypatch.setattr(point, "RETRY_WAIT_S", 0.05)
+    spec = point.PointSpec(name="p", values={"openvino.int4.ratio": 0.8}, set_params=[], targets=["validate@int4"],
+                           git_url=str(tmp_path / "missing.git"), commit="0" * 40, metrics_file="m.json")
+    result = point.run_point(spec)
     assert result["status"] == "failed" and result["error"].startswith("`git clone -q` exit 128")
     assert result["error"].endswith("(in clone)")  # the phase that failed
     assert any("missing.git" in line for line in result["log_tail"])  # what git printed, kept for the record
+    assert [r["phase"] for r in result["retried"]] == ["clone"] * (point.REMOTE_TRIES - 1)  # a remote: tried again
     assert list((tmp_path / "scratch").iterdir()) == []
+
+
+def test_a_remote_that_comes_back_is_tried_again_and_the_experiment_never_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The git remote appears only after the first clone failed: the second clone works; the run fails once."""
+    import threading
+
+    from pipeline.sweep import point
+
+    monkeypatch.setenv(point.SCRATCH_ENV, str(tmp_path / "scratch"))
+    monkeypatch.setenv(point.NODE_CACHE_ENV, str(tmp_path / "node"))
+    monkeypatch.setattr(point, "RETRY_WAIT_S", 3.0)
+    source = tmp_path / "source"
+    source.mkdir()
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
+    run_cmd(["git", "init", "-q"], source)
+    run_cmd([sys.executable, "-m", "dvc", "init", "-q"], source)
+    run_cmd([*git, "commit", "-qm", "an empty DVC project"], source)
+    commit = run_cmd(["git", "rev-parse", "HEAD"], source).stdout.strip()
+    origin = tmp_path / "origin.git"
+    # the remote comes back 1.5 s in: after the first clone failed (at once), before the second try (3 s)
+    back = threading.Timer(1.5, lambda: run_cmd(["git", "clone", "-q", "--bare", str(source), str(origin)], tmp_path))
+    back.start()
+    spec = point.PointSpec(name="p", values={}, set_params=[], targets=["no-such-stage"], git_url=str(origin),
+                           commit=commit, metrics_file="m.json")
+    try:
+        result = point.run_point(spec)
+    finally:
+        back.join()
+    assert [r["phase"] for r in result["retried"]] == ["clone"] and "origin.git" in result["retried"][0]["error"]
+    assert result["status"] == "failed" and result["error"].endswith("(in run)"), result["error"]
+    assert "no-such-stage" in result["error"]  # DVC's own reason, tried once: the experiment fails the same each time
+    assert set(result["seconds"]) == {"clone", "run"}
 
 
 def test_a_task_that_raised_is_reported_by_its_own_exception() -> None:
