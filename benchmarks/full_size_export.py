@@ -236,7 +236,8 @@ def main() -> None:
     print("\n| export | wall time | peak RSS |\n|---|---|---|")
     for name, r in results.items():
         status = "" if r["returncode"] == 0 else f" (failed: {r['error']})"
-        print(f"| {name} | {int(r['wall_s'] // 60)} min {r['wall_s'] % 60:.0f} s | {r['peak_rss_gib']} GiB{status} |")
+        minutes, seconds = divmod(round(r["wall_s"]), 60)  # 119.6 s is 2 min 0 s, not 1 min 60 s
+        print(f"| {name} | {minutes} min {seconds} s | {r['peak_rss_gib']} GiB{status} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     import psutil
 

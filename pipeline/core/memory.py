@@ -24,6 +24,7 @@ import os
 import platform
 import sys
 import threading
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -33,6 +34,8 @@ except ImportError:
     _pagetrim = None  # type: ignore[assignment]  # the optional module's usual spelling: None when not built
 
 MADV_DONTNEED = 4  # unmap: the page stays in the page cache; used only on read-only mappings (nothing to lose)
+HEAP_MIN_GAP_S = 1.0  # malloc_trim at most once a second (pipeline/core/_pagetrim.c has the same two numbers)
+HEAP_DUTY = 20.0  # and at most 1/20 of the time: the next one waits 20x what the last one took
 MADV_PAGEOUT = 21  # Linux >= 5.4: reclaim now; a request, never a discard (pages a program wrote stay)
 
 
@@ -57,7 +60,9 @@ class MappedPageTrimmer:
         # A native pass costs ~1.5 ms of CPU for a 7 GiB checkpoint; at 0.1 s a fast read from the page
         # cache leaves at most a few hundred MiB resident between passes. A Python pass also takes the GIL.
         self.interval = interval or (0.1 if self.native else 0.5)
+        self._heap_due = 0.0  # time.monotonic() before which malloc_trim is not called again (HEAP_* below)
         self.passes = 0  # trimming passes the native thread made (0 for the Python thread)
+        self.heap_trims = 0  # malloc_trim calls (the native thread's, or trim()'s)
         self._handle: object | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="aipc-page-trimmer", daemon=True)
@@ -76,8 +81,13 @@ class MappedPageTrimmer:
                 found.append((start, end - start, "w" in parts[1]))
         return found
 
-    def trim(self) -> None:
-        """Hand back the resident pages of the tracked mappings once, then the freed heap."""
+    def trim(self, heap: bool = False) -> None:
+        """Hand back the resident pages of the tracked mappings once, then the freed heap when it is due.
+
+        ``malloc_trim`` walks the whole heap and locks each arena while it does (50-180 ms in a process that
+        has loaded torch, transformers and NNCF), so it runs at most every :data:`HEAP_MIN_GAP_S` and at most
+        1/:data:`HEAP_DUTY` of the time, as in the native loop; ``heap=True`` runs it now.
+        """
         if self._libc is None:
             self._libc = ctypes.CDLL(None, use_errno=True)
             self._libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
@@ -85,8 +95,12 @@ class MappedPageTrimmer:
             self._libc.madvise(
                 ctypes.c_void_p(start), ctypes.c_size_t(length), MADV_PAGEOUT if writable else MADV_DONTNEED
             )
-        if hasattr(self._libc, "malloc_trim"):  # glibc
+        began = time.monotonic()
+        if hasattr(self._libc, "malloc_trim") and (heap or began >= self._heap_due):  # glibc
             self._libc.malloc_trim(0)
+            self.heap_trims += 1
+            ended = time.monotonic()
+            self._heap_due = ended + max(HEAP_MIN_GAP_S, (ended - began) * HEAP_DUTY)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
@@ -101,13 +115,14 @@ class MappedPageTrimmer:
 
     def __exit__(self, *exc: object) -> None:
         if self._handle is not None:
-            self.passes = _pagetrim.stop(self._handle)
+            self.passes, heap_trims = _pagetrim.stop(self._handle)
+            self.heap_trims += heap_trims
             self._handle = None
         if self._thread.is_alive():
             self._stop.set()
             self._thread.join()
         if self.enabled:
-            self.trim()
+            self.trim(heap=True)
 
 
 HUGE_PAGES_TUNABLE = "glibc.malloc.hugetlb=1"  # glibc >= 2.35: malloc madvises its large blocks MADV_HUGEPAGE
