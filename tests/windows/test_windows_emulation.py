@@ -73,19 +73,20 @@ def test_folder_with_an_open_or_mapped_file_cannot_be_renamed(project: Path) -> 
 
 
 def test_open_file_in_another_process_of_the_project_blocks_the_rename(project: Path) -> None:
-    holder = subprocess.Popen([sys.executable, "-c", "import sys; f = open(sys.argv[1], 'rb'); sys.stdin.read()",
-                               str(project / "out" / "weights.bin")], stdin=subprocess.PIPE,
-                              env=winemu_env(project))
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; f = open(sys.argv[1], 'rb'); print('open', flush=True); sys.stdin.read()",
+         str(project / "out" / "weights.bin")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=winemu_env(project))
     try:
+        # Wait until the holder has the file open: renaming the folder while it was still opening it made its
+        # open fail (the folder was briefly elsewhere), and then nothing held the file.
+        assert holder.stdout is not None and holder.stdout.readline() == b"open\n"
         done = run_emulated("""
-            import os, time
-            for _ in range(100):  # until the holder has the file open
-                try:
-                    os.replace("out", "moved")
-                except PermissionError as exc:
-                    raise SystemExit(str(exc))
-                os.replace("moved", "out")
-                time.sleep(0.05)
+            import os
+            try:
+                os.replace("out", "moved")
+            except PermissionError as exc:
+                raise SystemExit(str(exc))
+            os.replace("moved", "out")
             """, project)
     finally:
         holder.communicate(b"")
