@@ -34,9 +34,9 @@ except ImportError:
     _pagetrim = None  # type: ignore[assignment]  # the optional module's usual spelling: None when not built
 
 MADV_DONTNEED = 4  # unmap: the page stays in the page cache; used only on read-only mappings (nothing to lose)
+MADV_PAGEOUT = 21  # Linux >= 5.4: reclaim now; a request, never a discard (pages a program wrote stay)
 HEAP_MIN_GAP_S = 1.0  # malloc_trim at most once a second (pipeline/core/_pagetrim.c has the same two numbers)
 HEAP_DUTY = 20.0  # and at most 1/20 of the time: the next one waits 20x what the last one took
-MADV_PAGEOUT = 21  # Linux >= 5.4: reclaim now; a request, never a discard (pages a program wrote stay)
 
 
 class MappedPageTrimmer:
@@ -60,7 +60,7 @@ class MappedPageTrimmer:
         # A native pass costs ~1.5 ms of CPU for a 7 GiB checkpoint; at 0.1 s a fast read from the page
         # cache leaves at most a few hundred MiB resident between passes. A Python pass also takes the GIL.
         self.interval = interval or (0.1 if self.native else 0.5)
-        self._heap_due = 0.0  # time.monotonic() before which malloc_trim is not called again (HEAP_* below)
+        self._heap_due = 0.0  # time.monotonic() before which malloc_trim is not called again (HEAP_* above)
         self.passes = 0  # trimming passes the native thread made (0 for the Python thread)
         self.heap_trims = 0  # malloc_trim calls (the native thread's, or trim()'s)
         self._handle: object | None = None

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -135,24 +135,30 @@ def _phases(spec: PointSpec, work: Path, seconds: dict[str, float], retried: lis
     env.pop("DVC_ROOT", None)  # a DVC stage environment must not leak into the clone's DVC
     dvc = [sys.executable, "-m", "dvc"]
 
-    def timed(phase: str, args: list[str], cwd: Path = work, tries: int = 1) -> tuple[str, Any]:
-        for attempt in range(1, tries + 1):
-            start = time.perf_counter()
-            try:
-                return _run(args, cwd, env)
-            except PointFailed as err:
-                if attempt == tries:
-                    raise
-                retried.append({"phase": phase, "error": str(err)})
-                if phase == "clone":  # git clone wants an empty folder
-                    for leftover in work.iterdir():
-                        remove_tree(leftover)
-                time.sleep(RETRY_WAIT_S * attempt)
-            finally:
-                seconds[phase] = round(seconds.get(phase, 0.0) + time.perf_counter() - start, 3)
-        raise AssertionError("unreachable: the last try returns or raises")
+    def timed(
+        phase: str, args: list[str], cwd: Path = work, tries: int = 1, before_retry: Callable[[], None] | None = None
+    ) -> tuple[str, Any]:
+        """Run ``args`` up to ``tries`` times (``before_retry`` undoes a failed try); the phase's time counts all."""
+        start = time.perf_counter()
+        try:
+            for attempt in range(1, tries):
+                try:
+                    return _run(args, cwd, env)
+                except PointFailed as err:
+                    retried.append({"phase": phase, "error": str(err)})
+                    if before_retry:
+                        before_retry()
+                    time.sleep(RETRY_WAIT_S * attempt)
+            return _run(args, cwd, env)  # the last try: its failure is the point's
+        finally:
+            seconds[phase] = round(seconds.get(phase, 0.0) + time.perf_counter() - start, 3)
 
-    timed("clone", ["git", "clone", "-q", "--no-checkout", spec.git_url, str(work)], work.parent, REMOTE_TRIES)
+    def empty_workspace() -> None:  # git clone wants an empty folder
+        for leftover in work.iterdir():
+            remove_tree(leftover)
+
+    clone = ["git", "clone", "-q", "--no-checkout", spec.git_url, str(work)]
+    timed("clone", clone, work.parent, REMOTE_TRIES, empty_workspace)
     timed("clone", ["git", "checkout", "-q", "--detach", spec.commit])
     timed("clone", [*dvc, "config", "--local", "cache.dir", str(node_cache / "dvc")])
     if spec.dvc_remote:  # `exp run --pull` reads the run cache from the default remote
