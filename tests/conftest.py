@@ -6,6 +6,8 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# No DVC command a test runs (in this checkout or a temporary repository) spawns DVC's analytics daemon.
+os.environ["DVC_NO_ANALYTICS"] = "1"
 
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
@@ -29,7 +31,13 @@ def run_cmd(args: list[str], cwd: Path, check: bool = True) -> subprocess.Comple
 
 
 def make_project(dest: Path) -> Path:
-    """Copy the project into ``dest`` as a fresh git + DVC repository (like a fresh clone)."""
+    """Copy the project into ``dest`` as a fresh git + DVC repository (like a fresh clone).
+
+    Its ``params.yaml`` is conf/'s default composition, as committed, whatever this working tree's ``params.yaml``
+    was recomposed to (``aipc demo`` leaves ``model=tiny``).
+    """
+    from pipeline.core.config import compose, dump_yaml
+
     for name in PROJECT_FILES:
         src = ROOT / name
         if src.is_dir():
@@ -37,7 +45,7 @@ def make_project(dest: Path) -> Path:
         else:
             shutil.copy2(src, dest / name)
     shutil.copytree(ROOT / ".dvc", dest / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache"))
-    shutil.copy2(ROOT / "params.yaml", dest / "params.yaml")
+    (dest / "params.yaml").write_text(dump_yaml(compose([], conf_dir=dest / "conf")), encoding="utf-8")
     run_cmd(["git", "init", "-q"], dest)
     run_cmd(["git", "add", "-A"], dest)
     run_cmd(["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid", "commit", "-qm", "init"], dest)
