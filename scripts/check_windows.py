@@ -1,6 +1,6 @@
 """Static check for code that works on Linux and breaks on Windows (most of our users convert on Windows laptops).
 
-Run:      python scripts/check_windows.py                 (checks pipeline/ and bootstrap.py; exit 1 on findings)
+Run:      python scripts/check_windows.py    (checks pipeline/, tests/, scripts/ and bootstrap.py; exit 1 on findings)
 Override: python scripts/check_windows.py pipeline/cli (any files or folders)
 
 Rules (all from the Python AST, never from regular expressions over the text):
@@ -19,9 +19,16 @@ Rules (all from the Python AST, never from regular expressions over the text):
 * ``venv-bin``: hard-coded ``bin`` venv paths (``Scripts`` on Windows) with no Windows branch.
 
 A finding is guarded, and not reported, when it sits inside an ``if``/conditional expression that tests
-``os.name``, ``sys.platform``, ``platform.system()`` (or follows such an ``if`` that returns), inside a
-``try`` whose ``except`` catches the error it raises on Windows, on a line ending in
-``# windows-ok: <reason>``, or when it is in ``ALLOWED`` below (with the reason).
+``os.name``, ``sys.platform``, ``platform.system()`` (or follows such an ``if`` that returns, raises or calls
+``pytest.skip``), inside a test function or class decorated with ``pytest.mark.skipif(<such a test>)`` (or with
+a module-level name bound to one), in a test module whose ``pytestmark`` holds such a marker, inside a ``try``
+whose ``except`` catches the error it raises on Windows, on a line ending in ``# windows-ok: <reason>``, or when
+it is in ``ALLOWED`` below (with the reason; ``"*"`` as the rule or function covers the whole file).
+
+``subprocess`` with ``text=True`` and no encoding is not reported when the command starts with a Python
+interpreter (``sys.executable``, a ``python`` path) and ``env=`` does not mention ``PYTHONIOENCODING``,
+``PYTHONUTF8`` or ``worker_env``: a Python child writes its pipes in the locale encoding, the one ``text=True``
+reads (an explicit ``encoding="utf-8"`` would be wrong there on Windows).
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_TARGETS = ("pipeline", "bootstrap.py")
+DEFAULT_TARGETS = ("pipeline", "tests", "scripts", "bootstrap.py")
 
 POSIX_OS = {
     "fork", "forkpty", "getloadavg", "geteuid", "getuid", "getegid", "getgid", "getgroups", "setsid", "setuid",
@@ -79,6 +86,29 @@ ALLOWED: dict[tuple[str, str, str], str] = {
         "checks Path('/proc/cpuinfo').is_file() first and assumes AVX2/F16C when absent",
     ("pipeline/npu_lib/build.py", "encoding", "linux_build_reason"):
         "reads /proc/cpuinfo (ASCII, errors='replace'), which exists only on Linux",
+    ("scripts/check_windows.py", "posix-path", "<module>"): "the rules' own list of POSIX path prefixes",
+    ("scripts/check_windows.py", "venv-bin", "_Checker.visit_Constant"): "the rules' own venv path patterns",
+    ("scripts/check_windows.py", "venv-bin", "_Checker.visit_JoinedStr"): "the rules' own venv path patterns",
+    ("scripts/make_tiny_phi3.py", "venv-bin", "static_info"):
+        "records in the asset's README the command that made it (on Linux); not a path the script opens",
+    ("scripts/tiny_phi3/report_128k.py", "venv-bin", "readme_info"):
+        "records in the asset's README the command that made it (on Linux); not a path the script opens",
+    ("tests/windows/winemu/_aipc_winemu.py", "*", "*"):
+        "the Windows emulation itself, Linux-only by design (reads /proc/<pid>/fd and maps); "
+        "tests/windows/test_windows_emulation.py is skipped off Linux, where the real rules apply",
+    ("tests/openvino/test_lean.py", "posix-path", "test_stage_restarts_with_malloc_on_huge_pages"):
+        "skipped unless memory.huge_pages_available(), which is False off Linux",
+    ("tests/openvino/test_lean.py", "posix-only", "mapped_weights"):
+        "helper of the Linux-only trimmer tests (each skipif not linux)",
+    ("tests/openvino/test_lean.py", "posix-path", "status_kib"):
+        "helper of the Linux-only trimmer tests (each skipif not linux)",
+    ("tests/core/test_reliability_faults.py", "posix-path", "test_tmpdir_on_another_drive_is_moved_beside_the_output"):
+        "skips itself when /dev/shm is not a folder on another file system (never a folder on Windows)",
+    ("tests/core/test_reliability_faults.py", "posix-path", "test_real_int4_export_with_tmpdir_on_another_drive"):
+        "skips itself when /dev/shm is not a folder on another file system (never a folder on Windows)",
+    ("tests/sweep/sweep_cluster.py", "*", "local_cluster"):
+        "a local multi-node Ray cluster (ray start --block, short /tmp socket paths), which Ray does not support on "
+        "Windows; tests/sweep/test_ray_sweep.py is skipped there",
 }
 
 
@@ -134,15 +164,57 @@ def _is_platform_test(test: ast.AST, variables: frozenset[str] | set[str] = froz
     return False
 
 
+EXIT_CALLS = ("pytest.skip", "pytest.fail", "pytest.exit", "sys.exit")
+PYTHON_CHILD_ENV_WORDS = ("PYTHONIOENCODING", "PYTHONUTF8", "worker_env")
+
+
 def _exits(body: list[ast.stmt]) -> bool:
+    if body and isinstance(body[-1], ast.Expr) and isinstance(body[-1].value, ast.Call):
+        return _dotted(body[-1].value.func) in EXIT_CALLS
     return bool(body) and isinstance(body[-1], (ast.Return, ast.Raise, ast.Continue, ast.Break))
 
 
+def _skips_off_platform(node: ast.AST, markers: set[str], variables: set[str]) -> bool:
+    """Whether ``node`` (a decorator, or a ``pytestmark`` value) is a ``pytest.mark.skipif`` on the platform."""
+    if isinstance(node, (ast.List, ast.Tuple)):
+        return any(_skips_off_platform(e, markers, variables) for e in node.elts)
+    if isinstance(node, ast.Name) and node.id in markers:
+        return True
+    if not (isinstance(node, ast.Call) and _dotted(node.func).endswith("mark.skipif")):
+        return False
+    condition = node.args[0] if node.args else next((k.value for k in node.keywords if k.arg == "condition"), None)
+    return condition is not None and _is_platform_test(condition, variables)
+
+
+def _platform_markers(tree: ast.Module, variables: set[str]) -> tuple[set[str], bool]:
+    """Module-level names bound to a platform ``skipif`` marker, and whether ``pytestmark`` holds one."""
+    markers: set[str] = set()
+    whole_module = False
+    for stmt in tree.body:
+        if isinstance(stmt, ast.Assign) and _skips_off_platform(stmt.value, markers, variables):
+            names = {t.id for t in stmt.targets if isinstance(t, ast.Name)}
+            whole_module |= "pytestmark" in names
+            markers |= names - {"pytestmark"}
+    return markers, whole_module
+
+
+def _python_child(node: ast.Call, kwargs: dict[str, ast.AST]) -> bool:
+    """A subprocess call whose command starts with a Python interpreter that keeps the locale encoding."""
+    command = node.args[0] if node.args else kwargs.get("args")
+    if not (isinstance(command, (ast.List, ast.Tuple)) and command.elts):
+        return False
+    first = ast.unparse(command.elts[0])
+    env = ast.unparse(kwargs["env"]) if "env" in kwargs else ""
+    return ("sys.executable" in first or "python" in first.lower()) and not any(
+        word in env for word in PYTHON_CHILD_ENV_WORDS)
+
+
 class _Checker(ast.NodeVisitor):
-    def __init__(self, rel: str, lines: list[str], platform_vars: set[str]) -> None:
-        self.rel, self.lines, self.platform_vars = rel, lines, platform_vars
+    def __init__(self, rel: str, lines: list[str], platform_vars: set[str], markers: set[str] = frozenset(),
+                 whole_module: bool = False) -> None:
+        self.rel, self.lines, self.platform_vars, self.markers = rel, lines, platform_vars, set(markers)
         self.findings: list[Finding] = []
-        self.platform_guard = 0
+        self.platform_guard = int(whole_module)  # a test module skipped off its platform
         self.caught: list[set[str]] = []
         self.functions: list[str] = []
         self.function_scripts: list[bool] = []  # does the enclosing function mention "Scripts" (a Windows branch)
@@ -159,7 +231,7 @@ class _Checker(ast.NodeVisitor):
         self.platform_guard -= guarded_after
 
     def generic_visit(self, node: ast.AST) -> None:
-        for field, value in ast.iter_fields(node):
+        for _field, value in ast.iter_fields(node):
             if isinstance(value, list) and value and isinstance(value[0], ast.stmt):
                 self._visit_body(value)
             elif isinstance(value, list):
@@ -169,10 +241,16 @@ class _Checker(ast.NodeVisitor):
             elif isinstance(value, ast.AST):
                 self.visit(value)
 
+    def _skipped(self, node: ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) -> int:
+        return int(any(_skips_off_platform(d, self.markers, self.platform_vars) for d in node.decorator_list))
+
     def _function(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
         self.functions.append(node.name)
         self.function_scripts.append(any(isinstance(n, ast.Constant) and n.value == "Scripts" for n in ast.walk(node)))
+        skipped = self._skipped(node)
+        self.platform_guard += skipped
         self.generic_visit(node)
+        self.platform_guard -= skipped
         self.functions.pop()
         self.function_scripts.pop()
 
@@ -180,7 +258,10 @@ class _Checker(ast.NodeVisitor):
 
     def visit_ClassDef(self, node: ast.ClassDef) -> None:
         self.functions.append(node.name)
+        skipped = self._skipped(node)
+        self.platform_guard += skipped
         self.generic_visit(node)
+        self.platform_guard -= skipped
         self.functions.pop()
 
     def visit_If(self, node: ast.If) -> None:
@@ -237,7 +318,7 @@ class _Checker(ast.NodeVisitor):
         if any("# windows-ok:" in self.lines[i - 1] for i in range(first, last + 1) if i <= len(self.lines)):
             return
         function = ".".join(self.functions) or "<module>"
-        if (self.rel, rule, function) in ALLOWED:
+        if {(self.rel, r, f) for r in (rule, "*") for f in (function, "*")} & ALLOWED.keys():
             return
         self.findings.append(Finding(self.rel, first, rule, message, function))
 
@@ -326,7 +407,7 @@ class _Checker(ast.NodeVisitor):
         elif func.startswith("subprocess.") and func.split(".")[-1] in SUBPROCESS_TEXT:
             text = any(isinstance(kwargs.get(k), ast.Constant) and kwargs[k].value is True  # type: ignore[union-attr]
                        for k in ("text", "universal_newlines"))
-            if text and not has_encoding:
+            if text and not has_encoding and not _python_child(node, kwargs):
                 self._report(node, "encoding", f"{func}(text=True) without encoding= decodes output as cp1252 on Windows")
         elif func.split(".")[-1] in ("NamedTemporaryFile", "TemporaryFile", "SpooledTemporaryFile"):
             mode = kwargs.get("mode", node.args[0] if node.args else None)
@@ -368,13 +449,14 @@ def check_file(path: Path, root: Path = ROOT) -> list[Finding]:
     source = path.read_text(encoding="utf-8")
     rel = path.resolve().relative_to(root).as_posix() if path.resolve().is_relative_to(root) else str(path)
     tree = ast.parse(source, filename=str(path))
-    checker = _Checker(rel, source.splitlines(), _platform_variables(tree))
+    variables = _platform_variables(tree)
+    checker = _Checker(rel, source.splitlines(), variables, *_platform_markers(tree, variables))
     checker.visit(tree)
     return checker.findings
 
 
 def check(targets: list[Path] | None = None, root: Path = ROOT) -> list[Finding]:
-    """The findings in every Python file under ``targets`` (default: pipeline/ and bootstrap.py)."""
+    """The findings in every Python file under ``targets`` (default: pipeline/, tests/, scripts/, bootstrap.py)."""
     targets = targets or [root / t for t in DEFAULT_TARGETS]
     files: list[Path] = []
     for target in targets:
@@ -388,7 +470,7 @@ def check(targets: list[Path] | None = None, root: Path = ROOT) -> list[Finding]
 def main(argv: list[str] | None = None) -> int:
     """Print every finding; exit 1 if there is any."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("paths", nargs="*", type=Path, help="files or folders (default: pipeline/ and bootstrap.py)")
+    parser.add_argument("paths", nargs="*", type=Path, help="files or folders (default: pipeline/, tests/, scripts/, bootstrap.py)")
     args = parser.parse_args(argv)
     findings = check(args.paths or None)
     for finding in findings:

@@ -36,7 +36,7 @@ def phi4_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def metrics(project: Path, name: str) -> dict:
-    return json.loads((project / "artifacts" / "metrics" / f"{name}.json").read_text())
+    return json.loads((project / "artifacts" / "metrics" / f"{name}.json").read_text(encoding="utf-8"))
 
 
 def ran_cells(project: Path, name: str) -> list[dict]:
@@ -45,19 +45,19 @@ def ran_cells(project: Path, name: str) -> list[dict]:
 
 @pytest.mark.slow
 def test_the_phi4_shapes_reach_every_family(phi4_project: Path) -> None:
-    config = json.loads((phi4_project / "artifacts" / "model" / "config.json").read_text())
+    config = json.loads((phi4_project / "artifacts" / "model" / "config.json").read_text(encoding="utf-8"))
     rope = config["rope_parameters"]
     assert config["hidden_size"] // config["num_attention_heads"] == 128 and config["num_key_value_heads"] == 1
     assert (rope["rope_type"], rope["partial_rotary_factor"], config["tie_word_embeddings"]) == ("longrope", 0.75, True)
-    int4 = json.loads((phi4_project / "artifacts" / "openvino" / "int4" / "manifest.json").read_text())
+    int4 = json.loads((phi4_project / "artifacts" / "openvino" / "int4" / "manifest.json").read_text(encoding="utf-8"))
     assert int4["nncf_rt_info"]["weight_compression"]["mode"] == "int4_asym"  # the Phi-4 presets' CPU/GPU int4
     assert int4["nncf_rt_info"]["weight_compression"]["group_size"] == 64
-    npu = json.loads((phi4_project / "artifacts" / "npu" / "int4" / "manifest.json").read_text())
+    npu = json.loads((phi4_project / "artifacts" / "npu" / "int4" / "manifest.json").read_text(encoding="utf-8"))
     assert npu["nncf_rt_info"]["weight_compression"]["mode"] == "int4_sym"
 
 
 def manifest(project: Path, folder: str) -> dict:
-    return json.loads((project / "artifacts" / folder / "manifest.json").read_text())
+    return json.loads((project / "artifacts" / folder / "manifest.json").read_text(encoding="utf-8"))
 
 
 # Issue 21.4, every family dvc repro built here (the NPU library's: tests/npu_lib/test_npu_lib_layers.py): the tie
@@ -141,7 +141,7 @@ def top2_gap(ir_dir: Path, ids: list[int]) -> float:
 
 @pytest.mark.slow
 def test_every_openvino_ir_passes_including_long_context_on_both_sides_of_4096(phi4_project: Path) -> None:
-    reference = json.loads((phi4_project / "artifacts" / "reference" / "reference.json").read_text())
+    reference = json.loads((phi4_project / "artifacts" / "reference" / "reference.json").read_text(encoding="utf-8"))
     assert reference["long_context"]["limits"]["original_max_position_embeddings"] == 4096
     for name in ("openvino-int4", "openvino-int8", "openvino-fp16", "npu-int4"):
         cells = {k: c for k, c in metrics(phi4_project, name)["cells"].items() if c["status"] != "skipped"}
@@ -163,7 +163,7 @@ def test_the_npu_pipeline_differs_from_the_cpu_one_only_at_near_ties(phi4_projec
     cell = metrics(phi4_project, "npu-int4")["cells"]["NPU"]
     assert cell["device_executed"] == "CPU (NPUW)" and cell["status"] == "passed", cell["problems"]
     ir_dir = phi4_project / "artifacts" / "npu" / "int4"
-    reference = json.loads((phi4_project / "artifacts" / "reference" / "reference.json").read_text())
+    reference = json.loads((phi4_project / "artifacts" / "reference" / "reference.json").read_text(encoding="utf-8"))
     differing, cpu_runs = 0, []
     for case in reference["greedy"]:
         new = len(case["output_ids"])
@@ -201,5 +201,5 @@ def test_the_windows_ml_npu_package_wraps_the_symmetric_ir(phi4_project: Path) -
         assert entry["status"] in ("passed", "skipped"), entry
         if entry["status"] == "skipped" and not status.devices:
             assert entry["reason"]
-    genai = json.loads((phi4_project / "artifacts" / "winml" / "npu" / "genai_config.json").read_text())
+    genai = json.loads((phi4_project / "artifacts" / "winml" / "npu" / "genai_config.json").read_text(encoding="utf-8"))
     assert "NPU" in json.dumps(genai)

@@ -16,7 +16,7 @@ OVER_SIZE: dict[str, str] = {}
 def test_import_layering_contract_holds() -> None:
     """``lint-imports`` (import-linter, contract in pyproject.toml): core <- validation <- families <- cli."""
     exe = shutil.which("lint-imports", path=str(Path(sys.executable).parent)) or "lint-imports"
-    done = subprocess.run([exe, "--no-cache"], cwd=ROOT, capture_output=True, text=True)
+    done = subprocess.run([exe, "--no-cache"], cwd=ROOT, capture_output=True, text=True, encoding="utf-8", errors="replace")
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert "0 broken" in done.stdout
 

@@ -7,8 +7,6 @@ the way DVC does: with DVC's own lock classes in another process, or by running 
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -26,7 +24,7 @@ COMPOSE = [sys.executable, "-m", "pipeline.cli", "compose", "model=tiny"]
 def dvc_repo(tmp_path: Path) -> Path:
     """An empty DVC repository with a params.yaml that compose would rewrite."""
     run_cmd([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], tmp_path)
-    (tmp_path / "params.yaml").write_text("before: compose\n")
+    (tmp_path / "params.yaml").write_text("before: compose\n", encoding="utf-8")
     return tmp_path
 
 
@@ -43,7 +41,7 @@ def assert_refused(repo: Path, reason: str) -> None:
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: refusing to rewrite params.yaml: DVC is running"), lines
     assert reason in lines[0] and "rerun `aipc compose model=tiny`" in lines[0]
-    assert (repo / "params.yaml").read_text() == "before: compose\n"
+    assert (repo / "params.yaml").read_text(encoding="utf-8") == "before: compose\n"
 
 
 def test_compose_refuses_while_dvc_holds_the_repository_lock(dvc_repo: Path) -> None:
@@ -61,7 +59,7 @@ def test_compose_refuses_while_dvc_holds_the_repository_lock(dvc_repo: Path) -> 
         holder.kill()
         holder.wait()
     run_cmd(COMPOSE, dvc_repo)  # released: compose goes ahead
-    assert "model:" in (dvc_repo / "params.yaml").read_text()
+    assert "model:" in (dvc_repo / "params.yaml").read_text(encoding="utf-8")
 
 
 def test_compose_refuses_while_a_stage_runs_and_ignores_a_killed_one(dvc_repo: Path) -> None:
@@ -75,11 +73,11 @@ def test_compose_refuses_while_a_stage_runs_and_ignores_a_killed_one(dvc_repo: P
             time.sleep(60)
     """)
     assert_refused(dvc_repo, f"`dvc repro` (pid {holder.pid}) is running a stage")
-    os.kill(holder.pid, signal.SIGKILL)  # its rwlock entry stays behind, stale
+    holder.kill()  # SIGKILL (TerminateProcess on Windows): its rwlock entry stays behind, stale
     holder.wait()
-    assert str(holder.pid) in (dvc_repo / ".dvc" / "tmp" / "rwlock").read_text()
+    assert str(holder.pid) in (dvc_repo / ".dvc" / "tmp" / "rwlock").read_text(encoding="utf-8")
     run_cmd(COMPOSE, dvc_repo)
-    assert "model:" in (dvc_repo / "params.yaml").read_text()
+    assert "model:" in (dvc_repo / "params.yaml").read_text(encoding="utf-8")
 
 
 def test_compose_refuses_during_a_real_dvc_repro(dvc_repo: Path) -> None:
@@ -88,7 +86,7 @@ def test_compose_refuses_during_a_real_dvc_repro(dvc_repo: Path) -> None:
             f"[time.sleep(0.1) for _ in range(600) if not pathlib.Path('release').exists()]; "
             f"pathlib.Path('out.txt').write_text('done')")
     (dvc_repo / "dvc.yaml").write_text(f'stages:\n  slow:\n    cmd: {sys.executable} -c "{wait}"\n'
-                                       "    outs:\n      - out.txt\n")
+                                       "    outs:\n      - out.txt\n", encoding="utf-8")
     repro = subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=dvc_repo, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)
     try:
@@ -103,4 +101,4 @@ def test_compose_refuses_during_a_real_dvc_repro(dvc_repo: Path) -> None:
         output = repro.communicate(timeout=120)[0]
     assert repro.returncode == 0, output
     run_cmd(COMPOSE, dvc_repo)
-    assert "model:" in (dvc_repo / "params.yaml").read_text()
+    assert "model:" in (dvc_repo / "params.yaml").read_text(encoding="utf-8")

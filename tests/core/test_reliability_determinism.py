@@ -28,7 +28,7 @@ DVC = [sys.executable, "-m", "dvc"]
 
 def outs(project: Path) -> dict[str, list]:
     """Every stage's recorded outputs (path and md5) in dvc.lock."""
-    stages = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+    stages = yaml.safe_load((project / "dvc.lock").read_text(encoding="utf-8"))["stages"]
     return {name: [(o["path"], o["md5"]) for o in stage.get("outs", [])] for name, stage in stages.items()}
 
 
@@ -37,10 +37,10 @@ def test_manifest_holds_no_run_facts_and_the_run_log_does(tmp_path: Path, monkey
     (tmp_path / "out").mkdir()
     returned = write_manifest(tmp_path / "out", stage="export_x", variant="int4", timings={"export_s": 1.5},
                               run_log={"env": "/abs/path"})
-    written = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    written = json.loads((tmp_path / "out" / "manifest.json").read_text(encoding="utf-8"))
     assert not {"created", "timings", "env"} & set(written) and "platform" not in written["versions"]
     assert returned["timings"] == {"export_s": 1.5}  # callers still see what they measured
-    record = json.loads((tmp_path / "runs" / "export_x.jsonl").read_text().splitlines()[-1])
+    record = json.loads((tmp_path / "runs" / "export_x.jsonl").read_text(encoding="utf-8").splitlines()[-1])
     assert record["timings"] == {"export_s": 1.5} and record["env"] == "/abs/path" and record["variant"] == "int4"
     assert {"created", "host", "platform"} <= set(record)
 
@@ -52,7 +52,7 @@ def test_download_twice_gives_the_same_bytes(tmp_path: Path, monkeypatch: pytest
     assert first == second
     for path in (tmp_path / "a").iterdir():
         assert path.read_bytes() == (tmp_path / "b" / path.name).read_bytes(), path.name
-    assert len((tmp_path / "runs" / "download.jsonl").read_text().splitlines()) == 2
+    assert len((tmp_path / "runs" / "download.jsonl").read_text(encoding="utf-8").splitlines()) == 2
 
 
 @pytest.mark.slow
@@ -70,7 +70,7 @@ def test_dvc_repro_force_reruns_nothing_downstream_and_dvc_lock_vouches_for_the_
     assert (project / ".aipc" / "runs" / "download.jsonl").is_file()
     # The pickle is vouched for by DVC's own record of the folder; a swapped pickle is not.
     folder = project / "artifacts" / "npu_lib" / "int4"
-    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
     validate_npu_lib.checked_model_file(folder, manifest, project / "dvc.lock")
     copy = tmp_path / "swapped"
     shutil.copytree(folder, copy, symlinks=False)

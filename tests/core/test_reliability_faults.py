@@ -74,7 +74,7 @@ def test_enospc_injected_at_a_write_is_one_line_and_keeps_the_previous_output(tm
     monkeypatch.setattr(shutil, "disk_usage", lambda _: Usage(2**40, 0, 2**30))
     final = tmp_path / "out"
     final.mkdir()
-    (final / "keep.txt").write_text("previous")
+    (final / "keep.txt").write_text("previous", encoding="utf-8")
     artifacts.expect_disk(tmp_path, 3 * 2**30)
     with pytest.raises(StageError) as err, staged_dir(final) as tmp:
         (tmp / "part.bin").write_bytes(b"x" * 2**20)
@@ -82,7 +82,7 @@ def test_enospc_injected_at_a_write_is_one_line_and_keeps_the_previous_output(tm
     assert str(err.value).startswith(f"disk full under {tmp_path} while writing {final}: it needs about 3.0 GiB "
                                   "and 1.0 GiB was free: free 2.0 GiB more")
     assert str(err.value).endswith(f"{final} was left as it was before this run")
-    assert (final / "keep.txt").read_text() == "previous" and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert (final / "keep.txt").read_text(encoding="utf-8") == "previous" and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
 @pytest.mark.slow
@@ -92,7 +92,7 @@ def test_disk_full_during_a_real_export_is_one_line(tmpfs: Path, tiny_model: Pat
     cfg = build(PipelineConfig, compose(["model=tiny"])).openvino["int4"]
     previous = tmpfs / "int4"
     previous.mkdir()
-    (previous / "keep.txt").write_text("previous")
+    (previous / "keep.txt").write_text("previous", encoding="utf-8")
     monkeypatch.delenv("AIPC_SKIP_RESOURCE_CHECK", raising=False)
     with pytest.raises(StageError) as err:  # the resource check stops it first, in MiB
         export_openvino.run("int4", cfg, Workspace(model=tiny_model, out=tmpfs), base_dir=None)
@@ -102,7 +102,7 @@ def test_disk_full_during_a_real_export_is_one_line(tmpfs: Path, tiny_model: Pat
         export_openvino.run("int4", cfg, Workspace(model=tiny_model, out=tmpfs), base_dir=None)
     message = str(err.value)
     assert message.startswith(f"disk full under {tmpfs} while writing {previous}: it needs about ") and "\n" not in message
-    assert (previous / "keep.txt").read_text() == "previous" and sorted(p.name for p in tmpfs.iterdir()) == ["int4"]
+    assert (previous / "keep.txt").read_text(encoding="utf-8") == "previous" and sorted(p.name for p in tmpfs.iterdir()) == ["int4"]
 
 
 def test_a_cpp_writer_error_on_a_full_disk_is_reported_as_disk_full(tmpfs: Path) -> None:
@@ -126,7 +126,7 @@ def test_tmpdir_on_another_drive_is_moved_beside_the_output(tmp_path: Path, monk
     with staged_dir(tmp_path / "int4") as tmp:
         assert os.stat(tempfile.gettempdir()).st_dev == os.stat(tmp).st_dev and os.environ["TMPDIR"] == tempfile.tempdir
         with tempfile.TemporaryDirectory() as saved:  # what optimum-intel's quantizer does, then renames
-            (Path(saved) / "model.xml").write_text("<net/>")
+            (Path(saved) / "model.xml").write_text("<net/>", encoding="utf-8")
             Path(saved, "model.xml").rename(tmp / "openvino_model.xml")
     assert tempfile.tempdir == str(scratch) and os.environ["TMPDIR"] == str(scratch)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["int4"]
@@ -234,7 +234,7 @@ INTERRUPTED = textwrap.dedent("""
 @pytest.mark.parametrize("when", ["before", "after"])
 def test_interrupt_message_is_true_and_alone(tmp_path: Path, when: str) -> None:
     (tmp_path / "int4").mkdir()
-    (tmp_path / "int4" / "keep.txt").write_text("previous")
+    (tmp_path / "int4" / "keep.txt").write_text("previous", encoding="utf-8")
     start = time.monotonic()
     done = subprocess.run([sys.executable, "-c", INTERRUPTED, str(tmp_path), when], capture_output=True, text=True,
                           cwd=Path(__file__).resolve().parents[2])
@@ -243,4 +243,4 @@ def test_interrupt_message_is_true_and_alone(tmp_path: Path, when: str) -> None:
                 "after": f"error: interrupted after {tmp_path / 'first'} was replaced; {tmp_path / 'int4'} keeps its "
                          "previous contents: rerun to finish"}[when]
     assert done.stderr.strip().splitlines() == [expected]
-    assert (tmp_path / "int4" / "keep.txt").read_text() == "previous"
+    assert (tmp_path / "int4" / "keep.txt").read_text(encoding="utf-8") == "previous"

@@ -7,7 +7,6 @@ Staged folders are named ``.<name>.tmp-<pid>-<random>`` / ``.<name>.old-<pid>-<r
 from __future__ import annotations
 
 import os
-import signal
 import stat
 import subprocess
 import sys
@@ -40,7 +39,7 @@ PARTIAL = """
 
 
 def kill9(proc: subprocess.Popen) -> None:
-    os.kill(proc.pid, signal.SIGKILL)
+    proc.kill()  # SIGKILL; TerminateProcess on Windows
     proc.wait()
 
 
@@ -54,7 +53,7 @@ def dead_pid() -> int:
 def previous(tmp_path: Path) -> Path:
     out = tmp_path / "artifacts" / "int4"
     out.mkdir(parents=True)
-    (out / "keep.txt").write_text("previous artifact")
+    (out / "keep.txt").write_text("previous artifact", encoding="utf-8")
     return out
 
 
@@ -66,12 +65,12 @@ def test_kill9_mid_write_keeps_the_previous_output_and_the_next_run_cleans_up(pr
     killed = writer(previous, PARTIAL)
     kill9(killed)
     assert leftovers(previous) and all(n.startswith(f".int4.tmp-{killed.pid}-") for n in leftovers(previous))
-    assert (previous / "keep.txt").read_text() == "previous artifact"
+    assert (previous / "keep.txt").read_text(encoding="utf-8") == "previous artifact"
     live = writer(previous, PARTIAL)  # another run still writing: its folder must survive the sweep
     try:
         with staged_dir(previous) as tmp:
-            (tmp / "new.txt").write_text("new artifact")
-        assert (previous / "new.txt").read_text() == "new artifact" and not (previous / "keep.txt").exists()
+            (tmp / "new.txt").write_text("new artifact", encoding="utf-8")
+        assert (previous / "new.txt").read_text(encoding="utf-8") == "new artifact" and not (previous / "keep.txt").exists()
         names = leftovers(previous)
         assert len(names) == 1 and names[0].startswith(f".int4.tmp-{live.pid}-"), names
     finally:
@@ -95,13 +94,13 @@ def test_kill9_between_the_two_renames_restores_the_previous_output(previous: Pa
     kill9(proc)
     assert not previous.exists() and leftovers(previous)[0].startswith(f".int4.old-{proc.pid}-")
     restored = sweep_stale(previous)
-    assert (previous / "keep.txt").read_text() == "previous artifact", restored
+    assert (previous / "keep.txt").read_text(encoding="utf-8") == "previous artifact", restored
     assert leftovers(previous) == []  # the half-moved new output is removed too
 
 
 def test_stale_json_temp_files_are_removed_by_the_next_write(tmp_path: Path) -> None:
     stale = tmp_path / f".openvino-int4.json.tmp-{dead_pid()}"
-    stale.write_text("{")
+    stale.write_text("{", encoding="utf-8")
     write_json_atomic(tmp_path / "openvino-int4.json", {"passed": True})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["openvino-int4.json"]
 

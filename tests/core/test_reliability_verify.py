@@ -40,7 +40,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def locked(project: Path) -> str:
     """The md5 dvc.lock records for the int4 IR."""
-    stages = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+    stages = yaml.safe_load((project / "dvc.lock").read_text(encoding="utf-8"))["stages"]
     return stages[STAGE]["outs"][0]["md5"]
 
 
@@ -62,7 +62,7 @@ def test_persist_keeps_dvc_semantics_and_a_failed_stage_keeps_the_previous_outpu
     run_cmd(AIPC + ["compose", "model=tiny", "openvino.int4.group_size=64"], project)
     changed = run_cmd(DVC + ["repro", STAGE], project)
     assert f"Running stage '{STAGE}'" in changed.stdout
-    assert json.loads((ir / "manifest.json").read_text())["parameters"]["group_size"] == 64
+    assert json.loads((ir / "manifest.json").read_text(encoding="utf-8"))["parameters"]["group_size"] == 64
     assert locked(project) != md5
     assert "up to date" in run_cmd(DVC + ["status", "--with-deps", STAGE], project).stdout
 
@@ -71,7 +71,7 @@ def test_persist_keeps_dvc_semantics_and_a_failed_stage_keeps_the_previous_outpu
     run_cmd(AIPC + ["compose", "model=tiny"], project)
     back = run_cmd(DVC + ["repro", STAGE], project)
     assert f"Running stage '{STAGE}'" in back.stdout and "checking out outputs" not in back.stdout
-    assert json.loads((ir / "manifest.json").read_text())["parameters"]["group_size"] == 128
+    assert json.loads((ir / "manifest.json").read_text(encoding="utf-8"))["parameters"]["group_size"] == 128
     assert "up to date" in run_cmd(DVC + ["status", "--with-deps", STAGE], project).stdout
 
 
@@ -96,7 +96,7 @@ def test_flipped_ir_byte_is_refused_by_validate_chat_publish_and_repaired(projec
     genuine = bin_path.read_bytes()
     time.sleep(2.1)  # let the digest cache remember the genuine file (it skips files changed in the last 2 s)
     run_cmd(AIPC + ["verify", str(IR)], project)
-    assert json.loads((project / ".aipc" / "digests.json").read_text()), "the digest cache was filled"
+    assert json.loads((project / ".aipc" / "digests.json").read_text(encoding="utf-8")), "the digest cache was filled"
     inode, links = flip_one_byte(bin_path)
     assert links >= 2, "the IR is hard-linked into .dvc/cache (cache.type hardlink): the flip reached the cache"
 
@@ -129,7 +129,7 @@ def test_digest_cache_is_not_fooled_by_an_in_place_flip_that_keeps_mtime(tmp_pat
     monkeypatch.setattr(hashes, "RACY_NS", 0)  # ctime is "now" (utime sets it): accept it for this test
     path = old_file(tmp_path / "w.bin", b"genuine bytes" * 1000)
     first = file_digests([path])[path]
-    assert len(json.loads((tmp_path / "digests.json").read_text())) == 1
+    assert len(json.loads((tmp_path / "digests.json").read_text(encoding="utf-8"))) == 1
     flip_one_byte(path, offset=3)
     assert file_digests([path])[path] != first, "same inode, size and mtime: ctime differs, so it is read again"
 
@@ -159,11 +159,11 @@ def recorded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     folder = tmp_path / "artifacts" / "openvino" / "int4"
     folder.mkdir(parents=True)
     (folder / "openvino_model.bin").write_bytes(b"weights" * 100)
-    (folder / "openvino_model.xml").write_text("<net/>")
+    (folder / "openvino_model.xml").write_text("<net/>", encoding="utf-8")
     write_manifest(folder, stage="export_openvino", variant="int4")
     lock = {"schema": "2.0", "stages": {STAGE: {"cmd": "x", "outs": [
         {"path": "artifacts/openvino/int4", "md5": dvc_dir_md5(folder), "hash": "md5"}]}}}
-    (tmp_path / "dvc.lock").write_text(yaml.safe_dump(lock))
+    (tmp_path / "dvc.lock").write_text(yaml.safe_dump(lock), encoding="utf-8")
     return folder
 
 
@@ -173,9 +173,9 @@ def test_verify_accepts_the_recorded_folder(recorded: Path) -> None:
 
 def test_a_file_swapped_together_with_its_manifest_hash_is_refused_by_dvc_lock(recorded: Path) -> None:
     (recorded / "openvino_model.bin").write_bytes(b"tampered" * 100)
-    manifest = json.loads((recorded / "manifest.json").read_text())
+    manifest = json.loads((recorded / "manifest.json").read_text(encoding="utf-8"))
     manifest["files"]["openvino_model.bin"] = {"bytes": 800, "sha256": hashes.sha256_file(recorded / "openvino_model.bin")}
-    (recorded / "manifest.json").write_text(json.dumps(manifest))
+    (recorded / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
     with pytest.raises(StageError, match=r"^artifacts/openvino/int4/manifest.json \(with the files it lists\) is not what "
                                          r"dvc.lock recorded for export_openvino@int4 .*: repair with `aipc repair "
                                          r"export_openvino@int4`, or, if you changed it on purpose .*`dvc commit "
@@ -184,10 +184,10 @@ def test_a_file_swapped_together_with_its_manifest_hash_is_refused_by_dvc_lock(r
 
 
 @pytest.mark.parametrize("change, words", [
-    (lambda f: (f / "extra.xml").write_text("<net/>"), "extra.xml is not listed in"),
+    (lambda f: (f / "extra.xml").write_text("<net/>", encoding="utf-8"), "extra.xml is not listed in"),
     (lambda f: (f / "openvino_model.xml").unlink(), "openvino_model.xml is missing"),
     (lambda f: (f / "manifest.json").unlink(), "manifest.json missing, so nothing vouches for"),
-    (lambda f: (f / "openvino_model.xml").write_text("<net></net>"), "openvino_model.xml is not the size"),
+    (lambda f: (f / "openvino_model.xml").write_text("<net></net>", encoding="utf-8"), "openvino_model.xml is not the size"),
 ])
 def test_added_missing_or_resized_files_are_refused(recorded: Path, change, words: str) -> None:
     change(recorded)

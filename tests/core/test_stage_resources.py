@@ -147,7 +147,7 @@ def test_reference_refuses_before_writing_anything(tmp_path, monkeypatch: pytest
 
 def test_validation_refuses_before_reading_the_reference_or_writing_metrics(tmp_path, monkeypatch) -> None:
     ir = sparse(tmp_path / "openvino" / "fp16", "openvino_model.bin", CHECKPOINT)
-    (ir / "manifest.json").write_text(json.dumps({"parameters": {"weight_format": "fp16"}}))
+    (ir / "manifest.json").write_text(json.dumps({"parameters": {"weight_format": "fp16"}}), encoding="utf-8")
     monkeypatch.setenv(resources.ASSUME_RAM_ENV, "6")
     cfg = build(ValidateConfig, compose([])["validate"])
     target = validate_openvino.openvino_target("fp16", cfg, Workspace(out=tmp_path / "openvino"))
@@ -166,7 +166,7 @@ def test_an_fp16_ir_on_a_cpu_computing_in_f32_is_checked_for_its_weights_widened
     from pipeline.openvino import numerics
 
     ir = sparse(tmp_path / "openvino" / "fp16", "openvino_model.bin", 7.125 * GIB)
-    (ir / "manifest.json").write_text(json.dumps({"parameters": {"weight_format": "fp16"}}))
+    (ir / "manifest.json").write_text(json.dumps({"parameters": {"weight_format": "fp16"}}), encoding="utf-8")
     cfg = build(ValidateConfig, compose([])["validate"])
     target = validate_openvino.openvino_target("fp16", cfg, Workspace(out=tmp_path / "openvino"))
     ws = Workspace(reference=tmp_path / "missing.json", metrics=tmp_path / "metrics")
@@ -219,7 +219,7 @@ def test_windows_ml_validation_refuses_before_loading_the_package(tmp_path, monk
     from pipeline.winml import validate as validate_winml
 
     package = sparse(tmp_path / "winml" / "npu", "openvino_model.bin", 2.2 * GIB)  # Phi-3-mini's NPU int4 IR
-    (package / "manifest.json").write_text(json.dumps({"parameters": {"device_type": "NPU"}}))
+    (package / "manifest.json").write_text(json.dumps({"parameters": {"device_type": "NPU"}}), encoding="utf-8")
     monkeypatch.setenv(resources.ASSUME_RAM_ENV, "4")
     offered = runtime.PluginStatus(version="1.8.1", devices=["CPU", "GPU", "NPU"])  # an Intel laptop's plugin
     cfg = build(ValidateConfig, compose([])["validate"])

@@ -74,9 +74,9 @@ def test_pickled_weights_are_refused(tmp_path: Path) -> None:
 def test_non_phi3_model_is_refused(tmp_path: Path) -> None:
     src = tmp_path / "src"
     shutil.copytree(TINY_DIR, src)
-    config = json.loads((src / "config.json").read_text())
+    config = json.loads((src / "config.json").read_text(encoding="utf-8"))
     config["model_type"] = "llama"
-    (src / "config.json").write_text(json.dumps(config))
+    (src / "config.json").write_text(json.dumps(config), encoding="utf-8")
     with pytest.raises(StageError, match="not 'phi3'"):
         download.run(ModelConfig(source="local", local_path=str(src)), tmp_path / "out")
 
@@ -88,7 +88,7 @@ def test_token_is_never_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     download.run(ModelConfig(source="tiny"), out)
     captured = capsys.readouterr()
     assert secret not in captured.out + captured.err
-    assert secret not in (out / "manifest.json").read_text()
+    assert secret not in (out / "manifest.json").read_text(encoding="utf-8")
 
 
 def test_tiny_128k_preset_copies_its_own_asset_offline(tmp_path: Path) -> None:
@@ -98,7 +98,7 @@ def test_tiny_128k_preset_copies_its_own_asset_offline(tmp_path: Path) -> None:
     for name, info in manifest["files"].items():
         if name != "manifest.json":
             assert info["sha256"] == sha256_file(TINY_128K_DIR / name), name
-    assert json.loads((tmp_path / "model" / "config.json").read_text())["num_key_value_heads"] == 2
+    assert json.loads((tmp_path / "model" / "config.json").read_text(encoding="utf-8"))["num_key_value_heads"] == 2
 
 
 def test_unknown_embedded_asset_is_a_config_error() -> None:
@@ -107,7 +107,7 @@ def test_unknown_embedded_asset_is_a_config_error() -> None:
 
 
 def test_tiny_128k_config_is_longrope_gqa_with_factors_fp16_cannot_hold() -> None:
-    config = json.loads((TINY_128K_DIR / "config.json").read_text())
+    config = json.loads((TINY_128K_DIR / "config.json").read_text(encoding="utf-8"))
     rope = config["rope_parameters"]
     assert config["architectures"] == ["Phi3ForCausalLM"] and "auto_map" not in config
     assert rope["rope_type"] == "longrope" and config["vocab_size"] == 32064

@@ -105,14 +105,14 @@ def validate_pulled(project: Path, folder: Path, tmp_path: Path) -> dict:
 @pytest.mark.parametrize("backend", ["hf", pytest.param("git", marks=needs_lfs)])
 def test_round_trip_publish_twice_pull_pinned_and_validate(backend: str, project: Path, hub: HubServer,
                                                           tmp_path: Path) -> None:
-    manifest = json.loads((project / "artifacts/openvino/int4/manifest.json").read_text())
+    manifest = json.loads((project / "artifacts/openvino/int4/manifest.json").read_text(encoding="utf-8"))
     first = publish(project, ["openvino/int4"], options(hub, backend, tag="v1"))[0]
     assert first.commit and "openvino_model.bin" in first.changed and "README.md" in first.changed
     if backend == "hf":  # the calls and the bytes: every LFS object uploaded once, with the manifest's content
         big = {i["sha256"]: i["bytes"] for i in manifest["files"].values() if i["bytes"] >= hub_git.LFS_MIN_BYTES}
         assert {oid: n for oid, n in hub.uploads if oid in big} == big
         assert ("POST", "/api/repos/create") in hub.calls
-        assert json.loads((hub.repo_dir(USER, REPO.split("/")[1]) / "aipc-hub.json").read_text())["private"] is True
+        assert json.loads((hub.repo_dir(USER, REPO.split("/")[1]) / "aipc-hub.json").read_text(encoding="utf-8"))["private"] is True
     calls, uploads, objects = len(hub.calls), list(hub.uploads), _lfs_objects(hub)
     head = hub_git.resolve(hub.repo_dir(USER, REPO.split("/")[1]), "main")
 
@@ -126,9 +126,9 @@ def test_round_trip_publish_twice_pull_pinned_and_validate(backend: str, project
     assert pulled["commit"] == head
     for rel, info in manifest["files"].items():
         assert _sha256(tmp_path / "pulled" / rel) == info["sha256"], rel
-    assert metadata_problems((tmp_path / "pulled" / "README.md").read_text()) == []
+    assert metadata_problems((tmp_path / "pulled" / "README.md").read_text(encoding="utf-8")) == []
     metrics = validate_pulled(project, tmp_path / "pulled", tmp_path)
-    original = json.loads((project / "artifacts/metrics/openvino-int4.json").read_text())
+    original = json.loads((project / "artifacts/metrics/openvino-int4.json").read_text(encoding="utf-8"))
     assert metrics["passed"] and metrics["top1_agreement"] == original["top1_agreement"]
 
 
@@ -165,9 +165,9 @@ def test_missing_repo_with_creation_disabled_gives_one_line(backend: str, projec
 
 def test_failed_validation_is_refused_unless_forced(project: Path, hub: HubServer) -> None:
     path = project / "artifacts/metrics/openvino-int4.json"
-    metrics = json.loads(path.read_text())
+    metrics = json.loads(path.read_text(encoding="utf-8"))
     metrics.update(passed=False, problems=["top-1 agreement 0.412 below the int4 threshold 0.85"])
-    path.write_text(json.dumps(metrics))  # what a failed validate stage leaves (dvc.lock does not record it)
+    path.write_text(json.dumps(metrics), encoding="utf-8")  # what a failed validate stage leaves (dvc.lock does not record it)
     with pytest.raises(StageError, match="failed validation") as exc:
         publish(project, ["openvino/int4"], options(hub, "hf"))
     assert "\n" not in str(exc.value) and "--force" in str(exc.value) and "0.412" in str(exc.value)
@@ -225,7 +225,7 @@ def test_card_for_hub_sources_npu_and_onnx(project: Path) -> None:
 
     from pipeline.hub.model_card import CardFacts, build_card
 
-    manifest = json.loads((project / "artifacts/openvino/int4/manifest.json").read_text())
+    manifest = json.loads((project / "artifacts/openvino/int4/manifest.json").read_text(encoding="utf-8"))
     manifest["source"] = {"model": "phi3-mini-4k", "source": "hub", "repo_id": "microsoft/Phi-3-mini-4k-instruct",
                           "revision": "f39ac1d28e925b323eae81227eaba4464caced4e", "license": "mit"}
     metrics = {"label": "NPU-ready IR, validated on CPU", "device_requested": "CPU", "device_executed": "CPU",

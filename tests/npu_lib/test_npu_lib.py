@@ -68,7 +68,7 @@ def test_bad_dtype_fails_at_load_time_with_one_line() -> None:
 
 
 def test_stages_do_not_depend_on_openvino_params() -> None:
-    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
     for name in ("export_npu_lib", "validate_npu_lib"):
         params = stages[name]["do"]["params"]
         assert params and not any(str(p).startswith(("openvino", "npu.")) for p in params), params
@@ -83,7 +83,7 @@ def test_env_is_keyed_by_its_pins(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     before = npu_lib_env.env_path()
     assert before.parent == tmp_path and before.name.startswith(npu_lib_env.ENV_PREFIX) and len(before.name) == 13
     pins = tmp_path / "constraints.txt"
-    pins.write_text(npu_lib_env.CONSTRAINTS.read_text().replace("numpy==1.26.4", "numpy==1.26.3"))
+    pins.write_text(npu_lib_env.CONSTRAINTS.read_text(encoding="utf-8").replace("numpy==1.26.4", "numpy==1.26.3"), encoding="utf-8")
     monkeypatch.setattr(npu_lib_env, "CONSTRAINTS", pins)
     assert npu_lib_env.env_path() != before
     assert npu_lib_env.load() is None  # nothing built there
@@ -142,10 +142,10 @@ def fake_artifact(folder: Path, payload: bytes) -> None:
 def record_in_lock(lock: Path, folder: Path) -> Path:
     """Record ``folder`` in ``lock`` as DVC does after ``export_npu_lib@<name>`` ran (path relative to the lock, .dir md5)."""
     rel = folder.resolve().relative_to(lock.resolve().parent).as_posix()
-    stages = yaml.safe_load(lock.read_text())["stages"] if lock.is_file() else {}
+    stages = yaml.safe_load(lock.read_text(encoding="utf-8"))["stages"] if lock.is_file() else {}
     stages[f"export_npu_lib@{folder.name}"] = {"cmd": "python -m pipeline.npu_lib.export " + folder.name,
                                                "outs": [{"path": rel, "hash": "md5", "md5": dvc_dir_md5(folder)}]}
-    lock.write_text(yaml.safe_dump({"schema": "2.0", "stages": stages}))
+    lock.write_text(yaml.safe_dump({"schema": "2.0", "stages": stages}), encoding="utf-8")
     return lock
 
 
@@ -172,10 +172,10 @@ def test_without_a_buildable_env_both_stages_record_a_skipped_target(
     monkeypatch.setattr(npu_lib_env, "unavailable_reason", lambda: "no C++ compiler ('c++' not found) (simulated)")
     manifest = export_npu_lib.run("int4", NpuLibVariantConfig(), Workspace(model=tiny_model, out=tmp_path / "npu_lib"))
     assert manifest["status"] == "skipped" and "no C++ compiler" in manifest["reason"]
-    assert json.loads((tmp_path / "npu_lib" / "int4" / "manifest.json").read_text())["status"] == "skipped"
+    assert json.loads((tmp_path / "npu_lib" / "int4" / "manifest.json").read_text(encoding="utf-8"))["status"] == "skipped"
     cfg = build(ValidateConfig, compose(["model=tiny"])["validate"])
     metrics = validate_npu_lib.run("int4", cfg, Workspace(out=tmp_path / "npu_lib", reference=tmp_path / "ref.json", metrics=tmp_path / "metrics"))
-    written = json.loads((tmp_path / "metrics" / "npu_lib-int4.json").read_text())
+    written = json.loads((tmp_path / "metrics" / "npu_lib-int4.json").read_text(encoding="utf-8"))
     assert written == metrics and metrics["status"] == "skipped" and metrics["passed"] is None
     assert metrics["cells"]["NPU"]["status"] == "skipped" and "no C++ compiler" in metrics["cells"]["NPU"]["reason"]
     assert "no C++ compiler" in metrics["reason"] and metrics["top1_agreement"] is None, "every key, even when skipped"
@@ -264,9 +264,9 @@ def test_dvc_repro_completes_when_the_env_cannot_be_built(tmp_path: Path, monkey
     monkeypatch.setenv("CXX", "/nonexistent/aipc-no-compiler")  # as on a machine without a C++ compiler
     run_cmd([sys.executable, "-m", "pipeline.cli", "compose", "model=tiny"], project)
     done = run_cmd([sys.executable, "-m", "dvc", "repro", "validate_npu_lib@int4", "validate@fp16"], project)
-    skipped = json.loads((project / "artifacts" / "metrics" / "npu_lib-int4.json").read_text())
+    skipped = json.loads((project / "artifacts" / "metrics" / "npu_lib-int4.json").read_text(encoding="utf-8"))
     assert skipped["status"] == "skipped" and skipped["passed"] is None and "no C++ compiler" in skipped["reason"]
-    assert json.loads((project / "artifacts" / "metrics" / "openvino-fp16.json").read_text())["passed"]
+    assert json.loads((project / "artifacts" / "metrics" / "openvino-fp16.json").read_text(encoding="utf-8"))["passed"]
     assert "skipped: no C++ compiler" in done.stderr
 
 

@@ -78,7 +78,7 @@ def test_layer_by_layer_gives_the_same_tensors_as_the_librarys_whole_model_build
     root, manifests = builds
     pickles = [str(root / build / dtype / export_npu_lib.MODEL_FILE) for build in ("layers", "whole")]
     done = subprocess.run([str(npu_env.python), "-I", "-c", COMPARE, str(npu_lib_env.WORKER), *pickles],
-                          capture_output=True, text=True, env=npu_lib_env.worker_env(), cwd=root)
+                          capture_output=True, text=True, env=npu_lib_env.worker_env(), cwd=root, encoding="utf-8")
     assert done.returncode == 0, done.stderr[-2000:]
     found = json.loads(done.stdout.strip().splitlines()[-1])
     assert found["compared"] > 15 and found["only_one"] == [] and found["differ"] == [], found

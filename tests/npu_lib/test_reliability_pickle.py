@@ -72,7 +72,7 @@ def tampered_artifact(root: Path, payload: bytes) -> tuple[Path, Path]:
     (folder / export_npu_lib.MODEL_FILE).write_bytes(payload)
     write_manifest(folder, stage="export_npu_lib", status="compiled", model_file=export_npu_lib.MODEL_FILE,
                    model_sha256=hashlib.sha256(payload).hexdigest(), parameters={"dtype": "int4"})
-    (folder / "tokenizer.json").write_text("{}")
+    (folder / "tokenizer.json").write_text("{}", encoding="utf-8")
     return folder, record_in_lock(root / "dvc.lock", folder)
 
 
@@ -88,11 +88,11 @@ def test_dvc_dir_md5_is_what_dvc_records(tmp_path: Path) -> None:
     folder = tmp_path / "out"
     (folder / "sub").mkdir(parents=True)
     (folder / "a.bin").write_bytes(bytes(range(256)) * 100)
-    (folder / "sub" / "b.json").write_text('{"x": 1}\n')
-    (folder / "manifest.json").write_text("{}\n")
+    (folder / "sub" / "b.json").write_text('{"x": 1}\n', encoding="utf-8")
+    (folder / "manifest.json").write_text("{}\n", encoding="utf-8")
     run_cmd([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], tmp_path)
     run_cmd([sys.executable, "-m", "dvc", "add", "out"], tmp_path)
-    recorded = yaml.safe_load((tmp_path / "out.dvc").read_text())["outs"][0]["md5"]
+    recorded = yaml.safe_load((tmp_path / "out.dvc").read_text(encoding="utf-8"))["outs"][0]["md5"]
     assert dvc_dir_md5(folder) == recorded and recorded.endswith(".dir")
 
 
@@ -117,7 +117,7 @@ def test_payload_with_matching_manifest_and_lock_is_refused_and_nothing_runs(
     assert proof.exists(), "the payload must really run code when unpickled the old way"
     marker = tmp_path / "payload-ran"
     folder, lock = tampered_artifact(tmp_path, saved(make_payload(marker), tmp_path / "payload.pt"))
-    manifest = yaml.safe_load((folder / "manifest.json").read_text())
+    manifest = yaml.safe_load((folder / "manifest.json").read_text(encoding="utf-8"))
     model_file = validate_npu_lib.checked_model_file(folder, manifest, lock)  # both hashes match: only the allow-list is left
     cfg = build(ValidateConfig, compose(["model=tiny"])["validate"])
     args = validate_npu_lib.worker_args(model_file, manifest, folder, tmp_path / "ref.json", cfg, tmp_path / "l.npz")

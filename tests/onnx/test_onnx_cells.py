@@ -67,7 +67,7 @@ def test_a_graph_the_runtime_refuses_is_a_failed_cell_with_its_reason(demo_proje
         onnx_validate.run("cpu_int4", load_params().validate, Workspace(out=root, metrics=metrics))
     message = str(exc.value)
     assert "\n" not in message and "cannot load the model" in message
-    cell = json.loads((metrics / "onnx-cpu_int4.json").read_text())["cells"]["CPU"]
+    cell = json.loads((metrics / "onnx-cpu_int4.json").read_text(encoding="utf-8"))["cells"]["CPU"]
     assert cell["status"] == "failed" and "cannot load the model" in cell["reason"]
     assert cell["top1_agreement"] is None, "a cell that could not run has no numbers"
 
@@ -84,7 +84,7 @@ def test_a_dml_cell_without_its_runtime_is_a_failed_cell_not_a_traceback(demo_pr
     with pytest.raises(StageError) as exc:
         onnx_validate.run("dml_int4", load_params().validate, Workspace(metrics=metrics))
     assert "\n" not in str(exc.value) and "onnxruntime-genai-directml==0.14.1" in str(exc.value)
-    cell = json.loads((metrics / "onnx-dml_int4.json").read_text())["cells"]["DML"]
+    cell = json.loads((metrics / "onnx-dml_int4.json").read_text(encoding="utf-8"))["cells"]["DML"]
     assert cell["status"] == "failed" and "PIP_INDEX_URL" in cell["reason"]
     assert not (tmp_path / "envs" / "ortgenai-directml-0.14.1").exists(), "no half-made environment is left"
 
@@ -98,7 +98,7 @@ def test_ram_short_stand_in_cell_is_skipped_and_a_ram_short_target_cell_stops(de
     monkeypatch.setenv("AIPC_ASSUME_RAM_GB", "0.01")  # the tiny graphs need ~0.3 GiB: nothing fits
     metrics = tmp_path / "metrics"
     onnx_validate.run("dml_fp16", load_params().validate, Workspace(metrics=metrics))  # no DirectML here: CPU stand-in only
-    cells = json.loads((metrics / "onnx-dml_fp16.json").read_text())["cells"]
+    cells = json.loads((metrics / "onnx-dml_fp16.json").read_text(encoding="utf-8"))["cells"]
     stand_in = cells[matrix.STAND_IN]
     assert cells["DML"]["status"] == "skipped" and stand_in["status"] == "skipped"
     assert stand_in["label"].endswith("not enough RAM here") and "\n" not in stand_in["reason"]

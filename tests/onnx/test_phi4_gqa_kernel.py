@@ -88,7 +88,7 @@ def test_phi4_mini_shapes_pass_and_dml_is_not_checked() -> None:
     phi4_mini = {"hidden_size": 3072, "num_attention_heads": 24, "rope_parameters": {"partial_rotary_factor": 0.75}}
     assert gqa_rotary_problem(phi4_mini, "cpu") is None
     if TINY_PHI4.is_file():  # the embedded Phi-4-shaped model has the same head and rotary
-        assert gqa_rotary_problem(json.loads(TINY_PHI4.read_text()), "cpu") is None
+        assert gqa_rotary_problem(json.loads(TINY_PHI4.read_text(encoding="utf-8")), "cpu") is None
     small = {"hidden_size": 64, "num_attention_heads": 2, "partial_rotary_factor": 0.75}
     assert gqa_rotary_problem(small, "dml") is None  # DML rotates in a separate RotaryEmbedding op
     assert gqa_rotary_problem(small, "webgpu") is not None
@@ -116,7 +116,7 @@ def test_export_refuses_a_head_32_partial_rotary_checkpoint_before_building(tmp_
     )
     model_dir = tmp_path / "model"
     Phi3ForCausalLM(config).save_pretrained(model_dir)
-    (model_dir / "manifest.json").write_text(json.dumps({"source": "test"}))
+    (model_dir / "manifest.json").write_text(json.dumps({"source": "test"}), encoding="utf-8")
     out_root = tmp_path / "onnx"
     cfg = OnnxVariantConfig(execution_provider="cpu", precision="int4", block_size=32)
     with pytest.raises(ConfigError) as exc:

@@ -30,7 +30,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, dict], in
     for name, extra in (("shared", {}), ("unshared", {"shared_embeddings": False})):
         cfg = OnnxVariantConfig(execution_provider="cpu", precision="int4", block_size=32, extra_options=extra)
         out[name] = export.run(name, cfg, Workspace(model=root / "model", out=root / "onnx"))
-    layers = json.loads((root / "model" / "config.json").read_text())["num_hidden_layers"]
+    layers = json.loads((root / "model" / "config.json").read_text(encoding="utf-8"))["num_hidden_layers"]
     return out, layers
 
 

@@ -58,7 +58,7 @@ def test_sweep_points_reuse_sensitivities_and_stay_identical(tmp_path: Path, mon
     first = OpenVinoVariantConfig(weight_format="int4", group_size=128, ratio=0.8, sym=True)
     export_openvino.run("first", first, Workspace(model=model, out=tmp_path / "out"), base_dir=base)
     [cache] = (tmp_path / "nncf" / "nncf_sensitivity").glob("*.json")
-    scores = json.loads(cache.read_text())
+    scores = json.loads(cache.read_text(encoding="utf-8"))
     assert len(scores) == 8 and all(isinstance(v, float) and v > 0 for v in scores.values())  # 2 layers x 4 MatMuls
     second = OpenVinoVariantConfig(weight_format="int4", group_size=64, ratio=0.6, sym=True)
     reused = export_openvino.run("reused", second, Workspace(model=model, out=tmp_path / "out"), base_dir=base)
@@ -67,12 +67,12 @@ def test_sweep_points_reuse_sensitivities_and_stay_identical(tmp_path: Path, mon
     assert reused["weight_layers"] == scratch["weight_layers"] and reused["weight_layers"]["int8"] > 0
     assert sha256_file(tmp_path / "out" / "reused" / "openvino_model.bin") == \
         sha256_file(tmp_path / "out" / "scratch" / "openvino_model.bin")
-    assert len(computed) == 2 and json.loads(cache.read_text()) == scores  # from scratch: computed, not cached
+    assert len(computed) == 2 and json.loads(cache.read_text(encoding="utf-8")) == scores  # from scratch: computed, not cached
     again = export_openvino.run("again", first, Workspace(model=model, out=tmp_path / "out"), base_dir=base)  # warm cache, same process
     for name in ("openvino_model.xml", "openvino_model.bin"):  # OpenVINO's node counter does not leak into names
         assert sha256_file(tmp_path / "out" / "again" / name) == sha256_file(tmp_path / "out" / "first" / name), name
     assert again["files"]["openvino_model.xml"] == json.loads(
-        (tmp_path / "out" / "first" / "manifest.json").read_text())["files"]["openvino_model.xml"]
+        (tmp_path / "out" / "first" / "manifest.json").read_text(encoding="utf-8"))["files"]["openvino_model.xml"]
 
 
 def test_data_aware_points_collect_statistics_once_per_base_ir_and_dataset(

@@ -75,16 +75,16 @@ def test_statistics_folder_appears_only_whole(tmp_path: Path) -> None:
     with statistics_once(final) as private:
         assert private != final and not private.exists()
         private.mkdir()
-        (private / "statistics_metadata.json").write_text("{}")
+        (private / "statistics_metadata.json").write_text("{}", encoding="utf-8")
     assert (final / "statistics_metadata.json").is_file() and list(final.parent.iterdir()) == [final]
     with statistics_once(final) as reused:
         assert reused == final
     other = tmp_path / "nncf_statistics" / "j"
     with statistics_once(other) as private:  # two points collected at once: the first rename wins, the other drops
         private.mkdir()
-        (private / "mine").write_text("late")
+        (private / "mine").write_text("late", encoding="utf-8")
         other.mkdir()
-        (other / "theirs").write_text("first")
+        (other / "theirs").write_text("first", encoding="utf-8")
     assert [p.name for p in other.iterdir()] == ["theirs"] and sorted(p.name for p in final.parent.iterdir()) == ["j", "k"]
 
 

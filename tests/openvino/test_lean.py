@@ -33,10 +33,10 @@ def bf16_tiny(dest: Path) -> Path:
     download.run(ModelConfig(source="tiny"), dest)
     weights = dest / "model.safetensors"
     save_file({k: v.to(torch.bfloat16) for k, v in load_file(weights).items()}, weights, metadata={"format": "pt"})
-    config = json.loads((dest / "config.json").read_text())
+    config = json.loads((dest / "config.json").read_text(encoding="utf-8"))
     config.pop("dtype", None)
     config["torch_dtype"] = "bfloat16"
-    (dest / "config.json").write_text(json.dumps(config))
+    (dest / "config.json").write_text(json.dumps(config), encoding="utf-8")
     return dest
 
 
@@ -48,7 +48,7 @@ def test_lean_fp16_export_of_bf16_checkpoint_equals_plain(tmp_path: Path) -> Non
     plain = export_openvino.run("plain", cfg, Workspace(model=model, out=tmp_path / "out"), base_dir=None, lean=False)
     fast = export_openvino.run("lean", cfg, Workspace(model=model, out=tmp_path / "out"), base_dir=None, lean=True)
     assert fast["weight_layers"] == plain["weight_layers"] and fast["layers"] == plain["layers"]
-    xml = (tmp_path / "out" / "lean" / "openvino_model.xml").read_text()
+    xml = (tmp_path / "out" / "lean" / "openvino_model.xml").read_text(encoding="utf-8")
     assert 'element_type="bf16"' not in xml and 'precision="BF16"' not in xml
     assert sha256_file(tmp_path / "out" / "lean" / "openvino_model.bin") == \
         sha256_file(tmp_path / "out" / "plain" / "openvino_model.bin"), "fp16 weights must be bit-identical"

@@ -81,7 +81,7 @@ def test_npu_layout_is_int4_sym_everywhere_but_embeddings_and_head(deferred) -> 
         kept_8bit = "embed" in layer["layer"] or "lm_head" in layer["layer"]
         assert layer["precision"] == ("int8" if kept_8bit else "int4"), layer
     assert summary["weight_layers"]["int4"] == 8  # 2 layers x (qkv, o, gate_up, down)
-    assert json.loads((folder / "npu_config.json").read_text())["MAX_PROMPT_LEN"] == 1024
+    assert json.loads((folder / "npu_config.json").read_text(encoding="utf-8"))["MAX_PROMPT_LEN"] == 1024
 
 
 def test_without_npu_the_blob_is_deferred_not_claimed(deferred) -> None:
@@ -116,7 +116,7 @@ def test_an_over_long_prompt_on_the_npu_lane_is_one_line(deferred) -> None:
     from pipeline.core.errors import StageError
 
     folder, _ = deferred
-    settings = json.loads((folder / "npu_config.json").read_text())
+    settings = json.loads((folder / "npu_config.json").read_text(encoding="utf-8"))
     pipe = ov_genai.LLMPipeline(str(folder), "NPU", **settings, **npu_lane.NPUW_CPU)
     assert npu_lane.generate_ids(pipe, [1, 450, 4996] * 10, 4), "a prompt within the limit generates"
     with pytest.raises(StageError) as exc:

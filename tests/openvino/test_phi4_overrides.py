@@ -26,7 +26,7 @@ def int4_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict, int
     kept = OpenVinoVariantConfig(group_size=64, ratio=1.0, sym=False, keep_float=[DOWN_PROJ])
     a = export_openvino.run("int4", plain, Workspace(model=model_dir, out=root / "plain"), base_dir=None)
     b = export_openvino.run("int4", kept, Workspace(model=model_dir, out=root / "kept"), base_dir=None)
-    layers = json.loads((model_dir / "config.json").read_text())["num_hidden_layers"]
+    layers = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))["num_hidden_layers"]
     return a, b, layers
 
 

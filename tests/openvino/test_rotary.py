@@ -98,7 +98,7 @@ def test_rotary_constants_are_f32_and_equal_transformers(exports: dict[str, Path
         assert any(np.array_equal(v, np.float32(factors)) for v in values), f"{factors} not found in {variant}"
     theta_powers = 10000.0 ** (np.arange(0, HEAD_DIM, 2, dtype=np.float32) / HEAD_DIM)
     assert any(v.shape == theta_powers.shape and np.allclose(v, theta_powers, rtol=1e-6) for v in values)
-    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
     rope = manifest["rotary_embedding"]
     assert rope["low_precision_constants"] == [] and rope["angle_ops"] == 2
     checked = rope["vs_transformers"]["positions"]
@@ -128,7 +128,7 @@ def test_marked_rotary_stays_f32_through_openvinos_f16_conversion(exports: dict[
     import openvino as ov
     from openvino._pyopenvino.passes import ConvertFP32ToFP16, Manager
 
-    config = json.loads((exports["int4"] / "config.json").read_text())
+    config = json.loads((exports["int4"] / "config.json").read_text(encoding="utf-8"))
     sub, kinds = rotary.tables_model(ov.Core().read_model(exports["int4"] / "openvino_model.xml"))
     manager = Manager()
     manager.register_pass(ConvertFP32ToFP16())

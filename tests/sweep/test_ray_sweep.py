@@ -28,6 +28,7 @@ GRID = "sweep.grid={openvino.int4.group_size:[64,128],openvino.int4.ratio:[0.8,1
 FIXED = ["model=tiny", "validate.long_context.lengths=[700]", "validate.repeats=1", "validate.emulate_numerics=[]"]
 KEYS = ("openvino.int4.group_size", "openvino.int4.ratio")
 GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
+pytestmark = pytest.mark.skipif(os.name == "nt", reason="Ray does not support multi-node clusters on Windows")
 
 
 @pytest.fixture(scope="module")

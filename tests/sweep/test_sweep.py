@@ -38,7 +38,7 @@ def test_a_point_that_fails_validation_is_reported_failed_and_never_recommended(
     assert {r["experiment"] for r in sweep.pareto_front(rows)} == {"mid", "big"}
     result = sweep.write_report(rows, cfg, tmp_path)
     assert result["recommended"]["experiment"] == "mid" and result["failed_validation"] == ["small"]
-    report = (tmp_path / "report.md").read_text()
+    report = (tmp_path / "report.md").read_text(encoding="utf-8")
     assert "- **failed validation:** `small` (openvino.int4.group_size=128): CPU: greedy exact match 0.33" in report
     assert "**Recommended:** `mid`" in report
 

@@ -152,7 +152,7 @@ def test_a_failed_point_gets_its_line_and_never_wins(tmp_path: Path) -> None:
     failed = [{"experiment": "bad", "openvino.int4.group_size": 48, "error": "group_size 48 does not divide 256"}]
     result = write_report(rows, cfg, tmp_path, failed)
     assert result["recommended"]["experiment"] == "ok" and result["failed"] == failed
-    assert "**failed:** `bad` (openvino.int4.group_size=48): group_size 48" in (tmp_path / "report.md").read_text()
+    assert "**failed:** `bad` (openvino.int4.group_size=48): group_size 48" in (tmp_path / "report.md").read_text(encoding="utf-8")
 
 
 def test_a_point_that_cannot_run_returns_failed_and_leaves_no_workspace(

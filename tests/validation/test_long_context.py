@@ -36,16 +36,16 @@ def long_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.slow
 def test_every_ir_passes_long_context_on_both_sides_of_the_longrope_switch(long_project: Path) -> None:
-    reference = json.loads((long_project / "artifacts" / "reference" / "reference.json").read_text())
+    reference = json.loads((long_project / "artifacts" / "reference" / "reference.json").read_text(encoding="utf-8"))
     assert reference["long_context"]["limits"]["original_max_position_embeddings"] == 4096
     assert [len(w) for w in reference["long_context"]["windows"]] == [3000, 6000]
     for name in ("openvino-int4", "openvino-int8", "openvino-fp16", "npu-int4"):
-        metrics = json.loads((long_project / "artifacts" / "metrics" / f"{name}.json").read_text())
+        metrics = json.loads((long_project / "artifacts" / "metrics" / f"{name}.json").read_text(encoding="utf-8"))
         cell = next(c for c in metrics["cells"].values() if c["status"] != "skipped")
         assert cell["status"] == "passed", (name, cell["problems"])
         spans = {(r["window"], r["start"], r["stop"]) for r in cell["long_context"]}
         assert spans == {(3000, 0, 1024), (3000, 1024, 3000), (6000, 0, 1024), (6000, 1024, 4096), (6000, 4096, 6000)}
-    fp16 = json.loads((long_project / "artifacts" / "metrics" / "openvino-fp16.json").read_text())["cells"]["CPU"]
+    fp16 = json.loads((long_project / "artifacts" / "metrics" / "openvino-fp16.json").read_text(encoding="utf-8"))["cells"]["CPU"]
     # rotary constants kept in f32: the fp16 IR follows PyTorch at every position (upstream's drift to 0.98)
     assert min(r["top1_agreement"] for r in fp16["long_context"]) >= 0.999
 
@@ -57,7 +57,7 @@ def break_long_factors(src: Path, dest: Path, scale: float) -> None:
 
     from pipeline.openvino import rotary
 
-    config = json.loads((src.parent.parent / "model" / "config.json").read_text())
+    config = json.loads((src.parent.parent / "model" / "config.json").read_text(encoding="utf-8"))
     long_factor = np.array(config["rope_parameters"]["long_factor"], dtype=np.float32)
     shutil.copytree(src, dest)
     model = ov.Core().read_model(str(src / "openvino_model.xml"))
@@ -83,7 +83,7 @@ def test_a_broken_rope_factor_fails_the_long_context_check_past_the_switch(long_
     with pytest.raises(StageError) as exc:
         validate.run(target, cfg, Workspace(reference=artifacts / "reference" / "reference.json", metrics=tmp_path / "metrics"))
     assert "\n" not in str(exc.value) and "long context, 6000-token window" in str(exc.value)
-    cell = json.loads((tmp_path / "metrics" / "openvino-fp16.json").read_text())["cells"]["CPU"]
+    cell = json.loads((tmp_path / "metrics" / "openvino-fp16.json").read_text(encoding="utf-8"))["cells"]["CPU"]
     assert all("6000-token window" in p for p in cell["problems"]), "short-factor positions are untouched"
     by_window = {r["window"]: r["top1_agreement"] for r in cell["long_context"] if r["start"] == 1024}
     assert by_window[3000] >= 0.999 and by_window[6000] < cfg.long_context.min_top1_agreement["fp16"]

@@ -33,9 +33,9 @@ def as_bf16(model_dir: Path, dest: Path) -> Path:
     shutil.copytree(model_dir, dest)
     weights = load_file(model_dir / "model.safetensors")
     save_file({k: v.to(torch.bfloat16) for k, v in weights.items()}, dest / "model.safetensors", {"format": "pt"})
-    config = json.loads((dest / "config.json").read_text())
+    config = json.loads((dest / "config.json").read_text(encoding="utf-8"))
     config["dtype"] = "bfloat16"
-    (dest / "config.json").write_text(json.dumps(config))
+    (dest / "config.json").write_text(json.dumps(config), encoding="utf-8")
     write_manifest(dest, stage="download", model="tiny-bf16", source="local")
     return dest
 

@@ -88,7 +88,7 @@ def test_fidelity_thresholds_fail_the_cell_and_the_stage(tmp_path: Path) -> None
         records.publish(record, tmp_path / "openvino-fp16.json")
     assert "\n" not in str(exc.value)
     assert str(exc.value).startswith("[openvino-fp16] validation failed: CPU: artifact fidelity (f32 runtime): top-1")
-    written = json.loads((tmp_path / "openvino-fp16.json").read_text())
+    written = json.loads((tmp_path / "openvino-fp16.json").read_text(encoding="utf-8"))
     assert written["status"] == "failed" and written["cells"]["CPU"]["mean_kl"] == 0.24, "metrics are kept for the report"
 
 
@@ -102,7 +102,7 @@ def test_under_dvc_a_failed_cell_is_recorded_and_the_verdict_stage_fails_after_t
     assert records.publish(record, tmp_path / "metrics" / "openvino-fp16.json")["passed"] is False  # no raise
     params = build(PipelineConfig, compose(["model=tiny"]))
     report.run(params, tmp_path / "metrics", tmp_path / "report")
-    assert "| openvino-fp16 | CPU | **failed** |" in (tmp_path / "report" / "report.md").read_text()
+    assert "| openvino-fp16 | CPU | **failed** |" in (tmp_path / "report" / "report.md").read_text(encoding="utf-8")
     with pytest.raises(StageError) as exc:
         report.verdict(params, tmp_path / "metrics")
     assert "\n" not in str(exc.value) and str(exc.value).startswith("1 of ")
@@ -217,14 +217,14 @@ def test_report_has_a_row_per_cell_with_reasons_and_missing_artifacts(tmp_path: 
              "GPU": matrix.skipped_cell(plans[1], "OpenVINO IR")}
     record = records.MetricsRecord("openvino-int4", "openvino", "int4", 14.8, vars(thresholds), cells)
     (tmp_path / "metrics").mkdir()
-    (tmp_path / "metrics" / "openvino-int4.json").write_text(json.dumps(record.as_dict()))
+    (tmp_path / "metrics" / "openvino-int4.json").write_text(json.dumps(record.as_dict()), encoding="utf-8")
     counts = report.run(params, tmp_path / "metrics", tmp_path / "report")
-    text = (tmp_path / "report" / "report.md").read_text()
+    text = (tmp_path / "report" / "report.md").read_text(encoding="utf-8")
     assert counts == {"passed": 1, "failed": 0, "skipped": 1, "missing": len(report.configured_artifacts(params)) - 1}
     assert "| openvino-int4 | CPU | passed | CPU | 14.8 |" in text and "TTFT ms (1024 tok)" in text
     assert "| openvino-int4 | GPU | skipped | – |" in text and status()["GPU"].reason in text
     assert "| openvino-fp16 | - | missing |" in text and "dvc repro validate@fp16" in text
-    assert json.loads((tmp_path / "report" / "cells.json").read_text())[0]["cell"] == "openvino-int4 @ CPU"
+    assert json.loads((tmp_path / "report" / "cells.json").read_text(encoding="utf-8"))[0]["cell"] == "openvino-int4 @ CPU"
     for png in ("size_vs_fidelity.png", "tokens_per_s.png"):
         assert (tmp_path / "report" / png).read_bytes()[:4] == b"\x89PNG"
 
@@ -236,7 +236,7 @@ def test_report_has_a_row_per_cell_with_reasons_and_missing_artifacts(tmp_path: 
 def test_demo_report_has_every_artifact_on_every_configured_device(demo_project) -> None:
     project, done = demo_project
     params = build(PipelineConfig, compose(["model=tiny"]))
-    text = (project / "artifacts" / "report" / "report.md").read_text()
+    text = (project / "artifacts" / "report" / "report.md").read_text(encoding="utf-8")
     absent = status()
     onnx_devices = {"dml": "DML", "cpu": "CPU"}
     expected = [(f"openvino-{v}", d) for v in params.openvino for d in params.validate.devices["openvino"]]
@@ -256,7 +256,7 @@ def test_demo_report_has_every_artifact_on_every_configured_device(demo_project)
             assert "| passed |" in row, row
     stand_ins = [line for line in text.splitlines() if "| CPU stand-in | passed | CPU |" in line]
     assert len(stand_ins) == len(params.npu) + 2 + len(params.npu_lib)  # NPU IR, two DML graphs, library
-    metrics = json.loads((project / "artifacts" / "metrics" / "openvino-int4.json").read_text())
+    metrics = json.loads((project / "artifacts" / "metrics" / "openvino-int4.json").read_text(encoding="utf-8"))
     assert 0 < metrics["mean_kl"] <= metrics["thresholds"]["max_mean_kl"] and metrics["perplexity"] > 0
     assert set(metrics["cells"]["CPU"]["perf"]) == {"short", "long"}
     assert metrics["cells"]["CPU"]["perf"]["long"]["prompt_tokens"] == 1024
@@ -306,8 +306,8 @@ def test_an_ir_with_one_zeroed_layer_fails_validation_with_one_line(demo_project
     message = str(exc.value)
     assert "\n" not in message and message.startswith("[openvino-fp16] validation failed: CPU: ")
     assert "above the fp16 threshold" in message
-    broken = json.loads((tmp_path / "metrics" / "openvino-fp16.json").read_text())
-    healthy = json.loads((project / "artifacts" / "metrics" / "openvino-fp16.json").read_text())
+    broken = json.loads((tmp_path / "metrics" / "openvino-fp16.json").read_text(encoding="utf-8"))
+    healthy = json.loads((project / "artifacts" / "metrics" / "openvino-fp16.json").read_text(encoding="utf-8"))
     assert broken["mean_kl"] > 100 * max(healthy["mean_kl"], 1e-6) and broken["passed"] is False
 
 
@@ -357,7 +357,7 @@ def test_npu_library_running_on_cpu_while_an_npu_is_reported_fails(demo_project,
     with pytest.raises(StageError, match=r"NPU: asked for NPU but ran on CPU \(silent fallback\)"):
         validate_npu_lib.run("int8", cfg, Workspace(out=project / "artifacts" / "npu_lib", reference=project / "artifacts" / "reference" / "reference.json", metrics=tmp_path, lock_file=project / "dvc.lock"), 
                                 status=status("NPU"))
-    metrics = json.loads((tmp_path / "npu_lib-int8.json").read_text())
+    metrics = json.loads((tmp_path / "npu_lib-int8.json").read_text(encoding="utf-8"))
     assert list(metrics["cells"]) == ["NPU"], "with an NPU reported there is no stand-in"
     assert metrics["cells"]["NPU"]["status"] == "failed" and metrics["device_executed"] == "CPU"
 
@@ -366,7 +366,7 @@ def test_npu_library_running_on_cpu_while_an_npu_is_reported_fails(demo_project,
 def test_dvc_plots_show_renders_the_report(demo_project, tmp_path: Path) -> None:
     project, _ = demo_project
     run_cmd([sys.executable, "-m", "dvc", "plots", "show", "-o", str(tmp_path / "plots")], project)
-    html = (tmp_path / "plots" / "index.html").read_text()
+    html = (tmp_path / "plots" / "index.html").read_text(encoding="utf-8")
     assert "Size vs mean KL" in html and "openvino-int4 @ CPU" in html and "size_vs_fidelity.png" in html
 
 

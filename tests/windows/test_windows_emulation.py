@@ -21,6 +21,9 @@ import pytest
 from conftest import make_project, run_cmd
 from winemu import WIN_HOME, WIN_ROOT, enabled, read_record, summarize, tree_overflows, winemu_env
 
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
+                                reason="emulates Windows on Linux (reads /proc); on Windows the real rules apply")
+
 
 def run_emulated(code: str, project: Path, record: Path | None = None, strict: bool = True) -> subprocess.CompletedProcess:
     """Run ``code`` in a fresh interpreter under the emulation (loaded by sitecustomize, as DVC's stages load it)."""

@@ -200,7 +200,7 @@ def build(artifacts: Path, name: str, out_root: Path | None = None) -> Path:
 def test_each_variant_wraps_its_ir_in_one_epcontext_node_with_the_eps_genai_config(small_artifacts: Path) -> None:
     for name, (source, device) in VARIANTS.items():
         folder = build(small_artifacts, name)
-        manifest = json.loads((folder / "manifest.json").read_text())
+        manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
         node = manifest["structure"]["nodes"]
         assert [(n["op_type"], n["domain"]) for n in node] == [("EPContext", "com.microsoft")]
         attrs = node[0]["attributes"]
@@ -208,13 +208,13 @@ def test_each_variant_wraps_its_ir_in_one_epcontext_node_with_the_eps_genai_conf
         assert attrs["source"] == "OpenVINOExecutionProvider" and attrs["DeviceClass"] == device
         assert node[0]["inputs"] == ["input_ids", "attention_mask", "position_ids", "beam_idx"]
         assert node[0]["outputs"] == ["logits"]
-        decoder = json.loads((folder / "genai_config.json").read_text())["model"]["decoder"]
+        decoder = json.loads((folder / "genai_config.json").read_text(encoding="utf-8"))["model"]["decoder"]
         assert decoder["session_options"]["provider_options"] == [
             {"OpenVINO": {"device_type": device, "enable_causallm": "True"}}
         ]
         assert decoder["session_options"]["graph_optimization_level"] == "ORT_DISABLE_ALL"
         assert "beam_idx" not in decoder["inputs"] and decoder["outputs"] == {"logits": "logits"}
-        source_files = json.loads((small_artifacts / source / "int4" / "manifest.json").read_text())["files"]
+        source_files = json.loads((small_artifacts / source / "int4" / "manifest.json").read_text(encoding="utf-8"))["files"]
         for ir in package.IR_FILES:  # the IR is the source's, byte for byte, in a file of its own
             assert manifest["files"][ir]["sha256"] == source_files[ir]["sha256"]
             assert (folder / ir).stat().st_nlink == 1 and os.access(folder / ir, os.W_OK)
@@ -232,7 +232,7 @@ def test_the_same_ir_gives_the_same_bytes(small_artifacts: Path, tmp_path: Path)
 def tampered(small_artifacts: Path, tmp_path: Path, edit) -> str:
     folder = build(small_artifacts, "gpu", tmp_path / "packages")
     edit(folder)
-    hashes = json.loads((folder / "manifest.json").read_text())["source_ir"]["files_sha256"]
+    hashes = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))["source_ir"]["files_sha256"]
     with pytest.raises(StageError) as exc:
         export.verify_package(folder, "GPU", hashes)
     assert "\n" not in str(exc.value) and str(exc.value).startswith("[winml gpu] not a valid Windows ML package: ")
@@ -240,9 +240,9 @@ def tampered(small_artifacts: Path, tmp_path: Path, edit) -> str:
 
 
 def edit_json(path: Path, change) -> None:
-    data = json.loads(path.read_text())
+    data = json.loads(path.read_text(encoding="utf-8"))
     change(data)
-    path.write_text(json.dumps(data))
+    path.write_text(json.dumps(data), encoding="utf-8")
 
 
 @pytest.mark.parametrize(
@@ -387,13 +387,13 @@ def winml_project(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
 def test_each_variant_of_the_tiny_models_irs_builds_and_passes_its_structural_checks(winml_project: Path) -> None:
     for name, (source, device) in VARIANTS.items():
         folder = winml_project / "artifacts" / "winml" / name
-        manifest = json.loads((folder / "manifest.json").read_text())
+        manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
         assert manifest["source_ir"]["folder"] == f"{source}/int4" and manifest["parameters"]["device_type"] == device
         summary = export.verify_package(folder, device, manifest["source_ir"]["files_sha256"])
         assert summary["inputs"] == ["input_ids", "attention_mask", "position_ids", "beam_idx"]
-        source = json.loads((winml_project / "artifacts" / source / "int4" / "manifest.json").read_text())["files"]
+        source = json.loads((winml_project / "artifacts" / source / "int4" / "manifest.json").read_text(encoding="utf-8"))["files"]
         assert manifest["source_ir"]["files_sha256"]["openvino_model.bin"] == source["openvino_model.bin"]["sha256"]
-        cell = json.loads((winml_project / "artifacts/metrics" / f"winml-{name}.json").read_text())["cells"][device]
+        cell = json.loads((winml_project / "artifacts/metrics" / f"winml-{name}.json").read_text(encoding="utf-8"))["cells"][device]
         status = runtime.plugin_status()  # the validate stage's cell: ran (by override where needed) or skipped, why
         assert cell["status"] == ("passed" if status.devices else "skipped") and cell["problems"] == [], cell
         assert status.devices or cell["reason"] == status.reason
@@ -442,7 +442,7 @@ def greedy_both(folder: Path, source: Path, prompt: str, new_tokens: int) -> dic
 def test_each_real_package_generates_openvino_genais_tokens_on_the_same_ir(winml_project: Path, name: str) -> None:
     """On an Intel CPU as is; elsewhere in a child process with the Intel vendor emulated (:data:`EMULATED`)."""
     folder = winml_project / "artifacts" / "winml" / name
-    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
     source = winml_project / "artifacts" / manifest["source_ir"]["folder"]
     prompt = "<|user|>What does the json module do?<|end|><|assistant|>"
     if runtime.plugin_status().devices:
@@ -477,10 +477,10 @@ def test_the_validate_cell_of_each_package_runs_and_passes_with_the_intel_vendor
         assert cell["label"].startswith(validate.OVERRIDDEN) and "device_type overridden to CPU" in cell["reason"]
     assert cell["greedy_exact_match"] == 1.0 and cell["tokenizer_matches_reference"] is True
     assert cell["top1_agreement"] is not None and cell["mean_kl"] is not None and cell["ttft_ms"] > 0
-    written = json.loads((tmp_path / f"winml-{name}.json").read_text())
+    written = json.loads((tmp_path / f"winml-{name}.json").read_text(encoding="utf-8"))
     assert written["cells"][device]["label"] == cell["label"]
     # the stage's own metrics in the project stay the honest skip
-    stage = json.loads((winml_project / "artifacts/metrics" / f"winml-{name}.json").read_text())
+    stage = json.loads((winml_project / "artifacts/metrics" / f"winml-{name}.json").read_text(encoding="utf-8"))
     assert stage["cells"][device]["status"] == "skipped"
 
 

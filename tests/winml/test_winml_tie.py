@@ -33,7 +33,7 @@ def test_the_package_records_the_tie_of_the_ir_it_wraps(packaged: tuple[dict, di
     ir, manifest, folder = packaged
     tie = manifest["tied_embeddings"]
     assert tie == ir["tied_embeddings"] and tie["checkpoint_tied"], "tiny Phi-4 ties its embeddings"
-    assert json.loads((folder / "manifest.json").read_text())["tied_embeddings"] == tie
+    assert json.loads((folder / "manifest.json").read_text(encoding="utf-8"))["tied_embeddings"] == tie
     # the IR's weight layers by precision come along too: the int4 IR's linear layers at 4 bits, the one shared
     # matrix at NNCF's backup int8 once per reader (the embedding's Gather and the LM head's MatMul)
     assert manifest["weight_layers"] == ir["weight_layers"] and manifest["weight_layers"]["int8"] == 2
