@@ -117,9 +117,50 @@ def cmd_exp_run(argv: list[str]) -> None:
     Args:
         argv: ``dvc exp run``'s arguments, e.g. -S model=phi35-mini.
     """
-    code = run_dvc(["exp", "run", *argv])
+    code = run_dvc(["exp", "run", *keep_workspace_composition(argv)])
     if code:
         fail(f"dvc exp run failed (exit {code}); the lines above say which stage and why")
+
+
+SET_PARAM_FLAGS = ("-S", "--set-param")
+
+
+def params_yaml_overrides(argv: list[str]) -> list[str]:
+    """The ``-S`` / ``--set-param`` values in ``argv`` that DVC applies to params.yaml (composing it with Hydra)."""
+    values = []
+    for i, arg in enumerate(argv):
+        if arg in SET_PARAM_FLAGS and i + 1 < len(argv):
+            values.append(argv[i + 1])
+        elif arg.startswith("--set-param="):
+            values.append(arg.split("=", 1)[1])
+        elif arg.startswith("-S") and len(arg) > 2 and not arg.startswith("--"):
+            values.append(arg[2:])
+    key_file = [(v.split("=", 1)[0], v) for v in values]
+    return [v.split(":", 1)[1] if ":" in k else v for k, v in key_file if ":" not in k or k.startswith("params.yaml:")]
+
+
+def override_key(override: str) -> str:
+    """The dotted key an override sets: ``model`` for ``model=tiny``, ``a.b`` for ``+a.b=1`` or ``~a.b``."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def keep_workspace_composition(argv: list[str]) -> list[str]:
+    """``dvc exp run``'s arguments with the workspace's own composition first, so ``-S`` changes only what it names.
+
+    With Hydra on (.dvc/config), any ``-S`` for params.yaml makes DVC compose params.yaml from conf/ and those
+    arguments alone: in a ``model=tiny`` workspace, ``-S openvino.int4.ratio=0.8`` would convert the real Phi-3.
+    The overrides that give back this params.yaml go first; the user's win where they name the same key or group.
+    """
+    user = params_yaml_overrides(argv)
+    if not user or "--no-hydra" in argv:  # DVC leaves params.yaml as it is (or edits only the keys named)
+        return argv
+    from pipeline.sweep.local import workspace_overrides
+
+    named = [override_key(o) for o in user]
+    keep = [o for o in workspace_overrides() if not any(f"{override_key(o)}.".startswith(f"{k}.") for k in named)]
+    if keep:
+        print(f"keeping this workspace's composition: -S {' -S '.join(keep)}")
+    return [arg for o in keep for arg in ("-S", o)] + argv
 
 
 def cmd_demo() -> None:
