@@ -163,7 +163,7 @@ def check(folder: Path, reference: dict, python: Path | str) -> dict:
             cls = json.loads(config.read_text(encoding="utf-8")).get("tokenizer_class")
             hint = (
                 f"; its tokenizer_config.json says tokenizer_class {cls} (written by transformers 5): rebuild "
-                "with `dvc repro export_onnx@<variant>`, which writes one this runtime reads"
+                "with `dvc repro export_onnx@VARIANT` (its folder name), which writes one this runtime reads"
             )
         fail(f"{who} cannot {result['step']} of {folder}: {result['error']}{hint}")
     for i, (case, got) in enumerate(zip(reference["greedy"], result["cases"])):
