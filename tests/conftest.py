@@ -24,7 +24,7 @@ PROJECT_FILES = ["pipeline", "conf", "dvc.yaml", "pyproject.toml"]
 def run_cmd(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
     """Run a command with this interpreter's environment first on PATH; return its output."""
     env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])}
-    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, encoding="utf-8", errors="replace")
     if check and done.returncode:
         raise AssertionError(f"{args} failed ({done.returncode}):\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}")
     return done
@@ -55,13 +55,13 @@ def make_project(dest: Path) -> Path:
 def previous_artifact(out: Path) -> Path:
     """An existing output folder that a failing stage must leave exactly as it was."""
     out.mkdir(parents=True)
-    (out / "keep.txt").write_text("previous artifact")
+    (out / "keep.txt").write_text("previous artifact", encoding="utf-8")
     return out
 
 
 def assert_untouched(out: Path) -> None:
     """``out`` still holds the previous artifact and no half-written temporary folder is left beside it."""
-    assert (out / "keep.txt").read_text() == "previous artifact"
+    assert (out / "keep.txt").read_text(encoding="utf-8") == "previous artifact"
     leftovers = [p.name for p in out.parent.iterdir() if p.name.startswith(".")]
     assert leftovers == [], f"half-written folders left behind: {leftovers}"
 

@@ -26,13 +26,13 @@ def test_demo_builds_and_validates_every_variant(demo_project) -> None:
             *(f"validate@{v}" for v in VARIANTS), "export_npu@int4", "validate_npu@int4", "report"} <= ran_stages(
         done.stdout + done.stderr)
     for variant in VARIANTS:
-        metrics = json.loads((project / "artifacts" / "metrics" / f"openvino-{variant}.json").read_text())
+        metrics = json.loads((project / "artifacts" / "metrics" / f"openvino-{variant}.json").read_text(encoding="utf-8"))
         assert metrics["passed"], metrics["problems"]
         assert metrics["device_executed"] == "CPU" and metrics["tokenizer_matches_reference"]
         assert metrics["sample"].strip(), "the IR generated no text"
         assert metrics["tokens_per_s"] > 0 and metrics["peak_rss_mb"] > 0
     assert "| openvino-int4 |" in done.stdout
-    npu = json.loads((project / "artifacts" / "metrics" / "npu-int4.json").read_text())
+    npu = json.loads((project / "artifacts" / "metrics" / "npu-int4.json").read_text(encoding="utf-8"))
     assert npu["passed"] and npu["label"] == "NPU-ready IR, NPU pipeline (NPUW), CPU backend: NPU compiler not exercised"
     assert npu["reason"].startswith("no NPU here") and npu["cells"]["NPU"]["status"] == "passed"
     assert npu["cells"]["NPU"]["device_executed"] == "CPU (NPUW)"
@@ -53,8 +53,8 @@ def test_int4_ir_has_4bit_layers_and_fp16_has_none(demo_project) -> None:
 
 def test_manifest_records_source_hashes_and_ir_structure(demo_project) -> None:
     project, _ = demo_project
-    model = json.loads((project / "artifacts" / "model" / "manifest.json").read_text())
-    ir = json.loads((project / "artifacts" / "openvino" / "int4" / "manifest.json").read_text())
+    model = json.loads((project / "artifacts" / "model" / "manifest.json").read_text(encoding="utf-8"))
+    ir = json.loads((project / "artifacts" / "openvino" / "int4" / "manifest.json").read_text(encoding="utf-8"))
     assert ir["source_files_sha256"]["model.safetensors"] == model["files"]["model.safetensors"]["sha256"]
     assert ir["weight_layers"]["int4"] > 0 and ir["nncf_rt_info"]["weight_compression"]["group_size"] == 128
     assert "openvino_tokenizer.xml" in ir["files"] and "openvino_detokenizer.xml" in ir["files"]
@@ -108,6 +108,6 @@ def test_second_repro_is_a_noop_and_group_size_change_reruns_only_int4(demo_proj
         assert int4[key]["old"] is not None and int4[key]["new"] is not None, key
     assert int4["size_mb"]["diff"] != 0 and int4["mean_kl"]["diff"] != 0
     assert "artifacts/metrics/openvino-fp16.json" not in diff, "untouched artifacts show no change"
-    int4 = json.loads((project / "artifacts" / "openvino" / "int4" / "manifest.json").read_text())
+    int4 = json.loads((project / "artifacts" / "openvino" / "int4" / "manifest.json").read_text(encoding="utf-8"))
     assert int4["nncf_rt_info"]["weight_compression"]["group_size"] == 64
     assert int4["compressed_from"] == "openvino_base", "a sweep point must not re-export from PyTorch"

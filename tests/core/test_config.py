@@ -58,8 +58,8 @@ def test_check_config_command_detects_stale_params(tmp_path: Path, monkeypatch: 
     monkeypatch.chdir(tmp_path)
     main(["compose"])
     main(["check-config"])
-    text = (tmp_path / "params.yaml").read_text().replace("ratio: 0.6", "ratio: 0.8")
-    (tmp_path / "params.yaml").write_text(text)
+    text = (tmp_path / "params.yaml").read_text(encoding="utf-8").replace("ratio: 0.6", "ratio: 0.8")
+    (tmp_path / "params.yaml").write_text(text, encoding="utf-8")
     with pytest.raises(SystemExit) as exc:
         main(["check-config"])
     assert exc.value.code == 2
@@ -90,7 +90,7 @@ def test_unknown_key_in_params_yaml_is_rejected(tmp_path: Path) -> None:
     data = compose([])
     data["openvino"]["int4"]["grup_size"] = 64
     path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(data))
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
     with pytest.raises(ConfigError, match=r"unknown config key 'openvino.int4.grup_size'"):
         load_params(path)
 
@@ -99,7 +99,7 @@ def test_local_preset_without_local_path_fails_in_params_yaml_too(tmp_path: Path
     data = compose(["model=local", "model.local_path=/somewhere"])
     data["model"]["local_path"] = "???"  # what a composition that left it unset writes
     path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(data))
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
     with pytest.raises(ConfigError, match=r"^model.local_path is required for source=local"):
         load_params(path)
 

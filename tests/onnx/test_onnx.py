@@ -86,7 +86,7 @@ def test_bad_params_through_the_cli_write_nothing(tiny_model: Path, monkeypatch:
     monkeypatch.chdir(project)
     data = compose(["model=tiny"])
     data["onnx"]["dml_int4"][key] = value
-    (project / "params.yaml").write_text(yaml.safe_dump(data))
+    (project / "params.yaml").write_text(yaml.safe_dump(data), encoding="utf-8")
     out = previous_artifact(project / "artifacts" / "onnx" / "dml_int4")
     with pytest.raises(SystemExit) as exc:
         main(["export-onnx", "dml_int4"])
@@ -156,15 +156,15 @@ def test_demo_builds_and_validates_every_onnx_variant(demo_project) -> None:
     project, done = demo_project
     ran = set(re.findall(r"Running stage '([^']+)'", done.stdout + done.stderr))
     assert {f"{s}@{v}" for s in ("export_onnx", "validate_onnx") for v in VARIANTS} <= ran
-    openvino_keys = set(json.loads((project / "artifacts" / "metrics" / "openvino-int4.json").read_text()))
+    openvino_keys = set(json.loads((project / "artifacts" / "metrics" / "openvino-int4.json").read_text(encoding="utf-8")))
     for variant in VARIANTS:
-        metrics = json.loads((project / "artifacts" / "metrics" / f"onnx-{variant}.json").read_text())
+        metrics = json.loads((project / "artifacts" / "metrics" / f"onnx-{variant}.json").read_text(encoding="utf-8"))
         assert set(metrics) == openvino_keys, "ONNX metrics must have the OpenVINO metrics format"
         assert metrics["passed"], metrics["problems"]
         assert metrics["top1_agreement"] >= MIN_TOP1[metrics["weight_format"]]
         assert metrics["tokenizer_matches_reference"] and metrics["sample"].strip()
         assert metrics["device_executed"] == "CPU" and metrics["tokens_per_s"] > 0
-    dml = json.loads((project / "artifacts" / "metrics" / "onnx-dml_int4.json").read_text())
+    dml = json.loads((project / "artifacts" / "metrics" / "onnx-dml_int4.json").read_text(encoding="utf-8"))
     assert dml["label"] == "DML graph, validated on CPU (stand-in: no DML here)"
     assert dml["cells"]["DML"]["status"] == "skipped" and "no DML provider" in dml["cells"]["DML"]["reason"]
     assert dml["cells"]["CPU stand-in"]["status"] == "passed" and dml["mean_kl"] <= dml["thresholds"]["max_mean_kl"]
@@ -174,7 +174,7 @@ def test_demo_builds_and_validates_every_onnx_variant(demo_project) -> None:
 @pytest.mark.slow
 def test_onnx_manifests_record_the_checked_structure(demo_project) -> None:
     project, _ = demo_project
-    manifests = {v: json.loads((project / "artifacts" / "onnx" / v / "manifest.json").read_text()) for v in VARIANTS}
+    manifests = {v: json.loads((project / "artifacts" / "onnx" / v / "manifest.json").read_text(encoding="utf-8")) for v in VARIANTS}
     dml = manifests["dml_int4"]["structure"]
     assert dml["provider_options"] == {"dml": {"enable_graph_capture": "1"}}
     assert "position_ids" in dml["inputs"] and dml["outputs"]["logits"] == "float16"
@@ -219,9 +219,9 @@ def test_transformers5_tokenizer_class_fails_the_compat_check_clearly(demo_proje
     monkeypatch.chdir(project)
     folder = tmp_path / "as_builder_wrote_it"
     shutil.copytree(project / "artifacts" / "onnx" / "dml_int4", folder)
-    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
     config["tokenizer_class"] = "TokenizersBackend"
-    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    (folder / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
     with pytest.raises(StageError) as exc:
         onnx_compat.run(str(folder))
     message = str(exc.value)
