@@ -23,6 +23,8 @@ SensitivityMetric = Literal[
     "mean_activation_magnitude",
 ]
 GroupSizeFallback = Literal["error", "ignore", "adjust"]
+# The NPU takes group 128 or channel-wise only: "adjust" picks channel-wise; "ignore" would leave layers in float.
+NpuGroupSizeFallback = Literal["error", "adjust"]
 
 NEEDS_DATA = "awq/scale_estimation/gptq need data: set dataset=heldout (offline) or a dataset name"
 
@@ -94,6 +96,7 @@ class NpuVariantConfig:
     generate_hint: NpuGenerateHint = "FAST_COMPILE"
     prefill_hint: NpuPrefillHint = "DYNAMIC"
     cache_mode: NpuCacheMode = "OPTIMIZE_SPEED"
+    group_size_fallback: NpuGroupSizeFallback = "error"
 
     def __post_init__(self) -> None:
         if not self.sym or self.ratio != 1.0 or self.group_size not in (128, -1):
@@ -104,11 +107,11 @@ class NpuVariantConfig:
         if (self.awq or self.scale_estimation or self.gptq) and self.dataset is None:
             raise ConfigError(NEEDS_DATA)
 
-    def as_openvino(self) -> OpenVinoVariantConfig:
-        """The equivalent weight-compression request for the OpenVINO exporter."""
+    def as_openvino(self, group_size: int | None = None) -> OpenVinoVariantConfig:
+        """The equivalent weight-compression request for the OpenVINO exporter (``group_size``: another layout)."""
         return OpenVinoVariantConfig(
             weight_format="int4",
-            group_size=self.group_size,
+            group_size=self.group_size if group_size is None else group_size,
             ratio=self.ratio,
             sym=self.sym,
             backup_precision="int8_asym",

@@ -34,21 +34,46 @@ BASE_DIR = ARTIFACTS / "openvino_base"
 ROTARY_VERIFIED = "rotary constants f32; cos/sin (f32 compute) match transformers' within tolerance"
 
 
-def check_group_size(cfg: OpenVinoVariantConfig, model_config: dict) -> None:
-    """Fail early when the int4 group size does not divide the model's layer widths."""
-    if cfg.weight_format != "int4" or cfg.group_size == -1 or cfg.group_size_fallback != "error":
+MIN_ADJUSTED_GROUP = 32  # NNCF's AdvancedCompressionParameters.min_adjusted_group_size
+
+
+def misfit_widths(group_size: int, model_config: dict) -> dict[str, int]:
+    """The layer widths (weights' input sizes) that ``group_size`` does not divide; none for channel-wise (-1)."""
+    widths = {name: model_config.get(name) for name in ("hidden_size", "intermediate_size")}
+    return {name: w for name, w in widths.items() if w and group_size != -1 and w % group_size}
+
+
+def adjusted_group(width: int) -> int | None:
+    """The group NNCF's ``group_size_fallback=adjust`` gives a ``width`` wide layer: its largest power-of-two
+    divisor, or ``None`` (NNCF then keeps the layer at the backup precision) when that is under 32."""
+    group = width & -width
+    return group if group >= MIN_ADJUSTED_GROUP else None
+
+
+def check_group_size(cfg: OpenVinoVariantConfig, model_config: dict, key: str = "openvino.<v>") -> None:
+    """Fail early when the int4 group size does not divide the model's layer widths (``error``), or say in one
+    line which group NNCF uses instead (``adjust``) or that those layers stay in float (``ignore``).
+
+    ``key`` is the variant's params key (``openvino.int4``): the error spells the overrides that fix it.
+    """
+    misfits = misfit_widths(cfg.group_size, model_config) if cfg.weight_format == "int4" else {}
+    if not misfits:
         return
-    widths = {
-        "hidden_size": model_config.get("hidden_size"),
-        "intermediate_size": model_config.get("intermediate_size"),
-    }
-    for name, width in widths.items():
-        if width and width % cfg.group_size:
-            divisors = [g for g in (32, 64, 128) if width % g == 0]
-            raise ConfigError(
-                f"group_size {cfg.group_size} does not divide {name} {width}: use one of "
-                f"{divisors or [-1]} or set group_size_fallback=adjust"
-            )
+    problem = f"group_size {cfg.group_size} does not divide " + " or ".join(f"{k} {w}" for k, w in misfits.items())
+    if cfg.group_size_fallback == "error":
+        widths = [w for k in ("hidden_size", "intermediate_size") if (w := model_config.get(k))]
+        divisors = [g for g in (128, 64, 32) if all(w % g == 0 for w in widths)]
+        size = f"{divisors[0]}" if divisors else "-1 (channel-wise)"
+        size += f" (or {', '.join(map(str, divisors[1:]))})" if divisors[1:] else ""
+        raise ConfigError(f"{problem}: set {key}.group_size={size}, or {key}.group_size_fallback=adjust")
+    if cfg.group_size_fallback == "ignore":
+        say(f"{problem}: NNCF leaves those layers in float ({key}.group_size_fallback=ignore)")
+        return
+    groups = [(w, adjusted_group(w)) for w in misfits.values()]
+    uses = ", ".join(
+        f"group {g} for {w}-wide inputs" if g else f"{cfg.backup_precision} for {w}-wide inputs" for w, g in groups
+    )
+    say(f"{problem}: NNCF compresses those layers with {uses} ({key}.group_size_fallback=adjust)")
 
 
 AUTO_NAMED_LAYER = re.compile(r'(<layer id="(\d+)" name=")([A-Za-z]+)_\d+(" type=")')
@@ -105,8 +130,6 @@ def export_into(
 
     from pipeline.openvino.export_base import compress_from_base, statistics_once, statistics_path
 
-    model_config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
-    check_group_size(cfg, model_config)
     qdict = quantization_dict(cfg) if cfg.compressed else None
     t_export: dict = {"seconds": 0.0}
     t_compress: dict = {"seconds": 0.0}
@@ -184,7 +207,7 @@ def run(
     model_dir, out_root = ws.model_dir, ws.root("openvino")
     source = read_manifest(model_dir)
     model_config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
-    check_group_size(cfg, model_config)  # before any folder is created
+    check_group_size(cfg, model_config, f"openvino.{name}")  # before any folder is created
     base = base_dir if base_dir and base_dir.is_dir() else None
     from_base = bool(base) and cfg.compressed
     check_resources(
