@@ -4,7 +4,8 @@ Which shell a fenced block is checked against comes from its fence language:
 
 * ``bat`` / ``batch``: cmd **and** PowerShell (the quick start promises both; such a block carries no comments);
   ``cmd``: cmd only; ``powershell`` / ``ps1`` / ``pwsh``: PowerShell only.
-* ``bash`` / ``sh`` / ``shell``: bash; ``console``: bash for its ``$ ``-prompted lines, the rest is output.
+* ``shell``: all three (a command that is the same everywhere: ``aipc sweep``, ``dvc metrics diff``).
+* ``bash`` / ``sh``: bash; ``console``: bash for its ``$ ``-prompted lines, the rest is output.
 * Untagged blocks are text (trees, output, messages) and are not parsed; so that no command hides in one
   unchecked, a line that starts with ``$ `` or with a command we ship (``aipc``, ``dvc``, ``python``, ...) fails
   there: tag the block with its shell. Other languages (python, yaml, ...) are not shell.
@@ -19,7 +20,7 @@ The rules, per command line (continuations joined: ``^`` cmd, backtick PowerShel
   ``REM`` only at line start.
 * PowerShell (``'...'`` literal, ``"..."`` expands ``$`` and backtick, backtick escapes): no unquoted
   ``; | & ( ) { } < > ,``; no ``$`` or backtick except a ``$``/``&`` that starts the line; no ``@`` or ``#`` at the
-  start of an argument (splatting, a comment); ``#`` only at line start; no ``--%``.
+  start of an argument (splatting, a comment); ``#`` only at line start; no ``::`` after the command; no ``--%``.
 * bash (``shlex`` with ``punctuation_chars``, after cutting a ``#`` comment that starts a word outside quotes):
   no unquoted operator but ``&& || | ;`` (so no redirect, subshell or background ``&``), and no unquoted
   ``{a,b}`` brace expansion. A trailing ``# comment`` is fine in bash.
@@ -35,7 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 SHELLS = {"bat": ("cmd", "powershell"), "batch": ("cmd", "powershell"), "cmd": ("cmd",),
           "powershell": ("powershell",), "ps1": ("powershell",), "pwsh": ("powershell",),
-          "bash": ("bash",), "sh": ("bash",), "shell": ("bash",), "console": ("bash",)}
+          "bash": ("bash",), "sh": ("bash",), "console": ("bash",), "shell": ("cmd", "powershell", "bash")}
 COMMANDS = ("aipc", "dvc", "python", "python3", "py", "pip", "git", "hf", "huggingface-cli", "ray", "optimum-cli")
 COMMAND_START = re.compile(r"^(?:\S*[\\/])?(?:" + "|".join(map(re.escape, COMMANDS)) + r")(?:\.exe)?(?:\s|$)")
 CONTINUATION = {"cmd": "^", "powershell": "`", "bash": "\\"}
@@ -100,6 +101,8 @@ def powershell_problems(line: str) -> list[str]:
             problems.append(f"unquoted {char!r}")
         elif text.startswith("--%", i) and word_start:
             problems.append("--% stops PowerShell's parsing")
+        elif text.startswith("::", i) and word_start:
+            problems.append(":: after a command is no comment in PowerShell (its words become arguments)")
         word_start = char.isspace()
     return problems + ["unclosed quote"] * bool(state)
 
@@ -213,6 +216,7 @@ def test_each_shell_rule_catches_what_breaks_a_pasted_line() -> None:
     assert powershell_problems("aipc sweep sweep.grid={a:[1,2]}") != []
     assert powershell_problems("$env:HF_TOKEN = 'hf_x'") == [] and powershell_problems("aipc x a@b 'c,d'") == []
     assert powershell_problems('aipc chat "$HOME"') == ["'$' is expanded inside double quotes"]
+    assert powershell_problems("aipc repro :: all stages")[0].startswith(":: after a command")
     assert bash_problems("aipc repro    # download -> reference") == [] and bash_problems("a && b | c") == []
     assert bash_problems("aipc repro a#b > out") == ["unquoted '>'"]
     assert bash_problems("aipc sweep sweep.grid={a:[1,2]}") == ["brace expansion {a:[1,2]}"]
