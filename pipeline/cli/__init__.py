@@ -45,6 +45,7 @@ COMMANDS: dict[str, Callable[..., None]] = {
     "chat": stages.cmd_chat,
     "compose": project.cmd_compose,
     "check-config": project.cmd_check_config,
+    "stages": project.cmd_stages,
     "demo": project.cmd_demo,
     "repro": project.cmd_repro,
     "exp-run": project.cmd_exp_run,

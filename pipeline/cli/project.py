@@ -50,6 +50,17 @@ def cmd_check_config(overrides: list[str]) -> None:
     print(f"ok: params.yaml matches conf/ (overrides: {' '.join(overrides) or 'none'})")
 
 
+def cmd_stages(argv: list[str]) -> None:
+    """Check (--check) or rewrite (--write) the .py deps of every dvc.yaml stage: its code's import closure.
+
+    Args:
+        argv: --check (fail in one line if dvc.yaml is stale) or --write (rewrite only those deps lines).
+    """
+    from pipeline.core import stage_deps
+
+    stage_deps.main(argv)
+
+
 def cmd_sweep(
     overrides: list[str],
     executor: str | None = None,
