@@ -82,8 +82,11 @@ def open_pipeline(artifact: Path, device: str) -> Any:
     properties = {}
     if device == "NPU" and (artifact / "npu_config.json").is_file():
         properties = json.loads((artifact / "npu_config.json").read_text(encoding="utf-8"))
-        if (artifact / "openvino_model.npu.blob").is_file():
-            properties["BLOB_PATH"] = str(artifact / "openvino_model.npu.blob")
+        from pipeline.openvino.export_npu import reusable_blob
+
+        blob = reusable_blob(artifact, properties)  # compiled again first if another driver/OpenVINO built it
+        if blob is not None:
+            properties["BLOB_PATH"] = str(blob)
     return ov_genai.LLMPipeline(str(artifact), device, **properties)
 
 

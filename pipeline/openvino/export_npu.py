@@ -17,20 +17,20 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core.artifacts import staged_dir, write_json_atomic
-from pipeline.core.config import ConfigError
 from pipeline.core.errors import fail, run_main
 from pipeline.core.log import say, step
 from pipeline.core.manifest import file_hashes, read_manifest, write_manifest
 from pipeline.core.memory import use_huge_pages
 from pipeline.core.stage import run_stage
+from pipeline.core.verify import stage_of
 from pipeline.core.workspace import PROJECT, Workspace
-from pipeline.openvino import npu_lane
-from pipeline.openvino.config import NpuVariantConfig, OpenVinoVariantConfig
-from pipeline.openvino.export import BASE_DIR, ROTARY_VERIFIED, export_into, manifest_fields, misfit_widths
+from pipeline.openvino import npu_blob, npu_lane
+from pipeline.openvino.config import NpuVariantConfig
+from pipeline.openvino.export import BASE_DIR, ROTARY_VERIFIED, check_group_size, export_into, manifest_fields
 from pipeline.validation import devices
 
 NPU_CONFIG = "npu_config.json"
-BLOB = "openvino_model.npu.blob"
+BLOB = npu_blob.BLOB
 DEFERRED = "deferred - no NPU device; compiled on first load on the target"
 
 
@@ -88,27 +88,16 @@ def blob_step(
         return {**facts, "npuw_blob_check": check}
     with step(f"compiling for the NPU ({npu.full_name}, driver {npu.driver}) and exporting the blob"):
         facts = compile_blob(folder, settings)
+    npu_blob.write_record(folder, settings)  # what built it, so a driver or OpenVINO update is noticed before loading
     import openvino as ov
 
-    return {**facts, "npu_driver": npu.driver, "npu_compiler": npu.compiler, "openvino": ov.get_version()}
-
-
-def npu_request(cfg: NpuVariantConfig, model_config: dict, key: str = "npu.<v>") -> OpenVinoVariantConfig:
-    """The compression request for this model: channel-wise when group 128 does not fit and ``adjust`` is set.
-
-    The NPU takes only group 128 or channel-wise (-1), so a smaller group is no fix here; the error says so.
-    """
-    misfits = misfit_widths(cfg.group_size, model_config)
-    if not misfits:
-        return cfg.as_openvino()
-    problem = f"group_size {cfg.group_size} does not divide " + " or ".join(f"{k} {w}" for k, w in misfits.items())
-    if cfg.group_size_fallback == "error":
-        raise ConfigError(
-            f"{problem}, and the NPU takes only group 128 or channel-wise: set {key}.group_size=-1, "
-            f"or {key}.group_size_fallback=adjust"
-        )
-    say(f"{problem}: channel-wise int4 (group_size -1), the NPU's other layout ({key}.group_size_fallback=adjust)")
-    return cfg.as_openvino(group_size=-1)
+    return {
+        **facts,
+        "npu_driver": npu.driver,
+        "npu_compiler": npu.compiler,
+        "openvino": ov.get_version(),
+        "record": npu_blob.RECORD,
+    }
 
 
 def prompt_ids(folder: Path) -> list[int]:
@@ -146,7 +135,8 @@ def run(
     """
     model_dir, out_root = ws.model_dir, ws.root("npu")
     source = read_manifest(model_dir)
-    ov_cfg = npu_request(cfg, json.loads((model_dir / "config.json").read_text(encoding="utf-8")), f"npu.{name}")
+    ov_cfg = cfg.as_openvino()
+    check_group_size(ov_cfg, json.loads((model_dir / "config.json").read_text(encoding="utf-8")))
     status = status if status is not None else devices.detect()
     with staged_dir(out_root / name) as tmp:
         summary = export_into(
@@ -199,19 +189,54 @@ def check_npu_layout(summary: dict[str, Any]) -> None:
 
 def compile_deferred(artifact: Path) -> dict:
     """On the target machine: turn a deferred NPU artifact into one with a compiled blob (in place)."""
+    settings = json.loads((artifact / NPU_CONFIG).read_text(encoding="utf-8"))
+    return rebuild_blob(artifact, settings)
+
+
+def rebuild_blob(artifact: Path, settings: dict[str, Any]) -> dict:
+    """Compile ``artifact``'s NPU blob (again) into a copy of the folder and swap the copy in, manifest updated.
+
+    The old blob and its record are left out of the copy; the folder is replaced whole or not at all.
+    """
     status = devices.detect()
     if not status["NPU"].available:
         fail(f"no NPU on this machine ({status['NPU'].reason}); run this on the NPU machine")
     manifest = read_manifest(artifact)
-    settings = json.loads((artifact / NPU_CONFIG).read_text(encoding="utf-8"))
     with staged_dir(artifact) as tmp:  # never edit the (DVC-tracked) folder in place
         # content only: copy2 would carry the DVC cache's read-only flag, and Windows then refuses the manifest rewrite
-        shutil.copytree(artifact, tmp, dirs_exist_ok=True, copy_function=shutil.copyfile)
+        shutil.copytree(
+            artifact,
+            tmp,
+            dirs_exist_ok=True,
+            copy_function=shutil.copyfile,
+            ignore=shutil.ignore_patterns(BLOB, npu_blob.RECORD),
+        )
         facts = blob_step(tmp, settings, status)
         manifest["npu_blob"] = facts
         manifest["files"] = file_hashes(tmp)
+        manifest["size_bytes"] = sum(f["bytes"] for f in manifest["files"].values())
         write_json_atomic(tmp / "manifest.json", manifest)
     return facts
+
+
+def reusable_blob(artifact: Path, settings: dict[str, Any]) -> Path | None:
+    """The artifact's saved NPU blob, compiled again first when this machine's NPU stack did not build it.
+
+    Chat and validate load the blob only where its record (:mod:`pipeline.openvino.npu_blob`) matches this
+    machine's OpenVINO, NPU driver, compiler and device; otherwise one line says why and the blob is replaced.
+
+    Returns:
+        The blob's path, or ``None`` when the artifact has none.
+    """
+    if not (artifact / BLOB).is_file():
+        return None
+    reason = npu_blob.stale_reason(artifact, settings)
+    if reason is not None:
+        stage = stage_of(artifact)
+        record = f" (then `dvc commit {stage}` records the new blob)" if stage else ""
+        say(f"{reason}: compiling again and replacing it{record}")
+        rebuild_blob(artifact, settings)
+    return artifact / BLOB
 
 
 if __name__ == "__main__":  # the stage: `python -m pipeline.openvino.export_npu <variant>`

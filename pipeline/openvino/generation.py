@@ -15,12 +15,17 @@ from typing import Any
 from pipeline.core.config import ValidateConfig
 from pipeline.core.errors import fail
 from pipeline.openvino import npu_lane
+from pipeline.openvino.export_npu import reusable_blob
 from pipeline.validation import matrix
 from pipeline.validation.genai_runner import run_tokens, speed_runs
 
 
-def device_properties(ir_dir: Path, device: str) -> dict[str, Any]:
-    """``LLMPipeline`` properties: an NPU IR's stored run settings (and blob) on the NPU; no prefix cache elsewhere."""
+def device_properties(ir_dir: Path, device: str, use_blob: bool = True) -> dict[str, Any]:
+    """``LLMPipeline`` properties: an NPU IR's stored run settings (and blob) on the NPU; no prefix cache elsewhere.
+
+    A saved blob that this machine's OpenVINO, NPU driver or compiler did not build is compiled again and replaced
+    first (:func:`pipeline.openvino.export_npu.reusable_blob`); ``use_blob=False`` (NPUW lane) leaves it alone.
+    """
     import openvino_genai as ov_genai
 
     settings_file = ir_dir / "npu_config.json"
@@ -33,8 +38,8 @@ def device_properties(ir_dir: Path, device: str) -> dict[str, Any]:
     if not settings_file.is_file():
         return {}
     settings = json.loads(settings_file.read_text(encoding="utf-8"))
-    blob = ir_dir / "openvino_model.npu.blob"
-    if blob.is_file():
+    blob = reusable_blob(ir_dir, settings) if use_blob else None
+    if blob is not None:
         settings["BLOB_PATH"] = str(blob)
     return settings
 
@@ -83,9 +88,8 @@ def _measure_generation(
     import openvino as ov
     import openvino_genai as ov_genai
 
-    properties = device_properties(ir_dir, device)
+    properties = device_properties(ir_dir, device, use_blob=not backend)  # an NPU blob is not for NPUW
     if backend:
-        properties = {k: v for k, v in properties.items() if k != "BLOB_PATH"}  # an NPU blob is not for NPUW
         properties.update(npu_lane.NPUW_CPU)
     start = time.perf_counter()
     pipe = ov_genai.LLMPipeline(str(ir_dir), device, **properties)
