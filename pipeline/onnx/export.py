@@ -29,6 +29,7 @@ from pipeline.core.workspace import PROJECT, Workspace
 from pipeline.onnx.config import OnnxVariantConfig
 from pipeline.onnx.inspect import check_matches_request, gqa_rotary_problem, inspect_onnx
 from pipeline.onnx.lean_nbits import lean_expected, lean_quantization
+from pipeline.validation.genai_schema import check_genai_config
 
 # Disk for the output, as a share of the checkpoint. RAM is checked against the measured peaks instead
 # (pipeline.core.resources.STAGE_RAM, export_onnx / export_onnx_builder), so its parts here are zero.
@@ -199,6 +200,7 @@ def run(name: str, cfg: OnnxVariantConfig, ws: Workspace = PROJECT) -> dict:
         problems = check_matches_request(summary, cfg, model_config["num_hidden_layers"])
         if problems:
             fail(f"[{name}] the built ONNX model does not match the request: {'; '.join(problems)}")
+        check_genai_config(tmp / "genai_config.json", f"[{name}]")  # keys and values onnxruntime-genai 0.18 reads
         say(
             f"[{name}] {summary['quantization']['matmul_nbits']} MatMulNBits (bits {summary['quantization']['bits']}, "
             f"blocks {summary['quantization']['block_sizes']}), I/O {sorted(set(summary['outputs'].values()))}"

@@ -141,6 +141,8 @@ class Cell:
     drift_top1_agreement: float | None = None
     drift_mean_kl: float | None = None
     long_context: list[dict[str, Any]] = field(default_factory=list)
+    # Windows ML: the EP's compiled-model cache, first load (compiles) and second (reads it) (pipeline.winml.validate)
+    compile_cache: dict[str, Any] | None = None
     note: str | None = None
     sample: str | None = None
 

@@ -23,12 +23,13 @@ from pipeline.core.manifest import write_manifest
 from pipeline.core.stage import run_stage
 from pipeline.core.verify import verify_folder
 from pipeline.core.workspace import PROJECT, Workspace
-from pipeline.winml import package
+from pipeline.validation.genai_schema import check_genai_config
+from pipeline.winml import limits, package
 from pipeline.winml.config import WinmlVariantConfig
 
 # Copied beside the context model. tokenizer_config.json's class is the one ONNX Runtime GenAI tokenizes Phi-3
 # right with (LlamaTokenizer, the class Phi-3's own tokenizer_config.json names; see pipeline/onnx/export.py).
-COPIED = (*package.IR_FILES, *package.TOKENIZER_FILES, "chat_template.jinja")
+COPIED = (*package.IR_FILES, *package.TOKENIZER_FILES, "chat_template.jinja", limits.NPU_CONFIG)
 ORT_TOKENIZER_CLASS = {"phi3": "LlamaTokenizer"}
 
 
@@ -53,11 +54,14 @@ def write_package(tmp: Path, ir_dir: Path, cfg: WinmlVariantConfig) -> dict[str,
     config = json.loads((ir_dir / "config.json").read_text(encoding="utf-8"))
     generation_file = ir_dir / "generation_config.json"
     generation = json.loads(generation_file.read_text(encoding="utf-8")) if generation_file.is_file() else {}
+    npu = limits.npu_settings(ir_dir) if cfg.device_type == "NPU" else None
+    if cfg.device_type == "NPU" and npu is None:
+        fail(f"the NPU IR in {ir_dir} has no {limits.NPU_CONFIG} (its limits): rebuild it with `dvc repro export_npu`")
     sdk = ov.get_version().split("-")[0]  # 2026.4.1, as Olive records ov.get_version(); no build hash
     (tmp / package.ONNX_FILE).write_bytes(package.context_model(tmp / package.IR_FILES[0], cfg.device_type, sdk))
     inputs, outputs = package.ir_ports(tmp / package.IR_FILES[0])
     io = ([p[0] for p in inputs], [p[0] for p in outputs])
-    genai = package.genai_config(config, generation, io, cfg.device_type)
+    genai = package.genai_config(config, generation, io, cfg.device_type, npu)
     (tmp / "genai_config.json").write_text(json.dumps(genai, indent=4) + "\n", encoding="utf-8", newline="\n")
     tokenizer = tmp / "tokenizer_config.json"
     tok = json.loads(tokenizer.read_text(encoding="utf-8"))
@@ -70,7 +74,12 @@ def write_package(tmp: Path, ir_dir: Path, cfg: WinmlVariantConfig) -> dict[str,
 
 
 def verify_package(folder: Path, device_type: str, source_ir: dict[str, str]) -> dict[str, Any]:
-    """Inspect ``folder`` and fail in one line if it is not a well-formed package of ``source_ir``; the summary."""
+    """Inspect ``folder`` and fail in one line if it is not a well-formed package of ``source_ir``; the summary.
+
+    Its ``genai_config.json`` is first checked against what onnxruntime-genai reads (:mod:`genai_schema`); an NPU
+    package's provider options must carry the ``npu_config.json`` beside it.
+    """
+    check_genai_config(Path(folder) / "genai_config.json", f"[winml {Path(folder).name}]")
     summary = package.inspect_package(folder)
     io: list[list[str]] = [[], []]
     unreadable = []
@@ -80,7 +89,8 @@ def verify_package(folder: Path, device_type: str, source_ir: dict[str, str]) ->
             io = [[p[0] for p in inputs], [p[0] for p in outputs]]
         except RuntimeError as err:  # OpenVINO's multi-line report: its last line says what is wrong
             unreadable = [f"OpenVINO cannot read the IR ({str(err).strip().splitlines()[-1]})"]
-    problems = package.check_package(summary, device_type, source_ir, io) + unreadable
+    npu = limits.npu_settings(folder) if device_type == "NPU" else None
+    problems = package.check_package(summary, device_type, source_ir, io, npu) + unreadable
     if problems:
         fail(f"[winml {Path(folder).name}] not a valid Windows ML package: {'; '.join(problems)}")
     return summary
@@ -113,6 +123,8 @@ def run(name: str, cfg: WinmlVariantConfig, ws: Workspace = PROJECT) -> dict:
             source=ir_manifest.get("source", {}),
             source_ir={"folder": f"{cfg.source}/{cfg.source_variant}", "files_sha256": ir_hashes},
             source_ir_parameters=ir_manifest.get("parameters", {}),
+            # the NPU IR's run settings as its export recorded them: validation checks npu_config.json against them
+            npu_run_settings=ir_manifest.get("npu_run_settings"),
             # The IR is the source's byte for byte (checked above): what its manifest read back from it (weight
             # layers by precision; the embedding tie: the checkpoint's, whether the IR keeps one shared matrix, each
             # side's precision) holds for the package as it is.
@@ -126,8 +138,10 @@ def run(name: str, cfg: WinmlVariantConfig, ws: Workspace = PROJECT) -> dict:
             verified={
                 "structure": "one com.microsoft EPContext node (embed_mode 0, ep_cache_context openvino_model.xml, "
                 "source OpenVINOExecutionProvider, main_context 1) with the IR's inputs and outputs; genai_config "
-                "provider_options OpenVINO device_type + enable_causallm 'True', ORT_DISABLE_ALL; IR files equal "
-                "the source IR's manifest sha256; tokenizer files present"
+                "provider_options OpenVINO device_type + enable_causallm 'True' + cache_dir (+ the NPU IR's "
+                "npu_config.json as load_config, context_length = MAX_PROMPT_LEN + MIN_RESPONSE_LEN), "
+                "ORT_DISABLE_ALL; genai_config.json keys and values as onnxruntime-genai 0.18 reads them; IR files "
+                "equal the source IR's manifest sha256; tokenizer files present"
             },
         )
     say(f"[winml {name}] Windows ML package ready in {out_root / name}")

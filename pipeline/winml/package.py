@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core.hashes import sha256_file
+from pipeline.winml import limits
 
 ONNX_FILE = "openvino_model.onnx"
 IR_FILES = ("openvino_model.xml", "openvino_model.bin")
@@ -85,10 +86,20 @@ def context_model(xml: Path, device_type: str, sdk_version: str) -> bytes:
 
 
 def genai_config(
-    config: dict[str, Any], generation: dict[str, Any], io: tuple[list[str], list[str]], device: str
+    config: dict[str, Any],
+    generation: dict[str, Any],
+    io: tuple[list[str], list[str]],
+    device: str,
+    npu_settings: dict[str, Any] | None = None,
 ) -> dict:
-    """``genai_config.json`` as Olive's ``create_genai_config`` writes it (``beam_idx`` is the EP's, not GenAI's)."""
+    """``genai_config.json`` as Olive's ``create_genai_config`` writes it (``beam_idx`` is the EP's, not GenAI's).
+
+    Beyond Olive's defaults: the compiled-model cache for every device, and for the NPU its IR's limits
+    (``npu_settings``, its ``npu_config.json``) as ``load_config`` with the context they hold (:mod:`limits`).
+    """
     heads, hidden = config["num_attention_heads"], config["hidden_size"]
+    held = limits.held_tokens(npu_settings) if device == "NPU" and npu_settings else None
+    context = held or config["max_position_embeddings"]
     eos = generation.get("eos_token_id", config.get("eos_token_id", -1))
     pad = generation.get("pad_token_id")
     if pad is None:
@@ -97,12 +108,12 @@ def genai_config(
     return {
         "model": {
             "bos_token_id": config.get("bos_token_id", -1),
-            "context_length": config["max_position_embeddings"],
+            "context_length": context,
             "decoder": {
                 "session_options": {
                     "log_id": "onnxruntime-genai",
                     "graph_optimization_level": "ORT_DISABLE_ALL",
-                    "provider_options": [{"OpenVINO": {"device_type": device, "enable_causallm": "True"}}],
+                    "provider_options": [{"OpenVINO": limits.provider_options(device, npu_settings)}],
                 },
                 "filename": ONNX_FILE,
                 "head_size": hidden // heads,
@@ -123,7 +134,7 @@ def genai_config(
             "do_sample": False,
             "early_stopping": True,
             "length_penalty": 1.0,
-            "max_length": config["max_position_embeddings"],
+            "max_length": context,
             "min_length": 0,
             "no_repeat_ngram_size": 0,
             "num_beams": 1,
@@ -172,7 +183,11 @@ def inspect_package(folder: Path) -> dict[str, Any]:
 
 
 def check_package(
-    summary: dict[str, Any], device_type: str, source_ir: dict[str, str], ir_io: list[list[str]]
+    summary: dict[str, Any],
+    device_type: str,
+    source_ir: dict[str, str],
+    ir_io: list[list[str]],
+    npu_settings: dict[str, Any] | None = None,
 ) -> list[str]:
     """Every way the package contradicts the layout the OpenVINO EP needs (empty when it matches).
 
@@ -181,10 +196,11 @@ def check_package(
         device_type: The device the variant targets (``NPU``, ``GPU``, ``CPU``).
         source_ir: sha256 of ``openvino_model.xml`` / ``.bin`` of the IR the package was built from.
         ir_io: The IR's input names and output names (what the EPContext node must carry).
+        npu_settings: The NPU IR's run settings (its ``npu_config.json``), for an NPU package.
     """
     problems = []
     options = summary["session_options"]
-    want = [{"OpenVINO": {"device_type": device_type, "enable_causallm": "True"}}]
+    want = [{"OpenVINO": limits.provider_options(device_type, npu_settings)}]
     if options.get("provider_options") != want:
         problems.append(f"genai_config.json provider_options {options.get('provider_options')}, expected {want}")
     if options.get("graph_optimization_level") != "ORT_DISABLE_ALL":

@@ -19,7 +19,10 @@ import contextlib
 import functools
 from dataclasses import dataclass, field
 from importlib import metadata
+from pathlib import Path
 from typing import Any
+
+from pipeline.winml import limits
 
 EP_NAME = "OpenVINOExecutionProvider"
 PLUGIN = "onnxruntime-ep-openvino"
@@ -89,17 +92,27 @@ def plugin_status() -> PluginStatus:
     return PluginStatus(version, reason=no_device_reason(hardware, version))
 
 
-def load_model(folder: str, device: str, pinned: bool) -> Any:
-    """``og.Model`` of the package on the OpenVINO EP, ``device`` overriding its device_type; ``pinned``: f32 compute."""
+def load_model(folder: str, device: str, pinned: bool, cache_dir: Path | None = None) -> Any:
+    """``og.Model`` of the package on the OpenVINO EP, ``device`` overriding its device_type.
+
+    The package's own provider options stay (its NPU ``load_config`` applies only where the NPU runs). ``pinned``:
+    f32 compute, added to ``load_config`` for ``device``. ``cache_dir``: the compiled-model cache to use instead of
+    the package's folder-relative one (onnxruntime-genai passes it as ``CACHE_DIR`` for the device that runs).
+    """
     import json
 
     import onnxruntime_genai as og
 
+    written = json.loads((Path(folder) / "genai_config.json").read_text(encoding="utf-8"))
+    load = json.loads(limits.package_options(written).get("load_config") or "{}")
     config = og.Config(folder)
     config.clear_providers()
     config.append_provider("OpenVINO")
     config.set_provider_option("OpenVINO", "device_type", device)
     config.set_provider_option("OpenVINO", "enable_causallm", "True")
     if pinned:
-        config.set_provider_option("OpenVINO", "load_config", json.dumps({device: PINNED}))
+        load[device] = {**load.get(device, {}), **PINNED}
+        config.set_provider_option("OpenVINO", "load_config", json.dumps(load))
+    if cache_dir is not None:
+        config.set_provider_option("OpenVINO", "cache_dir", str(cache_dir))
     return og.Model(config)

@@ -6,7 +6,10 @@ or Foundry Local user runs it: ``og.Model`` on the package folder, the OpenVINO 
 only the CPU, the provider options are overridden to CPU at load time and the cell says so ("Windows ML package,
 OpenVINO EP, device overridden to CPU"); where it offers nothing (no Intel device: an AMD or Arm machine), the cell
 is skipped with that reason; where it offers the device but the package does not run (the EP or onnxruntime-genai
-raising), the cell fails with one line. Artifact fidelity runs with f32 compute requested through the EP's ``load_config``
+raising), the cell fails with one line. Before it loads, the package must agree with itself: a malformed package,
+or an NPU package whose ``genai_config.json``, ``npu_config.json`` and IR settings differ (:mod:`limits`), is a failed
+cell with one line; so is a prompt longer than an NPU package takes. The first load compiles into an emptied per-user
+compiled-model cache and a second load must reuse it: both load times go into the cell (``compile_cache``). Artifact fidelity runs with f32 compute requested through the EP's ``load_config``
 (the CPU default is bf16 on AMX / AVX512-BF16 CPUs); device numerics at the EP's defaults. Metrics format, speed
 and greedy comparison are those of every other validator.
 Output: ``artifacts/metrics/winml-<variant>.json`` (DVC metrics).
@@ -14,12 +17,14 @@ Output: ``artifacts/metrics/winml-<variant>.json`` (DVC metrics).
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
 
+from pipeline.core.artifacts import remove_tree
 from pipeline.core.config import ValidateConfig
-from pipeline.core.errors import run_main
+from pipeline.core.errors import StageError, run_main
 from pipeline.core.log import step
 from pipeline.core.manifest import read_manifest
 from pipeline.core.registry import FAMILIES
@@ -29,7 +34,7 @@ from pipeline.core.workspace import PROJECT, Workspace
 from pipeline.validation import fidelity, matrix, records
 from pipeline.validation.evidence import Evidence, verdicts_for
 from pipeline.validation.genai_runner import CellError, attempt, generate, time_prompt
-from pipeline.winml import runtime
+from pipeline.winml import export, limits, runtime
 
 OVERRIDDEN = "Windows ML package, OpenVINO EP, device overridden to CPU"
 
@@ -72,17 +77,78 @@ def forced_logits(model: Any, windows: list[list[int]]) -> list[Any]:
     return out
 
 
-def measure_cell(folder: Path, plan: matrix.CellPlan, cfg: ValidateConfig, evidence: Evidence) -> matrix.Measurement:
-    """Generation and speed at the EP's defaults, then fidelity with f32 compute pinned and at the defaults."""
+def cached_loads(folder: str, device: str, cache_dir: Path) -> tuple[Any, dict[str, Any]]:
+    """Load the package twice with an emptied compiled-model cache: the second load must read what the first wrote.
+
+    Returns:
+        The second model, and what the cache did: both load times, the files the first load wrote, whether the
+        second found them unchanged (``reused``).
+    """
+    remove_tree(cache_dir)
+    start = time.perf_counter()
+    model = runtime.load_model(folder, device, pinned=False, cache_dir=cache_dir)
+    first_s = time.perf_counter() - start
+    del model
+    written = _cache_files(cache_dir)
+    start = time.perf_counter()
+    model = runtime.load_model(folder, device, pinned=False, cache_dir=cache_dir)
+    cached_s = time.perf_counter() - start
+    return model, {
+        "cache_dir": str(cache_dir),
+        "compile_load_s": round(first_s, 3),
+        "cached_load_s": round(cached_s, 3),
+        "files": len(written),
+        "bytes": sum(size for size, _ in written.values()),
+        "reused": bool(written) and _cache_files(cache_dir) == written,
+    }
+
+
+def _cache_files(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every file under ``folder`` with its size and modification time (ns)."""
+    found = (p for p in Path(folder).rglob("*") if p.is_file()) if Path(folder).is_dir() else ()
+    return {p.relative_to(folder).as_posix(): (p.stat().st_size, p.stat().st_mtime_ns) for p in found}
+
+
+def package_problem(folder: Path, target: str, manifest: dict[str, Any]) -> str | None:
+    """One line when the package contradicts itself: its layout, or (NPU) its genai_config, npu_config.json and IR."""
+    if target == "NPU":
+        genai = json.loads((folder / "genai_config.json").read_text(encoding="utf-8"))
+        found = limits.agreement_problems(genai, limits.npu_settings(folder), manifest.get("npu_run_settings") or {})
+        if found:
+            return f"[winml {folder.name}] the package, its npu_config.json and its IR disagree: {'; '.join(found)}"
+    try:
+        export.verify_package(folder, target, manifest["source_ir"]["files_sha256"])
+    except StageError as err:
+        return str(err)
+    return None
+
+
+def check_prompts(folder: Path, target: str, prompts: list[list[int]]) -> None:
+    """Raise :class:`CellError` (one line) for the first prompt longer than the package takes (NPU packages)."""
+    settings = limits.npu_settings(folder)
+    for ids in prompts:
+        line = limits.prompt_problem(len(ids), settings, target)
+        if line:
+            raise CellError(line)
+
+
+def measure_cell(
+    folder: Path, plan: matrix.CellPlan, cfg: ValidateConfig, evidence: Evidence, cache_dir: Path
+) -> tuple[matrix.Measurement, dict[str, Any]]:
+    """Generation and speed at the EP's defaults, then fidelity with f32 compute pinned and at the defaults.
+
+    Also returns what the compiled-model cache (``cache_dir``) did: :func:`cached_loads`.
+    """
     import onnxruntime_genai as og
 
     records.reset_peak_rss()
     reference, where = evidence.reference, f"[winml-{folder.name} @ {plan.column}]"
+    prompts = [c["prompt_ids"] for c in reference.get("greedy", [])]
+    check_prompts(folder, plan.column, prompts + list(reference.get("perf_prompts", {}).values()))
     loading = f"load the package on the OpenVINO EP (device_type {plan.device})"
-    with step(f"{where} loading the package on the OpenVINO EP, device_type {plan.device}"), attempt(loading):
-        start = time.perf_counter()
-        model = runtime.load_model(str(folder), plan.device, pinned=False)
-        load_s = time.perf_counter() - start
+    with step(f"{where} loading the package on the OpenVINO EP, device_type {plan.device}, twice"), attempt(loading):
+        model, cache = cached_loads(str(folder), plan.device, cache_dir)
+        load_s = cache["compile_load_s"]
     with step(f"{where} generating with onnxruntime-genai"), attempt("generate with onnxruntime-genai"):
         outputs = [generate(model, case["prompt_ids"], cfg.max_new_tokens)[0] for case in reference["greedy"]]
         perf = {
@@ -97,7 +163,8 @@ def measure_cell(folder: Path, plan: matrix.CellPlan, cfg: ValidateConfig, evide
     del model
     pinning = f"run the package with f32 compute requested through load_config ({runtime.PINNED})"
     with step(f"{where} teacher-forced comparison with PyTorch, f32 compute requested"), attempt(pinning):
-        pinned = forced_logits(runtime.load_model(str(folder), plan.device, pinned=True), evidence.windows)
+        pinned_model = runtime.load_model(str(folder), plan.device, pinned=True, cache_dir=cache_dir)
+        pinned = forced_logits(pinned_model, evidence.windows)
     return matrix.Measurement(
         executed=plan.device,  # the OpenVINO EP has no fallback: a device it cannot use fails the load
         load_s=load_s,
@@ -111,7 +178,7 @@ def measure_cell(folder: Path, plan: matrix.CellPlan, cfg: ValidateConfig, evide
         device_fidelity=fidelity.compare(evidence.logprobs, defaults).as_dict(),
         device_numerics={"label": f"the OpenVINO EP's {plan.device} defaults (not read back through ONNX Runtime)"},
         drift=fidelity.agreement(pinned, defaults),
-    )
+    ), cache
 
 
 def run(name: str, cfg: ValidateConfig, ws: Workspace = PROJECT, *, status: runtime.PluginStatus | None = None) -> dict:
@@ -123,18 +190,26 @@ def run(name: str, cfg: ValidateConfig, ws: Workspace = PROJECT, *, status: runt
     kind = FAMILIES["winml"].kind
     status = status or runtime.plugin_status()
     plan = plan_cell(target, status)
+    problem = None if plan.skip_reason else package_problem(folder, target, manifest)
     if plan.skip_reason:
         cell = matrix.skipped_cell(plan, kind)
         cell.label = f"{kind}, skipped: the OpenVINO EP cannot run it here"
+    elif problem:
+        cell = matrix.failed_cell(plan, kind, problem)
     else:
         check_stage_ram("validate_winml", name, folder)
         evidence = Evidence.load(ws.reference_path)
+        cache_dir = limits.user_cache_dir(folder, plan.device, manifest["source_ir"]["files_sha256"])
         try:
-            got = measure_cell(folder, plan, cfg, evidence)
+            got, cache = measure_cell(folder, plan, cfg, evidence, cache_dir)
         except CellError as err:  # the device is offered but the package did not run on it: failed, with why
             cell = matrix.failed_cell(plan, kind, str(err))
         else:
             cell = matrix.judge(plan, got, evidence.reference, verdicts_for(cfg, weight_format), kind)
+            cell.compile_cache = cache
+            if not cache["reused"]:
+                cell.status = "failed"
+                cell.problems.append(f"the second load did not reuse the compiled-model cache in {cache_dir}")
             if plan.device != target:
                 cell.label = OVERRIDDEN
         bundled = runtime.BUNDLED_OPENVINO.get(status.version or "")

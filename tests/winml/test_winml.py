@@ -24,9 +24,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.core.workspace import Workspace
 from pipeline.core.errors import StageError
 from pipeline.core.manifest import write_manifest
+from pipeline.core.workspace import Workspace
 from pipeline.validation import genai_runner
 from pipeline.winml import export, package, runtime, validate
 from pipeline.winml.config import WinmlVariantConfig
@@ -134,7 +134,7 @@ def child_main() -> None:
         cfg = load_params(Path(request["project"]) / "params.yaml").validate
         artifacts = Path(request["project"]) / "artifacts"
         result = validate.run(
-            request["name"], cfg, Workspace(out=artifacts / "winml", reference=artifacts / "reference" / "reference.json", metrics=Path(request["metrics_dir"])), 
+            request["name"], cfg, Workspace(out=artifacts / "winml", reference=artifacts / "reference" / "reference.json", metrics=Path(request["metrics_dir"])),
             status=status,
         )
     print(CHILD_MARK + json.dumps({"emulated": status.emulated, "result": result}), flush=True)
@@ -159,8 +159,17 @@ def run_emulated(request: dict) -> tuple[str, object]:
     return answer["emulated"], answer["result"]
 
 
-def llm_shaped_ir(folder: Path, vocab: int = 32064) -> None:
-    """A real IR with the inputs and outputs of an exported Phi-3 (no weights worth the name), and its side files."""
+NPU_SETTINGS = {  # conf/npu/default.yaml's run settings, as export_npu writes them into npu_config.json
+    "MAX_PROMPT_LEN": 1024, "MIN_RESPONSE_LEN": 128, "GENERATE_HINT": "FAST_COMPILE", "PREFILL_HINT": "DYNAMIC",
+    "CACHE_MODE": "OPTIMIZE_SPEED",
+}
+
+
+def llm_shaped_ir(folder: Path, vocab: int = 32064, npu_settings: dict | None = None) -> None:
+    """A real IR with the inputs and outputs of an exported Phi-3 (no weights worth the name), and its side files.
+
+    ``npu_settings``: an NPU IR's, written into ``npu_config.json`` and its manifest as ``export_npu`` does.
+    """
     import numpy as np
     import openvino as ov
     from openvino import opset13 as ops
@@ -180,14 +189,18 @@ def llm_shaped_ir(folder: Path, vocab: int = 32064) -> None:
     ov.save_model(model, str(folder / "openvino_model.xml"), compress_to_fp16=False)
     for name in ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"):
         shutil.copyfile(TINY_DIR / name, folder / name)
-    write_manifest(folder, stage="export_openvino", variant=folder.name, parameters={"weight_format": "int4"})
+    extra = {}
+    if npu_settings:
+        (folder / "npu_config.json").write_text(json.dumps(npu_settings, indent=2), encoding="utf-8")
+        extra = {"npu_run_settings": npu_settings}
+    write_manifest(folder, stage="export_openvino", variant=folder.name, parameters={"weight_format": "int4"}, **extra)
 
 
 @pytest.fixture(scope="module")
 def small_artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
     artifacts = tmp_path_factory.mktemp("winml") / "artifacts"
-    for family in ("openvino", "npu"):
-        llm_shaped_ir(artifacts / family / "int4")
+    llm_shaped_ir(artifacts / "openvino" / "int4")
+    llm_shaped_ir(artifacts / "npu" / "int4", npu_settings=NPU_SETTINGS)
     return artifacts
 
 
@@ -209,9 +222,9 @@ def test_each_variant_wraps_its_ir_in_one_epcontext_node_with_the_eps_genai_conf
         assert node[0]["inputs"] == ["input_ids", "attention_mask", "position_ids", "beam_idx"]
         assert node[0]["outputs"] == ["logits"]
         decoder = json.loads((folder / "genai_config.json").read_text(encoding="utf-8"))["model"]["decoder"]
-        assert decoder["session_options"]["provider_options"] == [
-            {"OpenVINO": {"device_type": device, "enable_causallm": "True"}}
-        ]
+        options = decoder["session_options"]["provider_options"]
+        assert [list(o) for o in options] == [["OpenVINO"]] and options[0]["OpenVINO"]["device_type"] == device
+        assert options[0]["OpenVINO"]["enable_causallm"] == "True" and options[0]["OpenVINO"]["cache_dir"] == "ov_cache"
         assert decoder["session_options"]["graph_optimization_level"] == "ORT_DISABLE_ALL"
         assert "beam_idx" not in decoder["inputs"] and decoder["outputs"] == {"logits": "logits"}
         source_files = json.loads((small_artifacts / source / "int4" / "manifest.json").read_text(encoding="utf-8"))["files"]
@@ -235,7 +248,8 @@ def tampered(small_artifacts: Path, tmp_path: Path, edit) -> str:
     hashes = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))["source_ir"]["files_sha256"]
     with pytest.raises(StageError) as exc:
         export.verify_package(folder, "GPU", hashes)
-    assert "\n" not in str(exc.value) and str(exc.value).startswith("[winml gpu] not a valid Windows ML package: ")
+    prefixes = ("[winml gpu] not a valid Windows ML package: ", "[winml gpu] genai_config.json is not what ")
+    assert "\n" not in str(exc.value) and str(exc.value).startswith(prefixes)
     return str(exc.value)
 
 
@@ -255,7 +269,8 @@ def edit_json(path: Path, change) -> None:
                     enable_causallm=True
                 ),
             ),
-            "'enable_causallm': True",
+            # what onnxruntime-genai would refuse is caught by its schema first (pipeline/validation/genai_schema.py)
+            "OpenVINO.enable_causallm is True: provider options are strings (write \"True\")",
         ),
         (
             lambda f: edit_json(
