@@ -13,7 +13,7 @@ example-get-started), the rest sorted; a kept ``.py`` item keeps its comment. A 
 module differs by variant depends on the union of its variants' closures.
 
 Files, not package folders: measured on this tree (issue 31), folders would be 5 or 6 lines a stage instead of
-11 to 39, but each stage would then depend on 29 to 57 files it never runs (every stage imports the four family
+11 to 39, but each stage would then depend on 32 to 60 files it never runs (every stage imports the four family
 config modules, so their folders come whole), and a folder dependency hashes ``__pycache__/`` and the compiled
 ``_pagetrim`` too: recompiling or another Python version would rerun every stage.
 """
