@@ -68,7 +68,14 @@ def assert_untouched(out: Path) -> None:
 
 @pytest.fixture(scope="session")
 def demo_project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
-    """A fresh project copy on which the README's demo (`aipc demo`) has run once."""
+    """A fresh project copy on which the README's demo (`aipc demo`) has run once.
+
+    It starts from what the checkout's own demo built, when there is one (tests/shared_workspace.py): DVC
+    reruns only what is stale there, so the stages the tests rely on are the ones ``dvc.lock`` records.
+    """
+    from shared_workspace import seed_from_checkout
+
     project = make_project(tmp_path_factory.mktemp("project"))
+    seed_from_checkout(ROOT, project)
     done = run_cmd([sys.executable, "-m", "pipeline.cli", "demo"], project)
     return project, done
