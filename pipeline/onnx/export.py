@@ -29,6 +29,7 @@ from pipeline.core.workspace import PROJECT, Workspace
 from pipeline.onnx.config import OnnxVariantConfig
 from pipeline.onnx.inspect import check_matches_request, gqa_rotary_problem, inspect_onnx
 from pipeline.onnx.lean_nbits import lean_expected, lean_quantization
+from pipeline.onnx.sliding_window import set_transformers_windows, window_problems
 from pipeline.validation.genai_schema import check_genai_config
 
 # Disk for the output, as a share of the checkpoint. RAM is checked against the measured peaks instead
@@ -196,8 +197,10 @@ def run(name: str, cfg: OnnxVariantConfig, ws: Workspace = PROJECT) -> dict:
         ) as t_build:
             build(model_dir, tmp, cfg, options)
         tokenizer_fix = make_tokenizer_loadable_by_ort_genai_0_13(tmp, model_config["model_type"])
+        window_fix = set_transformers_windows(tmp, model_config)  # the builder drops Phi-3's sliding window
         summary = inspect_onnx(tmp)
         problems = check_matches_request(summary, cfg, model_config["num_hidden_layers"])
+        problems += window_problems(summary["attention_windows"], model_config)
         if problems:
             fail(f"[{name}] the built ONNX model does not match the request: {'; '.join(problems)}")
         check_genai_config(tmp / "genai_config.json", f"[{name}]")  # keys and values onnxruntime-genai 0.18 reads
@@ -218,10 +221,12 @@ def run(name: str, cfg: OnnxVariantConfig, ws: Workspace = PROJECT) -> dict:
             # the checkpoint's tie, whether the graph keeps one stored matrix for both, each side's precision
             tied_embeddings=tied_embeddings(summary["tied_embeddings"], model_config),
             tokenizer_fix=tokenizer_fix,
+            sliding_window_fix=window_fix,
             timings={"build_s": t_build["seconds"]},
             verified={
                 "structure": "provider entry, graph inputs/outputs and dtypes, MatMulNBits bits/block size, "
-                "every graph output produced, external data in range (onnx.checker rejects "
+                "every graph output produced, external data in range, each layer's attention window equals "
+                "transformers' (onnx.checker rejects "
                 "every builder output, so it is not used)"
             },
         )

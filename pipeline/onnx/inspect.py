@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.onnx.config import OnnxVariantConfig
+from pipeline.onnx.sliding_window import graph_windows
 
 DEFAULT_BLOCK_SIZE = 32  # builder default when block_size is not set
 # Provider-option key the builder writes into genai_config.json for each execution provider (cpu: none).
@@ -173,6 +174,7 @@ def inspect_onnx(folder: Path) -> dict[str, Any]:
         "outputs": {o.name: _dtype(o) for o in graph.output},
         "unproduced_outputs": [o.name for o in graph.output if o.name not in produced],
         "ops": dict(Counter(n.op_type for n in graph.node)),
+        "attention_windows": graph_windows(graph),  # GroupQueryAttention local_window_size per layer (-1: full)
         "quantization": quantized_ops(graph),
         "float_weight_matmuls": float_weight_matmuls(graph),
         "tied_embeddings": embedding_tie(graph),
