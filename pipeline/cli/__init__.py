@@ -50,6 +50,7 @@ COMMANDS: dict[str, Callable[..., None]] = {
     "repro": project.cmd_repro,
     "exp-run": project.cmd_exp_run,
     "report": project.cmd_report,
+    "recommend": project.cmd_recommend,
     "publish": stages.cmd_publish,
     "pull": stages.cmd_pull,
     "verify": stages.cmd_verify,

@@ -1,11 +1,11 @@
 """Stage ``reference``: run the original PyTorch model once and record what every export must match.
 
-Records, for the validation prompts, the greedy continuation token ids; for a held-out text, the
-teacher-forced top-1 next-token ids (with their logit margins) and the next-token log-probs every
-validator needs for KL divergence and perplexity (:mod:`pipeline.validation.fidelity`); and the token ids of the
-speed-test prompts (``validate.perf_prompt_tokens``), cut from the held-out text after the evaluated part.
-Validation stages compare each exported model against these files, so the PyTorch model is loaded once
-per pipeline, not per export.
+Records, for the validation prompts (in the checkpoint's chat template, :mod:`pipeline.validation.prompts`), the
+greedy continuation token ids up to the model's end token; for a held-out text, the teacher-forced top-1
+next-token ids (with their logit margins) and the next-token log-probs every validator needs for KL divergence and
+perplexity (:mod:`pipeline.validation.fidelity`); and the token ids of the speed-test prompts
+(``validate.perf_prompt_tokens``): a chat turn around held-out text after the evaluated part. Validation stages
+compare each exported model against these files, so the PyTorch model is loaded once per pipeline, not per export.
 Output: ``artifacts/reference/reference.json`` and ``logprobs.npz`` (plain arrays) with ``manifest.json``.
 """
 
@@ -22,6 +22,7 @@ from pipeline.core.log import say, step
 from pipeline.core.manifest import read_manifest, write_manifest
 from pipeline.core.memory import MappedPageTrimmer, weight_files
 from pipeline.core.resources import check_stage_ram
+from pipeline.validation import prompts as chat_prompts
 from pipeline.validation.fidelity import LOGPROBS_FILE, LONG_LOGPROBS_FILE, ReferenceLogprobs, log_softmax
 from pipeline.validation.upcast import compute_in_float32
 
@@ -32,7 +33,8 @@ HELDOUT_TEXT = ASSETS_DIR / "tiny_phi3" / "heldout.txt"
 
 def heldout_ids(tokenizer: Any) -> list[int]:
     """The held-out text shipped in the package, tokenized."""
-    return tokenizer(HELDOUT_TEXT.read_text(encoding="utf-8"), add_special_tokens=False)["input_ids"]
+    # verbose=False: the held-out text is longer than the context on purpose (it is cut into windows), not an error
+    return tokenizer(HELDOUT_TEXT.read_text(encoding="utf-8"), add_special_tokens=False, verbose=False)["input_ids"]
 
 
 def eval_windows(tokenizer: Any, cfg: ValidateConfig) -> list[list[int]]:
@@ -78,7 +80,8 @@ def long_context_plan(tokenizer: Any, cfg: ValidateConfig, limits: dict[str, int
 
 
 def perf_prompts(tokenizer: Any, cfg: ValidateConfig) -> dict[str, list[int]]:
-    """Speed-test prompts of exactly the configured lengths, cut from held-out text the evaluation does not use."""
+    """Speed-test prompts of exactly the configured lengths: a user turn of the chat template holding held-out
+    text the evaluation does not use, then the open assistant turn."""
     rest = heldout_ids(tokenizer)[cfg.eval_tokens :]
     longest = max(cfg.perf_prompt_tokens.values())
     if longest > len(rest):
@@ -86,7 +89,10 @@ def perf_prompts(tokenizer: Any, cfg: ValidateConfig) -> dict[str, list[int]]:
             f"validate.perf_prompt_tokens asks for {longest} tokens but the held-out text has {len(rest)} after "
             f"the {cfg.eval_tokens} evaluated ones: lower it"
         )
-    return {name: rest[:length] for name, length in cfg.perf_prompt_tokens.items()}
+    return {
+        name: chat_prompts.templated_ids(tokenizer, rest, length, f"validate.perf_prompt_tokens.{name}")
+        for name, length in cfg.perf_prompt_tokens.items()
+    }
 
 
 LOGIT_ROWS = 256  # positions whose [rows, vocab] float32 logits exist at a time (a 6000-token window's are 734 MiB)
@@ -146,24 +152,32 @@ def reference_logprobs(
     return ReferenceLogprobs(topk_ids, topk_logprobs, next_ids, next_logprobs, lengths), forced
 
 
-def greedy(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int) -> list[dict[str, Any]]:
-    """Greedy continuations (token ids and text) for each prompt."""
+def greedy(
+    model: Any, tokenizer: Any, prompts: list[Any], max_new_tokens: int, stop: list[int] | None = None
+) -> list[dict[str, Any]]:
+    """Greedy continuations (token ids and text) for each prompt (chat messages, rendered with the model's chat
+    template), stopping on ``stop`` (default: the model's end tokens, :func:`.prompts.stop_token_ids`)."""
     import torch
 
+    if stop is None:
+        stop = chat_prompts.stop_token_ids(tokenizer, model.generation_config.eos_token_id)
     out = []
     with torch.inference_mode():
         for prompt in prompts:
-            ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            text = chat_prompts.render_prompt(tokenizer, prompt)
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
             generated = model.generate(
                 torch.tensor([ids]),
                 attention_mask=torch.ones(1, len(ids), dtype=torch.long),
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
+                eos_token_id=stop,
             )
             new = generated[0, len(ids) :].tolist()
             out.append(
                 {
-                    "prompt": prompt,
+                    "messages": chat_prompts.as_messages(prompt),
+                    "prompt": text,
                     "prompt_ids": ids,
                     "output_ids": new,
                     "text": tokenizer.decode(new, skip_special_tokens=True),
@@ -215,13 +229,18 @@ def run(cfg: ValidateConfig, model_dir: Path = MODEL_DIR, out_dir: Path = OUT_DI
         MappedPageTrimmer(weight_files(model_dir)),  # see load_model
     ):
         long_logprobs, _ = reference_logprobs(model, long["windows"], cfg.long_context.top_k)
-    with step(f"greedy generation for {len(cfg.prompts)} prompts"):
-        generations = greedy(model, tokenizer, cfg.prompts, cfg.max_new_tokens)
+    stop = chat_prompts.stop_token_ids(tokenizer, model.generation_config.eos_token_id)
+    with step(
+        f"greedy generation for {len(cfg.prompts)} prompts (chat template: {chat_prompts.template_source(tokenizer)})"
+    ):
+        generations = greedy(model, tokenizer, cfg.prompts, cfg.max_new_tokens, stop)
     margins = sorted(m for w in forced for m in w["margin"])
     result: dict[str, Any] = {
         "model": source.get("model"),
         "dtype": cfg.reference_dtype,
         "teacher_forced": forced,
+        "chat_template": chat_prompts.template_source(tokenizer),  # "phi3": the checkpoint has none
+        "stop_token_ids": stop,  # greedy outputs are compared up to the first of these (the model's end tokens)
         "greedy": generations,
         "perf_prompts": perf_prompts(tokenizer, cfg),
         "perplexity": logprobs.perplexity,
