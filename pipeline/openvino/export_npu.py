@@ -11,18 +11,15 @@ Output: ``artifacts/npu/<variant>`` with ``manifest.json``.
 from __future__ import annotations
 
 import json
-import shutil
-import time
 from pathlib import Path
 from typing import Any
 
 from pipeline.core.artifacts import staged_dir, write_json_atomic
 from pipeline.core.errors import fail, run_main
 from pipeline.core.log import say, step
-from pipeline.core.manifest import file_hashes, read_manifest, write_manifest
+from pipeline.core.manifest import read_manifest, write_manifest
 from pipeline.core.memory import use_huge_pages
 from pipeline.core.stage import run_stage
-from pipeline.core.verify import stage_of
 from pipeline.core.workspace import PROJECT, Workspace
 from pipeline.openvino import npu_blob, npu_lane
 from pipeline.openvino.config import NpuVariantConfig
@@ -34,36 +31,13 @@ BLOB = npu_blob.BLOB
 DEFERRED = "deferred - no NPU device; compiled on first load on the target"
 
 
-def load_llm_pipeline(model_dir: Path, device: str, properties: dict[str, Any]) -> Any:
-    """Create an ``openvino_genai.LLMPipeline`` (separate function so tests can observe the call)."""
-    import openvino_genai as ov_genai
-
-    return ov_genai.LLMPipeline(str(model_dir), device, **properties)
+# the blob code lives in npu_blob; these names are the stage's seams (tests replace them here)
+load_llm_pipeline = npu_blob.load_llm_pipeline
 
 
 def compile_blob(model_dir: Path, settings: dict[str, Any]) -> dict[str, Any]:
-    """Compile for the NPU, export the blob into ``model_dir``, and time a load from that blob.
-
-    Returns:
-        Blob facts for the manifest: file name, compile and blob-load seconds.
-    """
-    blob_path = model_dir / BLOB
-    start = time.perf_counter()
-    pipe = load_llm_pipeline(model_dir, "NPU", {**settings, "EXPORT_BLOB": "YES", "BLOB_PATH": str(blob_path)})
-    compile_s = time.perf_counter() - start
-    del pipe
-    if not blob_path.is_file():
-        fail(f"NPU compile finished but wrote no blob at {blob_path}: update the NPU driver and OpenVINO")
-    start = time.perf_counter()
-    pipe = load_llm_pipeline(model_dir, "NPU", {**settings, "BLOB_PATH": str(blob_path)})
-    load_s = time.perf_counter() - start
-    del pipe
-    return {
-        "blob": BLOB,
-        "compile_s": round(compile_s, 2),
-        "load_from_blob_s": round(load_s, 2),
-        "skips_compilation": load_s < compile_s,
-    }
+    """Compile the NPU blob into ``model_dir`` through :func:`load_llm_pipeline` (:func:`npu_blob.compile_blob`)."""
+    return npu_blob.compile_blob(model_dir, settings, load=load_llm_pipeline)
 
 
 def blob_step(
@@ -86,18 +60,7 @@ def blob_step(
         if not check["same_tokens_after_reload"]:
             fail(f"the NPUW blob of {folder.name} generated other tokens after reloading: {check['tokens']}")
         return {**facts, "npuw_blob_check": check}
-    with step(f"compiling for the NPU ({npu.full_name}, driver {npu.driver}) and exporting the blob"):
-        facts = compile_blob(folder, settings)
-    npu_blob.write_record(folder, settings)  # what built it, so a driver or OpenVINO update is noticed before loading
-    import openvino as ov
-
-    return {
-        **facts,
-        "npu_driver": npu.driver,
-        "npu_compiler": npu.compiler,
-        "openvino": ov.get_version(),
-        "record": npu_blob.RECORD,
-    }
+    return npu_blob.compile_and_record(folder, settings, npu, compile_blob)
 
 
 def prompt_ids(folder: Path) -> list[int]:
@@ -190,53 +153,7 @@ def check_npu_layout(summary: dict[str, Any]) -> None:
 def compile_deferred(artifact: Path) -> dict:
     """On the target machine: turn a deferred NPU artifact into one with a compiled blob (in place)."""
     settings = json.loads((artifact / NPU_CONFIG).read_text(encoding="utf-8"))
-    return rebuild_blob(artifact, settings)
-
-
-def rebuild_blob(artifact: Path, settings: dict[str, Any]) -> dict:
-    """Compile ``artifact``'s NPU blob (again) into a copy of the folder and swap the copy in, manifest updated.
-
-    The old blob and its record are left out of the copy; the folder is replaced whole or not at all.
-    """
-    status = devices.detect()
-    if not status["NPU"].available:
-        fail(f"no NPU on this machine ({status['NPU'].reason}); run this on the NPU machine")
-    manifest = read_manifest(artifact)
-    with staged_dir(artifact) as tmp:  # never edit the (DVC-tracked) folder in place
-        # content only: copy2 would carry the DVC cache's read-only flag, and Windows then refuses the manifest rewrite
-        shutil.copytree(
-            artifact,
-            tmp,
-            dirs_exist_ok=True,
-            copy_function=shutil.copyfile,
-            ignore=shutil.ignore_patterns(BLOB, npu_blob.RECORD),
-        )
-        facts = blob_step(tmp, settings, status)
-        manifest["npu_blob"] = facts
-        manifest["files"] = file_hashes(tmp)
-        manifest["size_bytes"] = sum(f["bytes"] for f in manifest["files"].values())
-        write_json_atomic(tmp / "manifest.json", manifest)
-    return facts
-
-
-def reusable_blob(artifact: Path, settings: dict[str, Any]) -> Path | None:
-    """The artifact's saved NPU blob, compiled again first when this machine's NPU stack did not build it.
-
-    Chat and validate load the blob only where its record (:mod:`pipeline.openvino.npu_blob`) matches this
-    machine's OpenVINO, NPU driver, compiler and device; otherwise one line says why and the blob is replaced.
-
-    Returns:
-        The blob's path, or ``None`` when the artifact has none.
-    """
-    if not (artifact / BLOB).is_file():
-        return None
-    reason = npu_blob.stale_reason(artifact, settings)
-    if reason is not None:
-        stage = stage_of(artifact)
-        record = f" (then `dvc commit {stage}` records the new blob)" if stage else ""
-        say(f"{reason}: compiling again and replacing it{record}")
-        rebuild_blob(artifact, settings)
-    return artifact / BLOB
+    return npu_blob.rebuild_blob(artifact, settings, compile_blob)
 
 
 if __name__ == "__main__":  # the stage: `python -m pipeline.openvino.export_npu <variant>`

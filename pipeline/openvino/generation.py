@@ -15,7 +15,7 @@ from typing import Any
 from pipeline.core.config import ValidateConfig
 from pipeline.core.errors import fail
 from pipeline.openvino import npu_lane
-from pipeline.openvino.export_npu import reusable_blob
+from pipeline.openvino.npu_blob import reusable_blob
 from pipeline.validation import matrix
 from pipeline.validation.genai_runner import run_tokens, speed_runs
 
@@ -24,7 +24,7 @@ def device_properties(ir_dir: Path, device: str, use_blob: bool = True) -> dict[
     """``LLMPipeline`` properties: an NPU IR's stored run settings (and blob) on the NPU; no prefix cache elsewhere.
 
     A saved blob that this machine's OpenVINO, NPU driver or compiler did not build is compiled again and replaced
-    first (:func:`pipeline.openvino.export_npu.reusable_blob`); ``use_blob=False`` (NPUW lane) leaves it alone.
+    first (:func:`pipeline.openvino.npu_blob.reusable_blob`); ``use_blob=False`` (NPUW lane) leaves it alone.
     """
     import openvino_genai as ov_genai
 

@@ -147,5 +147,5 @@ def test_rebuilding_needs_an_npu(artifact: Path, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(devices, "detect", lambda core=None: absent)
     monkeypatch.setattr(npu_blob, "machine_versions", lambda: dict(AFTER_UPDATE))
     with pytest.raises(StageError, match="no NPU on this machine"):
-        export_npu.reusable_blob(artifact, json.loads((artifact / export_npu.NPU_CONFIG).read_text(encoding="utf-8")))
+        npu_blob.reusable_blob(artifact, json.loads((artifact / export_npu.NPU_CONFIG).read_text(encoding="utf-8")))
     assert npu_blob.read_record(artifact) == {**BUILT_BY, "compiled_for": "NPUW on CPU"}, "left as it was"
