@@ -84,6 +84,7 @@ def cmd_sweep(
     cfg = load_params().sweep
     if (executor or "local") not in sweep.EXECUTORS:
         fail(f"--executor must be one of {', '.join(sweep.EXECUTORS)}, got {executor!r}")
+    refresh_local_model([])  # every point starts from this workspace's download
     if executor == "ray":
         from pipeline.sweep.ray_executor import run_sweep
 
@@ -117,9 +118,28 @@ def cmd_repro(argv: list[str]) -> None:
     Args:
         argv: ``dvc repro``'s arguments, e.g. validate@int4.
     """
+    refresh_local_model(argv)
     code = run_dvc(["repro", *argv])
     if code:
         fail(f"dvc repro failed (exit {code}); the lines above say which stage and why")
+
+
+def refresh_local_model(argv: list[str]) -> None:
+    """With model=local, copy the folder again (``dvc repro -f -s download``) when its files changed since.
+
+    DVC does not see that folder (:func:`pipeline.hub.download.local_changes`); forced, the stage writes the new
+    checkpoint, so everything downstream reruns, and DVC's run cache cannot hand back the old copy.
+    """
+    if "--dry" in argv or not PARAMS_FILE.is_file():
+        return
+    from pipeline.hub.download import local_changes
+
+    changed = local_changes(load_params().model)
+    if changed:
+        print(f"model.local_path changed since it was copied ({', '.join(changed)}): running download again")
+        code = run_dvc(["repro", "-f", "-s", "download"])
+        if code:
+            fail(f"dvc repro -f -s download failed (exit {code}); the lines above say why")
 
 
 def cmd_exp_run(argv: list[str]) -> None:
@@ -128,6 +148,7 @@ def cmd_exp_run(argv: list[str]) -> None:
     Args:
         argv: ``dvc exp run``'s arguments, e.g. -S model=phi35-mini.
     """
+    refresh_local_model(argv)
     code = run_dvc(["exp", "run", *keep_workspace_composition(argv)])
     if code:
         fail(f"dvc exp run failed (exit {code}); the lines above say which stage and why")

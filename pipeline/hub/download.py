@@ -7,8 +7,10 @@ Output: ``artifacts/model`` with ``manifest.json`` (repo, resolved revision, sha
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -100,13 +102,43 @@ def download_hub(cfg: ModelConfig, dest: Path) -> str:
     return fetch_snapshot(cfg.repo_id, cfg.revision, dest, patterns, [f"*{s}" for s in PICKLE_SUFFIXES])
 
 
+def model_files(src: Path) -> list[Path]:
+    """The files of a local model folder that the stage copies (weights, configs, tokenizer; no pickles)."""
+    return [p for p in sorted(src.iterdir()) if p.is_file() and any(fnmatch.fnmatch(p.name, m) for m in MODEL_FILES)]
+
+
 def copy_folder(src: Path, dest: Path) -> None:
-    """Copy the model files of a local folder (no pickles) into ``dest``."""
+    """Copy the model files of a local folder (no pickles) into ``dest`` (keeping their times: :func:`local_changes`)."""
     if not src.is_dir():
         fail(f"model folder '{src}' does not exist: fix model.local_path")
-    for path in sorted(src.iterdir()):
-        if path.is_file() and any(fnmatch.fnmatch(path.name, p) for p in MODEL_FILES):
-            shutil.copy2(path, dest / path.name)
+    for path in model_files(src):
+        shutil.copy2(path, dest / path.name)
+
+
+def local_changes(cfg: ModelConfig, out_dir: Path = OUT_DIR) -> list[str]:
+    """The files of ``model.local_path`` that differ from their copy in ``out_dir`` (by its manifest's sha256).
+
+    dvc.yaml cannot depend on the folder (other presets have no ``local_path``), so ``aipc repro`` asks this
+    first. On Windows a file with its copy's size and time (``copy2`` keeps it) is unchanged; on POSIX every
+    file is hashed through the digest cache (which also sees a byte flip whose time was put back).
+    """
+    from pipeline.core.hashes import file_digests
+
+    src, manifest_file = Path(cfg.local_path or "."), out_dir / "manifest.json"
+    if cfg.source != "local" or not cfg.local_path or not src.is_dir() or not manifest_file.is_file():
+        return []
+    with contextlib.suppress(ValueError):  # a damaged manifest: DVC sees the output changed, `aipc verify` says how
+        manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
+        recorded = {name: entry.get("sha256") for name, entry in (manifest.get("files") or {}).items()}
+        if manifest.get("local_path") == cfg.local_path:  # else DVC reruns the stage: model params changed
+            files = {p.name: p for p in model_files(src)}
+            stat = {n: (p.stat().st_size, p.stat().st_mtime_ns) for n, p in files.items()}
+            copy = {n: (c.stat().st_size, c.stat().st_mtime_ns) for n in files if (c := out_dir / n).is_file()}
+            suspects = [p for n, p in files.items() if n in recorded and (os.name == "posix" or stat[n] != copy.get(n))]
+            digests = file_digests(suspects)
+            changed = {p.name for p in suspects if digests[p][1] != recorded[p.name]}
+            return sorted(changed | (set(files) ^ set(recorded)))
+    return []
 
 
 SAFETENSORS_DTYPE_BYTES = {
