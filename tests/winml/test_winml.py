@@ -28,7 +28,7 @@ from pipeline.core.errors import StageError
 from pipeline.core.manifest import write_manifest
 from pipeline.core.workspace import Workspace
 from pipeline.validation import genai_runner
-from pipeline.winml import export, package, runtime, validate
+from pipeline.winml import export, limits, package, runtime, validate
 from pipeline.winml.config import WinmlVariantConfig
 from tests.conftest import ROOT, TINY_DIR, make_project, run_cmd
 
@@ -126,8 +126,12 @@ def child_main() -> None:
     except EmulationUnavailable as err:
         print(CHILD_MARK + json.dumps({"unavailable": str(err)}), flush=True)
         return
+    if request.get("cache_root"):  # compiled models go to the test's folder, not this user's cache
+        os.environ[limits.CACHE_ENV] = request["cache_root"]
     if request["task"] == "greedy":
         result = greedy_both(Path(request["folder"]), Path(request["source"]), request["prompt"], request["new_tokens"])
+    elif request["task"] == "limits":
+        result = cache_and_limit(Path(request["folder"]), Path(request["cache_root"]))
     else:
         from pipeline.core.config import load_params
 
@@ -138,6 +142,29 @@ def child_main() -> None:
             status=status,
         )
     print(CHILD_MARK + json.dumps({"emulated": status.emulated, "result": result}), flush=True)
+
+
+def cache_and_limit(folder: Path, cache_root: Path) -> dict[str, object]:
+    """The NPU package on the plugin's CPU: two loads through the validate stage's cache, then a prompt over its limit.
+
+    A prompt of ``MAX_PROMPT_LEN + 1`` tokens is refused by the package's limit in one line; one that also passes the
+    context the package declares is refused by onnxruntime-genai itself (the context is now what the NPU holds).
+    """
+    settings = limits.npu_settings(folder) or {}
+    model, cache = validate.cached_loads(str(folder), "CPU", cache_root / "npu")
+    over = int(settings["MAX_PROMPT_LEN"]) + 1
+    try:
+        validate.check_prompts(folder, "NPU", [[1] * over])
+        line = None
+    except genai_runner.CellError as err:
+        line = str(err)
+    held = limits.held_tokens(settings)
+    try:
+        genai_runner.generate(model, [1] * held, 1)
+        runtime_line = None
+    except Exception as err:  # onnxruntime-genai's own refusal
+        runtime_line = str(err)
+    return {"cache": cache, "line": line, "runtime_line": runtime_line, "held": held}
 
 
 def run_emulated(request: dict) -> tuple[str, object]:
@@ -482,7 +509,8 @@ def test_the_validate_cell_of_each_package_runs_and_passes_with_the_intel_vendor
     """
     if runtime.plugin_status().devices:
         pytest.skip("the plugin offers an Intel device here: validate_winml ran the cells itself")
-    request = {"task": "validate", "name": name, "project": str(winml_project), "metrics_dir": str(tmp_path)}
+    request = {"task": "validate", "name": name, "project": str(winml_project), "metrics_dir": str(tmp_path),
+               "cache_root": str(tmp_path / "ov_cache")}
     label, metrics = run_emulated(request)
     device = VARIANTS[name][1]
     cell = metrics["cells"][device]  # type: ignore[index]
@@ -491,12 +519,33 @@ def test_the_validate_cell_of_each_package_runs_and_passes_with_the_intel_vendor
     if device != "CPU":
         assert cell["label"].startswith(validate.OVERRIDDEN) and "device_type overridden to CPU" in cell["reason"]
     assert cell["greedy_exact_match"] == 1.0 and cell["tokenizer_matches_reference"] is True
+    cache = cell["compile_cache"]  # the first load compiled into an emptied cache, the second read it back
+    assert cache["reused"] is True and cache["files"] >= 1 and cache["compile_load_s"] > 0 and cache["cached_load_s"] > 0
+    assert Path(cache["cache_dir"]).parent == tmp_path / "ov_cache" and cell["load_s"] == cache["compile_load_s"]
     assert cell["top1_agreement"] is not None and cell["mean_kl"] is not None and cell["ttft_ms"] > 0
     written = json.loads((tmp_path / f"winml-{name}.json").read_text(encoding="utf-8"))
     assert written["cells"][device]["label"] == cell["label"]
     # the stage's own metrics in the project stay the honest skip
     stage = json.loads((winml_project / "artifacts/metrics" / f"winml-{name}.json").read_text(encoding="utf-8"))
     assert stage["cells"][device]["status"] == "skipped"
+
+
+@pytest.mark.slow
+def test_the_npu_package_reuses_its_compile_cache_and_refuses_a_prompt_over_its_limit_in_one_line(
+    winml_project: Path, tmp_path: Path
+) -> None:
+    """With the Intel vendor emulated (or on an Intel CPU): the NPU package run on the plugin's CPU."""
+    folder = winml_project / "artifacts" / "winml" / "npu"
+    request = {"task": "limits", "folder": str(folder), "cache_root": str(tmp_path)}
+    if runtime.plugin_status().devices:
+        got: dict = cache_and_limit(folder, tmp_path)
+    else:
+        _, result = run_emulated(request)
+        got = dict(result)  # type: ignore[call-overload]
+    assert got["cache"]["reused"] is True and got["cache"]["files"] >= 1, got
+    assert got["line"].startswith("the prompt has 1025 tokens but this NPU package takes at most 1024") and "\n" not in got["line"]
+    assert got["held"] == 1152 and "cannot be greater than model context_length (1152)" in got["runtime_line"], got
+    assert not (folder / limits.PACKAGE_CACHE).exists()  # our loads never write into the DVC-tracked package
 
 
 # --- aipc publish -------------------------------------------------------------------------------------------
