@@ -27,6 +27,10 @@ from pipeline.core.hashes import LOCK_FILE, file_digests, locked_md5
 from pipeline.core.log import say
 from pipeline.core.registry import FAMILIES
 
+# Written into an artifact folder by its users, not by its stage; .dvcignore keeps them out of DVC's hash too. The
+# OpenVINO EP's compiled-model cache of a Windows ML package loaded in place (its cache_dir, pipeline/winml/limits.py).
+NOT_THE_ARTIFACT = ("ov_cache/",)
+
 # artifacts/<kind>[/<variant>] -> the DVC stage that builds it
 STAGES = {
     "model": "download",
@@ -97,6 +101,7 @@ def verify_folder(folder: Path, stage: str | None = None, lock_file: Path = LOCK
     except (ValueError, KeyError, TypeError):
         fail(f"{manifest_path} is not a readable manifest: {hint}")
     present = {p.relative_to(folder).as_posix(): p for p in sorted(folder.rglob("*")) if p.is_file()}
+    present = {rel: p for rel, p in present.items() if not rel.startswith(NOT_THE_ARTIFACT)}
     for rel, info in listed.items():
         if rel not in present or present[rel].stat().st_size != info.get("bytes", present[rel].stat().st_size):
             fail(

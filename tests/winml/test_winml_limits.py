@@ -139,3 +139,16 @@ def test_package_genai_config_without_npu_settings_keeps_the_models_context() ->
     assert written["model"]["context_length"] == written["search"]["max_length"] == 4096
     npu = package.genai_config(config, {}, (["input_ids"], ["logits"]), "NPU", {"MAX_PROMPT_LEN": 512, "MIN_RESPONSE_LEN": 64})
     assert npu["model"]["context_length"] == npu["search"]["max_length"] == 576
+
+
+def test_a_package_loaded_in_place_still_verifies(small_artifacts: Path, tmp_path: Path) -> None:
+    """Its compiled-model cache (``ov_cache/``) is the user's, not the package's; anything else added still fails."""
+    from pipeline.core.verify import verify_folder
+
+    folder = build(small_artifacts, "cpu", tmp_path / "winml")
+    (folder / limits.PACKAGE_CACHE).mkdir()
+    (folder / limits.PACKAGE_CACHE / "5462704784853406856.blob").write_bytes(b"compiled")
+    verify_folder(folder, lock_file=tmp_path / "no.lock")
+    (folder / "extra.bin").write_bytes(b"x")
+    with pytest.raises(StageError, match="extra.bin is not listed in"):
+        verify_folder(folder, lock_file=tmp_path / "no.lock")
