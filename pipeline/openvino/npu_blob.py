@@ -116,7 +116,7 @@ def stale_reason(folder: Path, settings: dict[str, Any]) -> str | None:
     if record is None:
         return f"the saved NPU blob has no record of what built it ({RECORD})"
     here = build_facts(settings)
-    differ = [k for k in FACTS if str(record.get(k)) != here[k]]
+    differ = [k for k in FACTS if str(record.get(k, UNAVAILABLE)) != here[k]]
     if not differ:
         return None
     return f"the saved NPU blob was built by {_describe(record, differ)}; this machine has {_describe(here, differ)}"
