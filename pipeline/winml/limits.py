@@ -107,6 +107,13 @@ def user_cache_dir(folder: Path, device: str, ir_hashes: dict[str, str]) -> Path
     return Path(base) / f"{Path(folder).name}-{device.lower()}-{key}"
 
 
+def own_cache_dir(folder: Path, device: str) -> Path:
+    """:func:`user_cache_dir` of the package in ``folder``, keyed by the IR hashes its manifest records."""
+    manifest = Path(folder) / "manifest.json"
+    found = json.loads(manifest.read_text(encoding="utf-8")) if manifest.is_file() else {}
+    return user_cache_dir(folder, device, found.get("source_ir", {}).get("files_sha256", {}))
+
+
 def prompt_problem(tokens: int, settings: dict[str, Any] | None, device: str) -> str | None:
     """One line when a prompt of ``tokens`` is longer than an NPU package takes, else ``None``."""
     if device != "NPU" or not settings or tokens <= int(settings[PROMPT]):

@@ -96,8 +96,9 @@ def load_model(folder: str, device: str, pinned: bool, cache_dir: Path | None = 
     """``og.Model`` of the package on the OpenVINO EP, ``device`` overriding its device_type.
 
     The package's own provider options stay (its NPU ``load_config`` applies only where the NPU runs). ``pinned``:
-    f32 compute, added to ``load_config`` for ``device``. ``cache_dir``: the compiled-model cache to use instead of
-    the package's folder-relative one (onnxruntime-genai passes it as ``CACHE_DIR`` for the device that runs).
+    f32 compute, added to ``load_config`` for ``device``. ``cache_dir``: the compiled-model cache, instead of the
+    package's folder-relative one (onnxruntime-genai passes it as ``CACHE_DIR`` for the device that runs); by
+    default this user's folder for the package (:func:`limits.own_cache_dir`): never inside the DVC-tracked package.
     """
     import json
 
@@ -113,6 +114,5 @@ def load_model(folder: str, device: str, pinned: bool, cache_dir: Path | None = 
     if pinned:
         load[device] = {**load.get(device, {}), **PINNED}
         config.set_provider_option("OpenVINO", "load_config", json.dumps(load))
-    if cache_dir is not None:
-        config.set_provider_option("OpenVINO", "cache_dir", str(cache_dir))
+    config.set_provider_option("OpenVINO", "cache_dir", str(cache_dir or limits.own_cache_dir(Path(folder), device)))
     return og.Model(config)

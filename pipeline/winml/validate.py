@@ -199,7 +199,7 @@ def run(name: str, cfg: ValidateConfig, ws: Workspace = PROJECT, *, status: runt
     else:
         check_stage_ram("validate_winml", name, folder)
         evidence = Evidence.load(ws.reference_path)
-        cache_dir = limits.user_cache_dir(folder, plan.device, manifest["source_ir"]["files_sha256"])
+        cache_dir = limits.own_cache_dir(folder, plan.device)
         try:
             got, cache = measure_cell(folder, plan, cfg, evidence, cache_dir)
         except CellError as err:  # the device is offered but the package did not run on it: failed, with why

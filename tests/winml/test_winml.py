@@ -481,16 +481,20 @@ def greedy_both(folder: Path, source: Path, prompt: str, new_tokens: int) -> dic
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(VARIANTS))
-def test_each_real_package_generates_openvino_genais_tokens_on_the_same_ir(winml_project: Path, name: str) -> None:
+def test_each_real_package_generates_openvino_genais_tokens_on_the_same_ir(
+    winml_project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
     """On an Intel CPU as is; elsewhere in a child process with the Intel vendor emulated (:data:`EMULATED`)."""
     folder = winml_project / "artifacts" / "winml" / name
     manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
     source = winml_project / "artifacts" / manifest["source_ir"]["folder"]
     prompt = "<|user|>What does the json module do?<|end|><|assistant|>"
     if runtime.plugin_status().devices:
+        monkeypatch.setenv(limits.CACHE_ENV, str(tmp_path))  # compiled models under the test's folder
         got = greedy_both(folder, source, prompt, 16)
     else:
-        request = {"task": "greedy", "folder": str(folder), "source": str(source), "prompt": prompt, "new_tokens": 16}
+        request = {"task": "greedy", "folder": str(folder), "source": str(source), "prompt": prompt, "new_tokens": 16,
+                   "cache_root": str(tmp_path)}
         label, result = run_emulated(request)
         assert label == EMULATED
         got = dict(result)  # type: ignore[call-overload]

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.core.workspace import Workspace
 from pipeline.core.config import ModelConfig
+from pipeline.core.workspace import Workspace
 from pipeline.hub import download
 from pipeline.openvino import export as export_openvino
 from pipeline.openvino.config import OpenVinoVariantConfig
