@@ -120,8 +120,29 @@ def cmd_repro(argv: list[str]) -> None:
     """
     refresh_local_model(argv)
     code = run_dvc(["repro", *argv])
+    if not argv and Path("artifacts/report/report.md").is_file():  # the whole pipeline: its answer at a glance
+        print_summary()
     if code:
         fail(f"dvc repro failed (exit {code}); the lines above say which stage and why")
+
+
+def print_summary() -> None:
+    """Print the one-screen answer (pipeline/validation/summary.py) from the configured artifacts' metrics."""
+    from pipeline.validation import report, summary
+
+    rows = report.collect_rows(report.configured_artifacts(load_params()), report.METRICS_DIR)
+    print(summary.console_summary(rows, str(report.OUT_DIR / "report.md")), flush=True)
+
+
+def cmd_recommend() -> None:
+    """Which artifact to run on each device (CPU, GPU, NPU, DML), from artifacts/metrics, and how sure that is."""
+    from pipeline.validation import report, summary
+
+    rows = report.collect_rows(report.configured_artifacts(load_params()), report.METRICS_DIR)
+    if not any(r.ran for r in rows):
+        fail("no validation cell has run here: run `aipc demo` or `aipc repro` first")
+    for device, answer in summary.recommend(rows).items():
+        print(f"{device}: {answer}")
 
 
 def refresh_local_model(argv: list[str]) -> None:
@@ -200,10 +221,12 @@ def cmd_demo() -> None:
     if not Path("dvc.yaml").is_file() or not Path(".dvc").is_dir():
         fail("run `aipc demo` from the project root (the folder with dvc.yaml and .dvc/)")
     cmd_compose(["model=tiny"])
-    code = run_dvc(["repro"], HF_HUB_OFFLINE="1")
+    # --quiet: DVC's own chatter ("Running stage", the `git add` hint for dvc.lock) goes; each stage's progress
+    # lines and DVC's errors stay. The answer comes last, in one screen (print_summary).
+    code = run_dvc(["repro", "--quiet"], HF_HUB_OFFLINE="1")
     report = Path("artifacts/report/report.md")
-    if report.is_file():  # written even when a cell failed: it is the report people most need then
-        print(report.read_text(encoding="utf-8"))
+    if report.is_file():  # written even when a cell failed: it is the summary people most need then
+        print_summary()
     if code:
         from pipeline.validation import report as report_stage
 
