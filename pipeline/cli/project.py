@@ -19,9 +19,29 @@ def cmd_compose(overrides: list[str]) -> None:
         overrides: Hydra overrides, e.g. model=tiny openvino.int4.ratio=0.8.
     """
     data = compose(overrides)
+    check_loops(data)
     with dvc_repo_lock(rerun=" ".join(["aipc compose", *overrides])):
         PARAMS_FILE.write_text(dump_yaml(data), encoding="utf-8")
     print(f"wrote {PARAMS_FILE} (model={data['model']['name']}, variants={', '.join(data['openvino'])})")
+
+
+def check_loops(data: dict) -> None:
+    """Refuse a composition that lacks a section dvc.yaml runs a stage per entry of (``foreach: ${npu}``).
+
+    DVC could not parse dvc.yaml then; removing single variants (``~onnx.cpu_int4``) is fine.
+    """
+    import re
+
+    from pipeline.core.config import PROJECT_ROOT
+
+    text = (PROJECT_ROOT / "dvc.yaml").read_text(encoding="utf-8") if (PROJECT_ROOT / "dvc.yaml").is_file() else ""
+    loops = sorted(set(re.findall(r"^\s*foreach:\s*\$\{\s*(\w+)\s*\}", text, re.MULTILINE)))
+    missing = [name for name in loops if not isinstance(data.get(name), dict)]
+    if missing:
+        fail(
+            f"the composition has no {', '.join(missing)} section: dvc.yaml runs one stage per entry of each of "
+            f"{', '.join(loops)}; leave out single variants instead, e.g. `aipc compose ~onnx.cpu_int4`"
+        )
 
 
 def cmd_check_config(overrides: list[str]) -> None:

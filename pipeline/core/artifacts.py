@@ -221,9 +221,9 @@ def staged_dir(final: Path) -> Iterator[Path]:
     final.parent.mkdir(parents=True, exist_ok=True)
     sweep_stale(final)
     tmp = _sibling(final, "tmp")
-    tmp.mkdir()
     WRITING.add(final)
     try:
+        tmp.mkdir()  # in the try: a read-only folder is then a refused write of ``final`` (errors.os_error_line)
         with temp_on_drive_of(final):
             try:
                 yield tmp

@@ -33,17 +33,24 @@ def size_text(n_bytes: float) -> str:
 
 
 def interrupt_message() -> str:
-    """What an interrupt did to ``artifacts/``, from what this process wrote (:mod:`pipeline.core.artifacts`)."""
-    writing = ", ".join(sorted({p.as_posix() for p in (*WRITING, *KEPT)}))
+    """What an interrupt did to ``artifacts/``, from what this process wrote (:mod:`pipeline.core.artifacts`).
+
+    An output this process was writing keeps its previous contents only if it had any: DVC deletes the
+    outputs of most stages (download, reference, the base IR, the validations) before it runs them.
+    """
+    unfinished = sorted({p.as_posix(): p for p in (*WRITING, *KEPT)}.items())
+    kept = ", ".join(name for name, p in unfinished if p.exists())
+    gone = ", ".join(name for name, p in unfinished if not p.exists())
+    said = "; ".join(
+        [*([f"{kept} keeps its previous contents"] if kept else []), *([f"nothing is at {gone} now"] if gone else [])]
+    )
     moved = ", ".join(p.as_posix() for p in MOVED)
     if moved:
-        return (
-            f"interrupted after {moved} was replaced"
-            + (f"; {writing} keeps its previous contents" if writing else "")
-            + ": rerun to finish"
-        )
-    if writing:
-        return f"interrupted; nothing was moved into artifacts/ ({writing} keeps its previous contents)"
+        return f"interrupted after {moved} was replaced" + (f"; {said}" if said else "") + ": rerun to finish"
+    if gone:
+        return f"interrupted; nothing was moved into artifacts/ ({said}): rerun to build it"
+    if kept:
+        return f"interrupted; nothing was moved into artifacts/ ({said})"
     return "interrupted; nothing was moved into artifacts/"
 
 
@@ -57,11 +64,30 @@ def _exit_now(code: int) -> NoReturn:
     os._exit(code)
 
 
+REFUSED = (errno.EACCES, errno.EPERM, errno.EROFS)  # a read-only folder or drive, a file another program holds
+INTACT = "outputs are replaced only when complete, so the previous ones are intact"
+
+
+def os_error_line(err: OSError) -> str | None:
+    """One line for a full disk or a refused write (naming the output being written), None for other errors."""
+    where = err.filename or "the output drive"
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"disk full writing {where}: free space on that drive and rerun ({INTACT})"
+    if err.errno not in REFUSED:
+        return None
+    target = f"writing {KEPT[-1].as_posix()} ({where})" if KEPT else f"on {where}"
+    return (
+        f"{err.strerror or 'permission denied'} {target}: make that folder writable (or close the program that "
+        f"holds the file) and rerun ({INTACT})"
+    )
+
+
 def run_main(entry: Callable[[], object]) -> None:
     """Run a stage's ``main``: user errors become one line on stderr and exit code 2.
 
-    A full disk anywhere (ENOSPC/EDQUOT) is one line too; an interrupt says what it left in ``artifacts/``
-    (outputs are replaced only when complete: :func:`pipeline.core.artifacts.staged_dir`) and exits at once.
+    A full disk anywhere (ENOSPC/EDQUOT) or a refused write (a read-only output folder) is one line too
+    (:func:`os_error_line`); an interrupt says what it left in ``artifacts/`` (outputs are replaced only when
+    complete: :func:`pipeline.core.artifacts.staged_dir`) and exits at once.
     """
     from pipeline.core.config import ConfigError
 
@@ -71,14 +97,10 @@ def run_main(entry: Callable[[], object]) -> None:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     except OSError as err:
-        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+        line = os_error_line(err)
+        if line is None:
             raise
-        where = err.filename or "the output drive"
-        print(
-            f"error: disk full writing {where}: free space on that drive and rerun "
-            "(outputs are replaced only when complete, so the previous ones are intact)",
-            file=sys.stderr,
-        )
+        print(f"error: {line}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print(f"error: {interrupt_message()}", file=sys.stderr)

@@ -98,7 +98,12 @@ def load_artifact(root: Path, spec: str, force: bool = False) -> Artifact:
     metrics_path = root / "artifacts" / "metrics" / f"{prefix}-{variant}.json"
     if not metrics_path.is_file():
         fail(f"{spec} was never validated ({metrics_path} missing): run `dvc repro {validate_stage}@{variant}`")
-    metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+    try:
+        metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+    except ValueError as err:
+        fail(f"{metrics_path} is not valid JSON ({err}): run `dvc repro -f {validate_stage}@{variant}`")
+    if not isinstance(metrics, dict):
+        fail(f"{metrics_path} is not a metrics record: run `dvc repro -f {validate_stage}@{variant}`")
     passed = check_publishable(f"{prefix}-{variant}", metrics, force)
     lock = check_lock(
         root, folder, metrics_path if passed else None, f"{export_stage}@{variant}", f"{validate_stage}@{variant}"

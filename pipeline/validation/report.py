@@ -86,19 +86,23 @@ def configured_artifacts(params: PipelineConfig) -> list[tuple[str, str]]:
 
 
 def collect_rows(artifacts: list[tuple[str, str]], metrics_dir: Path) -> list[Row]:
-    """One row per cell of every configured artifact (a ``missing`` row where no metrics file exists)."""
+    """One row per cell of every configured artifact (a ``missing`` row where no metrics file exists or reads)."""
     rows = []
     for artifact, stage in artifacts:
         path = Path(metrics_dir) / f"{artifact}.json"
         if not path.is_file():
             rows.append(Row(artifact, "-", "missing", {"note": f"no {path}: run `dvc repro {stage}`"}))
             continue
-        record = json.loads(path.read_text(encoding="utf-8"))
-        if "cells" not in record:
-            rows.append(Row(artifact, "-", "missing", {"note": f"{path} predates the matrix: run `dvc repro {stage}`"}))
+        try:  # a damaged file gets a row that says so, and the report goes on
+            record = json.loads(path.read_text(encoding="utf-8"))
+            cells = [(column, cell, cell["status"]) for column, cell in record["cells"].items()]
+        except (ValueError, OSError, KeyError, TypeError, AttributeError) as err:
+            old = isinstance(err, KeyError) and err.args == ("cells",)
+            why = "predates the matrix" if old else f"cannot be read ({type(err).__name__}: {err})"
+            rows.append(Row(artifact, "-", "missing", {"note": f"{path} {why}: run `dvc repro {stage}`"}))
             continue
-        for column, cell in record["cells"].items():
-            rows.append(Row(artifact, column, cell["status"], cell, record.get("size_mb")))
+        for column, cell, status in cells:
+            rows.append(Row(artifact, column, status, cell, record.get("size_mb")))
     return rows
 
 
