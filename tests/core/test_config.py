@@ -36,19 +36,19 @@ def test_default_model_is_phi3_mini_4k_with_original_int4_recipe() -> None:
 
 
 def committed_params_yaml() -> str | None:
-    """``params.yaml`` as committed at HEAD (None outside a git checkout)."""
-    done = subprocess.run(["git", "show", "HEAD:params.yaml"], cwd=ROOT, capture_output=True, encoding="utf-8")
+    """``params.yaml`` as it would be committed: git's index (HEAD in a clean clone); None outside a git checkout."""
+    done = subprocess.run(["git", "show", ":params.yaml"], cwd=ROOT, capture_output=True, encoding="utf-8")
     return done.stdout if done.returncode == 0 else None
 
 
 def test_committed_params_yaml_is_not_stale() -> None:
     """What a fresh clone gets matches conf/. The working tree's file is the user's: `aipc demo` recomposes it."""
     expected, working = compose([]), yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
-    if working == expected:  # conf/ and params.yaml recomposed together, maybe not committed yet
+    if working == expected:  # conf/ and params.yaml recomposed together, maybe not staged yet
         return
     committed = committed_params_yaml()
     assert committed is not None, "params.yaml is stale (and this is no git checkout): run `aipc compose`"
-    assert yaml.safe_load(committed) == expected, "the committed params.yaml is stale: run `aipc compose`, commit it"
+    assert yaml.safe_load(committed) == expected, "the params.yaml git would commit is stale: `aipc compose`, add it"
 
 
 def test_check_config_command_detects_stale_params(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
