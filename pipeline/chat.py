@@ -1,10 +1,11 @@
-"""``aipc chat``: talk to an exported model with the Phi-3 chat template, streaming tokens.
+"""``aipc chat``: talk to an exported model in its own chat template, streaming tokens until its end token.
 
 OpenVINO IR folders (``artifacts/openvino/<v>``, ``artifacts/npu/<v>``) run with ``openvino_genai`` on any
 OpenVINO device; NPU artifacts use their stored ``npu_config.json`` settings (and blob) on the NPU. ONNX
 Runtime GenAI folders (``artifacts/onnx/<v>``) run with onnxruntime-genai on their provider, or with
 ``--device CPU`` on the CPU provider. One-shot with ``--prompt``, interactive otherwise (empty line or
-Ctrl-D ends).
+Ctrl-D ends). The conversation is rendered with the chat template saved beside the model (Phi-3's where there is
+none) and generation stops on the model's end tokens (:mod:`pipeline.validation.prompts`).
 """
 
 from __future__ import annotations
@@ -16,16 +17,17 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core.errors import fail
+from pipeline.validation import prompts
 
 SYSTEM = "You are a helpful AI assistant."
 
 
-def phi3_prompt(history: list[tuple[str, str]], user: str, system: str = SYSTEM) -> str:
-    """Render the Phi-3 chat format: system, alternating user/assistant turns, open assistant turn."""
-    text = f"<|system|>\n{system}<|end|>\n" if system else ""
+def chat_messages(history: list[tuple[str, str]], user: str, system: str = SYSTEM) -> list[dict[str, str]]:
+    """The conversation as chat messages: system, alternating user/assistant turns, the new user turn."""
+    messages = [{"role": "system", "content": system}] if system else []
     for question, answer in history:
-        text += f"<|user|>\n{question}<|end|>\n<|assistant|>\n{answer}<|end|>\n"
-    return text + f"<|user|>\n{user}<|end|>\n<|assistant|>\n"
+        messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+    return [*messages, {"role": "user", "content": user}]
 
 
 class OnnxChat:
@@ -48,6 +50,7 @@ class OnnxChat:
             config.clear_providers()  # the same files on the CPU provider
         self.og, self.model = og, og.Model(config)
         self.tokenizer = og.Tokenizer(self.model)
+        self.stop: set[int] = set()  # the model's end tokens beyond genai_config's eos (set by chat)
 
     def generate(self, prompt: str, max_new_tokens: int, stream: Callable[[str], bool]) -> str:
         """Greedy generation of at most ``max_new_tokens``, each piece passed to ``stream``."""
@@ -59,7 +62,10 @@ class OnnxChat:
         pieces, decoder = [], self.tokenizer.create_stream()
         while not generator.is_done():
             generator.generate_next_token()
-            piece = decoder.decode(int(generator.get_next_tokens()[0]))
+            token = int(generator.get_next_tokens()[0])
+            if token in self.stop:
+                break
+            piece = decoder.decode(token)
             pieces.append(piece)
             stream(piece)
         return "".join(pieces)
@@ -109,14 +115,18 @@ def chat(artifact: Path, device: str = "CPU", prompt: str | None = None, max_new
 
     verify_folder(Path(artifact))
     onnx = (Path(artifact) / "genai_config.json").is_file()
+    tokenizer = prompts.load_tokenizer(Path(artifact))  # the chat template and end tokens saved beside the model
+    stop = prompts.stop_token_ids(tokenizer, prompts.generation_eos(Path(artifact)))
     pipe: OnnxChat | Any  # Any: openvino_genai.LLMPipeline (untyped)
     config: int | Any  # the ONNX chat takes a token budget, openvino_genai a GenerationConfig
     if onnx:
         pipe, config = OnnxChat(Path(artifact), device), max_new_tokens
+        pipe.stop = set(stop)
     else:
         pipe = open_pipeline(Path(artifact), device)
         config = pipe.get_generation_config()
         config.max_new_tokens, config.do_sample, config.apply_chat_template = max_new_tokens, False, False
+        config.stop_token_ids = set(config.stop_token_ids) | set(stop)
     history: list[tuple[str, str]] = []
     answer = ""
     while True:
@@ -130,7 +140,8 @@ def chat(artifact: Path, device: str = "CPU", prompt: str | None = None, max_new
             return False  # keep generating
 
         try:
-            answer = str(pipe.generate(phi3_prompt(history, user), config, stream)).strip()
+            text = prompts.render_prompt(tokenizer, chat_messages(history, user))
+            answer = str(pipe.generate(text, config, stream)).strip()
         except RuntimeError as err:  # an NPU artifact's MAX_PROMPT_LEN, said in one line
             from pipeline.openvino.npu_lane import as_prompt_limit_error
 

@@ -1,21 +1,20 @@
-"""The chat prompt aipc renders is the one the Phi-3 tokenizer's own chat template renders."""
+"""aipc chat: the conversation it renders, end of input, the NPU's prompt limit in one line.
+
+That it uses a checkpoint's own (non-Phi) template and stops on its end token: tests/validation/test_chat_template.py.
+"""
 
 from __future__ import annotations
 
-from transformers import AutoTokenizer
-
-from pipeline.chat import phi3_prompt
-
 from conftest import TINY_DIR
 
+from pipeline.chat import chat_messages
+from pipeline.validation.prompts import load_tokenizer, render_prompt
 
-def test_phi3_prompt_matches_the_tokenizer_chat_template() -> None:
-    tokenizer = AutoTokenizer.from_pretrained(TINY_DIR)
-    messages = [{"role": "system", "content": "You are a helpful AI assistant."},
-                {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
-                {"role": "user", "content": "Can you introduce yourself?"}]
-    rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    assert phi3_prompt([("Hi", "Hello!")], "Can you introduce yourself?") == rendered
+
+def test_a_conversation_is_rendered_by_the_checkpoint_template_as_phi3_wrote_it_by_hand() -> None:
+    rendered = render_prompt(load_tokenizer(TINY_DIR), chat_messages([("Hi", "Hello!")], "Can you introduce yourself?"))
+    assert rendered == ("<|system|>\nYou are a helpful AI assistant.<|end|>\n<|user|>\nHi<|end|>\n<|assistant|>\n"
+                        "Hello!<|end|>\n<|user|>\nCan you introduce yourself?<|end|>\n<|assistant|>\n")
 
 
 def test_end_of_input_ends_an_interactive_chat(monkeypatch) -> None:

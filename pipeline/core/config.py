@@ -15,6 +15,8 @@ from dataclasses import field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+from pydantic import BeforeValidator
+
 # The section machinery (pipeline.core.typed); ConfigError and build are also imported from here by callers.
 from pipeline.core.typed import ConfigError, Nats, Positive, Share, _check, _check_choice, _typed, build
 
@@ -94,6 +96,23 @@ class DeviceNumericsConfig:
         return {"min_top1_agreement": self.min_top1_agreement.get(key), "max_mean_kl": self.max_mean_kl.get(key)}
 
 
+ChatRole = Literal["system", "user", "assistant"]
+
+
+@_typed()
+class ChatMessage:
+    """One message of a validation prompt, rendered with the checkpoint's chat template (Phi-3's where it has none)."""
+
+    role: ChatRole
+    content: str
+
+
+# A validation prompt: chat messages; a plain string is shorthand for one user message.
+ChatPrompt = Annotated[
+    list[ChatMessage], BeforeValidator(lambda v: [ChatMessage(role="user", content=v)] if isinstance(v, str) else v)
+]
+
+
 # Target devices per artifact family (validate.devices); ONNX variants target their execution_provider.
 DEFAULT_TARGET_DEVICES = {"openvino": ["CPU", "GPU"], "npu": ["NPU"], "npu_lib": ["NPU"]}
 TARGET_DEVICE_CHOICES = {"openvino": ("CPU", "GPU", "NPU"), "npu": ("CPU", "GPU", "NPU"), "npu_lib": ("NPU",)}
@@ -106,7 +125,7 @@ class ValidateConfig:
     devices: dict[str, list[str]] = field(default_factory=lambda: dict(DEFAULT_TARGET_DEVICES))
     cpu_stand_in: bool = True
     stand_in_max_ram_gib: Annotated[float, _check(lambda v: v >= 0, "must be >= 0 (GiB; 0 = no cap), got {}")] = 8.0
-    prompts: list[str] = field(default_factory=list)
+    prompts: list[ChatPrompt] = field(default_factory=list)
     max_new_tokens: Positive = 32
     eval_tokens: Positive = 512
     eval_window: Positive = 128
@@ -127,6 +146,9 @@ class ValidateConfig:
     def __post_init__(self) -> None:
         if not self.prompts:
             raise ConfigError("validate.prompts must list at least one prompt")
+        for i, prompt in enumerate(self.prompts):
+            if not prompt or prompt[-1].role != "user":
+                raise ConfigError(f"validate.prompts[{i}] must end with a user message: the model answers it")
         if not self.perf_prompt_tokens:
             raise ConfigError("validate.perf_prompt_tokens must name at least one prompt length, e.g. {short: 32}")
         for family, choices in TARGET_DEVICE_CHOICES.items():

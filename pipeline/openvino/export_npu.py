@@ -64,14 +64,14 @@ def blob_step(
 
 
 def prompt_ids(folder: Path) -> list[int]:
-    """A short chat prompt tokenized by the artifact's own tokenizer IR (for the blob round trip)."""
+    """A short chat prompt in the model's chat template, tokenized by the artifact's own tokenizer IR (for the
+    blob round trip)."""
     import openvino_genai as ov_genai
 
-    ids = (
-        ov_genai.Tokenizer(str(folder))
-        .encode("<|user|>Can you introduce yourself?<|end|><|assistant|>", add_special_tokens=False)
-        .input_ids.data[0]
-    )
+    from pipeline.validation.prompts import load_tokenizer, render_prompt
+
+    text = render_prompt(load_tokenizer(folder), "Can you introduce yourself?")
+    ids = ov_genai.Tokenizer(str(folder)).encode(text, add_special_tokens=False).input_ids.data[0]
     return [int(i) for i in ids]
 
 

@@ -11,11 +11,13 @@ below its precision's thresholds, a different tokenization, or a device other th
 
 from __future__ import annotations
 
+import functools
 import statistics
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pipeline.validation.devices import DeviceStatus, executed_device
+from pipeline.validation.prompts import until_stop
 
 STAND_IN = "CPU stand-in"  # column of the cell that runs on CPU because no target device is present
 
@@ -167,8 +169,12 @@ def first_divergence(got: list[int], want: list[int]) -> int | None:
 
 
 def greedy_match(outputs: list[list[int]], reference: dict) -> tuple[float, list[int | None]]:
-    """Share of prompts whose greedy output equals the reference, and each first divergent index."""
-    divergence = [first_divergence(got, case["output_ids"]) for got, case in zip(outputs, reference["greedy"])]
+    """Share of prompts whose greedy output equals the reference, and each first divergent index; both up to the
+    model's end of turn, where the reference stopped (:func:`pipeline.validation.prompts.until_stop`)."""
+    cut = functools.partial(until_stop, stop=set(reference.get("stop_token_ids", [])))
+    divergence = [
+        first_divergence(cut(got), cut(case["output_ids"])) for got, case in zip(outputs, reference["greedy"])
+    ]
     return sum(d is None for d in divergence) / len(divergence), divergence
 
 

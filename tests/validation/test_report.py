@@ -383,6 +383,8 @@ def test_speed_prompts_have_the_configured_lengths_and_never_overlap_the_evaluat
     assert {k: len(v) for k, v in prompts.items()} == cfg.perf_prompt_tokens
     evaluated = reference.eval_windows(tokenizer, cfg)
     heldout = reference.heldout_ids(tokenizer)
-    assert sum(map(len, evaluated)) == cfg.eval_tokens and prompts["long"] == heldout[cfg.eval_tokens:][:1024]
+    # a Phi-3 user turn (<|user|> ... <|end|>) around held-out text, then the open assistant turn (<|assistant|>)
+    assert sum(map(len, evaluated)) == cfg.eval_tokens and prompts["long"] == [
+        32010, *heldout[cfg.eval_tokens:][:1021], 32007, 32001]
     with pytest.raises(StageError, match="validate.perf_prompt_tokens asks for 99999 tokens"):
         reference.perf_prompts(tokenizer, tiny_cfg("validate.perf_prompt_tokens.long=99999"))
