@@ -11,13 +11,15 @@ below its precision's thresholds, a different tokenization, or a device other th
 
 from __future__ import annotations
 
-import functools
 import statistics
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pipeline.validation.devices import DeviceStatus, executed_device
-from pipeline.validation.prompts import until_stop
+
+# Answers compared up to the model's end token; the families call them through this module.
+from pipeline.validation.prompts import first_divergence as first_divergence
+from pipeline.validation.prompts import greedy_match
 
 STAND_IN = "CPU stand-in"  # column of the cell that runs on CPU because no target device is present
 
@@ -160,22 +162,6 @@ def failed_cell(plan: CellPlan, kind: str, reason: str) -> Cell:
     return Cell(
         plan.column, plan.device, "failed", f"{kind} on {plan.device}, could not run", reason=reason, problems=[reason]
     )
-
-
-def first_divergence(got: list[int], want: list[int]) -> int | None:
-    """The first index where two token runs differ (the shorter one's length if one stops early); None if equal."""
-    index = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), None)
-    return min(len(got), len(want)) if index is None and len(got) != len(want) else index
-
-
-def greedy_match(outputs: list[list[int]], reference: dict) -> tuple[float, list[int | None]]:
-    """Share of prompts whose greedy output equals the reference, and each first divergent index; both up to the
-    model's end of turn, where the reference stopped (:func:`pipeline.validation.prompts.until_stop`)."""
-    cut = functools.partial(until_stop, stop=set(reference.get("stop_token_ids", [])))
-    divergence = [
-        first_divergence(cut(got), cut(case["output_ids"])) for got, case in zip(outputs, reference["greedy"])
-    ]
-    return sum(d is None for d in divergence) / len(divergence), divergence
 
 
 @dataclass

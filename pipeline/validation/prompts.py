@@ -5,7 +5,8 @@ the reference stage, which every family's validation reads), the speed prompts (
 ``aipc chat``. It is ``tokenizer.apply_chat_template(..., add_generation_prompt=True)`` with the checkpoint's
 ``chat_template`` (``tokenizer_config.json`` or ``chat_template.jinja``); Phi-3's template serves only a checkpoint
 that has none. Generation stops on :func:`stop_token_ids`: the tokenizer's eos, ``generation_config``'s eos list
-and the token the template closes a turn with (``<|end|>`` for Phi-3, ``<|im_end|>`` for ChatML).
+and the token the template closes a turn with (``<|end|>`` for Phi-3, ``<|im_end|>`` for ChatML); greedy answers
+are compared up to it (:func:`greedy_match`).
 """
 
 from __future__ import annotations
@@ -92,6 +93,23 @@ def until_stop(ids: list[int], stop: set[int]) -> list[int]:
     template's end token goes on after it; the validations compare answers, so they compare this."""
     end = next((i for i, t in enumerate(ids) if t in stop), None)
     return ids if end is None else ids[: end + 1]
+
+
+def first_divergence(got: list[int], want: list[int]) -> int | None:
+    """The first index where two token runs differ (the shorter one's length if one stops early); None if equal."""
+    index = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), None)
+    return min(len(got), len(want)) if index is None and len(got) != len(want) else index
+
+
+def greedy_match(outputs: list[list[int]], reference: dict) -> tuple[float, list[int | None]]:
+    """Share of prompts whose greedy output equals the reference, and each first divergent index; both up to the
+    model's end of turn, where the reference stopped (:func:`until_stop`)."""
+    stop = set(reference.get("stop_token_ids", []))
+    divergence = [
+        first_divergence(until_stop(got, stop), until_stop(case["output_ids"], stop))
+        for got, case in zip(outputs, reference["greedy"])
+    ]
+    return sum(d is None for d in divergence) / len(divergence), divergence
 
 
 def generation_eos(folder: Path) -> list[int]:
