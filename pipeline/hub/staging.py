@@ -101,9 +101,9 @@ def load_artifact(root: Path, spec: str, force: bool = False) -> Artifact:
     try:
         metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
     except ValueError as err:
-        fail(f"{metrics_path} is not valid JSON ({err}): run `dvc repro -f {validate_stage}@{variant}`")
+        fail(f"{metrics_path} is not valid JSON ({err}): run `dvc repro {validate_stage}@{variant}`")
     if not isinstance(metrics, dict):
-        fail(f"{metrics_path} is not a metrics record: run `dvc repro -f {validate_stage}@{variant}`")
+        fail(f"{metrics_path} is not a metrics record: run `dvc repro {validate_stage}@{variant}`")
     passed = check_publishable(f"{prefix}-{variant}", metrics, force)
     lock = check_lock(
         root, folder, metrics_path if passed else None, f"{export_stage}@{variant}", f"{validate_stage}@{variant}"

@@ -83,7 +83,7 @@ def test_publishing_with_a_corrupt_metrics_file_is_one_line(tmp_path: Path) -> N
     message = str(exc.value)
     assert "\n" not in message and message.startswith(f"{tmp_path / 'artifacts' / 'metrics' / 'openvino-int4.json'} "
                                                       "is not valid JSON (Expecting property name")
-    assert message.endswith("run `dvc repro -f validate@int4`")
+    assert message.endswith("run `dvc repro validate@int4`")
 
 
 WRITE_INTO = textwrap.dedent("""
