@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core.artifacts import staged_dir, write_json_atomic
+from pipeline.core.config import ConfigError
 from pipeline.core.errors import fail, run_main
 from pipeline.core.log import say, step
 from pipeline.core.manifest import read_manifest, write_manifest
@@ -22,8 +23,8 @@ from pipeline.core.memory import use_huge_pages
 from pipeline.core.stage import run_stage
 from pipeline.core.workspace import PROJECT, Workspace
 from pipeline.openvino import npu_blob, npu_lane
-from pipeline.openvino.config import NpuVariantConfig
-from pipeline.openvino.export import BASE_DIR, ROTARY_VERIFIED, check_group_size, export_into, manifest_fields
+from pipeline.openvino.config import NpuVariantConfig, OpenVinoVariantConfig
+from pipeline.openvino.export import BASE_DIR, ROTARY_VERIFIED, export_into, manifest_fields, misfit_widths
 from pipeline.validation import devices
 
 NPU_CONFIG = "npu_config.json"
@@ -63,6 +64,24 @@ def blob_step(
     return npu_blob.compile_and_record(folder, settings, npu, compile_blob)
 
 
+def npu_request(cfg: NpuVariantConfig, model_config: dict, key: str = "npu.<v>") -> OpenVinoVariantConfig:
+    """The compression request for this model: channel-wise when group 128 does not fit and ``adjust`` is set.
+
+    The NPU takes only group 128 or channel-wise (-1), so a smaller group is no fix here; the error says so.
+    """
+    misfits = misfit_widths(cfg.group_size, model_config)
+    if not misfits:
+        return cfg.as_openvino()
+    problem = f"group_size {cfg.group_size} does not divide " + " or ".join(f"{k} {w}" for k, w in misfits.items())
+    if cfg.group_size_fallback == "error":
+        raise ConfigError(
+            f"{problem}, and the NPU takes only group 128 or channel-wise: set {key}.group_size=-1, "
+            f"or {key}.group_size_fallback=adjust"
+        )
+    say(f"{problem}: channel-wise int4 (group_size -1), the NPU's other layout ({key}.group_size_fallback=adjust)")
+    return cfg.as_openvino(group_size=-1)
+
+
 def prompt_ids(folder: Path) -> list[int]:
     """A short chat prompt in the model's chat template, tokenized by the artifact's own tokenizer IR (for the
     blob round trip)."""
@@ -98,8 +117,7 @@ def run(
     """
     model_dir, out_root = ws.model_dir, ws.root("npu")
     source = read_manifest(model_dir)
-    ov_cfg = cfg.as_openvino()
-    check_group_size(ov_cfg, json.loads((model_dir / "config.json").read_text(encoding="utf-8")))
+    ov_cfg = npu_request(cfg, json.loads((model_dir / "config.json").read_text(encoding="utf-8")), f"npu.{name}")
     status = status if status is not None else devices.detect()
     with staged_dir(out_root / name) as tmp:
         summary = export_into(
