@@ -61,8 +61,12 @@ def test_gqa_local_window_size_keeps_the_keys_of_transformers_sliding_window_mas
     rng = np.random.default_rng(0)
     q, k, v = (rng.standard_normal((1, length, heads * head_size)).astype(np.float32) for _ in range(3))
 
+    pos = torch.arange(length)
+    distance = pos[:, None] - pos[None, :]
+    mask = sliding_window_causal_mask_function(window)(0, 0, pos[:, None], pos[None, :])
+    assert mask.equal((distance >= 0) & (distance < window)), "transformers' window: W keys, the query's own included"
+
     def transformers_attention(sliding_window: int) -> np.ndarray:
-        pos = torch.arange(length)
         mask = sliding_window_causal_mask_function(sliding_window)(0, 0, pos[:, None], pos[None, :])
         split = [torch.from_numpy(x).view(1, length, heads, head_size).transpose(1, 2) for x in (q, k, v)]
         out = torch.nn.functional.scaled_dot_product_attention(*split, attn_mask=mask)
