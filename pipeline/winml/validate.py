@@ -111,13 +111,13 @@ def _cache_files(folder: Path) -> dict[str, tuple[int, int]]:
 
 def package_problem(folder: Path, target: str, manifest: dict[str, Any]) -> str | None:
     """One line when the package contradicts itself: its layout, or (NPU) its genai_config, npu_config.json and IR."""
-    if target == "NPU":
+    if target == "NPU" and (folder / "genai_config.json").is_file():
         genai = json.loads((folder / "genai_config.json").read_text(encoding="utf-8"))
         found = limits.agreement_problems(genai, limits.npu_settings(folder), manifest.get("npu_run_settings") or {})
         if found:
             return f"[winml {folder.name}] the package, its npu_config.json and its IR disagree: {'; '.join(found)}"
     try:
-        export.verify_package(folder, target, manifest["source_ir"]["files_sha256"])
+        export.verify_package(folder, target, manifest.get("source_ir", {}).get("files_sha256", {}))
     except StageError as err:
         return str(err)
     return None
@@ -190,6 +190,8 @@ def run(name: str, cfg: ValidateConfig, ws: Workspace = PROJECT, *, status: runt
     kind = FAMILIES["winml"].kind
     status = status or runtime.plugin_status()
     plan = plan_cell(target, status)
+    if not plan.skip_reason:
+        check_stage_ram("validate_winml", name, folder)  # before the package is read (its IR is hashed below)
     problem = None if plan.skip_reason else package_problem(folder, target, manifest)
     if plan.skip_reason:
         cell = matrix.skipped_cell(plan, kind)
@@ -197,7 +199,6 @@ def run(name: str, cfg: ValidateConfig, ws: Workspace = PROJECT, *, status: runt
     elif problem:
         cell = matrix.failed_cell(plan, kind, problem)
     else:
-        check_stage_ram("validate_winml", name, folder)
         evidence = Evidence.load(ws.reference_path)
         cache_dir = limits.own_cache_dir(folder, plan.device)
         try:
