@@ -47,6 +47,19 @@ def _unlock(handle: Any) -> None:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
+def lock_holder(handle: Any) -> str:
+    """The pid in a zc.lockfile lock file, read as that library lays it out: ``" <pid>\\n"`` from byte 1 on.
+
+    The holder keeps byte 0 locked; on Windows (msvcrt) that lock is mandatory and reading byte 0 raises
+    ``PermissionError``, which is why zc.lockfile writes a space there. "" if the pid cannot be read.
+    """
+    try:
+        handle.seek(1)
+        return str(handle.read()).strip()
+    except (OSError, ValueError):
+        return ""
+
+
 def _running_dvc_stages(dvc_tmp: Path) -> list[str]:
     """Commands of live processes that `.dvc/tmp/rwlock` records as reading or writing outputs.
 
@@ -84,9 +97,7 @@ def dvc_repo_lock(dvc_tmp: Path = DVC_TMP, rerun: str = "aipc compose") -> Itera
     dvc_tmp.mkdir(parents=True, exist_ok=True)
     with open(lockfile, "a+", encoding="utf-8") as handle:  # a+: never truncates what DVC wrote
         if not _try_flock(handle):
-            handle.seek(0)
-            holder = handle.read().strip()
-            fail(f"{busy} (pid {holder or '?'} holds {lockfile.as_posix()}); {advice}")
+            fail(f"{busy} (pid {lock_holder(handle) or '?'} holds {lockfile.as_posix()}); {advice}")
         stages = _running_dvc_stages(dvc_tmp)
         if stages:
             fail(f"{busy}: {', '.join(stages)} is running a stage ({(dvc_tmp / 'rwlock').as_posix()}); {advice}")

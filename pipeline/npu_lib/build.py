@@ -16,6 +16,7 @@ from pathlib import Path
 from pipeline.core.errors import fail
 from pipeline.core.hashes import sha256_file
 from pipeline.core.log import step
+from pipeline.core.package_sets import pip_failure_line
 
 LIBRARY, LIBRARY_VERSION = "intel-npu-acceleration-library", "1.4.0"
 SDIST = "intel_npu_acceleration_library-1.4.0.tar.gz"
@@ -73,11 +74,9 @@ def pip(python: Path, args: list[str], log: Path, extra_env: dict[str, str] | No
             [str(python), "-I", "-m", "pip", *args], stdout=handle, stderr=subprocess.STDOUT, env=env, check=False
         )
     if done.returncode:
-        lines = [ln.strip() for ln in log.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
-        last = next((ln for ln in reversed(lines) if ln.startswith("ERROR")), lines[-1] if lines else "")
+        output = log.read_text(encoding="utf-8", errors="replace").rpartition(f"\n$ pip {' '.join(args)}\n")[2]
         raise EnvUnavailable(
-            f"pip {args[0]} failed (exit {done.returncode}): {last[:200]} "
-            f"(offline or no access to PyPI? full log: {log})"
+            f"pip {args[0]} failed (exit {done.returncode}): {pip_failure_line(output)[:300]} (full log: {log})"
         )
 
 

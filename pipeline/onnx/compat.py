@@ -1,9 +1,9 @@
 """``aipc onnx-compat``: prove an exported ONNX folder loads in the runtimes Windows DirectML users get.
 
-``pip install onnxruntime-genai-directml`` resolves to 0.14.1 where onnxruntime-directml >= 1.26 is published,
-and to 0.13.1 (with onnxruntime-directml 1.24.4) where it is not, as on the package mirror here; DirectML
-itself stopped at 0.14.1 in favour of Windows ML. This check runs the exact folder with the CPU builds of
-both (from PyPI), each in a separate virtual environment the project creates once under
+``pip install onnxruntime-genai-directml`` gives 0.13.1 with onnxruntime-directml 1.24.4: 0.14.1, the last
+DirectML release (it stopped in favour of Windows ML), needs onnxruntime-directml >= 1.26, which is not
+published. This check runs the exact folder with the CPU builds of both releases (from PyPI, where the CPU
+onnxruntime 1.26 is), each in a separate virtual environment the project creates once under
 ``.aipc/envs/ortgenai-<version>`` beside the ``.venv`` (``AIPC_ENVS_DIR`` moves them; about 100 MB each,
 then reused offline). It loads the model and the tokenizer, checks the prompts tokenize exactly as the
 original tokenizer did, and generates from every prompt. ``--runtime`` picks one.
@@ -24,6 +24,7 @@ from pipeline.core.artifacts import ARTIFACTS, remove_tree, replace_dir, write_j
 from pipeline.core.config import PROJECT_ROOT
 from pipeline.core.errors import fail, run_main
 from pipeline.core.log import say, step
+from pipeline.core.package_sets import PackageSet, pip_failure_line, read_constraints
 from pipeline.validation import genai_runner as runner
 from pipeline.validation.matrix import greedy_match
 
@@ -35,13 +36,14 @@ RUNTIMES = {
 DEFAULT_RUNTIME = "0.13.1"
 COMPAT_PACKAGES = RUNTIMES[DEFAULT_RUNTIME]
 ENV_NAME = f"ortgenai-{DEFAULT_RUNTIME}"
-# The DirectML builds themselves (Windows only), for the DML cells of validate_onnx: the newest we claim, what
-# `pip install onnxruntime-genai-directml` gives users where onnxruntime-directml 1.26 is published.
+# The DirectML builds themselves (Windows only), for the DML cells of validate_onnx and `aipc chat --device DML`:
+# the newest pair that installs. genai-directml 0.14.1 needs onnxruntime-directml >= 1.26.0, which the registry does
+# not have (its newest is 1.24.4, 2026-12), so `pip install onnxruntime-genai-directml` gives users 0.13.1 too.
+# tests/windows/test_windows_resolver.py resolves this pair for Windows.
 DML_RUNTIMES = {
     "0.13.1": ("onnxruntime-genai-directml==0.13.1", "onnxruntime-directml==1.24.4"),
-    "0.14.1": ("onnxruntime-genai-directml==0.14.1", "onnxruntime-directml==1.26.0"),
 }
-DML_RUNTIME = "0.14.1"
+DML_RUNTIME = "0.13.1"
 STAMP = "aipc-compat-env.json"
 ONNX_ROOT = ARTIFACTS / "onnx"
 REFERENCE = ARTIFACTS / "reference" / "reference.json"
@@ -59,16 +61,24 @@ def env_python(env: Path) -> Path:
     return env / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
 
 
+def env_constraints() -> tuple[str, ...]:
+    """The pins of the runtimes' other dependencies (numpy, protobuf, ...): the project's, less its onnx* ones."""
+    src = PROJECT_ROOT / "constraints.txt"
+    return read_constraints(src, skip_prefixes=("onnx",)) if src.is_file() else ()
+
+
+def package_sets() -> list[PackageSet]:
+    """What the DirectML environment and each compat environment install (tests/windows/test_windows_resolver.py)."""
+    pins = env_constraints()
+    dml = PackageSet(f"DirectML env {env_dir(DML_RUNTIME, True).name}", DML_RUNTIMES[DML_RUNTIME], pins)
+    return [dml, *(PackageSet(f"ONNX compat env {env_dir(v).name}", RUNTIMES[v], pins) for v in RUNTIMES)]
+
+
 def _pip_constraints(folder: Path) -> list[str]:
     """``-c`` arguments pinning the compat env's other dependencies (numpy, protobuf, ...) as the project does."""
-    src = PROJECT_ROOT / "constraints.txt"
-    if not src.is_file():
+    lines = env_constraints()
+    if not lines:
         return []
-    lines = [
-        line
-        for line in src.read_text(encoding="utf-8").splitlines()
-        if line.strip() and not line.lower().startswith("onnx")
-    ]
     (folder / "constraints.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return ["-c", str(folder / "constraints.txt")]
 
@@ -101,17 +111,27 @@ def ensure_env(env: Path | None = None, runtime: str = DEFAULT_RUNTIME, directml
                 *_pip_constraints(tmp),
                 *packages,
             ]
-            done = subprocess.run(cmd, stdout=2, check=False)  # pip's progress lines go to stderr with ours
-            if done.returncode:
-                fail(
-                    f"pip could not install {' '.join(packages)} (exit {done.returncode}): {env.name} "
-                    "needs PyPI once; check the network or PIP_INDEX_URL"
-                )
+            output = _run_pip(cmd)
+            if output is not None:
+                fail(f"pip could not install {' '.join(packages)} into {env.name}: {pip_failure_line(output)}")
             write_json_atomic(tmp / STAMP, wanted)
         replace_dir(tmp, env)
     finally:
         remove_tree(tmp)
     return env_python(env)
+
+
+def _run_pip(cmd: list[str]) -> str | None:
+    """Run a pip command, its lines streamed to stderr with ours; None when it succeeds, else all it printed."""
+    lines: list[str] = []
+    with subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, encoding="utf-8", errors="replace"
+    ) as proc:
+        assert proc.stdout is not None  # stdout=PIPE
+        for line in proc.stdout:
+            sys.stderr.write(line)
+            lines.append(line)
+    return "".join(lines) if proc.returncode else None
 
 
 def run_script(script: Path, request: dict, python: Path | str, mark: str) -> dict:

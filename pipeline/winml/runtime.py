@@ -22,6 +22,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from pipeline.core.config import PROJECT_ROOT
+from pipeline.core.package_sets import PackageSet, read_constraints
 from pipeline.winml import limits
 
 EP_NAME = "OpenVINOExecutionProvider"
@@ -32,6 +34,15 @@ BUNDLED_OPENVINO = {"1.8.1": "2026.4.1"}
 # Full-precision compute for artifact fidelity, passed through the EP's ``load_config`` (OpenVINO properties per
 # device); the same settings as pipeline/openvino/numerics.py PINNED. The plugin ignores the old ``precision`` option
 # (its own message: "Provider option {} is ignored. Please set it via the load_config as: ... INFERENCE_PRECISION_HINT").
+# What runs a package here, installed in the main venv (pyproject): the plugin, the openvino it must match, the runtimes.
+PACKAGES = (PLUGIN, "openvino", "onnxruntime", "onnxruntime-genai")
+
+
+def package_set() -> PackageSet:
+    """The Windows ML / OpenVINO EP set under the project's pins (tests/windows/test_windows_resolver.py)."""
+    return PackageSet("Windows ML / OpenVINO EP set", PACKAGES, read_constraints(PROJECT_ROOT / "constraints.txt"))
+
+
 PINNED = {"INFERENCE_PRECISION_HINT": "f32", "KV_CACHE_PRECISION": "f32", "DYNAMIC_QUANTIZATION_GROUP_SIZE": "0"}
 
 

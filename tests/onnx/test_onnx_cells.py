@@ -29,7 +29,7 @@ def test_dml_cell_runs_in_its_own_environment_on_windows_only(monkeypatch: pytes
     windows = onnx_validate.provider_status("dml")
     assert windows.available, "on Windows the DML cell runs, in the DirectML runtime's own environment"
     assert f"onnxruntime-genai-directml=={onnx_compat.DML_RUNTIME}" in windows.full_name
-    assert onnx_compat.env_dir(onnx_compat.DML_RUNTIME, directml=True).name == "ortgenai-directml-0.14.1"
+    assert onnx_compat.env_dir(onnx_compat.DML_RUNTIME, directml=True).name == "ortgenai-directml-0.13.1"
     assert onnx_validate.provider_status("cpu").available, "the CPU provider stays in the main environment"
 
 
@@ -83,10 +83,10 @@ def test_a_dml_cell_without_its_runtime_is_a_failed_cell_not_a_traceback(demo_pr
     metrics = tmp_path / "metrics"
     with pytest.raises(StageError) as exc:
         onnx_validate.run("dml_int4", load_params().validate, Workspace(metrics=metrics))
-    assert "\n" not in str(exc.value) and "onnxruntime-genai-directml==0.14.1" in str(exc.value)
+    assert "\n" not in str(exc.value) and "onnxruntime-genai-directml==0.13.1" in str(exc.value)
     cell = json.loads((metrics / "onnx-dml_int4.json").read_text(encoding="utf-8"))["cells"]["DML"]
-    assert cell["status"] == "failed" and "PIP_INDEX_URL" in cell["reason"]
-    assert not (tmp_path / "envs" / "ortgenai-directml-0.14.1").exists(), "no half-made environment is left"
+    assert cell["status"] == "failed" and "No matching distribution found for onnxruntime-genai-directml" in cell["reason"]
+    assert not (tmp_path / "envs" / "ortgenai-directml-0.13.1").exists(), "no half-made environment is left"
 
 
 @pytest.mark.slow
