@@ -4,8 +4,9 @@ Reads the metrics file of every artifact configured in ``params.yaml`` (OpenVINO
 library) and writes ``artifacts/report/``: ``report.md`` (a row per matrix cell: status, the device
 that ran, size, load time, TTFT per prompt length, TPOT, tokens/s, peak RSS, top-1 agreement, mean KL,
 perplexity change, greedy exact match, and the reason or the problems), ``cells.json`` (the same rows
-for ``dvc plots show``), ``summary.json`` (cell counts, a DVC metric), ``size_vs_fidelity.png`` and
-``tokens_per_s.png``. An artifact without a metrics file gets a ``missing`` row saying what to run.
+for ``dvc plots show``), ``summary.json`` (cell counts, a DVC metric), ``size_vs_fidelity.png``,
+``speed_vs_fidelity.png`` and ``tokens_per_s.png`` (pipeline/validation/plots.py). An artifact without a
+metrics file gets a ``missing`` row saying what to run.
 Failed cells get their rows like any other; the ``verdict`` stage (``--verdict``) runs after the report and
 fails ``dvc repro`` with one line naming them.
 """
@@ -175,58 +176,6 @@ def markdown_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def plot_size_vs_fidelity(rows: list[Row], path: Path) -> None:
-    """Size on disk against mean KL (log) and top-1 agreement, one point per cell that ran."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ran = [r for r in rows if r.ran]
-    fig, (kl_ax, top1_ax) = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
-    for row in ran:
-        color = "tab:red" if row.status == "failed" else "tab:blue"
-        kl = max(row.data["mean_kl"], 1e-7)  # fp16 reaches 0 on CPU: drawn at the axis floor
-        kl_ax.scatter(row.size_mb, kl, color=color)
-        top1_ax.scatter(row.size_mb, row.data["top1_agreement"], color=color)
-        for ax, y in ((kl_ax, kl), (top1_ax, row.data["top1_agreement"])):
-            ax.annotate(f"{row.artifact} @ {row.cell}", (row.size_mb, y), fontsize=6)
-    kl_ax.set_yscale("log")
-    kl_ax.set_ylabel("mean KL vs PyTorch (nats, log; 0 drawn at 1e-7)")
-    top1_ax.set_ylabel("teacher-forced top-1 agreement")
-    for ax in (kl_ax, top1_ax):
-        ax.set_xlabel("size on disk (MB)")
-    fig.suptitle("Size vs fidelity (red: failed cell)")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
-def plot_tokens_per_s(rows: list[Row], path: Path) -> None:
-    """Decode tokens/s of every cell that ran, one bar per configured prompt length."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ran = [r for r in rows if r.ran and r.data.get("perf")]  # emulation cells only measure fidelity
-    prompts = list(ran[0].data["perf"]) if ran else []
-    fig, ax = plt.subplots(figsize=(8, 0.45 * max(len(ran), 1) + 1.2), dpi=110)
-    height = 0.8 / max(len(prompts), 1)
-    for i, name in enumerate(prompts):
-        values = [r.data["perf"].get(name, {}).get("tokens_per_s") or 0 for r in ran]
-        tokens = ran[0].data["perf"][name]["prompt_tokens"]
-        ax.barh([y + i * height for y in range(len(ran))], values, height=height, label=f"{tokens}-token prompt")
-    ax.set_yticks([y + height * (len(prompts) - 1) / 2 for y in range(len(ran))])
-    ax.set_yticklabels([f"{r.artifact} @ {r.cell}" for r in ran], fontsize=7)
-    ax.invert_yaxis()
-    ax.set_xlabel("tokens/s (decode, median of repeats)")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
 def summary(rows: list[Row]) -> dict[str, int]:
     """Cell counts by status (a DVC metric: a change shows in `dvc metrics diff`)."""
     counts = {s: 0 for s in ("passed", "failed", "skipped", "missing")}
@@ -268,14 +217,19 @@ def run(params: PipelineConfig, metrics_dir: Path = METRICS_DIR, out_dir: Path =
             "",
             "![size vs fidelity](size_vs_fidelity.png)",
             "",
+            "![speed vs fidelity](speed_vs_fidelity.png)",
+            "",
             "![tokens per second](tokens_per_s.png)",
             "",
         ]
         (tmp / "report.md").write_text("\n".join(text), encoding="utf-8")
         write_json_atomic(tmp / "cells.json", [r.flat() for r in rows if r.ran])
         write_json_atomic(tmp / "summary.json", {"cells": counts})
-        plot_size_vs_fidelity(rows, tmp / "size_vs_fidelity.png")
-        plot_tokens_per_s(rows, tmp / "tokens_per_s.png")
+        from pipeline.validation import plots  # it draws report rows: imported here, not at the top (a cycle)
+
+        plots.plot_size_vs_fidelity(rows, tmp / "size_vs_fidelity.png")
+        plots.plot_speed_vs_fidelity(rows, tmp / "speed_vs_fidelity.png")
+        plots.plot_tokens_per_s(rows, tmp / "tokens_per_s.png")
     say(
         f"report: {out_dir / 'report.md'} ({len(rows)} cells: {counts['passed']} passed, {counts['failed']} failed, "
         f"{counts['skipped']} skipped, {counts['missing']} missing)"

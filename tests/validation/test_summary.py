@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import run_cmd
 
+from pipeline.core.config import load_params
 from pipeline.validation import report, summary
 
 pytestmark = pytest.mark.slow
@@ -73,3 +74,21 @@ def test_recommend_without_metrics_says_what_to_run(tmp_path: Path) -> None:
     done = run_cmd([sys.executable, "-m", "pipeline.cli", "recommend"], tmp_path, check=False)
     assert done.returncode == 2 and done.stderr.strip() == (
         "error: no validation cell has run here: run `aipc demo` or `aipc repro` first")
+
+
+def test_plots_from_the_demo_are_coloured_by_lane_and_no_labels_overlap(demo_project, tmp_path: Path) -> None:
+    from pipeline.validation import plots
+
+    project, _ = demo_project
+    rows = report.collect_rows(report.configured_artifacts(load_params(project / "params.yaml")),
+                               project / "artifacts" / "metrics")
+    lanes = {plots.lane(r) for r in rows if r.ran}
+    assert {"on the device", "CPU stand-in", "NPU pipeline on CPU (NPUW)"} <= lanes, lanes
+    for draw in (plots.plot_size_vs_fidelity, plots.plot_speed_vs_fidelity, plots.plot_tokens_per_s):
+        path = tmp_path / f"{draw.__name__}.png"
+        boxes = draw(rows, path)
+        assert path.stat().st_size > 10_000 and len(boxes) >= 8, draw.__name__
+        for i, a in enumerate(boxes):
+            for b in boxes[i + 1:]:
+                assert not a.overlaps(b), (draw.__name__, a, b)
+    assert (project / "artifacts" / "report" / "speed_vs_fidelity.png").is_file()
