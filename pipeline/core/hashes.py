@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -25,9 +26,51 @@ DIGEST_CACHE = Path(".aipc") / "digests.json"  # AIPC_DIGEST_CACHE overrides; ou
 
 
 def _identity(path: Path) -> tuple[int, ...]:
-    """What changes when a file's content may have changed: device, inode, size, modification and change time."""
+    """What changes when a file's content may have changed: device, inode, size, modification and change time.
+
+    On Windows the device is the volume serial number and the inode the NTFS file index (``os.stat``), but
+    ``st_ctime`` is the creation time: the change time is read from NTFS itself (:func:`windows_change_time_ns`).
+    """
     st = os.stat(path)
-    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+    changed = windows_change_time_ns(path) if sys.platform == "win32" else st.st_ctime_ns
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, changed
+
+
+FILETIME_EPOCH = 116_444_736_000_000_000  # 1970-01-01 in Windows FILETIME units (100 ns since 1601-01-01)
+
+
+def filetime_to_ns(filetime: int) -> int:
+    """A Windows FILETIME (100 ns ticks since 1601) as nanoseconds since the Unix epoch, like ``st_mtime_ns``."""
+    return (filetime - FILETIME_EPOCH) * 100
+
+
+def windows_change_time_ns(path: Path) -> int:
+    """NTFS's ChangeTime of ``path`` (``FILE_BASIC_INFO``), which every write, attribute change, rename, link
+    and ``os.utime`` sets to "now": the POSIX ctime's counterpart, which ``os.stat`` does not report."""
+    import ctypes
+    from ctypes import wintypes
+
+    class FileBasicInfo(ctypes.Structure):
+        _fields_ = [(n, ctypes.c_int64) for n in ("created", "accessed", "written", "changed")]
+        _fields_ += [("attributes", wintypes.DWORD)]
+
+    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)  # type: ignore[attr-defined]
+    kernel32.CreateFileW.restype = wintypes.HANDLE
+    kernel32.CreateFileW.argtypes = [wintypes.LPCWSTR, wintypes.DWORD, wintypes.DWORD, wintypes.LPVOID]
+    kernel32.CreateFileW.argtypes += [wintypes.DWORD, wintypes.DWORD, wintypes.HANDLE]
+    # FILE_READ_ATTRIBUTES, shared for read/write/delete (DVC or a writer may hold it), OPEN_EXISTING, folders too
+    handle = kernel32.CreateFileW(str(path), 0x80, 0x7, None, 3, 0x02000000, None)
+    if handle in (None, wintypes.HANDLE(-1).value):
+        raise ctypes.WinError(ctypes.get_last_error())  # type: ignore[attr-defined]
+    kernel32.GetFileInformationByHandleEx.argtypes = [wintypes.HANDLE, ctypes.c_int, wintypes.LPVOID, wintypes.DWORD]
+    kernel32.CloseHandle.argtypes = [wintypes.HANDLE]
+    try:
+        info = FileBasicInfo()
+        if not kernel32.GetFileInformationByHandleEx(handle, 0, ctypes.byref(info), ctypes.sizeof(info)):
+            raise ctypes.WinError(ctypes.get_last_error())  # type: ignore[attr-defined]
+    finally:
+        kernel32.CloseHandle(handle)
+    return filetime_to_ns(info.changed)
 
 
 def remember_sha256(path: Path, digest: str) -> None:
@@ -66,16 +109,16 @@ def file_digests(paths: list[Path], chunk: int = 1 << 20, remember: bool = True)
     The cache (``.aipc/digests.json``) is keyed by the full identity of :func:`_identity`, so a 7 GiB IR
     that no one touched is not read again by every validate, chat and publish. Entries are kept only for
     files whose change time is older than :data:`RACY_NS` when they are read (git's "racily clean" rule),
-    and only on POSIX, where ctime is the change time (on Windows it is the creation time).
-    It guards against accidental and in-place modification; whoever can rewrite ``.aipc/`` can rewrite
+    and only for files with a file index (``st_ino``: NTFS and POSIX file systems have one; some network shares
+    report 0). It guards against accidental and in-place modification; whoever can rewrite ``.aipc/`` can rewrite
     the code too, so the pickle check (:mod:`pipeline.npu_lib.export`) never uses it; ``remember=False``
     reads every byte and leaves the cache alone.
     """
-    remember = remember and os.name == "posix"
     cache = _load_digest_cache() if remember else {}
     out, changed = {}, False
     for path in paths:
-        key = ":".join(map(str, _identity(path)))
+        identity = _identity(path)
+        key = ":".join(map(str, identity))
         if isinstance(known := cache.get(key), list) and len(known) == 2:
             out[path] = (known[0], known[1])
             continue
@@ -86,12 +129,8 @@ def file_digests(paths: list[Path], chunk: int = 1 << 20, remember: bool = True)
                 md5.update(block)
                 sha.update(block)
         out[path] = (md5.hexdigest(), sha.hexdigest())
-        st = os.stat(path)
-        if (
-            remember
-            and ":".join(map(str, _identity(path))) == key
-            and max(st.st_ctime_ns, st.st_mtime_ns) < started - RACY_NS
-        ):
+        now = _identity(path)
+        if remember and identity[1] and now == identity and max(now[3], now[4]) < started - RACY_NS:
             cache[key], changed = list(out[path]), True
     if changed:
         while len(cache) > 20000:  # oldest first: entries of files long replaced

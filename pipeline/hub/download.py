@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -119,8 +118,8 @@ def local_changes(cfg: ModelConfig, out_dir: Path = OUT_DIR) -> list[str]:
     """The files of ``model.local_path`` that differ from their copy in ``out_dir`` (by its manifest's sha256).
 
     dvc.yaml cannot depend on the folder (other presets have no ``local_path``), so ``aipc repro`` asks this
-    first. On Windows a file with its copy's size and time (``copy2`` keeps it) is unchanged; on POSIX every
-    file is hashed through the digest cache (which also sees a byte flip whose time was put back).
+    first. Every file is hashed through the digest cache, which reads only files whose identity changed (and
+    sees a byte flip whose time was put back, by the change time: POSIX ctime, NTFS ChangeTime).
     """
     from pipeline.core.hashes import file_digests
 
@@ -132,9 +131,7 @@ def local_changes(cfg: ModelConfig, out_dir: Path = OUT_DIR) -> list[str]:
         recorded = {name: entry.get("sha256") for name, entry in (manifest.get("files") or {}).items()}
         if manifest.get("local_path") == cfg.local_path:  # else DVC reruns the stage: model params changed
             files = {p.name: p for p in model_files(src)}
-            stat = {n: (p.stat().st_size, p.stat().st_mtime_ns) for n, p in files.items()}
-            copy = {n: (c.stat().st_size, c.stat().st_mtime_ns) for n in files if (c := out_dir / n).is_file()}
-            suspects = [p for n, p in files.items() if n in recorded and (os.name == "posix" or stat[n] != copy.get(n))]
+            suspects = [p for n, p in files.items() if n in recorded]
             digests = file_digests(suspects)
             changed = {p.name for p in suspects if digests[p][1] != recorded[p.name]}
             return sorted(changed | (set(files) ^ set(recorded)))
