@@ -38,9 +38,10 @@ def install() -> None:
         venv.EnvBuilder(with_pip=True).create(VENV)
     py = str(venv_python())
     print("[bootstrap] installing pinned packages (constraints.txt); first run takes a few minutes", flush=True)
-    # torch first and pinned, so no resolver step can pull a CUDA build.
-    subprocess.run([py, "-m", "pip", "install", "-q", "-c", "constraints.txt", "torch"], cwd=ROOT, check=True)
-    subprocess.run([py, "-m", "pip", "install", "-q", "-c", "constraints.txt", "-e", ".[dev]"], cwd=ROOT, check=True)
+    # torch first and pinned, so no resolver step can pull a CUDA build. pip speaks (no -q): a first install takes
+    # minutes, and its per-package lines and download bars (with time left) are the progress a user waits on.
+    subprocess.run([py, "-m", "pip", "install", "-c", "constraints.txt", "torch"], cwd=ROOT, check=True)
+    subprocess.run([py, "-m", "pip", "install", "-c", "constraints.txt", "-e", ".[dev]"], cwd=ROOT, check=True)
     subprocess.run([py, "-m", "pip", "uninstall", "-q", "-y", "torchvision"], cwd=ROOT, check=False)
     STAMP.write_text(wanted, encoding="utf-8")
 
