@@ -141,7 +141,7 @@ def measure_cell(
         outputs=got["outputs"],
         tokenizer_matches_reference=got["prompt_ids"] == [case["prompt_ids"] for case in reference["greedy"]],
         sample=got["texts"][0],
-        artifact_numerics={"label": "as the graph computes"},
+        artifact_numerics={"label": "as the graph computes", "runtime": got.get("runtime")},  # the build that ran
         long_context=long_context,
         note=sliding_window_note(folder, provider),
     )

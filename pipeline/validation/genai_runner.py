@@ -183,6 +183,8 @@ def measure(request: dict[str, Any], result: dict[str, Any]) -> list[Any]:
     result["step"] = "import onnxruntime_genai"
     import onnxruntime_genai as og
 
+    result["runtime"] = runtime_versions()
+
     result["step"] = "load the model"
     model, result["executed"], result["load_s"] = load(
         request["folder"], request["provider"], request["device"], request.get("session_options")
@@ -210,6 +212,17 @@ def measure(request: dict[str, Any], result: dict[str, Any]) -> list[Any]:
     logits = prefill_logits(model, request.get("windows", []), request.get("context"), request.get("chunk"))
     result["step"], result["peak_rss_mb"] = "done", peak_rss_mb()
     return logits
+
+
+def runtime_versions() -> dict[str, str]:
+    """The distributions that provide the ``onnxruntime_genai`` and ``onnxruntime`` modules here, with versions.
+
+    What ran, by name: ``onnxruntime-genai-directml`` and ``onnxruntime-directml`` in the DirectML environment,
+    the CPU packages in the others (:func:`_version` keys both builds by the CPU package's name).
+    """
+    owners = metadata.packages_distributions()
+    modules = ("onnxruntime_genai", "onnxruntime")
+    return {name: metadata.version(name) for module in modules for name in sorted(set(owners.get(module, [])))}
 
 
 def _version(package: str) -> str | None:

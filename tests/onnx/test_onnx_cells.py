@@ -51,6 +51,8 @@ def test_a_cell_in_a_runtime_environment_measures_what_the_main_one_does(demo_pr
     assert abs(there.fidelity["top1_agreement"] - here.fidelity["top1_agreement"]) <= 0.01
     assert set(there.perf) == set(here.perf) and all(p.tokens_per_s > 0 for p in there.perf.values())
     assert there.peak_rss_mb > 50, "the runtime environment's own peak, not the caller's"
+    assert there.artifact_numerics["runtime"] == {"onnxruntime-genai": "0.14.1", "onnxruntime": "1.26.0"}, "what ran"
+    assert here.artifact_numerics["runtime"]["onnxruntime-genai"] == "0.18.0"
 
 
 @pytest.mark.slow
