@@ -119,7 +119,12 @@ def chat(artifact: Path, device: str = "CPU", prompt: str | None = None, max_new
     stop = prompts.stop_token_ids(tokenizer, prompts.generation_eos(Path(artifact)))
     pipe: OnnxChat | Any  # Any: openvino_genai.LLMPipeline (untyped)
     config: int | Any  # the ONNX chat takes a token budget, openvino_genai a GenerationConfig
-    if onnx:
+    if onnx and device.upper() == "DML":  # DirectML's onnxruntime-genai runs in its own environment
+        from pipeline.onnx.chat_env import directml_chat
+
+        pipe, config = directml_chat(Path(artifact)), max_new_tokens
+        pipe.stop = set(stop)
+    elif onnx:
         pipe, config = OnnxChat(Path(artifact), device), max_new_tokens
         pipe.stop = set(stop)
     else:

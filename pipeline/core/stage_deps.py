@@ -48,6 +48,7 @@ DYNAMIC_SITES: dict[str, str] = {
     "pipeline/npu_lib/env.py": "runs worker.py: LAUNCHED",
     "pipeline/onnx/compat.py": "runs genai_runner.py: LAUNCHED",
     "pipeline/onnx/validate.py": "runs genai_runner.py through compat.run_script: LAUNCHED",
+    "pipeline/onnx/chat_env.py": "runs chat_worker.py, which it imports too (aipc chat --device DML; no stage)",
     "pipeline/npu_lib/worker.py": "names its packages in sys.modules (worker's venv); its imports are static",
 }
 
