@@ -25,6 +25,7 @@ from pipeline.core.artifacts import MANIFEST, remove_tree
 from pipeline.core.errors import fail
 from pipeline.core.hashes import LOCK_FILE, file_digests, locked_md5
 from pipeline.core.log import say
+from pipeline.core.published import PUBLISHED, vouched_files
 from pipeline.core.registry import FAMILIES
 
 # Written into an artifact folder by its users, not by its stage; .dvcignore keeps them out of DVC's hash too. The
@@ -102,18 +103,24 @@ def verify_folder(folder: Path, stage: str | None = None, lock_file: Path = LOCK
         fail(f"{manifest_path} is not a readable manifest: {hint}")
     present = {p.relative_to(folder).as_posix(): p for p in sorted(folder.rglob("*")) if p.is_file()}
     present = {rel: p for rel, p in present.items() if not rel.startswith(NOT_THE_ARTIFACT)}
-    for rel, info in listed.items():
+    # a pulled folder's model card and licence: vouched for by the record publishing wrote beside them
+    records = {rel: (info, manifest_path) for rel, info in listed.items()}
+    vouched = vouched_files(folder, hint)
+    records |= {rel: (info, folder / PUBLISHED) for rel, info in vouched.items() if rel not in listed}
+    for rel, (info, record) in records.items():
         if rel not in present or present[rel].stat().st_size != info.get("bytes", present[rel].stat().st_size):
+            after = "" if record == manifest_path else " (modified after it was published)"
             fail(
-                f"{folder / rel} is {'missing' if rel not in present else 'not the size'} {manifest_path} records: {hint}"
+                f"{folder / rel} is {'missing' if rel not in present else 'not the size'} {record} records{after}: {hint}"
             )
-    extra = sorted(set(present) - set(listed) - {MANIFEST})
+    extra = sorted(set(present) - set(records) - {MANIFEST, *([PUBLISHED] if (folder / PUBLISHED).is_file() else [])})
     if extra:
         fail(f"{folder / extra[0]} is not listed in {manifest_path} (something added it): {hint}")
     digests = file_digests(list(present.values()))
-    for rel, info in listed.items():
+    for rel, (info, record) in records.items():
         if digests[present[rel]][1] != info.get("sha256"):
-            fail(f"{folder / rel} does not match the sha256 in {manifest_path} (modified after it was built): {hint}")
+            when = "it was built" if record == manifest_path else "it was published"
+            fail(f"{folder / rel} does not match the sha256 in {record} (modified after {when}): {hint}")
     expected = locked_md5(stage, folder, lock_file) if stage else None
     if expected is not None:
         actual = _dir_md5({rel: (p.stat().st_size, digests[p][0]) for rel, p in present.items()})

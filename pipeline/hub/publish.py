@@ -18,10 +18,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from pipeline.core.artifacts import MANIFEST
 from pipeline.core.errors import fail, run_main
 from pipeline.core.hashes import sha256_file
 from pipeline.core.log import step
 from pipeline.core.manifest import read_manifest
+from pipeline.core.published import PUBLISHED, vouched_files, write_record
 from pipeline.hub.staging import DEFAULT_REPO, PublishOptions, PublishResult, load_artifact, repo_name
 
 
@@ -62,10 +64,27 @@ def pull(repo_id: str, revision: str, dest: Path, endpoint: str | None = None) -
     with staged_dir(Path(dest)) as tmp:  # ``dest`` is replaced only by a complete, checked download
         commit = fetch_snapshot(repo_id, revision, tmp, ARTIFACT_FILES, endpoint=endpoint)
         manifest = read_manifest(tmp)
-        for rel, info in manifest["files"].items():
+        vouched = vouched_files(tmp, f"{repo_id}@{revision} was changed after publishing: ask its publisher")
+        for rel, info in {**vouched, **manifest["files"]}.items():
             if not (tmp / rel).is_file() or sha256_file(tmp / rel) != info["sha256"]:
-                fail(f"{repo_id}@{revision}: {rel} is missing or does not match the published manifest's sha256")
+                record = MANIFEST if rel in manifest["files"] else PUBLISHED
+                fail(f"{repo_id}@{revision}: {rel} is missing or does not match the sha256 in the published {record}")
+        check_pulled_extras(tmp, f"{repo_id}@{commit}", set(manifest["files"]) | set(vouched))
     return {**manifest, "commit": commit}
+
+
+def check_pulled_extras(folder: Path, pinned: str, known: set[str]) -> None:
+    """Refuse files neither record lists; a repo published without ``published.json`` gets one, labelled so."""
+    extra = sorted(
+        rel
+        for rel in (p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+        if rel not in known and rel not in (MANIFEST, PUBLISHED)
+    )
+    if (folder / PUBLISHED).is_file():
+        if extra:
+            fail(f"{pinned}: {extra[0]} is listed in neither the published {MANIFEST} nor {PUBLISHED}")
+    elif extra:
+        write_record(folder, extra, recorded_by=f"aipc pull of {pinned}: published without a record, vouched as pulled")
 
 
 def report(result: PublishResult, dry_run: bool) -> None:

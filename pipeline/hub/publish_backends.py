@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit
 
+from pipeline.core.artifacts import MANIFEST
 from pipeline.core.errors import StageError, fail
 from pipeline.core.log import say
+from pipeline.core.published import write_record
 from pipeline.hub import git as hub_git
 from pipeline.hub.staging import Artifact, PublishOptions, PublishResult, commit_message, render_card, stage_files
 
@@ -45,10 +47,12 @@ def file_ids(path: Path) -> set[str]:
 
 
 def write_card(art: Artifact, repo: str, staging: Path, opts: PublishOptions) -> str:
-    """Stage the artifact and its card; return the card text."""
-    stage_files(art, staging)
+    """Stage the artifact, its card and the record of what publishing added (``published.json``); return the card."""
+    staged = stage_files(art, staging)
     card = render_card(art, repo, opts)
     (staging / "README.md").write_text(card, encoding="utf-8")
+    added = [rel for rel in staged if rel not in art.manifest["files"] and rel != MANIFEST]
+    write_record(staging, ["README.md", *added])  # so a pulled folder verifies, and an edited card does not
     return card
 
 
