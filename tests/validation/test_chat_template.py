@@ -28,7 +28,7 @@ CHATML = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
-USER, END_OF_TURN, ENDOFTEXT = 32010, 32007, 32000  # the tiny Phi-3's <|user|>, <|end|>, <|endoftext|>
+USER, END_OF_TURN, ENDOFTEXT, PLACEHOLDER = 32010, 32007, 32000, 32002  # tiny Phi-3's <|user|>, <|end|>, ..
 
 
 def small_cfg(*overrides: str) -> ValidateConfig:
@@ -64,7 +64,8 @@ def test_a_prompt_is_messages_ending_with_the_user_and_a_string_is_one_user_mess
 def chatml(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
     """The tiny Phi-3 with a ChatML template: <|im_start|>/<|im_end|> added, and <|im_end|> made the model's
     <|end|> under another name (its input row copied, output rows swapped), <|im_start|> reading as <|user|>.
-    generation_config.json lists only <|endoftext|>: the template is the only place <|im_end|> is named."""
+    Where it would emit <|endoftext|> it emits <|placeholder1|> (output rows swapped), so after <|im_end|> it goes
+    on talking. generation_config.json lists only <|endoftext|>: the template is the only place <|im_end|> is named."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -80,6 +81,7 @@ def chatml(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
     head = embed.clone()
     embed[end], embed[start] = embed[END_OF_TURN], embed[USER]
     head[[END_OF_TURN, end]] = head[[end, END_OF_TURN]]
+    head[[ENDOFTEXT, PLACEHOLDER]] = head[[PLACEHOLDER, ENDOFTEXT]]  # it never emits eos: only <|im_end|> ends a turn
     model.config.tie_word_embeddings = False
     model.lm_head.weight = torch.nn.Parameter(head)
     model.generation_config.eos_token_id = ENDOFTEXT
@@ -157,3 +159,19 @@ def test_openvino_validation_and_chat_use_chatml_and_stop_on_im_end(
     assert end in tokens[:-1], "without the template's end token the IR's config generates past <|im_end|>"
     text = chat_prompts.load_tokenizer(ir).decode(tokens[: tokens.index(end)], skip_special_tokens=True)
     assert answer == text.strip() and answer
+
+
+@pytest.mark.slow
+def test_onnx_chat_uses_chatml_and_stops_on_im_end(chatml: tuple[Path, int], chatml_reference: dict) -> None:
+    from pipeline.chat import chat
+    from pipeline.core.workspace import Workspace
+    from pipeline.onnx import export as export_onnx
+    from pipeline.onnx.config import OnnxVariantConfig
+
+    model_dir, end = chatml
+    first = chatml_reference["greedy"][0]
+    assert first["output_ids"][-1] == end  # PyTorch answers, then closes its turn
+    variant = OnnxVariantConfig(execution_provider="cpu", precision="fp32", extra_options={"windowed_kv_cache": False})
+    export_onnx.run("cpu_fp32", variant, Workspace(model=model_dir, out=model_dir.parent / "onnx"))
+    answer = chat(model_dir.parent / "onnx" / "cpu_fp32", "CPU", prompt="Can you introduce yourself?", max_new_tokens=64)
+    assert answer == first["text"].strip()  # genai_config's eos is <|endoftext|> only: without the stop it goes on
