@@ -19,6 +19,7 @@ from pipeline.core.config import ASSETS_DIR, ModelConfig, load_params  # ASSETS_
 from pipeline.core.errors import fail, run_main
 from pipeline.core.log import say, step
 from pipeline.core.manifest import CHECKPOINT_SIDE_FILES, write_manifest
+from pipeline.hub.resume import resumable
 
 OUT_DIR = ARTIFACTS / "model"
 MODEL_FILES = [
@@ -64,11 +65,14 @@ def fetch_snapshot(
 
     Every hub failure becomes one line that says what to do (offline, gated, missing repo/revision, HTTP).
     """
+    import httpx
     from huggingface_hub import HfApi, snapshot_download
     from huggingface_hub import errors as hf_errors
 
     try:
         with step(f"downloading {repo_id}@{revision[:12]} ({', '.join(allow_patterns)})"):
+            # first: offline, snapshot_download would hand back a kept partial folder (resume.py) as if complete
+            commit = HfApi(endpoint=endpoint).model_info(repo_id, revision=revision).sha or revision
             snapshot_download(
                 repo_id,
                 revision=revision,
@@ -77,14 +81,13 @@ def fetch_snapshot(
                 local_dir=dest,
                 endpoint=endpoint,
             )
-        commit = HfApi(endpoint=endpoint).model_info(repo_id, revision=revision).sha or revision
     except hf_errors.GatedRepoError:
         fail(f"'{repo_id}' is gated: accept its licence on the hub page, then set HF_TOKEN or run `hf auth login`")
     except hf_errors.RevisionNotFoundError:
         fail(f"revision '{revision}' not found in '{repo_id}': fix the revision (a commit sha or tag)")
     except hf_errors.RepositoryNotFoundError:
         fail(f"model '{repo_id}' not found or private: check the repo id, or set HF_TOKEN for a private repo")
-    except (hf_errors.LocalEntryNotFoundError, hf_errors.OfflineModeIsEnabled):
+    except (hf_errors.LocalEntryNotFoundError, hf_errors.OfflineModeIsEnabled, httpx.TransportError):
         fail(_offline_hint(repo_id))
     except hf_errors.HfHubHTTPError as err:
         status = getattr(getattr(err, "response", None), "status_code", "?")
@@ -94,11 +97,12 @@ def fetch_snapshot(
 
 
 def download_hub(cfg: ModelConfig, dest: Path) -> str:
-    """Download ``cfg.repo_id`` at ``cfg.revision`` into ``dest`` (no pickles); return the resolved commit."""
+    """Download ``cfg.repo_id`` at ``cfg.revision`` into ``dest`` (no pickles; resumable); return the resolved commit."""
     if not cfg.repo_id or not cfg.revision:  # ModelConfig refuses this at load; the check narrows the types
         fail("model.repo_id and model.revision must be set for source=hub")
     patterns = [p for p in (cfg.allow_patterns or MODEL_FILES) if not p.endswith(PICKLE_SUFFIXES)]
-    return fetch_snapshot(cfg.repo_id, cfg.revision, dest, patterns, [f"*{s}" for s in PICKLE_SUFFIXES])
+    with resumable(cfg.repo_id, cfg.revision, dest) as partial:  # an interrupted run's files are kept there
+        return fetch_snapshot(cfg.repo_id, cfg.revision, partial, patterns, [f"*{s}" for s in PICKLE_SUFFIXES])
 
 
 def model_files(src: Path) -> list[Path]:
