@@ -124,6 +124,9 @@ class ValidateConfig:
 
     devices: dict[str, list[str]] = field(default_factory=lambda: dict(DEFAULT_TARGET_DEVICES))
     cpu_stand_in: bool = True
+    # quick: what fits the time budget; full: what `aipc publish` requires. Both give the same verdicts.
+    profile: Literal["quick", "full"] = "quick"
+    stand_in_speed: bool | None = None  # speed runs of CPU stand-in cells; None: only in the full profile
     stand_in_max_ram_gib: Annotated[float, _check(lambda v: v >= 0, "must be >= 0 (GiB; 0 = no cap), got {}")] = 8.0
     prompts: list[ChatPrompt] = field(default_factory=list)
     max_new_tokens: Positive = 32
@@ -149,6 +152,8 @@ class ValidateConfig:
         for i, prompt in enumerate(self.prompts):
             if not prompt or prompt[-1].role != "user":
                 raise ConfigError(f"validate.prompts[{i}] must end with a user message: the model answers it")
+        if self.profile == "full" and self.stand_in_speed is False:
+            raise ConfigError("validate.profile=full measures every speed run: drop validate.stand_in_speed=false")
         if not self.perf_prompt_tokens:
             raise ConfigError("validate.perf_prompt_tokens must name at least one prompt length, e.g. {short: 32}")
         for family, choices in TARGET_DEVICE_CHOICES.items():
@@ -162,6 +167,11 @@ class ValidateConfig:
                     f"validate.devices.{family}: unknown family; valid: "
                     f"{', '.join(TARGET_DEVICE_CHOICES)} (ONNX variants target their execution_provider)"
                 )
+
+    @property
+    def measures_stand_in_speed(self) -> bool:
+        """Whether CPU stand-in cells run speed runs: ``stand_in_speed`` if set, else the full profile does."""
+        return self.profile == "full" if self.stand_in_speed is None else self.stand_in_speed
 
     def thresholds(self, precision: str) -> dict[str, float | None]:
         """The fidelity thresholds of ``precision`` (fp32 is held to the fp16 ones)."""

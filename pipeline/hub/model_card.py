@@ -113,10 +113,18 @@ def _summary(facts: CardFacts) -> str:
         verdict = f"**not run** (published with --force: {facts.metrics.get('reason')})"
     return (
         f"# {facts.repo_id.split('/')[-1]}\n\n{fmt} {kind} of {origin}, built and validated by aipc-pipeline "
-        f"(`{facts.manifest.get('stage')}@{facts.manifest.get('variant')}`). Validation {verdict}: "
+        f"(`{facts.manifest.get('stage')}@{facts.manifest.get('variant')}`). Validation {verdict}{_profile(facts)}: "
         f"**{facts.metrics.get('label')}**.\n\nLicence: `{facts.license}`, inherited from the source model "
         f"({facts.license_source})."
     )
+
+
+def _profile(facts: CardFacts) -> str:
+    """Which ``validate.profile`` gave the verdict, as the card says it after the verdict."""
+    profile = facts.metrics.get("profile")
+    if profile == "quick":
+        return " with the **quick** validation profile (published with --allow-quick: stand-in speed runs skipped)"
+    return f" with the `{profile}` validation profile" if profile else " (validation profile not recorded)"
 
 
 def _parameters(facts: CardFacts) -> str:
@@ -201,6 +209,8 @@ def _validation(facts: CardFacts) -> str:
         'whole greedy continuation equals PyTorch\'s. "Device that ran" is read back from the runtime; a CPU '
         "stand-in is labelled so. Speed was measured on the build machine and says little about yours."
     ]
+    skipped_speed = sorted({c["speed_not_measured"] for c in cells.values() if c.get("speed_not_measured")})
+    notes += [f"{c[0].upper()}{c[1:]}." for c in skipped_speed]
     if m.get("note"):
         notes.append(f"Note: {m['note']}.")
     if m.get("problems"):

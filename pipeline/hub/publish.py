@@ -24,7 +24,7 @@ from pipeline.core.hashes import sha256_file
 from pipeline.core.log import step
 from pipeline.core.manifest import read_manifest
 from pipeline.core.published import PUBLISHED, vouched_files, write_record
-from pipeline.hub.staging import DEFAULT_REPO, PublishOptions, PublishResult, load_artifact, repo_name
+from pipeline.hub.staging import DEFAULT_REPO, Artifact, PublishOptions, PublishResult, load_artifact, repo_name
 
 
 def resolve_token() -> str | None:
@@ -39,6 +39,8 @@ def publish(root: Path, specs: list[str], opts: PublishOptions) -> list[PublishR
     from pipeline.hub import publish_backends
 
     arts = [load_artifact(root, spec, opts.force) for spec in specs]
+    for art in arts:
+        check_profile(art, opts.allow_quick)
     backend = publish_backends.make_backend(opts, resolve_token())
     results = []
     staging_root = root / ".aipc" / "publish"
@@ -49,6 +51,23 @@ def publish(root: Path, specs: list[str], opts: PublishOptions) -> list[PublishR
             with step(f"[{art.name}] {'checking' if opts.dry_run else 'publishing'} {repo} ({opts.backend})"):
                 results.append(backend.publish(art, repo, Path(tmp), opts))
     return results
+
+
+def check_profile(art: Artifact, allow_quick: bool) -> None:
+    """Refuse (one line) a verdict that ``validate.profile=full`` did not give, unless ``allow_quick``.
+
+    Both profiles give the same verdicts; ``quick`` skips the speed runs of CPU stand-in cells, and a card states
+    every figure of the record. A record without a profile predates the setting. A skipped artifact has no verdict.
+    """
+    profile = art.metrics.get("profile")
+    if allow_quick or profile == "full" or art.metrics.get("status") == "skipped":
+        return
+    stage = f"{art.kind}/{art.variant}"
+    given = f"the {profile} validation profile" if profile else "no validation profile recorded"
+    fail(
+        f"{stage} has a verdict of {given}; publishing needs validate.profile=full (every speed run): recompose with "
+        f"`aipc compose <your overrides> validate.profile=full`, rerun `dvc repro`, or pass --allow-quick"
+    )
 
 
 def pull(repo_id: str, revision: str, dest: Path, endpoint: str | None = None) -> dict[str, Any]:
@@ -120,6 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-create", action="store_true", help="fail instead of creating a missing repo")
     parser.add_argument("--force", action="store_true", help="publish even if validation failed (the card says so)")
     parser.add_argument("--dry-run", action="store_true", help="list what would be uploaded and print the card")
+    parser.add_argument("--allow-quick", action="store_true", help="publish a quick-profile verdict")
     args = parser.parse_args(argv)
     if args.backend == "git" and not args.repo:
         parser.error("--backend git needs --repo (a remote URL or a bare repository path)")
@@ -133,6 +153,7 @@ def main(argv: list[str] | None = None) -> None:
         not args.no_create,
         args.force,
         args.dry_run,
+        args.allow_quick,
     )
     for result in publish(Path.cwd(), args.artifacts, opts):
         report(result, opts.dry_run)

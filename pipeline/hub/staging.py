@@ -38,6 +38,7 @@ class PublishOptions:
     create: bool = True
     force: bool = False
     dry_run: bool = False
+    allow_quick: bool = False  # publish a verdict of validate.profile=quick (publish.check_profile; the card says so)
 
 
 @dataclass

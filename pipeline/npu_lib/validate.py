@@ -17,14 +17,14 @@ from typing import Any
 from pipeline.core.config import ValidateConfig
 from pipeline.core.errors import fail, run_main
 from pipeline.core.hashes import LOCK_FILE, dvc_dir_md5, locked_md5
-from pipeline.core.log import step
+from pipeline.core.log import say, step
 from pipeline.core.manifest import read_manifest
 from pipeline.core.resources import fit_cell_ram
 from pipeline.core.stage import run_stage
 from pipeline.core.workspace import PROJECT, Workspace
 from pipeline.npu_lib import env as npu_lib_env
 from pipeline.npu_lib.export import KIND, call_worker
-from pipeline.validation import fidelity, matrix, records
+from pipeline.validation import fidelity, matrix, records, speed
 
 
 def checked_model_file(folder: Path, manifest: dict, lock_file: Path = LOCK_FILE) -> Path:
@@ -89,9 +89,15 @@ def measurement(
 
 
 def worker_args(
-    model_file: Path, manifest: dict, folder: Path, reference_path: Path, cfg: ValidateConfig, logits_file: Path
+    model_file: Path,
+    manifest: dict,
+    folder: Path,
+    reference_path: Path,
+    cfg: ValidateConfig,
+    logits_file: Path,
+    measure_speed: bool = True,
 ) -> list[str]:
-    """Command-line arguments of the worker's ``validate`` command."""
+    """Command-line arguments of the worker's ``validate`` command (``measure_speed=False``: no speed runs)."""
     return [
         "--model-file",
         str(model_file.resolve()),
@@ -113,6 +119,7 @@ def worker_args(
         str(cfg.repeats),
         "--budget-s",
         str(cfg.perf_budget_s),
+        *([] if measure_speed else ["--no-speed"]),
     ]
 
 
@@ -141,15 +148,13 @@ def run_cells(
             step(f"[npu_lib-{name} @ {plan.column}] loading (hash checked) and generating in the isolated environment"),
         ):
             logits_file = Path(scratch) / "logits.npz"
-            result = call_worker(
-                name,
-                env,
-                "validate",
-                worker_args(model_file, manifest, folder, reference_path, cfg, logits_file),
-                Path(scratch),
-            )
+            no_speed = speed.not_measured(plan.stand_in_for, cfg)
+            args = worker_args(model_file, manifest, folder, reference_path, cfg, logits_file, no_speed is None)
+            result = call_worker(name, env, "validate", args, Path(scratch))
             got = measurement(result, logits_file, ref_logprobs)
+        say(f"[npu_lib-{name} @ {plan.column}] seconds per phase: {result.get('phase_s')}")
         cells[plan.column] = matrix.judge(plan, got, reference, thresholds, KIND)
+        cells[plan.column].speed_not_measured = no_speed
     return cells
 
 
@@ -196,7 +201,7 @@ def run(
         return records.publish(skipped_record(name, dtype, str(err), cfg), out)
     cells = run_cells(name, env, model_file, manifest, folder, ws.reference_path, cfg, plans)
     return records.publish_cells(
-        f"npu_lib-{name}", "npu_lib", dtype, folder, cfg.thresholds(dtype), cells, ws.metrics_dir
+        f"npu_lib-{name}", "npu_lib", dtype, folder, cfg.thresholds(dtype), cells, ws.metrics_dir, cfg.profile
     )
 
 

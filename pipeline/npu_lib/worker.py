@@ -74,6 +74,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     for name, default in (("--max-new-tokens", 32), ("--new-tokens", 32), ("--warmup", 1), ("--repeats", 3)):
         check.add_argument(name, type=int, default=default)
     check.add_argument("--budget-s", type=float, default=0.0, help="validate.perf_budget_s (0: no cap)")
+    check.add_argument("--no-speed", action="store_true", help="no speed runs (stand-in, quick profile)")
     return parser.parse_args(argv)
 
 

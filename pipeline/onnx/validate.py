@@ -25,7 +25,7 @@ from pipeline.core.resources import fit_cell_ram
 from pipeline.core.stage import run_stage
 from pipeline.core.workspace import PROJECT, Workspace
 from pipeline.onnx import compat
-from pipeline.validation import fidelity, matrix, records
+from pipeline.validation import fidelity, matrix, records, speed
 from pipeline.validation import genai_runner as runner
 from pipeline.validation.devices import ONNX_PROVIDER_DEVICES, DeviceStatus, onnx_provider_status
 from pipeline.validation.evidence import Evidence, verdicts_for
@@ -55,8 +55,11 @@ def session_options(device: str) -> dict[str, str | bool]:
     return dict(CPU_SESSION_OPTIONS) if device == "CPU" else {}
 
 
-def cell_request(folder: Path, provider: str, device: str, cfg: ValidateConfig, evidence: Evidence) -> dict[str, Any]:
-    """What :func:`pipeline.validation.genai_runner.measure` runs for one cell (JSON, so it can cross into another environment)."""
+def cell_request(
+    folder: Path, provider: str, device: str, cfg: ValidateConfig, evidence: Evidence, measure_speed: bool = True
+) -> dict[str, Any]:
+    """What :func:`pipeline.validation.genai_runner.measure` runs for one cell (JSON, so it can cross into another
+    environment); ``measure_speed=False``: no speed runs (a stand-in outside ``validate.profile=full``)."""
     greedy = evidence.reference["greedy"]
     context, kv_window = graph_limits(folder)
     return {
@@ -67,7 +70,7 @@ def cell_request(folder: Path, provider: str, device: str, cfg: ValidateConfig, 
         "prompts": [case["prompt"] for case in greedy],
         "prompt_ids": [case["prompt_ids"] for case in greedy],
         "max_new_tokens": [cfg.max_new_tokens] * len(greedy),
-        "perf_prompts": evidence.reference["perf_prompts"],
+        "perf_prompts": evidence.reference["perf_prompts"] if measure_speed else {},
         "perf_new_tokens": cfg.perf_new_tokens,
         "warmup": cfg.warmup,
         "repeats": cfg.repeats,
@@ -123,8 +126,9 @@ def measure_cell(
     """Run one cell (here, or in the isolated environment ``python``), then fidelity from the prefill logits."""
     name, reference = folder.name, evidence.reference
     where = f" in {python}" if python else ""
+    measure_speed = speed.not_measured(plan.stand_in_for, cfg) is None
     with step(f"[onnx-{name} @ {plan.column}] running the {provider.upper()} graph on {plan.device}{where}"):
-        got, logits = run_cell(cell_request(folder, provider, plan.device, cfg, evidence), python)
+        got, logits = run_cell(cell_request(folder, provider, plan.device, cfg, evidence, measure_speed), python)
     short, long = logits[: len(evidence.windows)], logits[len(evidence.windows) :]
     long_context = evidence.compare_long(long)  # judged per range at the thresholds OpenVINO's IRs meet
     perf = {
@@ -199,8 +203,9 @@ def run(name: str, cfg: ValidateConfig, ws: Workspace = PROJECT) -> dict:
             cells[plan.column] = matrix.failed_cell(plan, kind, str(err))
             continue
         cells[plan.column] = matrix.judge(plan, got, evidence.reference, thresholds, kind)
+        cells[plan.column].speed_not_measured = speed.not_measured(plan.stand_in_for, cfg)
     return records.publish_cells(
-        f"onnx-{name}", "onnx", precision, folder, cfg.thresholds(precision), cells, ws.metrics_dir
+        f"onnx-{name}", "onnx", precision, folder, cfg.thresholds(precision), cells, ws.metrics_dir, cfg.profile
     )
 
 

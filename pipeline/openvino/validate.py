@@ -28,7 +28,7 @@ from pipeline.core.workspace import PROJECT, Workspace
 from pipeline.openvino import npu_lane
 from pipeline.openvino.generation import measure_generation
 from pipeline.openvino.teacher_forced import numerics_fidelity, pinned_fidelity
-from pipeline.validation import matrix, records
+from pipeline.validation import matrix, records, speed
 from pipeline.validation.evidence import Evidence, verdicts_for
 
 
@@ -54,8 +54,9 @@ def measure_cell(
     records.reset_peak_rss()
     reference = evidence.reference
     where = f"{plan.device} (NPUW, {plan.backend} backend)" if plan.backend else plan.device
+    runs = reference if speed.not_measured(plan.stand_in_for, cfg) is None else {**reference, "perf_prompts": {}}
     with step(f"[{target.artifact} @ {plan.column}] generating on {where} with openvino_genai"):
-        gen = measure_generation(target.ir_dir, plan.device, cfg, reference, plan.backend)
+        gen = measure_generation(target.ir_dir, plan.device, cfg, runs, plan.backend)
     # The NPU compiles LLMs only through GenAI's pipeline; teacher forcing then runs the same IR on CPU.
     forced_device = "CPU" if plan.device == "NPU" else plan.device
     with step(f"[{target.artifact} @ {plan.column}] artifact fidelity on {forced_device} at f32 (teacher-forced)"):
@@ -243,6 +244,7 @@ def run(target: Target, cfg: ValidateConfig, ws: Workspace = PROJECT, *, status:
             got = measure_cell(target, plan, cfg, evidence, pinned_runs)
             outputs[plan.column] = got.outputs
             cells[plan.column] = matrix.judge(plan, got, evidence.reference, verdicts, target.kind)
+            cells[plan.column].speed_not_measured = speed.not_measured(plan.stand_in_for, cfg)
         same_tokens_as_cpu(cells, outputs, target.ir_dir, evidence.reference)
         cells.update(emulation_cells(target, cfg, evidence, verdicts, pinned_runs))
     return records.publish_cells(
@@ -253,6 +255,7 @@ def run(target: Target, cfg: ValidateConfig, ws: Workspace = PROJECT, *, status:
         cfg.thresholds(weight_format),
         cells,
         ws.metrics_dir,
+        cfg.profile,
     )
 
 

@@ -11,7 +11,6 @@ below its precision's thresholds, a different tokenization, or a device other th
 
 from __future__ import annotations
 
-import statistics
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -20,6 +19,9 @@ from pipeline.validation.devices import DeviceStatus, executed_device
 # Answers compared up to the model's end token; the families call them through this module.
 from pipeline.validation.prompts import first_divergence as first_divergence
 from pipeline.validation.prompts import greedy_match
+
+# A cell's speed figures live beside the rule for cells that measure none (stand-ins outside validate.profile=full).
+from pipeline.validation.speed import Perf as Perf
 
 STAND_IN = "CPU stand-in"  # column of the cell that runs on CPU because no target device is present
 
@@ -58,31 +60,6 @@ def plan_cells(targets: list[str], status: dict[str, DeviceStatus], cpu_stand_in
         note = "; ".join(f"no {p.column}: {p.skip_reason}" for p in absent)
         plans.append(CellPlan(STAND_IN, "CPU", stand_in_for=", ".join(p.column for p in absent), note=note))
     return plans
-
-
-@dataclass
-class Perf:
-    """Generation speed for one prompt length: warm-up runs excluded, median of the measured runs (``runs``)."""
-
-    prompt_tokens: int
-    new_tokens: int
-    ttft_ms: float
-    tpot_ms: float
-    tokens_per_s: float
-    runs: int = 0  # measured runs behind the medians: ``repeats``, or fewer once ``perf_budget_s`` ran out
-
-    @classmethod
-    def from_runs(cls, prompt_tokens: int, new_tokens: int, ttft_ms: list[float], tpot_ms: list[float]) -> Perf:
-        """Medians of repeated runs; tokens/s is the decode rate, 1000 / TPOT, for every backend alike."""
-        tpot = statistics.median(tpot_ms)
-        return cls(
-            prompt_tokens,
-            new_tokens,
-            round(statistics.median(ttft_ms), 3),
-            round(tpot, 3),
-            round(1000.0 / tpot, 2) if tpot > 0 else 0.0,
-            len(tpot_ms),
-        )
 
 
 @dataclass
@@ -147,6 +124,8 @@ class Cell:
     long_context: list[dict[str, Any]] = field(default_factory=list)
     # Windows ML: the EP's compiled-model cache, first load (compiles) and second (reads it) (pipeline.winml.validate)
     compile_cache: dict[str, Any] | None = None
+    speed_not_measured: str | None = None  # why ttft/tpot/tokens_per_s are null (pipeline.validation.speed)
+    profile: str | None = None  # validate.profile of the run that gave this verdict (quick | full)
     note: str | None = None
     sample: str | None = None
 
@@ -228,7 +207,8 @@ def judge(plan: CellPlan, got: Measurement, reference: dict, thresholds: Thresho
         label = f"{kind}, NPU pipeline (NPUW), {plan.backend} backend: NPU compiler not exercised"
     if plan.stand_in_for:
         label = f"{kind}, validated on {executed} (stand-in: no {plan.stand_in_for} here)"
-    short = next(iter(got.perf.values()))
+    short = next(iter(got.perf.values()), None)  # None: no speed runs (a stand-in's, pipeline.validation.speed)
+    speed: dict[str, Any] = {k: getattr(short, k) for k in ("ttft_ms", "tpot_ms", "tokens_per_s")} if short else {}
     figures: dict[str, Any] = {**got.fidelity, **numerics_fields(got)}  # Cell fields by name
     return Cell(
         plan.column,
@@ -241,9 +221,6 @@ def judge(plan: CellPlan, got: Measurement, reference: dict, thresholds: Thresho
         problems=problems,
         load_s=round(got.load_s, 4),
         peak_rss_mb=got.peak_rss_mb,
-        ttft_ms=short.ttft_ms,
-        tpot_ms=short.tpot_ms,
-        tokens_per_s=short.tokens_per_s,
         perf={k: asdict(v) for k, v in got.perf.items()},
         greedy_exact_match=round(exact, 4),
         first_divergence=divergence,
@@ -252,6 +229,7 @@ def judge(plan: CellPlan, got: Measurement, reference: dict, thresholds: Thresho
         sample=got.sample[:200],
         note=got.note or (plan.note if plan.backend else None),
         **figures,
+        **speed,
     )
 
 

@@ -85,7 +85,8 @@ def cell_line(cell: Cell) -> str:
     if cell.long_context:
         parts.append(f"long context min top-1 {min(r['top1_agreement'] for r in cell.long_context):.3f}")
     if cell.greedy_exact_match is not None:
-        parts.append(f"exact {cell.greedy_exact_match:.2f}, {cell.tokens_per_s} tok/s, peak RSS {cell.peak_rss_mb} MB")
+        speed = "speed not measured" if cell.tokens_per_s is None else f"{cell.tokens_per_s} tok/s"
+        parts.append(f"exact {cell.greedy_exact_match:.2f}, {speed}, peak RSS {cell.peak_rss_mb} MB")
     return "; ".join(parts)
 
 
@@ -116,8 +117,14 @@ def publish_cells(
     thresholds: dict[str, float | None],
     cells: dict[str, Cell],
     metrics_dir: Path,
+    profile: str | None = None,
 ) -> dict[str, Any]:
-    """:func:`publish` the cells of one artifact to ``<metrics_dir>/<artifact>.json``, its size read from ``folder``."""
+    """:func:`publish` the cells of one artifact to ``<metrics_dir>/<artifact>.json``, its size read from ``folder``.
+
+    ``profile`` (``validate.profile``) is written into every cell that gave a verdict (not the skipped ones).
+    """
+    for cell in cells.values():
+        cell.profile = None if cell.status == "skipped" else profile
     size_mb = round(folder_bytes(folder) / 2**20, 3) if folder is not None else None
     record = MetricsRecord(artifact, family, weight_format, size_mb, thresholds, cells)
     return publish(record, Path(metrics_dir) / f"{artifact}.json")

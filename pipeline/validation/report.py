@@ -66,6 +66,7 @@ class Row:
         )
         numerics = (self.data.get("device_numerics") or {}).get("label")
         return {
+            "profile": self.data.get("profile"),
             "device_numerics": numerics,
             "long_context_min_top1": self.long_context_min_top1,
             "cell": f"{self.artifact} @ {self.cell}",
@@ -118,6 +119,7 @@ def row_note(row: Row) -> str:
     parts = [f"stands in for the absent {row.data['stand_in_for']}"] if row.data.get("stand_in_for") else []
     if row.status == "failed":
         parts += row.data.get("problems") or []
+    parts += [row.data["speed_not_measured"]] if row.data.get("speed_not_measured") else []
     return "; ".join(parts + [row.data.get("note") or ""]).strip("; ")
 
 
@@ -130,6 +132,7 @@ def markdown_table(rows: list[Row]) -> str:
         "artifact",
         "device",
         "status",
+        "profile",
         "ran on",
         "size MB",
         "load s",
@@ -155,6 +158,7 @@ def markdown_table(rows: list[Row]) -> str:
             row.artifact,
             row.cell,
             f"**{row.status}**" if row.status == "failed" else row.status,
+            d.get("profile") or "–",
             d.get("device_executed") or "–",
             _num(row.size_mb, ".1f"),
             _num(d.get("load_s"), ".2f"),
@@ -211,7 +215,8 @@ def run(params: PipelineConfig, metrics_dir: Path = METRICS_DIR, out_dir: Path =
             "",
             f"{counts['passed']} cells passed, {counts['failed']} failed, {counts['skipped']} skipped "
             f"(device absent), {counts['missing']} missing. Speed: warm-up excluded, median of repeats; "
-            "fidelity against the PyTorch original on held-out text.",
+            "fidelity against the PyTorch original on held-out text. Profile: the validate.profile that gave the verdict "
+            "(quick: CPU stand-ins skip their speed runs; `aipc publish` needs full).",
             "",
             markdown_table(rows),
             "",

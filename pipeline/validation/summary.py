@@ -143,6 +143,9 @@ def console_summary(rows: list[Row], report_path: str) -> str:
         f"{counts['passed']} cells passed, {counts['failed']} failed, {counts['skipped']} skipped "
         f"(device absent), {counts['missing']} missing"
     )
+    profiles = sorted({str(r.data["profile"]) for r in rows if r.data.get("profile")})  # validate.profile, per verdict
+    if profiles:
+        head += f"; profile {', '.join(profiles)}" + (" (`aipc publish` needs full)" if "quick" in profiles else "")
     answers = recommend(rows, [d for d in DEVICES if any(r.cell == d for r in rows)])
     recommendation = [f"Run on {device}: {answer}" for device, answer in answers.items()]
     return "\n".join([head, *artifact_lines(rows), *recommendation, f"Full table: {report_path}"])

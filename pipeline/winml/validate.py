@@ -31,7 +31,7 @@ from pipeline.core.registry import FAMILIES
 from pipeline.core.resources import check_stage_ram
 from pipeline.core.stage import run_stage
 from pipeline.core.workspace import PROJECT, Workspace
-from pipeline.validation import fidelity, matrix, records
+from pipeline.validation import fidelity, matrix, records, speed
 from pipeline.validation.evidence import Evidence, verdicts_for
 from pipeline.validation.genai_runner import CellError, attempt, generate, time_prompt
 from pipeline.winml import export, limits, runtime
@@ -149,13 +149,14 @@ def measure_cell(
     with step(f"{where} loading the package on the OpenVINO EP, device_type {plan.device}, twice"), attempt(loading):
         model, cache = cached_loads(str(folder), plan.device, cache_dir)
         load_s = cache["compile_load_s"]
+    timed = {} if overridden_speed(plan, cfg) else reference["perf_prompts"]  # an override is a CPU stand-in
     with step(f"{where} generating with onnxruntime-genai"), attempt("generate with onnxruntime-genai"):
         outputs = [generate(model, case["prompt_ids"], cfg.max_new_tokens)[0] for case in reference["greedy"]]
         perf = {
             name: matrix.Perf.from_runs(
                 **time_prompt(model, ids, cfg.perf_new_tokens, cfg.warmup, cfg.repeats, cfg.perf_budget_s)
             )
-            for name, ids in reference["perf_prompts"].items()
+            for name, ids in timed.items()
         }
         tokenizer = og.Tokenizer(model)
         same = all([int(t) for t in tokenizer.encode(c["prompt"])] == c["prompt_ids"] for c in reference["greedy"])
@@ -179,6 +180,11 @@ def measure_cell(
         device_numerics={"label": f"the OpenVINO EP's {plan.device} defaults (not read back through ONNX Runtime)"},
         drift=fidelity.agreement(pinned, defaults),
     ), cache
+
+
+def overridden_speed(plan: matrix.CellPlan, cfg: ValidateConfig) -> str | None:
+    """Why a package overridden to the CPU runs no speed runs (:func:`pipeline.validation.speed.not_measured`)."""
+    return speed.not_measured(plan.column if plan.device != plan.column else None, cfg)
 
 
 def run(name: str, cfg: ValidateConfig, ws: Workspace = PROJECT, *, status: runtime.PluginStatus | None = None) -> dict:
@@ -213,6 +219,7 @@ def run(name: str, cfg: ValidateConfig, ws: Workspace = PROJECT, *, status: runt
                 cell.problems.append(f"the second load did not reuse the compiled-model cache in {cache_dir}")
             if plan.device != target:
                 cell.label = OVERRIDDEN
+                cell.speed_not_measured = overridden_speed(plan, cfg)
         bundled = runtime.BUNDLED_OPENVINO.get(status.version or "")
         ran_with = f"ran with {runtime.PLUGIN} {status.version} (OpenVINO {bundled})"
         cell.note = "; ".join(filter(None, [cell.note, ran_with, status.emulated]))
@@ -226,6 +233,7 @@ def run(name: str, cfg: ValidateConfig, ws: Workspace = PROJECT, *, status: runt
         cfg.thresholds(weight_format),
         {plan.column: cell},
         ws.metrics_dir,
+        cfg.profile,
     )
 
 

@@ -78,6 +78,7 @@ def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 def options(hub: HubServer, backend: str, **kw) -> PublishOptions:
     """Publish options for ``backend``: the server's endpoint (hf) or a bare repo it serves (git)."""
     repo = REPO if backend == "hf" else str(hub.repo_dir(USER, "tiny-phi3-openvino-int4"))
+    kw.setdefault("allow_quick", True)  # the project was validated with the default quick profile
     return PublishOptions(backend=backend, repo=repo, endpoint=hub.url, **kw)
 
 
@@ -148,7 +149,7 @@ def test_bad_token_gives_one_line_and_is_never_printed(project: Path, hub: HubSe
     monkeypatch.setenv("HF_TOKEN", wrong)
     monkeypatch.chdir(project)
     with pytest.raises(SystemExit) as exc:
-        cli.main(["publish", "--endpoint", hub.url, "--repo", REPO, "openvino/int4"])
+        cli.main(["publish", "--endpoint", hub.url, "--repo", REPO, "--allow-quick", "openvino/int4"])
     err = capsys.readouterr().err.strip().splitlines()
     assert exc.value.code == 2 and len(err) == 1 and "HTTP 401" in err[0] and "HF_TOKEN" in err[0]
     assert wrong not in err[0] and not hub.repo_dir(USER, REPO.split("/")[1]).exists()
@@ -176,13 +177,21 @@ def test_failed_validation_is_refused_unless_forced(project: Path, hub: HubServe
     assert result.commit and "**FAILED**" in result.card and "0.412 below the int4 threshold" in result.card
 
 
+def test_a_quick_profile_verdict_is_refused_unless_allowed_and_the_card_says_so(project: Path, hub: HubServer) -> None:
+    with pytest.raises(StageError, match="validate.profile=full") as exc:
+        publish(project, ["openvino/int4"], options(hub, "hf", allow_quick=False))
+    assert "\n" not in str(exc.value) and "--allow-quick" in str(exc.value) and hub.calls == []
+    result = publish(project, ["openvino/int4"], options(hub, "hf"))[0]
+    assert result.commit and "passed with the **quick** validation profile (published with --allow-quick" in result.card
+
+
 def test_dry_run_lists_the_upload_and_the_card_and_writes_nothing(project: Path, hub: HubServer,
                                                                   monkeypatch: pytest.MonkeyPatch,
                                                                   capsys: pytest.CaptureFixture) -> None:
     from pipeline import cli
 
     monkeypatch.chdir(project)
-    cli.main(["publish", "--dry-run", "--endpoint", hub.url, "--repo", REPO, "openvino/int4"])
+    cli.main(["publish", "--dry-run", "--allow-quick", "--endpoint", hub.url, "--repo", REPO, "openvino/int4"])
     out = capsys.readouterr().out
     assert "would upload: openvino_model.bin" in out and "would upload: README.md" in out
     assert "license: mit" in out and "OpenVINO IR, validated on CPU" in out and "ov_genai.LLMPipeline" in out

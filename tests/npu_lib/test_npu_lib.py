@@ -30,7 +30,7 @@ from pipeline.npu_lib import build as npu_lib_build
 from pipeline.npu_lib import env as npu_lib_env
 from pipeline.npu_lib import export as export_npu_lib
 from pipeline.npu_lib import validate as validate_npu_lib
-from pipeline.validation import devices, reference
+from pipeline.validation import devices, matrix, reference
 
 from conftest import ROOT, make_project, run_cmd
 
@@ -239,7 +239,15 @@ def test_int4_model_loads_after_the_hash_check_generates_and_matches(int4_artifa
     assert "with only a warning" in metrics["note"]
     assert metrics["top1_agreement"] >= 0.85 and metrics["tokenizer_matches_reference"]
     assert 0 < metrics["mean_kl"] <= cfg.max_mean_kl["int4"] and metrics["perplexity"] > 0
-    assert metrics["sample"].strip() and metrics["tokens_per_s"] > 0
+    assert metrics["sample"].strip() and metrics["profile"] == "quick"
+    # quick (the default): the stand-in's speed runs are skipped and said to be; full runs them, same verdict
+    assert metrics["tokens_per_s"] is None and metrics["speed_not_measured"].startswith("speed not measured: CPU")
+    full = validate_npu_lib.run("int4", build(ValidateConfig, compose(["model=tiny", "validate.profile=full"])["validate"]),
+                                Workspace(out=root, reference=ref, metrics=tmp_path / "full", lock_file=root.parent / "dvc.lock"), status=no_npu())
+    assert full["tokens_per_s"] > 0 and full["speed_not_measured"] is None and full["profile"] == "full"
+    assert set(full["cells"][matrix.STAND_IN]["perf"]) == {"short", "long"}
+    verdict = ("status", "top1_agreement", "mean_kl", "perplexity", "greedy_exact_match", "problems")
+    assert [full[k] for k in verdict] == [metrics[k] for k in verdict], "the profile changes no verdict"
 
 
 @pytest.mark.slow

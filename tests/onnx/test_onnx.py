@@ -164,7 +164,11 @@ def test_demo_builds_and_validates_every_onnx_variant(demo_project) -> None:
         assert metrics["passed"], metrics["problems"]
         assert metrics["top1_agreement"] >= MIN_TOP1[metrics["weight_format"]]
         assert metrics["tokenizer_matches_reference"] and metrics["sample"].strip()
-        assert metrics["device_executed"] == "CPU" and metrics["tokens_per_s"] > 0
+        assert metrics["device_executed"] == "CPU"
+        if metrics["stand_in_for"]:  # the quick profile runs no speed runs on a stand-in, and says so
+            assert metrics["tokens_per_s"] is None and metrics["speed_not_measured"].startswith("speed not measured")
+        else:
+            assert metrics["tokens_per_s"] > 0 and metrics["speed_not_measured"] is None
     dml = json.loads((project / "artifacts" / "metrics" / "onnx-dml_int4.json").read_text(encoding="utf-8"))
     assert dml["label"] == "DML graph, validated on CPU (stand-in: no DML here)"
     assert dml["cells"]["DML"]["status"] == "skipped" and "no DML provider" in dml["cells"]["DML"]["reason"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -39,7 +40,7 @@ def test_a_cell_in_a_runtime_environment_measures_what_the_main_one_does(demo_pr
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     project, _ = demo_project
     monkeypatch.chdir(project)
-    folder, cfg = Path("artifacts/onnx/dml_int4"), load_params().validate
+    folder, cfg = Path("artifacts/onnx/dml_int4"), replace(load_params().validate, profile="full")  # speed runs too
     evidence = Evidence.load(PROJECT.reference_path)
     plan = matrix.CellPlan(matrix.STAND_IN, "CPU", stand_in_for="DML")
     here = onnx_validate.measure_cell(folder, "dml", plan, cfg, evidence)

@@ -221,7 +221,7 @@ def test_report_has_a_row_per_cell_with_reasons_and_missing_artifacts(tmp_path: 
     counts = report.run(params, tmp_path / "metrics", tmp_path / "report")
     text = (tmp_path / "report" / "report.md").read_text(encoding="utf-8")
     assert counts == {"passed": 1, "failed": 0, "skipped": 1, "missing": len(report.configured_artifacts(params)) - 1}
-    assert "| openvino-int4 | CPU | passed | CPU | 14.8 |" in text and "TTFT ms (1024 tok)" in text
+    assert "| openvino-int4 | CPU | passed | – | CPU | 14.8 |" in text and "TTFT ms (1024 tok)" in text
     assert "| openvino-int4 | GPU | skipped | – |" in text and status()["GPU"].reason in text
     assert "| openvino-fp16 | - | missing |" in text and "dvc repro validate@fp16" in text
     assert json.loads((tmp_path / "report" / "cells.json").read_text(encoding="utf-8"))[0]["cell"] == "openvino-int4 @ CPU"
@@ -247,15 +247,16 @@ def test_demo_report_has_every_artifact_on_every_configured_device(demo_project)
         row = next((line for line in text.splitlines() if line.startswith(f"| {artifact} | {device} |")), None)
         assert row, f"no cell for {artifact} on {device}"
         if artifact.startswith("npu-") and device == "NPU":  # the NPU pipeline itself, through NPUW on the CPU
-            assert "| NPU | passed | CPU (NPUW) |" in row and "NPU compiler not exercised" in row, row
+            assert "| NPU | passed | quick | CPU (NPUW) |" in row and "NPU compiler not exercised" in row, row
         elif device in ("GPU", "NPU"):
             assert f"| {device} | skipped |" in row and absent[device].reason in row, row
         elif device == "DML":
             assert "| skipped |" in row and "no DML provider" in row, row
         else:
             assert "| passed |" in row, row
-    stand_ins = [line for line in text.splitlines() if "| CPU stand-in | passed | CPU |" in line]
+    stand_ins = [line for line in text.splitlines() if "| CPU stand-in | passed | quick | CPU |" in line]
     assert len(stand_ins) == len(params.npu) + 2 + len(params.npu_lib)  # NPU IR, two DML graphs, library
+    assert all("speed not measured: CPU stand-in" in line for line in stand_ins), stand_ins  # the quick profile
     metrics = json.loads((project / "artifacts" / "metrics" / "openvino-int4.json").read_text(encoding="utf-8"))
     assert 0 < metrics["mean_kl"] <= metrics["thresholds"]["max_mean_kl"] and metrics["perplexity"] > 0
     assert set(metrics["cells"]["CPU"]["perf"]) == {"short", "long"}

@@ -526,7 +526,11 @@ def test_the_validate_cell_of_each_package_runs_and_passes_with_the_intel_vendor
     cache = cell["compile_cache"]  # the first load compiled into an emptied cache, the second read it back
     assert cache["reused"] is True and cache["files"] >= 1 and cache["compile_load_s"] > 0 and cache["cached_load_s"] > 0
     assert Path(cache["cache_dir"]).parent == tmp_path / "ov_cache" and cell["load_s"] == cache["compile_load_s"]
-    assert cell["top1_agreement"] is not None and cell["mean_kl"] is not None and cell["ttft_ms"] > 0
+    assert cell["top1_agreement"] is not None and cell["mean_kl"] is not None
+    if device == "CPU":  # an override to the CPU is a stand-in: the quick profile runs no speed runs there
+        assert cell["ttft_ms"] > 0 and cell["speed_not_measured"] is None
+    else:
+        assert cell["ttft_ms"] is None and cell["speed_not_measured"].startswith("speed not measured: CPU stand-in")
     written = json.loads((tmp_path / f"winml-{name}.json").read_text(encoding="utf-8"))
     assert written["cells"][device]["label"] == cell["label"]
     # the stage's own metrics in the project stay the honest skip
