@@ -22,7 +22,7 @@ import re
 import typing
 from collections.abc import Callable
 
-from pipeline.cli import project, stages
+from pipeline.cli import info, project, stages
 from pipeline.core.errors import run_main
 
 COMMANDS: dict[str, Callable[..., None]] = {
@@ -51,6 +51,7 @@ COMMANDS: dict[str, Callable[..., None]] = {
     "exp-run": project.cmd_exp_run,
     "report": project.cmd_report,
     "recommend": project.cmd_recommend,
+    "presets": info.cmd_presets,
     "publish": stages.cmd_publish,
     "pull": stages.cmd_pull,
     "verify": stages.cmd_verify,
@@ -100,6 +101,7 @@ def add_arguments(parser: argparse.ArgumentParser, func: Callable[..., None]) ->
 def build_parser() -> argparse.ArgumentParser:
     """The ``aipc`` argument parser, one subcommand per entry of :data:`COMMANDS`."""
     parser = argparse.ArgumentParser(prog="aipc", description="Phi-3 -> Intel AI PC models, proven by running them.")
+    parser.add_argument("--version", action="version", version=info.version())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, func in COMMANDS.items():
         doc = (inspect.getdoc(func) or "").splitlines()[0]

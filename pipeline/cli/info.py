@@ -1,0 +1,44 @@
+"""``aipc presets``: what can be composed (models, families and their variants, other config groups) and ``--version``."""
+
+from __future__ import annotations
+
+from importlib import metadata
+
+import yaml
+
+from pipeline.core.config import CONF_DIR
+from pipeline.core.registry import FAMILIES
+
+DISTRIBUTION = "aipc-pipeline"
+
+
+def version() -> str:
+    """``aipc <version>`` as installed (``unknown`` when run from a tree that was never installed)."""
+    try:
+        return f"aipc {metadata.version(DISTRIBUTION)}"
+    except metadata.PackageNotFoundError:
+        return "aipc unknown (not installed: run `python bootstrap.py install`)"
+
+
+def presets_text() -> str:
+    """Models, families with their default variants, and each other group's options, read from conf/."""
+    lines = ["models (aipc compose model=NAME):"]
+    for path in sorted((CONF_DIR / "model").glob("*.yaml")):
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        source = {"tiny": "embedded tiny model (pipeline/assets)", "local": "your folder: model.local_path=PATH"}
+        where = source.get(str(data.get("source")), str(data.get("repo_id") or ""))
+        lines.append(f"  {path.stem:<22} {where}".rstrip())
+    lines.append("families (variants in conf/<family>/default.yaml; leave one out: aipc compose ~FAMILY.VARIANT):")
+    for name, family in FAMILIES.items():
+        variants = yaml.safe_load((CONF_DIR / name / "default.yaml").read_text(encoding="utf-8")) or {}
+        lines.append(f"  {name:<22} {family.kind}: {', '.join(variants)}")
+    others = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name != "model" and p.name not in FAMILIES)
+    for group in others:
+        options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+        lines.append(f"{group} (aipc compose {group}=NAME): {', '.join(options)}")
+    return "\n".join(lines)
+
+
+def cmd_presets() -> None:
+    """List the model presets, the families and their variants, and the other config groups' options."""
+    print(presets_text())
