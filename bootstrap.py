@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
+import runpy
 import subprocess
 import sys
 import venv
@@ -40,10 +42,26 @@ def install() -> None:
     print("[bootstrap] installing pinned packages (constraints.txt); first run takes a few minutes", flush=True)
     # torch first and pinned, so no resolver step can pull a CUDA build. pip speaks (no -q): a first install takes
     # minutes, and its per-package lines and download bars (with time left) are the progress a user waits on.
-    subprocess.run([py, "-m", "pip", "install", "-c", "constraints.txt", "torch"], cwd=ROOT, check=True)
-    subprocess.run([py, "-m", "pip", "install", "-c", "constraints.txt", "-e", ".[dev]"], cwd=ROOT, check=True)
+    pip_install(py, ["-c", "constraints.txt", "torch"])
+    pip_install(py, ["-c", "constraints.txt", "-e", ".[dev]"])
     subprocess.run([py, "-m", "pip", "uninstall", "-q", "-y", "torchvision"], cwd=ROOT, check=False)
     STAMP.write_text(wanted, encoding="utf-8")
+
+
+def pip_install(py: str, args: list[str]) -> None:
+    """``pip install ARGS`` with pip's own progress on the console; if it fails, stop with pip's reason in one line.
+
+    pip's full log goes to a file (``--log``), read back only on failure, so its download bars stay on the console.
+    """
+    log = VENV / "aipc-pip.log"
+    log.unlink(missing_ok=True)
+    if subprocess.run([py, "-m", "pip", "install", "--log", str(log), *args], cwd=ROOT).returncode == 0:
+        return
+    text = log.read_text(encoding="utf-8", errors="replace") if log.is_file() else ""
+    text = re.sub(r"(?m)^\d{4}-\d\d-\d\dT[\d:,.]+ ", "", text)  # each log line starts with a timestamp
+    reason = runpy.run_path(str(ROOT / "pipeline" / "core" / "package_sets.py"))["pip_failure_line"](text)
+    print(f"error: pip could not install {args[-1]} into {VENV}: {reason} (full log: {log})", file=sys.stderr)
+    sys.exit(2)
 
 
 MIN_PYTHON = (3, 11)  # the pinned numpy 2.4 / scipy 1.17 / matplotlib 3.11 wheels need it (pyproject agrees)

@@ -5,6 +5,8 @@ The main venv's set (``constraints.txt`` with pyproject's dependencies and the `
 that builds it: :func:`pipeline.onnx.compat.package_sets` (DirectML and the ONNX compat runtimes),
 :func:`pipeline.npu_lib.env.package_set`, :func:`pipeline.winml.runtime.package_set`.
 ``tests/windows/test_windows_resolver.py`` asks pip's resolver whether each one installs on Windows.
+Standard library only at import: ``bootstrap.py`` runs this file before anything is installed, for
+:func:`pip_failure_line`.
 """
 
 from __future__ import annotations
@@ -13,8 +15,6 @@ import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-
-from pipeline.core.config import PROJECT_ROOT
 
 PYTHONS = ("3.11", "3.12")  # the Pythons the project supports on Windows (bootstrap.py MIN_PYTHON, 3.12 recommended)
 # Dependencies of the main venv that PyPI has only as source (pure Python): hydra-core 1.3 pins antlr4 4.9.*.
@@ -65,8 +65,11 @@ def project_requirements(pyproject: Path, extras: tuple[str, ...] = ("dev",)) ->
     return tuple(dict.fromkeys(out))
 
 
-def main_venv(root: Path = PROJECT_ROOT) -> PackageSet:
+def main_venv(root: Path | None = None) -> PackageSet:
     """The ``.venv`` of ``bootstrap.py install``: ``-e .[dev]`` (torch first) under ``constraints.txt``."""
+    from pipeline.core.config import PROJECT_ROOT  # here: bootstrap.py runs this file without the packages
+
+    root = root or PROJECT_ROOT
     pins = read_constraints(root / "constraints.txt")
     return PackageSet(
         "main venv (constraints.txt, pyproject [dev])",
