@@ -139,7 +139,9 @@ def cmd_repro(argv: list[str]) -> None:
         argv: ``dvc repro``'s arguments, e.g. validate@int4.
     """
     refresh_local_model(argv)
-    code = run_dvc(["repro", *argv])
+    from pipeline.core.cache_links import guarded_repro
+
+    code = guarded_repro(run_dvc, argv)  # outputs checked against their manifests before and after DVC
     if not argv and Path("artifacts/report/report.md").is_file():  # the whole pipeline: its answer at a glance
         print_summary()
     if code:

@@ -169,12 +169,12 @@ def cmd_verify(artifact: str) -> None:
 
 
 def cmd_repair(stage: str) -> None:
-    """Rebuild a stage's tampered output: drop its bad DVC cache entries, `dvc repro -f -s <stage>`, verify.
+    """Rebuild a stage's tampered output and every output linking the same bytes (bad cache entries dropped), verify.
 
     Args:
-        stage: The DVC stage whose output was tampered with, e.g. export@int4.
+        stage: The DVC stage whose output was tampered with, e.g. export_openvino@int4.
     """
-    from pipeline.core.verify import repair
+    from pipeline.core.repair import repair
 
     for folder in repair(stage):
         print(f"repaired: {folder} matches its manifest and dvc.lock")

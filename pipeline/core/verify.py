@@ -1,30 +1,23 @@
-"""Verify before use: every artifact file against its manifest, the folder against ``dvc.lock``; ``aipc repair``.
+"""Verify before use: every artifact file against its manifest, the folder against ``dvc.lock``.
 
 validate, validate_onnx, the NPU-library validator, chat, publish and pull call :func:`verify_folder` before
 they load anything. A file whose sha256 differs from the manifest, a file the manifest does not list, or a
 folder (manifest included) whose DVC hash differs from what ``dvc.lock`` recorded for the stage that built
-it, is refused in one line that names the file and the repair: ``aipc repair <stage>``.
-
-Why a repair needs more than ``dvc repro -f``: with ``cache.type`` hardlink (or symlink) an output file *is*
-its cache entry, so a byte flipped in ``artifacts/`` is flipped in ``.dvc/cache`` too, and DVC, finding an
-entry under the genuine hash, links the tampered bytes back after the rebuild. :func:`repair` first drops
-the cache entries of the stage's outputs whose bytes do not hash to their names, then rebuilds with
-``dvc repro -f -s <stage>`` and verifies the result.
+it, is refused in one line that names the file and the repair: ``aipc repair <stage>``
+(:mod:`pipeline.core.repair`, which also finds every other output linked to the same corrupted cache entry).
+A pulled folder's model card and licence are checked against ``published.json`` (:mod:`pipeline.core.published`).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.artifacts import MANIFEST, remove_tree
+from pipeline.core.artifacts import MANIFEST
 from pipeline.core.errors import fail
 from pipeline.core.hashes import LOCK_FILE, file_digests, locked_md5
-from pipeline.core.log import say
 from pipeline.core.published import PUBLISHED, vouched_files
 from pipeline.core.registry import FAMILIES
 
@@ -139,61 +132,3 @@ def verify_for_use(folder: Path, reference: Path | None = None, lock_file: Path 
     if reference is not None:
         verify_folder(reference, "reference", lock_file)
     return manifest
-
-
-def _cache_objects(repo: Any, oid: str) -> list[tuple[Path, str]]:
-    """The cache files of output hash ``oid`` (a ``.dir`` listing and its files), each with the md5 it must have."""
-    if not oid.endswith(".dir"):
-        return [(Path(repo.cache.local.oid_to_path(oid)), oid)]
-    listing = Path(repo.cache.local.oid_to_path(oid))
-    objects = [(listing, oid.removesuffix(".dir"))]
-    try:
-        entries = json.loads(listing.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return objects
-    return objects + [(Path(repo.cache.local.oid_to_path(e["md5"])), e["md5"]) for e in entries if "md5" in e]
-
-
-def drop_bad_cache_entries(stage: str, root: Path = Path(".")) -> list[Path]:
-    """Remove the DVC cache files of ``stage``'s recorded outputs whose bytes do not hash to their names."""
-    import yaml
-    from dvc.repo import Repo
-
-    lock = root / LOCK_FILE
-    stages = (yaml.safe_load(lock.read_text(encoding="utf-8")) or {}).get("stages", {}) if lock.is_file() else {}
-    outs = [o["md5"] for o in stages.get(stage, {}).get("outs", []) if o.get("md5")]
-    dropped = []
-    with Repo(str(root)) as repo:
-        for oid in outs:
-            objects = [(p, md5) for p, md5 in _cache_objects(repo, oid) if p.is_file()]
-            actual = file_digests([p for p, _ in objects], remember=False)  # every byte read again
-            for path, md5 in objects:
-                if actual[path][0] != md5:
-                    remove_tree(path)
-                    dropped.append(path)
-    return dropped
-
-
-def repair(stage: str, root: Path = Path(".")) -> list[Path]:
-    """Drop ``stage``'s bad cache entries, rebuild it with ``dvc repro -f -s``, verify its outputs; return them."""
-    import yaml
-
-    dropped = drop_bad_cache_entries(stage, root)
-    say(
-        f"dropped {len(dropped)} tampered cache file(s) of {stage}"
-        + (f": {', '.join(p.name for p in dropped)}" if dropped else "")
-    )
-    from pipeline.core.envs import venv_env
-
-    done = subprocess.run(
-        [sys.executable, "-m", "dvc", "repro", "-f", "-s", stage], cwd=root, env=venv_env(), check=False
-    )
-    if done.returncode:
-        fail(f"`dvc repro -f -s {stage}` failed (exit {done.returncode}): the lines above say why")
-    stages = yaml.safe_load((root / LOCK_FILE).read_text(encoding="utf-8"))["stages"]
-    folders = [
-        root / o["path"] for o in stages.get(stage, {}).get("outs", []) if (root / o["path"] / MANIFEST).is_file()
-    ]
-    for folder in folders:
-        verify_folder(folder, stage, root / LOCK_FILE)
-    return folders
