@@ -18,7 +18,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BeforeValidator
 
 # The section machinery (pipeline.core.typed); ConfigError and build are also imported from here by callers.
-from pipeline.core.typed import ConfigError, Nats, Positive, Share, _check, _check_choice, _typed, build
+from pipeline.core import typed as bound  # the numeric field types, each with its range
+from pipeline.core.typed import ConfigError, Nats, Share, TokenCounts, _check_choice, _typed, build
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent  # pipeline/
 PROJECT_ROOT = PACKAGE_DIR.parent
@@ -69,16 +70,13 @@ class ModelConfig:
 ComputePrecision = Literal["f32", "bf16", "f16"]
 
 
-TokenCounts = Annotated[list[int], _check(lambda vs: all(v > 1 for v in vs), "must hold token counts above 1, got {}")]
-
-
 @_typed("validate.long_context")
 class LongContextConfig:
     """Teacher-forced windows long enough to cross the sliding window and LongRoPE's switch of rope factors."""
 
     lengths: TokenCounts = field(default_factory=lambda: [3000, 6000])  # capped at the model's context length
     boundaries: TokenCounts = field(default_factory=lambda: [1024])  # plus sliding_window, original context
-    top_k: Positive = 64
+    top_k: bound.TopK = 64
     min_top1_agreement: dict[WeightFormat, Share] = field(default_factory=dict)
     max_mean_kl: dict[WeightFormat, Nats] = field(default_factory=dict)
 
@@ -127,23 +125,23 @@ class ValidateConfig:
     # quick: what fits the time budget; full: what `aipc publish` requires. Both give the same verdicts.
     profile: Literal["quick", "full"] = "quick"
     stand_in_speed: bool | None = None  # speed runs of CPU stand-in cells; None: only in the full profile
-    stand_in_max_ram_gib: Annotated[float, _check(lambda v: v >= 0, "must be >= 0 (GiB; 0 = no cap), got {}")] = 8.0
+    stand_in_max_ram_gib: bound.GiB = 8.0
     prompts: list[ChatPrompt] = field(default_factory=list)
-    max_new_tokens: Positive = 32
-    eval_tokens: Positive = 512
-    eval_window: Positive = 128
-    kl_top_k: Positive = 1024
-    perf_prompt_tokens: dict[str, Positive] = field(default_factory=lambda: {"short": 32, "long": 1024})
-    perf_new_tokens: Positive = 32
-    warmup: Annotated[int, _check(lambda v: v >= 0, "must be >= 0, got {}")] = 1
-    repeats: Positive = 3
-    perf_budget_s: Annotated[float, _check(lambda v: v >= 0, "must be >= 0 (seconds; 0 = no cap), got {}")] = 120.0
+    max_new_tokens: bound.Tokens = 32
+    eval_tokens: bound.Tokens = 512
+    eval_window: bound.Tokens = 128
+    kl_top_k: bound.TopK = 1024
+    perf_prompt_tokens: dict[str, bound.Tokens] = field(default_factory=lambda: {"short": 32, "long": 1024})
+    perf_new_tokens: bound.Tokens = 32
+    warmup: bound.Warmup = 1
+    repeats: bound.Runs = 3
+    perf_budget_s: bound.Seconds = 120.0
     reference_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     min_top1_agreement: dict[WeightFormat, Share] = field(default_factory=dict)
     max_mean_kl: dict[WeightFormat, Nats] = field(default_factory=dict)
     device_numerics: DeviceNumericsConfig = field(default_factory=DeviceNumericsConfig)
     emulate_numerics: list[Literal["bf16", "f16"]] = field(default_factory=lambda: ["bf16", "f16"])
-    npuw_max_size_mb: Annotated[float, _check(lambda v: v >= 0, "must be >= 0 (MB), got {}")] = 1000.0
+    npuw_max_size_mb: bound.MB = 1000.0
     long_context: LongContextConfig = field(default_factory=LongContextConfig)
 
     def __post_init__(self) -> None:
@@ -193,7 +191,7 @@ class SweepConfig:
     min_top1_agreement: Share = 0.95
     metrics_file: str = "artifacts/metrics/openvino-int4.json"
     targets: list[str] = field(default_factory=lambda: ["validate@int4"])
-    jobs: Positive = 1
+    jobs: bound.Runs = 1
 
     def __post_init__(self) -> None:
         if not self.grid:

@@ -1,7 +1,8 @@
 """The command line of every family's stage: ``python -m <module> [flag] <variant>``, one function for all.
 
 Each stage module ends with ``run_main(lambda: run_stage(<family>, "export" | "validate"))``:
-the variant is checked against params.yaml, a validate stage first verifies the artifact and the reference
+the variant is checked against params.yaml, the leftovers of killed stages anywhere under ``artifacts/`` are
+removed (:mod:`pipeline.core.leftovers`), a validate stage first verifies the artifact and the reference
 (manifest sha256s and ``dvc.lock``, before anything is loaded), then the registry's entry point runs with the
 variant's section. ``aipc export-onnx`` and friends call the same function.
 """
@@ -14,6 +15,7 @@ from typing import Any
 
 from pipeline.core.artifacts import ARTIFACTS
 from pipeline.core.config import PipelineConfig, load_params
+from pipeline.core.leftovers import sweep_leftovers
 from pipeline.core.registry import FAMILIES, Family, entry
 from pipeline.core.typed import pick_variant
 
@@ -67,6 +69,7 @@ def run_stage(family: str, which: str, argv: list[str] | None = None) -> Any:
     sharing = [f.name for f in FAMILIES.values() if f.name != family and f.module(which) == module and f.validate_flags]
     doc = (importlib.import_module(module).__doc__ or which).strip().splitlines()[0]
     chosen, name, params = parse_variant(argv, doc, family, sharing[0] if sharing and which == "validate" else None)
+    sweep_leftovers()
     if which == "validate":
         from pipeline.core.verify import verify_for_use
 

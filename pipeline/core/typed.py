@@ -75,9 +75,31 @@ def _check(test: Callable[[Any], bool], message: str) -> AfterValidator:
     return AfterValidator(check)
 
 
-Positive = Annotated[int, _check(lambda v: v > 0, "must be positive, got {}")]
+def _at_most(high: float, unit: str = "") -> AfterValidator:
+    """A field's upper bound (after its lower one; ``inf`` fails it too): ``must be at most 8192 tokens, got ...``."""
+    return _check(lambda v: v <= high, f"must be at most {high}{unit}, got {{}}")
+
+
+# Every numeric field has an upper bound a real run could not need, so a stray digit (max_new_tokens=100000000000)
+# is refused at compose time in one line instead of hours into a run. Token counts: the longest context of the
+# models this targets (Phi-3-mini-128k, Phi-4-mini: 131072).
+MAX_TOKENS = 131072
+_POSITIVE = _check(lambda v: v > 0, "must be positive, got {}")
+_NOT_NEGATIVE = "must be >= 0{}, got {{}}"
+Positive = Annotated[int, _POSITIVE, _at_most(1_000_000)]  # a count with no tighter bound of its own
+Tokens = Annotated[int, _POSITIVE, _at_most(MAX_TOKENS, " tokens")]
+_TOKEN_COUNTS = f"must hold token counts in (1, {MAX_TOKENS}], got {{}}"
+TokenCounts = Annotated[list[int], _check(lambda vs: all(1 < v <= MAX_TOKENS for v in vs), _TOKEN_COUNTS)]
+# log-probs kept per position: at most a vocabulary (Phi-4's has 200064 tokens)
+TopK = Annotated[int, _POSITIVE, _at_most(262_144)]
+Runs = Annotated[int, _POSITIVE, _at_most(100)]  # measured speed runs, sweep workers
+Warmup = Annotated[int, _check(lambda v: v >= 0, _NOT_NEGATIVE.format("")), _at_most(100)]
+Seconds = Annotated[float, _check(lambda v: v >= 0, _NOT_NEGATIVE.format(" (seconds; 0 = no cap)")), _at_most(86_400)]
+GiB = Annotated[float, _check(lambda v: v >= 0, _NOT_NEGATIVE.format(" (GiB; 0 = no cap)")), _at_most(1024, " GiB")]
+MB = Annotated[float, _check(lambda v: v >= 0, _NOT_NEGATIVE.format(" (MB)")), _at_most(1_000_000, " MB")]
 Share = Annotated[float, _check(lambda v: 0.0 <= v <= 1.0, "must be in [0, 1], got {}")]
-Nats = Annotated[float, _check(lambda v: v > 0, "must be positive (nats), got {}")]
+_NATS = _check(lambda v: v > 0, "must be positive (nats), got {}")
+Nats = Annotated[float, _NATS, _at_most(100, " nats")]  # a mean KL: ln(vocabulary) is about 12
 
 
 def _check_choice(key: str, value: Any, choices: tuple[str, ...]) -> None:

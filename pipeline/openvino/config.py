@@ -11,9 +11,12 @@ from dataclasses import field
 from typing import Annotated, Any, Literal
 
 from pipeline.core.config import WeightFormat
-from pipeline.core.typed import ConfigError, Positive, _check, _typed
+from pipeline.core.typed import ConfigError, Positive, Tokens, _at_most, _check, _typed
 
-GroupSize = Annotated[int, _check(lambda v: v == -1 or v > 0, "must be positive or -1 (per channel), got {}")]
+# at most a hidden size (Phi-3-mini 3072, Phi-4-mini 3072, medium 5120); check_group_size tests it divides the model's
+GroupSize = Annotated[
+    int, _check(lambda v: v == -1 or v > 0, "must be positive or -1 (per channel), got {}"), _at_most(16384)
+]
 BackupPrecision = Literal["none", "int8_sym", "int8_asym"]
 SensitivityMetric = Literal[
     "weight_quantization_error",
@@ -91,8 +94,8 @@ class NpuVariantConfig:
     gptq: bool = False
     dataset: str | None = None
     num_samples: Positive | None = None
-    max_prompt_len: Positive = 1024
-    min_response_len: Positive = 128
+    max_prompt_len: Tokens = 1024
+    min_response_len: Tokens = 128
     generate_hint: NpuGenerateHint = "FAST_COMPILE"
     prefill_hint: NpuPrefillHint = "DYNAMIC"
     cache_mode: NpuCacheMode = "OPTIMIZE_SPEED"

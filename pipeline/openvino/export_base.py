@@ -208,6 +208,9 @@ def run(model_dir: Path = MODEL_DIR, out_dir: Path = OUT_DIR, lean: bool = True)
 
 def main() -> None:
     """DVC entry point: ``python -m pipeline.openvino.export_base``."""
+    from pipeline.core.leftovers import sweep_leftovers
+
+    sweep_leftovers()  # killed stages' temporaries anywhere under artifacts/
     run()
 
 

@@ -20,11 +20,13 @@ from pipeline.core.errors import fail, run_main
 from pipeline.core.log import say, step
 from pipeline.core.manifest import read_manifest, write_manifest
 from pipeline.core.memory import use_huge_pages
+from pipeline.core.resources import check_resources
 from pipeline.core.stage import run_stage
 from pipeline.core.workspace import PROJECT, Workspace
 from pipeline.openvino import npu_blob, npu_lane
 from pipeline.openvino.config import NpuVariantConfig, OpenVinoVariantConfig
 from pipeline.openvino.export import BASE_DIR, ROTARY_VERIFIED, export_into, manifest_fields, misfit_widths
+from pipeline.openvino.lean import needs
 from pipeline.validation import devices
 
 NPU_CONFIG = "npu_config.json"
@@ -119,10 +121,13 @@ def run(
     source = read_manifest(model_dir)
     ov_cfg = npu_request(cfg, json.loads((model_dir / "config.json").read_text(encoding="utf-8")), f"npu.{name}")
     status = status if status is not None else devices.detect()
+    base = base_dir if base_dir and base_dir.is_dir() else None
+    ram, disk = needs("compress" if base else "export", ov_cfg.weight_format, model_dir)
+    blob_disk = needs("compress", ov_cfg.weight_format, model_dir)[1] if status["NPU"].available else 0  # has weights
+    what = f"[npu-{name}] {'compressing' if base else 'exporting'} to {ov_cfg.weight_format} for the NPU"
+    check_resources(what, ram, disk + blob_disk, out_root)
     with staged_dir(out_root / name) as tmp:
-        summary = export_into(
-            tmp, f"npu-{name}", ov_cfg, model_dir, base_dir if base_dir and base_dir.is_dir() else None
-        )
+        summary = export_into(tmp, f"npu-{name}", ov_cfg, model_dir, base)
         check_npu_layout(summary)
         write_json_atomic(tmp / NPU_CONFIG, cfg.run_settings())
         blob = blob_step(tmp, cfg.run_settings(), status, npuw_max_size_mb)

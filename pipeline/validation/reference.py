@@ -278,6 +278,9 @@ def run(cfg: ValidateConfig, model_dir: Path = MODEL_DIR, out_dir: Path = OUT_DI
 
 def main() -> None:
     """DVC entry point: compute the reference from ``params.yaml``'s ``validate`` section."""
+    from pipeline.core.leftovers import sweep_leftovers
+
+    sweep_leftovers()  # killed stages' temporaries anywhere under artifacts/
     run(load_params().validate)
 
 
