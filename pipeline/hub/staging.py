@@ -216,7 +216,7 @@ def commit_message(art: Artifact) -> tuple[str, str]:
             "source": source,
             "validation": {
                 k: art.metrics.get(k)
-                for k in ("label", "passed", "top1_agreement", "greedy_exact_match", "tokens_per_s")
+                for k in ("label", "passed", "profile", "top1_agreement", "greedy_exact_match", "tokens_per_s")
             },
             "dvc.lock": art.lock,
         },
