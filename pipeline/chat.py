@@ -1,7 +1,8 @@
 """``aipc chat``: talk to an exported model in its own chat template, streaming tokens until its end token.
 
 OpenVINO IR folders (``artifacts/openvino/<v>``, ``artifacts/npu/<v>``) run with ``openvino_genai`` on any
-OpenVINO device; NPU artifacts use their stored ``npu_config.json`` settings (and blob) on the NPU. ONNX
+OpenVINO device with the device's properties from the IR's ``runtime_config.json`` (the export's
+``cpu_inference_precision``); NPU artifacts use their stored ``npu_config.json`` settings (and blob) on the NPU. ONNX
 Runtime GenAI folders (``artifacts/onnx/<v>``) run with onnxruntime-genai on their provider, or with
 ``--device CPU`` on the CPU provider. One-shot with ``--prompt``, interactive otherwise (empty line or
 Ctrl-D ends). The conversation is rendered with the chat template saved beside the model (Phi-3's where there is
@@ -85,7 +86,9 @@ def open_pipeline(artifact: Path, device: str) -> Any:
     state = devices.detect().get(device.split(":")[0].split(".")[0])
     if state is not None and not state.available:
         fail(f"no {device} here ({state.reason}): chat with --device CPU")
-    properties = {}
+    from pipeline.openvino.runtime_config import properties as runtime_properties
+
+    properties = runtime_properties(artifact, device)  # runtime_config.json: e.g. the CPU pinned to f32 compute
     if device == "NPU" and (artifact / "npu_config.json").is_file():
         properties = json.loads((artifact / "npu_config.json").read_text(encoding="utf-8"))
         from pipeline.openvino.npu_blob import reusable_blob

@@ -54,6 +54,10 @@ class OpenVinoVariantConfig:
     # Layers kept at the IR's float precision (NNCF ignored scope: Python regexes matched from the start of the
     # IR layer name), e.g. [".*mlp\\.down_proj.*"] against degenerate int4 output; checked on the IR after export.
     keep_float: list[str] = field(default_factory=list)
+    # The CPU's compute precision, written into the IR's runtime_config.json for every loader that reads it (aipc chat,
+    # the validation, the card's code); null: the plugin's own (bf16 on AMX / AVX512-BF16 CPUs, f32 on AVX2 laptops).
+    # The validation names this override when the CPU's default numerics garble the greedy answers.
+    cpu_inference_precision: Literal["f32", "bf16"] | None = None
 
     def __post_init__(self) -> None:
         if (self.awq or self.scale_estimation or self.gptq) and self.dataset is None:

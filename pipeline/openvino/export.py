@@ -25,6 +25,7 @@ from pipeline.core.memory import use_huge_pages
 from pipeline.core.resources import check_resources
 from pipeline.core.stage import run_stage
 from pipeline.core.workspace import PROJECT, Workspace
+from pipeline.openvino import runtime_config
 from pipeline.openvino.config import OpenVinoVariantConfig
 from pipeline.openvino.ir_inspect import check_matches_request, check_rotary, inspect_ir
 from pipeline.openvino.lean import needs
@@ -181,6 +182,7 @@ def manifest_fields(source: dict, cfg: Any, summary: dict) -> dict[str, Any]:
         "timings": summary["timings"],
         "rotary_embedding": summary.get("rotary"),
         "tied_embeddings": summary.get("tied_embeddings"),  # the checkpoint's tie, kept in the IR or not, precisions
+        "runtime_config": summary.get("runtime_config"),  # runtime_config.json: the properties its loaders pass
     }
 
 
@@ -217,6 +219,7 @@ def run(
     )
     with staged_dir(out_root / name) as tmp:
         summary = export_into(tmp, name, cfg, model_dir, base, lean)
+        summary["runtime_config"] = runtime_config.write(tmp, cfg.cpu_inference_precision)  # not in the IR: see there
         manifest = write_manifest(
             tmp,
             stage="export_openvino",

@@ -14,14 +14,15 @@ from typing import Any
 
 from pipeline.core.config import ValidateConfig
 from pipeline.core.errors import fail
-from pipeline.openvino import npu_lane
+from pipeline.openvino import npu_lane, runtime_config
 from pipeline.openvino.npu_blob import reusable_blob
 from pipeline.validation import matrix
 from pipeline.validation.genai_runner import run_tokens, speed_runs
 
 
 def device_properties(ir_dir: Path, device: str, use_blob: bool = True) -> dict[str, Any]:
-    """``LLMPipeline`` properties: an NPU IR's stored run settings (and blob) on the NPU; no prefix cache elsewhere.
+    """``LLMPipeline`` properties: an NPU IR's stored run settings (and blob) on the NPU; elsewhere the IR's runtime
+    config for that device (:mod:`pipeline.openvino.runtime_config`: what its users load it with) and no prefix cache.
 
     A saved blob that this machine's OpenVINO, NPU driver or compiler did not build is compiled again and replaced
     first (:func:`pipeline.openvino.npu_blob.reusable_blob`); ``use_blob=False`` (NPUW lane) leaves it alone.
@@ -34,7 +35,7 @@ def device_properties(ir_dir: Path, device: str, use_blob: bool = True) -> dict[
         # repeat of a speed prompt would report a cache hit (2 ms instead of 125 ms TTFT for 1k tokens here).
         scheduler = ov_genai.SchedulerConfig()
         scheduler.enable_prefix_caching = False
-        return {"scheduler_config": scheduler}
+        return {"scheduler_config": scheduler, **runtime_config.properties(ir_dir, device)}
     if not settings_file.is_file():
         return {}
     settings = json.loads(settings_file.read_text(encoding="utf-8"))
@@ -81,11 +82,34 @@ def measure_generation(
         raise
 
 
+def greedy_outputs(pipe: Any, cfg: ValidateConfig, reference: dict) -> list[list[int]]:
+    """``pipe``'s greedy token ids for every validation prompt (the reference's rendered prompt ids)."""
+    import numpy as np
+    import openvino as ov
+
+    gen_cfg = pipe.get_generation_config()
+    gen_cfg.max_new_tokens, gen_cfg.do_sample = cfg.max_new_tokens, False
+    return [
+        list(pipe.generate(ov.Tensor(np.array([case["prompt_ids"]], dtype=np.int64)), gen_cfg).tokens[0])
+        for case in reference["greedy"]
+    ]
+
+
+def answers_at(
+    ir_dir: Path, device: str, cfg: ValidateConfig, reference: dict, settings: dict[str, str]
+) -> list[list[int]]:
+    """Greedy answers of the IR in ``LLMPipeline`` on ``device`` with ``settings`` in place of its runtime config
+    (``numerics.PINNED``: the pinned f32 run; a forced compute precision: an emulation cell)."""
+    import openvino_genai as ov_genai
+
+    properties = {k: v for k, v in device_properties(ir_dir, device).items() if k == "scheduler_config"}
+    pipe = ov_genai.LLMPipeline(str(ir_dir), device, **properties, **settings)
+    return greedy_outputs(pipe, cfg, reference)
+
+
 def _measure_generation(
     ir_dir: Path, device: str, cfg: ValidateConfig, reference: dict, backend: str | None
 ) -> dict[str, Any]:
-    import numpy as np
-    import openvino as ov
     import openvino_genai as ov_genai
 
     properties = device_properties(ir_dir, device, use_blob=not backend)  # an NPU blob is not for NPUW
@@ -94,12 +118,7 @@ def _measure_generation(
     start = time.perf_counter()
     pipe = ov_genai.LLMPipeline(str(ir_dir), device, **properties)
     load_s = time.perf_counter() - start
-    gen_cfg = pipe.get_generation_config()
-    gen_cfg.max_new_tokens, gen_cfg.do_sample = cfg.max_new_tokens, False
-    outputs = [
-        list(pipe.generate(ov.Tensor(np.array([case["prompt_ids"]], dtype=np.int64)), gen_cfg).tokens[0])
-        for case in reference["greedy"]
-    ]
+    outputs = greedy_outputs(pipe, cfg, reference)
     perf = {name: time_prompt(pipe, ids, cfg) for name, ids in reference["perf_prompts"].items()}
     text_cfg = pipe.get_generation_config()
     text_cfg.max_new_tokens, text_cfg.do_sample, text_cfg.apply_chat_template = cfg.max_new_tokens, False, False

@@ -5,7 +5,9 @@ with the reason, and when none is present the same IR runs on CPU in a cell labe
 (:mod:`pipeline.validation.matrix`). Each cell that runs measures load time, time to first token, time per output
 token, tokens/s (warm-up excluded, median of repeats, per configured prompt length) and peak RSS with
 ``openvino_genai``, then fidelity against ``artifacts/reference``: teacher-forced top-1 agreement, KL
-divergence and perplexity from the IR's own logits (``ov.Core``), and greedy exact match on the prompts.
+divergence and perplexity from the IR's own logits (``ov.Core``), and greedy exact match on the prompts, both at the runtime's default numerics (with the IR's runtime config) and at
+pinned f32: where only the default answers diverge, the cell fails and names the setting that fixes it
+(:mod:`pipeline.openvino.answers`; the emulation cells answer the same question at their forced precision).
 The device that really executed is read back from the compiled model; a fallback fails the cell.
 Output: ``artifacts/metrics/openvino-<variant>.json`` / ``npu-<variant>.json`` (DVC metrics).
 """
@@ -25,8 +27,10 @@ from pipeline.core.registry import FAMILIES
 from pipeline.core.resources import check_stage_ram, skip_for_ram
 from pipeline.core.stage import run_stage
 from pipeline.core.workspace import PROJECT, Workspace
-from pipeline.openvino import npu_lane
-from pipeline.openvino.generation import measure_generation
+from pipeline.openvino import answers, npu_lane, runtime_config
+from pipeline.openvino.answers import near_ties as near_ties  # tests and the NPU lane call it from here
+from pipeline.openvino.answers import same_tokens_as_cpu
+from pipeline.openvino.generation import answers_at, measure_generation
 from pipeline.openvino.teacher_forced import numerics_fidelity, pinned_fidelity
 from pipeline.validation import matrix, records, speed
 from pipeline.validation.evidence import Evidence, verdicts_for
@@ -45,6 +49,22 @@ class Target:
     def kind(self) -> str:
         """Human name of the artifact family, used in labels."""
         return FAMILIES[self.family].kind
+
+    def fix(self, device: str) -> str | None:
+        """The setting that makes ``device`` compute at f32, with the params override that ships it (OpenVINO IRs)."""
+        key = f"openvino.{self.ir_dir.name}" if self.family == "openvino" else None
+        return runtime_config.fix_for(device, key)
+
+
+def pinned_answers(target: Target, device: str, cfg: ValidateConfig, reference: dict, pinned_runs: dict) -> list:
+    """The IR's greedy answers at pinned f32 on ``device`` (the NPU's: on the CPU), once per device."""
+    from pipeline.openvino.numerics import PINNED
+
+    device = "CPU" if device == "NPU" else device
+    if ("answers", device) not in pinned_runs:
+        with step(f"[{target.artifact}] greedy answers on {device} at pinned f32"):
+            pinned_runs["answers", device] = answers_at(target.ir_dir, device, cfg, reference, PINNED)
+    return pinned_runs["answers", device]
 
 
 def measure_cell(
@@ -89,7 +109,7 @@ def emulation_cells(
     target: Target, cfg: ValidateConfig, evidence: Evidence, verdicts: matrix.Verdicts, pinned_runs: dict[str, Any]
 ) -> dict[str, matrix.Cell]:
     """CPU cells that force the targets' compute precisions (``validate.emulate_numerics``), where this CPU can."""
-    from pipeline.openvino.numerics import emulation_plans, emulation_ram
+    from pipeline.openvino.numerics import emulation_plans, emulation_ram, settings
 
     cells: dict[str, matrix.Cell] = {}
     for plan in emulation_plans(cfg.emulate_numerics):
@@ -122,7 +142,14 @@ def emulation_cells(
             artifact_numerics=pinned["numerics"],
             **got,
         )
-        cells[plan.column] = matrix.emulation_cell(plan.column, plan.label, measured, verdicts, mismatch=note)
+        cells[plan.column] = cell = matrix.emulation_cell(plan.column, plan.label, measured, verdicts, mismatch=note)
+        with step(f"[{target.artifact} @ {plan.column}] greedy answers at {plan.precision} compute on CPU"):
+            forced = answers_at(target.ir_dir, "CPU", cfg, evidence.reference, settings(plan.precision))
+        pinned = pinned_answers(target, "CPU", cfg, evidence.reference, pinned_runs)
+        fix = target.fix("CPU") if plan.precision == "bf16" else target.fix("GPU")
+        shipped = plan.precision == "bf16" and runtime_config.pins_f32(target.ir_dir, "CPU")
+        runs = {"default": forced, "f32": pinned}
+        answers.judge(cell, target.ir_dir, evidence.reference, runs, f"forced {plan.precision} compute", fix, shipped)
     return cells
 
 
@@ -142,71 +169,13 @@ def npu_lanes(target: Target, cfg: ValidateConfig, plans: list[matrix.CellPlan])
     return out
 
 
-NEAR_TIE = 0.1  # logits, f32: the IR's own top-1 minus top-2 below this is a tie two correct runtimes can break apart
-
-
-def near_ties(ir_dir: Path, reference: dict, ours: list[list[int]], theirs: list[list[int]]) -> list[str] | None:
-    """Where two greedy runs of one IR part ways: each first divergence as text if every one is a near tie, else None.
-
-    A near tie: at the first differing position the IR's own f32 logits (teacher-forced on the shared prefix) rank
-    the other run's token second, less than :data:`NEAR_TIE` below the first. Any other divergence is a real one.
-    """
-    import numpy as np
-
-    from pipeline.openvino.teacher_forced import forced_logits
-
-    points = [(i, j) for i, (a, b) in enumerate(zip(ours, theirs)) if (j := matrix.first_divergence(a, b)) is not None]
-    if any(j >= min(len(ours[i]), len(theirs[i])) for i, j in points):
-        return None  # one run stopped early (EOS) where the other went on: not a tie between two tokens
-    windows = [reference["greedy"][i]["prompt_ids"] + ours[i][:j] for i, j in points]
-    logits, _, _ = forced_logits(ir_dir, "CPU", windows, "f32")
-    found = []
-    for (i, j), window_logits in zip(points, logits):
-        last = np.asarray(window_logits[-1], dtype=np.float64)
-        first, second = np.argsort(last)[-2:][::-1]
-        gap = float(last[first] - last[second])
-        if {int(first), int(second)} != {ours[i][j], theirs[i][j]} or gap >= NEAR_TIE:
-            return None
-        found.append(f"prompt {i} token {j}: gap {gap:.3f}")
-    return found
-
-
-def same_tokens_as_cpu(
-    cells: dict[str, matrix.Cell], outputs: dict[str, list[list[int]]], ir_dir: Path, reference: dict
-) -> None:
-    """The NPU pipeline through NPUW must generate the CPU pipeline's tokens, but for near ties of the IR itself.
-
-    The two runs differ in more than the backend (NPUW's static shapes and f16 KV cache; the CPU plugin's own
-    defaults), so where the IR's f32 logits leave the two candidates within :data:`NEAR_TIE` either token is right:
-    the cell keeps its verdict and says where. Any other difference fails the cell.
-    """
-    npuw = cells.get("NPU")
-    cpu = next((c for c in (matrix.STAND_IN, "CPU") if c in outputs), None)
-    if npuw is None or "NPU" not in outputs or cpu is None or npuw.device_executed == "NPU":
-        return
-    if outputs["NPU"] == outputs[cpu]:
-        return
-    ties = near_ties(ir_dir, reference, outputs[cpu], outputs["NPU"])
-    if ties is not None:
-        note = f"NPUW broke near ties differently from the CPU pipeline ({cpu} cell; f32 top-2 gap < {NEAR_TIE}): "
-        npuw.note = "; ".join(filter(None, [npuw.note, note + ", ".join(ties)]))
-        return
-    npuw.problems.append(
-        f"the NPU pipeline through NPUW generated other tokens than the CPU pipeline ({cpu} cell), "
-        f"not at a near tie of the IR's own logits"
-    )
-    npuw.status = "failed"
-
-
 def check_ram(target: Target, weight_format: str) -> None:
     """Stop in one line, before anything is read or written, if the stage's RAM row does not fit. An fp16 IR's CPU
-    cell on a CPU that computes in f32 by default (the AVX2 CPUs of most laptops) holds the weights widened to f32,
-    twice the IR, where an AVX512-BF16/AMX CPU holds a bf16 copy (row ``fp16_on_f32_cpu``)."""
-    from pipeline.openvino.numerics import cpu_default_compute
-
+    cell holds the weights widened to f32 for its greedy answers at pinned f32 (and, on the AVX2 CPUs of most laptops,
+    at the default numerics too): twice the IR, row ``fp16_on_f32_cpu``."""
     stage = "validate_npu" if target.family == "npu" else "validate"
-    if weight_format == "fp16" and "CPU" in target.devices and cpu_default_compute() == "f32":
-        what = f"{stage}@fp16 (this CPU computes in f32, so its CPU cell widens the f16 weights to f32)"
+    if weight_format == "fp16" and "CPU" in target.devices:
+        what = f"{stage}@fp16 (its CPU cell's answers at pinned f32 widen the f16 weights to f32)"
         check_stage_ram(stage, "fp16_on_f32_cpu", target.ir_dir, what)
     else:
         check_stage_ram(stage, weight_format, target.ir_dir)
@@ -244,6 +213,17 @@ def run(target: Target, cfg: ValidateConfig, ws: Workspace = PROJECT, *, status:
             got = measure_cell(target, plan, cfg, evidence, pinned_runs)
             outputs[plan.column] = got.outputs
             cells[plan.column] = matrix.judge(plan, got, evidence.reference, verdicts, target.kind)
+            pinned = pinned_answers(target, plan.backend or plan.device, cfg, evidence.reference, pinned_runs)
+            numerics = answers.default_numerics(target.ir_dir, plan.device)
+            fix = target.fix(plan.device)
+            answers.judge(
+                cells[plan.column],
+                target.ir_dir,
+                evidence.reference,
+                {"default": got.outputs, "f32": pinned},
+                numerics,
+                fix,
+            )
             cells[plan.column].speed_not_measured = speed.not_measured(plan.stand_in_for, cfg)
         same_tokens_as_cpu(cells, outputs, target.ir_dir, evidence.reference)
         cells.update(emulation_cells(target, cfg, evidence, verdicts, pinned_runs))

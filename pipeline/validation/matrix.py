@@ -112,6 +112,9 @@ class Cell:
     perplexity_delta_pct: float | None = None
     greedy_exact_match: float | None = None
     first_divergence: list[int | None] = field(default_factory=list)
+    greedy_numerics: str | None = None  # what greedy_exact_match ran at: the defaults, or a forced precision
+    greedy_exact_match_f32: float | None = None  # the same prompts at pinned f32 (pipeline.openvino.answers)
+    first_divergence_f32: list[int | None] = field(default_factory=list)
     tokenizer_matches_reference: bool | None = None
     fidelity_device: str | None = None
     artifact_numerics: dict[str, Any] | None = None
