@@ -169,7 +169,8 @@ VALIDATION_COLUMNS = [  # (header, metrics key): one row per device cell of the 
     ("top-1 agreement (device numerics)", "device_top1_agreement"),
     ("mean KL (device numerics)", "device_mean_kl"),
     ("long-context top-1 (lowest range)", "long_context"),
-    ("greedy exact match", "greedy_exact_match"),
+    ("greedy exact match (default numerics)", "greedy_exact_match"),
+    ("greedy exact match (f32)", "greedy_exact_match_f32"),
 ]
 
 
@@ -206,7 +207,8 @@ def _validation(facts: CardFacts) -> str:
         "you get; e.g. bf16 compute on AMX CPUs, f16 on Intel GPUs and NPUs). Long-context: the lowest top-1 "
         "agreement over position ranges of windows up to 6000 tokens (sliding window, LongRoPE switch). "
         "Greedy exact match: share of the validation prompts whose "
-        'whole greedy continuation equals PyTorch\'s. "Device that ran" is read back from the runtime; a CPU '
+        "whole greedy continuation equals PyTorch's, at the numerics you get by default (with the folder's "
+        'runtime_config.json, if any) and pinned to f32. "Device that ran" is read back from the runtime; a CPU '
         "stand-in is labelled so. Speed was measured on the build machine and says little about yours."
     ]
     skipped_speed = sorted({c["speed_not_measured"] for c in cells.values() if c.get("speed_not_measured")})
@@ -251,6 +253,15 @@ def _usage(facts: CardFacts) -> str:
             'blob = os.path.join(path, "openvino_model.npu.blob")\nif os.path.exists(blob):\n'
             '    settings["BLOB_PATH"] = blob\npipe = ov_genai.LLMPipeline(path, "NPU", **settings)\n'
             f'print(pipe.generate("{PROMPT}", max_new_tokens=64))'
+        )
+        install = "pip install openvino-genai huggingface_hub"
+    elif facts.manifest.get("runtime_config"):  # properties validated with this IR: LLMPipeline does not read them
+        code = (
+            "import json, os\nimport openvino_genai as ov_genai\nfrom huggingface_hub import snapshot_download\n\n"
+            + pin
+            + 'device = "CPU"   # or "GPU"\n'
+            'runtime = json.load(open(os.path.join(path, "runtime_config.json"))).get(device, {})\n'
+            f'pipe = ov_genai.LLMPipeline(path, device, **runtime)\nprint(pipe.generate("{PROMPT}", max_new_tokens=64))'
         )
         install = "pip install openvino-genai huggingface_hub"
     else:

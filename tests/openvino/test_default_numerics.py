@@ -172,6 +172,9 @@ def test_the_shipped_runtime_config_makes_the_cpu_and_aipc_chat_answer_as_pytorc
     import openvino_genai as ov_genai
 
     from pipeline.chat import chat
+    from pipeline.core.manifest import read_manifest
+    from pipeline.hub import model_card
+    from pipeline.hub.model_card import CardFacts
     from pipeline.openvino.generation import greedy_outputs
 
     fixed = Workspace(artifacts=flip.artifacts, out=tmp_path / "openvino", metrics=tmp_path / "metrics")
@@ -184,5 +187,13 @@ def test_the_shipped_runtime_config_makes_the_cpu_and_aipc_chat_answer_as_pytorc
         assert cells["CPU bf16 compute"]["status"] == "passed" and "pins f32 compute" in cells["CPU bf16 compute"]["note"]
     reference = json.loads(flip.reference_path.read_text(encoding="utf-8"))
     assert chat(ir, "CPU", prompt="Can you introduce yourself?", max_new_tokens=32) == reference["greedy"][0]["text"].strip()
-    pipe = ov_genai.LLMPipeline(str(ir), "CPU", **runtime_config.properties(ir, "CPU"))  # what the card's code runs
-    assert greedy_outputs(pipe, small_cfg(), reference)[0][0] != FLIP_TO
+    # The model card's code, run on this folder instead of a download: it loads the runtime config and answers right.
+    facts = CardFacts("o/r", "main", "openvino", "openvino-fp16", read_manifest(ir), {}, "mit", "")
+    code = model_card._usage(facts).split("```python\n")[1].split("```")[0]
+    code = "\n".join(f"path = {str(ir)!r}" if "snapshot_download(" in line else line for line in code.splitlines())
+    scope: dict = {}
+    exec(code, scope)  # noqa: S102 - the card's own snippet
+    assert scope["runtime"] == {"INFERENCE_PRECISION_HINT": "f32"}
+    assert greedy_outputs(scope["pipe"], small_cfg(), reference)[0] == reference["greedy"][0]["output_ids"][: small_cfg().max_new_tokens]
+    bare = ov_genai.LLMPipeline(str(ir), "CPU")  # a loader that ignores runtime_config.json still flips (bf16 CPUs)
+    assert greedy_outputs(bare, small_cfg(), reference)[0][0] == FLIP_TO or not cpu_computes_bf16_by_default()
