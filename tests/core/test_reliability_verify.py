@@ -52,7 +52,9 @@ def test_persist_keeps_dvc_semantics_and_a_failed_stage_keeps_the_previous_outpu
     assert "up to date" in run_cmd(DVC + ["status", "--with-deps", STAGE], project).stdout
     before, md5 = (ir / "manifest.json").read_bytes(), locked(project)
 
-    run_cmd(AIPC + ["compose", "model=tiny", "openvino.int4.group_size=96"], project)  # 96 does not divide 256
+    # 96 does not divide 256: with the fallback at `error` (the default `adjust` would pick another group) it fails
+    run_cmd(AIPC + ["compose", "model=tiny", "openvino.int4.group_size=96", "openvino.int4.group_size_fallback=error"],
+            project)
     failed = run_cmd(DVC + ["repro", STAGE], project, check=False)
     assert failed.returncode and "group_size 96 does not divide" in failed.stderr + failed.stdout
     assert (ir / "manifest.json").read_bytes() == before, "DVC must not delete a persist output before the run"
