@@ -123,13 +123,16 @@ def cmd_sweep_report() -> None:
     sweep.report(load_params().sweep)
 
 
-def run_dvc(args: list[str], **extra_env: str) -> int:
-    """Run ``dvc <args>`` with this venv first on PATH, from the project root; its exit code."""
+def run_dvc(args: list[str], *, module: str = "dvc", **extra_env: str) -> int:
+    """Run ``dvc <args>`` with this venv first on PATH, from the project root; its exit code.
+
+    ``module`` runs DVC through another entry point (``pipeline.cli.dvc_main``: without its ``git add`` hint).
+    """
     if not Path("dvc.yaml").is_file() or not Path(".dvc").is_dir():
         fail("run this from the project root (the folder with dvc.yaml and .dvc/)")
     from pipeline.core.envs import venv_env
 
-    return subprocess.run([sys.executable, "-m", "dvc", *args], env=venv_env(**extra_env), check=False).returncode
+    return subprocess.run([sys.executable, "-m", module, *args], env=venv_env(**extra_env), check=False).returncode
 
 
 def cmd_repro(argv: list[str]) -> None:
@@ -243,9 +246,11 @@ def cmd_demo() -> None:
     if not Path("dvc.yaml").is_file() or not Path(".dvc").is_dir():
         fail("run `aipc demo` from the project root (the folder with dvc.yaml and .dvc/)")
     cmd_compose(["model=tiny"])
-    # --quiet: DVC's own chatter ("Running stage", the `git add` hint for dvc.lock) goes; each stage's progress
-    # lines and DVC's errors stay. The answer comes last, in one screen (print_summary).
-    code = run_dvc(["repro", "--quiet"], HF_HUB_OFFLINE="1")
+    # DVC without its `git add` hint for dvc.lock (pipeline/cli/dvc_main.py; --quiet would hide its errors too).
+    # The answer comes last, in one screen (print_summary).
+    from pipeline.core.cache_links import guarded_repro
+
+    code = guarded_repro(lambda args: run_dvc(args, module="pipeline.cli.dvc_main", HF_HUB_OFFLINE="1"), [])
     report = Path("artifacts/report/report.md")
     if report.is_file():  # written even when a cell failed: it is the summary people most need then
         print_summary()
