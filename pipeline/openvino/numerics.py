@@ -5,7 +5,8 @@ Two questions get two answers per validation cell:
 * *Artifact fidelity* judges what the export did. The runtime is pinned to full precision
   (:data:`PINNED`: f32 compute, f32 KV cache, no dynamic quantization of activations), so an AVX2,
   AVX-512 or AMX CPU gives the same verdict on the same IR.
-* *Device numerics* is what users get: the device's defaults. OpenVINO's CPU plugin computes in bf16 on
+* *Device numerics* is what users get: the device's defaults, with what the IR's ``runtime_config.json`` sets
+  (:mod:`pipeline.openvino.runtime_config`). OpenVINO's CPU plugin computes in bf16 on
   CPUs with AVX512-BF16 or AMX and keeps the KV cache in u8; Intel GPUs and NPUs compute in f16. What
   actually ran is read back from the compiled model (:func:`read_back`) and recorded in the cell.
 

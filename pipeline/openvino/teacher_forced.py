@@ -46,6 +46,7 @@ def forced_logits(
     compute: str | None,
     stateful: bool | None = None,
     piece_bytes: int | None = None,
+    properties: dict[str, Any] | None = None,
 ) -> tuple[list[Any], str, numerics.Numerics]:
     """The IR's logits over ``windows`` (``ov.Core`` infer), the device that executed, and the numerics that ran.
 
@@ -53,7 +54,7 @@ def forced_logits(
     forces a target's compute precision, ``None`` keeps the device's defaults (device numerics). ``stateful``
     overrides whether the IR keeps its KV-cache state (default: all but the pinned runs do). A pinned pass whose
     widened float weights exceed ``piece_bytes`` (default :data:`pieces.PIECE_BYTES`) runs in runs of layers
-    (:mod:`pipeline.openvino.pieces`).
+    (:mod:`pipeline.openvino.pieces`). ``properties`` go on top (the IR's runtime config: what its users load it with).
     """
     import numpy as np
     import openvino as ov
@@ -69,7 +70,7 @@ def forced_logits(
     carried: list[Any] = [None] * len(windows)
     runs: list[tuple[str, numerics.Numerics]] = []
     for number, piece in enumerate(pieces.pieces(model, count) if count > 1 else [model], start=1):
-        compiled = core.compile_model(piece, device, numerics.settings(compute))
+        compiled = core.compile_model(piece, device, {**numerics.settings(compute), **(properties or {})})
         runs.append((",".join(compiled.get_property("EXECUTION_DEVICES")), numerics.read_back(compiled)))
         request = compiled.create_infer_request()
         for index, window in enumerate(windows):
@@ -112,10 +113,16 @@ def pinned_fidelity(ir_dir: Path, device: str, evidence: Evidence) -> tuple[dict
 
 
 def numerics_fidelity(
-    ir_dir: Path, device: str, evidence: Evidence, pinned: list[Any], compute: str | None
+    ir_dir: Path,
+    device: str,
+    evidence: Evidence,
+    pinned: list[Any],
+    compute: str | None,
+    properties: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Device numerics: the IR at the device's defaults (or a forced precision), against PyTorch and the pinned run."""
-    logits, _, ran = forced_logits(ir_dir, device, evidence.windows, compute)
+    """Device numerics: the IR at the device's defaults with ``properties`` (its runtime config), or a forced
+    precision, against PyTorch and the pinned run."""
+    logits, _, ran = forced_logits(ir_dir, device, evidence.windows, compute, properties=properties)
     return {
         "device_fidelity": fidelity.compare(evidence.logprobs, logits).as_dict(),
         "device_numerics": ran.as_dict(),

@@ -84,8 +84,9 @@ def measure_cell(
     pinned_runs.setdefault(forced_device, (pinned, pinned_logits))  # the emulation cells reuse the CPU run
     device = {}
     if plan.device != "NPU":  # NPU numerics: the `CPU f16 compute` emulation cell, where this CPU can
-        with step(f"[{target.artifact} @ {plan.column}] device numerics on {forced_device} at its defaults"):
-            device = numerics_fidelity(target.ir_dir, forced_device, evidence, pinned_logits, None)
+        with step(f"[{target.artifact} @ {plan.column}] device numerics on {forced_device} as its users load it"):
+            shipped = runtime_config.properties(target.ir_dir, forced_device)  # what its users load it with
+            device = numerics_fidelity(target.ir_dir, forced_device, evidence, pinned_logits, None, shipped)
     if plan.device == "NPU":
         # LLMPipeline(..., "NPU") raises rather than falling back; through NPUW every subgraph ran on the backend
         executed = plan.backend or "NPU"
