@@ -15,9 +15,10 @@ Why a file of our own, written by the export and never by the validation:
   validation that rewrote the export's folder would make ``dvc.lock`` lie about it. So the verdict *names* the fix,
   as the params override that asks the export for it (``openvino.<v>.cpu_inference_precision=f32``); the export
   writes the file from that param, DVC reruns export and validation, and the cell is judged on what users then get.
-* Why not pin f32 for every IR: it costs speed where bf16 is safe (AMX servers: about twice the f32 throughput) and
-  is the default anyway on the AVX2 CPUs of most laptops. Whether bf16 is safe is a measured property of the model
-  (its greedy answers at the device's numerics, :mod:`pipeline.openvino.answers`), known only after validation.
+* Why not pin f32 for every IR: it overrides the plugin's own choice (bf16 on AMX / AVX512-BF16 CPUs, f32 already
+  on the AVX2 CPUs of most laptops) for models where bf16 answers right. Whether it does is a measured property of
+  the model (its greedy answers at the device's numerics, :mod:`pipeline.openvino.answers`), known only after
+  validation, so the default stays null and the verdict says when to set it.
 """
 
 from __future__ import annotations
