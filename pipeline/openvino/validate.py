@@ -215,15 +215,10 @@ def run(target: Target, cfg: ValidateConfig, ws: Workspace = PROJECT, *, status:
             outputs[plan.column] = got.outputs
             cells[plan.column] = matrix.judge(plan, got, evidence.reference, verdicts, target.kind)
             pinned = pinned_answers(target, plan.backend or plan.device, cfg, evidence.reference, pinned_runs)
+            runs = {"default": got.outputs, "f32": pinned}
             numerics = answers.default_numerics(target.ir_dir, plan.device)
-            fix = target.fix(plan.device)
             answers.judge(
-                cells[plan.column],
-                target.ir_dir,
-                evidence.reference,
-                {"default": got.outputs, "f32": pinned},
-                numerics,
-                fix,
+                cells[plan.column], target.ir_dir, evidence.reference, runs, numerics, target.fix(plan.device)
             )
             cells[plan.column].speed_not_measured = speed.not_measured(plan.stand_in_for, cfg)
         same_tokens_as_cpu(cells, outputs, target.ir_dir, evidence.reference)
