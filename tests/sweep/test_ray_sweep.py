@@ -43,7 +43,8 @@ def driver_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("driver-cache")
 
 
-def sweep_project(dest: Path, cluster: Cluster | None = None, cache: Path | None = None, grid: str = GRID) -> Path:
+def sweep_project(dest: Path, cluster: Cluster | None = None, cache: Path | None = None, grid: str = GRID,
+                  fixed: list[str] = FIXED) -> Path:
     """A fresh tiny project composed for ``grid``; with ``cluster``, its S3 remote and a bare git remote.
 
     ``cache``: another project's DVC cache, whose run cache then gives the shared stages (download, reference,
@@ -52,7 +53,7 @@ def sweep_project(dest: Path, cluster: Cluster | None = None, cache: Path | None
     project = make_project(dest)
     if cache:
         run_cmd([sys.executable, "-m", "dvc", "cache", "dir", "--local", str(cache)], project)
-    run_cmd([sys.executable, "-m", "pipeline.cli", "compose", *FIXED, grid], project)
+    run_cmd([sys.executable, "-m", "pipeline.cli", "compose", *fixed, grid], project)
     if cluster:
         run_cmd([sys.executable, "-m", "dvc", "remote", "add", "-d", "shared", f"s3://{BUCKET}/dvc"], project)
         run_cmd([sys.executable, "-m", "dvc", "remote", "modify", "shared", "endpointurl", cluster.endpoint], project)
@@ -208,15 +209,16 @@ def test_a_point_that_fails_is_reported_the_sweep_goes_on_and_it_is_never_pushed
     cluster: Cluster, driver_cache: Path, tmp_path: Path
 ) -> None:
     grid = "sweep.grid={openvino.int4.group_size:[48],openvino.int4.ratio:[1.0]}"  # 48 does not divide 256
-    project = sweep_project(tmp_path / "bad", cluster, driver_cache, grid)
-    cli = [sys.executable, "-m", "pipeline.cli", "sweep", "--executor", "ray", "--address", cluster.address, *FIXED]
+    strict = [*FIXED, "openvino.int4.group_size_fallback=error"]  # the default (adjust) would pick another group
+    project = sweep_project(tmp_path / "bad", cluster, driver_cache, grid, strict)
+    cli = [sys.executable, "-m", "pipeline.cli", "sweep", "--executor", "ray", "--address", cluster.address, *strict]
     done = subprocess.run([*cli, grid], cwd=project, env=cluster.env, capture_output=True, text=True)
     assert done.returncode == 2, done.stderr[-3000:]  # every point failed: one line
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("error: every point failed (1;") and "group_size 48 does not divide hidden_size 256" in last
     # With a point that works beside it, the sweep goes on: the failed point is listed, the other one recommended.
     grid = "sweep.grid={openvino.int4.group_size:[48,64],openvino.int4.ratio:[1.0]}"
-    run_cmd([sys.executable, "-m", "pipeline.cli", "compose", *FIXED, grid], project)
+    run_cmd([sys.executable, "-m", "pipeline.cli", "compose", *strict, grid], project)
     run_cmd([*GIT, "commit", "-qam", "a good point beside the bad one"], project)
     run_cmd(["git", "push", "-q", "origin", "HEAD:main"], project)
     done = subprocess.run([*cli, grid], cwd=project, env=cluster.env, capture_output=True, text=True)
