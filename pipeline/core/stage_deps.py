@@ -262,19 +262,13 @@ def generate(root: Path, text: str) -> tuple[dict[str, list[str]], str]:
 
 def changes(stages: dict, wanted: dict[str, list[str]]) -> dict[str, tuple[list[str], list[str]]]:
     """Each stage whose listed ``.py`` deps differ from ``wanted``: (the missing ones, the extra ones)."""
-    found: dict[str, tuple[list[str], list[str]]] = {}
-    for name, listed in listed_code(stages).items():
-        missing, extra = sorted(set(wanted[name]) - listed), sorted(listed - set(wanted[name]))
-        if missing or extra:
-            found[name] = (missing, extra)
-    return found
+    diff = {k: (sorted(set(wanted[k]) - got), sorted(got - set(wanted[k]))) for k, got in listed_code(stages).items()}
+    return {k: d for k, d in diff.items() if d[0] or d[1]}
 
 
 def main(argv: list[str] | None = None) -> None:
     """``aipc stages --check`` (fail in one line when dvc.yaml's code deps are not the closures) or ``--write``."""
-    parser = argparse.ArgumentParser(
-        prog="aipc stages", description="The .py deps of dvc.yaml's stages from their code."
-    )
+    parser = argparse.ArgumentParser(prog="aipc stages", description="dvc.yaml's .py deps from the code.")
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--check", action="store_true", help="fail if dvc.yaml's .py deps are not what --write gives")
     mode.add_argument("--write", action="store_true", help="rewrite the .py entries of each stage's deps")
