@@ -165,7 +165,7 @@ def build_tokenizer(meta: dict[str, Any]) -> Any:
     ids = {k: tokens[int(meta[f"tokenizer.ggml.{k}_token_id"])] for k in ("bos", "eos", "unknown", "padding")}
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token=ids["bos"], eos_token=ids["eos"], unk_token=ids["unknown"],
-        pad_token=ids["padding"], additional_special_tokens=control[1:3], clean_up_tokenization_spaces=False,
+        pad_token=ids["padding"], additional_special_tokens=[ids["bos"], ids["eos"]], clean_up_tokenization_spaces=False,
         model_max_length=int(meta["llama.context_length"]), chat_template=meta["tokenizer.chat_template"],
     )
 
