@@ -66,7 +66,8 @@ def check_profile(art: Artifact, allow_quick: bool) -> None:
     given = f"the {profile} validation profile" if profile else "no validation profile recorded"
     fail(
         f"{stage} has a verdict of {given}; publishing needs validate.profile=full (every speed run): recompose with "
-        f"`aipc compose <your overrides> validate.profile=full`, rerun `dvc repro`, or pass --allow-quick"
+        f"your overrides plus `validate.profile=full` (`aipc compose model=NAME validate.profile=full`), rerun "
+        f"`dvc repro`, or pass --allow-quick"
     )
 
 
