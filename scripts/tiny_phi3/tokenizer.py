@@ -31,15 +31,7 @@ DEFAULT_ADDED_FLAGS = {"rstrip": True, "special": True}
 # chat_template of microsoft/Phi-3-mini-4k-instruct.  Because <|system|>, <|user|>,
 # <|assistant|> and <|end|> have rstrip=True, the "\n" after them is absorbed and the
 # ids equal those of "<|system|>S<|end|><|user|>Q<|end|><|assistant|>".
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] == 'system' %}{{'<|system|>\n' + message['content'] + '<|end|>\n'}}"
-    "{% elif message['role'] == 'user' %}{{'<|user|>\n' + message['content'] + '<|end|>\n'}}"
-    "{% elif message['role'] == 'assistant' %}"
-    "{{'<|assistant|>\n' + message['content'] + '<|end|>\n'}}"
-    "{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ eos_token }}{% endif %}"
-)
+from pipeline.validation.prompts import PHI3_CHAT_TEMPLATE as CHAT_TEMPLATE  # noqa: E402  (one copy of it)
 
 
 def read_gguf_vocab(path: Path) -> tuple[list[str], list[float], list[int]]:
