@@ -51,6 +51,14 @@ def placement(row: Row) -> Placement:
     return Placement(row.artifact, row.cell, f"on {executed or row.cell}", executed == row.cell, row)
 
 
+def group_by_artifact(rows: list[Row]) -> dict[str, list[Row]]:
+    """The cells of each artifact, artifacts in the rows' (pipeline) order."""
+    grouped: dict[str, list[Row]] = {}
+    for row in rows:
+        grouped.setdefault(row.artifact, []).append(row)
+    return grouped
+
+
 def artifact_verdict(rows: list[Row]) -> str:
     """``failed`` if any cell failed, ``passed`` if one ran and none failed, else ``skipped`` or ``missing``."""
     statuses = {r.status for r in rows}
@@ -73,9 +81,7 @@ def _figure(value: object, fmt: str) -> str:
 
 def artifact_lines(rows: list[Row]) -> list[str]:
     """One line per artifact: verdict, where it ran, artifact fidelity (top-1), speed, size; or why it did not run."""
-    by_artifact: dict[str, list[Row]] = {}
-    for row in rows:
-        by_artifact.setdefault(row.artifact, []).append(row)
+    by_artifact = group_by_artifact(rows)
     width = max((len(a) for a in by_artifact), default=8)
     lines = [f"{'artifact':<{width}}  {'verdict':<7}  {'top-1':>5}  {'tok/s':>6}  {'MB':>6}  where it ran"]
     not_run: dict[tuple[str, str], list[str]] = {}  # artifacts that did not run, one line per verdict and reason
@@ -113,9 +119,7 @@ def _why_nothing(rows: list[Row], by_artifact: dict[str, list[Row]], device: str
 
 def recommend(rows: list[Row], devices: Iterable[str] = DEVICES) -> dict[str, str]:
     """For each device, the artifact to run there and why, in one line each (see the module docstring)."""
-    by_artifact: dict[str, list[Row]] = {}
-    for row in rows:
-        by_artifact.setdefault(row.artifact, []).append(row)
+    by_artifact = group_by_artifact(rows)
     clean = {a for a, cells in by_artifact.items() if artifact_verdict(cells) == "passed"}
     answers: dict[str, str] = {}
     for device in devices:
