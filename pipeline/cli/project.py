@@ -151,19 +151,26 @@ def cmd_repro(argv: list[str]) -> None:
         fail(f"dvc repro failed (exit {code}); the lines above say which stage and why")
 
 
+def metric_rows() -> list:
+    """The report's rows (every cell of every configured artifact) from artifacts/metrics."""
+    from pipeline.validation import report
+
+    return report.collect_rows(report.configured_artifacts(load_params()), report.METRICS_DIR)
+
+
 def print_summary() -> None:
     """Print the one-screen answer (pipeline/validation/summary.py) from the configured artifacts' metrics."""
     from pipeline.validation import report, summary
 
-    rows = report.collect_rows(report.configured_artifacts(load_params()), report.METRICS_DIR)
+    rows = metric_rows()
     print(summary.console_summary(rows, str(report.OUT_DIR / "report.md")), flush=True)
 
 
 def cmd_recommend() -> None:
     """Which artifact to run on each device (CPU, GPU, NPU, DML), from artifacts/metrics, and how sure that is."""
-    from pipeline.validation import report, summary
+    from pipeline.validation import summary
 
-    rows = report.collect_rows(report.configured_artifacts(load_params()), report.METRICS_DIR)
+    rows = metric_rows()
     if not any(r.ran for r in rows):
         fail("no validation cell has run here: run `aipc demo` or `aipc repro` first")
     for device, answer in summary.recommend(rows).items():
@@ -257,10 +264,7 @@ def cmd_demo() -> None:
     if code:
         from pipeline.validation import report as report_stage
 
-        params = load_params()
-        line = report_stage.verdict_line(
-            report_stage.collect_rows(report_stage.configured_artifacts(params), report_stage.METRICS_DIR)
-        )
+        line = report_stage.verdict_line(metric_rows())
         fail(line or f"dvc repro failed (exit {code}); the lines above say which stage and why")
     if not report.is_file():
         print(summary_table(Path("artifacts/metrics")))
