@@ -239,7 +239,7 @@ def keep_workspace_composition(argv: list[str]) -> list[str]:
     user = params_yaml_overrides(argv)
     if not user or "--no-hydra" in argv:  # DVC leaves params.yaml as it is (or edits only the keys named)
         return argv
-    from pipeline.sweep.local import workspace_overrides
+    from pipeline.core.composition import workspace_overrides
 
     named = [override_key(o) for o in user]
     keep = [o for o in workspace_overrides() if not any(f"{override_key(o)}.".startswith(f"{k}.") for k in named)]

@@ -16,6 +16,7 @@ from typing import Any
 from pipeline.core.artifacts import ARTIFACTS
 from pipeline.core.config import PipelineConfig, load_params
 from pipeline.core.leftovers import sweep_leftovers
+from pipeline.core.refusal import Refused, record_refusal, record_refused_metrics
 from pipeline.core.registry import FAMILIES, Family, entry
 from pipeline.core.typed import pick_variant
 
@@ -73,10 +74,16 @@ def run_stage(family: str, which: str, argv: list[str] | None = None) -> Any:
     if which == "validate":
         from pipeline.core.verify import verify_for_use
 
-        verify_for_use(chosen.artifact_root / name, ARTIFACTS / "reference")  # before anything is loaded
+        try:
+            verify_for_use(chosen.artifact_root / name, ARTIFACTS / "reference")  # before anything is loaded
+        except Refused as refusal:  # the export refused this model: the metrics say so, the report still runs
+            return record_refused_metrics(chosen, name, str(refusal))
         return entry(chosen.name, which)(name, params.validate)
     extra = {key.rpartition(".")[2]: _param(params, key) for key in chosen.export_params}
-    return entry(chosen.name, which)(name, getattr(params, chosen.name)[name], **extra)
+    try:
+        return entry(chosen.name, which)(name, getattr(params, chosen.name)[name], **extra)
+    except Refused as refusal:  # the model's shape, not the machine: a result, recorded as the stage's output
+        return record_refusal(chosen, name, str(refusal))
 
 
 def _param(params: PipelineConfig, dotted: str) -> Any:

@@ -19,6 +19,7 @@ from pipeline.core.artifacts import MANIFEST
 from pipeline.core.errors import fail
 from pipeline.core.hashes import LOCK_FILE, file_digests, locked_md5
 from pipeline.core.published import PUBLISHED, vouched_files
+from pipeline.core.refusal import check_not_refused
 from pipeline.core.registry import FAMILIES
 
 # Written into an artifact folder by its users, not by its stage; .dvcignore keeps them out of DVC's hash too. The
@@ -84,6 +85,7 @@ def verify_folder(folder: Path, stage: str | None = None, lock_file: Path = LOCK
         The manifest, now known to describe the files on disk.
     """
     folder = _shown(Path(folder))
+    check_not_refused(folder)  # an export that refused this model: one line with why and how to leave it out
     stage = stage or stage_of(folder)
     hint = repair_hint(stage)
     manifest_path = folder / MANIFEST

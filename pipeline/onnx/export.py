@@ -23,6 +23,7 @@ from pipeline.core.errors import fail, run_main
 from pipeline.core.log import say, step
 from pipeline.core.manifest import read_manifest, tied_embeddings, write_manifest
 from pipeline.core.memory import use_huge_pages
+from pipeline.core.refusal import refuse
 from pipeline.core.resources import check_resources, check_stage_ram, needs_of
 from pipeline.core.stage import run_stage
 from pipeline.core.workspace import PROJECT, Workspace
@@ -86,13 +87,13 @@ def check_model_request(cfg: OnnxVariantConfig, model_config: dict) -> None:
             "extra_options.shared_embeddings false"
         )
     if model_config.get("model_type") not in ORT_TOKENIZER_CLASS:
-        raise ConfigError(
+        refuse(
             f"model_type {model_config.get('model_type')!r} has no known ONNX Runtime GenAI "
             f"tokenizer class; supported: {', '.join(ORT_TOKENIZER_CLASS)}"
         )
     problem = gqa_rotary_problem(model_config, cfg.execution_provider)
     if problem:
-        raise ConfigError(problem)
+        refuse(problem)  # the model's rotary, not this machine: recorded, and the report still runs
 
 
 @contextlib.contextmanager

@@ -11,28 +11,10 @@ import itertools
 import re
 from typing import Any
 
+from pipeline.core.composition import hydra_value
 from pipeline.core.config import SweepConfig
 
-PLAIN = re.compile(r"[A-Za-z_][\w./-]*")  # a string Hydra reads back as itself without quotes
-KEYWORDS = {"true", "false", "null", "none", "nan", "inf"}  # words Hydra would read as another type
-
-
-def hydra_value(value: Any) -> str:
-    """``value`` as a Hydra override value: ``true``, ``null``, ``64``, ``0.8``, ``'a,b'``, ``[x,'y z']``."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "null"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, list | tuple):
-        return "[" + ",".join(hydra_value(v) for v in value) + "]"
-    text = str(value)
-    if PLAIN.fullmatch(text) and text.lower() not in KEYWORDS:
-        return text
-    # In a quoted Hydra string a backslash escapes only quotes (and backslashes right before a quote or the end)
-    text = re.sub(r"(\\+)(?='|$)", lambda m: m.group(1) * 2, text)
-    return "'" + text.replace("'", "\\'") + "'"
+__all__ = ["hydra_value", "point_overrides", "points", "set_params"]
 
 
 def set_params(cfg: SweepConfig, overrides: list[str]) -> list[str]:

@@ -28,6 +28,8 @@ METRICS_DIR = ARTIFACTS / "metrics"
 # where a cell ran and how fast: the first numbers of every table of cells
 SPEED_KEYS = ("device_executed", "load_s", "ttft_ms", "tpot_ms", "tokens_per_s", "peak_rss_mb")
 OUT_DIR = ARTIFACTS / "report"
+# how a cell ended: "refused" when its export refused this model (pipeline.core.refusal), "missing" with no metrics
+STATUSES = ("passed", "failed", "skipped", "missing", "refused")
 
 
 @dataclass
@@ -118,6 +120,8 @@ def row_note(row: Row) -> str:
     """Why a cell was skipped or failed, or what it stands in for."""
     if row.status == "skipped":
         return row.data.get("reason") or ""
+    if row.status == "refused":  # the export refused this model: why, and how to leave the variant out
+        return f"{row.data.get('reason') or 'refused at export'}; leave it out: `{row.data.get('leave_out') or '...'}`"
     parts = [f"stands in for the absent {row.data['stand_in_for']}"] if row.data.get("stand_in_for") else []
     if row.status == "failed":
         parts += row.data.get("problems") or []
@@ -167,7 +171,7 @@ def markdown_table(rows: list[Row]) -> str:
         cells = [
             row.artifact,
             row.cell,
-            f"**{row.status}**" if row.status == "failed" else row.status,
+            f"**{row.status}**" if row.status in ("failed", "refused") else row.status,
             d.get("profile") or "–",
             d.get("device_executed") or "–",
             _num(row.size_mb, ".1f"),
@@ -192,19 +196,29 @@ def markdown_table(rows: list[Row]) -> str:
 
 def summary(rows: list[Row]) -> dict[str, int]:
     """Cell counts by status (a DVC metric: a change shows in `dvc metrics diff`)."""
-    counts = {s: 0 for s in ("passed", "failed", "skipped", "missing")}
+    counts = {s: 0 for s in STATUSES}
     for row in rows:
-        counts[row.status] += 1
+        counts[row.status] = counts.get(row.status, 0) + 1
     return counts
 
 
 def verdict_line(rows: list[Row]) -> str | None:
-    """One line naming every failed cell and its first problem, or ``None`` when nothing failed."""
+    """One line naming every failed cell and its first problem, and every refused export, or ``None`` when none."""
     failed = [r for r in rows if r.status == "failed"]
-    if not failed:
+    refused = [r for r in rows if r.status == "refused"]
+    if not failed and not refused:
         return None
-    names = "; ".join(f"{r.artifact} @ {r.cell} ({(r.data.get('problems') or ['failed'])[0]})" for r in failed)
-    return f"{len(failed)} of {len(rows)} validation cells failed: {names}; see artifacts/report/report.md"
+    parts = []
+    if failed:
+        names = "; ".join(f"{r.artifact} @ {r.cell} ({(r.data.get('problems') or ['failed'])[0]})" for r in failed)
+        parts.append(f"{len(failed)} of {len(rows)} validation cells failed: {names}")
+    if refused:
+        names = "; ".join(f"{r.artifact} ({r.data.get('reason') or 'refused'})" for r in refused)
+        leave = " / ".join(f"`{r.data['leave_out']}`" for r in refused if r.data.get("leave_out"))
+        parts.append(
+            f"{len(refused)} export(s) refused this model: {names}" + (f"; leave out with {leave}" if leave else "")
+        )
+    return "; ".join(parts) + "; see artifacts/report/report.md"
 
 
 def verdict(params: PipelineConfig, metrics_dir: Path = METRICS_DIR) -> None:
@@ -224,7 +238,9 @@ def run(params: PipelineConfig, metrics_dir: Path = METRICS_DIR, out_dir: Path =
             "# Validation report",
             "",
             f"{counts['passed']} cells passed, {counts['failed']} failed, {counts['skipped']} skipped "
-            f"(device absent), {counts['missing']} missing. Speed: warm-up excluded, median of repeats; "
+            f"(device absent), {counts['missing']} missing"
+            + (f", {counts['refused']} refused at export" if counts["refused"] else "")
+            + ". Speed: warm-up excluded, median of repeats; "
             "fidelity against the PyTorch original on held-out text. Profile: the validate.profile that gave the verdict "
             "(quick: CPU stand-ins skip their speed runs; `aipc publish` needs full).",
             "",

@@ -60,9 +60,9 @@ def group_by_artifact(rows: list[Row]) -> dict[str, list[Row]]:
 
 
 def artifact_verdict(rows: list[Row]) -> str:
-    """``failed`` if any cell failed, ``passed`` if one ran and none failed, else ``skipped`` or ``missing``."""
+    """``refused`` or ``failed`` if any cell was, ``passed`` if one ran and none failed, else ``skipped`` or ``missing``."""
     statuses = {r.status for r in rows}
-    for status in ("failed", "passed", "missing"):
+    for status in ("refused", "failed", "passed", "missing"):
         if status in statuses:
             return status
     return "skipped"
@@ -87,6 +87,12 @@ def artifact_lines(rows: list[Row]) -> list[str]:
     not_run: dict[tuple[str, str], list[str]] = {}  # artifacts that did not run, one line per verdict and reason
     for artifact, cells in by_artifact.items():
         verdict, shown = artifact_verdict(cells), _shown(cells)
+        if verdict == "refused":
+            refusal = cells[0].data
+            lines.append(
+                f"{artifact}: refused at export ({refusal.get('reason')}); leave it out: {refusal.get('leave_out')}"
+            )
+            continue
         if shown is None:
             reason = next((c.data.get("reason") or c.data.get("note") for c in cells if c.data), "") or ""
             not_run.setdefault((verdict, reason), []).append(artifact)
@@ -142,11 +148,11 @@ def recommend(rows: list[Row], devices: Iterable[str] = DEVICES) -> dict[str, st
 
 def console_summary(rows: list[Row], report_path: str) -> str:
     """What ``aipc demo`` and ``aipc repro`` print at the end: counts, one line per artifact, the answer, the path."""
-    counts = {s: sum(r.status == s for r in rows) for s in ("passed", "failed", "skipped", "missing")}
+    counts = {s: sum(r.status == s for r in rows) for s in ("passed", "failed", "skipped", "missing", "refused")}
     head = (
         f"{counts['passed']} cells passed, {counts['failed']} failed, {counts['skipped']} skipped "
         f"(device absent), {counts['missing']} missing"
-    )
+    ) + (f", {counts['refused']} refused at export" if counts["refused"] else "")
     profiles = sorted({str(r.data["profile"]) for r in rows if r.data.get("profile")})  # validate.profile, per verdict
     if profiles:
         head += f"; profile {', '.join(profiles)}" + (" (`aipc publish` needs full)" if "quick" in profiles else "")

@@ -12,7 +12,7 @@ from conftest import make_project, run_cmd
 
 from pipeline.cli.project import keep_workspace_composition, params_yaml_overrides
 from pipeline.core.config import compose, dump_yaml
-from pipeline.sweep.local import workspace_overrides
+from pipeline.core.composition import workspace_overrides
 
 COMPOSITIONS = [
     ["model=tiny"],

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipeline.core.refusal import Refused
 from pipeline.core.workspace import Workspace
-from pipeline.core.config import ConfigError
 from pipeline.onnx import export
 from pipeline.onnx.config import OnnxVariantConfig
 from pipeline.onnx.inspect import gqa_rotary_problem
@@ -119,7 +119,7 @@ def test_export_refuses_a_head_32_partial_rotary_checkpoint_before_building(tmp_
     (model_dir / "manifest.json").write_text(json.dumps({"source": "test"}), encoding="utf-8")
     out_root = tmp_path / "onnx"
     cfg = OnnxVariantConfig(execution_provider="cpu", precision="int4", block_size=32)
-    with pytest.raises(ConfigError) as exc:
+    with pytest.raises(Refused) as exc:  # a result: run_stage records it (tests/core/test_refusal.py)
         export.run("cpu_int4", cfg, Workspace(model=model_dir, out=out_root))
     message = str(exc.value)
     assert "\n" not in message
