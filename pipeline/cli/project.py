@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from pipeline.cli.dvc_lock import dvc_repo_lock
+from pipeline.core.composition import local_recipe
 from pipeline.core.config import PARAMS_FILE, build, compose, dump_yaml, load_params
 from pipeline.core.errors import fail
 
@@ -19,6 +20,11 @@ def cmd_compose(overrides: list[str]) -> None:
         overrides: Hydra overrides, e.g. model=tiny openvino.int4.ratio=0.8.
     """
     data = compose(overrides)
+    recipe = local_recipe(overrides, data)  # model=local: the recipe of the preset whose architecture it has
+    if recipe:
+        print(recipe[1])
+        overrides = [*overrides, *recipe[0]]
+        data = compose(overrides)
     check_loops(data)
     with dvc_repo_lock(rerun=" ".join(["aipc compose", *overrides])):
         PARAMS_FILE.write_text(dump_yaml(data), encoding="utf-8")

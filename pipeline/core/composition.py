@@ -116,3 +116,35 @@ def value_overrides(base: dict, current: dict, prefix: str = "") -> list[str]:
         elif value != base[key]:
             out.append(f"{name}={hydra_value(value)}")
     return out + [f"~{prefix}{key}" for key in base if key not in current]
+
+
+# What sets Phi-4-mini apart from Phi-3 in a Phi3ForCausalLM checkpoint: the keys and values that the
+# model=local composition reads to give it the Phi-4-mini presets' variant choices (conf/model/phi4-mini-*.yaml).
+PHI4_MARKS = {"partial_rotary_factor": lambda v: v is not None and float(v) < 1.0, "tie_word_embeddings": bool}
+PHI4_GROUPS = ["openvino=phi4-mini"]  # the `defaults` overrides of the Phi-4-mini presets
+
+
+def local_recipe(overrides: list[str], composed: dict) -> tuple[list[str], str] | None:
+    """For ``model=local``: the group overrides of the preset whose architecture the checkpoint has, and why.
+
+    A checkpoint at ``model.local_path`` with partial rotary or tied embeddings is a Phi-4-mini: it gets that
+    preset's int4 recipe (``openvino=phi4-mini``) unless the user chose an ``openvino=`` group. ``None`` when the
+    model is not local, not Phi-4-shaped, its ``config.json`` cannot be read, or the user chose.
+    """
+    import json
+
+    model = composed.get("model") or {}
+    if model.get("source") != "local" or any(o.split("=")[0].lstrip("+~") == "openvino" for o in overrides):
+        return None
+    try:
+        config = json.loads((Path(str(model.get("local_path"))) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    marks = [f"{key} {config[key]}" for key, test in PHI4_MARKS.items() if key in config and test(config[key])]
+    if not marks:
+        return None
+    why = (
+        f"model.local_path has Phi-4-mini's architecture ({', '.join(marks)}): composing {' '.join(PHI4_GROUPS)}, "
+        "the Phi-4-mini presets' int4 recipe (add openvino=default to keep Phi-3's)"
+    )
+    return PHI4_GROUPS, why
