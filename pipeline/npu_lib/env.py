@@ -56,9 +56,9 @@ REFUSED = 3  # worker exit code: it refused a model file (hash or allow-list) be
 class WorkerError(RuntimeError):
     """The worker process failed; ``returncode`` :data:`REFUSED` means it refused a model file."""
 
-    def __init__(self, message: str, returncode: int) -> None:
+    def __init__(self, message: str, returncode: int, traceback: str = "") -> None:
         super().__init__(message)
-        self.returncode = returncode
+        self.returncode, self.traceback = returncode, traceback  # the worker's traceback, held back from the console
 
 
 @dataclass
@@ -277,6 +277,7 @@ def run_worker(python: Path, command: str, args: list[str], cwd: Path) -> dict[s
     # PYTHONIOENCODING take effect (-I ignores every PYTHON* variable, so set iteration order changed the pickle)
     cmd = [str(python), "-P", "-s", "-u", str(WORKER), command, "--result", str(result), *args]
     tail: collections.deque[str] = collections.deque(maxlen=1)
+    held: list[str] = []  # a traceback: not streamed (errors are one line), handed to the caller in WorkerError
     with subprocess.Popen(
         cmd,
         cwd=cwd,
@@ -289,9 +290,11 @@ def run_worker(python: Path, command: str, args: list[str], cwd: Path) -> dict[s
     ) as proc:
         assert proc.stdout is not None  # stdout=PIPE
         for line in proc.stdout:
-            print(f"    {line.rstrip()}", file=sys.stderr, flush=True)
-            if line.strip():
-                tail.append(line.strip())
+            if held or line.startswith("Traceback (most recent call last)"):
+                held.append(line)
+            elif line.strip():
+                print(f"    {line.rstrip()}", file=sys.stderr, flush=True)
+            tail.extend([line.strip()] if line.strip() else [])
     if proc.returncode:
-        raise WorkerError(tail[0] if tail else f"worker exited with {proc.returncode}", proc.returncode)
+        raise WorkerError(tail[0] if tail else f"worker exited with {proc.returncode}", proc.returncode, "".join(held))
     return json.loads(result.read_text(encoding="utf-8"))

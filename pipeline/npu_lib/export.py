@@ -19,13 +19,14 @@ Output: ``artifacts/npu_lib/<variant>`` (pickle, tokenizer, manifest).
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from pipeline.core.artifacts import staged_dir
-from pipeline.core.errors import fail, run_main
+from pipeline.core.errors import fail, run_main, size_text
 from pipeline.core.hashes import sha256_file
 from pipeline.core.log import say, step
 from pipeline.core.manifest import CHECKPOINT_SIDE_FILES, read_manifest, tied_embeddings, write_manifest
@@ -149,7 +150,31 @@ def call_worker(name: str, env: npu_lib_env.NpuLibEnv, command: str, args: list[
     except npu_lib_env.WorkerError as err:
         if err.returncode == npu_lib_env.REFUSED:  # the worker refused the file before anything of it ran
             fail(f"{str(err).removeprefix('error: ')} (repair with `aipc repair export_npu_lib@{name}`)")
-        fail(f"[npu_lib-{name}] {command} failed in the isolated environment: {err}")
+        if DISK_FULL.search(str(err)):  # its scratch (logits, the library's kernels) is in TMPDIR or beside the model
+            scratch = Path(tempfile.gettempdir())
+            free = size_text(shutil.disk_usage(scratch).free) if scratch.exists() else "nothing"
+            fail(
+                f"[npu_lib-{name}] {command}: the disk filled in the isolated environment's worker ({err}); "
+                f"TMPDIR {scratch} has {free} free: free space there or set TMPDIR to a larger drive, and rerun"
+            )
+        kept = keep_traceback(err.traceback, name, command)
+        fail(f"[npu_lib-{name}] {command} failed in the isolated environment: {err}{kept}")
+
+
+DISK_FULL = re.compile(r"No space left on device|Errno 28|ENOSPC|There is not enough space on the disk")
+
+
+def keep_traceback(text: str, name: str, command: str) -> str:
+    """Save the worker's traceback under ``.aipc/logs`` (the error stays one line); `` (traceback: <file>)``."""
+    if not text:
+        return ""
+    log = Path(".aipc") / "logs" / f"npu_lib-{name}-{command}-traceback.txt"
+    try:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text(text, encoding="utf-8")
+    except OSError:
+        return ""
+    return f" (traceback: {log.as_posix()})"
 
 
 if __name__ == "__main__":  # the stage: `python -m pipeline.npu_lib.export <variant>`

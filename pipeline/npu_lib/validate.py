@@ -25,6 +25,7 @@ from pipeline.core.workspace import PROJECT, Workspace
 from pipeline.npu_lib import env as npu_lib_env
 from pipeline.npu_lib.export import KIND, call_worker
 from pipeline.validation import fidelity, matrix, records, speed
+from pipeline.validation.evidence import verdicts_for
 
 
 def checked_model_file(folder: Path, manifest: dict, lock_file: Path = LOCK_FILE) -> Path:
@@ -76,6 +77,7 @@ def measurement(
             f"({'; '.join(result['warnings']) or 'none recorded'})"
         )
     return matrix.Measurement(
+        artifact_numerics=library_numerics(result.get("compute")),
         executed=result["device_executed"],
         load_s=result["load_s"],
         peak_rss_mb=result["peak_rss_mb"],
@@ -86,6 +88,23 @@ def measurement(
         sample=result["text"],
         note=note,
     )
+
+
+def library_numerics(compute: str | None) -> dict[str, Any]:
+    """What the library's run computed with, and the compute precision it is judged at.
+
+    The library casts every matmul's activations to fp16 and compiles its kernels at the device's default (the NPU's
+    f16; on a CPU the plugin's default, bf16 on AVX512-BF16 / AMX CPUs), and takes no precision setting: its
+    fidelity is never an f32 figure. It is held to the weight format's limits widened by that compute precision's
+    device-numerics allowance (:meth:`pipeline.validation.matrix.Thresholds.widened`), as an OpenVINO cell's device
+    numerics are: bf16 where the kernels compute in bf16, else f16 (the activations' precision).
+    """
+    ran = compute or "unknown"
+    return {
+        "label": f"fp16 activations, {ran} compute (the library's; it cannot run at f32)",
+        "compute": ran,
+        "judged_as": "bf16" if ran == "bf16" else "f16",
+    }
 
 
 def worker_args(
@@ -137,7 +156,7 @@ def run_cells(
     reference = json.loads(Path(reference_path).read_text(encoding="utf-8"))
     ref_logprobs = fidelity.ReferenceLogprobs.load(Path(reference_path).parent / fidelity.LOGPROBS_FILE)
     weight_format = manifest["parameters"]["dtype"]
-    thresholds = matrix.Thresholds(weight_format, **cfg.thresholds(weight_format))
+    thresholds = verdicts_for(cfg, weight_format)  # judged at the compute that ran (library_numerics)
     cells = {}
     for plan in plans:
         if plan.skip_reason:

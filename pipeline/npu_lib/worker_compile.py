@@ -44,7 +44,26 @@ def import_library() -> dict[str, Any]:
         print(f"[npu-lib worker] library warning: {message}", file=sys.stderr, flush=True)
     # Without an NPU the library compiles every kernel for CPU (inference.h: compile_model).
     available = bool(npu_available())
-    return {"npu_available": available, "device_executed": "NPU" if available else "CPU", "warnings": messages}
+    executed = "NPU" if available else "CPU"
+    return {"npu_available": available, "device_executed": executed, "warnings": messages, "compute": compute(executed)}
+
+
+def compute(executed: str) -> str:
+    """The compute precision the library's kernels get on ``executed``: the NPU's f16, else the CPU plugin's default.
+
+    The library compiles its kernels with no precision hint, so on the CPU they compute at the plugin's default:
+    ``bf16`` on CPUs with AVX512-BF16 or AMX, ``f32`` elsewhere. Read from the OpenVINO this environment holds
+    (the library's own), as the library would get it; ``unknown`` if it cannot be read.
+    """
+    if executed == "NPU":
+        return "f16"
+    try:
+        import openvino as ov
+
+        hint = ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT")
+        return str(hint.get_type_name()) if hasattr(hint, "get_type_name") else str(hint)
+    except Exception:  # an older OpenVINO without the property: say so rather than guess
+        return "unknown"
 
 
 class UntiedCausalLM:

@@ -123,6 +123,9 @@ def row_note(row: Row) -> str:
     if row.status == "refused":  # the export refused this model: why, and how to leave the variant out
         return f"{row.data.get('reason') or 'refused at export'}; leave it out: `{row.data.get('leave_out') or '...'}`"
     parts = [f"stands in for the absent {row.data['stand_in_for']}"] if row.data.get("stand_in_for") else []
+    numerics = row.data.get("artifact_numerics") or {}
+    if numerics.get("judged_as"):  # a runtime that cannot run at f32: the f32 columns hold what it ran
+        parts.append(f"fidelity columns at {numerics['label']}")
     if row.status == "failed":
         parts += row.data.get("problems") or []
     parts += [row.data["speed_not_measured"]] if row.data.get("speed_not_measured") else []

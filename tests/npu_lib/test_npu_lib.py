@@ -237,6 +237,9 @@ def test_int4_model_loads_after_the_hash_check_generates_and_matches(int4_artifa
     assert metrics["label"] == "NPU library model, validated on CPU (stand-in: no NPU here)"
     assert metrics["device_executed"] == "CPU" and metrics["reason"].startswith("no NPU")
     assert "with only a warning" in metrics["note"]
+    numerics = metrics["cells"][matrix.STAND_IN]["artifact_numerics"]  # what the library's kernels computed with
+    assert numerics["compute"] in ("bf16", "f32") and numerics["label"].startswith("fp16 activations, ")
+    assert numerics["judged_as"] == ("bf16" if numerics["compute"] == "bf16" else "f16")
     assert metrics["top1_agreement"] >= 0.85 and metrics["tokenizer_matches_reference"]
     assert 0 < metrics["mean_kl"] <= cfg.max_mean_kl["int4"] and metrics["perplexity"] > 0
     assert metrics["sample"].strip() and metrics["profile"] == "quick"
@@ -328,3 +331,57 @@ def test_a_failed_env_build_is_not_retried_by_every_stage(tmp_path: Path, monkey
     with pytest.raises(npu_lib_env.EnvUnavailable):
         npu_lib_env.ensure(tmp_path, retry=True)
     assert len(builds) == 2, "aipc npu-lib-env retries"
+
+
+def test_the_library_is_judged_at_the_numerics_it_ran_not_as_an_f32_runtime() -> None:
+    """Issue 35, Why 7: npu_lib-fp16 at top-1 0.979 failed as "artifact fidelity (f32 runtime)" against fp16's 0.99,
+    though the library runs fp16 activations at the CPU's default compute (bf16 here) and cannot run at f32."""
+    from pipeline.validation.evidence import verdicts_for
+
+    cfg = build(ValidateConfig, compose(["model=tiny"])["validate"])
+    verdicts = verdicts_for(cfg, "fp16")
+
+    def got(top1: float, numerics: dict | None) -> matrix.Measurement:
+        fidelity = {"top1_agreement": top1, "mean_kl": 0.001, "perplexity_delta_pct": 0.1}
+        return matrix.Measurement("CPU", 0.1, 1.0, {}, fidelity, [], True, "", artifact_numerics=numerics)
+
+    library = validate_npu_lib.library_numerics("bf16")
+    assert verdicts.problems(got(0.979, library)) == []
+    limit = round(cfg.min_top1_agreement["fp16"] + cfg.device_numerics.min_top1_agreement["bf16"] - 1, 4)
+    (problem,) = verdicts.problems(got(limit - 0.01, library))
+    assert problem.startswith("artifact fidelity (fp16 activations, bf16 compute (the library's; it cannot run at f32), ")
+    assert f"below the fp16 at bf16 compute threshold {limit}" in problem
+    # an f32 runtime keeps its own limit; an unreadable compute is judged as the activations' f16
+    assert verdicts.problems(got(0.979, None))[0].startswith("artifact fidelity (f32 runtime): top-1 agreement 0.979")
+    assert validate_npu_lib.library_numerics(None)["judged_as"] == "f16"
+
+
+@pytest.mark.parametrize(
+    "raised, expected",
+    [
+        ("OSError(28, 'No space left on device')", "the disk filled in the isolated environment's worker"),
+        ("RuntimeError('the kernel cache is corrupt')", "failed in the isolated environment: RuntimeError: the kernel"),
+    ],
+)
+def test_a_worker_failure_is_one_line_and_its_traceback_is_kept_not_printed(
+    raised: str, expected: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """Issue 35, Why 6: validate_npu_lib with a full TMPDIR relayed the worker's traceback (the worker is real
+    Python run as the stage runs it; only its script is one that fails the way a full disk makes it fail)."""
+    worker = tmp_path / "worker.py"
+    worker.write_text(f"print('loading', flush=True)\nraise {raised}\n", encoding="utf-8")
+    monkeypatch.setattr(npu_lib_env, "WORKER", worker)
+    monkeypatch.chdir(tmp_path)
+    env = npu_lib_env.NpuLibEnv(tmp_path, Path(sys.executable), {})
+    with pytest.raises(StageError) as exc:
+        export_npu_lib.call_worker("int4", env, "validate", [], tmp_path)
+    message = str(exc.value)
+    assert "\n" not in message and expected in message and message.startswith("[npu_lib-int4] validate")
+    err = capsys.readouterr().err
+    assert "    loading" in err and "Traceback" not in err, "progress streamed, the traceback held back"
+    if "disk" in expected:
+        assert "set TMPDIR to a larger drive" in message
+    else:
+        kept = tmp_path / ".aipc" / "logs" / "npu_lib-int4-validate-traceback.txt"
+        assert f"(traceback: {kept.relative_to(tmp_path).as_posix()})" in message
+        assert kept.read_text(encoding="utf-8").startswith("Traceback (most recent call last)")
