@@ -22,7 +22,7 @@ import re
 import typing
 from collections.abc import Callable
 
-from pipeline.cli import info, project, stages
+from pipeline.cli import info, plan, project, stages
 from pipeline.core.errors import run_main
 
 COMMANDS: dict[str, Callable[..., None]] = {
@@ -52,6 +52,7 @@ COMMANDS: dict[str, Callable[..., None]] = {
     "report": project.cmd_report,
     "recommend": project.cmd_recommend,
     "presets": info.cmd_presets,
+    "plan": plan.cmd_plan,
     "publish": stages.cmd_publish,
     "pull": stages.cmd_pull,
     "verify": stages.cmd_verify,

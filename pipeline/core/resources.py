@@ -141,15 +141,25 @@ def input_bytes(folder: Path) -> int:
 
 
 def stage_ram(stage: str, variant: str, input_dir: Path) -> int:
-    """Bytes of RAM ``stage`` (a :data:`STAGE_RAM` key) needs for ``variant``, scaled to ``input_dir``'s size.
+    """Bytes of RAM ``stage`` (a :data:`STAGE_RAM` key) needs for ``variant``, scaled to ``input_dir``'s size."""
+    return ram_for(stage, variant, input_bytes(input_dir), sys.platform)
+
+
+def ram_for(stage: str, variant: str, size: int, platform: str) -> int:
+    """Bytes of RAM ``stage`` needs for ``variant`` on ``platform`` (``sys.platform``), its input ``size`` bytes.
 
     An unknown variant takes the stage's largest share, so a new variant is checked, conservatively. A stage
-    with a ``<stage>_lean`` row uses it where mapped pages can be handed back (Linux ``madvise``).
+    with a ``<stage>_lean`` row uses it where mapped pages can be handed back (Linux ``madvise``); on Windows a
+    stage with a :data:`pipeline.core.ram_windows.WINDOWS_RAM` row uses that (measured private memory).
     """
-    lean = f"{stage}_lean" in STAGE_RAM and sys.platform.startswith("linux")
+    from pipeline.core.ram_windows import WINDOWS_RAM
+
+    lean = f"{stage}_lean" in STAGE_RAM and platform.startswith("linux")
     table = STAGE_RAM[f"{stage}_lean" if lean else stage]
+    if platform == "win32" and stage in WINDOWS_RAM:
+        table = WINDOWS_RAM[stage]
     share, fixed = table.get(variant, max(table.values()))
-    return int(share * input_bytes(input_dir) + fixed * 2**30)
+    return int(share * size + fixed * 2**30)
 
 
 def check_stage_ram(stage: str, variant: str, input_dir: Path, what: str | None = None) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 from pipeline.core.errors import fail
 from pipeline.core.hashes import remember_sha256
 from pipeline.core.memory import weight_files
+from pipeline.core.ram_windows import WINDOWS_EXPORT
 
 CHUNK_ELEMENTS = 1 << 24  # bf16 values per conversion step (32 MiB)
 
@@ -199,6 +200,16 @@ def native_trimmer() -> bool:
     return memory._pagetrim is not None
 
 
+def ram_share(kind: str, lean: bool, platform: str, trimmable: bool, native: bool = True) -> tuple[float, float]:
+    """(share of the checkpoint, fixed GiB) of RAM an export of ``kind`` needs on ``platform`` (``sys.platform``),
+    where mapped pages can be handed back (``trimmable``) and the native trimmer is built (``native``) or not."""
+    if lean and platform == "win32":  # measured private memory: Windows drops mapped pages (core/ram_windows.py)
+        return WINDOWS_EXPORT[kind]
+    if lean and (not trimmable or (kind == "export" and not native)):
+        return UNTRIMMED_RAM_NEEDS[kind]
+    return RAM_NEEDS[(kind, lean)]
+
+
 def needs(kind: str, weight_format: str, model_dir: Path, lean: bool = True) -> tuple[int, int]:
     """(RAM, disk) in bytes that an export of ``model_dir`` needs: ``kind`` is ``export`` or ``compress``.
 
@@ -206,8 +217,6 @@ def needs(kind: str, weight_format: str, model_dir: Path, lean: bool = True) -> 
     without the native trimmer, the mapped checkpoint stays resident (:data:`UNTRIMMED_RAM_NEEDS`).
     """
     size = sum(f.stat().st_size for f in weight_files(model_dir)) or 1
-    share, fixed = RAM_NEEDS[(kind, lean)]
-    if lean and (not pages_can_be_trimmed() or (kind == "export" and not native_trimmer())):
-        share, fixed = UNTRIMMED_RAM_NEEDS[kind]
+    share, fixed = ram_share(kind, lean, sys.platform, pages_can_be_trimmed(), native_trimmer())
     disk = COMPRESSED_DISK.get(weight_format, 1.05) if kind == "compress" else DISK_NEEDS.get(weight_format, 1.05)
     return int(share * size + fixed * 2**30), int(disk * size)
