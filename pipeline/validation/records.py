@@ -130,12 +130,11 @@ def publish_cells(
     return publish(record, Path(metrics_dir) / f"{artifact}.json")
 
 
-CLEAR_REFS = Path("/proc/self/clear_refs")  # windows-ok: writing 5 resets VmHWM (Linux); elsewhere we sample
 SAMPLE_EVERY_S = 0.02
 
 
 class _PeakSampler(threading.Thread):
-    """Where the peak cannot be reset (Windows, macOS): sample this process's RSS until stopped, keep the max."""
+    """Sample this process's RSS until stopped, keep the max (one cell's peak)."""
 
     def __init__(self) -> None:
         super().__init__(name="aipc-peak-rss", daemon=True)
@@ -156,25 +155,22 @@ _SAMPLER: _PeakSampler | None = None
 
 
 def reset_peak_rss() -> bool:
-    """Start measuring the next cell's peak RSS alone: Linux resets ``VmHWM``; elsewhere a sampler thread starts.
+    """Start measuring the next cell's peak RSS alone: a thread samples RSS every :data:`SAMPLE_EVERY_S` seconds.
 
-    Returns whether the peak is exact (``VmHWM``) rather than sampled every :data:`SAMPLE_EVERY_S` seconds.
+    The process's own high-water mark is left alone (Linux could reset ``VmHWM`` through ``/proc/self/clear_refs``,
+    but then ``/usr/bin/time``, ``ru_maxrss`` and every outside tool would see only the last cell's peak, not the
+    stage's). Returns whether the peak is exact: never, a spike shorter than the interval can be missed.
     """
     global _SAMPLER
     if _SAMPLER is not None:
         _SAMPLER.halt.set()
-        _SAMPLER = None
-    try:
-        CLEAR_REFS.write_text("5", encoding="ascii")
-        return True
-    except OSError:  # not Linux, or not allowed: sample (a spike shorter than the interval can be missed)
-        _SAMPLER = _PeakSampler()
-        _SAMPLER.start()
-        return False
+    _SAMPLER = _PeakSampler()
+    _SAMPLER.start()
+    return False
 
 
 def peak_rss_mb() -> float:
-    """Peak RSS since :func:`reset_peak_rss`: exact on Linux (``VmHWM``), sampled elsewhere."""
+    """Peak RSS since :func:`reset_peak_rss` (sampled); without a reset, the process's own peak."""
     if _SAMPLER is not None:
         import psutil
 
