@@ -17,8 +17,8 @@ from typing import Any
 from pipeline.validation.devices import DeviceStatus, executed_device
 
 # Answers compared up to the model's end token; the families call them through this module.
+from pipeline.validation.prompts import divergence_notes, greedy_match
 from pipeline.validation.prompts import first_divergence as first_divergence
-from pipeline.validation.prompts import greedy_match
 
 # A cell's speed figures live beside the rule for cells that measure none (stand-ins outside validate.profile=full).
 from pipeline.validation.speed import Perf as Perf
@@ -112,6 +112,7 @@ class Cell:
     perplexity_delta_pct: float | None = None
     greedy_exact_match: float | None = None
     first_divergence: list[int | None] = field(default_factory=list)
+    divergence_notes: list[str] = field(default_factory=list)  # how close PyTorch's own choice was (near ties)
     greedy_numerics: str | None = None  # what greedy_exact_match ran at: the defaults, or a forced precision
     greedy_exact_match_f32: float | None = None  # the same prompts at pinned f32 (pipeline.openvino.answers)
     first_divergence_f32: list[int | None] = field(default_factory=list)
@@ -247,6 +248,7 @@ def judge(plan: CellPlan, got: Measurement, reference: dict, thresholds: Thresho
         perf={k: asdict(v) for k, v in got.perf.items()},
         greedy_exact_match=round(exact, 4),
         first_divergence=divergence,
+        divergence_notes=divergence_notes(divergence, reference),
         tokenizer_matches_reference=got.tokenizer_matches_reference,
         fidelity_device=got.fidelity_device or executed,
         sample=got.sample[:200],

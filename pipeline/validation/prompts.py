@@ -112,6 +112,27 @@ def greedy_match(outputs: list[list[int]], reference: dict) -> tuple[float, list
     return sum(d is None for d in divergence) / len(divergence), divergence
 
 
+NEAR_TIE = 0.1  # logits: PyTorch's own top-1 minus top-2 below this is a tie two correct runtimes can break apart
+
+
+def divergence_notes(divergence: list[int | None], reference: dict) -> list[str]:
+    """For each prompt whose greedy answer parts from PyTorch's, how close PyTorch's own choice was there.
+
+    ``reference.json`` records the margin (top-1 minus top-2 logit, f32) of every answer token: a divergence at a
+    near tie (under :data:`NEAR_TIE`) is one two correct runtimes can show; one at a wide margin is not.
+    """
+    notes = []
+    for i, (d, case) in enumerate(zip(divergence, reference.get("greedy", []))):
+        margins = case.get("margins") or []
+        if d is None or d >= len(margins):
+            continue
+        kind = "a near tie" if margins[d] < NEAR_TIE else "not a near tie"
+        notes.append(
+            f"prompt {i} parts from PyTorch at token {d}, where PyTorch's top two are {margins[d]:.3g} apart ({kind})"
+        )
+    return notes
+
+
 def generation_eos(folder: Path) -> list[int]:
     """The eos ids a folder's runtime stops on: ``generation_config.json`` (checkpoint, OpenVINO IR) or
     ``genai_config.json`` (ONNX Runtime GenAI)."""

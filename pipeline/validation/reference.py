@@ -172,14 +172,19 @@ def greedy(
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
                 eos_token_id=stop,
+                output_logits=True,
+                return_dict_in_generate=True,
             )
-            new = generated[0, len(ids) :].tolist()
+            new = generated.sequences[0, len(ids) :].tolist()
+            # top-1 minus top-2 logit at each answer token: where two correct runtimes may part ways (near ties)
+            margins = [round(float(d[0] - d[1]), 4) for d in (s[0].float().topk(2).values for s in generated.logits)]
             out.append(
                 {
                     "messages": chat_prompts.as_messages(prompt),
                     "prompt": text,
                     "prompt_ids": ids,
                     "output_ids": new,
+                    "margins": margins[: len(new)],
                     "text": tokenizer.decode(new, skip_special_tokens=True),
                 }
             )

@@ -129,6 +129,7 @@ def row_note(row: Row) -> str:
     if row.status == "failed":
         parts += row.data.get("problems") or []
     parts += [row.data["speed_not_measured"]] if row.data.get("speed_not_measured") else []
+    parts += row.data.get("divergence_notes") or []
     return "; ".join(parts + [row.data.get("note") or ""]).strip("; ")
 
 

@@ -221,7 +221,8 @@ def test_report_has_a_row_per_cell_with_reasons_and_missing_artifacts(tmp_path: 
     (tmp_path / "metrics" / "openvino-int4.json").write_text(json.dumps(record.as_dict()), encoding="utf-8")
     counts = report.run(params, tmp_path / "metrics", tmp_path / "report")
     text = (tmp_path / "report" / "report.md").read_text(encoding="utf-8")
-    assert counts == {"passed": 1, "failed": 0, "skipped": 1, "missing": len(report.configured_artifacts(params)) - 1}
+    assert counts == {"passed": 1, "failed": 0, "skipped": 1, "missing": len(report.configured_artifacts(params)) - 1,
+                      "refused": 0}
     assert "| openvino-int4 | CPU | passed | – | CPU | 14.8 |" in text and "TTFT ms (1024 tok)" in text
     assert "| openvino-int4 | GPU | skipped | – |" in text and status()["GPU"].reason in text
     assert "| openvino-fp16 | - | missing |" in text and "dvc repro validate@fp16" in text
