@@ -249,6 +249,10 @@ def judge(plan: CellPlan, got: Measurement, reference: dict, thresholds: Thresho
         greedy_exact_match=round(exact, 4),
         first_divergence=divergence,
         divergence_notes=divergence_notes(divergence, reference),
+        # a runtime that cannot run at f32 generated at what it ran (the NPU library); OpenVINO's is set by its answers
+        greedy_numerics=(got.artifact_numerics or {}).get("label")
+        if (got.artifact_numerics or {}).get("judged_as")
+        else None,
         tokenizer_matches_reference=got.tokenizer_matches_reference,
         fidelity_device=got.fidelity_device or executed,
         sample=got.sample[:200],

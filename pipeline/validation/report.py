@@ -138,6 +138,8 @@ def exact_match(data: dict[str, Any]) -> str:
     that one), e.g. ``1.00 / 0.33``; a family that measures one figure shows it alone."""
     default = _num(data.get("greedy_exact_match"), ".2f")
     f32 = data.get("greedy_exact_match_f32")
+    if f32 is None and data.get("greedy_numerics"):  # one figure, not at f32: say what it ran at
+        return f"{default} (at {data['greedy_numerics']})"
     return default if f32 is None else f"{f32:.2f} / {default}"
 
 

@@ -53,3 +53,18 @@ def test_every_judged_cell_notes_its_divergences_with_pytorchs_margin(answer: di
     thresholds = matrix.Thresholds("fp16", None, None)
     cell = matrix.judge(plan, got, {**reference, "stop_token_ids": []}, thresholds, "test")
     assert cell.first_divergence == [0, None] and cell.divergence_notes == notes[:1]
+
+
+def test_a_single_exact_match_figure_says_the_numerics_it_ran_at() -> None:
+    """Issue 35.7: the exact-match column showed an NPU-library figure (fp16 activations, bf16 compute) under
+    "(f32 / default)" with no word of what it ran at."""
+    from pipeline.npu_lib.validate import library_numerics
+    from pipeline.validation.report import exact_match
+
+    got = matrix.Measurement("CPU", 0.1, 1.0, {}, {"top1_agreement": 1.0, "mean_kl": 0.0}, [[1]], True, "",
+                             artifact_numerics=library_numerics("bf16"))
+    cell = matrix.judge(matrix.CellPlan("CPU", "CPU"), got, {"greedy": [{"output_ids": [1]}], "stop_token_ids": []},
+                        matrix.Thresholds("fp16", None, None), "test")
+    assert exact_match(cell.__dict__) == "1.00 (at fp16 activations, bf16 compute (the library's; it cannot run at f32))"
+    assert exact_match({"greedy_exact_match": 0.5, "greedy_exact_match_f32": 1.0}) == "1.00 / 0.50"
+    assert exact_match({"greedy_exact_match": 0.5}) == "0.50"
