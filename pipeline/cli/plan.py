@@ -57,9 +57,10 @@ def plan_rows(
         rows.append(
             (f"export_openvino@{v}", export("compress" if cfg.weight_format in ("int4", "int8") else "export"), False)
         )
-        row = "fp16_on_f32_cpu" if cfg.weight_format == "fp16" else cfg.weight_format  # validate.py's row for fp16
         size = folder("openvino", v, FOLDER_SHARE.get(("openvino", cfg.weight_format), 1.0))
-        rows.append((f"validate@{v}", ram_for("validate", row, size, platform), False))
+        rows.append((f"validate@{v}", ram_for("validate", cfg.weight_format, size, platform), False))
+        if cfg.weight_format == "fp16":  # its CPU cells widen the weights to f32: skipped where that does not fit
+            rows.append((f"validate@{v} CPU cells", ram_for("validate", "fp16_on_f32_cpu", size, platform), True))
     for v in params.npu:
         rows.append((f"export_npu@{v}", export("compress"), False))
         size = folder("npu", v, FOLDER_SHARE[("npu", "int4")])
@@ -84,6 +85,8 @@ def plan_rows(
 
 def fix_for(stage: str, optional: bool, cap_gib: float) -> str:
     """What makes a stage that does not fit run anyway, or go."""
+    if optional and stage.endswith(" CPU cells"):
+        return "its CPU cells are skipped with one line (the f16 weights widened to f32); its GPU cell runs"
     if optional:
         return f"a CPU stand-in: skipped with one line (validate.stand_in_max_ram_gib={cap_gib:g}); the rest runs"
     family, _, variant = stage.partition("@")

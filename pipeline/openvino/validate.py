@@ -14,7 +14,7 @@ Output: ``artifacts/metrics/openvino-<variant>.json`` / ``npu-<variant>.json`` (
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from pipeline.core.log import step
 from pipeline.core.manifest import read_manifest
 from pipeline.core.memory import MappedPageTrimmer, weight_files
 from pipeline.core.registry import FAMILIES
-from pipeline.core.resources import check_stage_ram, skip_for_ram
+from pipeline.core.resources import check_stage_ram, skip_for_ram, stage_ram
 from pipeline.core.stage import run_stage
 from pipeline.core.workspace import PROJECT, Workspace
 from pipeline.openvino import answers, npu_lane, runtime_config
@@ -107,13 +107,20 @@ def measure_cell(
 
 
 def emulation_cells(
-    target: Target, cfg: ValidateConfig, evidence: Evidence, verdicts: matrix.Verdicts, pinned_runs: dict[str, Any]
+    target: Target,
+    cfg: ValidateConfig,
+    evidence: Evidence,
+    verdicts: matrix.Verdicts,
+    pinned_runs: dict[str, Any],
+    cpu_skip: str | None = None,
 ) -> dict[str, matrix.Cell]:
-    """CPU cells that force the targets' compute precisions (``validate.emulate_numerics``), where this CPU can."""
+    """CPU cells that force the targets' compute precisions (``validate.emulate_numerics``), where this CPU can
+    (``cpu_skip``: why no CPU cell of this IR fits here, :func:`check_ram`)."""
     from pipeline.openvino.numerics import emulation_plans, emulation_ram, settings
 
     cells: dict[str, matrix.Cell] = {}
     for plan in emulation_plans(cfg.emulate_numerics):
+        plan.skip_reason = plan.skip_reason or cpu_skip
         if not plan.skip_reason and (need := emulation_ram(plan.precision, target.ir_dir)):
             what = (
                 f"the {plan.column} cell of {target.artifact} (the CPU plugin unpacks its weights to {plan.precision})"
@@ -170,16 +177,28 @@ def npu_lanes(target: Target, cfg: ValidateConfig, plans: list[matrix.CellPlan])
     return out
 
 
-def check_ram(target: Target, weight_format: str) -> None:
-    """Stop in one line, before anything is read or written, if the stage's RAM row does not fit. An fp16 IR's CPU
-    cell holds the weights widened to f32 for its greedy answers at pinned f32 (and, on the AVX2 CPUs of most laptops,
-    at the default numerics too): twice the IR, row ``fp16_on_f32_cpu``."""
+def check_ram(target: Target, weight_format: str) -> str | None:
+    """Stop in one line, before anything is read or written, if the stage's RAM row does not fit; or, for an fp16
+    IR, say why its CPU cells cannot run here (``None``: they can).
+
+    An fp16 IR's CPU cell holds the weights widened to f32 for its greedy answers at pinned f32 (and, on the AVX2 CPUs
+    of most laptops, at the default numerics too): twice the IR, row ``fp16_on_f32_cpu``, 15 GiB for Phi-3-mini. That
+    is what running it on such a CPU costs, so where it does not fit, the CPU cells are skipped with that reason (the
+    report and the recommendation say so) and the stage goes on with the other devices (a GPU computes in f16).
+    """
     stage = "validate_npu" if target.family == "npu" else "validate"
     if weight_format == "fp16" and "CPU" in target.devices:
-        what = f"{stage}@fp16 (its CPU cell's answers at pinned f32 widen the f16 weights to f32)"
-        check_stage_ram(stage, "fp16_on_f32_cpu", target.ir_dir, what)
-    else:
-        check_stage_ram(stage, weight_format, target.ir_dir)
+        what = f"the CPU cell of {stage}@fp16 (its answers at f32 widen the f16 weights to f32)"
+        short = skip_for_ram(what, stage_ram(stage, "fp16_on_f32_cpu", target.ir_dir), 0, target.ir_dir)
+        check_stage_ram(stage, "fp16", target.ir_dir)  # every other cell still must fit
+        return short
+    check_stage_ram(stage, weight_format, target.ir_dir)
+    return None
+
+
+def on_the_cpu(plan: matrix.CellPlan) -> bool:
+    """Whether a cell computes on this machine's CPU (the CPU itself, a CPU stand-in, the NPU pipeline on CPU)."""
+    return plan.device == "CPU" or plan.backend == "CPU" or plan.stand_in_for is not None
 
 
 def run(target: Target, cfg: ValidateConfig, ws: Workspace = PROJECT, *, status: dict | None = None) -> dict:
@@ -197,7 +216,7 @@ def run(target: Target, cfg: ValidateConfig, ws: Workspace = PROJECT, *, status:
     from pipeline.validation import devices
 
     weight_format = read_manifest(target.ir_dir)["parameters"].get("weight_format", "int4")
-    check_ram(target, weight_format)
+    cpu_skip = check_ram(target, weight_format)
     evidence = Evidence.load(ws.reference_path)
     verdicts = verdicts_for(cfg, weight_format)
     cells: dict[str, matrix.Cell] = {}
@@ -207,6 +226,8 @@ def run(target: Target, cfg: ValidateConfig, ws: Workspace = PROJECT, *, status:
     # inference), never reads those pages again: handing them back halves every cell's peak (tests/openvino/test_validate_memory.py).
     with MappedPageTrimmer(weight_files(target.ir_dir)):
         plans = npu_lanes(target, cfg, matrix.plan_cells(target.devices, status or devices.detect(), cfg.cpu_stand_in))
+        if cpu_skip:  # an fp16 IR where its f32-widened weights do not fit: no CPU cell runs (check_ram)
+            plans = [replace(p, skip_reason=cpu_skip) if on_the_cpu(p) and not p.skip_reason else p for p in plans]
         for plan in plans:
             if plan.skip_reason:
                 cells[plan.column] = matrix.skipped_cell(plan, target.kind)
@@ -222,7 +243,7 @@ def run(target: Target, cfg: ValidateConfig, ws: Workspace = PROJECT, *, status:
             )
             cells[plan.column].speed_not_measured = speed.not_measured(plan.stand_in_for, cfg)
         same_tokens_as_cpu(cells, outputs, target.ir_dir, evidence.reference)
-        cells.update(emulation_cells(target, cfg, evidence, verdicts, pinned_runs))
+        cells.update(emulation_cells(target, cfg, evidence, verdicts, pinned_runs, cpu_skip))
     return records.publish_cells(
         target.artifact,
         target.family,
