@@ -58,7 +58,7 @@ def checks_on(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(resources.ASSUME_RAM_ENV, raising=False)
 
 
-# the lean path (Linux): the whole default `dvc repro`, benchmarks/results/full_pipeline.json, IR sizes from the manifests
+# the lean path (Linux): the whole default `dvc repro`, benchmarks/results/full_pipeline-2026-12-02.json, IR sizes from the manifests
 MEASURED_LEAN = [  # benchmarks/full_pipeline.py (2026-12-02): the f32 pass stateless, and for fp16 in runs of layers
     ("validate", "int4", 2.589 * GIB, 6.19),
     ("validate", "int8", 3.569 * GIB, 7.02),
