@@ -85,10 +85,8 @@ class Measurement:
 
 @dataclass
 class Cell:
-    """One artifact on one device: ``passed``, ``failed`` (with the problems) or ``skipped`` (with the reason).
-
-    ``reason`` says why a cell was skipped, or, for a CPU stand-in, why its target device did not run.
-    """
+    """One artifact on one device: ``passed``, ``failed`` (its problems) or ``skipped`` (``reason``: why; for a CPU
+    stand-in, why its target device did not run)."""
 
     column: str
     device_requested: str
@@ -156,12 +154,8 @@ class Thresholds:
     max_mean_kl: float | None
 
     def widened(self, drift: Thresholds) -> Thresholds:
-        """These limits for a run at a lower compute precision than f32, when no f32 run exists to measure the drift.
-
-        Top-1: a run that agrees with the f32 run on a share ``d`` of positions, where the f32 run agrees with
-        PyTorch on ``a``, agrees with PyTorch on at least ``a + d - 1`` (the union bound), so the limit is
-        ``a + d - 1``. KL: the two allowances added (KL is no metric; the sum is the budget, not a bound).
-        """
+        """These limits for a run below f32 with no f32 run to measure its drift against: top-1 ``a + d - 1`` (a run
+        agreeing with f32 on ``d`` where f32 agrees with PyTorch on ``a``: the union bound); KL the two added."""
         top1 = self.min_top1_agreement
         if top1 is not None and drift.min_top1_agreement is not None:
             top1 = round(top1 + drift.min_top1_agreement - 1, 4)
@@ -249,10 +243,7 @@ def judge(plan: CellPlan, got: Measurement, reference: dict, thresholds: Thresho
         greedy_exact_match=round(exact, 4),
         first_divergence=divergence,
         divergence_notes=divergence_notes(divergence, reference),
-        # a runtime that cannot run at f32 generated at what it ran (the NPU library); OpenVINO's is set by its answers
-        greedy_numerics=(got.artifact_numerics or {}).get("label")
-        if (got.artifact_numerics or {}).get("judged_as")
-        else None,
+        greedy_numerics=library_label(got),  # OpenVINO's is set by its answers (pipeline.openvino.answers)
         tokenizer_matches_reference=got.tokenizer_matches_reference,
         fidelity_device=got.fidelity_device or executed,
         sample=got.sample[:200],
@@ -260,6 +251,11 @@ def judge(plan: CellPlan, got: Measurement, reference: dict, thresholds: Thresho
         **figures,
         **speed,
     )
+
+
+def library_label(got: Measurement) -> str | None:
+    """What a runtime that cannot run at f32 generated at (the NPU library's numerics), else None."""
+    return (got.artifact_numerics or {}).get("label") if (got.artifact_numerics or {}).get("judged_as") else None
 
 
 def numerics_fields(got: Measurement) -> dict[str, Any]:
