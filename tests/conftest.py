@@ -52,6 +52,36 @@ def make_project(dest: Path) -> Path:
     return dest
 
 
+def partial_rotary_model(dest: Path, seed: int = 7) -> Path:
+    """A random one-layer Phi-3-layout model with the embedded tiny tokenizer, head size 32 and partial rotary 0.75
+    (a 12-wide cos_cache, which onnxruntime's CPU GroupQueryAttention refuses) and tied embeddings: a second shape,
+    generated in the tests, beside the embedded tiny models."""
+    import torch
+    from transformers import Phi3Config, Phi3ForCausalLM
+
+    torch.manual_seed(seed)
+    config = Phi3Config(
+        vocab_size=32064,  # the embedded tiny tokenizer's
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        partial_rotary_factor=0.75,
+        max_position_embeddings=4096,
+        original_max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=32000,
+        pad_token_id=32000,
+    )
+    Phi3ForCausalLM(config).save_pretrained(dest)
+    tokenizer = ROOT / "pipeline" / "assets" / "tiny_phi3"
+    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        shutil.copy2(tokenizer / name, dest / name)
+    return dest
+
+
 def previous_artifact(out: Path) -> Path:
     """An existing output folder that a failing stage must leave exactly as it was."""
     out.mkdir(parents=True)

@@ -14,6 +14,8 @@ from pathlib import Path
 from pipeline.core.artifacts import ARTIFACTS, folder_bytes
 from pipeline.core.config import PipelineConfig, load_params
 from pipeline.core.errors import fail, size_text
+from pipeline.core.refusal import composed_overrides, leave_out_command
+from pipeline.core.registry import FAMILIES
 from pipeline.core.resources import input_bytes, ram_for
 from pipeline.openvino.lean import ram_share
 
@@ -83,16 +85,17 @@ def plan_rows(
     return rows
 
 
-def fix_for(stage: str, optional: bool, cap_gib: float) -> str:
-    """What makes a stage that does not fit run anyway, or go."""
+def fix_for(stage: str, optional: bool, cap_gib: float, composed: list[str]) -> str:
+    """What makes a stage that does not fit run anyway, or go (``composed``: this workspace's overrides)."""
     if optional and stage.endswith(" CPU cells"):
         return "its CPU cells are skipped with one line (the f16 weights widened to f32); its GPU cell runs"
     if optional:
         return f"a CPU stand-in: skipped with one line (validate.stand_in_max_ram_gib={cap_gib:g}); the rest runs"
-    family, _, variant = stage.partition("@")
-    section = {"validate": "openvino", "export_openvino": "openvino"}.get(family, family.split("_", 1)[-1])
-    leave = f"aipc compose <your overrides> ~{section}.{variant}" if variant else "close other programs"
-    return f"close other programs, or leave it out: {leave}"
+    name, _, variant = stage.partition("@")
+    family = next((f.name for f in FAMILIES.values() if name in (f.export_stage, f.validate_stage)), None)
+    if family is None:  # a shared stage (the reference, the base IR): nothing to leave out
+        return "close other programs"
+    return f"close other programs, or leave it out: {leave_out_command(family, variant, composed)}"
 
 
 def plan_text(params: PipelineConfig, ram_gib: float, os_name: str, checkpoint_bytes: int | None = None) -> str:
@@ -102,11 +105,12 @@ def plan_text(params: PipelineConfig, ram_gib: float, os_name: str, checkpoint_b
     model = f"a {size_text(checkpoint_bytes)} checkpoint" if checkpoint_bytes else f"model {params.model.name}"
     lines = [f"RAM plan for {model} on {os_name} with {ram_gib:g} GiB available (the rows every stage checks itself):"]
     width = max(len(stage) for stage, _, _ in rows)
-    misfits = 0
+    misfits, cap = 0, params.validate.stand_in_max_ram_gib
+    composed = composed_overrides() if any(need > ram_gib * GIB for _, need, _ in rows) else []
     for stage, need, optional in rows:
         fits = need <= ram_gib * GIB
         misfits += not fits and not optional
-        verdict = "fits" if fits else f"does not fit: {fix_for(stage, optional, params.validate.stand_in_max_ram_gib)}"
+        verdict = "fits" if fits else f"does not fit: {fix_for(stage, optional, cap, composed)}"
         lines.append(f"  {stage:<{width}}  {size_text(need):>9}  {verdict}")
     lines.append(f"{misfits} required stage(s) do not fit" if misfits else "every required stage fits")
     return "\n".join(lines)

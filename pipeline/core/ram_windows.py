@@ -15,7 +15,7 @@ heap that glibc's ``malloc_trim`` returned on Linux but a Windows heap may keep.
 its resident row (:data:`pipeline.core.resources.STAGE_RAM`): never expected to need less than measured.
 
 Measured: full-size Phi-3-mini-shaped random bf16 checkpoint (7.12 GiB), the whole default ``aipc repro``
-(``python benchmarks/full_pipeline.py --drop-source``, 2026-12-07, Xeon with AMX, 2 cores;
+(``python benchmarks/full_pipeline.py --drop-source``, 2026-12-07, AMD EPYC with AVX512-BF16, 2 cores;
 ``benchmarks/results/full_pipeline.json``, the ``private_gib`` of each stage). Inputs: the checkpoint for the
 reference and the exports; the artifact folder for a validation (IRs int4 2.59, int8 3.57, fp16 7.13, NPU int4
 1.93 GiB; ONNX dml_int4 1.98, cpu_int4 2.54 GiB).

@@ -55,19 +55,24 @@ def check_not_refused(folder: Path) -> None:
         refuse(f"{Path(folder).as_posix()} was refused at export: {record.get('reason') or 'no reason recorded'}")
 
 
-def leave_out_command(family: str, variant: str) -> str:
-    """``aipc compose <this workspace's overrides> ~<family>.<variant>``: the same pipeline without the variant.
-
-    The overrides are the ones that give back this workspace's ``params.yaml``
-    (:func:`pipeline.core.composition.workspace_overrides`); where they cannot be found, ``...`` stands for them.
-    """
+def composed_overrides() -> list[str]:
+    """The overrides that give back this workspace's ``params.yaml``
+    (:func:`pipeline.core.composition.workspace_overrides`); ``...`` stands for them where they cannot be found."""
     from pipeline.core.composition import workspace_overrides
 
     try:
-        composed = workspace_overrides()
+        return workspace_overrides()
     except StageError:
-        composed = ["..."]
-    return " ".join(shell_word(w) for w in ["aipc", "compose", *composed, f"~{family}.{variant}"])
+        return ["..."]
+
+
+def leave_out_command(family: str, variant: str, composed: list[str] | None = None) -> str:
+    """``aipc compose <this workspace's overrides> ~<family>.<variant>``: the same pipeline without the variant.
+
+    ``composed``: those overrides when already known (:func:`composed_overrides`, which composes conf/ several times).
+    """
+    words = ["aipc", "compose", *(composed if composed is not None else composed_overrides()), f"~{family}.{variant}"]
+    return " ".join(shell_word(w) for w in words)
 
 
 def shell_word(arg: str) -> str:

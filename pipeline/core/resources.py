@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pipeline.core.errors import StageError, fail, size_text
 from pipeline.core.memory import weight_files
+from pipeline.core.ram_windows import WINDOWS_RAM
 
 ASSUME_RAM_ENV = "AIPC_ASSUME_RAM_GB"  # GiB to take as available instead of asking the OS (tests; "would it fit?")
 
@@ -152,8 +153,6 @@ def ram_for(stage: str, variant: str, size: int, platform: str) -> int:
     with a ``<stage>_lean`` row uses it where mapped pages can be handed back (Linux ``madvise``); on Windows a
     stage with a :data:`pipeline.core.ram_windows.WINDOWS_RAM` row uses that (measured private memory).
     """
-    from pipeline.core.ram_windows import WINDOWS_RAM
-
     lean = f"{stage}_lean" in STAGE_RAM and platform.startswith("linux")
     table = STAGE_RAM[f"{stage}_lean" if lean else stage]
     if platform == "win32" and stage in WINDOWS_RAM:

@@ -21,9 +21,7 @@ from pathlib import Path
 
 from pipeline.openvino import runtime_config
 from pipeline.validation import matrix
-from pipeline.validation.prompts import until_stop
-
-NEAR_TIE = 0.1  # logits, f32: the IR's own top-1 minus top-2 below this is a tie two correct runtimes can break apart
+from pipeline.validation.prompts import NEAR_TIE, until_stop
 
 
 def default_numerics(ir_dir: Path, device: str) -> str:

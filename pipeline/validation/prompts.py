@@ -112,7 +112,7 @@ def greedy_match(outputs: list[list[int]], reference: dict) -> tuple[float, list
     return sum(d is None for d in divergence) / len(divergence), divergence
 
 
-NEAR_TIE = 0.1  # logits: PyTorch's own top-1 minus top-2 below this is a tie two correct runtimes can break apart
+NEAR_TIE = 0.1  # logits, f32: a top-1 minus top-2 (PyTorch's, or an IR's own) below this is a tie runtimes may break
 
 
 def divergence_notes(divergence: list[int | None], reference: dict) -> list[str]:

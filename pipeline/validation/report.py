@@ -208,6 +208,15 @@ def summary(rows: list[Row]) -> dict[str, int]:
     return counts
 
 
+def counts_text(counts: dict[str, int]) -> str:
+    """``12 cells passed, 1 failed, 15 skipped (device absent), 0 missing[, 1 refused at export]``."""
+    refused = f", {counts['refused']} refused at export" if counts.get("refused") else ""
+    return (
+        f"{counts['passed']} cells passed, {counts['failed']} failed, {counts['skipped']} skipped "
+        f"(device absent), {counts['missing']} missing{refused}"
+    )
+
+
 def verdict_line(rows: list[Row]) -> str | None:
     """One line naming every failed cell and its first problem, and every refused export, or ``None`` when none."""
     failed = [r for r in rows if r.status == "failed"]
@@ -243,10 +252,7 @@ def run(params: PipelineConfig, metrics_dir: Path = METRICS_DIR, out_dir: Path =
         text = [
             "# Validation report",
             "",
-            f"{counts['passed']} cells passed, {counts['failed']} failed, {counts['skipped']} skipped "
-            f"(device absent), {counts['missing']} missing"
-            + (f", {counts['refused']} refused at export" if counts["refused"] else "")
-            + ". Speed: warm-up excluded, median of repeats; "
+            counts_text(counts) + ". Speed: warm-up excluded, median of repeats; "
             "fidelity against the PyTorch original on held-out text. Profile: the validate.profile that gave the verdict "
             "(quick: CPU stand-ins skip their speed runs; `aipc publish` needs full).",
             "",

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from pipeline.validation.report import Row
+from pipeline.validation.report import Row, counts_text, summary
 
 DEVICES = ("CPU", "GPU", "NPU", "DML")  # the targets a recommendation is given for, in this order
 EMULATION_MARK = " compute"  # "CPU bf16 compute": a numerics-emulation cell, not a device to run on
@@ -148,11 +148,7 @@ def recommend(rows: list[Row], devices: Iterable[str] = DEVICES) -> dict[str, st
 
 def console_summary(rows: list[Row], report_path: str) -> str:
     """What ``aipc demo`` and ``aipc repro`` print at the end: counts, one line per artifact, the answer, the path."""
-    counts = {s: sum(r.status == s for r in rows) for s in ("passed", "failed", "skipped", "missing", "refused")}
-    head = (
-        f"{counts['passed']} cells passed, {counts['failed']} failed, {counts['skipped']} skipped "
-        f"(device absent), {counts['missing']} missing"
-    ) + (f", {counts['refused']} refused at export" if counts["refused"] else "")
+    head = counts_text(summary(rows))
     profiles = sorted({str(r.data["profile"]) for r in rows if r.data.get("profile")})  # validate.profile, per verdict
     if profiles:
         head += f"; profile {', '.join(profiles)}" + (" (`aipc publish` needs full)" if "quick" in profiles else "")

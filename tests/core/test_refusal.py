@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import json
 import shlex
-import shutil
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, make_project, run_cmd
+from conftest import ROOT, make_project, partial_rotary_model, run_cmd
 
 from pipeline.core.refusal import REFUSED, Refused, check_not_refused
 
@@ -32,34 +31,6 @@ def pasted_problems(line: str) -> list[tuple[str, str]]:
         sys.path.pop(0)
     checks = {"cmd": rules.cmd_problems, "powershell": rules.powershell_problems, "bash": rules.bash_problems}
     return [(shell, p) for shell, check in checks.items() for p in check(line)]
-
-
-def partial_rotary_model(dest: Path, seed: int = 7) -> Path:
-    """A random Phi-3-layout model whose cos_cache (12 wide) onnxruntime's CPU GroupQueryAttention refuses."""
-    import torch
-    from transformers import Phi3Config, Phi3ForCausalLM
-
-    torch.manual_seed(seed)
-    config = Phi3Config(
-        vocab_size=32064,  # the embedded tiny tokenizer's
-        hidden_size=64,
-        intermediate_size=96,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        partial_rotary_factor=0.75,
-        max_position_embeddings=4096,
-        original_max_position_embeddings=4096,
-        tie_word_embeddings=True,
-        bos_token_id=1,
-        eos_token_id=32000,
-        pad_token_id=32000,
-    )
-    Phi3ForCausalLM(config).save_pretrained(dest)
-    tokenizer = ROOT / "pipeline" / "assets" / "tiny_phi3"
-    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
-        shutil.copy2(tokenizer / name, dest / name)
-    return dest
 
 
 def test_a_refused_export_gets_its_row_and_the_verdict_names_the_leave_out_command(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import partial_rotary_model
 
 from pipeline.core.refusal import Refused
 from pipeline.core.workspace import Workspace
@@ -96,26 +97,7 @@ def test_phi4_mini_shapes_pass_and_dml_is_not_checked() -> None:
 
 def test_export_refuses_a_head_32_partial_rotary_checkpoint_before_building(tmp_path: Path) -> None:
     """A random tiny Phi-3 with head 32 and partial_rotary_factor 0.75: one line, nothing written."""
-    import torch
-    from transformers import Phi3Config, Phi3ForCausalLM
-
-    torch.manual_seed(0)
-    config = Phi3Config(
-        vocab_size=128,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        partial_rotary_factor=0.75,
-        max_position_embeddings=256,
-        tie_word_embeddings=True,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-    )
-    model_dir = tmp_path / "model"
-    Phi3ForCausalLM(config).save_pretrained(model_dir)
+    model_dir = partial_rotary_model(tmp_path / "model", seed=0)
     (model_dir / "manifest.json").write_text(json.dumps({"source": "test"}), encoding="utf-8")
     out_root = tmp_path / "onnx"
     cfg = OnnxVariantConfig(execution_provider="cpu", precision="int4", block_size=32)
