@@ -159,12 +159,12 @@ def run_export(kind: str, path: str, model: Path, work: Path) -> Path:
         from pipeline.openvino.config import NpuVariantConfig
         from pipeline.openvino.export_npu import run
 
-        run(out.name, NpuVariantConfig(), model, work, base_dir=work / f"base-{path}")
+        run(out.name, NpuVariantConfig.from_conf(), model, work, base_dir=work / f"base-{path}")
     elif kind == "onnx-dml-int4":
         from pipeline.onnx.config import OnnxVariantConfig
         from pipeline.onnx.export import run
 
-        run(out.name, OnnxVariantConfig(execution_provider="dml", precision="int4", block_size=128, is_symmetric=True,
+        run(out.name, OnnxVariantConfig.from_conf(execution_provider="dml", precision="int4", block_size=128, is_symmetric=True,
                                         algo_config="default", enable_dml_graph=True), model, work)
     return out
 

@@ -6,7 +6,7 @@ from importlib import metadata
 
 import yaml
 
-from pipeline.core.config import CONF_DIR
+from pipeline.core.config import CONF_DIR, compose
 from pipeline.core.registry import FAMILIES
 
 DISTRIBUTION = "aipc-pipeline"
@@ -29,8 +29,9 @@ def presets_text() -> str:
         where = source.get(str(data.get("source")), str(data.get("repo_id") or ""))
         lines.append(f"  {path.stem:<22} {where}".rstrip())
     lines.append("families (variants in conf/<family>/default.yaml; leave one out: aipc compose ~FAMILY.VARIANT):")
+    composed = compose([])  # the variants a family's default.yaml gives, those from its `defaults` list included
     for name, family in FAMILIES.items():
-        variants = yaml.safe_load((CONF_DIR / name / "default.yaml").read_text(encoding="utf-8")) or {}
+        variants = composed.get(name) or {}
         lines.append(f"  {name:<22} {family.kind}: {', '.join(variants)}")
     others = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name != "model" and p.name not in FAMILIES)
     for group in others:
@@ -42,3 +43,4 @@ def presets_text() -> str:
 def cmd_presets() -> None:
     """List the model presets, the families and their variants, and the other config groups' options."""
     print(presets_text())
+

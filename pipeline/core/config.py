@@ -19,13 +19,13 @@ from pydantic import BeforeValidator
 
 # The section machinery (pipeline.core.typed); ConfigError and build are also imported from here by callers.
 from pipeline.core import typed as bound  # the numeric field types, each with its range
-from pipeline.core.typed import ConfigError, Nats, Share, TokenCounts, _check_choice, _typed, build
+from pipeline.core.typed import ConfigError, FromConf, Nats, Share, TokenCounts, _check_choice, _typed, build
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent  # pipeline/
 PROJECT_ROOT = PACKAGE_DIR.parent
 ASSETS_DIR = PACKAGE_DIR / "assets"  # embedded models, test vectors, the NPU-library constraints
 PARAMS_FILE = Path("params.yaml")
-CONF_DIR = PROJECT_ROOT / "conf"
+CONF_DIR = bound.CONF_DIR
 
 
 ModelSource = Literal["hub", "local", "tiny"]
@@ -42,20 +42,25 @@ OFFLINE_DATASETS = ("heldout",)
 LOCAL_PATH_REQUIRED = "model.local_path is required for source=local: pass model.local_path=C:/path/to/checkpoint"
 
 
-@_typed("model")
-class ModelConfig:
-    """Which checkpoint to convert and where it comes from."""
+@_typed("model", conf="model/preset/base.yaml")
+class ModelConfig(FromConf):
+    """Which checkpoint to convert and where it comes from (defaults: ``conf/model/preset/base.yaml``)."""
 
-    name: str = "tiny-phi3"
-    source: ModelSource = "tiny"
-    asset: EmbeddedAsset = "tiny_phi3"  # which embedded model source=tiny copies
-    repo_id: str | None = None
-    revision: str | None = None
-    local_path: str | None = None
-    allow_patterns: list[str] = field(default_factory=list)
-    license: str | None = None
-    trust_remote_code: bool = False
-    notes: str | None = None
+    name: str
+    source: ModelSource
+    asset: EmbeddedAsset  # which embedded model source=tiny copies
+    repo_id: str | None
+    revision: str | None
+    local_path: str | None
+    allow_patterns: list[str]
+    license: str | None
+    trust_remote_code: bool
+    notes: str | None
+
+    @classmethod
+    def preset(cls, option: str, /, **overrides: Any) -> ModelConfig:
+        """``conf/model/<option>.yaml`` over the base it starts from (as ``model=<option>`` composes), with overrides."""
+        return cls.from_conf(**{**bound.conf_values(f"model/{option}.yaml"), **overrides})
 
     def __post_init__(self) -> None:
         if self.source == "hub":
@@ -70,23 +75,23 @@ class ModelConfig:
 ComputePrecision = Literal["f32", "bf16", "f16"]
 
 
-@_typed("validate.long_context")
-class LongContextConfig:
+@_typed("validate.long_context", conf="validate/default.yaml")
+class LongContextConfig(FromConf):
     """Teacher-forced windows long enough to cross the sliding window and LongRoPE's switch of rope factors."""
 
-    lengths: TokenCounts = field(default_factory=lambda: [3000, 6000])  # capped at the model's context length
-    boundaries: TokenCounts = field(default_factory=lambda: [1024])  # plus sliding_window, original context
-    top_k: bound.TopK = 64
-    min_top1_agreement: dict[WeightFormat, Share] = field(default_factory=dict)
-    max_mean_kl: dict[WeightFormat, Nats] = field(default_factory=dict)
+    lengths: TokenCounts  # capped at the model's context length
+    boundaries: TokenCounts  # plus sliding_window, original context
+    top_k: bound.TopK
+    min_top1_agreement: dict[WeightFormat, Share]
+    max_mean_kl: dict[WeightFormat, Nats]
 
 
-@_typed("validate.device_numerics")
-class DeviceNumericsConfig:
+@_typed("validate.device_numerics", conf="validate/default.yaml")
+class DeviceNumericsConfig(FromConf):
     """Thresholds on how far a run at the device's own numerics drifts from the pinned f32 run of the artifact."""
 
-    min_top1_agreement: dict[ComputePrecision, Share] = field(default_factory=dict)
-    max_mean_kl: dict[ComputePrecision, Nats] = field(default_factory=dict)
+    min_top1_agreement: dict[ComputePrecision, Share]
+    max_mean_kl: dict[ComputePrecision, Nats]
 
     def thresholds(self, compute: str) -> dict[str, float | None]:
         """The drift thresholds of ``compute`` (``f32``, ``bf16``, ``f16``)."""
@@ -111,38 +116,37 @@ ChatPrompt = Annotated[
 ]
 
 
-# Target devices per artifact family (validate.devices); ONNX variants target their execution_provider.
-DEFAULT_TARGET_DEVICES = {"openvino": ["CPU", "GPU"], "npu": ["NPU"], "npu_lib": ["NPU"]}
+# Target devices a family may list in validate.devices; ONNX variants target their execution_provider.
 TARGET_DEVICE_CHOICES = {"openvino": ("CPU", "GPU", "NPU"), "npu": ("CPU", "GPU", "NPU"), "npu_lib": ("NPU",)}
 
 
-@_typed("validate")
-class ValidateConfig:
-    """How exported models are run and compared with the PyTorch original."""
+@_typed("validate", conf="validate/default.yaml")
+class ValidateConfig(FromConf):
+    """How exported models are run and compared with the PyTorch original (defaults: ``conf/validate/default.yaml``)."""
 
-    devices: dict[str, list[str]] = field(default_factory=lambda: dict(DEFAULT_TARGET_DEVICES))
-    cpu_stand_in: bool = True
+    devices: dict[str, list[str]]
+    cpu_stand_in: bool
     # quick: what fits the time budget; full: what `aipc publish` requires. Both give the same verdicts.
-    profile: Literal["quick", "full"] = "quick"
-    stand_in_speed: bool | None = None  # speed runs of CPU stand-in cells; None: only in the full profile
-    stand_in_max_ram_gib: bound.GiB = 8.0
-    prompts: list[ChatPrompt] = field(default_factory=list)
-    max_new_tokens: bound.Tokens = 32
-    eval_tokens: bound.Tokens = 512
-    eval_window: bound.Tokens = 128
-    kl_top_k: bound.TopK = 1024
-    perf_prompt_tokens: dict[str, bound.Tokens] = field(default_factory=lambda: {"short": 32, "long": 1024})
-    perf_new_tokens: bound.Tokens = 32
-    warmup: bound.Warmup = 1
-    repeats: bound.Runs = 3
-    perf_budget_s: bound.Seconds = 120.0
-    reference_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    min_top1_agreement: dict[WeightFormat, Share] = field(default_factory=dict)
-    max_mean_kl: dict[WeightFormat, Nats] = field(default_factory=dict)
-    device_numerics: DeviceNumericsConfig = field(default_factory=DeviceNumericsConfig)
-    emulate_numerics: list[Literal["bf16", "f16"]] = field(default_factory=lambda: ["bf16", "f16"])
-    npuw_max_size_mb: bound.MB = 1000.0
-    long_context: LongContextConfig = field(default_factory=LongContextConfig)
+    profile: Literal["quick", "full"]
+    stand_in_speed: bool | None  # speed runs of CPU stand-in cells; None: only in the full profile
+    stand_in_max_ram_gib: bound.GiB
+    prompts: list[ChatPrompt]
+    max_new_tokens: bound.Tokens
+    eval_tokens: bound.Tokens
+    eval_window: bound.Tokens
+    kl_top_k: bound.TopK
+    perf_prompt_tokens: dict[str, bound.Tokens]
+    perf_new_tokens: bound.Tokens
+    warmup: bound.Warmup
+    repeats: bound.Runs
+    perf_budget_s: bound.Seconds
+    reference_dtype: Literal["float32", "bfloat16", "float16"]
+    min_top1_agreement: dict[WeightFormat, Share]
+    max_mean_kl: dict[WeightFormat, Nats]
+    device_numerics: DeviceNumericsConfig
+    emulate_numerics: list[Literal["bf16", "f16"]]
+    npuw_max_size_mb: bound.MB
+    long_context: LongContextConfig
 
     def __post_init__(self) -> None:
         if not self.prompts:
@@ -183,15 +187,15 @@ class ValidateConfig:
         return {"min_top1_agreement": lc.min_top1_agreement.get(key), "max_mean_kl": lc.max_mean_kl.get(key)}
 
 
-@_typed("sweep")
-class SweepConfig:
+@_typed("sweep", conf="sweep/default.yaml")
+class SweepConfig(FromConf):
     """A grid of OpenVINO compression settings run as DVC experiments, and the fidelity budget."""
 
-    grid: dict[str, list[Any]] = field(default_factory=dict)
-    min_top1_agreement: Share = 0.95
-    metrics_file: str = "artifacts/metrics/openvino-int4.json"
-    targets: list[str] = field(default_factory=lambda: ["validate@int4"])
-    jobs: bound.Runs = 1
+    grid: dict[str, list[Any]]
+    min_top1_agreement: Share
+    metrics_file: str
+    targets: list[str]
+    jobs: bound.Runs
 
     def __post_init__(self) -> None:
         if not self.grid:

@@ -3,6 +3,9 @@
 :func:`_typed` makes a class a strict pydantic dataclass (``extra="forbid"``, no coercion) whose constructor raises
 :class:`ConfigError`; :func:`build` builds one from a YAML mapping; :func:`_one_line` turns pydantic's report into
 the line (``openvino.int4.ratio must be in [0, 1], got 1.5``). :mod:`pipeline.core.config` declares the sections.
+
+The conf/ YAML is the one source of default values: a section's fields have none (``tests/core/test_one_source.py``),
+and :meth:`FromConf.from_conf` builds one from the YAML that holds its defaults, with overrides.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ import types
 import typing
 from collections.abc import Callable
 from dataclasses import field
-from typing import Annotated, Any, TypeVar
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Self, TypeVar
 
 from pydantic import AfterValidator, ConfigDict, ValidationError
 from pydantic.dataclasses import dataclass as pydantic_dataclass
@@ -32,18 +36,55 @@ def pick_variant(section: dict[str, Any], name: str, what: str) -> Any:
     return section[name]
 
 
+CONF_DIR = Path(__file__).resolve().parent.parent.parent / "conf"  # the Hydra config groups
 T = TypeVar("T")
 # Strict: no "1" -> 1, no 1 -> true. Nested sections are read from JSON (see build), where strict mode still
 # accepts a mapping for a dataclass; from Python, strict mode wants an instance.
 _STRICT = ConfigDict(extra="forbid", strict=True)
 
 
+class FromConf:
+    """A config section whose default values live in one conf/ YAML file (``_conf``), not in the class."""
+
+    _conf: ClassVar[str] = ""  # that file, relative to conf/ (set by _typed)
+    _home: ClassVar[str] = ""
+
+    @classmethod
+    def from_conf(cls, **overrides: Any) -> Self:
+        """The section as its conf/ YAML sets it, with ``overrides`` on top, checked as ``params.yaml`` is.
+
+        Raises:
+            ConfigError: On an unknown key or a bad value; a key the YAML leaves unset (``???``) and no override sets.
+        """
+        return build(cls, {**conf_defaults(cls), **overrides})
+
+
+def conf_defaults(cls: type) -> dict[str, Any]:
+    """The values conf/ gives section ``cls``: its ``_conf`` file, at ``_home`` minus the group."""
+    conf = getattr(cls, "_conf", "")
+    if not conf:
+        raise ConfigError(f"{cls.__name__} has no conf/ file of defaults")
+    return conf_values(conf, getattr(cls, "_home", "").split(".")[1:])  # validate.long_context: its long_context
+
+
+def conf_values(path: str, keys: list[str] | None = None) -> dict[str, Any]:
+    """The values of conf/ file ``path`` (under ``keys``) as Hydra reads it, less ``defaults`` and unset (``???``) keys."""
+    from omegaconf import OmegaConf
+
+    data: Any = OmegaConf.to_container(OmegaConf.load(CONF_DIR / path))
+    for key in keys or []:
+        data = data[key]
+    return {k: v for k, v in data.items() if k != "defaults" and v != "???"}
+
+
 @dataclass_transform(field_specifiers=(field,))
-def _typed(home: str = "") -> Callable[[type[T]], type[T]]:
+def _typed(home: str = "", conf: str = "") -> Callable[[type[T]], type[T]]:
     """Make ``cls`` a strict pydantic dataclass whose constructor raises a one-line :class:`ConfigError`.
 
     Args:
         home: The dotted key the section always lives at (``"validate"``), used to name keys in messages.
+        conf: The conf/ file that holds its default values (``"openvino/variant/base.yaml"``): a file holds its
+            group's package, so ``validate.long_context`` is the ``long_context`` key of ``validate/default.yaml``.
     """
 
     def wrap(cls: type[T]) -> type[T]:
@@ -59,6 +100,7 @@ def _typed(home: str = "") -> Callable[[type[T]], type[T]]:
 
         checked.__init__ = __init__  # type: ignore[method-assign]  # the one-line error wraps pydantic's __init__
         checked._home = home  # type: ignore[attr-defined]
+        checked._conf = conf  # type: ignore[attr-defined]
         return typing.cast(type[T], checked)  # pydantic_dataclass returns the class it was given, checked
 
     return wrap
@@ -135,11 +177,24 @@ def _one_line(err: ValidationError, cls: type, where: str) -> ConfigError:
     if kind in _KINDS:
         return ConfigError(f"{key or 'config'} must be {_KINDS[kind]}, got {value!r}")
     if kind == "missing":
-        return ConfigError(f"missing config key '{key}'")
+        return ConfigError(f"missing config key '{key}'{_where_defaults(_type_at(cls, loc[:-1]), key)}")
     error = first.get("ctx", {}).get("error")
     if isinstance(error, ConfigError):  # from a __post_init__: the message names its key, or is relative to `key`
         return ConfigError(f"{key}: {error}" if key and not str(error).startswith(key) else str(error))
     return ConfigError(f"{key} {error}" if error else f"{key or 'config'}: {first['msg']}")
+
+
+STALE = " (or a params.yaml composed before conf/ spelled it out: run `aipc compose` again)"
+
+
+def _where_defaults(cls: type, key: str) -> str:
+    """Where a missing key's default lives; for a family variant, the Hydra override that starts from it."""
+    conf = getattr(cls, "_conf", "")
+    group, _, rest = conf.partition("/")
+    if rest == "variant/base.yaml" and key.count(".") >= 2:  # a variant: openvino.int4g64.ratio
+        variant = key.rsplit(".", 1)[0]
+        return f": start the variant from conf/{conf}, which sets every key: add +{group}/variant@{variant}=base first{STALE}"
+    return f": its default is in conf/{conf}{STALE}" if conf else ""
 
 
 def _type_at(cls: type, loc: tuple[Any, ...]) -> Any:
@@ -150,6 +205,13 @@ def _type_at(cls: type, loc: tuple[Any, ...]) -> Any:
         if typing.get_origin(tp) in (typing.Union, types.UnionType):  # X | None
             tp = typing.get_args(tp)[0]
     return tp
+
+
+def _jsonable(value: Any) -> Any:
+    """A nested section given as an instance (``from_conf(long_context=...)``) as its mapping; other extras as text."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    return str(value)
 
 
 def build(cls: type[T], data: Any, where: str | None = None) -> T:
@@ -169,7 +231,7 @@ def build(cls: type[T], data: Any, where: str | None = None) -> T:
     where = getattr(cls, "_home", "") if where is None else where
     # Validated as JSON: YAML values are JSON values, and pydantic's strict mode takes a mapping for a nested
     # dataclass only from JSON. Dates and other YAML extras become their text.
-    text = json.dumps(data, default=str)
+    text = json.dumps(data, default=_jsonable)
     try:
         return cls.__pydantic_validator__.validate_json(text)  # type: ignore[attr-defined]
     except ValidationError as err:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import field
 from typing import Annotated, Any, Literal
 
-from pipeline.core.typed import ConfigError, _check, _typed
+from pipeline.core.typed import ConfigError, FromConf, _check, _typed
 
 # ONNX Runtime GenAI model builder (onnxruntime_genai.models.builder 0.18). Precisions per provider: the builder's
 # own "valid combinations" list, minus fp32 for dml and cuda: the builder writes those graphs, but their present.*
@@ -44,20 +43,23 @@ AccuracyLevel = Annotated[
 ]
 
 
-@_typed()
-class OnnxVariantConfig:
-    """One ONNX Runtime GenAI model built by onnxruntime_genai's model builder; option names are the builder's."""
+@_typed(conf="onnx/variant/base.yaml")
+class OnnxVariantConfig(FromConf):
+    """One ONNX Runtime GenAI model built by onnxruntime_genai's model builder; option names are the builder's.
 
-    execution_provider: Literal["dml", "cpu", "cuda", "webgpu"] = "dml"
-    precision: Literal["int4", "int8", "fp16", "fp32"] = "int4"
-    block_size: BlockSize | None = None  # None = builder default (32)
-    accuracy_level: AccuracyLevel | None = None  # None = builder default (4 on cpu/webgpu, 0 elsewhere)
-    is_symmetric: bool | None = None  # None = builder default (true)
-    algo_config: OnnxAlgo | None = None  # None = builder default ("default", i.e. RTN)
-    exclude_embeds: bool = False
-    exclude_lm_head: bool = False
-    enable_dml_graph: bool | None = None  # DML graph capture; None = builder default (on)
-    extra_options: dict[str, Any] = field(default_factory=dict)
+    Every default is in ``conf/onnx/variant/base.yaml``; :meth:`from_conf` builds one from it.
+    """
+
+    execution_provider: Literal["dml", "cpu", "cuda", "webgpu"]
+    precision: Literal["int4", "int8", "fp16", "fp32"]
+    block_size: BlockSize | None  # None = builder default (32)
+    accuracy_level: AccuracyLevel | None  # None = builder default (4 on cpu/webgpu, 0 elsewhere)
+    is_symmetric: bool | None  # None = builder default (true)
+    algo_config: OnnxAlgo | None  # None = builder default ("default", i.e. RTN)
+    exclude_embeds: bool
+    exclude_lm_head: bool
+    enable_dml_graph: bool | None  # DML graph capture; None = builder default (on)
+    extra_options: dict[str, Any]
 
     def __post_init__(self) -> None:
         allowed = ONNX_PRECISIONS[self.execution_provider]

@@ -7,11 +7,10 @@ params with them, so a bad value fails at load time with one line naming its key
 from __future__ import annotations
 
 import re
-from dataclasses import field
 from typing import Annotated, Any, Literal
 
 from pipeline.core.config import WeightFormat
-from pipeline.core.typed import ConfigError, Positive, Tokens, _at_most, _check, _typed
+from pipeline.core.typed import ConfigError, FromConf, Positive, Tokens, _at_most, _check, _typed
 
 # at most a hidden size (Phi-3-mini 3072, Phi-4-mini 3072, medium 5120); check_group_size tests it divides the model's
 GroupSize = Annotated[
@@ -32,32 +31,35 @@ NpuGroupSizeFallback = Literal["error", "adjust"]
 NEEDS_DATA = "awq/scale_estimation/gptq need data: set dataset=heldout (offline) or a dataset name"
 
 
-@_typed()
-class OpenVinoVariantConfig:
-    """One OpenVINO IR to export: weight format plus NNCF weight-compression parameters."""
+@_typed(conf="openvino/variant/base.yaml")
+class OpenVinoVariantConfig(FromConf):
+    """One OpenVINO IR to export: weight format plus NNCF weight-compression parameters.
 
-    weight_format: WeightFormat = "int4"
-    group_size: GroupSize = 128
+    Every default is in ``conf/openvino/variant/base.yaml``; :meth:`from_conf` builds one from it.
+    """
+
+    weight_format: WeightFormat
+    group_size: GroupSize
     ratio: Annotated[
         float, _check(lambda v: 0.0 < v <= 1.0, "must be in (0, 1], got {}: it is the share of layers kept at 4 bits")
-    ] = 1.0
-    sym: bool = False
-    backup_precision: BackupPrecision = "int8_asym"
-    all_layers: bool = False
-    awq: bool = False
-    scale_estimation: bool = False
-    gptq: bool = False
-    dataset: str | None = None
-    num_samples: Positive | None = None
-    sensitivity_metric: SensitivityMetric | None = None
-    group_size_fallback: GroupSizeFallback = "error"
+    ]
+    sym: bool
+    backup_precision: BackupPrecision
+    all_layers: bool
+    awq: bool
+    scale_estimation: bool
+    gptq: bool
+    dataset: str | None
+    num_samples: Positive | None
+    sensitivity_metric: SensitivityMetric | None
+    group_size_fallback: GroupSizeFallback
     # Layers kept at the IR's float precision (NNCF ignored scope: Python regexes matched from the start of the
     # IR layer name), e.g. [".*mlp\\.down_proj.*"] against degenerate int4 output; checked on the IR after export.
-    keep_float: list[str] = field(default_factory=list)
+    keep_float: list[str]
     # The CPU's compute precision, written into the IR's runtime_config.json for every loader that reads it (aipc chat,
     # the validation, the card's code); null: the plugin's own (bf16 on AMX / AVX512-BF16 CPUs, f32 on AVX2 laptops).
     # The validation names this override when the CPU's default numerics garble the greedy answers.
-    cpu_inference_precision: Literal["f32", "bf16"] | None = None
+    cpu_inference_precision: Literal["f32", "bf16"] | None
 
     def __post_init__(self) -> None:
         if (self.awq or self.scale_estimation or self.gptq) and self.dataset is None:
@@ -83,27 +85,28 @@ NpuPrefillHint = Literal["DYNAMIC", "STATIC"]
 NpuCacheMode = Literal["OPTIMIZE_SPEED", "OPTIMIZE_SIZE"]
 
 
-@_typed()
-class NpuVariantConfig:
+@_typed(conf="npu/variant/base.yaml")
+class NpuVariantConfig(FromConf):
     """An NPU-ready OpenVINO IR: int4 symmetric, ratio 1.0, group 128 or channel-wise, plus NPU run settings.
 
     Source of the layout rules: OpenVINO GenAI "on NPU" guide (docs.openvino.ai, inference-with-genai-on-npu).
+    Every default is in ``conf/npu/variant/base.yaml``; :meth:`from_conf` builds one from it.
     """
 
-    group_size: int = 128
-    ratio: float = 1.0
-    sym: bool = True
-    awq: bool = False
-    scale_estimation: bool = False
-    gptq: bool = False
-    dataset: str | None = None
-    num_samples: Positive | None = None
-    max_prompt_len: Tokens = 1024
-    min_response_len: Tokens = 128
-    generate_hint: NpuGenerateHint = "FAST_COMPILE"
-    prefill_hint: NpuPrefillHint = "DYNAMIC"
-    cache_mode: NpuCacheMode = "OPTIMIZE_SPEED"
-    group_size_fallback: NpuGroupSizeFallback = "error"
+    group_size: int
+    ratio: float
+    sym: bool
+    awq: bool
+    scale_estimation: bool
+    gptq: bool
+    dataset: str | None
+    num_samples: Positive | None
+    max_prompt_len: Tokens
+    min_response_len: Tokens
+    generate_hint: NpuGenerateHint
+    prefill_hint: NpuPrefillHint
+    cache_mode: NpuCacheMode
+    group_size_fallback: NpuGroupSizeFallback
 
     def __post_init__(self) -> None:
         if not self.sym or self.ratio != 1.0 or self.group_size not in (128, -1):
@@ -127,6 +130,13 @@ class NpuVariantConfig:
             gptq=self.gptq,
             dataset=self.dataset,
             num_samples=self.num_samples,
+            # The NPU IR's own request, not defaults: no other NNCF options, and a group that does not divide is
+            # already settled here (npu.<v>.group_size_fallback, passed as group_size).
+            all_layers=False,
+            sensitivity_metric=None,
+            group_size_fallback="error",
+            keep_float=[],
+            cpu_inference_precision=None,
         )
 
     def run_settings(self) -> dict[str, Any]:

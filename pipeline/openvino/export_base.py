@@ -38,11 +38,32 @@ STATISTICS_CACHE = "nncf_statistics"  # folders under pipeline.core.workspace.nn
 SENSITIVITY_CACHE = "nncf_sensitivity"
 
 
+# The int4 request main_export is given for the uncompressed base IR (optimum-intel's own int4 defaults), spelled out
+# here: this stage reads params.yaml, never conf/.
+BASE_REQUEST: dict[str, Any] = {
+    "weight_format": "int4",
+    "group_size": 128,
+    "ratio": 1.0,
+    "sym": False,
+    "backup_precision": "int8_asym",
+    "all_layers": False,
+    "awq": False,
+    "scale_estimation": False,
+    "gptq": False,
+    "dataset": None,
+    "num_samples": None,
+    "sensitivity_metric": None,
+    "group_size_fallback": "error",
+    "keep_float": [],
+    "cpu_inference_precision": None,
+}
+
+
 def base_ov_config() -> Any:
     """An ``OVConfig`` that makes ``main_export`` write the uncompressed IR the int4/int8 path starts from."""
     from optimum.intel import OVConfig
 
-    return OVConfig(quantization_config=quantization_dict(OpenVinoVariantConfig()))
+    return OVConfig(quantization_config=quantization_dict(OpenVinoVariantConfig(**BASE_REQUEST)))
 
 
 def compress_from_base(base_dir: Path, model_dir: Path, out: Path, quantization_config: Any, lean: bool = True) -> None:

@@ -8,23 +8,24 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pipeline.core.typed import ConfigError, _typed
+from pipeline.core.typed import ConfigError, FromConf, _typed
 
 WinmlSource = Literal["openvino", "npu"]  # the family whose IR is wrapped: artifacts/<source>/<source_variant>
 WinmlDevice = Literal["CPU", "GPU", "NPU"]  # the OpenVINO EP's device_type written into genai_config.json
 
 
-@_typed()
-class WinmlVariantConfig:
+@_typed(conf="winml/variant/base.yaml")
+class WinmlVariantConfig(FromConf):
     """One Windows ML package: the OpenVINO IR it wraps and the device its genai_config.json targets.
 
     Layout: Olive's ``OpenVINOEncapsulation`` pass (microsoft/Olive, olive/passes/openvino/encapsulation.py,
     genai_config from olive/passes/openvino/ov_utils.py ``create_genai_config``).
+    Every default is in ``conf/winml/variant/base.yaml``; :meth:`from_conf` builds one from it.
     """
 
-    source: WinmlSource = "openvino"
-    source_variant: str = "int4"
-    device_type: WinmlDevice = "CPU"
+    source: WinmlSource
+    source_variant: str
+    device_type: WinmlDevice
 
     def __post_init__(self) -> None:
         if self.device_type == "NPU" and self.source != "npu":

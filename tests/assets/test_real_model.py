@@ -146,7 +146,7 @@ def test_the_download_stage_takes_it_as_model_local(
     from pipeline.hub import download
 
     monkeypatch.setenv("AIPC_RUNS_DIR", str(tmp_path / "runs"))
-    manifest = download.run(ModelConfig(name="local", source="local", local_path=str(real_model)), tmp_path / "model")
+    manifest = download.run(ModelConfig.preset("local", local_path=str(real_model)), tmp_path / "model")
     copied = {p.name for p in (tmp_path / "model").iterdir()}
     assert {"model.safetensors", "config.json", "tokenizer.json", "chat_template.jinja"} <= copied
     assert "README.md" not in copied and manifest["stage"] == "download"

@@ -20,7 +20,8 @@ COMPOSITIONS = [
     ["model=phi4-mini-instruct", "openvino=default"],
     ["model=local", "model.local_path='D:/models/my phi3'"],
     ["model=tiny", "openvino.int4.ratio=0.8", "openvino.int4.keep_float=['.*mlp\\.down_proj.*']"],
-    ["model=tiny", "~onnx.cpu_int4", "+openvino.int8_sym.weight_format=int8", "+openvino.int8_sym.sym=true"],
+    ["model=tiny", "~onnx.cpu_int4", "+openvino/variant@openvino.int8_sym=base", "openvino.int8_sym.weight_format=int8",
+     "openvino.int8_sym.sym=true"],  # a variant of the user's: its base, then its own keys
 ]
 
 

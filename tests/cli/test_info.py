@@ -5,8 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import yaml
-
+from pipeline.core.config import compose
 from pipeline.core.registry import FAMILIES
 
 from conftest import ROOT, run_cmd
@@ -18,8 +17,9 @@ def test_presets_lists_every_model_family_variant_and_group(tmp_path: Path) -> N
     for model in (ROOT / "conf" / "model").glob("*.yaml"):
         assert any(line.split()[:1] == [model.stem] for line in lines), model.stem
     assert any(line.split()[:2] == ["phi3-mini-4k", "microsoft/Phi-3-mini-4k-instruct"] for line in lines)
+    composed = compose([])  # a family's variants: its default.yaml's keys and those its `defaults` list composes
     for name in FAMILIES:
-        variants = yaml.safe_load((ROOT / "conf" / name / "default.yaml").read_text(encoding="utf-8"))
+        variants = composed[name]
         line = next(line for line in lines if line.split()[:1] == [name])
         assert line.endswith(", ".join(variants)), line
     assert any(line.startswith("sweep (aipc compose sweep=NAME): ") and "data_aware" in line for line in lines)

@@ -26,7 +26,7 @@ def test_local_changes_names_each_changed_added_or_removed_file(tmp_path: Path, 
     monkeypatch.setenv("AIPC_DIGEST_CACHE", str(tmp_path / "digests.json"))
     src, out = tmp_path / "my phi3", tmp_path / "model"
     shutil.copytree(TINY_DIR, src)
-    cfg = ModelConfig(name="local", source="local", local_path=str(src))
+    cfg = ModelConfig.preset("local", local_path=str(src))
     download.run(cfg, out)
     assert download.local_changes(cfg, out) == []
     weights = src / "model.safetensors"
@@ -37,7 +37,7 @@ def test_local_changes_names_each_changed_added_or_removed_file(tmp_path: Path, 
     (src / "generation_config.json").unlink()
     (src / "special_tokens_map.json").write_text("{}", encoding="utf-8")
     assert download.local_changes(cfg, out) == ["generation_config.json", "model.safetensors", "special_tokens_map.json"]
-    assert download.local_changes(ModelConfig(name="tiny-phi3", source="tiny"), out) == []
+    assert download.local_changes(ModelConfig.preset("tiny"), out) == []
 
 
 def test_one_changed_byte_in_the_local_weights_reruns_download(tmp_path: Path) -> None:

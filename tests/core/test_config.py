@@ -106,10 +106,10 @@ def test_local_preset_without_local_path_fails_in_params_yaml_too(tmp_path: Path
 
 def test_constructing_a_section_directly_checks_it_too() -> None:
     with pytest.raises(ConfigError, match=r"^ratio must be in \(0, 1\], got 1.5"):
-        OpenVinoVariantConfig(ratio=1.5)
+        OpenVinoVariantConfig.from_conf(ratio=1.5)
     with pytest.raises(ConfigError, match=r"^validate.repeats must be positive, got 0$"):
-        build(ValidateConfig, {"prompts": ["hi"], "repeats": 0})
-    assert dataclasses.asdict(OpenVinoVariantConfig(ratio=1))["ratio"] == 1.0
+        ValidateConfig.from_conf(prompts=["hi"], repeats=0)
+    assert dataclasses.asdict(OpenVinoVariantConfig.from_conf(ratio=1))["ratio"] == 1.0
 
 
 def test_missing_params_file_says_what_to_do(tmp_path: Path) -> None:
@@ -118,14 +118,14 @@ def test_missing_params_file_says_what_to_do(tmp_path: Path) -> None:
 
 
 def test_group_size_that_does_not_divide_hidden_size_is_rejected() -> None:
-    cfg = OpenVinoVariantConfig(weight_format="int4", group_size=100, ratio=1.0)
+    cfg = OpenVinoVariantConfig.from_conf(weight_format="int4", group_size=100, ratio=1.0)
     with pytest.raises(ConfigError, match="group_size 100 does not divide hidden_size 256"):
         check_group_size(cfg, {"hidden_size": 256, "intermediate_size": 512})
-    check_group_size(OpenVinoVariantConfig(group_size=128), {"hidden_size": 256, "intermediate_size": 512})
-    check_group_size(OpenVinoVariantConfig(group_size=100, group_size_fallback="adjust"),
+    check_group_size(OpenVinoVariantConfig.from_conf(group_size=128), {"hidden_size": 256, "intermediate_size": 512})
+    check_group_size(OpenVinoVariantConfig.from_conf(group_size=100, group_size_fallback="adjust"),
                      {"hidden_size": 256, "intermediate_size": 512})
 
 
 def test_validate_config_requires_prompts() -> None:
     with pytest.raises(ConfigError, match="at least one prompt"):
-        ValidateConfig(prompts=[])
+        ValidateConfig.from_conf(prompts=[])

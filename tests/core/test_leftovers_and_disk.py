@@ -70,7 +70,7 @@ def test_export_npu_checks_disk_before_writing(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setattr(shutil, "disk_usage", lambda _: Usage(2**40, 0, 2**20))  # 1 MiB free
     no_npu = {"NPU": devices.DeviceStatus("NPU", False, reason="none")}
     with pytest.raises(StageError) as refused:
-        export_npu.run("int4", NpuVariantConfig(), ws, status=no_npu, base_dir=None)
+        export_npu.run("int4", NpuVariantConfig.from_conf(), ws, status=no_npu, base_dir=None)
     line = str(refused.value)
     assert "\n" not in line and line.startswith("[npu-int4] exporting to int4 for the NPU needs about "), line
     assert "of disk under" in line and "but 1.0 MiB is free" in line, line

@@ -53,7 +53,7 @@ def test_optimum_intels_asymmetric_phi4_config_is_refused_for_the_npu(preset: st
 
 def test_a_winml_npu_package_cannot_wrap_the_asymmetric_cpu_gpu_ir() -> None:
     with pytest.raises(ConfigError, match="device_type NPU needs the NPU-ready IR"):
-        WinmlVariantConfig(source="openvino", source_variant="int4", device_type="NPU")
+        WinmlVariantConfig.from_conf(source="openvino", source_variant="int4", device_type="NPU")
 
 
 def test_phi3_presets_keep_the_original_int4_recipe() -> None:

@@ -47,8 +47,8 @@ def test_manifest_holds_no_run_facts_and_the_run_log_does(tmp_path: Path, monkey
 
 def test_download_twice_gives_the_same_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AIPC_RUNS_DIR", str(tmp_path / "runs"))
-    first = download.run(ModelConfig(source="tiny"), tmp_path / "a")
-    second = download.run(ModelConfig(source="tiny"), tmp_path / "b")
+    first = download.run(ModelConfig.preset("tiny"), tmp_path / "a")
+    second = download.run(ModelConfig.preset("tiny"), tmp_path / "b")
     assert first == second
     for path in (tmp_path / "a").iterdir():
         assert path.read_bytes() == (tmp_path / "b" / path.name).read_bytes(), path.name

@@ -52,7 +52,7 @@ def tmpfs(tmp_path: Path):
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("faults") / "model"
-    download.run(ModelConfig(source="tiny"), out)
+    download.run(ModelConfig.preset("tiny"), out)
     return out
 
 
@@ -161,7 +161,7 @@ def test_truncated_safetensors_is_refused_naming_the_users_file(tmp_path: Path) 
     with open(weights, "r+b") as handle:
         handle.truncate(weights.stat().st_size - 1000)
     with pytest.raises(StageError) as err:
-        download.run(ModelConfig(source="local", local_path=str(folder)), tmp_path / "model")
+        download.run(ModelConfig.preset("local", local_path=str(folder)), tmp_path / "model")
     assert str(err.value) == (f"{weights} is truncated: {weights.stat().st_size} bytes where its header describes "
                               f"{weights.stat().st_size + 1000}: download or copy it again")
     assert not (tmp_path / "model").exists() and ".tmp-" not in str(err.value)
@@ -177,13 +177,13 @@ def test_corrupt_safetensors_header_is_refused(tmp_path: Path, damage, words: st
     weights = folder / "model.safetensors"
     weights.write_bytes(damage(weights.read_bytes()))
     with pytest.raises(StageError) as err:
-        download.run(ModelConfig(source="local", local_path=str(folder)), tmp_path / "model")
+        download.run(ModelConfig.preset("local", local_path=str(folder)), tmp_path / "model")
     assert str(err.value).startswith(f"{weights} {words}")
 
 
 def test_local_model_without_local_path_is_one_line_at_download(tmp_path: Path) -> None:
     with pytest.raises(StageError, match=r"^model.local_path is not set for model=local: point it at your model"):
-        download.run(ModelConfig(source="local", local_path="???"), tmp_path / "model")
+        download.run(ModelConfig.preset("local", local_path="???"), tmp_path / "model")
     assert not (tmp_path / "model").exists()
 
 
@@ -197,7 +197,7 @@ def short_of_ram(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_onnx_export_checks_resources_first(tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     short_of_ram(monkeypatch)
     with pytest.raises(StageError, match=r"^\[cpu_int4\] building int4 ONNX needs about .* of RAM but 1.0 MiB"):
-        export_onnx.run("cpu_int4", OnnxVariantConfig(execution_provider="cpu", precision="int4"), Workspace(model=tiny_model, out=tmp_path / "onnx"))
+        export_onnx.run("cpu_int4", OnnxVariantConfig.from_conf(execution_provider="cpu", precision="int4"), Workspace(model=tiny_model, out=tmp_path / "onnx"))
     assert not (tmp_path / "onnx").exists()
 
 
@@ -205,7 +205,7 @@ def test_npu_lib_export_checks_resources_first(tmp_path: Path, tiny_model: Path,
     short_of_ram(monkeypatch)
     monkeypatch.setattr(npu_lib_env, "ensure", lambda root=None: npu_lib_env.NpuLibEnv(tmp_path, Path(sys.executable), {}))
     with pytest.raises(StageError, match=r"^\[npu_lib-int4\] compiling int4 with the NPU library needs about .* of RAM"):
-        export_npu_lib.run("int4", NpuLibVariantConfig(dtype="int4"), Workspace(model=tiny_model, out=tmp_path / "npu_lib"))
+        export_npu_lib.run("int4", NpuLibVariantConfig.from_conf(dtype="int4"), Workspace(model=tiny_model, out=tmp_path / "npu_lib"))
     assert not (tmp_path / "npu_lib").exists()
 
 

@@ -112,7 +112,7 @@ def test_a_full_size_stand_in_over_the_cap_is_skipped_with_one_line_and_a_target
 ) -> None:
     folder = sparse(tmp_path / "artifact", "model.bin", folder_gib * GIB)
     monkeypatch.setenv(resources.ASSUME_RAM_ENV, "64")  # plenty: only the cap decides
-    cap = ValidateConfig(prompts=["x"]).stand_in_max_ram_gib
+    cap = ValidateConfig.from_conf(prompts=["x"]).stand_in_max_ram_gib
     reason = resources.fit_cell_ram(stage, variant, folder, stand_in=True, cap_gib=cap)
     if runs:
         assert reason is None

@@ -23,7 +23,7 @@ TINY_128K_DIR = ROOT / "pipeline" / "assets" / "tiny_phi3_128k"
 
 def test_tiny_source_copies_model_and_records_hashes(tmp_path: Path) -> None:
     out = tmp_path / "model"
-    manifest = download.run(ModelConfig(source="tiny"), out)
+    manifest = download.run(ModelConfig.preset("tiny"), out)
     assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
     assert manifest == read_manifest(out)
     for name, info in manifest["files"].items():
@@ -42,7 +42,7 @@ def test_unknown_model_offline_gives_one_line_and_keeps_previous_output(
     if "HF_ENDPOINT" in env:
         monkeypatch.setattr(hf_constants, "ENDPOINT", env["HF_ENDPOINT"])
     out = previous_artifact(tmp_path / "artifacts" / "model")
-    cfg = ModelConfig(name="x", source="hub", repo_id="nobody/no-such-model", revision="0" * 40)
+    cfg = ModelConfig.from_conf(name="x", source="hub", repo_id="nobody/no-such-model", revision="0" * 40)
     with pytest.raises(StageError) as exc:
         download.run(cfg, out)
     message = str(exc.value)
@@ -57,7 +57,7 @@ def test_folder_without_tokenizer_is_refused(tmp_path: Path) -> None:
         shutil.copy2(TINY_DIR / name, src / name)
     out = previous_artifact(tmp_path / "artifacts" / "model")
     with pytest.raises(StageError, match="no tokenizer"):
-        download.run(ModelConfig(source="local", local_path=str(src)), out)
+        download.run(ModelConfig.preset("local", local_path=str(src)), out)
     assert_untouched(out)
 
 
@@ -67,7 +67,7 @@ def test_pickled_weights_are_refused(tmp_path: Path) -> None:
     (src / "model.safetensors").rename(src / "pytorch_model.bin")
     out = tmp_path / "artifacts" / "model"
     with pytest.raises(StageError, match="safetensors"):
-        download.run(ModelConfig(source="local", local_path=str(src)), out)
+        download.run(ModelConfig.preset("local", local_path=str(src)), out)
     assert not out.exists()
 
 
@@ -78,14 +78,14 @@ def test_non_phi3_model_is_refused(tmp_path: Path) -> None:
     config["model_type"] = "llama"
     (src / "config.json").write_text(json.dumps(config), encoding="utf-8")
     with pytest.raises(StageError, match="not 'phi3'"):
-        download.run(ModelConfig(source="local", local_path=str(src)), tmp_path / "out")
+        download.run(ModelConfig.preset("local", local_path=str(src)), tmp_path / "out")
 
 
 def test_token_is_never_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     secret = "hf_" + "s3cr3t" * 6
     monkeypatch.setenv("HF_TOKEN", secret)
     out = tmp_path / "model"
-    download.run(ModelConfig(source="tiny"), out)
+    download.run(ModelConfig.preset("tiny"), out)
     captured = capsys.readouterr()
     assert secret not in captured.out + captured.err
     assert secret not in (out / "manifest.json").read_text(encoding="utf-8")
@@ -103,7 +103,7 @@ def test_tiny_128k_preset_copies_its_own_asset_offline(tmp_path: Path) -> None:
 
 def test_unknown_embedded_asset_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="model.asset"):
-        ModelConfig(source="tiny", asset="tiny_phi3_1m")
+        ModelConfig.preset("tiny", asset="tiny_phi3_1m")
 
 
 def test_tiny_128k_config_is_longrope_gqa_with_factors_fp16_cannot_hold() -> None:

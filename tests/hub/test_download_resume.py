@@ -23,7 +23,7 @@ TOKEN, REPO = "hf_resume_token", "me/tiny-phi3"
 RUN = (
     "import sys; from pathlib import Path; from pipeline.core.config import ModelConfig; "
     "from pipeline.core.errors import run_main; from pipeline.hub.download import run; "
-    "run_main(lambda: run(ModelConfig(name='t', source='hub', repo_id=sys.argv[1], revision=sys.argv[2]), Path('out')))"
+    "run_main(lambda: run(ModelConfig.from_conf(name='t', source='hub', repo_id=sys.argv[1], revision=sys.argv[2]), Path('out')))"
 )
 
 

@@ -51,7 +51,7 @@ def no_npu() -> dict[str, devices.DeviceStatus]:
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("npu_lib") / "model"
-    download.run(ModelConfig(source="tiny"), out)
+    download.run(ModelConfig.preset("tiny"), out)
     return out
 
 
@@ -170,7 +170,7 @@ def test_without_a_buildable_env_both_stages_record_a_skipped_target(
         tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AIPC_ENVS_DIR", str(tmp_path / "envs"))  # no environment built there
     monkeypatch.setattr(npu_lib_env, "unavailable_reason", lambda: "no C++ compiler ('c++' not found) (simulated)")
-    manifest = export_npu_lib.run("int4", NpuLibVariantConfig(), Workspace(model=tiny_model, out=tmp_path / "npu_lib"))
+    manifest = export_npu_lib.run("int4", NpuLibVariantConfig.from_conf(), Workspace(model=tiny_model, out=tmp_path / "npu_lib"))
     assert manifest["status"] == "skipped" and "no C++ compiler" in manifest["reason"]
     assert json.loads((tmp_path / "npu_lib" / "int4" / "manifest.json").read_text(encoding="utf-8"))["status"] == "skipped"
     cfg = build(ValidateConfig, compose(["model=tiny"])["validate"])
@@ -201,7 +201,7 @@ def int4_artifact(npu_env, tiny_model: Path) -> tuple[Path, dict, Path]:
     cfg = build(ValidateConfig, compose(["model=tiny"])["validate"])
     ref_dir = tiny_model.parent / "reference"
     reference.run(cfg, tiny_model, ref_dir)
-    manifest = export_npu_lib.run("int4", NpuLibVariantConfig(), Workspace(model=tiny_model, out=tiny_model.parent / "npu_lib"))
+    manifest = export_npu_lib.run("int4", NpuLibVariantConfig.from_conf(), Workspace(model=tiny_model, out=tiny_model.parent / "npu_lib"))
     record_in_lock(tiny_model.parent / "dvc.lock", tiny_model.parent / "npu_lib" / "int4")
     return tiny_model.parent / "npu_lib", manifest, ref_dir / "reference.json"
 

@@ -59,15 +59,15 @@ DTYPES = {"int4": "intel_npu_acceleration_library.QuantizedLinear", "fp16": "int
 def builds(npu_env, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[tuple[str, str], dict]]:  # noqa: F811
     """The tiny Phi-4 compiled to int4 and fp16, layer by layer and by the library's whole-model path: manifests."""
     root = tmp_path_factory.mktemp("npu_lib_layers")
-    download.run(ModelConfig(source="tiny", asset="tiny_phi4"), root / "model")
+    download.run(ModelConfig.preset("tiny-phi4"), root / "model")
     manifests = {
         (dtype, build): export_npu_lib.run(
-            dtype, NpuLibVariantConfig(dtype=dtype, layer_by_layer=build == "layers"), Workspace(model=root / "model", out=root / build)
+            dtype, NpuLibVariantConfig.from_conf(dtype=dtype, layer_by_layer=build == "layers"), Workspace(model=root / "model", out=root / build)
         )
         for dtype in DTYPES
         for build in ("layers", "whole")
     }
-    config = NpuLibVariantConfig(dtype="int4", layer_by_layer=True)  # once more, in another folder: same bytes?
+    config = NpuLibVariantConfig.from_conf(dtype="int4", layer_by_layer=True)  # once more, in another folder: same bytes?
     manifests["int4", "again"] = export_npu_lib.run("int4", config, Workspace(model=root / "model", out=root / "again"))
     return root, manifests
 

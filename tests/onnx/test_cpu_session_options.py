@@ -29,10 +29,10 @@ WINDOWS = [list(range(100, 400)), list(range(1000, 1064))]
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("cpu-session")
-    download.run(ModelConfig(source="tiny"), root / "model")
+    download.run(ModelConfig.preset("tiny"), root / "model")
     out = {}
     for name, params in VARIANTS.items():
-        cfg = OnnxVariantConfig(**params)
+        cfg = OnnxVariantConfig.from_conf(**params)
         out[name] = root / name
         out[name].mkdir()
         build(root / "model", out[name], cfg, builder_options(cfg))

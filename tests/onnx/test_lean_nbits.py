@@ -40,7 +40,7 @@ LEAN = {"dml_int4", "cpu_int4", "cpu_int8", "cpu_int4_asym_untied", "cpu_int4_lm
 def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The demo's tiny Phi-3 (tied embeddings) and the tiny Phi-4 (tied, GQA, partial rotary)."""
     tiny = tmp_path_factory.mktemp("tiny") / "model"
-    download.run(ModelConfig(source="tiny"), tiny)
+    download.run(ModelConfig.preset("tiny"), tiny)
     return {"tiny": tiny, "tiny_phi4": ASSETS_DIR / "tiny_phi4"}
 
 
@@ -58,7 +58,7 @@ def digests(folder: Path) -> dict[str, str]:
 
 def build_twice(checkpoint: Path, tmp_path: Path, case: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """Build ``case`` with the lean pass and with the builder's own; the files' digests and what the pass did."""
-    cfg = OnnxVariantConfig(**CASES[case])
+    cfg = OnnxVariantConfig.from_conf(**CASES[case])
     seen: dict[str, Any] = {"detached": []}
     detach = lean_nbits.detachable_weights
 
@@ -122,7 +122,7 @@ def test_the_graph_names_the_builders_commit_not_the_projects(checkpoints: dict[
     import onnx
     import onnxruntime_genai as og
 
-    cfg = OnnxVariantConfig(**CASES["cpu_int4"])
+    cfg = OnnxVariantConfig.from_conf(**CASES["cpu_int4"])
     build(checkpoints["tiny"], tmp_path, cfg, builder_options(cfg))
     stamped = onnx.load(tmp_path / "model.onnx", load_external_data=False).producer_version
     assert stamped == f"{og.__version__}+{og.__commit__[:7]}", stamped

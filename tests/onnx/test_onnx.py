@@ -59,7 +59,7 @@ def test_builder_option_names_are_the_builders_current_ones() -> None:
 
 
 def test_builder_options_use_current_names_and_no_hub_access() -> None:
-    cfg = OnnxVariantConfig(block_size=128, is_symmetric=True, enable_dml_graph=False,
+    cfg = OnnxVariantConfig.from_conf(block_size=128, is_symmetric=True, enable_dml_graph=False,
                             extra_options={"nodes_to_exclude": ["/lm_head/MatMul", "/x"], "fuse_qkv": False})
     options = export_onnx.builder_options(cfg)
     assert options == {"hf_token": "false", "hf_remote": "false", "block_size": "128", "is_symmetric": "true",
@@ -70,7 +70,7 @@ def test_builder_options_use_current_names_and_no_hub_access() -> None:
 @pytest.fixture
 def tiny_model(tmp_path: Path) -> Path:
     model_dir = tmp_path / "artifacts" / "model"
-    download.run(ModelConfig(source="tiny"), model_dir)
+    download.run(ModelConfig.preset("tiny"), model_dir)
     return model_dir
 
 
@@ -99,7 +99,7 @@ def test_bad_params_through_the_cli_write_nothing(tiny_model: Path, monkeypatch:
 def test_asymmetric_int4_with_tied_embeddings_is_refused_before_building(tiny_model: Path) -> None:
     out = previous_artifact(tiny_model.parent / "onnx" / "dml_int4")
     with pytest.raises(ConfigError, match="is_symmetric false with tied") as exc:
-        export_onnx.run("dml_int4", OnnxVariantConfig(is_symmetric=False), Workspace(model=tiny_model, out=out.parent))
+        export_onnx.run("dml_int4", OnnxVariantConfig.from_conf(is_symmetric=False), Workspace(model=tiny_model, out=out.parent))
     assert "\n" not in str(exc.value)
     assert_untouched(out)
 
@@ -123,7 +123,7 @@ def _summary(**changes: object) -> dict:
 
 
 def test_structural_check_accepts_a_correct_build_and_names_each_defect() -> None:
-    cfg = OnnxVariantConfig(block_size=128)
+    cfg = OnnxVariantConfig.from_conf(block_size=128)
     assert check_matches_request(_summary(), cfg, 2) == []
     defects = {
         "no node produces": _summary(unproduced_outputs=["present.0.key"]),
@@ -140,7 +140,7 @@ def test_structural_check_accepts_a_correct_build_and_names_each_defect() -> Non
     for expected, summary in defects.items():
         problems = check_matches_request(summary, cfg, 2)
         assert any(expected in p for p in problems), (expected, problems)
-    assert check_matches_request(_summary(), OnnxVariantConfig(block_size=128, enable_dml_graph=False), 2)
+    assert check_matches_request(_summary(), OnnxVariantConfig.from_conf(block_size=128, enable_dml_graph=False), 2)
 
 
 @pytest.mark.slow
@@ -148,7 +148,7 @@ def test_failed_structural_check_keeps_the_previous_output(tiny_model: Path, mon
     out = previous_artifact(tiny_model.parent / "onnx" / "dml_int4")
     monkeypatch.setattr(export_onnx, "check_matches_request", lambda *a: ["forced defect"])
     with pytest.raises(StageError, match="does not match the request: forced defect"):
-        export_onnx.run("dml_int4", OnnxVariantConfig(block_size=128), Workspace(model=tiny_model, out=out.parent))
+        export_onnx.run("dml_int4", OnnxVariantConfig.from_conf(block_size=128), Workspace(model=tiny_model, out=out.parent))
     assert_untouched(out)
 
 

@@ -100,7 +100,7 @@ def test_export_refuses_a_head_32_partial_rotary_checkpoint_before_building(tmp_
     model_dir = partial_rotary_model(tmp_path / "model", seed=0)
     (model_dir / "manifest.json").write_text(json.dumps({"source": "test"}), encoding="utf-8")
     out_root = tmp_path / "onnx"
-    cfg = OnnxVariantConfig(execution_provider="cpu", precision="int4", block_size=32)
+    cfg = OnnxVariantConfig.from_conf(execution_provider="cpu", precision="int4", block_size=32)
     with pytest.raises(Refused) as exc:  # a result: run_stage records it (tests/core/test_refusal.py)
         export.run("cpu_int4", cfg, Workspace(model=model_dir, out=out_root))
     message = str(exc.value)

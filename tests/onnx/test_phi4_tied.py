@@ -25,10 +25,10 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, dict], in
     """The export manifests of the tiny Phi-4's cpu int4 folder with the builder's default (shared) and with
     shared_embeddings off, and the model's number of decoder layers."""
     root = tmp_path_factory.mktemp("tied")
-    download.run(ModelConfig(source="tiny", asset="tiny_phi4"), root / "model")
+    download.run(ModelConfig.preset("tiny-phi4"), root / "model")
     out = {}
     for name, extra in (("shared", {}), ("unshared", {"shared_embeddings": False})):
-        cfg = OnnxVariantConfig(execution_provider="cpu", precision="int4", block_size=32, extra_options=extra)
+        cfg = OnnxVariantConfig.from_conf(execution_provider="cpu", precision="int4", block_size=32, extra_options=extra)
         out[name] = export.run(name, cfg, Workspace(model=root / "model", out=root / "onnx"))
     layers = json.loads((root / "model" / "config.json").read_text(encoding="utf-8"))["num_hidden_layers"]
     return out, layers

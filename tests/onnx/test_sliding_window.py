@@ -132,8 +132,8 @@ def test_exported_graph_follows_transformers_past_the_sliding_window(
 ) -> None:
     """The fp32 CPU graph, full-length cache or the builder's windowed one, equals PyTorch at every position."""
     model_dir = tmp_path / "model"
-    download.run(ModelConfig(source="tiny"), model_dir)
-    cfg = OnnxVariantConfig(
+    download.run(ModelConfig.preset("tiny"), model_dir)
+    cfg = OnnxVariantConfig.from_conf(
         execution_provider="cpu", precision="fp32", extra_options={"windowed_kv_cache": windowed_kv_cache}
     )
     manifest = export.run("cpu_fp32", cfg, Workspace(model=model_dir, out=tmp_path / "onnx"))
@@ -155,7 +155,7 @@ def test_a_graph_with_the_builders_window_fails_the_export_check(tmp_path: Path)
     shutil.copytree(TINY_DIR, model_dir)
     out = tmp_path / "onnx"
     out.mkdir()
-    cfg = OnnxVariantConfig(execution_provider="cpu", precision="fp32")
+    cfg = OnnxVariantConfig.from_conf(execution_provider="cpu", precision="fp32")
     export.build(model_dir, out, cfg, export.builder_options(cfg))
     graph = onnx.load(str(out / "model.onnx"), load_external_data=False).graph
     assert graph_windows(graph) == [-1, -1], "builder 0.18 writes no window for Phi-3 (fixed upstream? drop the fix)"

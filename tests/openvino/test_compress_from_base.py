@@ -21,12 +21,12 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.mark.parametrize("cfg", [
-    OpenVinoVariantConfig(weight_format="int4", group_size=64, ratio=0.8, sym=False),
-    OpenVinoVariantConfig(weight_format="int8", group_size=-1, ratio=1.0),
+    OpenVinoVariantConfig.from_conf(weight_format="int4", group_size=64, ratio=0.8, sym=False),
+    OpenVinoVariantConfig.from_conf(weight_format="int8", group_size=-1, ratio=1.0),
 ], ids=["int4-g64-r0.8-asym", "int8"])
 def test_compress_from_base_ir_equals_export_from_scratch(tmp_path: Path, cfg: OpenVinoVariantConfig) -> None:
     model = tmp_path / "model"
-    download.run(ModelConfig(source="tiny"), model)
+    download.run(ModelConfig.preset("tiny"), model)
     base = tmp_path / "base"
     export_openvino_base.run(model, base)
     base_bin = sha256_file(base / "openvino_model.bin")
@@ -53,14 +53,14 @@ def test_sweep_points_reuse_sensitivities_and_stay_identical(tmp_path: Path, mon
     real = DataFreeCriterion._calc_sensitivity
     monkeypatch.setattr(DataFreeCriterion, "_calc_sensitivity", lambda *a, **k: computed.append(1) or real(*a, **k))
     model, base = tmp_path / "model", tmp_path / "base"
-    download.run(ModelConfig(source="tiny"), model)
+    download.run(ModelConfig.preset("tiny"), model)
     export_openvino_base.run(model, base)
-    first = OpenVinoVariantConfig(weight_format="int4", group_size=128, ratio=0.8, sym=True)
+    first = OpenVinoVariantConfig.from_conf(weight_format="int4", group_size=128, ratio=0.8, sym=True)
     export_openvino.run("first", first, Workspace(model=model, out=tmp_path / "out"), base_dir=base)
     [cache] = (tmp_path / "nncf" / "nncf_sensitivity").glob("*.json")
     scores = json.loads(cache.read_text(encoding="utf-8"))
     assert len(scores) == 8 and all(isinstance(v, float) and v > 0 for v in scores.values())  # 2 layers x 4 MatMuls
-    second = OpenVinoVariantConfig(weight_format="int4", group_size=64, ratio=0.6, sym=True)
+    second = OpenVinoVariantConfig.from_conf(weight_format="int4", group_size=64, ratio=0.6, sym=True)
     reused = export_openvino.run("reused", second, Workspace(model=model, out=tmp_path / "out"), base_dir=base)
     assert len(computed) == 1, "the second point must reuse the first point's sensitivities"
     scratch = export_openvino.run("scratch", second, Workspace(model=model, out=tmp_path / "out"), base_dir=None)
@@ -87,10 +87,10 @@ def test_data_aware_points_collect_statistics_once_per_base_ir_and_dataset(
     monkeypatch.setattr(quantize_model, "cache_weight_compression_statistics",
                         lambda *a, **k: collected.append(Path(a[-1])) or real(*a, **k))
     model, base, out = tmp_path / "model", tmp_path / "base", tmp_path / "out"
-    download.run(ModelConfig(source="tiny"), model)
+    download.run(ModelConfig.preset("tiny"), model)
     export_openvino_base.run(model, base)
-    awq = OpenVinoVariantConfig(weight_format="int4", group_size=64, ratio=1.0, awq=True, dataset="heldout", num_samples=4)
-    scale = OpenVinoVariantConfig(weight_format="int4", group_size=128, ratio=0.8, scale_estimation=True,
+    awq = OpenVinoVariantConfig.from_conf(weight_format="int4", group_size=64, ratio=1.0, awq=True, dataset="heldout", num_samples=4)
+    scale = OpenVinoVariantConfig.from_conf(weight_format="int4", group_size=128, ratio=0.8, scale_estimation=True,
                                   dataset="heldout", num_samples=4)
     first = export_openvino.run("awq", awq, Workspace(model=model, out=out), base_dir=base)
     [stats] = (tmp_path / "nncf" / "nncf_statistics").iterdir()  # one whole folder: the private one was renamed

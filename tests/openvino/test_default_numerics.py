@@ -81,7 +81,7 @@ def built(root: Path, checkpoint: Path) -> Workspace:
     from pipeline.validation import reference
 
     ws = Workspace(artifacts=root / "artifacts")
-    download.run(ModelConfig(name=checkpoint.name, source="local", local_path=str(checkpoint)), ws.model_dir)
+    download.run(ModelConfig.preset("local", name=checkpoint.name, local_path=str(checkpoint)), ws.model_dir)
     reference.run(small_cfg(), ws.model_dir, ws.reference_path.parent)
     return exported(ws)
 
@@ -91,7 +91,7 @@ def exported(ws: Workspace, **variant: object) -> Workspace:
     from pipeline.openvino import export as export_openvino
     from pipeline.openvino.config import OpenVinoVariantConfig
 
-    export_openvino.run("fp16", OpenVinoVariantConfig(weight_format="fp16", **variant), ws, base_dir=None)  # type: ignore[arg-type]
+    export_openvino.run("fp16", OpenVinoVariantConfig.from_conf(weight_format="fp16", **variant), ws, base_dir=None)  # type: ignore[arg-type]
     return ws
 
 

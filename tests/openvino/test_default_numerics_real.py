@@ -68,7 +68,7 @@ def test_the_real_models_fp16_ir_fails_at_bf16_names_the_fix_and_answers_paris_w
     from pipeline.validation import reference
 
     ws = Workspace(artifacts=tmp_path / "artifacts")
-    download.run(ModelConfig(name="smollm2-phi3", source="local", local_path=str(real_model)), ws.model_dir)
+    download.run(ModelConfig.preset("local", name="smollm2-phi3", local_path=str(real_model)), ws.model_dir)
     pytorch = reference.run(real_cfg(), ws.model_dir, ws.reference_path.parent)["greedy"][0]["text"]
     assert "Paris" in pytorch
     cpu = validated(exported(ws))["CPU"]

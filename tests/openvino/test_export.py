@@ -16,10 +16,10 @@ from pipeline.openvino.ir_inspect import check_matches_request, check_rotary
 
 def test_group_size_100_on_hidden_256_fails_before_writing_anything(tmp_path: Path) -> None:
     model_dir = tmp_path / "artifacts" / "model"
-    download.run(ModelConfig(source="tiny"), model_dir)
+    download.run(ModelConfig.preset("tiny"), model_dir)
     out_root = tmp_path / "artifacts" / "openvino"
     with pytest.raises(ConfigError) as exc:
-        export_openvino.run("int4", OpenVinoVariantConfig(group_size=100, ratio=1.0), Workspace(model=model_dir, out=out_root))
+        export_openvino.run("int4", OpenVinoVariantConfig.from_conf(group_size=100, ratio=1.0), Workspace(model=model_dir, out=out_root))
     assert "does not divide hidden_size 256" in str(exc.value) and "\n" not in str(exc.value)
     assert not out_root.exists() or not any(out_root.iterdir())
 
@@ -39,7 +39,7 @@ def test_request_check_catches_skipped_quantization() -> None:
 
 
 def test_calibration_dataset_is_offline_text() -> None:
-    cfg = OpenVinoVariantConfig(awq=True, dataset="heldout", num_samples=8)
+    cfg = OpenVinoVariantConfig.from_conf(awq=True, dataset="heldout", num_samples=8)
     qdict = export_openvino.quantization_dict(cfg)
     assert isinstance(qdict["dataset"], list) and len(qdict["dataset"]) == 8
     assert qdict["quant_method"] == "awq" and qdict["bits"] == 4

@@ -52,7 +52,7 @@ def model_576(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(TINY / name, checkpoint / name)
     model_dir = root / "artifacts" / "model"
-    download.run(ModelConfig(name="hidden576", source="local", local_path=str(checkpoint)), model_dir)
+    download.run(ModelConfig.preset("local", name="hidden576", local_path=str(checkpoint)), model_dir)
     return model_dir
 
 

@@ -30,7 +30,7 @@ def bf16_tiny(dest: Path) -> Path:
     import torch
     from safetensors.torch import load_file, save_file
 
-    download.run(ModelConfig(source="tiny"), dest)
+    download.run(ModelConfig.preset("tiny"), dest)
     weights = dest / "model.safetensors"
     save_file({k: v.to(torch.bfloat16) for k, v in load_file(weights).items()}, weights, metadata={"format": "pt"})
     config = json.loads((dest / "config.json").read_text(encoding="utf-8"))
@@ -44,7 +44,7 @@ def bf16_tiny(dest: Path) -> Path:
 def test_lean_fp16_export_of_bf16_checkpoint_equals_plain(tmp_path: Path) -> None:
     model = bf16_tiny(tmp_path / "model")
     assert lean.checkpoint_dtype(model) == "bfloat16"
-    cfg = OpenVinoVariantConfig(weight_format="fp16")
+    cfg = OpenVinoVariantConfig.from_conf(weight_format="fp16")
     plain = export_openvino.run("plain", cfg, Workspace(model=model, out=tmp_path / "out"), base_dir=None, lean=False)
     fast = export_openvino.run("lean", cfg, Workspace(model=model, out=tmp_path / "out"), base_dir=None, lean=True)
     assert fast["weight_layers"] == plain["weight_layers"] and fast["layers"] == plain["layers"]
@@ -73,7 +73,7 @@ def test_lean_compression_equals_plain(tmp_path: Path, monkeypatch: pytest.Monke
     base_plain = export_openvino_base.run(model, tmp_path / "base-plain", lean=False)
     base_lean = export_openvino_base.run(model, tmp_path / "base-lean", lean=True)
     assert base_lean["files"]["openvino_model.bin"] == base_plain["files"]["openvino_model.bin"]
-    cfg = OpenVinoVariantConfig(weight_format="int4", group_size=64, ratio=0.8, sym=True)  # mixed precision
+    cfg = OpenVinoVariantConfig.from_conf(weight_format="int4", group_size=64, ratio=0.8, sym=True)  # mixed precision
     plain = export_openvino.run("plain", cfg, Workspace(model=model, out=tmp_path / "out"), base_dir=tmp_path / "base-plain", lean=False)
     fast = export_openvino.run("lean", cfg, Workspace(model=model, out=tmp_path / "out"), base_dir=tmp_path / "base-lean", lean=True)
     assert len(list((tmp_path / "nncf" / "nncf_sensitivity").iterdir())) == 1, "only the lean path caches sensitivities"
@@ -304,11 +304,11 @@ def test_export_stops_early_when_ram_is_short(tmp_path: Path, monkeypatch: pytes
     import psutil
 
     model = tmp_path / "model"
-    download.run(ModelConfig(source="tiny"), model)
+    download.run(ModelConfig.preset("tiny"), model)
     monkeypatch.setattr(psutil, "virtual_memory", lambda: SimpleNamespace(available=200 * 2**20))
     out_root = tmp_path / "out"
     with pytest.raises(StageError) as exc:
-        export_openvino.run("fp16", OpenVinoVariantConfig(weight_format="fp16"), Workspace(model=model, out=out_root), base_dir=None)
+        export_openvino.run("fp16", OpenVinoVariantConfig.from_conf(weight_format="fp16"), Workspace(model=model, out=out_root), base_dir=None)
     message = str(exc.value)
     assert "needs about 1.0 GiB of RAM but 200 MiB is available: free 829 MiB" in message and "\n" not in message
     assert not out_root.exists() or not any(out_root.iterdir()), "nothing may be written"
@@ -318,7 +318,7 @@ def test_export_stops_early_when_disk_is_short(tmp_path: Path, monkeypatch: pyte
     import shutil
 
     model = tmp_path / "model"
-    download.run(ModelConfig(source="tiny"), model)
+    download.run(ModelConfig.preset("tiny"), model)
     real = shutil.disk_usage
     monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=1024))
     with pytest.raises(StageError) as exc:
@@ -332,7 +332,7 @@ def test_export_stops_early_when_disk_is_short(tmp_path: Path, monkeypatch: pyte
 def test_resource_check_expects_the_whole_checkpoint_where_pages_cannot_be_trimmed(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     model = tmp_path / "model"
-    download.run(ModelConfig(source="tiny"), model)
+    download.run(ModelConfig.preset("tiny"), model)
     size = sum(f.stat().st_size for f in memory.weight_files(model))
     trimmed, _ = lean.needs("export", "fp16", model)
     monkeypatch.setattr(lean, "pages_can_be_trimmed", lambda: False)  # Windows: no madvise, no native trimmer

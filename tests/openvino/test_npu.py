@@ -61,14 +61,14 @@ def test_silent_fallback_is_not_a_pass() -> None:
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("npu") / "model"
-    download.run(ModelConfig(source="tiny"), out)
+    download.run(ModelConfig.preset("tiny"), out)
     return out
 
 
 @pytest.fixture(scope="module")
 def deferred(tiny_model: Path) -> tuple[Path, dict]:
     out_root = tiny_model.parent / "npu"
-    manifest = export_npu.run("int4", NpuVariantConfig(), Workspace(model=tiny_model, out=out_root), status=no_npu())
+    manifest = export_npu.run("int4", NpuVariantConfig.from_conf(), Workspace(model=tiny_model, out=out_root), status=no_npu())
     return out_root / "int4", manifest
 
 
@@ -94,7 +94,7 @@ def test_without_npu_the_blob_is_deferred_not_claimed(deferred) -> None:
 
 def test_without_npu_the_blob_round_trips_through_npuw_on_cpu_and_is_not_shipped(
         tiny_model: Path, tmp_path: Path) -> None:
-    manifest = export_npu.run("int4", NpuVariantConfig(), Workspace(model=tiny_model, out=tmp_path / "npu"), status=no_npu(),
+    manifest = export_npu.run("int4", NpuVariantConfig.from_conf(), Workspace(model=tiny_model, out=tmp_path / "npu"), status=no_npu(),
                               npuw_max_size_mb=1000)
     check = manifest["npu_blob"]["npuw_blob_check"]
     assert check["compiled_by"] == npu_lane.BLOB_BACKEND and "NPU blob" not in check["compiled_by"]
@@ -137,7 +137,7 @@ def test_with_an_npu_the_stage_compiles_a_blob_and_times_the_reload(
         return object()
 
     monkeypatch.setattr(export_npu, "load_llm_pipeline", fake_pipeline)
-    manifest = export_npu.run("int4", NpuVariantConfig(), Workspace(model=tiny_model, out=tmp_path / "npu"), status=with_npu())
+    manifest = export_npu.run("int4", NpuVariantConfig.from_conf(), Workspace(model=tiny_model, out=tmp_path / "npu"), status=with_npu())
     (device, first), (_, second) = calls
     assert device == "NPU" and first["EXPORT_BLOB"] == "YES" and first["CACHE_MODE"] == "OPTIMIZE_SPEED"
     assert first["MAX_PROMPT_LEN"] == 1024 and "EXPORT_BLOB" not in second and second["BLOB_PATH"] == first["BLOB_PATH"]

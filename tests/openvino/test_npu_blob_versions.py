@@ -43,9 +43,9 @@ def _fake_machine(monkeypatch: pytest.MonkeyPatch, versions: dict[str, str]) -> 
 def stale_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny NPU artifact with a real blob, compiled while the machine said NPU driver 1.2."""
     root = tmp_path_factory.mktemp("npu-blob")
-    download.run(ModelConfig(source="tiny"), root / "model")
+    download.run(ModelConfig.preset("tiny"), root / "model")
     no_npu = {"CPU": devices.DeviceStatus("CPU", True), "NPU": devices.DeviceStatus("NPU", False, reason="none")}
-    export_npu.run("int4", NpuVariantConfig(), Workspace(model=root / "model", out=root / "npu"), status=no_npu)
+    export_npu.run("int4", NpuVariantConfig.from_conf(), Workspace(model=root / "model", out=root / "npu"), status=no_npu)
     folder = root / "npu" / "int4"
     settings = json.loads((folder / export_npu.NPU_CONFIG).read_text(encoding="utf-8"))
     (folder / export_npu.NPU_CONFIG).write_text(json.dumps({**settings, **npu_lane.NPUW_CPU}), encoding="utf-8")

@@ -21,9 +21,9 @@ def int4_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict, int
     """The tiny model's int4 IR (asym, group 64, ratio 1: the Phi-4 presets' int4) without and with down_proj kept."""
     root = tmp_path_factory.mktemp("keep_float")
     model_dir = root / "artifacts" / "model"
-    download.run(ModelConfig(source="tiny"), model_dir)
-    plain = OpenVinoVariantConfig(group_size=64, ratio=1.0, sym=False)
-    kept = OpenVinoVariantConfig(group_size=64, ratio=1.0, sym=False, keep_float=[DOWN_PROJ])
+    download.run(ModelConfig.preset("tiny"), model_dir)
+    plain = OpenVinoVariantConfig.from_conf(group_size=64, ratio=1.0, sym=False)
+    kept = OpenVinoVariantConfig.from_conf(group_size=64, ratio=1.0, sym=False, keep_float=[DOWN_PROJ])
     a = export_openvino.run("int4", plain, Workspace(model=model_dir, out=root / "plain"), base_dir=None)
     b = export_openvino.run("int4", kept, Workspace(model=model_dir, out=root / "kept"), base_dir=None)
     layers = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))["num_hidden_layers"]

@@ -31,10 +31,10 @@ HEAD_DIM = 32
 SHORT = [round(1.02 + 0.01 * i, 2) for i in range(HEAD_DIM // 2)]
 LONG = [round(1.05 + 0.37 * i, 2) for i in range(HEAD_DIM // 2)]
 VARIANTS = {
-    "fp16": OpenVinoVariantConfig(weight_format="fp16"),  # lean: bf16 trace, in-place bf16 -> fp16 rewrite
-    "fp16-plain": OpenVinoVariantConfig(weight_format="fp16"),  # optimum's own path: compress_to_fp16 on save
-    "int8": OpenVinoVariantConfig(weight_format="int8", group_size=-1),
-    "int4": OpenVinoVariantConfig(weight_format="int4", group_size=32, ratio=1.0),
+    "fp16": OpenVinoVariantConfig.from_conf(weight_format="fp16"),  # lean: bf16 trace, in-place bf16 -> fp16 rewrite
+    "fp16-plain": OpenVinoVariantConfig.from_conf(weight_format="fp16"),  # optimum's own path: compress_to_fp16 on save
+    "int8": OpenVinoVariantConfig.from_conf(weight_format="int8", group_size=-1),
+    "int4": OpenVinoVariantConfig.from_conf(weight_format="int4", group_size=32, ratio=1.0),
 }
 
 
@@ -53,7 +53,7 @@ def longrope_phi3(dest: Path) -> Path:
     transformers.Phi3ForCausalLM(config).to(torch.bfloat16).save_pretrained(src)
     for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
         shutil.copy2(TINY_ASSET / name, src / name)
-    download.run(ModelConfig(source="local", local_path=str(src)), dest)
+    download.run(ModelConfig.preset("local", local_path=str(src)), dest)
     return dest
 
 
@@ -72,7 +72,7 @@ def exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     class NoNpu:  # devices.detect on a machine without an NPU: the blob is deferred
         available_devices = ["CPU"]
 
-    export_npu.run("int4", NpuVariantConfig(), Workspace(model=model, out=root / "npu"), status=devices.detect(NoNpu()),
+    export_npu.run("int4", NpuVariantConfig.from_conf(), Workspace(model=model, out=root / "npu"), status=devices.detect(NoNpu()),
                    base_dir=root / "base")
     folders["npu"] = root / "npu" / "int4"
     return folders
@@ -211,7 +211,7 @@ def test_damaged_rope_factor_is_caught(exports: dict[str, Path], tmp_path: Path)
 def test_embedded_tiny_fp16_keeps_inverse_frequencies_f32(tmp_path: Path) -> None:
     """The default-rope 4k tiny model: its fp16 IR had its inverse frequencies in fp16 before."""
     model = tmp_path / "model"
-    download.run(ModelConfig(source="tiny"), model)
+    download.run(ModelConfig.preset("tiny"), model)
     manifest = export_openvino.run("fp16", VARIANTS["fp16"], Workspace(model=model, out=tmp_path / "out"), base_dir=None)
     rope = manifest["rotary_embedding"]
     assert rope["float_constants"] and set(rope["float_constants"].values()) == {"f32"}

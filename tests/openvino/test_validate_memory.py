@@ -77,7 +77,7 @@ def test_an_emulation_cell_over_the_cap_is_skipped_with_one_line_before_it_compi
     runnable = [numerics.EmulationPlan("f16", "CPU f16 compute", "CPU f16 compute (emulated)")]
     monkeypatch.setattr(numerics, "emulation_plans", lambda precisions, core=None: runnable)
     target = validate.Target("openvino-x", "openvino", tmp_path, ["CPU"])
-    cfg = ValidateConfig(prompts=["x"], stand_in_max_ram_gib=0.01)  # 10 MiB: under the 16 MiB weight's need
+    cfg = ValidateConfig.from_conf(prompts=["x"], stand_in_max_ram_gib=0.01)  # 10 MiB: under the 16 MiB weight's need
     cell = validate.emulation_cells(target, cfg, None, None, {})["CPU f16 compute"]  # type: ignore[arg-type]
     assert cell.status == "skipped" and "\n" not in cell.reason
     assert cell.reason.startswith("not run here: the CPU f16 compute cell of openvino-x (the CPU plugin unpacks")

@@ -26,7 +26,7 @@ def test_recommendation_is_the_smallest_point_within_budget() -> None:
 
 
 def test_a_point_that_fails_validation_is_reported_failed_and_never_recommended(tmp_path: Path) -> None:
-    cfg = SweepConfig(grid={"openvino.int4.group_size": [32, 64, 128]})
+    cfg = SweepConfig.from_conf(grid={"openvino.int4.group_size": [32, 64, 128]})
     rows = [
         {**_row("small", 7, 0.97), "openvino.int4.group_size": 128, "passed": False,
          "problems": ["CPU: greedy exact match 0.33 < 0.67"]},
@@ -45,10 +45,10 @@ def test_a_point_that_fails_validation_is_reported_failed_and_never_recommended(
 
 def test_sweep_grid_must_name_export_parameters() -> None:
     with pytest.raises(ConfigError, match="export parameter"):
-        SweepConfig(grid={"validate.repeats": [1, 2]})
+        SweepConfig.from_conf(grid={"validate.repeats": [1, 2]})
 
 
 def test_grid_becomes_dvc_set_params() -> None:
-    cfg = SweepConfig(grid={"openvino.int4.group_size": [64, 128], "openvino.int4.ratio": [0.8, 1.0]})
+    cfg = SweepConfig.from_conf(grid={"openvino.int4.group_size": [64, 128], "openvino.int4.ratio": [0.8, 1.0]})
     assert sweep.set_params(cfg, ["model=tiny"]) == ["-S", "openvino.int4.group_size=64,128",
                                                      "-S", "openvino.int4.ratio=0.8,1.0", "-S", "model=tiny"]

@@ -30,7 +30,7 @@ def test_a_list_valued_key_is_one_choice_per_list_in_the_local_queue() -> None:
     """keep_float values are lists: DVC's sweep expansion must give one experiment per list, not per comma."""
     from dvc.utils.hydra import get_hydra_sweeps
 
-    cfg = SweepConfig(grid={"openvino.int4.keep_float": KEEP_FLOAT, "openvino.int4.ratio": [0.8, 1.0]})
+    cfg = SweepConfig.from_conf(grid={"openvino.int4.keep_float": KEEP_FLOAT, "openvino.int4.ratio": [0.8, 1.0]})
     args = grid.set_params(cfg, ["model=tiny"])
     sweeps = get_hydra_sweeps({"params.yaml": args[1::2]})
     got = sorted(
@@ -42,7 +42,7 @@ def test_a_list_valued_key_is_one_choice_per_list_in_the_local_queue() -> None:
 
 
 def test_a_ray_point_composes_to_its_values() -> None:
-    cfg = SweepConfig(grid={"openvino.int4.keep_float": KEEP_FLOAT[1:2], "openvino.int4.awq": [True],
+    cfg = SweepConfig.from_conf(grid={"openvino.int4.keep_float": KEEP_FLOAT[1:2], "openvino.int4.awq": [True],
                             "openvino.int4.dataset": ["heldout"], "openvino.int4.sensitivity_metric": [None]})
     [point] = grid.points(cfg)
     args = grid.point_overrides(point, ["model=tiny"])
@@ -52,7 +52,7 @@ def test_a_ray_point_composes_to_its_values() -> None:
 
 
 def test_point_names_are_stable_distinct_git_refs(tmp_path: Path) -> None:
-    cfg = SweepConfig(grid={"openvino.int4.group_size": [64, 128], "openvino.int4.keep_float": KEEP_FLOAT})
+    cfg = SweepConfig.from_conf(grid={"openvino.int4.group_size": [64, 128], "openvino.int4.keep_float": KEEP_FLOAT})
     names = [grid.point_name(p, "c0ffee") for p in grid.points(cfg)]
     assert len(set(names)) == 6
     assert names == [grid.point_name(p, "c0ffee") for p in grid.points(cfg)]
@@ -147,7 +147,7 @@ def test_the_keep_float_preset_sweeps_down_proj_kept_and_not() -> None:
 def test_a_failed_point_gets_its_line_and_never_wins(tmp_path: Path) -> None:
     from pipeline.sweep.report import write_report
 
-    cfg = SweepConfig(grid={"openvino.int4.group_size": [48, 64]})
+    cfg = SweepConfig.from_conf(grid={"openvino.int4.group_size": [48, 64]})
     rows = [{"experiment": "ok", "openvino.int4.group_size": 64, "size_mb": 9.0, "top1_agreement": 0.97}]
     failed = [{"experiment": "bad", "openvino.int4.group_size": 48, "error": "group_size 48 does not divide 256"}]
     result = write_report(rows, cfg, tmp_path, failed)

@@ -233,7 +233,7 @@ def small_artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def build(artifacts: Path, name: str, out_root: Path | None = None) -> Path:
     source, device = VARIANTS[name]
-    export.run(name, WinmlVariantConfig(source=source, device_type=device), Workspace(artifacts=artifacts, out=out_root))
+    export.run(name, WinmlVariantConfig.from_conf(source=source, device_type=device), Workspace(artifacts=artifacts, out=out_root))
     return (out_root or artifacts / "winml") / name
 
 
@@ -331,7 +331,7 @@ def test_an_epcontext_pointing_elsewhere_fails_its_structural_check(small_artifa
 
 def test_a_missing_source_ir_is_one_line_naming_the_stage_to_run(tmp_path: Path) -> None:
     with pytest.raises(StageError, match=r"^no OpenVINO IR in .*: build it first \(`dvc repro export_openvino@int8`\)"):
-        export.run("gpu", WinmlVariantConfig(source_variant="int8", device_type="GPU"), Workspace(artifacts=tmp_path / "artifacts"))
+        export.run("gpu", WinmlVariantConfig.from_conf(source_variant="int8", device_type="GPU"), Workspace(artifacts=tmp_path / "artifacts"))
     assert not (tmp_path / "artifacts" / "winml").exists()
 
 
@@ -359,7 +359,7 @@ def test_the_plugins_devices_here_or_why_it_offers_none(small_artifacts: Path, t
         assert "CPU" in status.devices
         return
     assert "offers only Intel devices (vendor 0x8086)" in status.reason and "0x8086" not in status.reason.split("has ")[1]
-    metrics = validate.run("npu", ValidateConfig(prompts=["x"]), Workspace(out=folder.parent, metrics=tmp_path / "metrics"))
+    metrics = validate.run("npu", ValidateConfig.from_conf(prompts=["x"]), Workspace(out=folder.parent, metrics=tmp_path / "metrics"))
     cell = metrics["cells"]["NPU"]
     assert (metrics["status"], cell["status"], cell["reason"]) == ("skipped", "skipped", status.reason)
     assert metrics["family"] == "winml" and metrics["problems"] == []
@@ -393,7 +393,7 @@ def test_a_package_the_ep_cannot_run_is_a_failed_cell_with_a_one_line_reason(
     monkeypatch.setenv("DVC_STAGE", "validate_winml@cpu")  # recorded, not raised: the stage under dvc repro
     monkeypatch.setattr(validate.Evidence, "load", staticmethod(lambda path: SimpleNamespace(reference={})))
     status = runtime.PluginStatus("1.8.1", ["CPU"])
-    metrics = validate.run("cpu", ValidateConfig(prompts=["x"]), Workspace(out=folder.parent, metrics=tmp_path / "m"), status=status)
+    metrics = validate.run("cpu", ValidateConfig.from_conf(prompts=["x"]), Workspace(out=folder.parent, metrics=tmp_path / "m"), status=status)
     cell = metrics["cells"]["CPU"]
     want = (
         "cannot load the package on the OpenVINO EP (device_type CPU): "

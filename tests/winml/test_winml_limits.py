@@ -88,7 +88,7 @@ def test_validation_fails_the_cell_of_a_package_whose_limits_disagree_with_its_i
     status = runtime.PluginStatus("1.8.1", ["CPU"])  # as on an Intel CPU: the NPU cell would run by override
     monkeypatch.setenv("DVC_STAGE", "validate_winml@npu")  # recorded, not raised: the stage under dvc repro
     ws = Workspace(out=folder.parent, metrics=tmp_path / "m")
-    metrics = validate.run("npu", ValidateConfig(prompts=["x"]), ws, status=status)
+    metrics = validate.run("npu", ValidateConfig.from_conf(prompts=["x"]), ws, status=status)
     cell = metrics["cells"]["NPU"]
     assert (metrics["status"], cell["status"]) == ("failed", "failed")
     assert cell["reason"].startswith("[winml npu] the package, its npu_config.json and its IR disagree: ")

@@ -22,9 +22,9 @@ from pipeline.winml.config import WinmlVariantConfig
 def packaged(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict, Path]:
     """The tiny Phi-4's real int4 IR (export_openvino) and the CPU package wrapping it: (IR manifest, package manifest, package)."""
     artifacts = tmp_path_factory.mktemp("winml_tie") / "artifacts"
-    download.run(ModelConfig(source="tiny", asset="tiny_phi4"), artifacts / "model")
-    ir = export_openvino.run("int4", OpenVinoVariantConfig(), Workspace(model=artifacts / "model", out=artifacts / "openvino"), base_dir=None)
-    manifest = export.run("cpu", WinmlVariantConfig(source="openvino", device_type="CPU"), Workspace(artifacts=artifacts))
+    download.run(ModelConfig.preset("tiny-phi4"), artifacts / "model")
+    ir = export_openvino.run("int4", OpenVinoVariantConfig.from_conf(), Workspace(model=artifacts / "model", out=artifacts / "openvino"), base_dir=None)
+    manifest = export.run("cpu", WinmlVariantConfig.from_conf(source="openvino", device_type="CPU"), Workspace(artifacts=artifacts))
     return ir, manifest, artifacts / "winml" / "cpu"
 
 
