@@ -46,6 +46,7 @@ COMMANDS: dict[str, Callable[..., None]] = {
     "compose": project.cmd_compose,
     "check-config": project.cmd_check_config,
     "stages": project.cmd_stages,
+    "conf-docs": info.cmd_conf_docs,
     "demo": project.cmd_demo,
     "repro": project.cmd_repro,
     "exp-run": project.cmd_exp_run,

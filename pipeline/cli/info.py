@@ -44,3 +44,13 @@ def cmd_presets() -> None:
     """List the model presets, the families and their variants, and the other config groups' options."""
     print(presets_text())
 
+
+def cmd_conf_docs(argv: list[str]) -> None:
+    """Check (--check) or rewrite (--write) docs/configuration.md's reference of every conf group's keys.
+
+    Args:
+        argv: --check (fail in one line if the docs differ from conf/) or --write (regenerate below the marker).
+    """
+    from pipeline.cli import conf_docs
+
+    conf_docs.main(argv)
