@@ -34,6 +34,9 @@ class Family:
     validate_flags: str = ""  # between ``python -m <module>`` and the variant in the validate stage's cmd
     publishable: bool = True  # ``aipc publish`` accepts ``<name>/<variant>``
     export_params: tuple[str, ...] = ()  # other params the export takes, as keyword arguments named by the last part
+    # ``module:function``: (export parameters, params key) -> the grids its recipe rounds the weights to, or None
+    # (pipeline.validation.recipe_cost: the broken-or-costly verdict); "" when the family wraps another's artifact
+    rounding: str = ""
 
     @property
     def artifact_root(self) -> Path:
@@ -76,6 +79,7 @@ FAMILIES: dict[str, Family] = {
             "validate",
             "pipeline.openvino.validate:run_openvino",
             "pipeline.openvino.config:OpenVinoVariantConfig",
+            rounding="pipeline.openvino.rounding:ir_rounding",
         ),
         Family(
             "npu",
@@ -88,6 +92,7 @@ FAMILIES: dict[str, Family] = {
             "pipeline.openvino.config:NpuVariantConfig",
             validate_flags="--npu",
             export_params=("validate.npuw_max_size_mb",),
+            rounding="pipeline.openvino.rounding:npu_rounding",
         ),
         Family(
             "onnx",
@@ -98,6 +103,7 @@ FAMILIES: dict[str, Family] = {
             "validate_onnx",
             "pipeline.onnx.validate:run",
             "pipeline.onnx.config:OnnxVariantConfig",
+            rounding="pipeline.onnx.rounding:rounding",
         ),
         Family(
             "npu_lib",
@@ -109,6 +115,7 @@ FAMILIES: dict[str, Family] = {
             "pipeline.npu_lib.validate:run",
             "pipeline.npu_lib.config:NpuLibVariantConfig",
             publishable=False,
+            rounding="pipeline.npu_lib.rounding:rounding",
         ),
         Family(
             "winml",
@@ -128,6 +135,6 @@ SHARED_STAGES = ("download", "reference", "export_openvino_base", "report", "ver
 
 
 def entry(family: str, which: str) -> Callable[..., Any]:
-    """The ``export`` or ``validate`` function of ``family`` (imports the family's module)."""
+    """The ``export``, ``validate`` or ``rounding`` function of ``family`` (imports the family's module)."""
     module, _, function = getattr(FAMILIES[family], which).partition(":")
     return getattr(importlib.import_module(module), function)

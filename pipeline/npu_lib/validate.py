@@ -24,8 +24,8 @@ from pipeline.core.stage import run_stage
 from pipeline.core.workspace import PROJECT, Workspace
 from pipeline.npu_lib import env as npu_lib_env
 from pipeline.npu_lib.export import KIND, call_worker
-from pipeline.validation import fidelity, matrix, records, speed
-from pipeline.validation.evidence import verdicts_for
+from pipeline.validation import fidelity, matrix, recipe_cost, records, speed
+from pipeline.validation.evidence import Evidence, verdicts_for
 
 
 def checked_model_file(folder: Path, manifest: dict, lock_file: Path = LOCK_FILE) -> Path:
@@ -219,6 +219,8 @@ def run(
     except npu_lib_env.EnvUnavailable as err:
         return records.publish(skipped_record(name, dtype, str(err), cfg), out)
     cells = run_cells(name, env, model_file, manifest, folder, ws.reference_path, cfg, plans)
+    evidence = Evidence.load(ws.reference_path)
+    recipe_cost.attach(cells, "npu_lib", manifest["parameters"], f"npu_lib.{name}", ws.model_dir, evidence)
     return records.publish_cells(
         f"npu_lib-{name}", "npu_lib", dtype, folder, cfg.thresholds(dtype), cells, ws.metrics_dir, cfg.profile
     )

@@ -25,7 +25,7 @@ from pipeline.core.resources import fit_cell_ram
 from pipeline.core.stage import run_stage
 from pipeline.core.workspace import PROJECT, Workspace
 from pipeline.onnx import compat
-from pipeline.validation import fidelity, matrix, records, speed
+from pipeline.validation import fidelity, matrix, recipe_cost, records, speed
 from pipeline.validation import genai_runner as runner
 from pipeline.validation.devices import ONNX_PROVIDER_DEVICES, DeviceStatus, onnx_provider_status
 from pipeline.validation.evidence import Evidence, verdicts_for
@@ -204,6 +204,7 @@ def run(name: str, cfg: ValidateConfig, ws: Workspace = PROJECT) -> dict:
             continue
         cells[plan.column] = matrix.judge(plan, got, evidence.reference, thresholds, kind)
         cells[plan.column].speed_not_measured = speed.not_measured(plan.stand_in_for, cfg)
+    recipe_cost.attach(cells, "onnx", params, f"onnx.{name}", ws.model_dir, evidence)
     return records.publish_cells(
         f"onnx-{name}", "onnx", precision, folder, cfg.thresholds(precision), cells, ws.metrics_dir, cfg.profile
     )

@@ -32,7 +32,7 @@ from pipeline.openvino.answers import near_ties as near_ties  # tests and the NP
 from pipeline.openvino.answers import same_tokens_as_cpu
 from pipeline.openvino.generation import answers_at, measure_generation
 from pipeline.openvino.teacher_forced import numerics_fidelity, pinned_fidelity
-from pipeline.validation import matrix, records, speed
+from pipeline.validation import matrix, recipe_cost, records, speed
 from pipeline.validation.evidence import Evidence, verdicts_for
 
 
@@ -215,7 +215,8 @@ def run(target: Target, cfg: ValidateConfig, ws: Workspace = PROJECT, *, status:
     """
     from pipeline.validation import devices
 
-    weight_format = read_manifest(target.ir_dir)["parameters"].get("weight_format", "int4")
+    params = read_manifest(target.ir_dir)["parameters"]
+    weight_format = params.get("weight_format", "int4")
     cpu_skip = check_ram(target, weight_format)
     evidence = Evidence.load(ws.reference_path)
     verdicts = verdicts_for(cfg, weight_format)
@@ -244,6 +245,7 @@ def run(target: Target, cfg: ValidateConfig, ws: Workspace = PROJECT, *, status:
             cells[plan.column].speed_not_measured = speed.not_measured(plan.stand_in_for, cfg)
         same_tokens_as_cpu(cells, outputs, target.ir_dir, evidence.reference)
         cells.update(emulation_cells(target, cfg, evidence, verdicts, pinned_runs, cpu_skip))
+    recipe_cost.attach(cells, target.family, params, f"{target.family}.{target.ir_dir.name}", ws.model_dir, evidence)
     return records.publish_cells(
         target.artifact,
         target.family,

@@ -128,6 +128,7 @@ class Cell:
     compile_cache: dict[str, Any] | None = None
     speed_not_measured: str | None = None  # why ttft/tpot/tokens_per_s are null (pipeline.validation.speed)
     profile: str | None = None  # validate.profile of the run that gave this verdict (quick | full)
+    recipe_cost: dict[str, Any] | None = None  # failed fidelity: costly or broken, against the recipe (recipe_cost.py)
     note: str | None = None
     sample: str | None = None
 

@@ -1,14 +1,11 @@
 """Stage ``report``: one table of every artifact x device, and plots, from ``artifacts/metrics/*.json``.
 
-Reads the metrics file of every artifact configured in ``params.yaml`` (OpenVINO, NPU IR, ONNX, NPU
-library) and writes ``artifacts/report/``: ``report.md`` (a row per matrix cell: status, the device
-that ran, size, load time, TTFT per prompt length, TPOT, tokens/s, peak RSS, top-1 agreement, mean KL,
-perplexity change, greedy exact match, and the reason or the problems), ``cells.json`` (the same rows
-for ``dvc plots show``), ``summary.json`` (cell counts, a DVC metric), ``size_vs_fidelity.png``,
-``speed_vs_fidelity.png`` and ``tokens_per_s.png`` (pipeline/validation/plots.py). An artifact without a
-metrics file gets a ``missing`` row saying what to run.
-Failed cells get their rows like any other; the ``verdict`` stage (``--verdict``) runs after the report and
-fails ``dvc repro`` with one line naming them.
+Reads the metrics file of every artifact configured in ``params.yaml`` and writes ``artifacts/report/``:
+``report.md`` (a row per matrix cell: status (a failed fidelity: costly or broken), the device that ran, size,
+speed, peak RSS, fidelity, and the reason or the problems), ``cells.json`` (the same rows for ``dvc plots
+show``), ``summary.json`` (cell counts, a DVC metric) and three plots (pipeline/validation/plots.py). An artifact
+without a metrics file gets a ``missing`` row saying what to run. The ``verdict`` stage (``--verdict``) runs
+after the report and fails ``dvc repro`` with one line naming the failed cells.
 """
 
 from __future__ import annotations
@@ -112,6 +109,12 @@ def collect_rows(artifacts: list[tuple[str, str]], metrics_dir: Path) -> list[Ro
     return rows
 
 
+def status_text(status: str, data: dict[str, Any]) -> str:
+    """The status word, with a failed fidelity's kind: ``failed (costly)`` or ``failed (broken)`` (recipe_cost.py)."""
+    kind = (data.get("recipe_cost") or {}).get("verdict") if status == "failed" else None
+    return f"{status} ({kind})" if kind else status
+
+
 def _num(value: Any, fmt: str) -> str:
     return "–" if value is None else format(value, fmt)
 
@@ -177,7 +180,7 @@ def markdown_table(rows: list[Row]) -> str:
         cells = [
             row.artifact,
             row.cell,
-            f"**{row.status}**" if row.status in ("failed", "refused") else row.status,
+            f"**{status_text(row.status, d)}**" if row.status in ("failed", "refused") else row.status,
             d.get("profile") or "–",
             d.get("device_executed") or "–",
             _num(row.size_mb, ".1f"),

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from pipeline.validation.report import Row, counts_text, summary
+from pipeline.validation.report import Row, counts_text, status_text, summary
 
 DEVICES = ("CPU", "GPU", "NPU", "DML")  # the targets a recommendation is given for, in this order
 EMULATION_MARK = " compute"  # "CPU bf16 compute": a numerics-emulation cell, not a device to run on
@@ -83,7 +83,9 @@ def artifact_lines(rows: list[Row]) -> list[str]:
     """One line per artifact: verdict, where it ran, artifact fidelity (top-1), speed, size; or why it did not run."""
     by_artifact = group_by_artifact(rows)
     width = max((len(a) for a in by_artifact), default=8)
-    lines = [f"{'artifact':<{width}}  {'verdict':<7}  {'top-1':>5}  {'tok/s':>6}  {'MB':>6}  where it ran"]
+    kinds = [str(k) for r in rows if r.status == "failed" and (k := (r.data.get("recipe_cost") or {}).get("verdict"))]
+    vw = 7 + max((len(k) + 3 for k in kinds), default=0)  # "failed (costly)": a failed fidelity's kind
+    lines = [f"{'artifact':<{width}}  {'verdict':<{vw}}  {'top-1':>5}  {'tok/s':>6}  {'MB':>6}  where it ran"]
     not_run: dict[tuple[str, str], list[str]] = {}  # artifacts that did not run, one line per verdict and reason
     for artifact, cells in by_artifact.items():
         verdict, shown = artifact_verdict(cells), _shown(cells)
@@ -98,8 +100,9 @@ def artifact_lines(rows: list[Row]) -> list[str]:
             not_run.setdefault((verdict, reason), []).append(artifact)
             continue
         d = shown.row.data
+        word = status_text(verdict, d if shown.row.status == verdict else {})
         lines.append(
-            f"{artifact:<{width}}  {verdict:<7}  {_figure(d.get('top1_agreement'), '.3f'):>5}  "
+            f"{artifact:<{width}}  {word:<{vw}}  {_figure(d.get('top1_agreement'), '.3f'):>5}  "
             f"{_figure(d.get('tokens_per_s'), '.0f'):>6}  {_figure(shown.row.size_mb, '.1f'):>6}  {shown.where}"
         )
     for (verdict, reason), artifacts in not_run.items():

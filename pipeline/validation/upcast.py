@@ -35,6 +35,11 @@ class Float32Scratch:
         """How many rows of ``weight`` fit in the buffer at once."""
         return max(1, self.buffer.numel() // max(1, weight[0].numel()))
 
+    def copy(self, weight: Any) -> Any:
+        """A float32 copy of ``weight`` in the buffer (even of a float32 weight: the caller may change it)."""
+        view = self.buffer[: weight.numel()].view(weight.shape)
+        return view.copy_(weight)
+
     def widen(self, weight: Any) -> Any:
         """``weight`` as float32: itself if it already is, else a view of the buffer holding its values."""
         import torch

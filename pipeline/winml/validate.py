@@ -31,7 +31,7 @@ from pipeline.core.registry import FAMILIES
 from pipeline.core.resources import check_stage_ram
 from pipeline.core.stage import run_stage
 from pipeline.core.workspace import PROJECT, Workspace
-from pipeline.validation import fidelity, matrix, records, speed
+from pipeline.validation import fidelity, matrix, recipe_cost, records, speed
 from pipeline.validation.evidence import Evidence, verdicts_for
 from pipeline.validation.genai_runner import CellError, attempt, generate, time_prompt
 from pipeline.winml import export, limits, runtime
@@ -225,6 +225,11 @@ def run(name: str, cfg: ValidateConfig, ws: Workspace = PROJECT, *, status: runt
         cell.note = "; ".join(filter(None, [cell.note, ran_with, status.emulated]))
         if status.emulated:  # tests only: never presented as what the plugin offers on this machine
             cell.label = f"{cell.label} ({status.emulated})"
+        source = manifest["parameters"]  # the package wraps an IR: its recipe is that IR's
+        key = f"{source['source']}.{source['source_variant']}"
+        recipe_cost.attach(
+            {plan.column: cell}, source["source"], manifest.get("source_ir_parameters", {}), key, ws.model_dir, evidence
+        )
     return records.publish_cells(
         f"winml-{name}",
         "winml",

@@ -305,7 +305,9 @@ def test_an_ir_with_one_zeroed_layer_fails_validation_with_one_line(demo_project
     cfg = tiny_cfg("validate.repeats=1", "validate.warmup=0")
     target = validate.Target("openvino-fp16", "openvino", tmp_path / "openvino" / "fp16", ["CPU"])
     with pytest.raises(StageError) as exc:
-        validate.run(target, cfg, Workspace(reference=project / "artifacts" / "reference" / "reference.json", metrics=tmp_path / "metrics"))
+        validate.run(target, cfg, Workspace(model=project / "artifacts" / "model",
+                                            reference=project / "artifacts" / "reference" / "reference.json",
+                                            metrics=tmp_path / "metrics"))
     message = str(exc.value)
     assert "\n" not in message and message.startswith("[openvino-fp16] validation failed: CPU: ")
     assert "above the fp16 threshold" in message
