@@ -55,9 +55,9 @@ def test_the_tiny_phi3_renders_todays_prompt_ids_with_its_template_and_without_o
 def test_a_prompt_is_messages_ending_with_the_user_and_a_string_is_one_user_message() -> None:
     assert small_cfg("validate.prompts=[Hi]").prompts[0][0].role == "user"
     with pytest.raises(ConfigError, match=r"^validate.prompts\[0\] must end with a user message"):
-        build(ValidateConfig, {"prompts": [[{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]]})
+        ValidateConfig.from_conf(prompts=[[{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]])
     with pytest.raises(ConfigError, match=r"^validate.prompts\[0\]\[0\].role must be one of system, user, assistant"):
-        build(ValidateConfig, {"prompts": [[{"role": "bot", "content": "Q"}]]})
+        ValidateConfig.from_conf(prompts=[[{"role": "bot", "content": "Q"}]])
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +87,7 @@ def chatml(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
     model.generation_config.eos_token_id = ENDOFTEXT
     model.to(torch.float16).save_pretrained(checkpoint)
     model_dir = root / "artifacts" / "model"
-    download.run(ModelConfig(name="tiny-chatml", source="local", local_path=str(checkpoint)), model_dir)
+    download.run(ModelConfig.preset("local", name="tiny-chatml", local_path=str(checkpoint)), model_dir)
     return model_dir, end
 
 
@@ -142,7 +142,7 @@ def test_openvino_validation_and_chat_use_chatml_and_stop_on_im_end(
     from pipeline.openvino.generation import measure_generation
 
     model_dir, end = chatml
-    export_openvino.run("fp16", OpenVinoVariantConfig(weight_format="fp16"),
+    export_openvino.run("fp16", OpenVinoVariantConfig.from_conf(weight_format="fp16"),
                         Workspace(model=model_dir, out=model_dir.parent / "openvino"), base_dir=None)
     ir = model_dir.parent / "openvino" / "fp16"
     got = measure_generation(ir, "CPU", small_cfg(), chatml_reference)
@@ -171,7 +171,7 @@ def test_onnx_chat_uses_chatml_and_stops_on_im_end(chatml: tuple[Path, int], cha
     model_dir, end = chatml
     first = chatml_reference["greedy"][0]
     assert first["output_ids"][-1] == end  # PyTorch answers, then closes its turn
-    variant = OnnxVariantConfig(execution_provider="cpu", precision="fp32", extra_options={"windowed_kv_cache": False})
+    variant = OnnxVariantConfig.from_conf(execution_provider="cpu", precision="fp32", extra_options={"windowed_kv_cache": False})
     export_onnx.run("cpu_fp32", variant, Workspace(model=model_dir, out=model_dir.parent / "onnx"))
     answer = chat(model_dir.parent / "onnx" / "cpu_fp32", "CPU", prompt="Can you introduce yourself?", max_new_tokens=64)
     assert answer == first["text"].strip()  # genai_config's eos is <|endoftext|> only: without the stop it goes on
