@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from pipeline.core import eta
 from pipeline.core.config import ValidateConfig
 from pipeline.core.errors import fail, run_main
 from pipeline.core.hashes import LOCK_FILE, dvc_dir_md5, locked_md5
@@ -174,6 +175,7 @@ def run_cells(
         say(f"[npu_lib-{name} @ {plan.column}] seconds per phase: {result.get('phase_s')}")
         cells[plan.column] = matrix.judge(plan, got, reference, thresholds, KIND)
         cells[plan.column].speed_not_measured = no_speed
+        eta.finish(plan.column)
     return cells
 
 
@@ -218,6 +220,7 @@ def run(
         env = npu_lib_env.ensure(envs_root)
     except npu_lib_env.EnvUnavailable as err:
         return records.publish(skipped_record(name, dtype, str(err), cfg), out)
+    eta.start(f"validate_npu_lib@{name}", f"npu_lib-{name}", plans, ws.model_dir, dtype, cfg.measures_stand_in_speed)
     cells = run_cells(name, env, model_file, manifest, folder, ws.reference_path, cfg, plans)
     evidence = Evidence.load(ws.reference_path)
     recipe_cost.attach(cells, "npu_lib", manifest["parameters"], f"npu_lib.{name}", ws.model_dir, evidence)

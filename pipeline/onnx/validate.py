@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from pipeline.core import eta
 from pipeline.core.config import ValidateConfig
 from pipeline.core.errors import StageError, fail, run_main
 from pipeline.core.log import step
@@ -190,10 +191,13 @@ def run(name: str, cfg: ValidateConfig, ws: Workspace = PROJECT) -> dict:
     kind = f"{device} graph"
     cells = {}
     plans = matrix.plan_cells([device], {device: provider_status(provider)}, cfg.cpu_stand_in)
+    variant = f"{provider}_{precision}"
     for plan in plans:
         if not plan.skip_reason and plan.device == "CPU":  # RAM, measured on the CPU provider (validate_onnx rows)
-            variant, stand_in = f"{provider}_{precision}", bool(plan.stand_in_for)
+            stand_in = bool(plan.stand_in_for)
             plan.skip_reason = fit_cell_ram("validate_onnx", variant, folder, stand_in, cfg.stand_in_max_ram_gib)
+    eta.start(f"validate_onnx@{name}", f"onnx-{name}", plans, ws.model_dir, variant, cfg.measures_stand_in_speed)
+    for plan in plans:
         if plan.skip_reason:
             cells[plan.column] = matrix.skipped_cell(plan, kind)
             continue
@@ -202,6 +206,8 @@ def run(name: str, cfg: ValidateConfig, ws: Workspace = PROJECT) -> dict:
         except (runner.CellError, StageError) as err:  # could not run (or no environment to run in): failed, with why
             cells[plan.column] = matrix.failed_cell(plan, kind, str(err))
             continue
+        finally:
+            eta.finish(plan.column)
         cells[plan.column] = matrix.judge(plan, got, evidence.reference, thresholds, kind)
         cells[plan.column].speed_not_measured = speed.not_measured(plan.stand_in_for, cfg)
     recipe_cost.attach(cells, "onnx", params, f"onnx.{name}", ws.model_dir, evidence)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from pipeline.core import eta
 from pipeline.core.config import ValidateConfig
 from pipeline.core.errors import run_main
 from pipeline.core.log import step
@@ -128,6 +129,7 @@ def emulation_cells(
             plan.skip_reason = skip_for_ram(what, need, cfg.stand_in_max_ram_gib, target.ir_dir)
         if plan.skip_reason:
             cells[plan.column] = matrix.Cell(plan.column, "CPU", "skipped", plan.label, reason=plan.skip_reason)
+            eta.drop(plan.column)
             continue
         records.reset_peak_rss()
         with step(f"[{target.artifact} @ {plan.column}] teacher-forced at {plan.precision} compute on CPU"):
@@ -158,6 +160,7 @@ def emulation_cells(
         shipped = plan.precision == "bf16" and runtime_config.pins_f32(target.ir_dir, "CPU")
         runs = {"default": forced, "f32": pinned}
         answers.judge(cell, target.ir_dir, evidence.reference, runs, f"forced {plan.precision} compute", fix, shipped)
+        eta.finish(plan.column)
     return cells
 
 
@@ -213,6 +216,7 @@ def run(target: Target, cfg: ValidateConfig, ws: Workspace = PROJECT, *, status:
     Returns:
         The metrics written.
     """
+    from pipeline.openvino.numerics import emulation_plans
     from pipeline.validation import devices
 
     params = read_manifest(target.ir_dir)["parameters"]
@@ -229,6 +233,9 @@ def run(target: Target, cfg: ValidateConfig, ws: Workspace = PROJECT, *, status:
         plans = npu_lanes(target, cfg, matrix.plan_cells(target.devices, status or devices.detect(), cfg.cpu_stand_in))
         if cpu_skip:  # an fp16 IR where its f32-widened weights do not fit: no CPU cell runs (check_ram)
             plans = [replace(p, skip_reason=cpu_skip) if on_the_cpu(p) and not p.skip_reason else p for p in plans]
+        stage = f"{'validate_npu' if target.family == 'npu' else 'validate'}@{target.ir_dir.name}"
+        emulated = [] if cpu_skip else emulation_plans(cfg.emulate_numerics)  # those over RAM drop out later
+        eta.start(stage, target.artifact, [*plans, *emulated], ws.model_dir, weight_format, cfg.measures_stand_in_speed)
         for plan in plans:
             if plan.skip_reason:
                 cells[plan.column] = matrix.skipped_cell(plan, target.kind)
@@ -243,6 +250,7 @@ def run(target: Target, cfg: ValidateConfig, ws: Workspace = PROJECT, *, status:
                 cells[plan.column], target.ir_dir, evidence.reference, runs, numerics, target.fix(plan.device)
             )
             cells[plan.column].speed_not_measured = speed.not_measured(plan.stand_in_for, cfg)
+            eta.finish(plan.column)
         same_tokens_as_cpu(cells, outputs, target.ir_dir, evidence.reference)
         cells.update(emulation_cells(target, cfg, evidence, verdicts, pinned_runs, cpu_skip))
     recipe_cost.attach(cells, target.family, params, f"{target.family}.{target.ir_dir.name}", ws.model_dir, evidence)

@@ -15,10 +15,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from pipeline.core import eta
 from pipeline.core.artifacts import ARTIFACTS, staged_dir, write_json_atomic
 from pipeline.core.config import ASSETS_DIR, ValidateConfig, load_params
 from pipeline.core.errors import fail, run_main
-from pipeline.core.log import say, step
+from pipeline.core.log import say
 from pipeline.core.manifest import read_manifest, write_manifest
 from pipeline.core.memory import MappedPageTrimmer, weight_files
 from pipeline.core.resources import check_stage_ram
@@ -219,15 +220,16 @@ def run(cfg: ValidateConfig, model_dir: Path = MODEL_DIR, out_dir: Path = OUT_DI
 
     source = read_manifest(model_dir)
     check_stage_ram("reference", cfg.reference_dtype, model_dir)
-    with step(f"loading PyTorch model {source.get('model')} (computing in {cfg.reference_dtype})"):
+    clock = eta.reference_clock(model_dir, cfg.reference_dtype)
+    with clock.step(f"loading PyTorch model {source.get('model')} (computing in {cfg.reference_dtype})"):
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         model = load_model(model_dir, cfg.reference_dtype)
-    with step("teacher-forced pass over held-out text"):
+    with clock.step("teacher-forced pass over held-out text"):
         windows = eval_windows(tokenizer, cfg)
         logprobs, forced = reference_logprobs(model, windows, cfg.kl_top_k)
     long = long_context_plan(tokenizer, cfg, context_limits(model.config))
     with (
-        step(
+        clock.step(
             f"teacher-forced long-context windows of {[len(w) for w in long['windows']]} tokens "
             f"(boundaries {long['boundaries']})"
         ),
@@ -235,7 +237,7 @@ def run(cfg: ValidateConfig, model_dir: Path = MODEL_DIR, out_dir: Path = OUT_DI
     ):
         long_logprobs, _ = reference_logprobs(model, long["windows"], cfg.long_context.top_k)
     stop = chat_prompts.stop_token_ids(tokenizer, model.generation_config.eos_token_id)
-    with step(
+    with clock.step(
         f"greedy generation for {len(cfg.prompts)} prompts (chat template: {chat_prompts.template_source(tokenizer)})"
     ):
         generations = greedy(model, tokenizer, cfg.prompts, cfg.max_new_tokens, stop)

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pipeline.core import eta
 from pipeline.core.artifacts import remove_tree
 from pipeline.core.config import ValidateConfig
 from pipeline.core.errors import StageError, run_main
@@ -207,6 +208,9 @@ def run(name: str, cfg: ValidateConfig, ws: Workspace = PROJECT, *, status: runt
     else:
         evidence = Evidence.load(ws.reference_path)
         cache_dir = limits.own_cache_dir(folder, plan.device)
+        eta.start(
+            f"validate_winml@{name}", f"winml-{name}", [plan], ws.model_dir, target.lower(), cfg.measures_stand_in_speed
+        )
         try:
             got, cache = measure_cell(folder, plan, cfg, evidence, cache_dir)
         except CellError as err:  # the device is offered but the package did not run on it: failed, with why
@@ -220,6 +224,7 @@ def run(name: str, cfg: ValidateConfig, ws: Workspace = PROJECT, *, status: runt
             if plan.device != target:
                 cell.label = OVERRIDDEN
                 cell.speed_not_measured = overridden_speed(plan, cfg)
+        eta.finish(plan.column)
         bundled = runtime.BUNDLED_OPENVINO.get(status.version or "")
         ran_with = f"ran with {runtime.PLUGIN} {status.version} (OpenVINO {bundled})"
         cell.note = "; ".join(filter(None, [cell.note, ran_with, status.emulated]))
