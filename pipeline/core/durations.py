@@ -62,6 +62,7 @@ class Row:
     cells: int
     source: str
     speed_s: float = 0.0  # added per CPU stand-in cell under validate.profile=full (its speed runs)
+    with_speed: bool = False  # measured with the stand-in's speed runs: the full profile's time, high for quick
 
 
 # stage -> variant (the weight format, ``<provider>_<precision>``, the Windows ML target or the reference dtype)
@@ -77,7 +78,7 @@ STAGE_TIME: dict[str, dict[str, Row]] = {
     # cpu_int4: its CPU cell; dml_int4: the CPU stand-in, speed runs included (over the RAM cap since)
     "validate_onnx": {
         "cpu_int4": Row(607.8, 1, "2026-12-07"),
-        "dml_int4": Row(636.9, 1, "2026-12-02-dml"),
+        "dml_int4": Row(636.9, 1, "2026-12-02-dml", with_speed=True),
     },
     # the CPU stand-in; full: 8-10 of int4's 22 minutes, ~4.5 of int8's 14 are speed runs at 0.15-0.5 tokens/s
     "validate_npu_lib": {

@@ -86,7 +86,7 @@ def estimate(
         speed = row.speed_s * scale if stand_in_speed else 0.0
         units = {cell: work / max(row.cells, 1) + (speed if cell in stand_ins else 0.0) for cell in cells}
     note = ""
-    if stand_in_speed and stand_ins and not row.speed_s:
+    if stand_in_speed and stand_ins and not (row.speed_s or row.with_speed):
         note = "; full profile: the stand-in's speed runs are not in this estimate"
     return Estimate(stage, start_up, units, row_name, row, note)
 

@@ -86,6 +86,10 @@ def test_skipped_cells_cost_nothing_and_the_full_profile_adds_the_stand_ins_spee
     assert list(quick.estimate.units) == ["CPU stand-in"]
     assert quick.estimate.seconds == pytest.approx(712.1, abs=0.5)
     assert full.estimate.seconds == pytest.approx(712.1 + 540, abs=0.5)
+    dml = eta.start("validate_onnx@dml_int4", "onnx-dml_int4", [stand_in], model, None, True)
+    assert dml.estimate.note == ""  # measured with its speed runs: nothing left out under the full profile
+    cpu = eta.start("validate_onnx@cpu_int4", "onnx-cpu_int4", [stand_in], model, None, True)
+    assert "speed runs are not in this estimate" in cpu.start_line()
     nothing = eta.start("validate_onnx@dml_int4", "onnx-dml_int4", [skipped], model, "dml_int4")
     assert nothing.quiet and nothing.estimate.units == {}
 
