@@ -66,7 +66,8 @@ def one_recipe(label: str, family: str, variant: str, overrides: list[str], mode
     ws = Workspace(artifacts=work / "artifacts")
     started = time.perf_counter()
     kwargs = {"base_dir": None} if family in ("openvino", "npu") else {}
-    entry(family, "export")(name, getattr(params, family)[variant], ws, **kwargs)
+    if not (ws.root(family) / name / "manifest.json").is_file():  # an export of an earlier run is reused (--work)
+        entry(family, "export")(name, getattr(params, family)[variant], ws, **kwargs)
     exported = time.perf_counter()
     try:
         entry(family, "validate")(name, params.validate, ws)
@@ -74,7 +75,7 @@ def one_recipe(label: str, family: str, variant: str, overrides: list[str], mode
         pass  # a failed cell: its metrics are written all the same
     cell = json.loads((ws.metrics_dir / f"{FAMILIES[family].artifact(name)}.json").read_text(encoding="utf-8"))
     first = next(c for c in cell["cells"].values() if c["status"] != "skipped")
-    rounding = recipe_cost.rounding_of(family, read_manifest(ws.root(family) / name)["parameters"], f"{family}.{name}")
+    rounding = recipe_cost.rounding_of(family, read_manifest(ws.root(family) / name), f"{family}.{name}")
     evidence = Evidence.load(ws.reference_path)
     bound = recipe_cost.measure(ws.model_dir, evidence.windows, evidence.logprobs, rounding) if rounding else {}
     return {

@@ -34,7 +34,7 @@ class Family:
     validate_flags: str = ""  # between ``python -m <module>`` and the variant in the validate stage's cmd
     publishable: bool = True  # ``aipc publish`` accepts ``<name>/<variant>``
     export_params: tuple[str, ...] = ()  # other params the export takes, as keyword arguments named by the last part
-    # ``module:function``: (export parameters, params key) -> the grids its recipe rounds the weights to, or None
+    # ``module:function``: (artifact manifest, params key) -> the grids its recipe rounds the weights to, or None
     # (pipeline.validation.recipe_cost: the broken-or-costly verdict); "" when the family wraps another's artifact
     rounding: str = ""
 

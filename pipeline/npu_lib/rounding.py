@@ -18,9 +18,9 @@ ADVICE = (
 )
 
 
-def rounding(params: dict[str, Any], key: str) -> Rounding | None:
-    """The grids of the library's model of ``params["dtype"]`` (``int4``, ``int8`` or ``fp16``)."""
-    bits = BITS.get(str(params.get("dtype")))
+def rounding(manifest: dict[str, Any], key: str) -> Rounding | None:
+    """The grids of the library's model from its ``manifest`` (``dtype`` ``int4``, ``int8`` or ``fp16``)."""
+    bits = BITS.get(str(manifest["parameters"].get("dtype")))
     if bits is None:
         return None
     grid = Grid(bits, -1, True)

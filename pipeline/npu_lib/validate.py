@@ -223,7 +223,7 @@ def run(
     eta.start(f"validate_npu_lib@{name}", f"npu_lib-{name}", plans, ws.model_dir, dtype, cfg.measures_stand_in_speed)
     cells = run_cells(name, env, model_file, manifest, folder, ws.reference_path, cfg, plans)
     evidence = Evidence.load(ws.reference_path)
-    recipe_cost.attach(cells, "npu_lib", manifest["parameters"], f"npu_lib.{name}", ws.model_dir, evidence)
+    recipe_cost.attach(cells, "npu_lib", manifest, f"npu_lib.{name}", ws.model_dir, evidence)
     return records.publish_cells(
         f"npu_lib-{name}", "npu_lib", dtype, folder, cfg.thresholds(dtype), cells, ws.metrics_dir, cfg.profile
     )

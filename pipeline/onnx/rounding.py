@@ -16,8 +16,9 @@ from pipeline.validation.recipe_cost import Grid, Rounding
 DEFAULT_BLOCK = 32  # the builder's own default block size (conf/onnx/default.yaml: block_size null)
 
 
-def rounding(params: dict[str, Any], key: str) -> Rounding | None:
-    """The grids of the ``onnx.<v>`` graph built with ``params`` (``key``: its params key, for the advice)."""
+def rounding(manifest: dict[str, Any], key: str) -> Rounding | None:
+    """The grids of the ``onnx.<v>`` graph from its ``manifest`` (``key``: its params key, for the advice)."""
+    params = manifest["parameters"]
     precision = params.get("precision")
     if precision == "fp16":
         grid = Grid(16)

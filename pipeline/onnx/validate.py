@@ -178,7 +178,8 @@ def sliding_window_note(folder: Path, provider: str) -> str | None:
 def run(name: str, cfg: ValidateConfig, ws: Workspace = PROJECT) -> dict:
     """Validate ONNX variant ``name`` on its provider (or a labelled CPU stand-in); write metrics; fail on a failed cell."""
     folder = ws.root("onnx") / name
-    params = read_manifest(folder)["parameters"]
+    manifest = read_manifest(folder)
+    params = manifest["parameters"]
     if params["exclude_embeds"] or params["exclude_lm_head"]:
         fail(
             f"[{name}] was built with exclude_embeds/exclude_lm_head: it is a pipeline component, not a text "
@@ -210,7 +211,7 @@ def run(name: str, cfg: ValidateConfig, ws: Workspace = PROJECT) -> dict:
             eta.finish(plan.column)
         cells[plan.column] = matrix.judge(plan, got, evidence.reference, thresholds, kind)
         cells[plan.column].speed_not_measured = speed.not_measured(plan.stand_in_for, cfg)
-    recipe_cost.attach(cells, "onnx", params, f"onnx.{name}", ws.model_dir, evidence)
+    recipe_cost.attach(cells, "onnx", manifest, f"onnx.{name}", ws.model_dir, evidence)
     return records.publish_cells(
         f"onnx-{name}", "onnx", precision, folder, cfg.thresholds(precision), cells, ws.metrics_dir, cfg.profile
     )

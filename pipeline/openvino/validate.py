@@ -219,8 +219,8 @@ def run(target: Target, cfg: ValidateConfig, ws: Workspace = PROJECT, *, status:
     from pipeline.openvino.numerics import emulation_plans
     from pipeline.validation import devices
 
-    params = read_manifest(target.ir_dir)["parameters"]
-    weight_format = params.get("weight_format", "int4")
+    manifest = read_manifest(target.ir_dir)
+    weight_format = manifest["parameters"].get("weight_format", "int4")
     cpu_skip = check_ram(target, weight_format)
     evidence = Evidence.load(ws.reference_path)
     verdicts = verdicts_for(cfg, weight_format)
@@ -253,7 +253,7 @@ def run(target: Target, cfg: ValidateConfig, ws: Workspace = PROJECT, *, status:
             eta.finish(plan.column)
         same_tokens_as_cpu(cells, outputs, target.ir_dir, evidence.reference)
         cells.update(emulation_cells(target, cfg, evidence, verdicts, pinned_runs, cpu_skip))
-    recipe_cost.attach(cells, target.family, params, f"{target.family}.{target.ir_dir.name}", ws.model_dir, evidence)
+    recipe_cost.attach(cells, target.family, manifest, f"{target.family}.{target.ir_dir.name}", ws.model_dir, evidence)
     return records.publish_cells(
         target.artifact,
         target.family,

@@ -185,19 +185,19 @@ def explain(cell: Cell, bound: dict, rounding: Rounding) -> str:
     return f"broken: far outside this recipe's own cost ({same}): an export or runtime defect, not the precision"
 
 
-def rounding_of(family: str, params: dict[str, Any], key: str) -> Rounding | None:
-    """The grids that ``family``'s recipe with export ``params`` rounds to (its registry entry), or None."""
-    return entry(family, "rounding")(params, key) if FAMILIES[family].rounding else None
+def rounding_of(family: str, manifest: dict[str, Any], key: str) -> Rounding | None:
+    """The grids that ``family``'s recipe rounds to, from the artifact's ``manifest`` (its registry entry), or None."""
+    return entry(family, "rounding")(manifest, key) if FAMILIES[family].rounding else None
 
 
 def attach(
-    cells: dict[str, Cell], family: str, params: dict[str, Any], key: str, model_dir: Path, evidence: Evidence
+    cells: dict[str, Cell], family: str, manifest: dict[str, Any], key: str, model_dir: Path, evidence: Evidence
 ) -> dict | None:
-    """Measure what ``family``'s recipe (export ``params``; ``key``: its params key) costs the PyTorch model, once,
-    if any cell failed its fidelity, and lead each such cell's problems with :func:`explain`; its ``recipe_cost``
-    records the verdict and the bound. Returns the bound, or None."""
+    """Measure what ``family``'s recipe (the artifact's ``manifest``; ``key``: its params key) costs the PyTorch
+    model, once, if any cell failed its fidelity, and lead each such cell's problems with :func:`explain`; its
+    ``recipe_cost`` records the verdict and the bound. Returns the bound, or None."""
     failed = [c for c in cells.values() if fidelity_failed(c)]
-    rounding = rounding_of(family, params, key) if failed else None
+    rounding = rounding_of(family, manifest, key) if failed else None
     if rounding is None:
         return None
     with step(f"fidelity below the limits: what this recipe's rounding costs the PyTorch model ({rounding.label})"):

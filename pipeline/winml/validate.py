@@ -230,11 +230,10 @@ def run(name: str, cfg: ValidateConfig, ws: Workspace = PROJECT, *, status: runt
         cell.note = "; ".join(filter(None, [cell.note, ran_with, status.emulated]))
         if status.emulated:  # tests only: never presented as what the plugin offers on this machine
             cell.label = f"{cell.label} ({status.emulated})"
-        source = manifest["parameters"]  # the package wraps an IR: its recipe is that IR's
+        source = manifest["parameters"]  # the package wraps an IR: its recipe is that IR's (its parameters)
+        wrapped = {"parameters": manifest.get("source_ir_parameters", {})}
         key = f"{source['source']}.{source['source_variant']}"
-        recipe_cost.attach(
-            {plan.column: cell}, source["source"], manifest.get("source_ir_parameters", {}), key, ws.model_dir, evidence
-        )
+        recipe_cost.attach({plan.column: cell}, source["source"], wrapped, key, ws.model_dir, evidence)
     return records.publish_cells(
         f"winml-{name}",
         "winml",

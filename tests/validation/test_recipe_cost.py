@@ -75,8 +75,7 @@ def test_nothing_is_measured_when_no_cell_failed_its_fidelity(tmp_path: Path) ->
 def test_the_recipe_in_pytorch_lands_where_the_healthy_artifact_does(demo_project, family: str, variant: str) -> None:
     project, _ = demo_project
     artifacts = project / "artifacts"
-    params = read_manifest(artifacts / family / variant)["parameters"]
-    rounding = recipe_cost.rounding_of(family, params, f"{family}.{variant}")
+    rounding = recipe_cost.rounding_of(family, read_manifest(artifacts / family / variant), f"{family}.{variant}")
     assert rounding is not None
     evidence = Evidence.load(artifacts / "reference" / "reference.json")
     bound = recipe_cost.measure(artifacts / "model", evidence.windows, evidence.logprobs, rounding)
