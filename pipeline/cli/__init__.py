@@ -1,7 +1,8 @@
 """``aipc``: one console script; each subcommand is a plain typed function, its help from the docstring.
 
-The commands live in :mod:`pipeline.cli.stages` (one stage or one family tool) and :mod:`pipeline.cli.project`
-(compose, DVC, the demo, the sweep, the report); :data:`COMMANDS` names them. A function's parameters are the
+The commands live in :mod:`pipeline.cli.families` (``export`` and ``validate``, for every family of the registry),
+:mod:`pipeline.cli.stages` (one stage or one family tool) and :mod:`pipeline.cli.project` (compose, DVC, the demo,
+the sweep, the report); :data:`COMMANDS` names them. A function's parameters are the
 command's arguments (:func:`add_arguments`): one without a default is positional, one with a default is an
 option (``--device``), ``overrides: list[str]`` takes any number of Hydra overrides, and ``argv: list[str]``
 takes the rest of the command line as it is (the command parses its own flags and ``--help``). The command's
@@ -22,22 +23,18 @@ import re
 import typing
 from collections.abc import Callable
 
-from pipeline.cli import info, plan, project, stages
+from pipeline.cli import families, info, plan, project, stages
 from pipeline.core.errors import run_main
+from pipeline.core.registry import FAMILIES
 
 COMMANDS: dict[str, Callable[..., None]] = {
     "download": stages.cmd_download,
     "reference": stages.cmd_reference,
-    "export-openvino": stages.cmd_export_openvino,
-    "validate": stages.cmd_validate,
-    "export-onnx": stages.cmd_export_onnx,
-    "validate-onnx": stages.cmd_validate_onnx,
+    "export": families.cmd_export,  # every family of the registry: `aipc export onnx dml_int4`
+    "validate": families.cmd_validate,
+    **{name: families.alias(name) for name in families.ALIASES},  # the per-family names from before the verbs
     "onnx-compat": stages.cmd_onnx_compat,
-    "export-npu": stages.cmd_export_npu,
-    "validate-npu": stages.cmd_validate_npu,
     "compile-npu-blob": stages.cmd_compile_npu_blob,
-    "export-npu-lib": stages.cmd_export_npu_lib,
-    "validate-npu-lib": stages.cmd_validate_npu_lib,
     "npu-lib-env": stages.cmd_npu_lib_env,
     "devices": stages.cmd_devices,
     "sweep": project.cmd_sweep,
@@ -59,7 +56,6 @@ COMMANDS: dict[str, Callable[..., None]] = {
     "verify": stages.cmd_verify,
     "repair": stages.cmd_repair,
 }
-EXPORTS = {"export-openvino", "export-onnx", "export-npu"}  # run like their DVC stages (core.memory.use_huge_pages)
 PASS_ON = "argv"  # the parameter that takes the rest of the command line, flags included
 ARGUMENT_TYPES = (str, str | None, list[str])  # what a command line gives; a command asking for more is refused
 
@@ -121,9 +117,10 @@ def main(argv: list[str] | None = None) -> None:
 
     console_safe()
     args = build_parser().parse_args(argv)
-    if argv is None and args.command in EXPORTS:
+    values = {a: getattr(args, a) for a in args.argnames}
+    family = families.export_family(args.command, values)
+    if argv is None and family in FAMILIES and families.huge_pages(family):  # as the family's export stage does
         from pipeline.core.memory import use_huge_pages
 
         use_huge_pages()
-    values = {a: getattr(args, a) for a in args.argnames}
     run_main(lambda: args.func(**{k: v for k, v in values.items() if v is not None}))

@@ -7,7 +7,6 @@ from pathlib import Path
 
 from pipeline.core.config import load_params
 from pipeline.core.errors import fail
-from pipeline.core.stage import run_stage
 
 
 def cmd_download() -> None:
@@ -24,42 +23,6 @@ def cmd_reference() -> None:
     reference.run(load_params().validate)
 
 
-def cmd_export_openvino(variant: str) -> None:
-    """Export one OpenVINO IR variant (int4, int8, fp16, ...) from artifacts/model.
-
-    Args:
-        variant: Key under ``openvino`` in params.yaml, e.g. int4.
-    """
-    run_stage("openvino", "export", [variant])
-
-
-def cmd_validate(variant: str) -> None:
-    """Run one IR variant with openvino_genai and compare it with the PyTorch reference.
-
-    Args:
-        variant: Key under ``openvino`` in params.yaml, e.g. int4.
-    """
-    run_stage("openvino", "validate", [variant])
-
-
-def cmd_export_onnx(variant: str) -> None:
-    """Build one ONNX Runtime GenAI variant (dml_int4, dml_fp16, cpu_int4, ...) from artifacts/model.
-
-    Args:
-        variant: Key under ``onnx`` in params.yaml, e.g. dml_int4.
-    """
-    run_stage("onnx", "export", [variant])
-
-
-def cmd_validate_onnx(variant: str) -> None:
-    """Run one ONNX variant with onnxruntime-genai and compare it with the PyTorch reference.
-
-    Args:
-        variant: Key under ``onnx`` in params.yaml, e.g. dml_int4.
-    """
-    run_stage("onnx", "validate", [variant])
-
-
 def cmd_onnx_compat(target: str) -> None:
     """Check an ONNX variant (or folder) loads and runs in onnxruntime-genai 0.13.1 and 0.14.1 (Windows DML users).
 
@@ -69,24 +32,6 @@ def cmd_onnx_compat(target: str) -> None:
     from pipeline.onnx import compat as onnx_compat
 
     onnx_compat.main([target])
-
-
-def cmd_export_npu(variant: str) -> None:
-    """Export an NPU-ready IR (int4 sym, ratio 1.0) and, where an NPU exists, its compiled blob.
-
-    Args:
-        variant: Key under ``npu`` in params.yaml, e.g. int4.
-    """
-    run_stage("npu", "export", [variant])
-
-
-def cmd_validate_npu(variant: str) -> None:
-    """Validate an NPU-ready IR on the NPU, or on CPU (labelled so) where there is none.
-
-    Args:
-        variant: Key under ``npu`` in params.yaml, e.g. int4.
-    """
-    run_stage("openvino", "validate", ["--npu", variant])
 
 
 def cmd_compile_npu_blob(artifact: str) -> None:
@@ -99,24 +44,6 @@ def cmd_compile_npu_blob(artifact: str) -> None:
 
     facts = export_npu.compile_deferred(Path(artifact))
     print(json.dumps(facts, indent=2))
-
-
-def cmd_export_npu_lib(variant: str) -> None:
-    """Compile the original NPU recipe (intel-npu-acceleration-library int4/int8/fp16) in its own environment.
-
-    Args:
-        variant: Key under ``npu_lib`` in params.yaml, e.g. int4.
-    """
-    run_stage("npu_lib", "export", [variant])
-
-
-def cmd_validate_npu_lib(variant: str) -> None:
-    """Load an intel-npu-acceleration-library model (after its hash check), generate and compare with PyTorch.
-
-    Args:
-        variant: Key under ``npu_lib`` in params.yaml, e.g. int4.
-    """
-    run_stage("npu_lib", "validate", [variant])
 
 
 def cmd_npu_lib_env() -> None:
