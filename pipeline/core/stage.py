@@ -4,7 +4,7 @@ Each stage module ends with ``run_main(lambda: run_stage(<family>, "export" | "v
 the variant is checked against params.yaml, the leftovers of killed stages anywhere under ``artifacts/`` are
 removed (:mod:`pipeline.core.leftovers`), a validate stage first verifies the artifact and the reference
 (manifest sha256s and ``dvc.lock``, before anything is loaded), then the registry's entry point runs with the
-variant's section. ``aipc export <family> <variant>`` and ``aipc validate ...`` call the same function.
+variant's section. ``aipc export-onnx`` and friends call the same function.
 """
 
 from __future__ import annotations
