@@ -233,7 +233,7 @@ def run(target: Target, cfg: ValidateConfig, ws: Workspace = PROJECT, *, status:
         plans = npu_lanes(target, cfg, matrix.plan_cells(target.devices, status or devices.detect(), cfg.cpu_stand_in))
         if cpu_skip:  # an fp16 IR where its f32-widened weights do not fit: no CPU cell runs (check_ram)
             plans = [replace(p, skip_reason=cpu_skip) if on_the_cpu(p) and not p.skip_reason else p for p in plans]
-        stage = f"{'validate_npu' if target.family == 'npu' else 'validate'}@{target.ir_dir.name}"
+        stage = f"{FAMILIES[target.family].validate_stage}@{target.ir_dir.name}"
         emulated = [] if cpu_skip else emulation_plans(cfg.emulate_numerics)  # those over RAM drop out later
         eta.start(stage, target.artifact, [*plans, *emulated], ws.model_dir, weight_format, cfg.measures_stand_in_speed)
         for plan in plans:

@@ -23,16 +23,18 @@ class Evidence:
     reference: dict
     logprobs: fidelity.ReferenceLogprobs
     long_logprobs: fidelity.ReferenceLogprobs | None
+    source_files: dict[str, str] | None = None  # sha256 of the checkpoint's files the reference was computed from
 
     @classmethod
     def load(cls, reference_path: Path) -> Evidence:
         """Read the ``reference`` stage's JSON and the ``.npz`` files beside it."""
         folder = Path(reference_path).parent
-        long_file = folder / fidelity.LONG_LOGPROBS_FILE
+        long_file, manifest = folder / fidelity.LONG_LOGPROBS_FILE, folder / "manifest.json"
         return cls(
             json.loads(Path(reference_path).read_text(encoding="utf-8")),
             fidelity.ReferenceLogprobs.load(folder / fidelity.LOGPROBS_FILE),
             fidelity.ReferenceLogprobs.load(long_file) if long_file.is_file() else None,
+            json.loads(manifest.read_text(encoding="utf-8")).get("source_files_sha256") if manifest.is_file() else None,
         )
 
     @property

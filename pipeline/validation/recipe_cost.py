@@ -23,7 +23,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.log import step
+from pipeline.core.log import say, step
 from pipeline.core.registry import FAMILIES, entry
 from pipeline.validation import fidelity
 from pipeline.validation.evidence import Evidence
@@ -161,16 +161,34 @@ def measure(model_dir: Path, windows: list[list[int]], ref: fidelity.ReferenceLo
     return fidelity.compare(ref, logits).as_dict()
 
 
+def same_model(model_dir: Path, evidence: Evidence) -> bool:
+    """Whether ``model_dir`` holds the checkpoint files the reference was computed from (their recorded sha256)."""
+    from pipeline.core.manifest import read_manifest
+
+    try:
+        files = {name: meta["sha256"] for name, meta in read_manifest(model_dir)["files"].items()}
+    except (OSError, KeyError, ValueError):
+        return False
+    return bool(evidence.source_files) and files == evidence.source_files
+
+
 def fidelity_failed(cell: Cell) -> bool:
     """Whether ``cell`` missed an artifact-fidelity or long-context limit (what a recipe's rounding can cost)."""
     return cell.status == "failed" and any(p.startswith(("artifact fidelity", "long context")) for p in cell.problems)
 
 
+def _within(top1: float | None, kl: float | None, bound: dict) -> bool:
+    """Whether figures of the artifact are within the margins of the recipe's cost (``bound``)."""
+    top1, kl = top1 if top1 is not None else 0.0, kl if kl is not None else float("inf")
+    return top1 >= bound["top1_agreement"] - TOP1_MARGIN and kl <= bound["mean_kl"] * KL_FACTOR + KL_FLOOR
+
+
 def verdict(cell: Cell, bound: dict) -> str:
-    """``costly`` when the cell is within the margins of the recipe's own cost, else ``broken``."""
-    top1 = cell.top1_agreement if cell.top1_agreement is not None else 0.0
-    kl = cell.mean_kl if cell.mean_kl is not None else float("inf")
-    costly = top1 >= bound["top1_agreement"] - TOP1_MARGIN and kl <= bound["mean_kl"] * KL_FACTOR + KL_FLOOR
+    """``costly`` when the cell's short windows and every long-context range are within the margins of the recipe's
+    own cost (measured on the short windows: a position-dependent defect shows only in the long ranges), else
+    ``broken``."""
+    ranges = [(r.get("top1_agreement"), r.get("mean_kl")) for r in cell.long_context]
+    costly = all(_within(t, k, bound) for t, k in [(cell.top1_agreement, cell.mean_kl), *ranges])
     return "costly" if costly else "broken"
 
 
@@ -194,15 +212,18 @@ def attach(
     cells: dict[str, Cell], family: str, manifest: dict[str, Any], key: str, model_dir: Path, evidence: Evidence
 ) -> dict | None:
     """Measure what ``family``'s recipe (the artifact's ``manifest``; ``key``: its params key) costs the PyTorch
-    model, once, if any cell failed its fidelity, and lead each such cell's problems with :func:`explain`; its
-    ``recipe_cost`` records the verdict and the bound. Returns the bound, or None."""
+    model, once, if any cell failed its fidelity; each such cell's ``recipe_cost`` records the verdict, the line
+    that explains it (:func:`explain`) and the bound. Returns the bound, or None."""
     failed = [c for c in cells.values() if fidelity_failed(c)]
     rounding = rounding_of(family, manifest, key) if failed else None
     if rounding is None:
         return None
+    if not same_model(model_dir, evidence):  # a bound from another checkpoint than the reference's would mislead
+        say(f"not measured: what the recipe costs ({model_dir} is not the checkpoint the reference was computed from)")
+        return None
     with step(f"fidelity below the limits: what this recipe's rounding costs the PyTorch model ({rounding.label})"):
         bound = measure(model_dir, evidence.windows, evidence.logprobs, rounding)
-    for cell in failed:
-        cell.recipe_cost = {"verdict": verdict(cell, bound), "rounding": rounding.label, **bound}
-        cell.problems.insert(0, explain(cell, bound, rounding))
+    for cell in failed:  # the explanation leads the cell's problems wherever they are shown (records, report)
+        kind, line = verdict(cell, bound), explain(cell, bound, rounding)
+        cell.recipe_cost = {"verdict": kind, "explanation": line, "rounding": rounding.label, **bound}
     return bound

@@ -48,8 +48,8 @@ class MetricsRecord:
 
     @property
     def problems(self) -> list[str]:
-        """Every failed cell's problems, prefixed with its column."""
-        return [f"{c.column}: {p}" for c in self.cells.values() for p in c.problems]
+        """Every failed cell's problems, prefixed with its column; a failed fidelity's kind first (costly or broken)."""
+        return [f"{c.column}: {p}" for c in self.cells.values() for p in explained(c)]
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON written to ``artifacts/metrics/<artifact>.json``."""
@@ -70,6 +70,11 @@ class MetricsRecord:
             "thresholds": self.thresholds,
             "cells": {k: asdict(c) for k, c in self.cells.items()},
         }
+
+
+def explained(cell: Cell) -> list[str]:
+    """``cell``'s problems, led by the line that says whether a failed fidelity is costly or broken (recipe_cost)."""
+    return [cell.recipe_cost["explanation"], *cell.problems] if cell.recipe_cost else list(cell.problems)
 
 
 def cell_line(cell: Cell) -> str:

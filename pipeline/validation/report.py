@@ -27,6 +27,7 @@ SPEED_KEYS = ("device_executed", "load_s", "ttft_ms", "tpot_ms", "tokens_per_s",
 OUT_DIR = ARTIFACTS / "report"
 # how a cell ended: "refused" when its export refused this model (pipeline.core.refusal), "missing" with no metrics
 STATUSES = ("passed", "failed", "skipped", "missing", "refused")
+PLOTS = {"size_vs_fidelity": "size vs fidelity", "speed_vs_fidelity": "speed vs fidelity", "tokens_per_s": "tokens/s"}
 
 
 @dataclass
@@ -129,8 +130,9 @@ def row_note(row: Row) -> str:
     numerics = row.data.get("artifact_numerics") or {}
     if numerics.get("judged_as"):  # a runtime that cannot run at f32: the f32 columns hold what it ran
         parts.append(f"fidelity columns at {numerics['label']}")
-    if row.status == "failed":
-        parts += row.data.get("problems") or []
+    if row.status == "failed":  # a failed fidelity's kind first (costly or broken: recipe_cost.py)
+        explanation = (row.data.get("recipe_cost") or {}).get("explanation")
+        parts += ([explanation] if explanation else []) + (row.data.get("problems") or [])
     parts += [row.data["speed_not_measured"]] if row.data.get("speed_not_measured") else []
     parts += row.data.get("divergence_notes") or []
     return "; ".join(parts + [row.data.get("note") or ""]).strip("; ")
@@ -220,6 +222,12 @@ def counts_text(counts: dict[str, int]) -> str:
     )
 
 
+def first_problem(row: Row) -> str:
+    """A failed cell's first problem, after the kind of a failed fidelity: ``costly: artifact fidelity ...``."""
+    kind = f"{(row.data.get('recipe_cost') or {}).get('verdict')}: " if row.data.get("recipe_cost") else ""
+    return kind + (row.data.get("problems") or ["failed"])[0]
+
+
 def verdict_line(rows: list[Row]) -> str | None:
     """One line naming every failed cell and its first problem, and every refused export, or ``None`` when none."""
     failed = [r for r in rows if r.status == "failed"]
@@ -228,7 +236,7 @@ def verdict_line(rows: list[Row]) -> str | None:
         return None
     parts = []
     if failed:
-        names = "; ".join(f"{r.artifact} @ {r.cell} ({(r.data.get('problems') or ['failed'])[0]})" for r in failed)
+        names = "; ".join(f"{r.artifact} @ {r.cell} ({first_problem(r)})" for r in failed)
         parts.append(f"{len(failed)} of {len(rows)} validation cells failed: {names}")
     if refused:
         names = "; ".join(f"{r.artifact} ({r.data.get('reason') or 'refused'})" for r in refused)
@@ -261,25 +269,16 @@ def run(params: PipelineConfig, metrics_dir: Path = METRICS_DIR, out_dir: Path =
             "",
             markdown_table(rows),
             "",
-            "![size vs fidelity](size_vs_fidelity.png)",
-            "",
-            "![speed vs fidelity](speed_vs_fidelity.png)",
-            "",
-            "![tokens per second](tokens_per_s.png)",
-            "",
+            *(line for name, title in PLOTS.items() for line in (f"![{title}]({name}.png)", "")),
         ]
         (tmp / "report.md").write_text("\n".join(text), encoding="utf-8")
         write_json_atomic(tmp / "cells.json", [r.flat() for r in rows if r.ran])
         write_json_atomic(tmp / "summary.json", {"cells": counts})
         from pipeline.validation import plots  # it draws report rows: imported here, not at the top (a cycle)
 
-        plots.plot_size_vs_fidelity(rows, tmp / "size_vs_fidelity.png")
-        plots.plot_speed_vs_fidelity(rows, tmp / "speed_vs_fidelity.png")
-        plots.plot_tokens_per_s(rows, tmp / "tokens_per_s.png")
-    say(
-        f"report: {out_dir / 'report.md'} ({len(rows)} cells: {counts['passed']} passed, {counts['failed']} failed, "
-        f"{counts['skipped']} skipped, {counts['missing']} missing)"
-    )
+        for name in PLOTS:
+            getattr(plots, f"plot_{name}")(rows, tmp / f"{name}.png")
+    say(f"report: {out_dir / 'report.md'} ({counts_text(counts)})")
     return counts
 
 

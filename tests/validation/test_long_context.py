@@ -98,10 +98,12 @@ def test_a_broken_rope_factor_fails_the_long_context_check_past_the_switch(long_
     cfg = build(ValidateConfig, params["validate"])
     target = validate.Target("openvino-fp16", "openvino", broken, ["CPU"])
     with pytest.raises(StageError) as exc:
-        validate.run(target, cfg, Workspace(reference=artifacts / "reference" / "reference.json", metrics=tmp_path / "metrics"))
+        validate.run(target, cfg, Workspace(model=artifacts / "model", reference=artifacts / "reference" / "reference.json",
+                                            metrics=tmp_path / "metrics"))
     assert "\n" not in str(exc.value) and "long context, 6000-token window" in str(exc.value)
     cell = json.loads((tmp_path / "metrics" / "openvino-fp16.json").read_text(encoding="utf-8"))["cells"]["CPU"]
     assert all("6000-token window" in p for p in cell["problems"]), "short-factor positions are untouched"
+    assert cell["recipe_cost"]["verdict"] == "broken", "fp16 rounding costs nothing: a position-dependent defect"
     by_window = {r["window"]: r["top1_agreement"] for r in cell["long_context"] if r["start"] == 1024}
     assert by_window[3000] >= 0.999 and by_window[6000] < cfg.long_context.min_top1_agreement["fp16"]
 
@@ -155,12 +157,13 @@ def test_the_builders_full_attention_fails_the_long_context_check_past_the_windo
     # the project's own params (what its stages read), with one timed run: speed is not what this test is about
     cfg = dataclasses.replace(load_params(window_project / "params.yaml").validate, repeats=1, warmup=0)
     reference = artifacts / "reference" / "reference.json"
-    ws = Workspace(reference=reference, out=tmp_path / "onnx", metrics=tmp_path / "metrics")
+    ws = Workspace(model=artifacts / "model", reference=reference, out=tmp_path / "onnx", metrics=tmp_path / "metrics")
     with pytest.raises(StageError) as exc:
         onnx_validate.run("dml_fp16", cfg, ws)
     assert "\n" not in str(exc.value) and "long context" in str(exc.value)
     metrics = json.loads((tmp_path / "metrics" / "onnx-dml_fp16.json").read_text(encoding="utf-8"))
     cell = metrics["cells"]["CPU stand-in"]
     assert cell["problems"] and all("2047-4096" in p for p in cell["problems"]), cell["problems"]
+    assert cell["recipe_cost"]["verdict"] == "broken", "fp16 rounding costs nothing: the window is the defect"
     by_start = {r["start"]: r["top1_agreement"] for r in cell["long_context"]}
     assert by_start[0] >= 0.99 and by_start[1024] >= 0.99 and by_start[2047] < 0.9

@@ -63,6 +63,29 @@ def test_the_verdict_is_costly_near_the_recipes_cost_and_broken_far_from_it() ->
     assert recipe_cost.verdict(failed(0.70, 0.24), fp16) == "broken"  # the tiny fp16 IR with a zeroed layer
 
 
+def test_a_long_context_defect_is_broken_even_where_the_short_windows_match_the_recipe() -> None:
+    fp16 = {"top1_agreement": 1.0, "mean_kl": 0.0, "perplexity_delta_pct": 0.0}
+    cell = failed(1.0, 0.0)
+    cell.long_context = [{"top1_agreement": 1.0, "mean_kl": 0.0}, {"top1_agreement": 0.80, "mean_kl": 0.05}]
+    assert recipe_cost.verdict(cell, fp16) == "broken"  # LongRoPE's long factors x1.5: positions past 4096 only
+    cell.long_context = cell.long_context[:1]
+    assert recipe_cost.verdict(cell, fp16) == "costly"
+
+
+def test_a_checkpoint_other_than_the_references_gets_no_verdict(tmp_path: Path) -> None:
+    from pipeline.core.manifest import write_manifest
+
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}", encoding="utf-8")
+    write_manifest(tmp_path / "model", stage="download")
+    ref = Evidence({}, None, None, {"config.json": "0" * 64})  # type: ignore[arg-type]
+    assert not recipe_cost.same_model(tmp_path / "model", ref)
+    cells = {"CPU": failed(0.5, 0.5)}
+    assert recipe_cost.attach(cells, "openvino", {"parameters": {"weight_format": "fp16"}}, "openvino.fp16",
+                              tmp_path / "model", ref) is None
+    assert cells["CPU"].recipe_cost is None
+
+
 def test_nothing_is_measured_when_no_cell_failed_its_fidelity(tmp_path: Path) -> None:
     cells = {"CPU": matrix.Cell("CPU", "CPU", "failed", "x", problems=["asked for GPU but ran on CPU"])}
     # neither the model folder nor the evidence exists: attach must not reach for them
@@ -99,8 +122,8 @@ def test_an_int4_ir_held_past_its_recipes_cost_fails_as_costly_and_names_gptq(de
         validate.run(target, cfg, workspace(project, tmp_path))
     cell = json.loads((tmp_path / "openvino-int4.json").read_text(encoding="utf-8"))["cells"]["CPU"]
     assert cell["recipe_cost"]["verdict"] == "costly" and "layers int4 sym g128" in cell["recipe_cost"]["rounding"]
-    assert "-S openvino.int4.gptq=true -S openvino.int4.dataset=heldout" in cell["problems"][0]
-    assert cell["problems"][1].startswith("artifact fidelity (f32 runtime): top-1 agreement")
+    assert "-S openvino.int4.gptq=true -S openvino.int4.dataset=heldout" in cell["recipe_cost"]["explanation"]
+    assert cell["problems"][0].startswith("artifact fidelity (f32 runtime): top-1 agreement")
 
 
 @pytest.mark.slow
