@@ -146,3 +146,28 @@ def real_model() -> Path:
         remove_tree(folder)
         partial.rename(folder)
     return folder
+
+
+# Modules whose fixtures and tests take minutes (CI rehearsal of 2026-12-07 with two workers: module setup + calls,
+# seconds). pytest-xdist's loadfile hands out whole modules in collection order, so these go first and the long
+# ones do not start last on one worker while the other idles (longest first: LPT scheduling).
+SLOW_MODULES = {
+    "tests/validation/test_long_context.py": 420,
+    "tests/windows/test_windows_emulation.py": 300,
+    "tests/sweep/test_ray_sweep.py": 340,
+    "tests/test_phi4_pipeline.py": 260,
+    "tests/npu_lib/test_npu_lib.py": 240,
+    "tests/openvino/test_default_numerics_real.py": 140,
+    "tests/validation/test_reference_memory.py": 130,
+    "tests/core/test_reliability_determinism.py": 120,
+    "tests/validation/test_report.py": 120,
+    "tests/windows/test_windows_resolver.py": 100,
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Longest modules first (stable otherwise), so two workers finish together."""
+    def weight(item: pytest.Item) -> int:
+        return -SLOW_MODULES.get(item.nodeid.split("::")[0], 0)
+
+    items.sort(key=weight)
