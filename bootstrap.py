@@ -8,13 +8,16 @@ runs on a fresh Windows or Linux machine with Python 3.11+ (3.12 for the NPU-lib
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
 import runpy
 import subprocess
 import sys
+import time
 import venv
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
@@ -41,11 +44,24 @@ def install() -> None:
     py = str(venv_python())
     print("[bootstrap] installing pinned packages (constraints.txt); first run takes a few minutes", flush=True)
     # torch first and pinned, so no resolver step can pull a CUDA build. pip speaks (no -q): a first install takes
-    # minutes, and its per-package lines and download bars (with time left) are the progress a user waits on.
-    pip_install(py, ["-c", "constraints.txt", "torch"])
-    pip_install(py, ["-c", "constraints.txt", "-e", ".[dev]"])
-    subprocess.run([py, "-m", "pip", "uninstall", "-q", "-y", "torchvision"], cwd=ROOT, check=False)
+    # minutes, and its per-package lines and download bars (with time left) are the progress a user waits on; each
+    # step also gets a start line and a line with its elapsed time.
+    with timed("1/3 torch (CPU build, pinned)"):
+        pip_install(py, ["-c", "constraints.txt", "torch"])
+    with timed("2/3 this package and its pinned dependencies"):
+        pip_install(py, ["-c", "constraints.txt", "-e", ".[dev]"])
+    with timed("3/3 removing torchvision (it breaks imports beside the CPU torch)"):
+        subprocess.run([py, "-m", "pip", "uninstall", "-q", "-y", "torchvision"], cwd=ROOT, check=False)
     STAMP.write_text(wanted, encoding="utf-8")
+
+
+@contextlib.contextmanager
+def timed(step: str) -> Iterator[None]:
+    """Print ``[bootstrap] step <step> ...`` before the block and ``... done in N s`` after it."""
+    started = time.monotonic()
+    print(f"[bootstrap] step {step} ...", flush=True)
+    yield
+    print(f"[bootstrap] step {step}: done in {time.monotonic() - started:.0f} s", flush=True)
 
 
 def pip_install(py: str, args: list[str]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -22,3 +23,14 @@ def test_a_failed_pinned_install_is_pips_reason_in_one_line(tmp_path: Path) -> N
     assert last.startswith(f"error: pip could not install aipc-no-such-package==1.0 into {tmp_path}: "
                            "No matching distribution found for aipc-no-such-package==1.0"), last
     assert (tmp_path / "aipc-pip.log").is_file()
+
+
+def test_each_install_step_prints_a_start_line_and_its_elapsed_time(capsys) -> None:
+    import runpy
+
+    bootstrap = runpy.run_path(str(ROOT / "bootstrap.py"))
+    with bootstrap["timed"]("2/3 this package"):
+        print("pip's own lines")
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "[bootstrap] step 2/3 this package ..." and lines[1] == "pip's own lines"
+    assert re.fullmatch(r"\[bootstrap\] step 2/3 this package: done in \d+ s", lines[2])
