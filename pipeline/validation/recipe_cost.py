@@ -192,13 +192,14 @@ def verdict(cell: Cell, bound: dict) -> str:
     return "costly" if costly else "broken"
 
 
-def explain(cell: Cell, bound: dict, rounding: Rounding) -> str:
-    """The line that leads a failed cell's problems: which of the two, against what measurement, and what to do."""
+def explain(kind: str, bound: dict, rounding: Rounding) -> str:
+    """The line that leads a failed cell's problems: which of the two (``kind``, from :func:`verdict`), against what
+    measurement, and what to do."""
     same = (
         f"PyTorch with this recipe's rounding ({rounding.label}, round to nearest) gets top-1 "
         f"{bound['top1_agreement']:.3f}, KL {bound['mean_kl']:.2g}, perplexity {bound['perplexity_delta_pct']:+.1f} %"
     )
-    if verdict(cell, bound) == "costly":
+    if kind == "costly":
         return f"costly, not broken: {same} on this model, so this is what the recipe costs here; {rounding.recover}"
     return f"broken: far outside this recipe's own cost ({same}): an export or runtime defect, not the precision"
 
@@ -224,6 +225,11 @@ def attach(
     with step(f"fidelity below the limits: what this recipe's rounding costs the PyTorch model ({rounding.label})"):
         bound = measure(model_dir, evidence.windows, evidence.logprobs, rounding)
     for cell in failed:  # the explanation leads the cell's problems wherever they are shown (records, report)
-        kind, line = verdict(cell, bound), explain(cell, bound, rounding)
-        cell.recipe_cost = {"verdict": kind, "explanation": line, "rounding": rounding.label, **bound}
+        kind = verdict(cell, bound)
+        cell.recipe_cost = {
+            "verdict": kind,
+            "explanation": explain(kind, bound, rounding),
+            "rounding": rounding.label,
+            **bound,
+        }
     return bound
