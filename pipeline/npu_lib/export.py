@@ -18,20 +18,20 @@ Output: ``artifacts/npu_lib/<variant>`` (pickle, tokenizer, manifest).
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.artifacts import staged_dir
 from pipeline.core.errors import fail, run_main, size_text
+from pipeline.core.family import Exporter, ExportJob, Needs, NotBuiltHere, export
 from pipeline.core.hashes import sha256_file
-from pipeline.core.log import say, step
-from pipeline.core.manifest import CHECKPOINT_SIDE_FILES, read_manifest, tied_embeddings, write_manifest
+from pipeline.core.log import step
+from pipeline.core.manifest import CHECKPOINT_SIDE_FILES, tied_embeddings
 from pipeline.core.registry import FAMILIES
-from pipeline.core.resources import check_resources, check_stage_ram, needs_of
+from pipeline.core.resources import needs_of
 from pipeline.core.stage import run_stage
 from pipeline.core.workspace import PROJECT, Workspace
 from pipeline.npu_lib import env as npu_lib_env
@@ -49,21 +49,86 @@ LOADING = (
 )
 
 
-def write_skipped(name: str, cfg: NpuLibVariantConfig, source: dict, out_root: Path, reason: str) -> dict:
-    """Record a target that cannot be built on this machine: a manifest with ``status: skipped`` and the reason."""
-    with staged_dir(out_root / name) as tmp:
-        manifest = write_manifest(
-            tmp,
-            stage="export_npu_lib",
-            variant=name,
-            status="skipped",
-            reason=reason,
-            recipe=RECIPE.format(dtype=cfg.dtype),
-            parameters=vars(cfg).copy(),
-            source={k: source.get(k) for k in ("model", "source", "repo_id", "revision")},
-        )
-    say(f"[npu_lib-{name}] skipped: {reason}")
-    return manifest
+@dataclass(frozen=True)
+class NpuLibExporter:
+    """The NPU library family's export steps: the recipe run by the worker in the library's own environment."""
+
+    envs_root: Path | None = None  # where the isolated environment lives (default: npu_lib_env.envs_root)
+    family: str = "npu_lib"
+    stage: str = "export_npu_lib"
+
+    def check(self, job: ExportJob[NpuLibVariantConfig]) -> None:
+        """The isolated environment, or a ``skipped`` record naming why it cannot be built here."""
+        try:
+            job.facts["env"] = npu_lib_env.ensure(self.envs_root)
+        except npu_lib_env.EnvUnavailable as err:
+            fields = {
+                "recipe": RECIPE.format(dtype=job.cfg.dtype),
+                "parameters": vars(job.cfg).copy(),
+                "source": job.source_fields(("model", "source", "repo_id", "revision")),
+            }
+            raise NotBuiltHere(str(err), f"[npu_lib-{job.name}]", fields) from err
+
+    def needs(self, job: ExportJob[NpuLibVariantConfig]) -> Needs:
+        """The measured RAM row of this build (:func:`ram_row`), disk for the pickle."""
+        cfg = job.cfg
+        what = f"[npu_lib-{job.name}] compiling {cfg.dtype} with the NPU library"
+        return Needs(what, *needs_of(NPU_LIB_DISK, cfg.dtype, job.model_dir), ram_row=(ram_row(cfg), cfg.dtype))
+
+    def build(self, job: ExportJob[NpuLibVariantConfig], tmp: Path) -> None:
+        """The worker's pickle (its scratch in a temporary folder), and the checkpoint's side files beside it."""
+        cfg, model_dir = job.cfg, Path(job.model_dir)
+        args = [
+            *("--model", str(model_dir.resolve()), "--dtype", cfg.dtype, "--load-dtype", cfg.load_dtype),
+            *("--out", str((tmp / MODEL_FILE).resolve())),
+            *(["--layer-by-layer"] if cfg.layer_by_layer else []),
+        ]
+        how = "layer by layer" if cfg.layer_by_layer else "whole model"
+        recipe = RECIPE.format(dtype=cfg.dtype)
+        what = f"[npu_lib-{job.name}] {recipe} ({how}, load_dtype {cfg.load_dtype}) in the isolated environment"
+        with tempfile.TemporaryDirectory(prefix="npu-lib-") as scratch, step(what) as timing:
+            job.facts["result"] = call_worker(job.name, job.facts["env"], "compile", args, Path(scratch))
+        job.facts["stage_s"] = timing.get("seconds")
+        for file in CHECKPOINT_SIDE_FILES:
+            if (model_dir / file).is_file():
+                shutil.copy2(model_dir / file, tmp / file)
+
+    def inspect(self, job: ExportJob[NpuLibVariantConfig], tmp: Path) -> dict[str, Any]:
+        """The pickle is the one the worker hashed; the worker's record of it (layers, tie, device, versions)."""
+        result: dict[str, Any] = job.facts["result"]
+        if sha256_file(tmp / MODEL_FILE) != result["sha256"]:
+            fail(f"[npu_lib-{job.name}] the saved model changed after the worker hashed it: rebuild")
+        return result
+
+    def manifest_fields(self, job: ExportJob[NpuLibVariantConfig], summary: dict[str, Any]) -> dict[str, Any]:
+        """The recipe, the pickle's hash, the environment and what the worker read back."""
+        env = job.facts["env"]
+        return {
+            "status": "compiled",
+            "format": "intel-npu-acceleration-library pickle",
+            "recipe": RECIPE.format(dtype=job.cfg.dtype),
+            "model_file": MODEL_FILE,
+            "model_sha256": summary["sha256"],
+            "parameters": vars(job.cfg).copy(),
+            "source": job.source_fields(),
+            "source_files_sha256": job.source_hashes(),
+            "npu_lib_env": {"key": env.info.get("key"), "versions": summary["versions"]},
+            "device_compiled": summary["device_executed"],
+            "library_warnings": summary["warnings"],
+            "linear_layers": summary["linear_layers"],
+            "tied_embeddings": tied_embeddings(summary["tied_embeddings"], job.model_config),
+            "timings": {"compile_s": summary["compile_s"], "stage_s": job.facts["stage_s"]},
+            "loading": LOADING,
+            "run_log": {"npu_lib_env": str(env.path)},
+        }
+
+    def ready(self, job: ExportJob[NpuLibVariantConfig], manifest: dict[str, Any]) -> str:
+        """Where the model is and what it was compiled for."""
+        device = job.facts["result"]["device_executed"]
+        return f"[npu_lib-{job.name}] {job.cfg.dtype} model ready in {job.out} (compiled for {device})"
+
+
+EXPORTER: Exporter[NpuLibVariantConfig] = NpuLibExporter()  # mypy checks the steps against the Protocol
 
 
 def run(name: str, cfg: NpuLibVariantConfig, ws: Workspace = PROJECT, *, envs_root: Path | None = None) -> dict:
@@ -78,62 +143,7 @@ def run(name: str, cfg: NpuLibVariantConfig, ws: Workspace = PROJECT, *, envs_ro
     Returns:
         The manifest written (``status`` is ``compiled`` or ``skipped``).
     """
-    model_dir, out_root = ws.model_dir, ws.root("npu_lib")
-    source = read_manifest(model_dir)
-    model_config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
-    try:
-        env = npu_lib_env.ensure(envs_root)
-    except npu_lib_env.EnvUnavailable as err:
-        return write_skipped(name, cfg, source, out_root, str(err))
-    recipe = RECIPE.format(dtype=cfg.dtype)
-    what = f"[npu_lib-{name}] compiling {cfg.dtype} with the NPU library"
-    check_stage_ram(ram_row(cfg), cfg.dtype, model_dir, what)
-    check_resources(what, *needs_of(NPU_LIB_DISK, cfg.dtype, model_dir), out_root)
-    with staged_dir(out_root / name) as tmp, tempfile.TemporaryDirectory(prefix="npu-lib-") as scratch:
-        args = [
-            "--model",
-            str(Path(model_dir).resolve()),
-            "--dtype",
-            cfg.dtype,
-            "--load-dtype",
-            cfg.load_dtype,
-            "--out",
-            str((tmp / MODEL_FILE).resolve()),
-            *(["--layer-by-layer"] if cfg.layer_by_layer else []),
-        ]
-        how = "layer by layer" if cfg.layer_by_layer else "whole model"
-        with step(
-            f"[npu_lib-{name}] {recipe} ({how}, load_dtype {cfg.load_dtype}) in the isolated environment"
-        ) as timing:
-            result = call_worker(name, env, "compile", args, Path(scratch))
-        for file in CHECKPOINT_SIDE_FILES:
-            if (Path(model_dir) / file).is_file():
-                shutil.copy2(Path(model_dir) / file, tmp / file)
-        if sha256_file(tmp / MODEL_FILE) != result["sha256"]:
-            fail(f"[npu_lib-{name}] the saved model changed after the worker hashed it: rebuild")
-        manifest = write_manifest(
-            tmp,
-            stage="export_npu_lib",
-            variant=name,
-            status="compiled",
-            format="intel-npu-acceleration-library pickle",
-            recipe=recipe,
-            model_file=MODEL_FILE,
-            model_sha256=result["sha256"],
-            parameters=vars(cfg).copy(),
-            source={k: source.get(k) for k in ("model", "source", "repo_id", "revision", "license")},
-            source_files_sha256={k: v["sha256"] for k, v in source["files"].items()},
-            npu_lib_env={"key": env.info.get("key"), "versions": result["versions"]},
-            device_compiled=result["device_executed"],
-            library_warnings=result["warnings"],
-            linear_layers=result["linear_layers"],
-            tied_embeddings=tied_embeddings(result["tied_embeddings"], model_config),
-            timings={"compile_s": result["compile_s"], "stage_s": timing.get("seconds")},
-            loading=LOADING,
-            run_log={"npu_lib_env": str(env.path)},
-        )
-    say(f"[npu_lib-{name}] {cfg.dtype} model ready in {out_root / name} (compiled for {result['device_executed']})")
-    return manifest
+    return export(NpuLibExporter(envs_root), name, cfg, ws)
 
 
 def ram_row(cfg: NpuLibVariantConfig) -> str:

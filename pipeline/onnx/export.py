@@ -17,14 +17,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.artifacts import remove_tree, staged_dir, write_json_atomic
+from pipeline.core.artifacts import remove_tree, write_json_atomic
 from pipeline.core.config import ConfigError
 from pipeline.core.errors import fail, run_main
+from pipeline.core.family import Exporter, ExportJob, Needs, export
 from pipeline.core.log import say, step
-from pipeline.core.manifest import read_manifest, tied_embeddings, write_manifest
+from pipeline.core.manifest import tied_embeddings
 from pipeline.core.memory import use_huge_pages
 from pipeline.core.refusal import refuse
-from pipeline.core.resources import check_resources, check_stage_ram, needs_of
+from pipeline.core.resources import needs_of
 from pipeline.core.stage import run_stage
 from pipeline.core.workspace import PROJECT, Workspace
 from pipeline.onnx.config import OnnxVariantConfig
@@ -163,6 +164,88 @@ def make_tokenizer_loadable_by_ort_genai_0_13(folder: Path, model_type: str) -> 
     return {"tokenizer_class": {"written_by_builder": old, "now": new}}
 
 
+class OnnxExporter:
+    """The ONNX family's export steps (:func:`pipeline.core.family.export` runs them)."""
+
+    family = "onnx"
+    stage = "export_onnx"
+
+    def check(self, job: ExportJob[OnnxVariantConfig]) -> None:
+        """Refuse graphs ONNX Runtime cannot load; choose the builder's options and its quantization path."""
+        cfg = job.cfg
+        check_model_request(cfg, job.model_config)
+        job.facts["options"] = builder_options(cfg)
+        # int4/int8 through the lean pass (pipeline.onnx.lean_nbits), or the builder's own (every float weight at once)
+        job.facts["lean"] = cfg.precision not in ("int4", "int8") or lean_expected(
+            cfg.precision, cfg.algo_config, cfg.extra_options, job.model_config
+        )
+
+    def needs(self, job: ExportJob[OnnxVariantConfig]) -> Needs:
+        """The measured RAM row of the path taken; disk as a share of the checkpoint."""
+        cfg = job.cfg
+        row = (
+            "export_onnx" if job.facts["lean"] else "export_onnx_builder",
+            f"{cfg.execution_provider}_{cfg.precision}",
+        )
+        ram, disk = needs_of(ONNX_NEEDS, cfg.precision, job.model_dir)
+        return Needs(f"[{job.name}] building {cfg.precision} ONNX", ram, disk, ram_row=row)
+
+    def build(self, job: ExportJob[OnnxVariantConfig], tmp: Path) -> None:
+        """The builder's model, then the tokenizer class and sliding windows onnxruntime-genai needs."""
+        cfg = job.cfg
+        with step(
+            f"[{job.name}] building {cfg.precision} ONNX for {cfg.execution_provider} with the onnxruntime-genai builder"
+        ) as t_build:
+            build(job.model_dir, tmp, cfg, job.facts["options"])
+        job.facts["build_s"] = t_build["seconds"]
+        job.facts["tokenizer_fix"] = make_tokenizer_loadable_by_ort_genai_0_13(tmp, job.model_config["model_type"])
+        job.facts["window_fix"] = set_transformers_windows(tmp, job.model_config)  # the builder drops Phi-3's window
+
+    def inspect(self, job: ExportJob[OnnxVariantConfig], tmp: Path) -> dict[str, Any]:
+        """The graph's structure, checked against the request and the checkpoint's attention windows."""
+        name, model_config = job.name, job.model_config
+        summary = inspect_onnx(tmp)
+        problems = check_matches_request(summary, job.cfg, model_config["num_hidden_layers"])
+        problems += window_problems(summary["attention_windows"], model_config)
+        if problems:
+            fail(f"[{name}] the built ONNX model does not match the request: {'; '.join(problems)}")
+        check_genai_config(tmp / "genai_config.json", f"[{name}]")  # keys and values onnxruntime-genai 0.18 reads
+        say(
+            f"[{name}] {summary['quantization']['matmul_nbits']} MatMulNBits (bits {summary['quantization']['bits']}, "
+            f"blocks {summary['quantization']['block_sizes']}), I/O {sorted(set(summary['outputs'].values()))}"
+        )
+        return summary
+
+    def manifest_fields(self, job: ExportJob[OnnxVariantConfig], summary: dict[str, Any]) -> dict[str, Any]:
+        """Source, parameters, builder options, structure, the fixes made and what was verified."""
+        return {
+            "format": "onnxruntime-genai",
+            "source": job.source_fields(),
+            "source_files_sha256": job.source_hashes(),
+            "parameters": dataclasses.asdict(job.cfg),
+            "builder_options": job.facts["options"],
+            "structure": summary,
+            # the checkpoint's tie, whether the graph keeps one stored matrix for both, each side's precision
+            "tied_embeddings": tied_embeddings(summary["tied_embeddings"], job.model_config),
+            "tokenizer_fix": job.facts["tokenizer_fix"],
+            "sliding_window_fix": job.facts["window_fix"],
+            "timings": {"build_s": job.facts["build_s"]},
+            "verified": {
+                "structure": "provider entry, graph inputs/outputs and dtypes, MatMulNBits bits/block size, "
+                "every graph output produced, external data in range, each layer's attention window equals "
+                "transformers' (onnx.checker rejects "
+                "every builder output, so it is not used)"
+            },
+        }
+
+    def ready(self, job: ExportJob[OnnxVariantConfig], manifest: dict[str, Any]) -> str:
+        """Where the model is."""
+        return f"[{job.name}] ONNX Runtime GenAI model ready in {job.out}"
+
+
+EXPORTER: Exporter[OnnxVariantConfig] = OnnxExporter()  # mypy checks the steps against the Protocol
+
+
 def run(name: str, cfg: OnnxVariantConfig, ws: Workspace = PROJECT) -> dict:
     """Build variant ``name`` of the checkpoint ``ws.model_dir`` into ``ws.root("onnx")/name``.
 
@@ -174,65 +257,7 @@ def run(name: str, cfg: OnnxVariantConfig, ws: Workspace = PROJECT) -> dict:
     Returns:
         The manifest written next to the model.
     """
-    model_dir, out_root = ws.model_dir, ws.root("onnx")
-    source = read_manifest(model_dir)
-    model_config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
-    check_model_request(cfg, model_config)
-    options = builder_options(cfg)
-    # int4/int8 through the lean pass (pipeline.onnx.lean_nbits), or the builder's own (every float weight at once)
-    lean = cfg.precision not in ("int4", "int8") or lean_expected(
-        cfg.precision, cfg.algo_config, cfg.extra_options, model_config
-    )
-    check_stage_ram(
-        "export_onnx" if lean else "export_onnx_builder",
-        f"{cfg.execution_provider}_{cfg.precision}",
-        model_dir,
-        f"[{name}] building {cfg.precision} ONNX",
-    )
-    check_resources(
-        f"[{name}] building {cfg.precision} ONNX", *needs_of(ONNX_NEEDS, cfg.precision, model_dir), out_root
-    )
-    with staged_dir(out_root / name) as tmp:
-        with step(
-            f"[{name}] building {cfg.precision} ONNX for {cfg.execution_provider} with the onnxruntime-genai builder"
-        ) as t_build:
-            build(model_dir, tmp, cfg, options)
-        tokenizer_fix = make_tokenizer_loadable_by_ort_genai_0_13(tmp, model_config["model_type"])
-        window_fix = set_transformers_windows(tmp, model_config)  # the builder drops Phi-3's sliding window
-        summary = inspect_onnx(tmp)
-        problems = check_matches_request(summary, cfg, model_config["num_hidden_layers"])
-        problems += window_problems(summary["attention_windows"], model_config)
-        if problems:
-            fail(f"[{name}] the built ONNX model does not match the request: {'; '.join(problems)}")
-        check_genai_config(tmp / "genai_config.json", f"[{name}]")  # keys and values onnxruntime-genai 0.18 reads
-        say(
-            f"[{name}] {summary['quantization']['matmul_nbits']} MatMulNBits (bits {summary['quantization']['bits']}, "
-            f"blocks {summary['quantization']['block_sizes']}), I/O {sorted(set(summary['outputs'].values()))}"
-        )
-        manifest = write_manifest(
-            tmp,
-            stage="export_onnx",
-            variant=name,
-            format="onnxruntime-genai",
-            source={k: source.get(k) for k in ("model", "source", "repo_id", "revision", "license")},
-            source_files_sha256={k: v["sha256"] for k, v in source["files"].items()},
-            parameters=dataclasses.asdict(cfg),
-            builder_options=options,
-            structure=summary,
-            # the checkpoint's tie, whether the graph keeps one stored matrix for both, each side's precision
-            tied_embeddings=tied_embeddings(summary["tied_embeddings"], model_config),
-            tokenizer_fix=tokenizer_fix,
-            sliding_window_fix=window_fix,
-            timings={"build_s": t_build["seconds"]},
-            verified={
-                "structure": "provider entry, graph inputs/outputs and dtypes, MatMulNBits bits/block size, "
-                "every graph output produced, external data in range, each layer's attention window equals "
-                "transformers' (onnx.checker rejects "
-                "every builder output, so it is not used)"
-            },
-        )
-    say(f"[{name}] ONNX Runtime GenAI model ready in {out_root / name}")
-    return manifest
+    return export(EXPORTER, name, cfg, ws)
 
 
 if __name__ == "__main__":  # the stage: `python -m pipeline.onnx.export <variant>`

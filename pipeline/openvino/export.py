@@ -9,20 +9,20 @@ Output: ``artifacts/openvino/<variant>`` with ``manifest.json``.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
 
-from pipeline.core.artifacts import ARTIFACTS, staged_dir
+from pipeline.core.artifacts import ARTIFACTS
 from pipeline.core.config import ConfigError
 from pipeline.core.errors import fail, run_main
+from pipeline.core.family import Exporter, ExportJob, Needs, export
 from pipeline.core.log import say, step
-from pipeline.core.manifest import read_manifest, write_manifest
+from pipeline.core.manifest import read_manifest
 from pipeline.core.memory import use_huge_pages
-from pipeline.core.resources import check_resources
 from pipeline.core.stage import run_stage
 from pipeline.core.workspace import PROJECT, Workspace
 from pipeline.openvino import runtime_config
@@ -116,16 +116,16 @@ def stable_statistics_path(xml_path: Path, used: str, cached: Path) -> bool:
     return stable != text
 
 
-def export_into(
+def build_ir(
     tmp: Path, name: str, cfg: OpenVinoVariantConfig, model_dir: Path, base_dir: Path | None = None, lean: bool = True
-) -> dict[str, Any]:
-    """Export and compress into the (temporary) folder ``tmp``; return the IR summary and timings.
+) -> dict[str, float]:
+    """Export and compress into the (temporary) folder ``tmp`` with stable bytes; return the timings.
 
     With ``base_dir`` (the ``export_openvino_base`` output), int4/int8 variants compress that IR
     instead of re-exporting from PyTorch; the result is the same as the from-scratch path.
 
     Raises:
-        StageError: When tokenizer conversion failed or the IR does not match the request.
+        StageError: When tokenizer conversion failed or NNCF did not record its statistics as expected.
     """
     from optimum.intel import OVConfig
 
@@ -161,12 +161,16 @@ def export_into(
         and not stable_statistics_path(tmp / "openvino_model.xml", qdict["statistics_path"], stats)
     ):
         fail(f"[{name}] NNCF did not record statistics_path {qdict['statistics_path']} in the IR as expected")
+    return {"export_s": t_export["seconds"], "compress_s": t_compress["seconds"]}
+
+
+def inspect_built(tmp: Path, name: str, cfg: OpenVinoVariantConfig) -> dict[str, Any]:
+    """The IR's summary (:func:`inspect_ir`); fails in one line when it does not match the request."""
     summary = inspect_ir(tmp / "openvino_model.xml")
     problems = check_matches_request(summary, cfg.weight_format, cfg.ratio, cfg.keep_float) + check_rotary(summary)
     if problems:
         fail(f"[{name}] exported IR does not match the request: {'; '.join(problems)}")
     say(f"[{name}] weight layers: {summary['weight_layers']}")
-    summary["timings"] = {"export_s": t_export["seconds"], "compress_s": t_compress["seconds"]}
     return summary
 
 
@@ -184,6 +188,62 @@ def manifest_fields(source: dict, cfg: Any, summary: dict) -> dict[str, Any]:
         "tied_embeddings": summary.get("tied_embeddings"),  # the checkpoint's tie, kept in the IR or not, precisions
         "runtime_config": summary.get("runtime_config"),  # runtime_config.json: the properties its loaders pass
     }
+
+
+def base_of(base_dir: Path | None) -> Path | None:
+    """The base IR to compress from, when it was built (``None``: export from PyTorch)."""
+    return base_dir if base_dir and base_dir.is_dir() else None
+
+
+@dataclass(frozen=True)
+class OpenVinoExporter:
+    """The OpenVINO IR family's export steps (:func:`pipeline.core.family.export` runs them)."""
+
+    base_dir: Path | None = BASE_DIR  # the uncompressed base IR to compress from (None or missing: from PyTorch)
+    lean: bool = True  # the low-memory path (pipeline.openvino.lean); False runs the plain upstream calls
+    family: str = "openvino"
+    stage: str = "export_openvino"
+
+    def check(self, job: ExportJob[OpenVinoVariantConfig]) -> None:
+        """The int4 group size against the layer widths; whether the base IR is compressed or PyTorch exported."""
+        check_group_size(job.cfg, job.model_config, f"openvino.{job.name}")
+        job.facts["base"] = base = base_of(self.base_dir)
+        job.facts["from_base"] = bool(base) and job.cfg.compressed
+
+    def needs(self, job: ExportJob[OpenVinoVariantConfig]) -> Needs:
+        """The measured RAM of compressing (or exporting) at this weight format, disk for the IR."""
+        from_base, fmt = job.facts["from_base"], job.cfg.weight_format
+        what = f"[{job.name}] {'compressing' if from_base else 'exporting'} to {fmt}"
+        return Needs(what, *needs("compress" if from_base else "export", fmt, job.model_dir, self.lean))
+
+    def build(self, job: ExportJob[OpenVinoVariantConfig], tmp: Path) -> None:
+        """The IR, and the runtime config its loaders pass."""
+        job.facts["timings"] = build_ir(tmp, job.name, job.cfg, job.model_dir, job.facts["base"], self.lean)
+        job.facts["runtime_config"] = runtime_config.write(tmp, job.cfg.cpu_inference_precision)  # not in the IR
+
+    def inspect(self, job: ExportJob[OpenVinoVariantConfig], tmp: Path) -> dict[str, Any]:
+        """Weight precisions, rt_info and rotary constants, checked against the request."""
+        summary = inspect_built(tmp, job.name, job.cfg)
+        return {**summary, "timings": job.facts["timings"], "runtime_config": job.facts["runtime_config"]}
+
+    def manifest_fields(self, job: ExportJob[OpenVinoVariantConfig], summary: dict[str, Any]) -> dict[str, Any]:
+        """The IR's fields (:func:`manifest_fields`), where it was compressed from and what was verified."""
+        return {
+            "format": "openvino-ir",
+            **manifest_fields(job.source, job.cfg, summary),
+            "compressed_from": "openvino_base" if job.facts["from_base"] else "pytorch",
+            "verified": {
+                "structure": "weight precisions and rt_info match request",
+                "rotary_embedding": ROTARY_VERIFIED,
+            },
+        }
+
+    def ready(self, job: ExportJob[OpenVinoVariantConfig], manifest: dict[str, Any]) -> str:
+        """Where the IR is."""
+        return f"[{job.name}] IR ready in {job.out}"
+
+
+EXPORTER: Exporter[OpenVinoVariantConfig] = OpenVinoExporter()  # mypy checks the steps against the Protocol
 
 
 def run(
@@ -206,31 +266,7 @@ def run(
     Returns:
         The manifest written next to the IR.
     """
-    model_dir, out_root = ws.model_dir, ws.root("openvino")
-    source = read_manifest(model_dir)
-    model_config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
-    check_group_size(cfg, model_config, f"openvino.{name}")  # before any folder is created
-    base = base_dir if base_dir and base_dir.is_dir() else None
-    from_base = bool(base) and cfg.compressed
-    check_resources(
-        f"[{name}] {'compressing' if from_base else 'exporting'} to {cfg.weight_format}",
-        *needs("compress" if from_base else "export", cfg.weight_format, model_dir, lean),
-        out_root,
-    )
-    with staged_dir(out_root / name) as tmp:
-        summary = export_into(tmp, name, cfg, model_dir, base, lean)
-        summary["runtime_config"] = runtime_config.write(tmp, cfg.cpu_inference_precision)  # not in the IR: see there
-        manifest = write_manifest(
-            tmp,
-            stage="export_openvino",
-            variant=name,
-            format="openvino-ir",
-            **manifest_fields(source, cfg, summary),
-            compressed_from="openvino_base" if from_base else "pytorch",
-            verified={"structure": "weight precisions and rt_info match request", "rotary_embedding": ROTARY_VERIFIED},
-        )
-    say(f"[{name}] IR ready in {out_root / name}")
-    return manifest
+    return export(OpenVinoExporter(base_dir, lean), name, cfg, ws)
 
 
 if __name__ == "__main__":  # the stage: `python -m pipeline.openvino.export <variant>`

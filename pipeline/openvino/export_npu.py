@@ -11,21 +11,29 @@ Output: ``artifacts/npu/<variant>`` with ``manifest.json``.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.artifacts import staged_dir, write_json_atomic
+from pipeline.core.artifacts import write_json_atomic
 from pipeline.core.config import ConfigError
 from pipeline.core.errors import fail, run_main
+from pipeline.core.family import Exporter, ExportJob, Needs, export
 from pipeline.core.log import say, step
-from pipeline.core.manifest import read_manifest, write_manifest
 from pipeline.core.memory import use_huge_pages
-from pipeline.core.resources import check_resources
 from pipeline.core.stage import run_stage
 from pipeline.core.workspace import PROJECT, Workspace
 from pipeline.openvino import npu_blob, npu_lane
 from pipeline.openvino.config import NpuVariantConfig, OpenVinoVariantConfig
-from pipeline.openvino.export import BASE_DIR, ROTARY_VERIFIED, export_into, manifest_fields, misfit_widths
+from pipeline.openvino.export import (
+    BASE_DIR,
+    ROTARY_VERIFIED,
+    base_of,
+    build_ir,
+    inspect_built,
+    manifest_fields,
+    misfit_widths,
+)
 from pipeline.openvino.lean import needs
 from pipeline.validation import devices
 
@@ -96,6 +104,78 @@ def prompt_ids(folder: Path) -> list[int]:
     return [int(i) for i in ids]
 
 
+@dataclass(frozen=True)
+class NpuExporter:
+    """The NPU family's export steps: the OpenVINO IR's, laid out for the NPU, then its blob (or a deferred one)."""
+
+    status: dict[str, devices.DeviceStatus] | None = None  # device status (detected when None; tests pass a fake)
+    base_dir: Path | None = BASE_DIR  # the uncompressed base IR to compress from (None or missing: from PyTorch)
+    npuw_max_size_mb: float = 0.0  # the largest IR whose blob round trip runs through NPUW on the CPU
+    family: str = "npu"
+    stage: str = "export_npu"
+
+    def check(self, job: ExportJob[NpuVariantConfig]) -> None:
+        """The NPU's layout for this model (channel-wise where group 128 does not fit and ``adjust`` is set)."""
+        job.facts["request"] = npu_request(job.cfg, job.model_config, f"npu.{job.name}")
+        job.facts["status"] = self.status if self.status is not None else devices.detect()
+        job.facts["base"] = base_of(self.base_dir)
+
+    def needs(self, job: ExportJob[NpuVariantConfig]) -> Needs:
+        """The IR's RAM and disk, plus the blob's disk where an NPU compiles one (it carries the weights)."""
+        fmt, base = job.facts["request"].weight_format, job.facts["base"]
+        ram, disk = needs("compress" if base else "export", fmt, job.model_dir)
+        blob_disk = needs("compress", fmt, job.model_dir)[1] if job.facts["status"]["NPU"].available else 0
+        what = f"[npu-{job.name}] {'compressing' if base else 'exporting'} to {fmt} for the NPU"
+        return Needs(what, ram, disk + blob_disk)
+
+    def build(self, job: ExportJob[NpuVariantConfig], tmp: Path) -> None:
+        """The int4 IR (as :class:`~pipeline.openvino.export.OpenVinoExporter` builds it)."""
+        job.facts["timings"] = build_ir(tmp, f"npu-{job.name}", job.facts["request"], job.model_dir, job.facts["base"])
+
+    def inspect(self, job: ExportJob[NpuVariantConfig], tmp: Path) -> dict[str, Any]:
+        """The IR against the request and the NPU's layout; then its run settings and the blob compiled from it.
+
+        The blob is built only from an IR that passed: where an NPU exists, loading from it is the proof that
+        compilation is skipped; without one, the NPUW round trip proves the same tokens after reloading.
+        """
+        summary = inspect_built(tmp, f"npu-{job.name}", job.facts["request"])
+        summary["timings"] = job.facts["timings"]
+        check_npu_layout(summary)
+        write_json_atomic(tmp / NPU_CONFIG, job.cfg.run_settings())
+        job.facts["blob"] = blob_step(tmp, job.cfg.run_settings(), job.facts["status"], self.npuw_max_size_mb)
+        return summary
+
+    def manifest_fields(self, job: ExportJob[NpuVariantConfig], summary: dict[str, Any]) -> dict[str, Any]:
+        """The IR's fields, its run settings, the blob's record and the devices seen."""
+        fields, blob = manifest_fields(job.source, job.cfg, summary), job.facts["blob"]
+        # blob timings differ between runs: the run log gets them (with the export's), the manifest does not
+        found = blob.get("npuw_blob_check")
+        check: dict[str, Any] = found if isinstance(found, dict) else {}
+        fields["timings"] = {
+            **fields["timings"],
+            **{k: blob.pop(k) for k in ("compile_s", "load_from_blob_s") if k in blob},
+            **{f"npuw_blob_{k}": check.pop(k) for k in ("compile_s", "load_from_blob_s", "bytes") if k in check},
+        }  # blob bytes vary between compilations too
+        return {
+            "format": "openvino-ir-npu",
+            **fields,
+            "npu_run_settings": job.cfg.run_settings(),
+            "npu_blob": blob,
+            "devices": {k: v.as_dict() for k, v in job.facts["status"].items()},
+            "verified": {
+                "structure": "int4 symmetric in every layer but embeddings/lm_head (int8 backup)",
+                "rotary_embedding": ROTARY_VERIFIED,
+            },
+        }
+
+    def ready(self, job: ExportJob[NpuVariantConfig], manifest: dict[str, Any]) -> str:
+        """Where the IR is, and whether its blob was compiled or deferred."""
+        return f"[npu-{job.name}] NPU-ready IR in {job.out} (blob: {job.facts['blob']['blob']})"
+
+
+EXPORTER: Exporter[NpuVariantConfig] = NpuExporter()  # mypy checks the steps against the Protocol
+
+
 def run(
     name: str,
     cfg: NpuVariantConfig,
@@ -113,50 +193,12 @@ def run(
         ws: Where the checkpoint is and the NPU artifacts go.
         status: Device status (detected when omitted; tests pass a fake).
         base_dir: Uncompressed base IR to compress from (``None`` or missing: export from PyTorch).
+        npuw_max_size_mb: The largest IR whose blob round trip runs through NPUW on the CPU (no NPU here).
 
     Returns:
         The manifest written next to the IR.
     """
-    model_dir, out_root = ws.model_dir, ws.root("npu")
-    source = read_manifest(model_dir)
-    ov_cfg = npu_request(cfg, json.loads((model_dir / "config.json").read_text(encoding="utf-8")), f"npu.{name}")
-    status = status if status is not None else devices.detect()
-    base = base_dir if base_dir and base_dir.is_dir() else None
-    ram, disk = needs("compress" if base else "export", ov_cfg.weight_format, model_dir)
-    blob_disk = needs("compress", ov_cfg.weight_format, model_dir)[1] if status["NPU"].available else 0  # has weights
-    what = f"[npu-{name}] {'compressing' if base else 'exporting'} to {ov_cfg.weight_format} for the NPU"
-    check_resources(what, ram, disk + blob_disk, out_root)
-    with staged_dir(out_root / name) as tmp:
-        summary = export_into(tmp, f"npu-{name}", ov_cfg, model_dir, base)
-        check_npu_layout(summary)
-        write_json_atomic(tmp / NPU_CONFIG, cfg.run_settings())
-        blob = blob_step(tmp, cfg.run_settings(), status, npuw_max_size_mb)
-        fields = manifest_fields(source, cfg, summary)
-        # blob timings differ between runs: the run log gets them (with the export's), the manifest does not
-        found = blob.get("npuw_blob_check")
-        check: dict[str, Any] = found if isinstance(found, dict) else {}
-
-        fields["timings"] = {
-            **fields["timings"],
-            **{k: blob.pop(k) for k in ("compile_s", "load_from_blob_s") if k in blob},
-            **{f"npuw_blob_{k}": check.pop(k) for k in ("compile_s", "load_from_blob_s", "bytes") if k in check},
-        }  # blob bytes vary between compilations too
-        manifest = write_manifest(
-            tmp,
-            stage="export_npu",
-            variant=name,
-            format="openvino-ir-npu",
-            **fields,
-            npu_run_settings=cfg.run_settings(),
-            npu_blob=blob,
-            devices={k: v.as_dict() for k, v in status.items()},
-            verified={
-                "structure": "int4 symmetric in every layer but embeddings/lm_head (int8 backup)",
-                "rotary_embedding": ROTARY_VERIFIED,
-            },
-        )
-    say(f"[npu-{name}] NPU-ready IR in {out_root / name} (blob: {blob['blob']})")
-    return manifest
+    return export(NpuExporter(status, base_dir, npuw_max_size_mb), name, cfg, ws)
 
 
 def check_npu_layout(summary: dict[str, Any]) -> None:

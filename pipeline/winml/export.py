@@ -16,10 +16,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.artifacts import staged_dir
 from pipeline.core.errors import fail, run_main
-from pipeline.core.log import say, step
-from pipeline.core.manifest import write_manifest
+from pipeline.core.family import Exporter, ExportJob, export
+from pipeline.core.log import step
 from pipeline.core.stage import run_stage
 from pipeline.core.verify import verify_folder
 from pipeline.core.workspace import PROJECT, Workspace
@@ -96,6 +95,71 @@ def verify_package(folder: Path, device_type: str, source_ir: dict[str, str]) ->
     return summary
 
 
+class WinmlExporter:
+    """The Windows ML family's export steps: its source is an IR artifact, not the checkpoint."""
+
+    family = "winml"
+    stage = "export_winml"
+
+    def check(self, job: ExportJob[WinmlVariantConfig]) -> None:
+        """The IR to wrap exists and matches its manifest (one line when it is missing or altered)."""
+        ir_dir, ir_manifest = source_ir(job.cfg, job.ws.artifacts)
+        job.facts.update(ir_dir=ir_dir, ir_manifest=ir_manifest)
+        job.facts["ir_hashes"] = {f: ir_manifest["files"][f]["sha256"] for f in package.IR_FILES}
+
+    def needs(self, job: ExportJob[WinmlVariantConfig]) -> None:
+        """Nothing worth checking: the package is a copy of the IR and a small context model."""
+        return None
+
+    def build(self, job: ExportJob[WinmlVariantConfig], tmp: Path) -> None:
+        """The IR and tokenizer copied, the context model and genai_config written."""
+        ir_dir, device = job.facts["ir_dir"], job.cfg.device_type
+        with step(f"[winml {job.name}] wrapping {ir_dir} for the OpenVINO EP on {device}") as t_pack:
+            job.facts["written"] = write_package(tmp, ir_dir, job.cfg)
+        job.facts["package_s"] = t_pack["seconds"]
+
+    def inspect(self, job: ExportJob[WinmlVariantConfig], tmp: Path) -> dict[str, Any]:
+        """The package's structure against the source IR (:func:`verify_package`)."""
+        return verify_package(tmp, job.cfg.device_type, job.facts["ir_hashes"])
+
+    def manifest_fields(self, job: ExportJob[WinmlVariantConfig], summary: dict[str, Any]) -> dict[str, Any]:
+        """The source IR's record, the EP's SDK version, the tokenizer fix and what was verified."""
+        cfg, ir_manifest, written = job.cfg, job.facts["ir_manifest"], job.facts["written"]
+        return {
+            "format": "onnxruntime-genai + OpenVINO EP (EPContext over OpenVINO IR)",
+            "source": ir_manifest.get("source", {}),
+            "source_ir": {"folder": f"{cfg.source}/{cfg.source_variant}", "files_sha256": job.facts["ir_hashes"]},
+            "source_ir_parameters": ir_manifest.get("parameters", {}),
+            # the NPU IR's run settings as its export recorded them: validation checks npu_config.json against them
+            "npu_run_settings": ir_manifest.get("npu_run_settings"),
+            # The IR is the source's byte for byte (checked above): what its manifest read back from it (weight
+            # layers by precision; the embedding tie: the checkpoint's, whether the IR keeps one shared matrix, each
+            # side's precision) holds for the package as it is.
+            "weight_layers": ir_manifest.get("weight_layers"),
+            "tied_embeddings": ir_manifest.get("tied_embeddings"),
+            "parameters": dataclasses.asdict(cfg),
+            "ep_sdk_version": written["sdk_version"],
+            "tokenizer_fix": {"tokenizer_class": written["tokenizer_class"]},
+            "structure": summary,
+            "timings": {"package_s": job.facts["package_s"]},
+            "verified": {
+                "structure": "one com.microsoft EPContext node (embed_mode 0, ep_cache_context openvino_model.xml, "
+                "source OpenVINOExecutionProvider, main_context 1) with the IR's inputs and outputs; genai_config "
+                "provider_options OpenVINO device_type + enable_causallm 'True' + cache_dir (+ the NPU IR's "
+                "npu_config.json as load_config, context_length = MAX_PROMPT_LEN + MIN_RESPONSE_LEN), "
+                "ORT_DISABLE_ALL; genai_config.json keys and values as onnxruntime-genai 0.18 reads them; IR files "
+                "equal the source IR's manifest sha256; tokenizer files present"
+            },
+        }
+
+    def ready(self, job: ExportJob[WinmlVariantConfig], manifest: dict[str, Any]) -> str:
+        """Where the package is."""
+        return f"[winml {job.name}] Windows ML package ready in {job.out}"
+
+
+EXPORTER: Exporter[WinmlVariantConfig] = WinmlExporter()  # mypy checks the steps against the Protocol
+
+
 def run(name: str, cfg: WinmlVariantConfig, ws: Workspace = PROJECT) -> dict:
     """Package variant ``name``: the IR of ``cfg.source``/``cfg.source_variant`` for ``cfg.device_type``.
 
@@ -108,44 +172,7 @@ def run(name: str, cfg: WinmlVariantConfig, ws: Workspace = PROJECT) -> dict:
     Returns:
         The manifest written into the package.
     """
-    out_root = ws.root("winml")
-    ir_dir, ir_manifest = source_ir(cfg, ws.artifacts)
-    ir_hashes = {f: ir_manifest["files"][f]["sha256"] for f in package.IR_FILES}
-    with staged_dir(out_root / name) as tmp:
-        with step(f"[winml {name}] wrapping {ir_dir} for the OpenVINO EP on {cfg.device_type}") as t_pack:
-            written = write_package(tmp, ir_dir, cfg)
-        summary = verify_package(tmp, cfg.device_type, ir_hashes)
-        manifest = write_manifest(
-            tmp,
-            stage="export_winml",
-            variant=name,
-            format="onnxruntime-genai + OpenVINO EP (EPContext over OpenVINO IR)",
-            source=ir_manifest.get("source", {}),
-            source_ir={"folder": f"{cfg.source}/{cfg.source_variant}", "files_sha256": ir_hashes},
-            source_ir_parameters=ir_manifest.get("parameters", {}),
-            # the NPU IR's run settings as its export recorded them: validation checks npu_config.json against them
-            npu_run_settings=ir_manifest.get("npu_run_settings"),
-            # The IR is the source's byte for byte (checked above): what its manifest read back from it (weight
-            # layers by precision; the embedding tie: the checkpoint's, whether the IR keeps one shared matrix, each
-            # side's precision) holds for the package as it is.
-            weight_layers=ir_manifest.get("weight_layers"),
-            tied_embeddings=ir_manifest.get("tied_embeddings"),
-            parameters=dataclasses.asdict(cfg),
-            ep_sdk_version=written["sdk_version"],
-            tokenizer_fix={"tokenizer_class": written["tokenizer_class"]},
-            structure=summary,
-            timings={"package_s": t_pack["seconds"]},
-            verified={
-                "structure": "one com.microsoft EPContext node (embed_mode 0, ep_cache_context openvino_model.xml, "
-                "source OpenVINOExecutionProvider, main_context 1) with the IR's inputs and outputs; genai_config "
-                "provider_options OpenVINO device_type + enable_causallm 'True' + cache_dir (+ the NPU IR's "
-                "npu_config.json as load_config, context_length = MAX_PROMPT_LEN + MIN_RESPONSE_LEN), "
-                "ORT_DISABLE_ALL; genai_config.json keys and values as onnxruntime-genai 0.18 reads them; IR files "
-                "equal the source IR's manifest sha256; tokenizer files present"
-            },
-        )
-    say(f"[winml {name}] Windows ML package ready in {out_root / name}")
-    return manifest
+    return export(EXPORTER, name, cfg, ws, from_checkpoint=False)  # its source is the IR: check reads it
 
 
 if __name__ == "__main__":  # the stage: `python -m pipeline.winml.export <variant>`
