@@ -76,7 +76,7 @@ TIES = {
 
 @pytest.mark.slow
 def test_every_manifest_and_card_say_the_tie_survives_and_at_which_precision(phi4_project: Path) -> None:
-    from pipeline.hub.model_card import TIE_HOLDER
+    from pipeline.hub.model_card import card_format
     from pipeline.hub.publish import PublishOptions
     from pipeline.hub.staging import load_artifact, render_card
 
@@ -85,7 +85,7 @@ def test_every_manifest_and_card_say_the_tie_survives_and_at_which_precision(phi
         assert tie["checkpoint_tied"] and tie["shared_constant"], folder
         assert tie["embedding"]["precision"] == tie["lm_head"]["precision"] == precision, (folder, tie)
         card = render_card(load_artifact(phi4_project, folder, force=True), "me/tiny-phi4", PublishOptions())
-        said = f"one shared matrix in {TIE_HOLDER[folder.split('/')[0]]}, {precision} / {precision}"
+        said = f"one shared matrix in {card_format(folder.split('/')[0]).tie_holder}, {precision} / {precision}"
         assert said in card, folder
     # the weight-layer counts: every linear layer of the int4 IRs at 4 bits (ratio 1), the shared matrix at int8,
     # counted once per reader (the embedding's Gather, the LM head's MatMul); the Windows ML package carries the

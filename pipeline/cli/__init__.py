@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 from pipeline.cli import families, info, plan, project, stages
 from pipeline.core.errors import run_main
-from pipeline.core.registry import FAMILIES
+from pipeline.core.registry import FAMILIES, entries
 
 COMMANDS: dict[str, Callable[..., None]] = {
     "download": stages.cmd_download,
@@ -33,9 +33,8 @@ COMMANDS: dict[str, Callable[..., None]] = {
     "export": families.cmd_export,  # every family of the registry: `aipc export onnx dml_int4`
     "validate": families.cmd_validate,
     **{name: families.alias(name) for name in families.ALIASES},  # the per-family names from before the verbs
-    "onnx-compat": stages.cmd_onnx_compat,
-    "compile-npu-blob": stages.cmd_compile_npu_blob,
-    "npu-lib-env": stages.cmd_npu_lib_env,
+    # each family's own tools (its registry line's ``commands``: onnx-compat, compile-npu-blob, npu-lib-env)
+    **{name: func for own in entries("commands").values() for name, func in own.items()},
     "devices": stages.cmd_devices,
     "sweep": project.cmd_sweep,
     "sweep-report": project.cmd_sweep_report,

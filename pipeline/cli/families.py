@@ -20,22 +20,16 @@ import sys
 from collections.abc import Callable
 
 from pipeline.core.config import PARAMS_FILE
-from pipeline.core.registry import FAMILIES, entry
+from pipeline.core.registry import FAMILIES, LEGACY_VALIDATE, entry
 from pipeline.core.stage import run_stage
 from pipeline.core.typed import ConfigError
 
 VERBS = ("export", "validate")
-# The per-family commands from before the verbs: (verb, family). Kept for callers, not extended.
+# The per-family commands from before the verbs: name -> (verb, family), from the registry lines' ``aliases``.
+# Kept for callers, not extended.
 ALIASES: dict[str, tuple[str, str]] = {
-    "export-openvino": ("export", "openvino"),
-    "export-onnx": ("export", "onnx"),
-    "validate-onnx": ("validate", "onnx"),
-    "export-npu": ("export", "npu"),
-    "validate-npu": ("validate", "npu"),
-    "export-npu-lib": ("export", "npu_lib"),
-    "validate-npu-lib": ("validate", "npu_lib"),
+    name: (name.partition("-")[0], f.name) for f in FAMILIES.values() for name in f.aliases
 }
-OLD_VALIDATE_FAMILY = "openvino"  # `aipc validate int4`: validate's one-argument form validated an OpenVINO IR
 
 
 def verb_parser(which: str) -> argparse.ArgumentParser:
@@ -47,7 +41,8 @@ def verb_parser(which: str) -> argparse.ArgumentParser:
         + (f"; variants: {', '.join(configured[f.name])}" if configured.get(f.name) else "")
         for f in FAMILIES.values()
     )
-    old = "\n`aipc validate VARIANT` alone validates an OpenVINO IR variant, as before." if which == "validate" else ""
+    legacy = FAMILIES[LEGACY_VALIDATE].kind
+    old = f"\n`aipc validate VARIANT` alone validates an {legacy} variant, as before." if which == "validate" else ""
     parser = argparse.ArgumentParser(
         prog=f"aipc {which}",
         description=f"Run the {which} stage of one family's variant, as `dvc repro` runs it.{old}",
@@ -77,7 +72,7 @@ def family_and_variant(which: str, argv: list[str]) -> tuple[str, str]:
         ConfigError: The family is not in the registry (one line naming the configured ones).
     """
     if which == "validate" and len(argv) == 1 and argv[0] not in FAMILIES and not argv[0].startswith("-"):
-        return OLD_VALIDATE_FAMILY, argv[0]  # `aipc validate int4`, as before the verbs
+        return LEGACY_VALIDATE, argv[0]  # `aipc validate int4`, as before the verbs
     args = verb_parser(which).parse_args(argv)
     if args.family not in FAMILIES:
         raise ConfigError(f"unknown family '{args.family}': configured ones are {', '.join(FAMILIES)}")

@@ -15,18 +15,11 @@ from pipeline.core.artifacts import ARTIFACTS, folder_bytes
 from pipeline.core.config import PipelineConfig, load_params
 from pipeline.core.errors import fail, size_text
 from pipeline.core.refusal import composed_overrides, leave_out_command
-from pipeline.core.registry import FAMILIES
-from pipeline.core.resources import input_bytes, ram_for
-from pipeline.openvino.lean import ram_share
+from pipeline.core.registry import FAMILIES, entries, entry
+from pipeline.core.resources import PlanContext, input_bytes, ram_for
 
 GIB = 2**30
 PHI3_MINI_CHECKPOINT = 7.12 * GIB  # bf16 safetensors of Phi-3-mini-4k: the size planned for before the download
-# An artifact folder's size over its checkpoint's, measured on full-size Phi-3-mini (pipeline/core/resources.py)
-FOLDER_SHARE = {
-    ("openvino", "int4"): 0.364, ("openvino", "int8"): 0.501, ("openvino", "fp16"): 1.0,
-    ("npu", "int4"): 0.271, ("onnx", "dml_int4"): 0.278, ("onnx", "cpu_int4"): 0.357, ("onnx", "dml_fp16"): 1.0,
-    ("npu_lib", "int4"): 0.295, ("npu_lib", "int8"): 0.539, ("npu_lib", "fp16"): 1.025,
-}  # fmt: skip
 OS_NAMES = {"windows": "win32", "linux": "linux", "macos": "darwin"}
 
 
@@ -46,42 +39,14 @@ def plan_rows(
     scaled = checkpoint_bytes is not None
     checkpoint = checkpoint_bytes or sized(ARTIFACTS / "model", PHI3_MINI_CHECKPOINT, scaled)
 
-    def folder(family: str, variant: str, share: float) -> int:
+    def folder(family: str, variant: str, key: str) -> int:  # its share of the checkpoint from the family's plan
+        share = entry(family, "plan").folder_share.get(key, 1.0) if FAMILIES[family].plan else 1.0
         return sized(ARTIFACTS / family / variant, share * checkpoint, scaled)
 
-    def export(kind: str) -> int:  # the OpenVINO exports' lean rows (pipeline.openvino.lean)
-        share, fixed = ram_share(kind, True, platform, platform.startswith("linux"))
-        return int(share * checkpoint + fixed * GIB)
-
+    ctx = PlanContext(checkpoint, platform, folder)
     rows = [("reference", ram_for("reference", params.validate.reference_dtype, checkpoint, platform), False)]
-    rows.append(("export_openvino_base", export("export"), False))
-    for v, cfg in params.openvino.items():
-        rows.append(
-            (f"export_openvino@{v}", export("compress" if cfg.weight_format in ("int4", "int8") else "export"), False)
-        )
-        size = folder("openvino", v, FOLDER_SHARE.get(("openvino", cfg.weight_format), 1.0))
-        rows.append((f"validate@{v}", ram_for("validate", cfg.weight_format, size, platform), False))
-        if cfg.weight_format == "fp16":  # its CPU cells widen the weights to f32: skipped where that does not fit
-            rows.append((f"validate@{v} CPU cells", ram_for("validate", "fp16_on_f32_cpu", size, platform), True))
-    for v in params.npu:
-        rows.append((f"export_npu@{v}", export("compress"), False))
-        size = folder("npu", v, FOLDER_SHARE[("npu", "int4")])
-        rows.append((f"validate_npu@{v}", ram_for("validate_npu", "int4", size, platform), False))
-    for v, cfg in params.onnx.items():
-        rows.append((f"export_onnx@{v}", ram_for("export_onnx", v, checkpoint, platform), False))
-        size = folder("onnx", v, FOLDER_SHARE.get(("onnx", v), 1.0))
-        rows.append(
-            (f"validate_onnx@{v}", ram_for("validate_onnx", v, size, platform), cfg.execution_provider != "cpu")
-        )
-    for v, cfg in params.npu_lib.items():
-        from pipeline.npu_lib.export import ram_row
-
-        rows.append((f"export_npu_lib@{v}", ram_for(ram_row(cfg), cfg.dtype, checkpoint, platform), False))
-        size = folder("npu_lib", v, FOLDER_SHARE.get(("npu_lib", cfg.dtype), 1.0))
-        rows.append((f"validate_npu_lib@{v}", ram_for("validate_npu_lib", cfg.dtype, size, platform), True))
-    for v, cfg in params.winml.items():
-        size = folder(cfg.source, cfg.source_variant, FOLDER_SHARE.get((cfg.source, cfg.source_variant), 1.0))
-        rows.append((f"validate_winml@{v}", ram_for("validate_winml", v, size, platform), False))
+    for name, family_plan in entries("plan").items():  # each family's rows from its package (registry ``plan``)
+        rows += family_plan.rows(getattr(params, name), ctx)
     return rows
 
 

@@ -11,6 +11,7 @@ from pipeline.cli.dvc_lock import dvc_repo_lock
 from pipeline.core.composition import local_recipe
 from pipeline.core.config import PARAMS_FILE, build, compose, dump_yaml, load_params
 from pipeline.core.errors import fail
+from pipeline.core.registry import FAMILIES
 
 
 def cmd_compose(overrides: list[str]) -> None:
@@ -28,7 +29,8 @@ def cmd_compose(overrides: list[str]) -> None:
     check_loops(data)
     with dvc_repo_lock(rerun=" ".join(["aipc compose", *overrides])):
         PARAMS_FILE.write_text(dump_yaml(data), encoding="utf-8")
-    print(f"wrote {PARAMS_FILE} (model={data['model']['name']}, variants={', '.join(data['openvino'])})")
+    first = next(iter(FAMILIES))  # the registry's first family (the OpenVINO IR): its variants say which recipe
+    print(f"wrote {PARAMS_FILE} (model={data['model']['name']}, variants={', '.join(data[first])})")
 
 
 def check_loops(data: dict) -> None:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from pipeline.core.config import load_params
-from pipeline.core.errors import fail
 
 
 def cmd_download() -> None:
@@ -21,40 +19,6 @@ def cmd_reference() -> None:
     from pipeline.validation import reference
 
     reference.run(load_params().validate)
-
-
-def cmd_onnx_compat(target: str) -> None:
-    """Check an ONNX variant (or folder) loads and runs in onnxruntime-genai 0.13.1 and 0.14.1 (Windows DML users).
-
-    Args:
-        target: An ONNX variant under artifacts/onnx (e.g. dml_int4) or a folder.
-    """
-    from pipeline.onnx import compat as onnx_compat
-
-    onnx_compat.main([target])
-
-
-def cmd_compile_npu_blob(artifact: str) -> None:
-    """On the NPU machine: compile a deferred NPU artifact folder into a blob (weights included).
-
-    Args:
-        artifact: The deferred NPU artifact folder, e.g. artifacts/npu/int4.
-    """
-    from pipeline.openvino import export_npu
-
-    facts = export_npu.compile_deferred(Path(artifact))
-    print(json.dumps(facts, indent=2))
-
-
-def cmd_npu_lib_env() -> None:
-    """Create (first use) or show the isolated intel-npu-acceleration-library environment."""
-    from pipeline.npu_lib import env as npu_lib_env
-
-    try:
-        env = npu_lib_env.ensure(retry=True)
-    except npu_lib_env.EnvUnavailable as err:
-        fail(f"the isolated environment cannot be built here: {err}")
-    print(json.dumps({"path": str(env.path), "python": str(env.python), **env.info}, indent=2))
 
 
 def cmd_devices() -> None:

@@ -134,7 +134,8 @@ def local_recipe(overrides: list[str], composed: dict) -> tuple[list[str], str] 
     import json
 
     model = composed.get("model") or {}
-    if model.get("source") != "local" or any(o.split("=")[0].lstrip("+~") == "openvino" for o in overrides):
+    chosen = {o.split("=")[0].lstrip("+~") for o in overrides}  # groups the user chose: theirs, not the preset's
+    if model.get("source") != "local" or chosen & {g.split("=")[0] for g in PHI4_GROUPS}:
         return None
     try:
         config = json.loads((Path(str(model.get("local_path"))) / "config.json").read_text(encoding="utf-8"))

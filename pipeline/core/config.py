@@ -19,6 +19,7 @@ from pydantic import BeforeValidator
 
 # The section machinery (pipeline.core.typed); ConfigError and build are also imported from here by callers.
 from pipeline.core import typed as bound  # the numeric field types, each with its range
+from pipeline.core.registry import FAMILIES
 from pipeline.core.typed import ConfigError, FromConf, Nats, Share, TokenCounts, _check_choice, _typed, build
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent  # pipeline/
@@ -116,8 +117,9 @@ ChatPrompt = Annotated[
 ]
 
 
-# Target devices a family may list in validate.devices; ONNX variants target their execution_provider.
-TARGET_DEVICE_CHOICES = {"openvino": ("CPU", "GPU", "NPU"), "npu": ("CPU", "GPU", "NPU"), "npu_lib": ("NPU",)}
+def target_device_choices() -> dict[str, tuple[str, ...]]:
+    """Target devices a family may list in validate.devices (its registry line's ``devices``), read at check time."""
+    return {f.name: f.devices for f in FAMILIES.values() if f.devices}
 
 
 @_typed("validate", conf="validate/default.yaml")
@@ -158,16 +160,17 @@ class ValidateConfig(FromConf):
             raise ConfigError("validate.profile=full measures every speed run: drop validate.stand_in_speed=false")
         if not self.perf_prompt_tokens:
             raise ConfigError("validate.perf_prompt_tokens must name at least one prompt length, e.g. {short: 32}")
-        for family, choices in TARGET_DEVICE_CHOICES.items():
+        choices_of = target_device_choices()
+        for family, choices in choices_of.items():
             if not self.devices.get(family):
                 raise ConfigError(f"validate.devices.{family} must list the devices it targets, e.g. [{choices[0]}]")
             for device in self.devices[family]:
                 _check_choice(f"validate.devices.{family} entry", device, choices)
         for family in self.devices:
-            if family not in TARGET_DEVICE_CHOICES:
+            if family not in choices_of:
                 raise ConfigError(
                     f"validate.devices.{family}: unknown family; valid: "
-                    f"{', '.join(TARGET_DEVICE_CHOICES)} (ONNX variants target their execution_provider)"
+                    f"{', '.join(choices_of)} (ONNX variants target their execution_provider)"
                 )
 
     @property
@@ -200,8 +203,9 @@ class SweepConfig(FromConf):
     def __post_init__(self) -> None:
         if not self.grid:
             raise ConfigError("sweep.grid must list at least one parameter, e.g. openvino.int4.group_size: [64, 128]")
+        prefixes = tuple(f"{f.name}." for f in FAMILIES.values() if f.sweepable)
         for key, values in self.grid.items():
-            if not key.startswith(("openvino.", "npu.", "onnx.")) or not values:
+            if not key.startswith(prefixes) or not values:
                 raise ConfigError(f"sweep.grid key '{key}' must be an export parameter with a list of values")
 
 
@@ -231,8 +235,6 @@ def pipeline_config_class() -> type:
     (``pipeline.openvino.config:OpenVinoVariantConfig``), imported here lazily, so the core imports no family
     and adding a family never edits this module. ``PipelineConfig`` (this module's attribute) is this class.
     """
-    from pipeline.core.registry import FAMILIES
-
     sections: list[Any] = [("model", ModelConfig), ("validate", ValidateConfig), ("sweep", SweepConfig)]
     # A section type built at run time from the registry (mypy reads only static types in a subscript)
     sections += [(f.name, dict[str, f.variant_config()], field(default_factory=dict)) for f in FAMILIES.values()]  # type: ignore[misc]
@@ -266,11 +268,7 @@ def load_params(path: Path | str = PARAMS_FILE) -> PipelineConfig:
 
 
 def compose(overrides: list[str] | None = None, conf_dir: Path = CONF_DIR) -> dict:
-    """Compose ``conf/config.yaml`` with Hydra overrides, as ``dvc exp run -S`` does.
-
-    Args:
-        overrides: Hydra overrides such as ``["model=tiny", "openvino.int4.group_size=64"]``.
-        conf_dir: The Hydra config directory.
+    """``conf_dir``'s ``config.yaml`` with Hydra ``overrides`` (``model=tiny``), as ``dvc exp run -S`` composes it.
 
     Returns:
         The composed configuration as plain containers (already type-checked).

@@ -85,13 +85,6 @@ STAGE_TIME: dict[str, dict[str, Row]] = {
         "int4": Row(712.1, 1, "2026-12-07", speed_s=540),
         "int8": Row(242.8, 1, "2026-12-07", speed_s=270),
     },
-    # one cell each, the npu and gpu packages overridden to the CPU (no Intel NPU/GPU there): 270.6 and 338.0 s
-    # with ~2 min of speed runs each, taken off here; cpu: its own device, speed runs in every profile
-    "validate_winml": {
-        "npu": Row(150.6, 1, "2026-12-02", speed_s=120),
-        "gpu": Row(218.0, 1, "2026-12-02", speed_s=120),
-        "cpu": Row(320.8, 1, "2026-12-02-winml"),
-    },
     # no cells: the steps below (REFERENCE_STEPS)
     "reference": {"float32": Row(773.0, 0, "2026-12-07")},
 }
@@ -115,6 +108,16 @@ START_UP_S: dict[str, float] = {
     "validate_npu": 16.0,
     "validate_onnx": 12.8,
     "validate_npu_lib": 51.7,
-    "validate_winml": 16.0,
     "reference": 34.5,
 }
+
+
+def stage_times() -> tuple[dict[str, dict[str, Row]], dict[str, float]]:
+    """:data:`STAGE_TIME` and :data:`START_UP_S` with the rows each family keeps in its package (field ``times``)."""
+    from pipeline.core.registry import entries
+
+    times, start_up = dict(STAGE_TIME), dict(START_UP_S)
+    for rows in entries("times").values():
+        for stage, (start, row) in rows.items():
+            times[stage], start_up[stage] = row, start
+    return times, start_up

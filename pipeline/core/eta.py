@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.durations import FULL_SIZE_GIB, REFERENCE_STEPS, SOURCES, STAGE_TIME, START_UP_S, Row
+from pipeline.core.durations import FULL_SIZE_GIB, REFERENCE_STEPS, SOURCES, Row, stage_times
 from pipeline.core.log import say, step
 
 MIN_ETA_S = 60.0  # a stage estimated under a minute prints no estimate
@@ -52,10 +52,11 @@ def checkpoint_bytes(model_dir: Path) -> int:
 
 def row_for(stage: str, variant: str) -> tuple[str, Row]:
     """The measured row of ``stage@variant``; a variant never measured takes the stage's longest cell."""
-    rows = STAGE_TIME[stage]
+    times, start_ups = stage_times()
+    rows = times[stage]
     if variant in rows:
         return variant, rows[variant]
-    return max(rows.items(), key=lambda item: (item[1].seconds - START_UP_S[stage]) / max(item[1].cells, 1))
+    return max(rows.items(), key=lambda item: (item[1].seconds - start_ups[stage]) / max(item[1].cells, 1))
 
 
 def estimate(
@@ -77,7 +78,7 @@ def estimate(
         stand_in_speed: Whether stand-ins run their speed runs (``ValidateConfig.measures_stand_in_speed``).
     """
     row_name, row = row_for(stage, variant)
-    start_up = START_UP_S[stage]
+    start_up = stage_times()[1][stage]
     scale = model_bytes / (FULL_SIZE_GIB * 2**30)
     work = max(row.seconds - start_up, 0.0) * scale
     if stage == "reference":

@@ -13,7 +13,6 @@ stage pair, and one entry in :data:`FAMILIES` (``tests/core/test_registry.py`` c
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,18 @@ class Family:
     # ``module:function``: (artifact manifest, params key) -> the grids its recipe rounds the weights to, or None
     # (pipeline.validation.recipe_cost: the broken-or-costly verdict); "" when the family wraps another's artifact
     rounding: str = ""
+    # What the tools and tables outside the family read, so that no module outside its package names it:
+    devices: tuple[str, ...] = ()  # what ``validate.devices.<name>`` may list (it must list one); () = no such key
+    sweepable: bool = False  # ``sweep.grid`` takes keys under ``<name>.`` (pipeline.core.config.SweepConfig)
+    commands: str = ""  # ``module:attr``, a dict {aipc command: function} of the family's own tools
+    card: str = ""  # ``module:attr``, a pipeline.core.cards.CardFormat: what a model card says (publishable)
+    chat: str = ""  # ``module:function`` opening an artifact folder for ``aipc chat`` (pipeline.chat)
+    chat_marker: str = ""  # the file that makes a folder this family's for chat; "" = the folder nobody else claims
+    plan: str = ""  # ``module:attr``, a pipeline.core.resources.FamilyPlan: its rows of ``aipc plan``
+    ram: str = ""  # ``module:attr``, more STAGE_RAM rows {stage row: {variant: (share, fixed GiB)}} (core.resources)
+    times: str = ""  # ``module:attr``, {stage: (start-up s, {variant: durations.Row})} (pipeline.core.eta)
+    aliases: tuple[str, ...] = ()  # ``aipc <verb>-<...> VARIANT`` names from before the verbs (frozen: no new ones)
+    sweep_point: str = ""  # ``module:function`` (checkpoint folder) -> bytes a sweep point peaks at, or ""
 
     @property
     def artifact_root(self) -> Path:
@@ -80,6 +91,13 @@ FAMILIES: dict[str, Family] = {
             "pipeline.openvino.validate:run_openvino",
             "pipeline.openvino.config:OpenVinoVariantConfig",
             rounding="pipeline.openvino.rounding:ir_rounding",
+            devices=("CPU", "GPU", "NPU"),
+            sweepable=True,
+            card="pipeline.openvino.card:OPENVINO_CARD",
+            chat="pipeline.openvino.chat:open_chat",
+            plan="pipeline.openvino.plan:OPENVINO_PLAN",
+            aliases=("export-openvino",),
+            sweep_point="pipeline.openvino.plan:sweep_point_bytes",
         ),
         Family(
             "npu",
@@ -93,6 +111,13 @@ FAMILIES: dict[str, Family] = {
             validate_flags="--npu",
             export_params=("validate.npuw_max_size_mb",),
             rounding="pipeline.openvino.rounding:npu_rounding",
+            devices=("CPU", "GPU", "NPU"),
+            sweepable=True,
+            commands="pipeline.openvino.commands:NPU_COMMANDS",
+            card="pipeline.openvino.card:NPU_CARD",
+            chat="pipeline.openvino.chat:open_chat",
+            plan="pipeline.openvino.plan:NPU_PLAN",
+            aliases=("export-npu", "validate-npu"),
         ),
         Family(
             "onnx",
@@ -104,6 +129,13 @@ FAMILIES: dict[str, Family] = {
             "pipeline.onnx.validate:run",
             "pipeline.onnx.config:OnnxVariantConfig",
             rounding="pipeline.onnx.rounding:rounding",
+            sweepable=True,
+            commands="pipeline.onnx.commands:COMMANDS",
+            card="pipeline.onnx.card:CARD",
+            chat="pipeline.onnx.chat:open_chat",
+            chat_marker="genai_config.json",
+            plan="pipeline.onnx.plan:PLAN",
+            aliases=("export-onnx", "validate-onnx"),
         ),
         Family(
             "npu_lib",
@@ -116,6 +148,10 @@ FAMILIES: dict[str, Family] = {
             "pipeline.npu_lib.config:NpuLibVariantConfig",
             publishable=False,
             rounding="pipeline.npu_lib.rounding:rounding",
+            devices=("NPU",),
+            commands="pipeline.npu_lib.commands:COMMANDS",
+            plan="pipeline.npu_lib.plan:PLAN",
+            aliases=("export-npu-lib", "validate-npu-lib"),
         ),
         Family(
             "winml",
@@ -126,15 +162,28 @@ FAMILIES: dict[str, Family] = {
             "validate_winml",
             "pipeline.winml.validate:run",
             "pipeline.winml.config:WinmlVariantConfig",
+            card="pipeline.winml.card:CARD",
+            plan="pipeline.winml.plan:PLAN",
+            ram="pipeline.winml.measured:STAGE_RAM",
+            times="pipeline.winml.measured:STAGE_TIME",
         ),
     )
 }
 
 # Stages outside the families: shared inputs, the base IR the OpenVINO variants compress, and the summary.
 SHARED_STAGES = ("download", "reference", "export_openvino_base", "report", "verdict")
+# `aipc validate VARIANT` (no family): validate's one-argument form from before the verbs validated an OpenVINO IR
+LEGACY_VALIDATE = "openvino"
+# artifacts/<folder> -> the shared stage that builds it (pipeline.core.verify; a family's folders come from above)
+SHARED_FOLDERS = {"model": "download", "reference": "reference", "openvino_base": "export_openvino_base"}
 
 
-def entry(family: str, which: str) -> Callable[..., Any]:
-    """The ``export``, ``validate`` or ``rounding`` function of ``family`` (imports the family's module)."""
+def entry(family: str, which: str) -> Any:
+    """What the ``module:attr`` field ``which`` of ``family`` names: ``export``, ``card``, ... (imports its module)."""
     module, _, function = getattr(FAMILIES[family], which).partition(":")
     return getattr(importlib.import_module(module), function)
+
+
+def entries(which: str) -> dict[str, Any]:
+    """Each family's ``which`` (a ``module:attr`` field), for the families that set it, in registry order."""
+    return {name: entry(name, which) for name, f in FAMILIES.items() if getattr(f, which)}

@@ -10,7 +10,10 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pipeline.core.errors import StageError, fail, size_text
 from pipeline.core.memory import weight_files
@@ -126,10 +129,7 @@ STAGE_RAM: dict[str, dict[str, tuple[float, float]]] = {
     # 2026-12-02: int4 6.08 GiB in 1728 s (a CI rehearsal beside it), int8 8.09 GiB in 567 s (7.94 in the run
     # before, 7.78 by itself; the row stays at 2.0x, 7.98 GiB, so the int8 stand-in still runs under the 8 GiB cap)
     "validate_npu_lib": {"int4": (2.65, 0.3), "int8": (2.0, 0.3), "fp16": (1.6, 0.3)},
-    # the package's IR compiled by the OpenVINO EP (no page trimming through ONNX Runtime), then once more with f32
-    # pinned for teacher forcing after the first is freed. The whole run of 2026-12-02 (Intel Xeon, so the plugin
-    # offered the CPU): npu 4.81 GiB in 271 s (1.93 GiB NPU IR), gpu 6.04 GiB in 338 s (2.59 GiB int4 IR)
-    "validate_winml": {"npu": (2.4, 0.3), "gpu": (2.3, 0.3), "cpu": (2.3, 0.3)},
+    # a family may keep its rows in its own package instead (registry field ``ram``; :func:`stage_rows`)
 }
 
 
@@ -153,12 +153,43 @@ def ram_for(stage: str, variant: str, size: int, platform: str) -> int:
     with a ``<stage>_lean`` row uses it where mapped pages can be handed back (Linux ``madvise``); on Windows a
     stage with a :data:`pipeline.core.ram_windows.WINDOWS_RAM` row uses that (measured private memory).
     """
-    lean = f"{stage}_lean" in STAGE_RAM and platform.startswith("linux")
-    table = STAGE_RAM[f"{stage}_lean" if lean else stage]
+    rows = stage_rows()
+    lean = f"{stage}_lean" in rows and platform.startswith("linux")
+    table = rows[f"{stage}_lean" if lean else stage]
     if platform == "win32" and stage in WINDOWS_RAM:
         table = WINDOWS_RAM[stage]
     share, fixed = table.get(variant, max(table.values()))
     return int(share * size + fixed * 2**30)
+
+
+def stage_rows() -> dict[str, dict[str, tuple[float, float]]]:
+    """:data:`STAGE_RAM` with the rows each family keeps in its package (its registry line's ``ram``)."""
+    from pipeline.core.registry import entries
+
+    return {**STAGE_RAM, **{stage: row for rows in entries("ram").values() for stage, row in rows.items()}}
+
+
+@dataclass(frozen=True)
+class PlanContext:
+    """What ``aipc plan`` sizes a family's rows from (:mod:`pipeline.cli.plan` builds it)."""
+
+    checkpoint: int  # bytes of the checkpoint planned for
+    platform: str  # ``sys.platform`` of the machine planned for
+    folder: Callable[[str, str, str], int]  # (family, variant, its folder_share key) -> bytes of that artifact
+
+    def ram(self, stage: str, variant: str, size: int) -> int:
+        """:func:`ram_for` on the planned platform."""
+        return ram_for(stage, variant, size, self.platform)
+
+
+@dataclass(frozen=True)
+class FamilyPlan:
+    """A family's part of ``aipc plan`` (its registry line's ``plan``, in its package)."""
+
+    # an artifact folder's size over its checkpoint's, measured on full-size Phi-3-mini, by a key its rows choose
+    folder_share: dict[str, float]
+    # (the family's params section, the context) -> (stage, RAM bytes, optional: a CPU stand-in skipped when short)
+    rows: Callable[[dict[str, Any], PlanContext], list[tuple[str, int, bool]]]
 
 
 def check_stage_ram(stage: str, variant: str, input_dir: Path, what: str | None = None) -> None:

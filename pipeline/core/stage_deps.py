@@ -41,7 +41,7 @@ LAUNCHED: dict[str, tuple[str, ...]] = {
 # Modules that import or launch project code by a name or path computed at run time (tests/core/test_stage_deps.py
 # finds every such call): each is covered by LAUNCHED or edges(), or says why it needs no edge.
 DYNAMIC_SITES: dict[str, str] = {
-    "pipeline/core/registry.py": "family config and rounding modules: edges(); entry points: the stage's own module",
+    "pipeline/core/registry.py": "family config, rounding, RAM, time modules: edges(); entry points: the stage's module",
     "pipeline/core/stage.py": "imports the stage's own command module (its __doc__)",
     "pipeline/openvino/rotary.py": "imports a transformers module, not project code",
     "pipeline/npu_lib/worker_pickle.py": "imports the classes a pickle names (torch), not project code",
@@ -122,7 +122,8 @@ def _parents(path: str) -> list[str]:
 def edges(root: Path) -> dict[str, set[str]]:
     """Edges no import statement shows: :data:`LAUNCHED`, and the registry's imports by name (it imports every
     family's variant config class when any stage builds its params; the broken-or-costly verdict imports a
-    family's rounding module, and a Windows ML package's is another family's)."""
+    family's rounding module, and a Windows ML package's is another family's; the RAM and time tables import the
+    rows a family keeps in its package, for every stage that checks RAM or prints an estimate)."""
     from pipeline.core.registry import FAMILIES
 
     found = {k: set(v) for k, v in LAUNCHED.items()}
@@ -130,6 +131,9 @@ def edges(root: Path) -> dict[str, set[str]]:
     found.setdefault("pipeline/core/registry.py", set()).update(c for c in configs if c)
     roundings = {module_file(root, f.rounding.partition(":")[0]) for f in FAMILIES.values() if f.rounding}
     found.setdefault("pipeline/validation/recipe_cost.py", set()).update(r for r in roundings if r)
+    for reader, which in (("pipeline/core/resources.py", "ram"), ("pipeline/core/durations.py", "times")):
+        rows = {module_file(root, getattr(f, which).partition(":")[0]) for f in FAMILIES.values() if getattr(f, which)}
+        found.setdefault(reader, set()).update(r for r in rows if r)
     return found
 
 

@@ -20,19 +20,14 @@ from pipeline.core.errors import fail
 from pipeline.core.hashes import LOCK_FILE, file_digests, locked_md5
 from pipeline.core.published import PUBLISHED, vouched_files
 from pipeline.core.refusal import check_not_refused
-from pipeline.core.registry import FAMILIES
+from pipeline.core.registry import FAMILIES, SHARED_FOLDERS
 
 # Written into an artifact folder by its users, not by its stage; .dvcignore keeps them out of DVC's hash too. The
 # OpenVINO EP's compiled-model cache of a Windows ML package loaded in place (its cache_dir, pipeline/winml/limits.py).
 NOT_THE_ARTIFACT = ("ov_cache/",)
 
 # artifacts/<kind>[/<variant>] -> the DVC stage that builds it
-STAGES = {
-    "model": "download",
-    "reference": "reference",
-    "openvino_base": "export_openvino_base",
-    **{f.name: f"{f.export_stage}@{{}}" for f in FAMILIES.values()},
-}
+STAGES = {**SHARED_FOLDERS, **{f.name: f"{f.export_stage}@{{}}" for f in FAMILIES.values()}}
 
 
 def stage_of(folder: Path, root: Path | None = None) -> str | None:

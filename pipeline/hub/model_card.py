@@ -9,24 +9,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline.core.cards import CardFormat
+from pipeline.core.registry import FAMILIES, entries, entry
 from pipeline.hub.card_rules import HUB_LICENSES, metadata_problems
 
-FORMATS = {  # artifact kind -> (library_name, format tags, device tags)
-    "openvino": ("openvino", ["openvino"], ["cpu", "gpu"]),
-    "npu": ("openvino", ["openvino"], ["npu"]),
-    "onnx": ("onnxruntime-genai", ["onnx", "onnxruntime-genai"], []),
-    "winml": ("onnxruntime-genai", ["onnx", "onnxruntime-genai", "openvino", "windows-ml"], []),
-}
-KIND_NAMES = {"openvino": "OpenVINO IR", "npu": "NPU-ready OpenVINO IR", "onnx": "ONNX Runtime GenAI model"}
-KIND_NAMES["winml"] = "Windows ML package (ONNX Runtime GenAI, OpenVINO EP)"
-TIE_HOLDER = {  # artifact kind -> where the manifest's tied_embeddings was read back from
-    "openvino": "the IR",
-    "npu": "the IR",
-    "onnx": "the ONNX graph",
-    "winml": "the wrapped IR (the source IR's record: the package holds it byte for byte)",
-}
-ONNX_DEVICE_TAGS = {"dml": "directml", "cpu": "cpu", "cuda": "cuda", "webgpu": "webgpu"}
-PROMPT = "<|user|>Can you introduce yourself?<|end|>\\n<|assistant|>\\n"
+
+def card_format(kind: str) -> CardFormat:
+    """What the cards of family ``kind`` say (its registry line's ``card``, in the family's package)."""
+    if not FAMILIES[kind].card:
+        raise ValueError(f"{kind} artifacts have no model card: publishable ones are {', '.join(entries('card'))}")
+    return entry(kind, "card")
 
 
 @dataclass
@@ -35,7 +27,7 @@ class CardFacts:
 
     repo_id: str
     revision: str  # what users pin in the snippet: the tag if one is published, else the branch
-    kind: str  # openvino | npu | onnx
+    kind: str  # the artifact's family (a registry name with a ``card``)
     artifact: str  # e.g. openvino-int4
     manifest: dict[str, Any]
     metrics: dict[str, Any]
@@ -52,13 +44,10 @@ def weight_format(facts: CardFacts) -> str:
 
 def card_metadata(facts: CardFacts) -> dict[str, Any]:
     """The YAML metadata of the card (license, base_model, tags, library, pipeline tag)."""
-    library, format_tags, devices = FORMATS[facts.kind]
-    if facts.kind == "onnx":
-        devices = [ONNX_DEVICE_TAGS.get(facts.manifest["parameters"].get("execution_provider"), "cpu")]
-    if facts.kind == "winml":
-        devices = [str(facts.manifest["parameters"].get("device_type", "cpu")).lower()]
+    spec = card_format(facts.kind)
+    library, format_tags, devices = spec.library, spec.format_tags, spec.devices(facts.manifest.get("parameters", {}))
     fmt = weight_format(facts)
-    compressed = fmt in ("int4", "int8") and facts.kind != "onnx"
+    compressed = fmt in ("int4", "int8") and spec.nncf
     source = facts.manifest.get("source", {})
     meta: dict[str, Any] = {
         "license": facts.license if facts.license in HUB_LICENSES else "other",
@@ -100,7 +89,7 @@ def build_card(facts: CardFacts):
 
 def _summary(facts: CardFacts) -> str:
     source = facts.manifest.get("source", {})
-    fmt, kind = weight_format(facts), KIND_NAMES[facts.kind]
+    fmt, kind = weight_format(facts), card_format(facts.kind).kind_name
     if source.get("repo_id"):
         origin = (
             f"[{source['repo_id']}](https://huggingface.co/{source['repo_id']}) at revision `{source.get('revision')}`"
@@ -136,8 +125,8 @@ def _parameters(facts: CardFacts) -> str:
     if mode:
         text += f" NNCF `{facts.manifest['nncf_rt_info'].get('version')}` mode `{mode}`."
     text += _tie(facts)
-    if facts.manifest.get("npu_blob"):
-        text += f"\n\nNPU blob: {facts.manifest['npu_blob'].get('blob')}."
+    note = card_format(facts.kind).parameters_note
+    text += note(facts.manifest) if note else ""  # what only this family's manifests hold (the NPU's blob)
     return text
 
 
@@ -149,7 +138,7 @@ def _tie(facts: CardFacts) -> str:
     kept = "one shared matrix" if tie["shared_constant"] else "two copies (the tie was not kept)"
     return (
         f"\n\nTied embeddings: the source ties the LM head to the input embedding; they are {kept} in "
-        f"{TIE_HOLDER[facts.kind]}, {tie['embedding']['precision']} / {tie['lm_head']['precision']} "
+        f"{card_format(facts.kind).tie_holder}, {tie['embedding']['precision']} / {tie['lm_head']['precision']} "
         "(embedding / LM head)."
     )
 
@@ -220,57 +209,9 @@ def _validation(facts: CardFacts) -> str:
     return "## Validation\n\n" + header + "\n" + "\n".join(rows) + "\n\n" + " ".join(notes)
 
 
-OG_GENERATE = (  # onnxruntime-genai's generation loop, the same for every ONNX Runtime GenAI folder
-    "tokenizer = og.Tokenizer(model)\nparams = og.GeneratorParams(model)\n"
-    "params.set_search_options(max_length=256)\ngenerator = og.Generator(model, params)\n"
-    f'generator.append_tokens(tokenizer.encode("{PROMPT}"))\n'
-    "while not generator.is_done():\n    generator.generate_next_token()\n"
-    "print(tokenizer.decode(generator.get_sequence(0)))"
-)
-
-
 def _usage(facts: CardFacts) -> str:
     pin = f'path = snapshot_download("{facts.repo_id}", revision="{facts.revision}")\n'
-    og_import = "import onnxruntime_genai as og\nfrom huggingface_hub import snapshot_download\n\n"
-    if facts.kind == "onnx":
-        code = og_import + pin + "model = og.Model(path)\n" + OG_GENERATE
-        install = "pip install onnxruntime-genai huggingface_hub   # Windows DirectML: onnxruntime-genai-directml"
-    elif facts.kind == "winml":  # Windows ML / Foundry Local: the OpenVINO EP, registered from its library
-        device = facts.manifest.get("parameters", {}).get("device_type", "CPU")
-        code = (
-            "import onnxruntime_ep_openvino as openvino_ep\n" + og_import + pin + "# Windows ML hands out the same "
-            'EP\'s library path\nog.register_execution_provider_library("OpenVINOExecutionProvider", '
-            f'openvino_ep.get_library_path())\nconfig = og.Config(path)   # OpenVINO EP, device_type "{device}"\n'
-            '# other Intel device: config.clear_providers(); config.append_provider("OpenVINO"); then set_provider_option'
-            '("OpenVINO", ...) device_type "CPU" and enable_causallm "True"\nmodel = og.Model(config)\n' + OG_GENERATE
-        )
-        install = "pip install onnxruntime-genai onnxruntime-ep-openvino huggingface_hub   # Intel CPU, GPU or NPU only"
-    elif facts.kind == "npu":
-        code = (
-            "import json, os\nimport openvino_genai as ov_genai\nfrom huggingface_hub import snapshot_download\n\n"
-            + pin
-            + 'settings = json.load(open(os.path.join(path, "npu_config.json")))\n'
-            'blob = os.path.join(path, "openvino_model.npu.blob")\nif os.path.exists(blob):\n'
-            '    settings["BLOB_PATH"] = blob\npipe = ov_genai.LLMPipeline(path, "NPU", **settings)\n'
-            f'print(pipe.generate("{PROMPT}", max_new_tokens=64))'
-        )
-        install = "pip install openvino-genai huggingface_hub"
-    elif facts.manifest.get("runtime_config"):  # properties validated with this IR: LLMPipeline does not read them
-        code = (
-            "import json, os\nimport openvino_genai as ov_genai\nfrom huggingface_hub import snapshot_download\n\n"
-            + pin
-            + 'device = "CPU"   # or "GPU"\n'
-            'runtime = json.load(open(os.path.join(path, "runtime_config.json"))).get(device, {})\n'
-            f'pipe = ov_genai.LLMPipeline(path, device, **runtime)\nprint(pipe.generate("{PROMPT}", max_new_tokens=64))'
-        )
-        install = "pip install openvino-genai huggingface_hub"
-    else:
-        code = (
-            "import openvino_genai as ov_genai\nfrom huggingface_hub import snapshot_download\n\n"
-            + pin
-            + f'pipe = ov_genai.LLMPipeline(path, "CPU")   # or "GPU"\nprint(pipe.generate("{PROMPT}", max_new_tokens=64))'
-        )
-        install = "pip install openvino-genai huggingface_hub"
+    install, code = card_format(facts.kind).usage(facts.manifest, pin)
     return f"## Use it\n\n```bash\n{install}\n```\n\n```python\n{code}\n```"
 
 

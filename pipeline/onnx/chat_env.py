@@ -4,7 +4,7 @@
 builder needs), so, as the DML cells of ``validate_onnx`` do (:func:`pipeline.onnx.compat.run_script`), chat
 starts :mod:`pipeline.onnx.chat_worker` under that environment's interpreter (created once by
 :func:`pipeline.onnx.compat.ensure_env`) and streams the worker's tokens. :class:`EnvChat` is the slice of
-``LLMPipeline`` that :func:`pipeline.chat.chat` uses, like :class:`pipeline.chat.OnnxChat` in this process.
+``LLMPipeline`` that :func:`pipeline.chat.chat` uses, like :class:`pipeline.onnx.chat.OnnxChat` in this process.
 """
 
 from __future__ import annotations

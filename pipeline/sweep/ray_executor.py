@@ -37,20 +37,13 @@ MAX_RETRIES = 2  # retries when the worker or its node dies; a failing point is 
 
 
 def estimated_point_bytes(model_dir: Path = Path("artifacts/model")) -> int:
-    """Peak RSS of a point before one was measured: compress (lean) or validate int4, whichever is larger.
-
-    From the measured full-size tables (:data:`pipeline.openvino.lean.RAM_NEEDS`,
-    :data:`pipeline.core.resources.STAGE_RAM`): an int4 IR is about 0.37 of the 16-bit checkpoint.
-    """
-    from pipeline.core.resources import STAGE_RAM
-    from pipeline.openvino.lean import needs
+    """Peak RSS of a point before one was measured: the largest of the families' estimates (registry field
+    ``sweep_point``; the OpenVINO IR's: compress or validate int4, from the measured full-size tables)."""
+    from pipeline.core.registry import entries
 
     if not model_dir.is_dir():
         return 2 * 2**30
-    compress = needs("compress", "int4", model_dir)[0]
-    share, fixed = STAGE_RAM["validate"]["int4"]
-    checkpoint = sum(f.stat().st_size for f in model_dir.glob("*.safetensors"))
-    return max(compress, int(share * 0.37 * checkpoint + fixed * 2**30))
+    return max((estimate(model_dir) for estimate in entries("sweep_point").values()), default=2 * 2**30)
 
 
 def point_memory(model: str, memory_gb: str | None) -> tuple[int, str]:

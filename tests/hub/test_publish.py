@@ -252,11 +252,11 @@ def test_card_for_hub_sources_npu_and_onnx(project: Path) -> None:
 
 def test_every_publishable_family_states_the_tie_in_its_card() -> None:
     """Issue 21.4: the card says whether the tie survived and at which precisions, naming where it was read back."""
-    from pipeline.core.registry import FAMILIES
-    from pipeline.hub.model_card import FORMATS, TIE_HOLDER, CardFacts, build_card
+    from pipeline.core.registry import FAMILIES, entries
+    from pipeline.hub.model_card import CardFacts, build_card, card_format
 
     publishable = {f.name for f in FAMILIES.values() if f.publishable}
-    assert publishable == set(FORMATS) == set(TIE_HOLDER)
+    assert publishable == set(entries("card"))  # each publishable family's package says what its cards say
     metrics = {"label": "validated on CPU", "device_requested": "CPU", "device_executed": "CPU", "passed": True}
     parameters = {"onnx": {"execution_provider": "cpu", "precision": "int4"}, "winml": {"device_type": "NPU"}}
     tie = {"checkpoint_tied": True, "shared_constant": True, "embedding": {"layer": "e", "precision": "int8"},
@@ -264,7 +264,7 @@ def test_every_publishable_family_states_the_tie_in_its_card() -> None:
     for kind in sorted(publishable):
         manifest = {"parameters": parameters.get(kind, {"weight_format": "int4"}), "tied_embeddings": tie}
         card = build_card(CardFacts(REPO, "main", kind, f"{kind}-v", manifest, metrics, "mit", "source card"))
-        said = f"they are one shared matrix in {TIE_HOLDER[kind]}, int8 / int8 (embedding / LM head)."
+        said = f"they are one shared matrix in {card_format(kind).tie_holder}, int8 / int8 (embedding / LM head)."
         assert said in card.text, kind
         untied = {**manifest, "tied_embeddings": {**tie, "shared_constant": False}}
         card = build_card(CardFacts(REPO, "main", kind, f"{kind}-v", untied, metrics, "mit", "source card"))

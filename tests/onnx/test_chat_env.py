@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import make_project, run_cmd
 
-from pipeline.chat import OnnxChat
+from pipeline.onnx.chat import OnnxChat
 from pipeline.core.errors import StageError
 from pipeline.onnx import compat
 from pipeline.onnx.chat_env import EnvChat
