@@ -9,24 +9,21 @@ Output: ``artifacts/metrics/npu_lib-<variant>.json`` (``status: skipped`` with t
 
 from __future__ import annotations
 
-import json
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.core import eta
 from pipeline.core.config import ValidateConfig
 from pipeline.core.errors import fail, run_main
 from pipeline.core.hashes import LOCK_FILE, dvc_dir_md5, locked_md5
 from pipeline.core.log import say, step
-from pipeline.core.manifest import read_manifest
-from pipeline.core.resources import fit_cell_ram
 from pipeline.core.stage import run_stage
 from pipeline.core.workspace import PROJECT, Workspace
 from pipeline.npu_lib import env as npu_lib_env
 from pipeline.npu_lib.export import KIND, call_worker
-from pipeline.validation import fidelity, matrix, recipe_cost, records, speed
-from pipeline.validation.evidence import Evidence, verdicts_for
+from pipeline.validation import fidelity, matrix, records, speed
+from pipeline.validation.template import NotRun, ValidationJob, Validator, ValidatorSteps, fit_ram, validate
 
 
 def checked_model_file(folder: Path, manifest: dict, lock_file: Path = LOCK_FILE) -> Path:
@@ -143,40 +140,57 @@ def worker_args(
     ]
 
 
-def run_cells(
-    name: str,
-    env: npu_lib_env.NpuLibEnv,
-    model_file: Path,
-    manifest: dict,
-    folder: Path,
-    reference_path: Path,
-    cfg: ValidateConfig,
-    plans: list[matrix.CellPlan],
-) -> dict[str, matrix.Cell]:
-    """Fill every cell: the library picks its device itself, so one worker run serves the cell that runs."""
-    reference = json.loads(Path(reference_path).read_text(encoding="utf-8"))
-    ref_logprobs = fidelity.ReferenceLogprobs.load(Path(reference_path).parent / fidelity.LOGPROBS_FILE)
-    weight_format = manifest["parameters"]["dtype"]
-    thresholds = verdicts_for(cfg, weight_format)  # judged at the compute that ran (library_numerics)
-    cells = {}
-    for plan in plans:
-        if plan.skip_reason:
-            cells[plan.column] = matrix.skipped_cell(plan, KIND)
-            continue
+@dataclass(frozen=True)
+class NpuLibValidator(ValidatorSteps):
+    """The NPU library family's validation steps: the worker loads the hash-checked pickle and measures it."""
+
+    envs_root: Path | None = None  # where the isolated environment lives (default: npu_lib_env.envs_root)
+    status: dict | None = None  # device status (detected when None; tests pass a fake)
+    family: str = "npu_lib"
+
+    def weight_format(self, manifest: dict[str, Any]) -> str | None:
+        """The library's dtype."""
+        return manifest["parameters"].get("dtype")
+
+    def plan(self, job: ValidationJob) -> list[matrix.CellPlan]:
+        """The target devices; RAM first, then the pickle's hash and the environment (or a ``skipped`` record)."""
+        name, cfg, dtype = job.name, job.cfg, job.weight_format
+        if job.manifest.get("status") == "skipped":
+            raise NotRun(record=skipped_record(name, dtype, job.manifest["reason"], cfg))
+        status = self.status
+        if status is None:
+            from pipeline.validation import devices
+
+            status = devices.detect()
+        plans = matrix.plan_cells(cfg.devices["npu_lib"], status, cfg.cpu_stand_in)
+        job.row = dtype
+        # RAM first: a target cell that cannot fit stops here, a stand-in is skipped with the line
+        fit_ram(plans, job, "validate_npu_lib", lambda plan: True)
+        job.facts["model_file"] = checked_model_file(job.folder, job.manifest, job.ws.lock_file)
+        try:
+            job.facts["env"] = npu_lib_env.ensure(self.envs_root)
+        except npu_lib_env.EnvUnavailable as err:
+            raise NotRun(record=skipped_record(name, dtype, str(err), cfg)) from err
+        return plans
+
+    def measure(self, job: ValidationJob, plan: matrix.CellPlan) -> matrix.Measurement:
+        """One worker run: the library picks its device itself, so it serves the cell that runs."""
+        name, cfg = job.name, job.cfg
         with (
             tempfile.TemporaryDirectory(prefix="npu-lib-") as scratch,
             step(f"[npu_lib-{name} @ {plan.column}] loading (hash checked) and generating in the isolated environment"),
         ):
             logits_file = Path(scratch) / "logits.npz"
-            no_speed = speed.not_measured(plan.stand_in_for, cfg)
-            args = worker_args(model_file, manifest, folder, reference_path, cfg, logits_file, no_speed is None)
-            result = call_worker(name, env, "validate", args, Path(scratch))
-            got = measurement(result, logits_file, ref_logprobs)
+            measure_speed = speed.not_measured(plan.stand_in_for, cfg) is None
+            model_file, reference = job.facts["model_file"], job.ws.reference_path
+            args = worker_args(model_file, job.manifest, job.folder, reference, cfg, logits_file, measure_speed)
+            result = call_worker(name, job.facts["env"], "validate", args, Path(scratch))
+            got = measurement(result, logits_file, job.evidence.logprobs)
         say(f"[npu_lib-{name} @ {plan.column}] seconds per phase: {result.get('phase_s')}")
-        cells[plan.column] = matrix.judge(plan, got, reference, thresholds, KIND)
-        cells[plan.column].speed_not_measured = no_speed
-        eta.finish(plan.column)
-    return cells
+        return got  # judged at the compute that ran (library_numerics)
+
+
+VALIDATOR: Validator = NpuLibValidator()  # mypy checks the steps against the Protocol
 
 
 def run(
@@ -200,33 +214,7 @@ def run(
     Returns:
         The metrics written; ``status`` is ``passed``, ``failed`` or ``skipped`` (then ``passed`` is null).
     """
-    folder = ws.root("npu_lib") / name
-    manifest = read_manifest(folder)
-    out = ws.metrics_dir / f"npu_lib-{name}.json"
-    dtype = manifest["parameters"].get("dtype")
-    if manifest.get("status") == "skipped":
-        return records.publish(skipped_record(name, dtype, manifest["reason"], cfg), out)
-    if status is None:
-        from pipeline.validation import devices
-
-        status = devices.detect()
-    plans = matrix.plan_cells(cfg.devices["npu_lib"], status, cfg.cpu_stand_in)
-    for plan in plans:  # RAM first: a target cell that cannot fit stops here, a stand-in is skipped with the line
-        if not plan.skip_reason:
-            stand_in = bool(plan.stand_in_for)
-            plan.skip_reason = fit_cell_ram("validate_npu_lib", dtype, folder, stand_in, cfg.stand_in_max_ram_gib)
-    model_file = checked_model_file(folder, manifest, ws.lock_file)
-    try:
-        env = npu_lib_env.ensure(envs_root)
-    except npu_lib_env.EnvUnavailable as err:
-        return records.publish(skipped_record(name, dtype, str(err), cfg), out)
-    eta.start(f"validate_npu_lib@{name}", f"npu_lib-{name}", plans, ws.model_dir, dtype, cfg.measures_stand_in_speed)
-    cells = run_cells(name, env, model_file, manifest, folder, ws.reference_path, cfg, plans)
-    evidence = Evidence.load(ws.reference_path)
-    recipe_cost.attach(cells, "npu_lib", manifest, f"npu_lib.{name}", ws.model_dir, evidence)
-    return records.publish_cells(
-        f"npu_lib-{name}", "npu_lib", dtype, folder, cfg.thresholds(dtype), cells, ws.metrics_dir, cfg.profile
-    )
+    return validate(NpuLibValidator(envs_root, status), name, cfg, ws)
 
 
 if __name__ == "__main__":  # the stage: `python -m pipeline.npu_lib.validate <variant>`

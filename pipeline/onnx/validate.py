@@ -17,19 +17,18 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from pipeline.core import eta
 from pipeline.core.config import ValidateConfig
 from pipeline.core.errors import StageError, fail, run_main
 from pipeline.core.log import step
 from pipeline.core.manifest import read_manifest
-from pipeline.core.resources import fit_cell_ram
 from pipeline.core.stage import run_stage
 from pipeline.core.workspace import PROJECT, Workspace
 from pipeline.onnx import compat
-from pipeline.validation import fidelity, matrix, recipe_cost, records, speed
+from pipeline.validation import fidelity, matrix, records, speed
 from pipeline.validation import genai_runner as runner
 from pipeline.validation.devices import ONNX_PROVIDER_DEVICES, DeviceStatus, onnx_provider_status
-from pipeline.validation.evidence import Evidence, verdicts_for
+from pipeline.validation.evidence import Evidence
+from pipeline.validation.template import ValidationJob, Validator, ValidatorSteps, fit_ram, validate
 
 # ONNX Runtime session entries for the cells that run on the CPU provider (docs/onnx.md, "Memory"). Its memory
 # arena keeps the largest transient buffers of a session (a 4096-token window's attention probabilities, 2 GiB
@@ -175,46 +174,47 @@ def sliding_window_note(folder: Path, provider: str) -> str | None:
     )
 
 
+class OnnxValidator(ValidatorSteps):
+    """The ONNX family's validation steps: one cell, the provider the graph was built for (or a CPU stand-in)."""
+
+    family = "onnx"
+    cell_errors = (runner.CellError, StageError)  # the runtime refused the graph, or no environment to run it in
+
+    def weight_format(self, manifest: dict[str, Any]) -> str:
+        """The builder's precision."""
+        return str(manifest["parameters"]["precision"])
+
+    def plan(self, job: ValidationJob) -> list[matrix.CellPlan]:
+        """The provider's device if present here, else a CPU stand-in; CPU cells that do not fit the RAM skipped."""
+        params = job.manifest["parameters"]
+        if params["exclude_embeds"] or params["exclude_lm_head"]:
+            fail(
+                f"[{job.name}] was built with exclude_embeds/exclude_lm_head: it is a pipeline component, not a text "
+                f"model that validate_onnx can run; build it with `dvc repro export_onnx@{job.name}` only"
+            )
+        provider = job.facts["provider"] = params["execution_provider"]
+        device = ONNX_PROVIDER_DEVICES[provider]
+        job.row = f"{provider}_{params['precision']}"
+        plans = matrix.plan_cells([device], {device: provider_status(provider)}, job.cfg.cpu_stand_in)
+        fit_ram(plans, job, "validate_onnx", lambda plan: plan.device == "CPU")  # measured on the CPU provider
+        return plans
+
+    def measure(self, job: ValidationJob, plan: matrix.CellPlan) -> matrix.Measurement:
+        """Here, or in DirectML's own environment for a DML cell."""
+        provider = job.facts["provider"]
+        return measure_cell(job.folder, provider, plan, job.cfg, job.evidence, cell_python(provider, plan))
+
+    def kind(self, job: ValidationJob) -> str:
+        """``DML graph``: the device of the provider it was built for (judged at OpenVINO's thresholds)."""
+        return f"{ONNX_PROVIDER_DEVICES[job.manifest['parameters']['execution_provider']]} graph"
+
+
+VALIDATOR: Validator = OnnxValidator()  # mypy checks the steps against the Protocol
+
+
 def run(name: str, cfg: ValidateConfig, ws: Workspace = PROJECT) -> dict:
     """Validate ONNX variant ``name`` on its provider (or a labelled CPU stand-in); write metrics; fail on a failed cell."""
-    folder = ws.root("onnx") / name
-    manifest = read_manifest(folder)
-    params = manifest["parameters"]
-    if params["exclude_embeds"] or params["exclude_lm_head"]:
-        fail(
-            f"[{name}] was built with exclude_embeds/exclude_lm_head: it is a pipeline component, not a text "
-            f"model that validate_onnx can run; build it with `dvc repro export_onnx@{name}` only"
-        )
-    evidence = Evidence.load(ws.reference_path)
-    provider, precision = params["execution_provider"], params["precision"]
-    device = ONNX_PROVIDER_DEVICES[provider]
-    thresholds = verdicts_for(cfg, precision)  # OpenVINO's, long-context ranges included
-    kind = f"{device} graph"
-    cells = {}
-    plans = matrix.plan_cells([device], {device: provider_status(provider)}, cfg.cpu_stand_in)
-    variant = f"{provider}_{precision}"
-    for plan in plans:
-        if not plan.skip_reason and plan.device == "CPU":  # RAM, measured on the CPU provider (validate_onnx rows)
-            stand_in = bool(plan.stand_in_for)
-            plan.skip_reason = fit_cell_ram("validate_onnx", variant, folder, stand_in, cfg.stand_in_max_ram_gib)
-    eta.start(f"validate_onnx@{name}", f"onnx-{name}", plans, ws.model_dir, variant, cfg.measures_stand_in_speed)
-    for plan in plans:
-        if plan.skip_reason:
-            cells[plan.column] = matrix.skipped_cell(plan, kind)
-            continue
-        try:
-            got = measure_cell(folder, provider, plan, cfg, evidence, cell_python(provider, plan))
-        except (runner.CellError, StageError) as err:  # could not run (or no environment to run in): failed, with why
-            cells[plan.column] = matrix.failed_cell(plan, kind, str(err))
-            continue
-        finally:
-            eta.finish(plan.column)
-        cells[plan.column] = matrix.judge(plan, got, evidence.reference, thresholds, kind)
-        cells[plan.column].speed_not_measured = speed.not_measured(plan.stand_in_for, cfg)
-    recipe_cost.attach(cells, "onnx", manifest, f"onnx.{name}", ws.model_dir, evidence)
-    return records.publish_cells(
-        f"onnx-{name}", "onnx", precision, folder, cfg.thresholds(precision), cells, ws.metrics_dir, cfg.profile
-    )
+    return validate(OnnxValidator(), name, cfg, ws)
 
 
 if __name__ == "__main__":  # the stage: `python -m pipeline.onnx.validate <variant>`

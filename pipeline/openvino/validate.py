@@ -14,15 +14,14 @@ Output: ``artifacts/metrics/openvino-<variant>.json`` / ``npu-<variant>.json`` (
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from pipeline.core import eta
 from pipeline.core.config import ValidateConfig
 from pipeline.core.errors import run_main
 from pipeline.core.log import step
-from pipeline.core.manifest import read_manifest
 from pipeline.core.memory import MappedPageTrimmer, weight_files
 from pipeline.core.registry import FAMILIES
 from pipeline.core.resources import check_stage_ram, skip_for_ram, stage_ram
@@ -31,10 +30,13 @@ from pipeline.core.workspace import PROJECT, Workspace
 from pipeline.openvino import answers, npu_lane, runtime_config
 from pipeline.openvino.answers import near_ties as near_ties  # tests and the NPU lane call it from here
 from pipeline.openvino.answers import same_tokens_as_cpu
-from pipeline.openvino.generation import answers_at, measure_generation
+from pipeline.openvino.emulation import emulation_cells as emulation_cells  # tests call it from here
+from pipeline.openvino.emulation import pinned_answers
+from pipeline.openvino.generation import measure_generation
 from pipeline.openvino.teacher_forced import numerics_fidelity, pinned_fidelity
-from pipeline.validation import matrix, recipe_cost, records, speed
-from pipeline.validation.evidence import Evidence, verdicts_for
+from pipeline.validation import matrix, records, speed
+from pipeline.validation.evidence import Evidence
+from pipeline.validation.template import ValidationJob, Validator, ValidatorSteps, validate
 
 
 @dataclass
@@ -55,17 +57,6 @@ class Target:
         """The setting that makes ``device`` compute at f32, with the params override that ships it (OpenVINO IRs)."""
         key = f"openvino.{self.ir_dir.name}" if self.family == "openvino" else None
         return runtime_config.fix_for(device, key)
-
-
-def pinned_answers(target: Target, device: str, cfg: ValidateConfig, reference: dict, pinned_runs: dict) -> list:
-    """The IR's greedy answers at pinned f32 on ``device`` (the NPU's: on the CPU), once per device."""
-    from pipeline.openvino.numerics import PINNED
-
-    device = "CPU" if device == "NPU" else device
-    if ("answers", device) not in pinned_runs:
-        with step(f"[{target.artifact}] greedy answers on {device} at pinned f32"):
-            pinned_runs["answers", device] = answers_at(target.ir_dir, device, cfg, reference, PINNED)
-    return pinned_runs["answers", device]
 
 
 def measure_cell(
@@ -105,63 +96,6 @@ def measure_cell(
         long_context=pinned["long_context"],
         **device,
     )
-
-
-def emulation_cells(
-    target: Target,
-    cfg: ValidateConfig,
-    evidence: Evidence,
-    verdicts: matrix.Verdicts,
-    pinned_runs: dict[str, Any],
-    cpu_skip: str | None = None,
-) -> dict[str, matrix.Cell]:
-    """CPU cells that force the targets' compute precisions (``validate.emulate_numerics``), where this CPU can
-    (``cpu_skip``: why no CPU cell of this IR fits here, :func:`check_ram`)."""
-    from pipeline.openvino.numerics import emulation_plans, emulation_ram, settings
-
-    cells: dict[str, matrix.Cell] = {}
-    for plan in emulation_plans(cfg.emulate_numerics):
-        plan.skip_reason = plan.skip_reason or cpu_skip
-        if not plan.skip_reason and (need := emulation_ram(plan.precision, target.ir_dir)):
-            what = (
-                f"the {plan.column} cell of {target.artifact} (the CPU plugin unpacks its weights to {plan.precision})"
-            )
-            plan.skip_reason = skip_for_ram(what, need, cfg.stand_in_max_ram_gib, target.ir_dir)
-        if plan.skip_reason:
-            cells[plan.column] = matrix.Cell(plan.column, "CPU", "skipped", plan.label, reason=plan.skip_reason)
-            eta.drop(plan.column)
-            continue
-        records.reset_peak_rss()
-        with step(f"[{target.artifact} @ {plan.column}] teacher-forced at {plan.precision} compute on CPU"):
-            if "CPU" not in pinned_runs:
-                pinned_runs["CPU"] = pinned_fidelity(target.ir_dir, "CPU", evidence)[:2]
-            pinned, pinned_logits = pinned_runs["CPU"]
-            got = numerics_fidelity(target.ir_dir, "CPU", evidence, pinned_logits, plan.precision)
-        ran = got["device_numerics"]["compute"]
-        note = f"asked for {plan.precision} compute but the CPU plugin ran {ran}" if ran != plan.precision else None
-        measured = matrix.Measurement(
-            "CPU",
-            0.0,
-            records.peak_rss_mb(),
-            {},
-            pinned["fidelity"],
-            [],
-            True,
-            "",
-            note=note,
-            artifact_numerics=pinned["numerics"],
-            **got,
-        )
-        cells[plan.column] = cell = matrix.emulation_cell(plan.column, plan.label, measured, verdicts, mismatch=note)
-        with step(f"[{target.artifact} @ {plan.column}] greedy answers at {plan.precision} compute on CPU"):
-            forced = answers_at(target.ir_dir, "CPU", cfg, evidence.reference, settings(plan.precision))
-        pinned = pinned_answers(target, "CPU", cfg, evidence.reference, pinned_runs)
-        fix = target.fix("CPU") if plan.precision == "bf16" else target.fix("GPU")
-        shipped = plan.precision == "bf16" and runtime_config.pins_f32(target.ir_dir, "CPU")
-        runs = {"default": forced, "f32": pinned}
-        answers.judge(cell, target.ir_dir, evidence.reference, runs, f"forced {plan.precision} compute", fix, shipped)
-        eta.finish(plan.column)
-    return cells
 
 
 def npu_lanes(target: Target, cfg: ValidateConfig, plans: list[matrix.CellPlan]) -> list[matrix.CellPlan]:
@@ -204,6 +138,69 @@ def on_the_cpu(plan: matrix.CellPlan) -> bool:
     return plan.device == "CPU" or plan.backend == "CPU" or plan.stand_in_for is not None
 
 
+@dataclass(frozen=True)
+class OpenVinoValidator(ValidatorSteps):
+    """The OpenVINO and NPU IRs' validation steps: every target device, answers at pinned f32, emulation cells."""
+
+    target: Target
+    status: dict | None = None  # device status (detected when None; tests pass a fake)
+
+    @property
+    def family(self) -> str:
+        """The target's family."""
+        return self.target.family
+
+    def weight_format(self, manifest: dict[str, Any]) -> str:
+        """The IR's weight format."""
+        return str(manifest["parameters"].get("weight_format", "int4"))
+
+    def plan(self, job: ValidationJob) -> list[matrix.CellPlan]:
+        """RAM first (stops, or skips an fp16 IR's CPU cells), then every target device; NPUW lanes without an NPU."""
+        from pipeline.openvino.numerics import emulation_plans
+        from pipeline.validation import devices
+
+        target, cfg = self.target, job.cfg
+        cpu_skip = job.facts["cpu_skip"] = check_ram(target, str(job.weight_format))
+        job.facts.update(pinned_runs={}, outputs={})
+        plans = npu_lanes(
+            target, cfg, matrix.plan_cells(target.devices, self.status or devices.detect(), cfg.cpu_stand_in)
+        )
+        if cpu_skip:  # an fp16 IR where its f32-widened weights do not fit: no CPU cell runs (check_ram)
+            plans = [replace(p, skip_reason=cpu_skip) if on_the_cpu(p) and not p.skip_reason else p for p in plans]
+        job.later = [] if cpu_skip else emulation_plans(cfg.emulate_numerics)  # those over RAM drop out later
+        return plans
+
+    def running(self, job: ValidationJob) -> contextlib.AbstractContextManager[Any]:
+        """OpenVINO maps the IR's .bin and, once the plugin has packed the weights into its own buffers (first
+        inference), never reads those pages again: handing them back halves every cell's peak
+        (tests/openvino/test_validate_memory.py)."""
+        return MappedPageTrimmer(weight_files(self.target.ir_dir))
+
+    def measure(self, job: ValidationJob, plan: matrix.CellPlan) -> matrix.Measurement:
+        """Generation and speed at the device's defaults, then both fidelity figures (:func:`measure_cell`)."""
+        got = measure_cell(self.target, plan, job.cfg, job.evidence, job.facts["pinned_runs"])
+        job.facts["outputs"][plan.column] = got.outputs
+        return got
+
+    def judge(self, job: ValidationJob, plan: matrix.CellPlan, got: matrix.Measurement) -> matrix.Cell:
+        """The common verdict, then its answers at the default numerics against those at pinned f32."""
+        target, reference = self.target, job.evidence.reference
+        cell = super().judge(job, plan, got)
+        pinned = pinned_answers(target, plan.backend or plan.device, job.cfg, reference, job.facts["pinned_runs"])
+        runs = {"default": got.outputs, "f32": pinned}
+        numerics = answers.default_numerics(target.ir_dir, plan.device)
+        answers.judge(cell, target.ir_dir, reference, runs, numerics, target.fix(plan.device))
+        return cell
+
+    def finish(self, job: ValidationJob, cells: dict[str, matrix.Cell]) -> None:
+        """Every device's answers against the CPU's, then the cells that force the targets' compute precisions."""
+        evidence, facts = job.evidence, job.facts
+        same_tokens_as_cpu(cells, facts["outputs"], self.target.ir_dir, evidence.reference)
+        cells.update(
+            emulation_cells(self.target, job.cfg, evidence, job.verdicts, facts["pinned_runs"], facts["cpu_skip"])
+        )
+
+
 def run(target: Target, cfg: ValidateConfig, ws: Workspace = PROJECT, *, status: dict | None = None) -> dict:
     """Validate one IR on every device it targets; write its metrics; fail (one line) if a cell failed.
 
@@ -216,54 +213,8 @@ def run(target: Target, cfg: ValidateConfig, ws: Workspace = PROJECT, *, status:
     Returns:
         The metrics written.
     """
-    from pipeline.openvino.numerics import emulation_plans
-    from pipeline.validation import devices
-
-    manifest = read_manifest(target.ir_dir)
-    weight_format = manifest["parameters"].get("weight_format", "int4")
-    cpu_skip = check_ram(target, weight_format)
-    evidence = Evidence.load(ws.reference_path)
-    verdicts = verdicts_for(cfg, weight_format)
-    cells: dict[str, matrix.Cell] = {}
-    pinned_runs: dict[str, Any] = {}
-    outputs: dict[str, list[list[int]]] = {}
-    # OpenVINO maps the IR's .bin and, once the plugin has packed the weights into its own buffers (first
-    # inference), never reads those pages again: handing them back halves every cell's peak (tests/openvino/test_validate_memory.py).
-    with MappedPageTrimmer(weight_files(target.ir_dir)):
-        plans = npu_lanes(target, cfg, matrix.plan_cells(target.devices, status or devices.detect(), cfg.cpu_stand_in))
-        if cpu_skip:  # an fp16 IR where its f32-widened weights do not fit: no CPU cell runs (check_ram)
-            plans = [replace(p, skip_reason=cpu_skip) if on_the_cpu(p) and not p.skip_reason else p for p in plans]
-        stage = f"{FAMILIES[target.family].validate_stage}@{target.ir_dir.name}"
-        emulated = [] if cpu_skip else emulation_plans(cfg.emulate_numerics)  # those over RAM drop out later
-        eta.start(stage, target.artifact, [*plans, *emulated], ws.model_dir, weight_format, cfg.measures_stand_in_speed)
-        for plan in plans:
-            if plan.skip_reason:
-                cells[plan.column] = matrix.skipped_cell(plan, target.kind)
-                continue
-            got = measure_cell(target, plan, cfg, evidence, pinned_runs)
-            outputs[plan.column] = got.outputs
-            cells[plan.column] = matrix.judge(plan, got, evidence.reference, verdicts, target.kind)
-            pinned = pinned_answers(target, plan.backend or plan.device, cfg, evidence.reference, pinned_runs)
-            runs = {"default": got.outputs, "f32": pinned}
-            numerics = answers.default_numerics(target.ir_dir, plan.device)
-            answers.judge(
-                cells[plan.column], target.ir_dir, evidence.reference, runs, numerics, target.fix(plan.device)
-            )
-            cells[plan.column].speed_not_measured = speed.not_measured(plan.stand_in_for, cfg)
-            eta.finish(plan.column)
-        same_tokens_as_cpu(cells, outputs, target.ir_dir, evidence.reference)
-        cells.update(emulation_cells(target, cfg, evidence, verdicts, pinned_runs, cpu_skip))
-    recipe_cost.attach(cells, target.family, manifest, f"{target.family}.{target.ir_dir.name}", ws.model_dir, evidence)
-    return records.publish_cells(
-        target.artifact,
-        target.family,
-        weight_format,
-        target.ir_dir,
-        cfg.thresholds(weight_format),
-        cells,
-        ws.metrics_dir,
-        cfg.profile,
-    )
+    validator: Validator = OpenVinoValidator(target, status)  # mypy checks the steps against the Protocol
+    return validate(validator, target.ir_dir.name, cfg, ws, folder=target.ir_dir, artifact=target.artifact)
 
 
 def openvino_target(name: str, cfg: ValidateConfig, ws: Workspace = PROJECT) -> Target:

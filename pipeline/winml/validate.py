@@ -19,22 +19,21 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.core import eta
 from pipeline.core.artifacts import remove_tree
 from pipeline.core.config import ValidateConfig
 from pipeline.core.errors import StageError, run_main
 from pipeline.core.log import step
-from pipeline.core.manifest import read_manifest
-from pipeline.core.registry import FAMILIES
 from pipeline.core.resources import check_stage_ram
 from pipeline.core.stage import run_stage
 from pipeline.core.workspace import PROJECT, Workspace
-from pipeline.validation import fidelity, matrix, recipe_cost, records, speed
-from pipeline.validation.evidence import Evidence, verdicts_for
+from pipeline.validation import fidelity, matrix, records, speed
+from pipeline.validation.evidence import Evidence
 from pipeline.validation.genai_runner import CellError, attempt, generate, time_prompt
+from pipeline.validation.template import NotRun, ValidationJob, Validator, ValidatorSteps, validate
 from pipeline.winml import export, limits, runtime
 
 OVERRIDDEN = "Windows ML package, OpenVINO EP, device overridden to CPU"
@@ -188,62 +187,76 @@ def overridden_speed(plan: matrix.CellPlan, cfg: ValidateConfig) -> str | None:
     return speed.not_measured(plan.column if plan.device != plan.column else None, cfg)
 
 
-def run(name: str, cfg: ValidateConfig, ws: Workspace = PROJECT, *, status: runtime.PluginStatus | None = None) -> dict:
-    """Validate package ``name`` on its target device (or CPU by override, or skipped); write its metrics."""
-    folder = ws.root("winml") / name
-    manifest = read_manifest(folder)
-    target = manifest["parameters"]["device_type"]
-    weight_format = manifest.get("source_ir_parameters", {}).get("weight_format", "int4")
-    kind = FAMILIES["winml"].kind
-    status = status or runtime.plugin_status()
-    plan = plan_cell(target, status)
-    if not plan.skip_reason:
-        check_stage_ram("validate_winml", name, folder)  # before the package is read (its IR is hashed below)
-    problem = None if plan.skip_reason else package_problem(folder, target, manifest)
-    if plan.skip_reason:
-        cell = matrix.skipped_cell(plan, kind)
-        cell.label = f"{kind}, skipped: the OpenVINO EP cannot run it here"
-    elif problem:
-        cell = matrix.failed_cell(plan, kind, problem)
-    else:
-        evidence = Evidence.load(ws.reference_path)
-        cache_dir = limits.own_cache_dir(folder, plan.device)
-        eta.start(
-            f"validate_winml@{name}", f"winml-{name}", [plan], ws.model_dir, target.lower(), cfg.measures_stand_in_speed
-        )
-        try:
-            got, cache = measure_cell(folder, plan, cfg, evidence, cache_dir)
-        except CellError as err:  # the device is offered but the package did not run on it: failed, with why
-            cell = matrix.failed_cell(plan, kind, str(err))
-        else:
-            cell = matrix.judge(plan, got, evidence.reference, verdicts_for(cfg, weight_format), kind)
-            cell.compile_cache = cache
-            if not cache["reused"]:
-                cell.status = "failed"
-                cell.problems.append(f"the second load did not reuse the compiled-model cache in {cache_dir}")
-            if plan.device != target:
-                cell.label = OVERRIDDEN
-                cell.speed_not_measured = overridden_speed(plan, cfg)
-        eta.finish(plan.column)
+@dataclass(frozen=True)
+class WinmlValidator(ValidatorSteps):
+    """The Windows ML family's validation steps: one cell, the package's target device on the OpenVINO EP plugin."""
+
+    status: runtime.PluginStatus | None = None  # what the plugin offers (found when None; tests pass a fake)
+    family: str = "winml"
+    cell_errors: tuple[type[Exception], ...] = (CellError,)  # the device is offered but the package did not run
+
+    def weight_format(self, manifest: dict[str, Any]) -> str:
+        """The wrapped IR's weight format."""
+        return str(manifest.get("source_ir_parameters", {}).get("weight_format", "int4"))
+
+    def plan(self, job: ValidationJob) -> list[matrix.CellPlan]:
+        """The target device, or the CPU by override; skipped where the plugin offers neither, failed (one line)
+        where the package contradicts itself."""
+        target = job.manifest["parameters"]["device_type"]
+        status = job.facts["status"] = self.status or runtime.plugin_status()
+        plan, kind = plan_cell(target, status), self.kind(job)
+        if plan.skip_reason:
+            cell = matrix.skipped_cell(plan, kind)
+            cell.label = f"{kind}, skipped: the OpenVINO EP cannot run it here"
+            raise NotRun({plan.column: cell})
+        check_stage_ram("validate_winml", job.name, job.folder)  # before the package is read (its IR is hashed)
+        problem = package_problem(job.folder, target, job.manifest)
+        if problem:
+            raise NotRun({plan.column: matrix.failed_cell(plan, kind, problem)})
+        job.row = target.lower()
+        return [plan]
+
+    def measure(self, job: ValidationJob, plan: matrix.CellPlan) -> matrix.Measurement:
+        """Two loads through an emptied compiled-model cache, generation, both fidelity figures."""
+        cache_dir = limits.own_cache_dir(job.folder, plan.device)
+        got, job.facts["cache"] = measure_cell(job.folder, plan, job.cfg, job.evidence, cache_dir)
+        return got
+
+    def judge(self, job: ValidationJob, plan: matrix.CellPlan, got: matrix.Measurement) -> matrix.Cell:
+        """The common verdict, and a second load that did not reuse the cache fails it; an override is labelled."""
+        cell = super().judge(job, plan, got)
+        cell.compile_cache = cache = job.facts["cache"]
+        if not cache["reused"]:
+            cell.status = "failed"
+            cell.problems.append(f"the second load did not reuse the compiled-model cache in {cache['cache_dir']}")
+        if plan.device != plan.column:
+            cell.label = OVERRIDDEN
+            cell.speed_not_measured = overridden_speed(plan, job.cfg)
+        return cell
+
+    def finish(self, job: ValidationJob, cells: dict[str, matrix.Cell]) -> None:
+        """Name the plugin that ran the cell (and, in tests, the emulation standing in for it)."""
+        status = job.facts["status"]
         bundled = runtime.BUNDLED_OPENVINO.get(status.version or "")
         ran_with = f"ran with {runtime.PLUGIN} {status.version} (OpenVINO {bundled})"
-        cell.note = "; ".join(filter(None, [cell.note, ran_with, status.emulated]))
-        if status.emulated:  # tests only: never presented as what the plugin offers on this machine
-            cell.label = f"{cell.label} ({status.emulated})"
-        source = manifest["parameters"]  # the package wraps an IR: its recipe is that IR's (its parameters)
-        wrapped = {"parameters": manifest.get("source_ir_parameters", {})}
-        key = f"{source['source']}.{source['source_variant']}"
-        recipe_cost.attach({plan.column: cell}, source["source"], wrapped, key, ws.model_dir, evidence)
-    return records.publish_cells(
-        f"winml-{name}",
-        "winml",
-        weight_format,
-        folder,
-        cfg.thresholds(weight_format),
-        {plan.column: cell},
-        ws.metrics_dir,
-        cfg.profile,
-    )
+        for cell in cells.values():
+            cell.note = "; ".join(filter(None, [cell.note, ran_with, status.emulated]))
+            if status.emulated:  # tests only: never presented as what the plugin offers on this machine
+                cell.label = f"{cell.label} ({status.emulated})"
+
+    def recipe(self, job: ValidationJob) -> tuple[str, dict[str, Any], str]:
+        """The package wraps an IR: its recipe is that IR's (its parameters, its params key)."""
+        source = job.manifest["parameters"]
+        wrapped = {"parameters": job.manifest.get("source_ir_parameters", {})}
+        return source["source"], wrapped, f"{source['source']}.{source['source_variant']}"
+
+
+VALIDATOR: Validator = WinmlValidator()  # mypy checks the steps against the Protocol
+
+
+def run(name: str, cfg: ValidateConfig, ws: Workspace = PROJECT, *, status: runtime.PluginStatus | None = None) -> dict:
+    """Validate package ``name`` on its target device (or CPU by override, or skipped); write its metrics."""
+    return validate(WinmlValidator(status), name, cfg, ws)
 
 
 if __name__ == "__main__":  # the stage: `python -m pipeline.winml.validate <variant>`
