@@ -9,13 +9,11 @@ into ``FAMILIES``) and a ``dvc.yaml`` stage pair. Then: the params compose with 
 stage does); the report gives it a row; ``aipc stages``' closures give its stages their code deps and add its config
 module to every stage's (the registry imports it). No DVC run, no model.
 
-Known gaps, where a family needs more than the checklist (each a table in core, so a new family edits core data):
-``validate.devices.<family>`` is refused unless ``TARGET_DEVICE_CHOICES`` in pipeline/core/config.py names it;
-``sweep.grid`` keys are refused outside ``openvino.``/``npu.``/``onnx.`` (``SweepConfig``, same file); a stage that
-checks its RAM or prints a time estimate needs its rows in pipeline/core/resources.py (``STAGE_RAM``),
-pipeline/core/ram_windows.py and pipeline/core/durations.py (``ram_for`` / ``eta.estimate`` raise ``KeyError``
-otherwise). ``pipeline/core/verify.py``'s ``STAGES`` is read from the registry at import, so a family patched in
-later (as here) gets no ``dvc.lock`` check or repair hint; a real registry line has both.
+What the tools read beyond the stages comes from the family's own package through its registry line too: here its
+RAM row (``ram=``), its ``aipc plan`` rows (``plan=``), its target devices (``devices=``) and its model card
+(``card=``), none edited into pipeline/core/. Known gaps: ``pipeline/core/verify.py``'s ``STAGES`` and
+``pipeline/cli``'s ``COMMANDS`` are read from the registry at import, so a family patched in later (as here) gets no
+``dvc.lock`` check, repair hint or commands of its own; a real registry line has them.
 """
 
 from __future__ import annotations
@@ -48,6 +46,10 @@ TOY = Family(
     "pipeline.toy.validate:run",
     "pipeline.toy.config:ToyVariantConfig",
     publishable=False,
+    devices=("CPU",),
+    card="pipeline.toy.extras:CARD",
+    plan="pipeline.toy.extras:PLAN",
+    ram="pipeline.toy.extras:STAGE_RAM",
 )
 MODULES = {
     "__init__.py": '"""A throwaway family (tests/core/test_add_a_family.py)."""\n',
@@ -118,6 +120,24 @@ MODULES = {
             run_main(lambda: run_stage("toy", "validate"))
         ''',
 }
+MODULES["extras.py"] = '''
+    """What the tools read about toy artifacts: the RAM row, the plan rows, the card."""
+
+    from __future__ import annotations
+
+    from pipeline.core.cards import CardFormat
+    from pipeline.core.resources import FamilyPlan
+
+    STAGE_RAM = {"validate_toy": {"one": (1.5, 0.25)}}
+
+
+    def rows(section, ctx):
+        return [(f"validate_toy@{v}", ctx.ram("validate_toy", v, ctx.folder("toy", v, v)), False) for v in section]
+
+
+    PLAN = FamilyPlan({"one": 0.5}, rows)
+    CARD = CardFormat("toy-lib", ("toy",), "toy artifact", "the toy file", lambda p: ["cpu"], lambda m, pin: ("pip", pin))
+    '''
 CONF = {
     "toy/default.yaml": "# Toy artifacts (tests/core/test_add_a_family.py).\ndefaults:\n  - variant@one: base\n  - _self_\n",
     "toy/variant/base.yaml": "# Every key of a toy variant and its default.\nsize: 16\n",
@@ -171,7 +191,7 @@ def toy_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pat
     monkeypatch.setitem(FAMILIES, TOY.name, TOY)
     pipeline_config_class.cache_clear()  # the params' class has one section per family
     monkeypatch.chdir(project)
-    (project / "params.yaml").write_text(dump_yaml(compose(["model=tiny"], conf_dir=project / "conf")), "utf-8")
+    (project / "params.yaml").write_text(dump_yaml(compose(["model=tiny", "+validate.devices.toy=[CPU]"], conf_dir=project / "conf")), "utf-8")
     reference = project / "artifacts" / "reference"
     reference.mkdir(parents=True)
     (reference / "reference.json").write_text("{}", encoding="utf-8")
@@ -233,3 +253,16 @@ def test_aipc_stages_writes_its_code_deps(toy_project: Path) -> None:
     after = yaml.safe_load(written)["stages"]
     assert after["validate_toy"]["do"]["deps"][-2:] == ["artifacts/toy/${key}", "artifacts/reference"]
     assert stage_deps.changes(after, wanted) == {}
+
+
+def test_its_ram_row_plan_devices_and_card_come_from_its_package(toy_project: Path) -> None:
+    from pipeline.cli.plan import plan_rows
+    from pipeline.core.resources import ram_for
+    from pipeline.hub.model_card import card_format
+
+    assert ram_for("validate_toy", "one", 2**30, "linux") == int(1.5 * 2**30 + 0.25 * 2**30)
+    params = load_params()
+    rows = dict((stage, need) for stage, need, _ in plan_rows(params, "linux", 2**30))
+    assert rows["validate_toy@one"] == int(1.5 * 2**29 + 0.25 * 2**30)  # its folder: half the checkpoint, planned
+    assert params.validate.devices.get("toy") == ["CPU"]
+    assert card_format("toy").library == "toy-lib"
