@@ -23,11 +23,13 @@ import re
 import typing
 from collections.abc import Callable
 
-from pipeline.cli import families, info, plan, project, stages
+from pipeline.cli import convert, families, info, plan, project, stages
+from pipeline.cli.help import USAGE, commands_epilog, summary_line
 from pipeline.core.errors import run_main
 from pipeline.core.registry import FAMILIES, entries
 
 COMMANDS: dict[str, Callable[..., None]] = {
+    "convert": convert.cmd_convert,
     "download": stages.cmd_download,
     "reference": stages.cmd_reference,
     "export": families.cmd_export,  # every family of the registry: `aipc export onnx dml_int4`
@@ -96,16 +98,22 @@ def add_arguments(parser: argparse.ArgumentParser, func: Callable[..., None]) ->
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``aipc`` argument parser, one subcommand per entry of :data:`COMMANDS`."""
-    parser = argparse.ArgumentParser(prog="aipc", description="Phi-3 -> Intel AI PC models, proven by running them.")
+    """The ``aipc`` argument parser, one subcommand per entry of :data:`COMMANDS`, listed by group in ``--help``."""
+    parser = argparse.ArgumentParser(
+        prog="aipc",
+        usage=USAGE,
+        description="Phi-3 -> Intel AI PC models, proven by running them.",
+        epilog=commands_epilog(COMMANDS),  # pipeline/cli/help.py: the commands under headed groups
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=info.version())
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", help=argparse.SUPPRESS)
     for name, func in COMMANDS.items():
-        doc = (inspect.getdoc(func) or "").splitlines()[0]
+        doc = summary_line(func)
         own_flags = PASS_ON in inspect.signature(func).parameters  # the command parses its own flags (and --help)
-        p = sub.add_parser(
-            name, help=doc, description=doc, add_help=not own_flags, prefix_chars="+" if own_flags else "-"
-        )
+        # no help=: the epilog lists the command in its group, so argparse's flat list stays empty. A command
+        # that parses its own flags gets a prefix no argument starts with: -S, --help and +key=value all reach it.
+        p = sub.add_parser(name, description=doc, add_help=not own_flags, prefix_chars="\0" if own_flags else "-")
         p.set_defaults(func=func, argnames=add_arguments(p, func))
     return parser
 
