@@ -51,6 +51,7 @@ DYNAMIC_SITES: dict[str, str] = {
     "pipeline/onnx/chat_env.py": "runs chat_worker.py, which it imports too (aipc chat --device DML; no stage)",
     "pipeline/npu_lib/worker.py": "names its packages in sys.modules (worker's venv); its imports are static",
     "pipeline/cli/project.py": "runs DVC as python -m dvc or pipeline.cli.dvc_main (the CLI; no stage's code)",
+    "pipeline/cli/convert.py": "runs DVC through project.run_dvc as pipeline.cli.dvc_main (the CLI; no stage's code)",
 }
 
 
