@@ -40,6 +40,21 @@ def seed_from_checkout(root: Path, project: Path) -> bool:
     return True
 
 
+def seed_run_cache(root: Path, project: Path) -> bool:
+    """Copy only the checkout's DVC cache (its run cache included) into ``project``: a stage there whose command,
+    dependencies and params match one the demo ran is restored from it ("Stage ... is cached - skipping run"), the
+    others run. Unlike :func:`seed_from_checkout` no output is in place beforehand, so what a command builds can still
+    be told from what it does not. False when the checkout holds no finished tiny build.
+    """
+    lock = root / "dvc.lock"
+    if not lock.is_file() or not (root / ".dvc" / "cache" / "runs").is_dir() or built_model(lock) != "tiny":
+        return False
+    if tree_bytes(root / ".dvc" / "cache") > MAX_SEED_BYTES:
+        return False
+    shutil.copytree(root / ".dvc" / "cache", project / ".dvc" / "cache", ignore=LEFTOVERS, dirs_exist_ok=True)
+    return True
+
+
 def built_model(lock: Path) -> str | None:
     """The model source that the lock's ``download`` stage was built from (``tiny`` for the README demo)."""
     data = yaml.safe_load(lock.read_text(encoding="utf-8")) or {}

@@ -49,7 +49,13 @@ def test_a_preset_is_a_model_override_and_a_folder_becomes_model_local(tmp_path:
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_project(tmp_path_factory.mktemp("convert"))
+    """A fresh project copy with the checkout demo's DVC cache: the chain a target needs is restored from DVC's run
+    cache where the demo ran the same stage (else built), and nothing else is in place."""
+    from shared_workspace import seed_run_cache
+
+    project = make_project(tmp_path_factory.mktemp("convert"))
+    seed_run_cache(ROOT, project)
+    return project
 
 
 def test_an_unknown_target_is_one_line_and_nothing_is_written(project: Path) -> None:
