@@ -14,6 +14,12 @@ the rate cannot exceed ``read bandwidth / bytes read per token``. This script me
 Prints a table and writes ``benchmarks/results/decode_limit.json``: tok/s, GB/s achieved and the fraction of the
 limit for each setting.
 
+``--pages N`` measures what page size does instead (key ``page_size`` of the JSON, the rest kept): the read bandwidth
+of the same numpy reductions over 2 MiB pages (numpy asks for transparent huge pages on large arrays) and over 4 KiB
+pages; then N interleaved pairs of decode runs at the defaults, each in a fresh process, without and with glibc's
+``glibc.malloc.hugetlb=1`` tunable (the CPU plugin repacks the IR's weights into memory it allocates with malloc, which
+then asks for 2 MiB pages), with the huge pages each process ended up holding (``AnonHugePages``).
+
 Usage:
     python benchmarks/decode_limit.py [--ir ~/.cache/aipc-bench/project/artifacts/openvino/int4] [--new-tokens 48]
 """
@@ -53,11 +59,26 @@ SETTINGS: list[tuple[str, dict[str, Any]]] = [
 ]
 
 
-def read_bandwidth(threads: int, gib: float = 2.0, repeats: int = 5) -> float:
-    """GiB/s read by ``threads`` threads summing disjoint parts of a ``gib`` GiB float32 buffer (best of ``repeats``)."""
+HUGE_MALLOC = "glibc.malloc.hugetlb=1"  # glibc >= 2.35: malloc's mmapped chunks get madvise(MADV_HUGEPAGE)
+
+
+def read_bandwidth(threads: int, gib: float = 2.0, repeats: int = 5, huge_pages: bool = True) -> float:
+    """GiB/s read by ``threads`` threads summing disjoint parts of a ``gib`` GiB float32 buffer (best of ``repeats``).
+
+    ``huge_pages=False``: the buffer in 4 KiB pages (numpy otherwise asks for transparent huge pages on arrays of
+    4 MiB and more, which a plugin's own allocations do not get).
+    """
     import numpy as np
 
-    buffer = np.ones(int(gib * 2**30) // 4, dtype=np.float32)
+    try:
+        from numpy._core.multiarray import _set_madvise_hugepage
+    except ImportError:  # numpy 1.x
+        from numpy.core.multiarray import _set_madvise_hugepage
+    before = _set_madvise_hugepage(huge_pages)
+    try:
+        buffer = np.ones(int(gib * 2**30) // 4, dtype=np.float32)
+    finally:
+        _set_madvise_hugepage(before)
     parts = np.array_split(buffer, threads)
     best = 0.0
     for _ in range(repeats):
@@ -102,7 +123,57 @@ def decode_rate(ir: Path, properties: dict[str, Any], prompt: str, new_tokens: i
         metrics = pipe.generate([prompt], config).perf_metrics
         rates.append(1000.0 / metrics.get_tpot().mean)
     return {"tokens_per_s": round(statistics.median(rates), 3), "runs": [round(r, 3) for r in rates],
-            "load_s": round(load_s, 1)}
+            "load_s": round(load_s, 1), "anon_huge_mib": anon_huge_mib()}  # read while the pipeline holds its weights
+
+
+def anon_huge_mib() -> int:
+    """MiB of this process's anonymous memory in transparent huge pages (0 where /proc does not say)."""
+    try:
+        with open("/proc/self/smaps_rollup", encoding="ascii") as rollup:
+            return next((int(line.split()[1]) // 1024 for line in rollup if line.startswith("AnonHugePages:")), 0)
+    except OSError:
+        return 0
+
+
+def child(ir: Path, new_tokens: int, runs: int) -> None:
+    """``--child``: one decode measurement at the defaults in this fresh process, printed as one JSON line."""
+    print(json.dumps(decode_rate(ir, {}, "Explain what a Python generator is, with an example.", new_tokens, runs)))
+
+
+def page_size(args: argparse.Namespace) -> dict[str, Any]:
+    """``--pages``: read bandwidth per page size, and interleaved decode pairs without and with huge-page malloc."""
+    import subprocess
+
+    bandwidth = {f"{pages}, {n} thread(s)": round(read_bandwidth(n, huge_pages=pages == "2 MiB pages"), 2)
+                 for pages in ("2 MiB pages", "4 KiB pages") for n in sorted({1, args.threads})}
+    print(f"read bandwidth {bandwidth} GiB/s")
+    read = bytes_per_token(args.ir, context=16 + args.new_tokens // 2)
+    pairs: list[dict[str, Any]] = []
+    for _ in range(args.pages):
+        pair = {}
+        for label, tunable in (("4 KiB pages", ""), ("2 MiB pages", HUGE_MALLOC)):
+            env = {**os.environ, "GLIBC_TUNABLES": tunable}
+            cmd = [sys.executable, __file__, "--child", "--ir", str(args.ir), "--new-tokens", str(args.new_tokens),
+                   "--runs", str(args.runs)]
+            done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+            pair[label] = json.loads(done.stdout.strip().splitlines()[-1])
+            gibs = pair[label]["tokens_per_s"] * read["per_token"] / 2**30
+            print(f"{label}: {pair[label]['tokens_per_s']:.2f} tok/s, {gibs:.1f} GiB/s read, "
+                  f"{pair[label]['anon_huge_mib']} MiB in huge pages", flush=True)
+        pairs.append(pair)
+    median = {label: statistics.median(p[label]["tokens_per_s"] for p in pairs) for label in pairs[0]}
+    best_bw = max(bandwidth.values())
+    return {
+        "read_bandwidth_gib_s": bandwidth,
+        "bytes_read_per_token": read["per_token"],
+        "pairs": pairs,
+        "median_tokens_per_s": median,
+        "fraction_of_limit": {k: round(v * read["per_token"] / 2**30 / best_bw, 3) for k, v in median.items()},
+        "fraction_of_4k_page_bandwidth": {
+            k: round(v * read["per_token"] / 2**30 / bandwidth[f"4 KiB pages, {args.threads} thread(s)"], 3)
+            for k, v in median.items()
+        },
+    }
 
 
 def main() -> None:
@@ -113,7 +184,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--only", nargs="*", help="labels of SETTINGS to run (default: all)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "decode_limit.json")
+    parser.add_argument("--pages", type=int, default=0, help="page-size pairs to measure instead of the settings")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child:
+        return child(args.ir, args.new_tokens, args.runs)
+    if args.pages:
+        old = json.loads(args.out.read_text(encoding="utf-8")) if args.out.is_file() else {}
+        old["page_size"] = page_size(args)
+        args.out.write_text(json.dumps(old, indent=2) + "\n", encoding="utf-8")
+        return print(f"wrote {args.out} (page_size)")
     import openvino as ov
 
     bandwidth = {f"{n} thread(s)": round(read_bandwidth(n), 2) for n in sorted({1, args.threads})}
