@@ -41,7 +41,7 @@ SOURCES: dict[str, Source] = {
         "benchmarks/results/full_pipeline-2026-12-02.json: commit 5916e13, 2026-12-02 06:09, Intel Xeon (AMX, "
         "AVX512-FP16), 2 cores, before validate.profile (stand-ins ran their speed runs), a CI rehearsal beside it",
     ),
-    "2026-12-02-winml": Source(
+    "2026-12-02-13094e5": Source(
         "2 Intel Xeon cores, contended",
         "benchmarks/results/full_pipeline.json at commit dbb1c52: commit 13094e5, 2026-12-02 11:46, Intel Xeon, "
         "2 cores, before validate.profile, memory probes and tests beside it after its first 48 minutes",
@@ -65,26 +65,9 @@ class Row:
     with_speed: bool = False  # measured with the stand-in's speed runs: the full profile's time, high for quick
 
 
-# stage -> variant (the weight format, ``<provider>_<precision>``, the Windows ML target or the reference dtype)
+# stage -> variant (the reference dtype): the shared stages' rows; each family keeps its own in its package as
+# {stage: (start-up s, {variant: Row})} (its registry line's ``times``: :func:`stage_times` merges them in)
 STAGE_TIME: dict[str, dict[str, Row]] = {
-    # cells: CPU and CPU bf16 compute (no GPU; no f16 emulation without AVX512-FP16); every profile alike
-    "validate": {
-        "int4": Row(650.9, 2, "2026-12-07"),
-        "int8": Row(754.4, 2, "2026-12-07"),
-        "fp16": Row(904.7, 2, "2026-12-07"),
-    },
-    # the CPU stand-in (the NPU IR is over npuw_max_size_mb) and CPU bf16 compute; full: ~2 min of speed runs
-    "validate_npu": {"int4": Row(678.2, 2, "2026-12-07", speed_s=120)},
-    # cpu_int4: its CPU cell; dml_int4: the CPU stand-in, speed runs included (over the RAM cap since)
-    "validate_onnx": {
-        "cpu_int4": Row(607.8, 1, "2026-12-07"),
-        "dml_int4": Row(636.9, 1, "2026-12-02-dml", with_speed=True),
-    },
-    # the CPU stand-in; full: 8-10 of int4's 22 minutes, ~4.5 of int8's 14 are speed runs at 0.15-0.5 tokens/s
-    "validate_npu_lib": {
-        "int4": Row(712.1, 1, "2026-12-07", speed_s=540),
-        "int8": Row(242.8, 1, "2026-12-07", speed_s=270),
-    },
     # no cells: the steps below (REFERENCE_STEPS)
     "reference": {"float32": Row(773.0, 0, "2026-12-07")},
 }
@@ -100,14 +83,8 @@ REFERENCE_STEPS: dict[str, float] = {
 
 # Start-up of each stage, its time on the tiny model (19 MB), where the cells cost next to nothing: imports,
 # compiling, the NPU library's worker environment. benchmarks/results/full_pipeline-tiny.json (2026-12-01, commit
-# 01d8e42, AMD EPYC, 2 cores, load 7-10): the fastest variant of each stage. validate_npu and Windows ML take
-# validate's (validate_npu's 38.8 s include the NPU pipeline through NPUW, a cell only small IRs run; Windows ML's
-# cells were skipped there).
+# 01d8e42, AMD EPYC, 2 cores, load 7-10): the fastest variant of each stage; a family's are beside its rows.
 START_UP_S: dict[str, float] = {
-    "validate": 16.0,
-    "validate_npu": 16.0,
-    "validate_onnx": 12.8,
-    "validate_npu_lib": 51.7,
     "reference": 34.5,
 }
 

@@ -11,8 +11,8 @@ These rows come from ``benchmarks/full_pipeline.py``, which samples each stage's
 Windows process commits and keeps resident for the same work. Each row is (share of the stage's input, fixed GiB):
 the share is the measured private peak over the input's size, rounded up to 0.05, and the fixed part 0.5 GiB,
 room for the mapped pages the stage is reading at that moment (the memory manager keeps some resident) and for
-heap that glibc's ``malloc_trim`` returned on Linux but a Windows heap may keep. A stage without a row here keeps
-its resident row (:data:`pipeline.core.resources.STAGE_RAM`): never expected to need less than measured.
+heap that glibc's ``malloc_trim`` returned on Linux but a Windows heap may keep. A stage without such a row keeps
+its resident row (:func:`pipeline.core.resources.stage_rows`): never expected to need less than measured.
 
 Measured: full-size Phi-3-mini-shaped random bf16 checkpoint (7.12 GiB), the whole default ``aipc repro``
 (``python benchmarks/full_pipeline.py --drop-source``, 2026-12-07, AMD EPYC with AVX512-BF16, 2 cores;
@@ -25,19 +25,11 @@ from __future__ import annotations
 
 WINDOWS_FIXED_GIB = 0.5
 
-# stage -> variant -> (share of the input, fixed GiB); private peak (GiB) in the comment
+# The shared stages' rows, stage -> variant -> (share of the input, fixed GiB), private peak (GiB) in the comment;
+# a family keeps its own as ``<stage>_windows`` rows in its package (registry field ``ram``), which
+# pipeline.core.resources.stage_rows merges with these
 WINDOWS_RAM: dict[str, dict[str, tuple[float, float]]] = {
     "reference": {v: (0.2, WINDOWS_FIXED_GIB) for v in ("float32", "bfloat16", "float16")},  # 1.22 of 7.12
-    # int4 5.86 of 2.59, int8 6.83 of 3.57, fp16 7.54 of 7.13 (its pinned-f32 answers included, on a bf16 CPU).
-    # fp16_on_f32_cpu: the f16 weights widened to f32 are the plugin's own buffers, private: the lean row's 2.1x
-    # (14.4 GiB measured with f32 pinned); where it does not fit, the fp16 IR's CPU cells are skipped (validate.py)
-    "validate": {
-        "int4": (2.3, WINDOWS_FIXED_GIB),
-        "int8": (1.95, WINDOWS_FIXED_GIB),
-        "fp16": (1.1, WINDOWS_FIXED_GIB),
-        "fp32": (2.4, WINDOWS_FIXED_GIB),
-        "fp16_on_f32_cpu": (2.1, WINDOWS_FIXED_GIB),
-    },
 }
 
 # The OpenVINO exports (pipeline.openvino.lean.needs): (share of the checkpoint, fixed GiB) for a float export

@@ -44,7 +44,9 @@ class Family:
     chat: str = ""  # ``module:function`` opening an artifact folder for ``aipc chat`` (pipeline.chat)
     chat_marker: str = ""  # the file that makes a folder this family's for chat; "" = the folder nobody else claims
     plan: str = ""  # ``module:attr``, a pipeline.core.resources.FamilyPlan: its rows of ``aipc plan``
-    ram: str = ""  # ``module:attr``, more STAGE_RAM rows {stage row: {variant: (share, fixed GiB)}} (core.resources)
+    # ``module:attr``, its RAM rows {stage row: {variant: (share, fixed GiB)}}: ``<stage>``, ``<stage>_lean`` (Linux)
+    # and ``<stage>_windows`` (pipeline.core.resources.stage_rows, merged with the shared stages' STAGE_RAM)
+    ram: str = ""
     times: str = ""  # ``module:attr``, {stage: (start-up s, {variant: durations.Row})} (pipeline.core.eta)
     aliases: tuple[str, ...] = ()  # ``aipc <verb>-<...> VARIANT`` names from before the verbs (frozen: no new ones)
     sweep_point: str = ""  # ``module:function`` (checkpoint folder) -> bytes a sweep point peaks at, or ""
@@ -96,6 +98,8 @@ FAMILIES: dict[str, Family] = {
             card="pipeline.openvino.card:OPENVINO_CARD",
             chat="pipeline.openvino.chat:open_chat",
             plan="pipeline.openvino.plan:OPENVINO_PLAN",
+            ram="pipeline.openvino.measured:OPENVINO_RAM",
+            times="pipeline.openvino.measured:OPENVINO_TIMES",
             aliases=("export-openvino",),
             sweep_point="pipeline.openvino.plan:sweep_point_bytes",
         ),
@@ -117,6 +121,8 @@ FAMILIES: dict[str, Family] = {
             card="pipeline.openvino.card:NPU_CARD",
             chat="pipeline.openvino.chat:open_chat",
             plan="pipeline.openvino.plan:NPU_PLAN",
+            ram="pipeline.openvino.measured:NPU_RAM",
+            times="pipeline.openvino.measured:NPU_TIMES",
             aliases=("export-npu", "validate-npu"),
         ),
         Family(
@@ -135,6 +141,8 @@ FAMILIES: dict[str, Family] = {
             chat="pipeline.onnx.chat:open_chat",
             chat_marker="genai_config.json",
             plan="pipeline.onnx.plan:PLAN",
+            ram="pipeline.onnx.measured:RAM",
+            times="pipeline.onnx.measured:TIMES",
             aliases=("export-onnx", "validate-onnx"),
         ),
         Family(
@@ -151,6 +159,8 @@ FAMILIES: dict[str, Family] = {
             devices=("NPU",),
             commands="pipeline.npu_lib.commands:COMMANDS",
             plan="pipeline.npu_lib.plan:PLAN",
+            ram="pipeline.npu_lib.measured:RAM",
+            times="pipeline.npu_lib.measured:TIMES",
             aliases=("export-npu-lib", "validate-npu-lib"),
         ),
         Family(

@@ -2,7 +2,7 @@
 ``sweep_point``).
 
 The exports' rows come from the lean table (:mod:`pipeline.openvino.lean`), the validations' from
-:data:`pipeline.core.resources.STAGE_RAM`; an artifact not built yet is sized by its share of the checkpoint.
+:data:`pipeline.openvino.measured.OPENVINO_RAM`; an artifact not built yet is sized by its share of the checkpoint.
 """
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.resources import STAGE_RAM, FamilyPlan, PlanContext
+from pipeline.core.resources import FamilyPlan, PlanContext
+from pipeline.openvino.measured import OPENVINO_RAM
 
 GIB = 2**30
 # An IR folder's size over its checkpoint's, measured on full-size Phi-3-mini (pipeline/core/resources.py)
@@ -52,12 +53,12 @@ def sweep_point_bytes(model_dir: Path) -> int:
     """Peak RSS of a sweep point of ``model_dir``: compress (lean) or validate int4, whichever is larger.
 
     From the measured full-size tables (:data:`pipeline.openvino.lean.RAM_NEEDS`,
-    :data:`pipeline.core.resources.STAGE_RAM`): an int4 IR is about 0.37 of the 16-bit checkpoint.
+    :data:`pipeline.openvino.measured.OPENVINO_RAM`): an int4 IR is about 0.37 of the 16-bit checkpoint.
     """
     from pipeline.openvino.lean import needs
 
     compress = needs("compress", "int4", model_dir)[0]
-    share, fixed = STAGE_RAM["validate"]["int4"]
+    share, fixed = OPENVINO_RAM["validate"]["int4"]
     checkpoint = sum(f.stat().st_size for f in model_dir.glob("*.safetensors"))
     return max(compress, int(share * 0.37 * checkpoint + fixed * GIB))
 
