@@ -121,21 +121,31 @@ def value_overrides(base: dict, current: dict, prefix: str = "") -> list[str]:
 # What sets Phi-4-mini apart from Phi-3 in a Phi3ForCausalLM checkpoint: the keys and values that the
 # model=local composition reads to give it the Phi-4-mini presets' variant choices (conf/model/phi4-mini-*.yaml).
 PHI4_MARKS = {"partial_rotary_factor": lambda v: v is not None and float(v) < 1.0, "tie_word_embeddings": bool}
-PHI4_GROUPS = ["openvino=phi4-mini"]  # the `defaults` overrides of the Phi-4-mini presets
+PHI4_PRESET = "phi4-mini-instruct"  # the preset whose group choices a Phi-4-shaped local checkpoint gets
+
+
+def phi4_groups() -> list[str]:
+    """The Phi-4-mini presets' ``defaults`` overrides as ``group=option``: each family's recipe, from ``conf/``."""
+    import yaml
+
+    preset = yaml.safe_load((CONF_DIR / "model" / f"{PHI4_PRESET}.yaml").read_text(encoding="utf-8"))
+    overrides = [(k, v) for d in preset["defaults"] if isinstance(d, dict) for k, v in d.items()]
+    return [f"{k.split('/', 1)[1].split('@')[0]}={v}" for k, v in overrides if k.startswith("override /")]
 
 
 def local_recipe(overrides: list[str], composed: dict) -> tuple[list[str], str] | None:
     """For ``model=local``: the group overrides of the preset whose architecture the checkpoint has, and why.
 
     A checkpoint at ``model.local_path`` with partial rotary or tied embeddings is a Phi-4-mini: it gets that
-    preset's int4 recipe (``openvino=phi4-mini``) unless the user chose an ``openvino=`` group. ``None`` when the
-    model is not local, not Phi-4-shaped, its ``config.json`` cannot be read, or the user chose.
+    preset's group choices (:func:`phi4_groups`: OpenVINO's int4 recipe) unless the user chose one of those groups.
+    ``None`` when the model is not local, not Phi-4-shaped, its ``config.json`` cannot be read, or the user chose.
     """
     import json
 
     model = composed.get("model") or {}
     chosen = {o.split("=")[0].lstrip("+~") for o in overrides}  # groups the user chose: theirs, not the preset's
-    if model.get("source") != "local" or chosen & {g.split("=")[0] for g in PHI4_GROUPS}:
+    groups = phi4_groups()
+    if model.get("source") != "local" or chosen & {g.split("=")[0] for g in groups}:
         return None
     try:
         config = json.loads((Path(str(model.get("local_path"))) / "config.json").read_text(encoding="utf-8"))
@@ -145,7 +155,8 @@ def local_recipe(overrides: list[str], composed: dict) -> tuple[list[str], str] 
     if not marks:
         return None
     why = (
-        f"model.local_path has Phi-4-mini's architecture ({', '.join(marks)}): composing {' '.join(PHI4_GROUPS)}, "
-        "the Phi-4-mini presets' int4 recipe (add openvino=default to keep Phi-3's)"
+        f"model.local_path has Phi-4-mini's architecture ({', '.join(marks)}): composing {' '.join(groups)}, "
+        f"the Phi-4-mini presets' int4 recipe (add {' '.join(g.split('=')[0] + '=default' for g in groups)} to keep "
+        "Phi-3's)"
     )
-    return PHI4_GROUPS, why
+    return groups, why

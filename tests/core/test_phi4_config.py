@@ -75,3 +75,20 @@ def test_check_config_composes_both_phi4_presets(
     out = capsys.readouterr().out
     assert all(f"ok: model={p}\n" in out for p in PHI4_PRESETS)
     assert "ok: params.yaml matches conf/ (overrides: model=phi4-mini-instruct)" in out
+
+
+def test_a_local_phi4_checkpoint_gets_the_group_choices_every_phi4_preset_makes() -> None:
+    """The local recipe is read from the preset's ``defaults`` (no module outside a family names it): the same for
+    every Phi-4-mini preset, and each choice is an option of its family's conf group."""
+    import yaml
+
+    from pipeline.core.composition import phi4_groups
+    from pipeline.core.config import CONF_DIR
+
+    groups = phi4_groups()
+    assert groups and all((CONF_DIR / g.split("=")[0] / f"{g.split('=')[1]}.yaml").is_file() for g in groups)
+    for preset in PHI4_PRESETS:
+        defaults = yaml.safe_load((CONF_DIR / "model" / f"{preset}.yaml").read_text(encoding="utf-8"))["defaults"]
+        pairs = [(k, v) for d in defaults if isinstance(d, dict) for k, v in d.items() if k.startswith("override /")]
+        chosen = [f"{k.split('/', 1)[1].split('@')[0]}={v}" for k, v in pairs]
+        assert chosen == groups, preset
