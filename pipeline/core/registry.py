@@ -50,6 +50,7 @@ class Family:
     times: str = ""  # ``module:attr``, {stage: (start-up s, {variant: durations.Row})} (pipeline.core.eta)
     aliases: tuple[str, ...] = ()  # ``aipc <verb>-<...> VARIANT`` names from before the verbs (frozen: no new ones)
     sweep_point: str = ""  # ``module:function`` (checkpoint folder) -> bytes a sweep point peaks at, or ""
+    stage_deps: str = ""  # ``module:attr``, a pipeline.core.stage_deps.FamilyDeps: code it runs by path, and why
 
     @property
     def artifact_root(self) -> Path:
@@ -102,6 +103,7 @@ FAMILIES: dict[str, Family] = {
             times="pipeline.openvino.measured:OPENVINO_TIMES",
             aliases=("export-openvino",),
             sweep_point="pipeline.openvino.plan:sweep_point_bytes",
+            stage_deps="pipeline.openvino.deps:DEPS",
         ),
         Family(
             "npu",
@@ -144,6 +146,7 @@ FAMILIES: dict[str, Family] = {
             ram="pipeline.onnx.measured:RAM",
             times="pipeline.onnx.measured:TIMES",
             aliases=("export-onnx", "validate-onnx"),
+            stage_deps="pipeline.onnx.deps:DEPS",
         ),
         Family(
             "npu_lib",
@@ -162,6 +165,7 @@ FAMILIES: dict[str, Family] = {
             ram="pipeline.npu_lib.measured:RAM",
             times="pipeline.npu_lib.measured:TIMES",
             aliases=("export-npu-lib", "validate-npu-lib"),
+            stage_deps="pipeline.npu_lib.deps:DEPS",
         ),
         Family(
             "winml",

@@ -3,7 +3,7 @@
 A stage's code is the import closure of the module its ``cmd`` runs (``python -m pipeline.x.y ...``), read with
 :mod:`ast`: every ``import pipeline...`` and ``from pipeline... import`` (relative ones too), including those
 inside functions, where this project keeps its heavy imports. Edges no import statement shows come from small
-tables (:func:`edges`): code run in another process by path (:data:`LAUNCHED`), and the family config modules
+tables (:func:`edges`): code run in another process by path (:func:`family_deps`), and the family config modules
 the registry imports by name. A package's ``__init__.py`` counts when something imports a name from it, or when
 running it does more than set a docstring or literals (``pipeline/__init__.py``'s ``__version__`` is left out).
 
@@ -27,32 +27,11 @@ import re
 from pathlib import Path
 
 from pipeline.core.errors import fail
+from pipeline.core.stage_edges import family_deps
 
 DVC_FILE = "dvc.yaml"
 PARAMS_FILE = "params.yaml"  # the foreach sections, read only when a command module is templated
 PACKAGE = "pipeline"
-# Code a stage runs in another process by its path, not by import: the import graph cannot see these.
-LAUNCHED: dict[str, tuple[str, ...]] = {
-    # npu_lib.env.run_worker: `<library venv python> -P -s worker.py ...` (WORKER, a path beside env.py)
-    "pipeline/npu_lib/env.py": ("pipeline/npu_lib/worker.py",),
-    # onnx.compat.run_script: `<runtime python> -I genai_runner.py` (Path(runner.__file__); it is imported too)
-    "pipeline/onnx/compat.py": ("pipeline/validation/genai_runner.py",),
-}
-# Modules that import or launch project code by a name or path computed at run time (tests/core/test_stage_deps.py
-# finds every such call): each is covered by LAUNCHED or edges(), or says why it needs no edge.
-DYNAMIC_SITES: dict[str, str] = {
-    "pipeline/core/registry.py": "family config, rounding, RAM, time modules: edges(); entry points: the stage's module",
-    "pipeline/core/stage.py": "imports the stage's own command module (its __doc__)",
-    "pipeline/openvino/rotary.py": "imports a transformers module, not project code",
-    "pipeline/npu_lib/worker_pickle.py": "imports the classes a pickle names (torch), not project code",
-    "pipeline/npu_lib/env.py": "runs worker.py: LAUNCHED",
-    "pipeline/onnx/compat.py": "runs genai_runner.py: LAUNCHED",
-    "pipeline/onnx/validate.py": "runs genai_runner.py through compat.run_script: LAUNCHED",
-    "pipeline/onnx/chat_env.py": "runs chat_worker.py, which it imports too (aipc chat --device DML; no stage)",
-    "pipeline/npu_lib/worker.py": "names its packages in sys.modules (worker's venv); its imports are static",
-    "pipeline/cli/project.py": "runs DVC as python -m dvc or pipeline.cli.dvc_main (the CLI; no stage's code)",
-    "pipeline/cli/convert.py": "runs DVC through project.run_dvc as pipeline.cli.dvc_main (the CLI; no stage's code)",
-}
 
 
 def module_file(root: Path, module: str) -> str | None:
@@ -121,13 +100,13 @@ def _parents(path: str) -> list[str]:
 
 
 def edges(root: Path) -> dict[str, set[str]]:
-    """Edges no import statement shows: :data:`LAUNCHED`, and the registry's imports by name (it imports every
+    """Edges no import statement shows: :func:`family_deps`, and the registry's imports by name (it imports every
     family's variant config class when any stage builds its params; the broken-or-costly verdict imports a
     family's rounding module, and a Windows ML package's is another family's; the RAM and time tables import the
     rows a family keeps in its package, for every stage that checks RAM or prints an estimate)."""
     from pipeline.core.registry import FAMILIES
 
-    found = {k: set(v) for k, v in LAUNCHED.items()}
+    found = {k: set(v) for k, v in family_deps()[0].items()}
     configs = {module_file(root, f.config.partition(":")[0]) for f in FAMILIES.values()}
     found.setdefault("pipeline/core/registry.py", set()).update(c for c in configs if c)
     roundings = {module_file(root, f.rounding.partition(":")[0]) for f in FAMILIES.values() if f.rounding}
