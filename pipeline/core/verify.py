@@ -118,7 +118,7 @@ def verify_folder(folder: Path, stage: str | None = None, lock_file: Path = LOCK
             fail(
                 f"{manifest_path} (with the files it lists) is not what {lock_file} recorded for {stage} "
                 f"({actual[:12]}... != {expected[:12]}...): {hint}, or, if you changed it on purpose "
-                f"(`aipc compile-npu-blob`), record it with `dvc commit {stage}`"
+                f"(a family's own tool), record it with `dvc commit {stage}`"
             )
     return manifest
 

@@ -125,7 +125,8 @@ def onnx_provider_status(provider: str) -> DeviceStatus:
     elif provider == "dml":  # installing it here would replace the onnxruntime-genai the model builder needs
         reason = (
             f"the main environment keeps the CPU onnxruntime-genai the model builder needs ({package} would "
-            "replace it); `aipc onnx-compat dml_int4` loads the folder in the DirectML runtime's versions"
+            "replace it); the family's compat command (`aipc --help`, Family tools) loads the folder in the DirectML "
+            "runtime's versions"
         )
     else:
         reason = (
