@@ -21,7 +21,7 @@ from pipeline.hub import download
 from pipeline.npu_lib import export as export_npu_lib
 from pipeline.npu_lib import validate as validate_npu_lib
 
-from conftest import make_project, run_cmd
+from conftest import ROOT, make_project, run_cmd
 
 DVC = [sys.executable, "-m", "dvc"]
 
@@ -57,7 +57,10 @@ def test_download_twice_gives_the_same_bytes(tmp_path: Path, monkeypatch: pytest
 
 @pytest.mark.slow
 def test_dvc_repro_force_reruns_nothing_downstream_and_dvc_lock_vouches_for_the_pickle(tmp_path: Path) -> None:
+    from shared_workspace import seed_from_checkout
+
     project = make_project(tmp_path / "project")
+    seed_from_checkout(ROOT, project)  # the demo's build, if the checkout has one: forced reruns must give its bytes
     run_cmd([sys.executable, "-m", "pipeline.cli", "compose", "model=tiny"], project)
     run_cmd(DVC + ["repro", "reference", "export_openvino_base", "export_npu_lib@int4"], project)
     before = outs(project)
