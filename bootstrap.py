@@ -71,10 +71,7 @@ def pip_install(py: str, args: list[str]) -> None:
     """
     log = VENV / "aipc-pip.log"
     log.unlink(missing_ok=True)
-    # --no-compile: pip would byte-compile every installed module (torch's, transformers' thousands) at install, about
-    # half of a first install (107 s -> 56 s measured on 2 cores); Python compiles each module on its first import
-    # instead, only the ones the pipeline imports (the first `import torch, transformers, openvino` takes 3 s more)
-    if subprocess.run([py, "-m", "pip", "install", "--no-compile", "--log", str(log), *args], cwd=ROOT).returncode == 0:
+    if subprocess.run([py, "-m", "pip", "install", "--log", str(log), *args], cwd=ROOT).returncode == 0:
         return
     text = log.read_text(encoding="utf-8", errors="replace") if log.is_file() else ""
     text = re.sub(r"(?m)^\d{4}-\d\d-\d\dT[\d:,.]+ ", "", text)  # each log line starts with a timestamp

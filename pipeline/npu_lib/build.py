@@ -67,8 +67,6 @@ class EnvUnavailable(RuntimeError):
 def pip(python: Path, args: list[str], log: Path, extra_env: dict[str, str] | None = None) -> None:
     """Run ``python -m pip ARGS``, appending output to ``log``; raise :class:`EnvUnavailable` on failure."""
     env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", **(extra_env or {})}
-    if args[:1] == ["install"]:  # as bootstrap's: no byte-compiling at install (half its time); first imports compile
-        args = ["install", "--no-compile", *args[1:]]
     with open(log, "a", encoding="utf-8") as handle:
         handle.write(f"\n$ pip {' '.join(args)}\n")
         handle.flush()
