@@ -106,6 +106,15 @@ ONNX_PROVIDER_PACKAGES = {
 }
 
 
+def compat_command() -> str:
+    """The family tool that loads a folder in the DirectML runtime's versions, as a command to paste (its name from
+    the registry's ``commands``: the one ending in ``-compat``)."""
+    from pipeline.core.registry import entries
+
+    names = [name for commands in entries("commands").values() for name in commands if name.endswith("-compat")]
+    return f"`aipc {names[0]} dml_int4`" if names else "the compat command (`aipc --help`, Family tools)"
+
+
 def onnx_provider_status(provider: str) -> DeviceStatus:
     """Whether the installed onnxruntime-genai can run ``provider`` here, or the reason it cannot."""
     import onnxruntime_genai as og
@@ -125,8 +134,7 @@ def onnx_provider_status(provider: str) -> DeviceStatus:
     elif provider == "dml":  # installing it here would replace the onnxruntime-genai the model builder needs
         reason = (
             f"the main environment keeps the CPU onnxruntime-genai the model builder needs ({package} would "
-            "replace it); the family's compat command (`aipc --help`, Family tools) loads the folder in the DirectML "
-            "runtime's versions"
+            f"replace it); {compat_command()} loads the folder in the DirectML runtime's versions"
         )
     else:
         reason = (
