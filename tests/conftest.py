@@ -153,13 +153,13 @@ def real_model() -> Path:
 # ones do not start last on one worker while the other idles (longest first: LPT scheduling).
 SLOW_MODULES = {
     "tests/validation/test_long_context.py": 420,
-    "tests/windows/test_windows_emulation.py": 300,
+    "tests/windows/test_windows_emulation.py": 170,
     "tests/sweep/test_ray_sweep.py": 340,
     "tests/test_phi4_pipeline.py": 260,
     "tests/npu_lib/test_npu_lib.py": 240,
     "tests/openvino/test_default_numerics_real.py": 140,
     "tests/validation/test_reference_memory.py": 130,
-    "tests/core/test_reliability_determinism.py": 120,
+    "tests/core/test_reliability_determinism.py": 70,
     "tests/validation/test_report.py": 120,
     "tests/windows/test_windows_resolver.py": 100,
 }
