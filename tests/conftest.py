@@ -96,6 +96,29 @@ def assert_untouched(out: Path) -> None:
     assert leftovers == [], f"half-written folders left behind: {leftovers}"
 
 
+SESSION_DIR = "session-"  # the prefix of the temporary folders that session-scoped fixtures make: kept to the end
+
+
+@pytest.fixture(scope="module", autouse=True)
+def free_module_folders(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """Remove the temporary folders a test module made (its module-scoped projects and models) once the module is done.
+
+    pytest keeps ``tmp_path_factory`` folders to the end of the run; the modules' tiny projects then add up to
+    several GB on a disk that CI shares. Folders stay when a test of the module failed (to read them), and
+    session-scoped ones (named ``session-*``) stay for the modules after.
+    """
+    from pipeline.core.artifacts import remove_tree
+
+    root = tmp_path_factory.getbasetemp()
+    before = set(root.iterdir())
+    failed = request.session.testsfailed
+    yield
+    if request.session.testsfailed == failed:
+        for path in set(root.iterdir()) - before:
+            if not path.name.startswith(SESSION_DIR):
+                remove_tree(path)
+
+
 @pytest.fixture(scope="session")
 def demo_project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
     """A fresh project copy on which the README's demo (`aipc demo`) has run once.
@@ -105,7 +128,7 @@ def demo_project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subpro
     """
     from shared_workspace import seed_from_checkout
 
-    project = make_project(tmp_path_factory.mktemp("project"))
+    project = make_project(tmp_path_factory.mktemp(SESSION_DIR + "project"))
     seed_from_checkout(ROOT, project)
     done = run_cmd([sys.executable, "-m", "pipeline.cli", "demo"], project)
     return project, done

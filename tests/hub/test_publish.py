@@ -45,7 +45,7 @@ def int4_source(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
               and i.module.__name__ != __name__ and "demo_project" in getattr(i, "fixturenames", ())]
     if others:
         return request.getfixturevalue("demo_project")[0]
-    project = make_project(tmp_path_factory.mktemp("publish_project"))
+    project = make_project(tmp_path_factory.mktemp("session-publish_project"))
     run_cmd([sys.executable, "-m", "pipeline.cli", "compose", "model=tiny"], project)
     run_cmd([sys.executable, "-m", "dvc", "repro", "validate@int4"], project)
     return project

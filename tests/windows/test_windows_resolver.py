@@ -10,10 +10,12 @@ ask for its CUDA packages and Windows-only dependencies would be missed). It nee
 
 from __future__ import annotations
 
+import atexit
 import functools
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -69,6 +71,7 @@ def registry_problem() -> str | None:
 def pip_wheel() -> str:
     """:data:`PIP`'s wheel, downloaded once per run."""
     folder = Path(tempfile.mkdtemp(prefix="aipc-pip-"))
+    atexit.register(shutil.rmtree, folder, True)
     cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "-d", str(folder), PIP]
     subprocess.run(cmd, check=True, capture_output=True)
     return str(next(folder.glob("pip-*.whl")))

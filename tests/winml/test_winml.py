@@ -419,7 +419,7 @@ def winml_project(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
               and i.module.__name__ != __name__ and "demo_project" in getattr(i, "fixturenames", ())]
     if others:
         return request.getfixturevalue("demo_project")[0]
-    project = make_project(tmp_path_factory.mktemp("winml_project"))
+    project = make_project(tmp_path_factory.mktemp("session-winml_project"))
     run_cmd([sys.executable, "-m", "pipeline.cli", "compose", "model=tiny"], project)
     run_cmd([sys.executable, "-m", "dvc", "repro", *(f"validate_winml@{v}" for v in VARIANTS)], project)
     return project
