@@ -258,12 +258,12 @@ def __getattr__(name: str) -> Any:
 
 def load_params(path: Path | str = PARAMS_FILE) -> PipelineConfig:
     """Load and check ``params.yaml`` (written by DVC's Hydra composition or ``aipc compose``)."""
-    import yaml
+    from pipeline.core.yamlfile import read_yaml
 
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path} not found: run `aipc compose` (or `dvc exp run`) in the project root")
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    data = read_yaml(path) or {}
     return build(pipeline_config_class(), data)
 
 

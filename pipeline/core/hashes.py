@@ -164,11 +164,11 @@ def dvc_dir_md5(folder: Path) -> str:
 
 def locked_md5(stage: str, out: Path, lock_file: Path = LOCK_FILE) -> str | None:
     """The md5 that ``dvc.lock`` records for output ``out`` of ``stage``, or None when it records none."""
-    import yaml
+    from pipeline.core.yamlfile import read_yaml
 
     lock_file = Path(lock_file)
     if not lock_file.is_file():
         return None
-    stages = (yaml.safe_load(lock_file.read_text(encoding="utf-8")) or {}).get("stages", {})
+    stages = (read_yaml(lock_file) or {}).get("stages", {})
     rel = Path(os.path.relpath(Path(out).resolve(), lock_file.resolve().parent)).as_posix()
     return next((o.get("md5") for o in stages.get(stage, {}).get("outs", []) if o.get("path") == rel), None)

@@ -24,7 +24,7 @@ from pipeline.core.manifest import read_manifest, write_manifest
 from pipeline.core.memory import MappedPageTrimmer, weight_files
 from pipeline.core.resources import check_stage_ram
 from pipeline.validation import prompts as chat_prompts
-from pipeline.validation.fidelity import LOGPROBS_FILE, LONG_LOGPROBS_FILE, ReferenceLogprobs, log_softmax
+from pipeline.validation.fidelity import LOGPROBS_FILE, LONG_LOGPROBS_FILE, ReferenceLogprobs, log_softmax, top_k_ids
 from pipeline.validation.upcast import compute_in_float32
 
 MODEL_DIR = ARTIFACTS / "model"
@@ -117,7 +117,7 @@ def logprob_rows(logits: Any, following: Any, top_k: int) -> tuple[Any, ...]:
     import numpy as np
 
     logp = log_softmax(logits)
-    top = np.argsort(-logp, axis=-1, kind="stable")[:, :top_k]
+    top = top_k_ids(logp, top_k)
     picked = np.take_along_axis(logp, np.maximum(following, 0)[:, None], axis=-1)[:, 0]
     return (
         top.astype(np.int32),
