@@ -36,6 +36,12 @@ SOURCES: dict[str, Source] = {
         "benchmarks/results/full_pipeline.json: commit a941215, 2026-12-07 13:44, AMD EPYC (AVX512-BF16, no AMX), "
         "2 cores, 23.5 GiB, the quick profile, a CI rehearsal beside it for most of the run (105.6 min)",
     ),
+    "2026-12-07-forced": Source(
+        "2 AMD EPYC cores, idle",
+        "validate_npu_lib's run on the full-size artifacts of the 2026-12-07 pipeline, alone (npu_lib.validate.run), "
+        "idle, 2026-12-07 22:40, AMD EPYC, 2 cores, the quick profile with the stand-in's answers teacher-forced: the "
+        "worker's 80.5 s (int4) and 55.9 s (int8) plus the stage's start; a failed cell adds its recipe-cost check",
+    ),
     "2026-12-02": Source(
         "2 Intel Xeon cores, contended",
         "benchmarks/results/full_pipeline-2026-12-02.json: commit 5916e13, 2026-12-02 06:09, Intel Xeon (AMX, "
@@ -61,7 +67,8 @@ class Row:
     seconds: float
     cells: int
     source: str
-    speed_s: float = 0.0  # added per CPU stand-in cell under validate.profile=full (its speed runs)
+    speed_s: float = 0.0  # added per CPU stand-in cell under validate.profile=full (its speed runs; the NPU
+    # library's also its answers decoded whole, which quick checks in one teacher-forced pass)
     with_speed: bool = False  # measured with the stand-in's speed runs: the full profile's time, high for quick
 
 

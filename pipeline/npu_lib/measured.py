@@ -31,14 +31,15 @@ RAM: dict[str, dict[str, tuple[float, float]]] = {
 }
 
 # (start-up s: the tiny model's run, the library's worker environment included, {variant: Row}), read by
-# pipeline.core.eta. The CPU stand-in; full: 8-10 of int4's 22 minutes, ~4.5 of int8's 14 are speed runs at
-# 0.15-0.5 tokens/s
+# pipeline.core.eta. The CPU stand-in. quick: its answers in one teacher-forced pass (int4 27 s, int8 15 s). full adds
+# the speed runs (8-10 minutes for int4, ~4.5 for int8, at 0.15-0.5 tokens/s) and the answers decoded whole (641 s
+# and 171 s in the 2026-12-07 pipeline, 6.7 s per token for int4)
 TIMES = {
     "validate_npu_lib": (
         51.7,
         {
-            "int4": Row(712.1, 1, "2026-12-07", speed_s=540),
-            "int8": Row(242.8, 1, "2026-12-07", speed_s=270),
+            "int4": Row(86.0, 1, "2026-12-07-forced", speed_s=540 + 614),
+            "int8": Row(62.0, 1, "2026-12-07-forced", speed_s=270 + 156),
         },
     )
 }

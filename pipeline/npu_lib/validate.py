@@ -60,6 +60,12 @@ def skipped_record(name: str, weight_format: str | None, reason: str, cfg: Valid
     )
 
 
+FORCED_NOTE = (
+    "answers checked in one teacher-forced pass over PyTorch's (quick profile, stand-in): each ends at its first "
+    "token that departs; validate.profile=full decodes them whole"
+)
+
+
 def measurement(
     result: dict[str, Any], logits_file: Path, ref_logprobs: fidelity.ReferenceLogprobs
 ) -> matrix.Measurement:
@@ -68,12 +74,15 @@ def measurement(
         k: matrix.Perf.from_runs(v["prompt_tokens"], v["new_tokens"], v["ttft_ms"], v["tpot_ms"])
         for k, v in result["perf"].items()
     }
-    note = None
+    notes = []
     if result["device_executed"] != "NPU":
-        note = (
+        notes.append(
             f"the library ran on {result['device_executed']} with only a warning "
             f"({'; '.join(result['warnings']) or 'none recorded'})"
         )
+    if result.get("forced_answers"):
+        notes.append(FORCED_NOTE)
+    note = "; ".join(notes) or None
     return matrix.Measurement(
         artifact_numerics=library_numerics(result.get("compute")),
         executed=result["device_executed"],
@@ -113,8 +122,10 @@ def worker_args(
     cfg: ValidateConfig,
     logits_file: Path,
     measure_speed: bool = True,
+    forced_answers: bool = False,
 ) -> list[str]:
-    """Command-line arguments of the worker's ``validate`` command (``measure_speed=False``: no speed runs)."""
+    """Command-line arguments of the worker's ``validate`` command (``measure_speed=False``: no speed runs;
+    ``forced_answers``: answers by one teacher-forced pass, :func:`pipeline.npu_lib.worker_measure.forced_answer`)."""
     return [
         "--model-file",
         str(model_file.resolve()),
@@ -137,6 +148,7 @@ def worker_args(
         "--budget-s",
         str(cfg.perf_budget_s),
         *([] if measure_speed else ["--no-speed"]),
+        *(["--forced-answers"] if forced_answers else []),
     ]
 
 
@@ -182,8 +194,9 @@ class NpuLibValidator(ValidatorSteps):
         ):
             logits_file = Path(scratch) / "logits.npz"
             measure_speed = speed.not_measured(plan.stand_in_for, cfg) is None
+            forced = bool(plan.stand_in_for) and cfg.profile == "quick"  # the full profile decodes every answer
             model_file, reference = job.facts["model_file"], job.ws.reference_path
-            args = worker_args(model_file, job.manifest, job.folder, reference, cfg, logits_file, measure_speed)
+            args = worker_args(model_file, job.manifest, job.folder, reference, cfg, logits_file, measure_speed, forced)
             result = call_worker(name, job.facts["env"], "validate", args, Path(scratch))
             got = measurement(result, logits_file, job.evidence.logprobs)
         say(f"[npu_lib-{name} @ {plan.column}] seconds per phase: {result.get('phase_s')}")

@@ -75,6 +75,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         check.add_argument(name, type=int, default=default)
     check.add_argument("--budget-s", type=float, default=0.0, help="validate.perf_budget_s (0: no cap)")
     check.add_argument("--no-speed", action="store_true", help="no speed runs (stand-in, quick profile)")
+    check.add_argument("--forced-answers", action="store_true", help="answers by teacher forcing (stand-in, quick)")
     return parser.parse_args(argv)
 
 

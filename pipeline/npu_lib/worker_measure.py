@@ -49,6 +49,29 @@ def generate(
     return out[0, ids.shape[1] :].tolist()
 
 
+def forced_answer(model: Any, case: dict) -> list[int]:
+    """What greedy decoding of ``case``'s prompt gives, up to its first token that departs from the reference's answer.
+
+    One forward pass over the prompt and the reference's answer (teacher forcing): while the model's top token at each
+    answer position is the reference's, greedy decoding would have produced that same token, so the answer is the
+    reference's up to the first position where the top token differs, and that token ends it. What the validation
+    judges from answers (exact match, the first departing token and PyTorch's margin there) is the same; the text
+    after the departure is not produced. On the CPU stand-in this replaces 32 decode steps per prompt (6.7 s each for
+    the full-size int4 model) by one prefill. Prefill and decode run different kernels, so at a near tie the two can
+    pick differently; the validation's near-tie notes cover that either way.
+    """
+    import torch
+
+    prompt, answer = case["prompt_ids"], case["output_ids"]
+    if not answer:
+        return []
+    drop_kernels()
+    logits = model(torch.tensor([prompt + answer])).logits[0]
+    picks = logits[len(prompt) - 1 : len(prompt) + len(answer) - 1].argmax(-1).tolist()
+    departs = next((i for i, (got, want) in enumerate(zip(picks, answer)) if got != want), None)
+    return list(answer) if departs is None else [*answer[:departs], picks[departs]]
+
+
 def drop_kernels() -> None:
     """Drop the library's compiled kernels before a prompt of another length (its results do not change).
 
@@ -148,9 +171,12 @@ def validate_model(args: argparse.Namespace) -> dict[str, Any]:
         outputs = []
         start = time.perf_counter()
         for case in reference["greedy"]:
+            if args.forced_answers:
+                outputs.append(forced_answer(model, case))
+                continue
             drop_kernels()
             outputs.append(generate(model, case["prompt_ids"], args.max_new_tokens))
-        phase_s["greedy"] = round(time.perf_counter() - start, 3)
+        phase_s["forced_answers" if args.forced_answers else "greedy"] = round(time.perf_counter() - start, 3)
         start = time.perf_counter()
         perf = {} if args.no_speed else {k: timings(model, ids, args) for k, ids in reference["perf_prompts"].items()}
         phase_s["speed"] = round(time.perf_counter() - start, 3)
@@ -164,6 +190,7 @@ def validate_model(args: argparse.Namespace) -> dict[str, Any]:
         "phase_s": phase_s,
         "load_s": round(load_s, 4),
         "outputs": outputs,
+        "forced_answers": bool(args.forced_answers),
         "text": tokenizer.decode(outputs[0], skip_special_tokens=True),
         "tokenizer_matches_reference": tokenizer(first["prompt"], add_special_tokens=False)["input_ids"]
         == first["prompt_ids"],

@@ -251,6 +251,8 @@ def test_int4_model_loads_after_the_hash_check_generates_and_matches(int4_artifa
     assert set(full["cells"][matrix.STAND_IN]["perf"]) == {"short", "long"}
     verdict = ("status", "top1_agreement", "mean_kl", "perplexity", "greedy_exact_match", "problems")
     assert [full[k] for k in verdict] == [metrics[k] for k in verdict], "the profile changes no verdict"
+    # quick checks the answers in one teacher-forced pass (the same exact-match verdict), full decodes them whole
+    assert validate_npu_lib.FORCED_NOTE in metrics["note"] and validate_npu_lib.FORCED_NOTE not in full["note"]
 
 
 @pytest.mark.slow
