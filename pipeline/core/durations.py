@@ -38,7 +38,7 @@ SOURCES: dict[str, Source] = {
     ),
     "2026-12-07-forced": Source(
         "2 AMD EPYC cores, idle",
-        "validate_npu_lib's run on the full-size artifacts of the 2026-12-07 pipeline, alone (npu_lib.validate.run), "
+        "the NPU library's validation stage run alone on the full-size artifacts of the 2026-12-07 pipeline, "
         "idle, 2026-12-07 22:40, AMD EPYC, 2 cores, the quick profile with the stand-in's answers teacher-forced: the "
         "worker's 80.5 s (int4) and 55.9 s (int8) plus the stage's start; a failed cell adds its recipe-cost check",
     ),
