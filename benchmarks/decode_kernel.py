@@ -33,17 +33,22 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
+import decode_limit  # noqa: E402 (a sibling script: its settings and its read-bandwidth measure)
+
 OUT = ROOT / "benchmarks" / "results" / "decode_limit.json"
 HIDDEN, GROUP = 3072, 128  # Phi-3-mini's hidden size; the int4 group size of the default recipe
 # Scales that keep a random token's norm through a layer (1 / (sqrt(HIDDEN) x the codes' spread)): the chain's values
 # stay near 1, never denormal, however long it is
 GAIN_ONE = {"int4": 1 / (55.4 * 4.6), "int8": 1 / (55.4 * 74.0)}
 
-SETTINGS: list[tuple[str, dict[str, str]]] = [
-    ("defaults", {}),
-    ("f32 compute", {"INFERENCE_PRECISION_HINT": "f32"}),
-    ("dyn-quant off", {"DYNAMIC_QUANTIZATION_GROUP_SIZE": "0"}),
-    ("1 thread", {"INFERENCE_NUM_THREADS": "1"}),
+# decode_limit.py's settings that change how the weights are read or computed (its KV-cache ones do not touch this
+# kernel), then two about how the threads share the work
+SETTINGS: list[tuple[str, dict[str, Any]]] = [
+    *(
+        (label, props)
+        for label, props in decode_limit.SETTINGS
+        if label in ("defaults", "f32 compute", "dyn-quant off", "1 thread")
+    ),
     ("TBB static partitioner", {"TBB_PARTITIONER": "STATIC"}),
     ("CPU pinning", {"ENABLE_CPU_PINNING": "YES"}),
 ]
@@ -152,8 +157,6 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0, help="timed runs per row")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
-    from decode_limit import read_bandwidth
-
     sizes = {"int4": HIDDEN * HIDDEN // 2, "int8": HIDDEN * HIDDEN}
     rows = []
     print(f"{'weights':<6} {'layers':>6} {'MiB':>7} {'where':<6} {'setting':<23} {'GiB/s':>7} {'ms/run':>8}")
@@ -184,7 +187,7 @@ def main() -> None:
                 )
             del model
     threads = os.cpu_count() or 1
-    bandwidth = {f"{n} thread(s)": round(read_bandwidth(n), 2) for n in sorted({1, threads})}
+    bandwidth = {f"{n} thread(s)": round(decode_limit.read_bandwidth(n), 2) for n in sorted({1, threads})}
     gemv = blas_gemv()
     print(f"streaming read bandwidth (numpy sums, 2 MiB pages): {bandwidth} GiB/s; OpenBLAS f32 GEMV: {gemv} GiB/s")
     streaming = max(bandwidth.values())

@@ -115,10 +115,10 @@ def load_artifact(root: Path, spec: str, force: bool = False) -> Artifact:
 
 def check_lock(root: Path, folder: Path, metrics_path: Path | None, export: str, validate: str) -> dict[str, Any]:
     """Fail unless ``dvc.lock`` records this exact folder (and metrics file, if given); return the stages' hashes."""
-    import yaml
+    from pipeline.core.yamlfile import read_yaml
 
     lock_path = root / "dvc.lock"
-    stages = yaml.safe_load(lock_path.read_text(encoding="utf-8"))["stages"] if lock_path.is_file() else {}
+    stages = read_yaml(lock_path)["stages"] if lock_path.is_file() else {}
     if export not in stages or (metrics_path is not None and validate not in stages):
         fail(f"dvc.lock has no {export} / {validate}: run `dvc repro {validate}` so the artifact is recorded")
     out = next(o for o in stages[export]["outs"] if Path(o["path"]) == folder.relative_to(root))
