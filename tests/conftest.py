@@ -30,6 +30,18 @@ def run_cmd(args: list[str], cwd: Path, check: bool = True) -> subprocess.Comple
     return done
 
 
+def mapped_rss_kb(path: Path) -> int:
+    """Resident kB of this process's mappings of ``path`` (``/proc/self/smaps``)."""
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        fields = line.split()
+        if "-" in fields[0] and len(fields) >= 5 and ":" in fields[3]:  # a mapping's header line
+            inside = len(fields) >= 6 and fields[5] == str(path)
+        elif inside and fields[0] == "Rss:":
+            total += int(fields[1])
+    return total
+
+
 def make_project(dest: Path) -> Path:
     """Copy the project into ``dest`` as a fresh git + DVC repository (like a fresh clone).
 

@@ -12,22 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import mapped_rss_kb
 
 from pipeline.core.memory import MappedPageTrimmer
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/smaps")
-
-
-def mapped_rss_kb(path: Path) -> int:
-    """Resident kB of this process's mappings of ``path`` (``/proc/self/smaps``)."""
-    total, inside = 0, False
-    for line in Path("/proc/self/smaps").read_text().splitlines():
-        fields = line.split()
-        if "-" in fields[0] and len(fields) >= 5 and ":" in fields[3]:  # a mapping's header line
-            inside = len(fields) >= 6 and fields[5] == str(path)
-        elif inside and fields[0] == "Rss:":
-            total += int(fields[1])
-    return total
 
 
 def fp16_ir(folder: Path, n: int = 2048) -> Path:

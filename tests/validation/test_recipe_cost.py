@@ -9,10 +9,12 @@ as ``costly`` and names the data-aware recipe, and an IR with a zeroed layer fai
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import mapped_rss_kb
 from test_report import tiny_cfg, zero_layer
 
 from pipeline.core.errors import StageError
@@ -105,6 +107,30 @@ def test_the_recipe_in_pytorch_lands_where_the_healthy_artifact_does(demo_projec
     got = json.loads((artifacts / "metrics" / f"{family}-{variant}.json").read_text(encoding="utf-8"))
     assert abs(bound["top1_agreement"] - got["top1_agreement"]) <= 0.01, (rounding.label, bound, got)
     assert abs(bound["mean_kl"] - got["mean_kl"]) <= 0.1 * got["mean_kl"] + 1e-5, (rounding.label, bound, got)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/smaps; pages go back via madvise")
+def test_the_pass_hands_the_checkpoints_pages_back(demo_project, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every weight is read once from the mapped checkpoint: kept resident, they added 7.1 GiB to a failed
+    validate@int4's peak at full size (9.6 GiB). When the logits are compared, the model still mapped, they are back."""
+    project, _ = demo_project
+    artifacts = project / "artifacts"
+    checkpoint = (artifacts / "model" / "model.safetensors").resolve()
+    resident: list[int] = []
+    compare = recipe_cost.fidelity.compare
+
+    def spy(ref, logits):  # runs inside measure(), the rounded model alive and its checkpoint mapped
+        resident.append(mapped_rss_kb(checkpoint))
+        return compare(ref, logits)
+
+    monkeypatch.setattr(recipe_cost.fidelity, "compare", spy)
+    evidence = Evidence.load(artifacts / "reference" / "reference.json")
+    rounding = recipe_cost.rounding_of("openvino", read_manifest(artifacts / "openvino" / "int8"), "openvino.int8")
+    assert rounding is not None
+    bound = recipe_cost.measure(artifacts / "model", evidence.windows, evidence.logprobs, rounding)
+    assert bound["top1_agreement"] > 0.9  # the pass read the weights (a rounded int8 model, not an empty one)
+    assert resident and resident[0] < checkpoint.stat().st_size // 1024 // 8, (resident, checkpoint.stat().st_size)
 
 
 def workspace(project: Path, metrics: Path) -> Workspace:
