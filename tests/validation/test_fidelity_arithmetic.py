@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.validation.fidelity import log_softmax, top_k_ids
+from pipeline.validation.fidelity import RowLogprobs, compare, log_softmax, reference_from_logits, top_k_ids, topk_kl
 
 
 def plain_log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -45,3 +45,28 @@ def test_top_k_ids_with_a_nan_row_keep_the_sorts_order() -> None:
     logp = log_softmax(rows())
     logp[6, 17] = np.nan
     np.testing.assert_array_equal(top_k_ids(logp, 64), np.argsort(-logp, axis=-1, kind="stable")[:, :64])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_row_logprobs_are_the_log_softmax_at_the_picked_ids(dtype: type) -> None:
+    logits = rows(3).astype(dtype)
+    ids = np.random.default_rng(1).integers(0, logits.shape[-1], (len(logits), 64))
+    fast, plain = RowLogprobs(logits), plain_log_softmax(logits)
+    np.testing.assert_allclose(fast.at(ids), np.take_along_axis(plain, ids, axis=-1), rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(fast.argmax(), plain.argmax(axis=-1))  # ties included: the first id, as before
+
+
+def test_compare_gives_the_plain_forms_figures() -> None:
+    """Top-1 and the perplexity's known positions exactly, KL and perplexity to 1e-6, against the float64
+    log-softmax of every row (what ``compare`` computed before :class:`RowLogprobs`)."""
+    reference, artifact = rows(5), rows(5) + np.random.default_rng(6).normal(0, 0.3, (64, 32064)).astype(np.float32)
+    window = [int(i) for i in np.random.default_rng(7).integers(0, 32064, 64)]
+    ref = reference_from_logits([window], [reference], 64)
+    got = compare(ref, [artifact])
+    logp = plain_log_softmax(artifact)
+    known = ref.next_ids >= 0
+    nll = -np.take_along_axis(logp[known], ref.next_ids[known].astype(np.int64)[:, None], axis=-1)[:, 0]
+    assert got.top1_agreement == (logp.argmax(-1) == ref.topk_ids[:, 0]).mean() < 1.0
+    assert got.mean_kl == pytest.approx(float(topk_kl(ref, logp).mean()), rel=1e-6, abs=1e-9) and got.mean_kl > 0.01
+    assert got.max_kl == pytest.approx(float(topk_kl(ref, logp).max()), rel=1e-6)
+    assert got.perplexity == pytest.approx(float(np.exp(nll.mean())), rel=1e-6)
