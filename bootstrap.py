@@ -93,9 +93,10 @@ def python_problem(version: tuple[int, int] = sys.version_info[:2]) -> str | Non
 
 
 # Two test workers (pytest-xdist), one test module at a time each, so a module's fixtures are built once: on the
-# 2-core CI machine the workers overlap one test's imports, installs and DVC runs with another's compute. `-n 0` after
-# `test` turns it off (the last -n wins).
-PARALLEL = ["-n", "2", "--dist", "loadfile"]
+# 2-core CI machine the workers overlap one test's imports, installs and DVC runs with another's compute. Modules
+# go out in the suite's own order, longest first (tests/conftest.py SLOW_MODULES): xdist would otherwise re-sort
+# them by how many tests they hold and start a long one last. `-n 0` after `test` turns it off (the last -n wins).
+PARALLEL = ["-n", "2", "--dist", "loadfile", "--no-loadscope-reorder"]
 
 
 def main() -> int:

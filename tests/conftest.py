@@ -183,20 +183,29 @@ def real_model() -> Path:
     return folder
 
 
-# Modules whose fixtures and tests take minutes (CI rehearsal of 2026-12-07 with two workers: module setup + calls,
-# seconds). pytest-xdist's loadfile hands out whole modules in collection order, so these go first and the long
-# ones do not start last on one worker while the other idles (longest first: LPT scheduling).
+# Modules whose fixtures and tests take minutes (setup + calls in seconds, both workers busy: CI rehearsals ci13 and
+# ci14 of 2026-12-07/08). pytest-xdist's loadfile hands out whole modules in collection order when told not to
+# re-sort them (bootstrap.py: --no-loadscope-reorder), so these go first, longest first (LPT scheduling), and a long
+# one does not start last on one worker while the other idles (ci14: the Ray module started at 98 %).
 SLOW_MODULES = {
-    "tests/validation/test_long_context.py": 420,
-    "tests/windows/test_windows_emulation.py": 170,
-    "tests/sweep/test_ray_sweep.py": 340,
-    "tests/test_phi4_pipeline.py": 260,
-    "tests/npu_lib/test_npu_lib.py": 240,
-    "tests/openvino/test_default_numerics_real.py": 140,
-    "tests/validation/test_reference_memory.py": 130,
-    "tests/core/test_reliability_determinism.py": 70,
-    "tests/validation/test_report.py": 120,
-    "tests/windows/test_windows_resolver.py": 100,
+    "tests/sweep/test_ray_sweep.py": 390,
+    "tests/validation/test_long_context.py": 290,
+    "tests/test_phi4_pipeline.py": 250,
+    "tests/windows/test_windows_emulation.py": 190,
+    "tests/test_pipeline.py": 130,
+    "tests/npu_lib/test_npu_lib.py": 130,
+    "tests/core/test_reliability_verify.py": 130,
+    "tests/openvino/test_default_numerics_real.py": 125,
+    "tests/windows/test_windows_resolver.py": 105,
+    "tests/core/test_repair_links.py": 95,
+    "tests/openvino/test_compress_from_base.py": 95,
+    "tests/assets/test_real_model.py": 70,
+    "tests/validation/test_reference_memory.py": 70,
+    "tests/npu_lib/test_npu_lib_layers.py": 70,
+    "tests/npu_lib/test_reliability_pickle.py": 70,
+    "tests/openvino/test_rotary.py": 65,
+    "tests/core/test_reliability_determinism.py": 60,
+    "tests/validation/test_report.py": 60,
 }
 
 
