@@ -102,6 +102,8 @@ ALLOWED: dict[tuple[str, str, str], str] = {
         "helper of the Linux-only trimmer tests (each skipif not linux)",
     ("tests/openvino/test_lean.py", "posix-path", "status_kib"):
         "helper of the Linux-only trimmer tests (each skipif not linux)",
+    ("tests/conftest.py", "posix-path", "mapped_rss_kb"):
+        "helper of the Linux-only page-trimming tests (test_validate_memory.py, test_recipe_cost.py: skipif not linux)",
     ("tests/core/test_reliability_faults.py", "posix-path", "test_tmpdir_on_another_drive_is_moved_beside_the_output"):
         "skips itself when /dev/shm is not a folder on another file system (never a folder on Windows)",
     ("tests/core/test_reliability_faults.py", "posix-path", "test_real_int4_export_with_tmpdir_on_another_drive"):

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -101,6 +102,17 @@ def test_second_repro_is_a_noop_and_group_size_change_reruns_only_int4(demo_proj
     run_cmd(["git", "add", "-A"], project)  # dvc.lock, params and the (uncached) metrics: the baseline to diff
     run_cmd(["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid", "commit", "-qm", "demo"], project)
     run_cmd([sys.executable, "-m", "pipeline.cli", "compose", "model=tiny", "openvino.int4.group_size=64"], project)
+    try:
+        changed_group_size_reruns_only_int4(project)
+    finally:  # the demo project is the session's: give the other tests back the demo's workspace (group size 128)
+        run_cmd(["git", "checkout", "--", "."], project)
+        run_cmd([sys.executable, "-m", "dvc", "checkout", "--force"], project)
+    restored = run_cmd([sys.executable, "-m", "dvc", "status", "--json"], project)
+    assert json.loads(restored.stdout) == {}, restored.stdout
+
+
+def changed_group_size_reruns_only_int4(project: Path) -> None:
+    """After ``openvino.int4.group_size=64``: ``dvc repro`` reruns int4 and what wraps or reports it, nothing else."""
     changed = run_cmd([sys.executable, "-m", "dvc", "repro"], project)
     winml = {f"{stage}@{v}" for stage in ("export_winml", "validate_winml") for v in ("gpu", "cpu")}  # wrap int4
     assert ran_stages(changed.stdout + changed.stderr) == {"export_openvino@int4", "validate@int4", "report", "verdict",
