@@ -86,8 +86,11 @@ class MappedPageTrimmer:
 
         ``malloc_trim`` walks the whole heap and locks each arena while it does (50-180 ms in a process that
         has loaded torch, transformers and NNCF), so it runs at most every :data:`HEAP_MIN_GAP_S` and at most
-        1/:data:`HEAP_DUTY` of the time, as in the native loop; ``heap=True`` runs it now.
+        1/:data:`HEAP_DUTY` of the time, as in the native loop; ``heap=True`` runs it now. A no-op where the trimmer is
+        not ``enabled`` (off Linux, or no tracked file), as entering and leaving it are.
         """
+        if not self.enabled:
+            return
         if self._libc is None:
             self._libc = ctypes.CDLL(None, use_errno=True)
             self._libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
@@ -121,8 +124,7 @@ class MappedPageTrimmer:
         if self._thread.is_alive():
             self._stop.set()
             self._thread.join()
-        if self.enabled:
-            self.trim(heap=True)
+        self.trim(heap=True)
 
 
 HUGE_PAGES_TUNABLE = "glibc.malloc.hugetlb=1"  # glibc >= 2.35: malloc madvises its large blocks MADV_HUGEPAGE

@@ -143,13 +143,9 @@ class Fidelity:
         return {k: round(v, 6) for k, v in asdict(self).items()}
 
 
-def topk_kl(ref: ReferenceLogprobs, logp: np.ndarray) -> np.ndarray:
-    """Per-position KL(P_ref || Q) over the reference's top-k tokens plus one bin for the rest of the vocabulary."""
-    return _topk_kl(ref.topk_logprobs, np.take_along_axis(logp, ref.topk_ids.astype(np.int64), axis=-1))
-
-
-def _topk_kl(ref_topk_logprobs: np.ndarray, q_lp: np.ndarray) -> np.ndarray:
-    """:func:`topk_kl` from Q's log-probs at the reference's top-k ids (``q_lp``, float64)."""
+def topk_kl(ref_topk_logprobs: np.ndarray, q_lp: np.ndarray) -> np.ndarray:
+    """Per-position KL(P_ref || Q) over the reference's top-k tokens plus one bin for the rest of the vocabulary,
+    from the reference's top-k log-probs and Q's log-probs at the same ids (``q_lp``, float64)."""
     p_lp = ref_topk_logprobs.astype(np.float64)
     p, q = np.exp(p_lp), np.exp(q_lp)
     head = (p * (p_lp - q_lp)).sum(axis=-1)
@@ -208,7 +204,7 @@ def _row_stats(
     for lo in range(rows.start, rows.stop, chunk):  # in chunks: a 6k x 32k window's exp alone is 0.8 GB
         hi = min(lo + chunk, rows.stop)
         logp, ref_rows = RowLogprobs(logits[lo:hi]), slice(start + lo, start + hi)
-        kl = _topk_kl(ref.topk_logprobs[ref_rows], logp.at(ref.topk_ids[ref_rows]))
+        kl = topk_kl(ref.topk_logprobs[ref_rows], logp.at(ref.topk_ids[ref_rows]))
         next_ids = ref.next_ids[ref_rows]
         known = next_ids >= 0
         nll = -logp.at(np.maximum(next_ids, 0)[:, None])[known, 0]
